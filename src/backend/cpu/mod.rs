@@ -1,0 +1,3 @@
+//! The CPU backend: the reference forward pass.
+
+pub mod ops;

@@ -1,0 +1,15 @@
+//! tachyon: a single-stream, lowest-latency LLM inference engine.
+//!
+//! Layers, each importing only from the layers below it:
+//! - `quant`: weight block formats and their CPU dequantize / dot-product references.
+//! - `model`: GGUF and safetensors readers, model configs, the forward pass of each family.
+//! - `tokenizer`: the `tokenizers`-crate wrapper, GGUF vocab import, streaming
+//!   detokenizer, chat templates.
+//! - `backend`: where the ops run: `cpu` (the reference) and `cuda`.
+//! - `engine`: the single-stream generation loop and the sampler.
+
+pub mod backend;
+pub mod engine;
+pub mod model;
+pub mod quant;
+pub mod tokenizer;
