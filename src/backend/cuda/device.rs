@@ -1,0 +1,210 @@
+//! Opening the GPU: driver, context, stream and the embedded kernel module.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, result, sys};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels::KernelFns;
+use super::{KERNELS_FATBIN, NVCC_VERSION, kernels_absent_reason, kernels_built};
+
+/// The oldest GPU the fatbin can run on: it carries sm_80 machine code and compute_80 PTX,
+/// and PTX only JIT-compiles forward, so anything before Ampere has no code to load.
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+/// Why the CUDA backend cannot be used. Every variant's message says what is missing, so
+/// the caller can print it and fall back to the CPU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaUnavailable {
+    /// The build had no nvcc (or it failed, or was disabled); the reason comes from build.rs.
+    #[error("tachyon was built without CUDA kernels ({0})")]
+    NoKernels(&'static str),
+    /// No libcuda to open: no NVIDIA driver on this machine.
+    #[error("libcuda not found (no NVIDIA driver)")]
+    NoDriver,
+    /// The driver is there but sees no GPU.
+    #[error("no CUDA device")]
+    NoDevice,
+    /// The requested ordinal is past the last device.
+    #[error("no CUDA device {ordinal} ({count} device(s) present)")]
+    NoSuchDevice { ordinal: usize, count: usize },
+    /// The GPU is older than the kernels' minimum architecture.
+    #[error(
+        "{name} has compute capability {major}.{minor}; tachyon's CUDA kernels need {}.{} \
+         (Ampere) or newer",
+        MIN_COMPUTE_CAPABILITY.0,
+        MIN_COMPUTE_CAPABILITY.1
+    )]
+    UnsupportedGpu {
+        name: String,
+        major: i32,
+        minor: i32,
+    },
+    /// The driver refused to load the embedded fatbin.
+    #[error("the CUDA driver could not load tachyon's kernels (built by {nvcc}): {source}")]
+    ModuleLoad {
+        nvcc: &'static str,
+        #[source]
+        source: DriverError,
+    },
+    /// cudarc panicked inside the driver library (e.g. a libcuda too old to have a function
+    /// it resolves); caught so that probing never takes the process down.
+    #[error("the CUDA driver library could not be used: {0}")]
+    DriverPanicked(String),
+    /// Any other driver call that failed, and what it was for.
+    #[error("CUDA driver error while {during}: {source}")]
+    Driver {
+        during: &'static str,
+        #[source]
+        source: DriverError,
+    },
+}
+
+fn driver_err(during: &'static str) -> impl FnOnce(DriverError) -> CudaUnavailable {
+    move |source| CudaUnavailable::Driver { during, source }
+}
+
+/// One GPU, ready to run tachyon's kernels: its context, the stream every tachyon launch
+/// and copy goes on, and the loaded kernel module.
+///
+/// All work is issued on [`CudaDevice::stream`], a non-default stream, and cudarc's
+/// per-buffer event tracking is off: one stream orders everything by itself, the events
+/// would cost time on every launch, and CUDA-graph capture fails with them on (or on the
+/// legacy default stream). Buffers used with this device's kernels must be allocated on
+/// this stream, so that freeing them is ordered after the kernels that use them.
+#[derive(Debug)]
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    pub(crate) kernels: KernelFns,
+    name: String,
+    compute_capability: (i32, i32),
+}
+
+/// Opens CUDA device 0. See [`probe_device`].
+pub fn probe() -> Result<CudaDevice, CudaUnavailable> {
+    probe_device(0)
+}
+
+/// Opens CUDA device `ordinal`: checks that this build has kernels and this machine a
+/// driver and a recent enough GPU, creates the context and stream, and loads every kernel.
+/// Returns why not instead of panicking, whatever is missing.
+pub fn probe_device(ordinal: usize) -> Result<CudaDevice, CudaUnavailable> {
+    // cudarc resolves driver functions lazily and panics when one is missing from the
+    // installed libcuda. Probing exists to decide between GPU and CPU, so turn that into an
+    // error too. Nothing escapes the closure half-built, hence AssertUnwindSafe.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_device(ordinal))).unwrap_or_else(
+        |panic| {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(CudaUnavailable::DriverPanicked(msg))
+        },
+    )
+}
+
+fn open_device(ordinal: usize) -> Result<CudaDevice, CudaUnavailable> {
+    if !kernels_built() {
+        return Err(CudaUnavailable::NoKernels(kernels_absent_reason()));
+    }
+    // cudarc opens libcuda lazily on the first driver call and panics if it is not there,
+    // so look for it first.
+    // SAFETY: this only tries to dlopen the driver library by its usual names; loading the
+    // real libcuda runs no initializer with preconditions on our side.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaUnavailable::NoDriver);
+    }
+    match result::init() {
+        Ok(()) => {}
+        Err(DriverError(sys::CUresult::CUDA_ERROR_NO_DEVICE)) => {
+            return Err(CudaUnavailable::NoDevice);
+        }
+        Err(source) => {
+            return Err(CudaUnavailable::Driver {
+                during: "initializing the driver (cuInit)",
+                source,
+            });
+        }
+    }
+    let count = CudaContext::device_count().map_err(driver_err("counting devices"))?;
+    let count = usize::try_from(count).unwrap_or(0);
+    if count == 0 {
+        return Err(CudaUnavailable::NoDevice);
+    }
+    if ordinal >= count {
+        return Err(CudaUnavailable::NoSuchDevice { ordinal, count });
+    }
+
+    let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the context"))?;
+    let name = ctx.name().map_err(driver_err("reading the device name"))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(driver_err("reading the compute capability"))?;
+    if (major, minor) < MIN_COMPUTE_CAPABILITY {
+        return Err(CudaUnavailable::UnsupportedGpu { name, major, minor });
+    }
+
+    // SAFETY: turning tracking off makes the caller responsible for cross-stream ordering.
+    // tachyon issues all of its device work on the one stream created below (documented on
+    // CudaDevice), where stream order alone sequences allocation, use and free. No buffer
+    // exists yet, so none was created with tracking on.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
+
+    // The driver picks the sm_80 or sm_90a machine code, or JIT-compiles the PTX, itself.
+    let module = ctx
+        .load_module(Ptx::from_binary(KERNELS_FATBIN.to_vec()))
+        .map_err(|source| CudaUnavailable::ModuleLoad {
+            nvcc: NVCC_VERSION,
+            source,
+        })?;
+    // Looking every kernel up now turns a fatbin/wrapper name mismatch into a probe error
+    // instead of a failure in the middle of a forward pass.
+    let kernels =
+        KernelFns::load(&module).map_err(driver_err("looking up a kernel in the module"))?;
+
+    Ok(CudaDevice {
+        ctx,
+        stream,
+        module,
+        kernels,
+        name,
+        compute_capability: (major, minor),
+    })
+}
+
+impl CudaDevice {
+    /// The CUDA context (primary context of the device).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every tachyon launch and copy goes on; allocate buffers on it.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The loaded kernel module (all of `kernels/*.cu`).
+    pub fn module(&self) -> &Arc<CudaModule> {
+        &self.module
+    }
+
+    /// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// (major, minor), e.g. (9, 0) for Hopper.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    /// Waits for all work queued on [`CudaDevice::stream`]; returns the first asynchronous
+    /// error of that work (an out-of-bounds access in a kernel shows up here).
+    pub fn synchronize(&self) -> Result<(), DriverError> {
+        self.stream.synchronize()
+    }
+}
