@@ -332,3 +332,111 @@ fn hostile_templates_fail_cleanly() {
     fails("{{ messages[0].content.nosuchmethod() }}");
     fails("{% for %}");
 }
+
+mod from_gguf_file {
+    use super::*;
+    use crate::model::gguf::{GgufBuilder, MetaValue};
+
+    fn strings(items: &[&str]) -> MetaValue {
+        MetaValue::Array(
+            items
+                .iter()
+                .map(|s| MetaValue::String(s.to_string()))
+                .collect(),
+        )
+    }
+
+    /// A byte-level vocabulary written to GGUF metadata, with `extra` keys added.
+    fn file(extra: Vec<(&str, MetaValue)>) -> Result<Tokenizer, TokenizerError> {
+        let tokens: Vec<String> = byte_level_chars()
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["he".into(), "<|im_end|>".into()])
+            .collect();
+        let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut types = vec![MetaValue::I32(1); tokens.len()];
+        types[257] = MetaValue::I32(3);
+        let mut meta: Vec<(&str, MetaValue)> = vec![
+            ("tokenizer.ggml.model", MetaValue::String("gpt2".into())),
+            ("tokenizer.ggml.pre", MetaValue::String("qwen2".into())),
+            ("tokenizer.ggml.tokens", strings(&token_refs)),
+            ("tokenizer.ggml.token_type", MetaValue::Array(types)),
+            ("tokenizer.ggml.merges", strings(&["h e"])),
+            ("tokenizer.ggml.eos_token_id", MetaValue::U32(257)),
+            (
+                "tokenizer.chat_template",
+                MetaValue::String("{{ messages[0].content }}".into()),
+            ),
+        ];
+        // `extra` replaces keys of the same name (a GGUF file has each key once).
+        for (k, v) in extra {
+            meta.retain(|(key, _)| *key != k);
+            meta.push((k, v));
+        }
+        let b = meta
+            .into_iter()
+            .fold(GgufBuilder::new(), |b, (k, v)| b.meta(k, v));
+        let g = b
+            .build_file()
+            .map_err(|e| TokenizerError::Metadata(e.to_string()))?;
+        Tokenizer::from_gguf(&g)
+    }
+
+    #[test]
+    fn reads_metadata() {
+        let tok = file(vec![(
+            "tokenizer.ggml.bos_token_id",
+            MetaValue::U32(9_999_999),
+        )])
+        .unwrap();
+        assert_eq!(tok.vocab_size(), 258);
+        assert_eq!(tok.eos_id(), Some(257));
+        // An out-of-range id is dropped, not trusted.
+        assert_eq!(tok.bos_id(), None);
+        assert_eq!(tok.encode("he<|im_end|>", false).unwrap(), vec![256, 257]);
+        assert_eq!(tok.chat_template(), Some("{{ messages[0].content }}"));
+        assert!(
+            tok.describe()
+                .starts_with("byte-level BPE (pre-tokenizer qwen2), 258 tokens")
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_types() {
+        let err = |key: &str, v: MetaValue| {
+            file(vec![(key, v)])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            err("tokenizer.ggml.token_type", strings(&["x"]))
+                .contains("token_type is not an int32 array")
+        );
+        assert!(
+            err("tokenizer.ggml.merges", MetaValue::U32(3))
+                .contains("merges is not a string array")
+        );
+        assert!(
+            err(
+                "tokenizer.ggml.scores",
+                MetaValue::Array(vec![MetaValue::F32(0.0)])
+            )
+            .contains("scores has 1 entries")
+        );
+        assert!(
+            err("tokenizer.chat_template", MetaValue::U32(1))
+                .contains("chat_template is not a string")
+        );
+        let missing = GgufBuilder::new()
+            .meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
+            .build_file()
+            .unwrap();
+        assert!(
+            Tokenizer::from_gguf(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("tokenizer.ggml.tokens missing")
+        );
+    }
+}
