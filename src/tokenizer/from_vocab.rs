@@ -11,12 +11,18 @@
 
 use std::collections::HashSet;
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
 
 use super::error::TokenizerError;
 use super::gguf_vocab::{GgufVocab, TokenType};
@@ -45,6 +51,8 @@ fn build_byte_level(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         .map_err(TokenizerError::backend)?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(byte_level_pre_tokenizer(&rule)?));
+    // Decoding uses the piece table; the decoder makes `inner` a complete tokenizer.json.
+    inner.with_decoder(Some(ByteLevel::default()));
     add_special_tokens(&mut inner, vocab);
     let pieces = piece_table(vocab, PieceStyle::ByteLevel, false);
     Ok(Tokenizer::assemble(Parts {
@@ -95,6 +103,7 @@ fn build_sentencepiece(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         escape_spaces.into()
     };
     inner.with_normalizer(Some(normalizer));
+    inner.with_decoder(Some(sentencepiece_decoder(add_space_prefix)?));
     add_special_tokens(&mut inner, vocab);
     let pieces = piece_table(vocab, PieceStyle::SentencePiece, add_space_prefix);
     Ok(Tokenizer::assemble(Parts {
@@ -108,6 +117,22 @@ fn build_sentencepiece(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         add_bos: vocab.add_bos.unwrap_or(true),
         chat_template: vocab.chat_template.clone(),
     }))
+}
+
+/// SentencePiece decoding as a `tokenizers` decoder (for a complete tokenizer.json; `decode`
+/// itself uses the piece table).
+fn sentencepiece_decoder(strip_space: bool) -> Result<DecoderWrapper, TokenizerError> {
+    let mut steps: Vec<DecoderWrapper> = vec![
+        Replace::new("\u{2581}", " ")
+            .map_err(TokenizerError::backend)?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if strip_space {
+        steps.push(Strip::new(' ', 1, 0).into());
+    }
+    Ok(DecoderSequence::new(steps).into())
 }
 
 /// The pre-tokenizer rule for `pre` and how to describe it. Unknown names fall back to

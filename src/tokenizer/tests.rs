@@ -440,3 +440,121 @@ mod from_gguf_file {
         );
     }
 }
+
+mod from_hf_dir {
+    use super::*;
+    use serde_json::json;
+
+    /// Writes `tok`'s encoder as tokenizer.json (plus side files) and loads it back.
+    fn round_trip(
+        tok: &Tokenizer,
+        edit: impl Fn(&mut serde_json::Value),
+        files: &[(&str, serde_json::Value)],
+    ) -> Tokenizer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut json = serde_json::to_value(&tok.inner).unwrap();
+        edit(&mut json);
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        for (name, value) in files {
+            std::fs::write(dir.path().join(name), value.to_string()).unwrap();
+        }
+        Tokenizer::from_hf_dir(dir.path()).unwrap()
+    }
+
+    fn same_behaviour(a: &Tokenizer, b: &Tokenizer) {
+        for text in [
+            "hello world",
+            " hello  w",
+            "hé😀\n",
+            "<|im_start|>hello<|im_end|>",
+            "",
+        ] {
+            let ids = a.encode(text, false).unwrap();
+            assert_eq!(b.encode(text, false).unwrap(), ids, "{text:?}");
+            assert_eq!(b.decode(&ids).unwrap(), a.decode(&ids).unwrap(), "{text:?}");
+        }
+        assert_eq!(a.vocab_size(), b.vocab_size());
+    }
+
+    #[test]
+    fn byte_level_directory() {
+        let gguf = Tokenizer::from_vocab(&byte_level_vocab()).unwrap();
+        let start = gguf.token_id("<|im_start|>").unwrap();
+        let end = gguf.token_id("<|im_end|>").unwrap();
+        // Llama 3 style: no add_bos_token, but the post-processor inserts BOS.
+        let add_bos_processor = |j: &mut serde_json::Value| {
+            j["post_processor"] = json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [start], "tokens": ["<|im_start|>"]}}
+            });
+        };
+        let hf = round_trip(
+            &gguf,
+            add_bos_processor,
+            &[
+                (
+                    "tokenizer_config.json",
+                    json!({
+                        "bos_token": {"content": "<|im_start|>", "special": true},
+                        "eos_token": "<|im_end|>",
+                        "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ eos_token }}"}]
+                    }),
+                ),
+                ("generation_config.json", json!({"eos_token_id": [end, 7]})),
+            ],
+        );
+        same_behaviour(&gguf, &hf);
+        assert_eq!(hf.bos_id(), Some(start));
+        assert_eq!(hf.eos_id(), Some(end));
+        assert_eq!(hf.stop_ids(), &[end, 7]);
+        // BOS comes from the post-processor, once.
+        assert_eq!(
+            hf.encode("hello", true).unwrap(),
+            vec![start, gguf.encode("hello", false).unwrap()[0]]
+        );
+        assert_eq!(hf.chat_template(), Some("{{ eos_token }}"));
+        assert!(
+            hf.describe().starts_with("byte-level BPE (tokenizer.json)"),
+            "{}",
+            hf.describe()
+        );
+    }
+
+    #[test]
+    fn sentencepiece_directory() {
+        let gguf = Tokenizer::from_vocab(&spm_vocab()).unwrap();
+        let hf = round_trip(
+            &gguf,
+            |_| {},
+            &[(
+                "tokenizer_config.json",
+                json!({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true, "chat_template": "{{ bos_token }}"}),
+            )],
+        );
+        same_behaviour(&gguf, &hf);
+        assert_eq!(
+            hf.encode("hello", true).unwrap(),
+            gguf.encode("hello", true).unwrap()
+        );
+        assert!(
+            hf.describe()
+                .starts_with("SentencePiece BPE (tokenizer.json)"),
+            "{}",
+            hf.describe()
+        );
+        let t = hf.compile_chat_template().unwrap().unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "<s>");
+    }
+
+    #[test]
+    fn missing_or_broken_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json: not found"), "{err}");
+        std::fs::write(dir.path().join("tokenizer.json"), "{not json").unwrap();
+        let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+    }
+}
