@@ -2,8 +2,10 @@
 //!
 //! Templates come from model files, so they are sandboxed: there is no loader (an
 //! `{% include %}` or `{% import %}` finds nothing), no filesystem or network access, a fuel
-//! limit bounds the instructions one render may run, and output past `MAX_OUTPUT_BYTES`
-//! stops rendering with an error. Whitespace handling matches Hugging Face's
+//! limit bounds the instructions one render may run, recursion is capped, and output past
+//! `MAX_OUTPUT_BYTES` stops rendering with an error. Not bounded: memory of values built
+//! inside the template without being output (a string doubled in a loop); MiniJinja has no
+//! hook for that. Whitespace handling matches Hugging Face's
 //! (`trim_blocks` and `lstrip_blocks` on), as do `raise_exception`, `strftime_now`,
 //! `tojson` and the Python string/dict methods templates call (see `template_fns`).
 
@@ -20,6 +22,8 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// Instruction budget of one render: far above what a long conversation needs with real
 /// templates, small enough to stop a runaway loop within about a second.
 pub const FUEL: u64 = 20_000_000;
+/// Deepest macro / include nesting allowed.
+pub const MAX_RECURSION: usize = 64;
 /// Longest template source accepted.
 pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 
@@ -71,6 +75,9 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_fuel(Some(FUEL));
+        // Runaway recursion must end in an error, not a stack overflow, even on small
+        // thread stacks; real templates nest a few levels at most.
+        env.set_recursion_limit(MAX_RECURSION);
         env.set_unknown_method_callback(template_fns::call_method);
         env.add_function("raise_exception", template_fns::raise_exception);
         env.add_function("strftime_now", template_fns::strftime_now);

@@ -194,6 +194,7 @@ fn parse_merges(entries: &[String], token_ids: &Vocab) -> Result<Merges, Tokeniz
     let mut merges = Vec::with_capacity(entries.len());
     let mut seen = HashSet::with_capacity(entries.len());
     let mut unusable = 0usize;
+    let mut joined = String::new();
     for (i, entry) in entries.iter().enumerate() {
         let (left, right) = entry.split_once(' ').ok_or_else(|| {
             TokenizerError::meta(format!(
@@ -205,10 +206,12 @@ fn parse_merges(entries: &[String], token_ids: &Vocab) -> Result<Merges, Tokeniz
                 "tokenizer.ggml.merges entry {i} is not two pieces separated by one space: {entry:?}"
             )));
         }
-        let joined = format!("{left}{right}");
+        joined.clear();
+        joined.push_str(left);
+        joined.push_str(right);
         if !token_ids.contains_key(left)
             || !token_ids.contains_key(right)
-            || !token_ids.contains_key(&joined)
+            || !token_ids.contains_key(joined.as_str())
         {
             unusable += 1;
             continue;
