@@ -30,7 +30,7 @@ pub use stream::StreamDecoder;
 use pieces::PieceTable;
 
 /// Pieces that end generation in the model families we know, added to the stop set when the
-/// vocabulary has them.
+/// vocabulary has them as special (control or added) tokens.
 const WELL_KNOWN_STOPS: [&str; 5] = [
     "<|im_end|>",
     "<|endoftext|>",
@@ -95,7 +95,12 @@ impl Tokenizer {
             chat_template,
         } = parts;
         let mut stop_ids: Vec<u32> = Vec::new();
-        let well_known = WELL_KNOWN_STOPS.iter().filter_map(|p| inner.token_to_id(p));
+        // Only as special tokens: a vocabulary trained on HTML may have "</s>" as plain text.
+        let added = inner.get_added_tokens_decoder();
+        let well_known = WELL_KNOWN_STOPS
+            .iter()
+            .filter_map(|p| inner.token_to_id(p))
+            .filter(|id| pieces.is_control(*id) || added.contains_key(id));
         for id in eos.into_iter().chain(extra_stops).chain(well_known) {
             if (id as usize) < pieces.len() && !stop_ids.contains(&id) {
                 stop_ids.push(id);

@@ -124,6 +124,12 @@ fn byte_level_encode_decode() {
             .contains(&tok.token_id("<|im_end|>").unwrap())
     );
     assert_eq!(tok.eos_token().as_deref(), Some("<|im_end|>"));
+    // A well-known end piece that is plain text is not a stop token.
+    let mut v = byte_level_vocab();
+    v.tokens.push("</s>".into());
+    v.token_types.push(TokenType::Normal);
+    let plain = Tokenizer::from_vocab(&v).unwrap();
+    assert_eq!(plain.stop_ids(), &[plain.token_id("<|im_end|>").unwrap()]);
     // add_bos is false in the metadata: never added.
     assert_eq!(tok.encode("hello", true).unwrap().len(), 1);
     let text = "héllo 😀 wörld\n\tcode();";
