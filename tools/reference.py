@@ -140,7 +140,8 @@ def build_tokenizer(reader):
 # --------------------------------------------------------------------------
 
 class Model:
-    def __init__(self, path):
+    def __init__(self, path, dtype=np.float32):
+        self.dt = dtype  # activation / matmul dtype (weights are always the exact f32 dequant)
         self.reader = GGUFReader(path)
         r = self.reader
         self.arch = arch = field(r, "general.architecture")
@@ -172,7 +173,7 @@ class Model:
                     n_head=self.n_head, n_kv_head=self.n_kv, head_dim=self.head_dim,
                     n_rot=self.n_rot, rope_base=self.rope_base, rms_eps=self.eps,
                     rope_style="neox" if self.neox else "normal(adjacent pairs)",
-                    output=self.out_name)
+                    output=self.out_name, dtype=np.dtype(self.dt).name)
 
     def preload(self):
         for t in self.reader.tensors:
@@ -184,10 +185,10 @@ class Model:
     def rmsnorm(self, x, weight):
         x64 = x.astype(np.float64)
         ms = np.mean(x64 * x64, axis=-1, keepdims=True)
-        return (x64 / np.sqrt(ms + self.eps) * weight.astype(np.float64)).astype(np.float32)
+        return (x64 / np.sqrt(ms + self.eps) * weight.astype(np.float64)).astype(self.dt)
 
     def rope(self, x, positions):
-        """x: (T, n_heads, head_dim) float32; positions: (T,) ints."""
+        """x: (T, n_heads, head_dim); positions: (T,) ints."""
         half = self.n_rot // 2
         inv = self.rope_base ** (-2.0 * np.arange(half, dtype=np.float64) / self.n_rot)
         ang = np.asarray(positions, dtype=np.float64)[:, None] * inv[None, :]  # (T, half)
@@ -205,19 +206,22 @@ class Model:
             b = x64[..., 1:self.n_rot:2]
             out[..., 0:self.n_rot:2] = a * cos - b * sin
             out[..., 1:self.n_rot:2] = a * sin + b * cos
-        return out.astype(np.float32)
+        return out.astype(self.dt)
 
     def linear(self, x, name, bias=None):
-        y = x @ self.w.get(name).T
+        w = self.w.get(name)
+        if self.dt is not np.float32:
+            w = w.astype(self.dt)  # exact: dequantized values are float32
+        y = x @ w.T
         if bias is not None and self.w.has(bias):
             y = y + self.w.get(bias)
-        return y.astype(np.float32, copy=False)
+        return y.astype(self.dt, copy=False)
 
     # -- forward ------------------------------------------------------------
 
     def new_cache(self):
-        return [dict(k=np.zeros((0, self.n_kv, self.head_dim), np.float32),
-                     v=np.zeros((0, self.n_kv, self.head_dim), np.float32))
+        return [dict(k=np.zeros((0, self.n_kv, self.head_dim), self.dt),
+                     v=np.zeros((0, self.n_kv, self.head_dim), self.dt))
                 for _ in range(self.n_layer)]
 
     def forward(self, ids, cache):
@@ -246,7 +250,7 @@ class Model:
             c["v"] = np.concatenate([c["v"], v], axis=0)
             K = c["k"].astype(np.float64)  # (S, nkv, hd)
             V = c["v"].astype(np.float64)
-            attn = np.empty((T, nh, hd), np.float32)
+            attn = np.empty((T, nh, hd), self.dt)
             for hq in range(nh):
                 hk = hq // group
                 s = (q[:, hq, :].astype(np.float64) @ K[:, hk, :].T) * scale  # (T, S)
@@ -254,16 +258,16 @@ class Model:
                 s = s - s.max(axis=-1, keepdims=True)
                 e = np.exp(s)
                 pr = e / e.sum(axis=-1, keepdims=True)
-                attn[:, hq, :] = (pr @ V[:, hk, :]).astype(np.float32)
+                attn[:, hq, :] = (pr @ V[:, hk, :]).astype(self.dt)
             x = x + self.linear(attn.reshape(T, nh * hd), p + "attn_output.weight")
             h = self.rmsnorm(x, self.w.get(p + "ffn_norm.weight"))
             g = self.linear(h, p + "ffn_gate.weight").astype(np.float64)
             u = self.linear(h, p + "ffn_up.weight").astype(np.float64)
-            act = (g / (1.0 + np.exp(-g)) * u).astype(np.float32)
+            act = (g / (1.0 + np.exp(-g)) * u).astype(self.dt)
             x = x + self.linear(act, p + "ffn_down.weight")
 
         out = self.rmsnorm(x[-1:], self.w.get("output_norm.weight"))
-        return self.linear(out, self.out_name)[0]  # (n_vocab,) float32
+        return self.linear(out, self.out_name)[0]  # (n_vocab,)
 
 
 # --------------------------------------------------------------------------
@@ -280,24 +284,28 @@ def top_k(logits, k):
     return [[int(i), round(float(logits[i]), 4)] for i in order]
 
 
-def margin(logits):
+def top2(logits):
+    """(best id, runner-up id, best - runner-up logit); ties -> lowest id first."""
     i = argmax_lowest(logits)
-    rest = np.delete(logits, i)
-    return float(logits[i]) - float(rest.max())
+    rest = logits.copy()
+    rest[i] = -np.inf
+    j = argmax_lowest(rest)
+    return i, j, float(logits[i]) - float(logits[j])
 
 
 def generate(model, prompt_ids, n_tokens):
     cache = model.new_cache()
     logits = model.forward(prompt_ids, cache)
     first_top = top_k(logits, 10)
-    gen, margins = [], []
+    gen, runner_up, margins = [], [], []
     for step in range(n_tokens):
-        nxt = argmax_lowest(logits)
+        nxt, second, m = top2(logits)
         gen.append(nxt)
-        margins.append(round(margin(logits), 4))
+        runner_up.append(second)
+        margins.append(round(m, 4))
         if step + 1 < n_tokens:
             logits = model.forward([nxt], cache)
-    return gen, first_top, margins
+    return gen, runner_up, first_top, margins
 
 
 def to_json(obj, indent=0):
@@ -326,6 +334,9 @@ def main():
     ap.add_argument("--prompts-file", help="JSON file holding a list of prompt strings")
     ap.add_argument("--n-tokens", type=int, default=32)
     ap.add_argument("--out", help="write the golden JSON here (default: stdout)")
+    ap.add_argument("--f64", action="store_true",
+                    help="do all activation math and matmuls in float64 (slow; a check on "
+                         "float32 rounding, not what the goldens use)")
     args = ap.parse_args()
 
     prompts = []
@@ -337,7 +348,7 @@ def main():
         ap.error("no prompts given (--prompt or --prompts-file)")
 
     t0 = time.time()
-    model = Model(args.model)
+    model = Model(args.model, np.float64 if args.f64 else np.float32)
     tok, bos = build_tokenizer(model.reader)
     print(f"[ref] {os.path.basename(args.model)}: {model.hparams()}", file=sys.stderr)
     model.preload()
@@ -353,11 +364,11 @@ def main():
             ids = [int(bos)] + ids
         assert tok.decode(ids, skip_special_tokens=False) == text or bos is not None, \
             f"tokenizer round-trip failed for {text!r}"
-        gen, first_top, margins = generate(model, ids, args.n_tokens)
+        gen, runner_up, first_top, margins = generate(model, ids, args.n_tokens)
         out_text = tok.decode(gen, skip_special_tokens=False)
         cases.append(dict(prompt=text, prompt_ids=ids, generated_ids=gen,
                           generated_text=out_text, first_step_top=first_top,
-                          margins=margins))
+                          margins=margins, runner_up_ids=runner_up))
         print(f"[ref] {len(ids)} prompt tokens, {len(gen)} generated in {time.time()-t1:.1f}s, "
               f"min margin {min(margins):.4f}: {text!r} -> {out_text!r}", file=sys.stderr)
 
