@@ -2,6 +2,7 @@
 //! fast dot products against the exact one (on both kernel families), and quantizer
 //! round trips.
 
+mod dot;
 mod fixtures;
 mod roundtrip;
 
