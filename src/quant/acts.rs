@@ -1,0 +1,231 @@
+//! Activations quantized into the companion format of a weight type, so the dot
+//! products can run on 8-bit integers (the same split as GGML's `vec_dot_type`).
+//!
+//! - simple formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): blocks of 32 int8 with an f32
+//!   scale, plus `d * sum(q)` per block, which Q4_1 / Q5_1 need for their offset `m`;
+//! - k-quants (Q4_K, Q5_K, Q6_K): blocks of 256 int8 with an f32 scale, plus the sum of
+//!   every 16 codes, which carries the k-quant mins (and Q6_K's -32 bias) in integers;
+//! - float formats: the f32 activations themselves.
+//!
+//! Codes are symmetric in -127..=127 (never -128) so that the kernels may negate them.
+
+use super::blocks::QK;
+use super::types::{GgmlType, QK_K};
+
+/// The in-memory layout of one [`QuantizedActs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ActLayout {
+    /// Plain f32 in `f`.
+    F32,
+    /// 32-element blocks: `qs`, `d`, `s`.
+    Q8x32,
+    /// 256-element blocks: `qs`, `d`, `bsums`.
+    Q8K,
+}
+
+impl ActLayout {
+    pub(super) fn for_weights(wty: GgmlType) -> ActLayout {
+        match wty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActLayout::F32,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                ActLayout::Q8x32
+            }
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => ActLayout::Q8K,
+        }
+    }
+}
+
+/// Activations of one row quantized into the companion format of a weight type, for
+/// the fast integer dot products. Made by [`quantize_acts`]; its buffers are reused
+/// from call to call.
+#[derive(Clone, Debug)]
+pub struct QuantizedActs {
+    pub(super) layout: ActLayout,
+    pub(super) n: usize,
+    /// int8 codes, one per element (quantized layouts).
+    pub(super) qs: Vec<i8>,
+    /// Scale of each block (quantized layouts): x ≈ d * q.
+    pub(super) d: Vec<f32>,
+    /// `d * sum(q)` of each 32-block (Q8x32).
+    pub(super) s: Vec<f32>,
+    /// Sum of the codes of each 16 elements (Q8K).
+    pub(super) bsums: Vec<i16>,
+    /// The activations themselves (F32).
+    pub(super) f: Vec<f32>,
+}
+
+impl Default for QuantizedActs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QuantizedActs {
+    /// Empty activations; the first [`quantize_acts`] sizes the buffers.
+    pub fn new() -> Self {
+        QuantizedActs {
+            layout: ActLayout::F32,
+            n: 0,
+            qs: Vec::new(),
+            d: Vec::new(),
+            s: Vec::new(),
+            bsums: Vec::new(),
+            f: Vec::new(),
+        }
+    }
+
+    /// Number of activations held.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Whether these activations were quantized for weights of type `wty`.
+    pub fn fits(&self, wty: GgmlType) -> bool {
+        self.layout == ActLayout::for_weights(wty)
+    }
+}
+
+/// Quantize `x` (len a multiple of `wty.block_len()`; panics otherwise) for dot products
+/// against rows of type `wty`. Reuses `out`'s buffers (no allocation once warm).
+///
+/// A NaN anywhere in a block makes that block's scale NaN, so it poisons every dot
+/// product instead of being silently rounded to zero; an infinity does the same through
+/// `inf * 0`.
+pub fn quantize_acts(wty: GgmlType, x: &[f32], out: &mut QuantizedActs) {
+    let bl = wty.block_len();
+    assert!(
+        x.len() % bl == 0,
+        "quantize_acts: {} activations are not a whole number of {bl}-element {wty} blocks",
+        x.len()
+    );
+    let layout = ActLayout::for_weights(wty);
+    out.layout = layout;
+    out.n = x.len();
+    match layout {
+        ActLayout::F32 => {
+            out.f.clear();
+            out.f.extend_from_slice(x);
+        }
+        ActLayout::Q8x32 => {
+            let nb = x.len() / QK;
+            resize(&mut out.qs, x.len(), 0);
+            resize(&mut out.d, nb, 0.0);
+            resize(&mut out.s, nb, 0.0);
+            let blocks = x.chunks_exact(QK).zip(out.qs.chunks_exact_mut(QK));
+            for ((xb, qb), (d, s)) in blocks.zip(out.d.iter_mut().zip(out.s.iter_mut())) {
+                *d = quantize_block(xb, qb);
+                let sum: i32 = qb.iter().map(|&q| i32::from(q)).sum();
+                *s = *d * sum as f32;
+            }
+        }
+        ActLayout::Q8K => {
+            let nb = x.len() / QK_K;
+            resize(&mut out.qs, x.len(), 0);
+            resize(&mut out.d, nb, 0.0);
+            resize(&mut out.bsums, x.len() / 16, 0);
+            let blocks = x.chunks_exact(QK_K).zip(out.qs.chunks_exact_mut(QK_K));
+            for ((xb, qb), d) in blocks.zip(out.d.iter_mut()) {
+                *d = quantize_block(xb, qb);
+            }
+            for (bs, q16) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+                // |sum| <= 16 * 127, well inside i16.
+                *bs = q16.iter().map(|&q| i16::from(q)).sum();
+            }
+        }
+    }
+}
+
+/// Sets `v.len()` to `n` without giving back capacity (and so without allocating once
+/// the buffers have seen the largest row).
+fn resize<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) {
+    v.clear();
+    v.resize(n, fill);
+}
+
+/// Quantizes one block symmetrically to -127..=127 by round-to-nearest-even; returns
+/// its scale. Lane-wise accumulators keep the reductions vectorizable.
+fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+    const LANES: usize = 8;
+    let mut amax = [0f32; LANES];
+    let mut poison = [0f32; LANES];
+    for c in x.chunks_exact(LANES) {
+        for k in 0..LANES {
+            amax[k] = amax[k].max(c[k].abs());
+            // Stays 0 unless some element is NaN or infinite.
+            poison[k] += c[k] * 0.0;
+        }
+    }
+    let amax = amax.iter().copied().fold(0.0f32, f32::max);
+    if poison.iter().any(|p| p.is_nan()) {
+        q.fill(0);
+        return f32::NAN;
+    }
+    let (d, id) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+    // Adding and subtracting 1.5 * 2^23 rounds any |v| < 2^22 to the nearest integer
+    // (ties to even) in plain f32 arithmetic, which vectorizes where `round` does not.
+    const ROUND: f32 = 12_582_912.0;
+    for (q, &v) in q.iter_mut().zip(x) {
+        let r = (v * id + ROUND) - ROUND;
+        *q = r.clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_symmetric_and_sums_match() {
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+        let mut a = QuantizedActs::new();
+        quantize_acts(GgmlType::Q4K, &x, &mut a);
+        assert_eq!((a.n, a.qs.len(), a.d.len(), a.bsums.len()), (512, 512, 2, 32));
+        assert!(a.qs.iter().all(|&q| q != -128));
+        assert!(a.qs.iter().any(|&q| q.unsigned_abs() == 127));
+        for (i, bs) in a.bsums.iter().enumerate() {
+            let s: i32 = a.qs[16 * i..16 * i + 16].iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(i32::from(*bs), s);
+        }
+        for (i, v) in x.iter().enumerate() {
+            let d = a.d[i / QK_K];
+            assert!((d * f32::from(a.qs[i]) - v).abs() <= 0.5 * d * 1.0001, "i={i}");
+        }
+        quantize_acts(GgmlType::Q4_1, &x, &mut a);
+        assert_eq!((a.qs.len(), a.d.len(), a.s.len()), (512, 16, 16));
+        for i in 0..16 {
+            let s: i32 = a.qs[32 * i..32 * i + 32].iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(a.s[i], a.d[i] * s as f32);
+        }
+    }
+
+    #[test]
+    fn nan_or_inf_poisons_its_block_and_zeros_quantize_to_zero() {
+        let mut x = vec![0.0f32; 64];
+        let mut a = QuantizedActs::new();
+        quantize_acts(GgmlType::Q8_0, &x, &mut a);
+        assert!(a.qs.iter().all(|&q| q == 0) && a.d.iter().all(|&d| d == 0.0));
+        x[40] = f32::NAN;
+        quantize_acts(GgmlType::Q8_0, &x, &mut a);
+        assert!(a.d[0] == 0.0 && a.d[1].is_nan());
+        x[40] = f32::INFINITY;
+        quantize_acts(GgmlType::Q8_0, &x, &mut a);
+        assert!(a.d[1].is_nan());
+    }
+
+    #[test]
+    fn buffers_are_reused_once_warm() {
+        let x = vec![1.0f32; 1024];
+        let mut a = QuantizedActs::new();
+        quantize_acts(GgmlType::Q6K, &x, &mut a);
+        quantize_acts(GgmlType::Q8_0, &x, &mut a);
+        let ptrs = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr());
+        quantize_acts(GgmlType::Q6K, &x[..512], &mut a);
+        quantize_acts(GgmlType::Q8_0, &x, &mut a);
+        assert_eq!(ptrs, (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr()));
+    }
+}

@@ -1,0 +1,157 @@
+//! Row dot products and the mat-vec loop: argument checks, and the choice between the
+//! AVX2 kernels and the portable ones (made once per process, by CPU detection).
+
+use super::acts::QuantizedActs;
+use super::dequant::dequantize_into;
+use super::dot_scalar::{self, RowFn};
+use super::types::{GgmlType, QK_K};
+
+/// An instruction-set family of dot kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
+    Avx2,
+}
+
+impl Isa {
+    /// The fastest family this CPU runs.
+    pub(crate) fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if super::dot_avx2::Avx2::detect().is_some() {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this CPU runs the family.
+    pub(crate) fn available(self) -> bool {
+        self == Isa::Scalar || Isa::best() == Isa::Avx2
+    }
+
+    /// The row kernel of this family for `wty` weights. Panics when the CPU lacks it.
+    pub(crate) fn kernel(self, wty: GgmlType) -> RowFn {
+        match self {
+            Isa::Scalar => scalar_kernel(wty),
+            Isa::Avx2 => {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(avx2) = super::dot_avx2::Avx2::detect() {
+                    return avx2.kernel(wty);
+                }
+                panic!("AVX2 dot kernels requested on a CPU without avx2, fma and f16c")
+            }
+        }
+    }
+}
+
+fn scalar_kernel(wty: GgmlType) -> RowFn {
+    match wty {
+        GgmlType::F32 => dot_scalar::f32_,
+        GgmlType::F16 => dot_scalar::f16_,
+        GgmlType::BF16 => dot_scalar::bf16_,
+        GgmlType::Q4_0 => dot_scalar::q4_0,
+        GgmlType::Q4_1 => dot_scalar::q4_1,
+        GgmlType::Q5_0 => dot_scalar::q5_0,
+        GgmlType::Q5_1 => dot_scalar::q5_1,
+        GgmlType::Q8_0 => dot_scalar::q8_0,
+        GgmlType::Q4K => dot_scalar::q4_k,
+        GgmlType::Q5K => dot_scalar::q5_k,
+        GgmlType::Q6K => dot_scalar::q6_k,
+    }
+}
+
+/// Which dot kernels [`dot_row`] and [`matvec_rows`] run on this CPU: "avx2" or "scalar".
+pub fn kernel_isa() -> &'static str {
+    match Isa::best() {
+        Isa::Avx2 => "avx2",
+        Isa::Scalar => "scalar",
+    }
+}
+
+/// The byte length of one `wty` row matching `x`; panics when `x` was quantized for
+/// another family of weight types.
+fn row_bytes_for(wty: GgmlType, x: &QuantizedActs) -> usize {
+    assert!(
+        x.fits(wty),
+        "activations were quantized for {:?} weights, not for {wty}; call quantize_acts with {wty}",
+        x.layout
+    );
+    // `quantize_acts` only accepts whole blocks of the layout, which all types sharing
+    // the layout have in common, so this size exists.
+    wty.bytes_for(x.len() as u64).expect("whole blocks") as usize
+}
+
+/// Fast dot product of one weight row (raw bytes, `wty.bytes_for(n)` long) with
+/// quantized activations. Runtime-dispatched: AVX2 + FMA kernels when the CPU has them,
+/// portable ones otherwise. Panics when the row length or the activations' layout does
+/// not match `wty`.
+pub fn dot_row(wty: GgmlType, row: &[u8], x: &QuantizedActs) -> f32 {
+    dot_row_with(Isa::best(), wty, row, x)
+}
+
+pub(crate) fn dot_row_with(isa: Isa, wty: GgmlType, row: &[u8], x: &QuantizedActs) -> f32 {
+    let rb = row_bytes_for(wty, x);
+    assert_eq!(row.len(), rb, "dot_row: a {wty} row of {} elements takes {rb} bytes", x.len());
+    isa.kernel(wty)(row, x)
+}
+
+/// `out[r]` = dot(row r of `w`, `x`) for every r: `w` is `out.len()` rows of `row_bytes`
+/// each. Single-threaded; the caller splits rows across threads. Panics when the sizes
+/// do not match `wty` and `x`.
+pub fn matvec_rows(wty: GgmlType, w: &[u8], row_bytes: usize, x: &QuantizedActs, out: &mut [f32]) {
+    matvec_rows_with(Isa::best(), wty, w, row_bytes, x, out)
+}
+
+pub(crate) fn matvec_rows_with(
+    isa: Isa,
+    wty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let rb = row_bytes_for(wty, x);
+    assert_eq!(row_bytes, rb, "matvec_rows: a {wty} row of {} elements takes {rb} bytes", x.len());
+    assert_eq!(w.len(), out.len() * rb, "matvec_rows: {} rows of {rb} bytes expected", out.len());
+    if rb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let kernel = isa.kernel(wty);
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+        *o = kernel(row, x);
+    }
+}
+
+/// Exact reference dot: dequantizes the row block by block into a stack buffer and
+/// accumulates in f32 against unquantized activations. This is the precise path (used
+/// by correctness tests and a `--precise` mode). Panics when `row` is not `x.len()`
+/// elements of `wty`.
+pub fn dot_row_exact(wty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let rb = wty.bytes_for(x.len() as u64);
+    assert_eq!(
+        rb,
+        Some(row.len() as u64),
+        "dot_row_exact: {} {wty} elements do not fill a {}-byte row",
+        x.len(),
+        row.len()
+    );
+    // A multiple of every block length, and a stack buffer small enough to stay in L1.
+    const CHUNK: usize = QK_K;
+    const LANES: usize = 8;
+    let chunk_bytes = CHUNK / wty.block_len() * wty.block_bytes();
+    let mut buf = [0f32; CHUNK];
+    let mut acc = [0f32; LANES];
+    let mut tail = 0f32;
+    for (rc, xc) in row.chunks(chunk_bytes).zip(x.chunks(CHUNK)) {
+        let w = &mut buf[..xc.len()];
+        dequantize_into(wty, rc, w);
+        let (ws, xs) = (w.chunks_exact(LANES), xc.chunks_exact(LANES));
+        tail += ws.remainder().iter().zip(xs.remainder()).map(|(w, x)| w * x).sum::<f32>();
+        for (w, x) in ws.zip(xs) {
+            for k in 0..LANES {
+                acc[k] += w[k] * x[k];
+            }
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
