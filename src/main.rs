@@ -1,1 +1,287 @@
-fn main() {}
+//! The `tachyon` command line: `generate` and `info`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, cpu_session};
+use tachyon::model::{Model, ModelSource, gguf_type_counts};
+use tachyon::tokenizer::{ChatMessage, ChatTemplate};
+
+#[derive(Parser)]
+#[command(name = "tachyon", version, about = "Lowest-latency single-stream LLM inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    /// CUDA when a GPU and the kernels are there, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion and stream it to stdout (stats go to stderr).
+    Generate(GenerateArgs),
+    /// Describe a model file: architecture, hyper-parameters, tensors, tokenizer, template.
+    Info {
+        /// A .gguf file or an HF directory (config.json + safetensors + tokenizer.json).
+        model: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// A .gguf file or an HF directory (config.json + safetensors + tokenizer.json).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// The prompt text (use --prompt-file for long prompts).
+    #[arg(long, short, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Wrap the prompt in the model's chat template (as the user turn).
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// 0 disables.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// 1 disables.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// 0 disables.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// 1 disables.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed (default: from the clock; printed on stderr).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// KV cache size in tokens (capped at the model's context length).
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// CPU: exact f32 dot products instead of 8-bit activation quantization (slower).
+    #[arg(long)]
+    precise: bool,
+    /// Keep generating through end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Info { model } => info(&model),
+    }
+}
+
+fn load(path: &Path) -> Result<Model> {
+    Model::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+/// Decide where to run. The CUDA forward pass is not part of this build yet, so a GPU only
+/// changes the notice.
+fn pick_backend(choice: BackendChoice) -> Result<()> {
+    let probe = tachyon::backend::cuda::probe();
+    match (choice, probe) {
+        (BackendChoice::Cpu, _) => Ok(()),
+        (BackendChoice::Cuda, Err(why)) => bail!("--backend cuda: {why}"),
+        (BackendChoice::Cuda, Ok(_)) => {
+            bail!("--backend cuda: the CUDA forward pass is not in this version yet; use --backend cpu")
+        }
+        (BackendChoice::Auto, Err(why)) => {
+            eprintln!("notice: using the CPU backend ({why})");
+            Ok(())
+        }
+        (BackendChoice::Auto, Ok(_)) => {
+            eprintln!("notice: using the CPU backend (the CUDA forward pass is not in this version yet)");
+            Ok(())
+        }
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("--threads")?;
+    }
+    let prompt_text = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
+    };
+    pick_backend(a.backend)?;
+    let t_load = Instant::now();
+    let model = load(&a.model)?;
+    let tok = &model.tokenizer;
+    let text = if a.chat {
+        let src = tok.chat_template().context("the model has no chat template; drop --chat")?;
+        let tmpl = ChatTemplate::new(src, &tok.bos_token().unwrap_or_default(), &tok.eos_token().unwrap_or_default())?;
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        msgs.push(ChatMessage { role: "user".into(), content: prompt_text });
+        tmpl.render(&msgs, true)?
+    } else {
+        prompt_text
+    };
+    // A chat template writes its own BOS when the model wants one.
+    let prompt = tok.encode(&text, !a.chat)?;
+    let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
+    let session = cpu_session(&model.config, &model.weights, &opts)?;
+    let mut engine = Engine::new(session);
+    let load_time = t_load.elapsed();
+
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repetition_penalty: a.repeat_penalty,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            penalty_last_n: a.repeat_last_n,
+            seed,
+        },
+        stop_ids: if a.ignore_eos { Vec::new() } else { tok.stop_ids().to_vec() },
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut decoder = tok.stream_decoder();
+    let mut write_err = None;
+    let stats = engine.generate(&prompt, &params, &mut |id| {
+        let piece = match decoder.push(id) {
+            Ok(p) => p,
+            Err(e) => {
+                write_err = Some(anyhow::Error::from(e));
+                return Flow::Stop;
+            }
+        };
+        if let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+            write_err = Some(e.into());
+            return Flow::Stop;
+        }
+        Flow::Continue
+    })?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    stdout.write_all(decoder.finish().as_bytes())?;
+    writeln!(stdout)?;
+    stdout.flush()?;
+    eprintln!(
+        "[{} backend, {} threads, seed {seed}] load {:.2} s | prompt {} tokens ({} cached) | first token {:.1} ms | {} tokens at {:.1} tok/s | finish: {}",
+        engine.backend_name(),
+        rayon::current_num_threads(),
+        load_time.as_secs_f64(),
+        stats.prompt_tokens,
+        stats.cached_tokens,
+        stats.time_to_first_token.as_secs_f64() * 1e3,
+        stats.generated_tokens,
+        stats.decode_tokens_per_second(),
+        stats.finish.as_str(),
+    );
+    Ok(())
+}
+
+fn info(path: &Path) -> Result<()> {
+    let model = load(path)?;
+    let c = &model.config;
+    let size: u64 = if path.is_dir() {
+        std::fs::read_dir(path)?.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    } else {
+        std::fs::metadata(path)?.len()
+    };
+    println!("file:           {} ({:.1} MiB)", path.display(), size as f64 / (1 << 20) as f64);
+    let (format, n_tensors, types) = match &model.source {
+        ModelSource::Gguf(g) => (format!("GGUF v{}", g.version()), g.tensors().len(), gguf_type_counts(g)),
+        ModelSource::Safetensors(s) => ("safetensors".to_string(), s.len(), s.type_counts()),
+    };
+    println!("format:         {format}");
+    println!("architecture:   {}", c.family.name());
+    println!("layers:         {}", c.n_layers);
+    println!("hidden size:    {}", c.dim);
+    println!("heads:          {} ({} kv heads, head size {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!("ffn size:       {}", c.ffn_dim);
+    println!("vocab size:     {}", c.vocab_size);
+    println!("context:        {}", c.max_ctx);
+    println!("rms eps:        {:e}", c.rms_eps);
+    println!(
+        "rope:           base {}, {:?} pairs, dim {}{}{}",
+        c.rope.theta,
+        c.rope.style,
+        c.rope.dim,
+        if c.rope.linear_factor != 1.0 { format!(", linear scaling x{}", c.rope.linear_factor) } else { String::new() },
+        if c.rope.freq_factors.is_some() { ", llama3 frequency scaling" } else { "" },
+    );
+    let mut flags = Vec::new();
+    if c.qkv_bias {
+        flags.push("q/k/v bias");
+    }
+    if c.qk_norm {
+        flags.push("q/k norm");
+    }
+    flags.push(if model.weights.tied_output { "tied output" } else { "untied output" });
+    println!("features:       {}", flags.join(", "));
+    let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+    println!("tensors:        {n_tensors} ({})", types.join(", "));
+    println!(
+        "weights/token:  {:.1} MiB read per decoded token",
+        model.weight_bytes_per_token() as f64 / (1 << 20) as f64
+    );
+    println!("tokenizer:      {}", model.tokenizer.describe());
+    match model.tokenizer.chat_template() {
+        Some(t) => {
+            println!("chat template:  {} bytes", t.len());
+            for line in t.lines() {
+                println!("    {line}");
+            }
+        }
+        None => println!("chat template:  none"),
+    }
+    Ok(())
+}

@@ -1,5 +1,105 @@
-//! Backends: where the ops of a forward pass run. `cpu` is the readable reference every GPU
-//! kernel is checked against; `cuda` runs on NVIDIA GPUs.
+//! Backends: where the ops of a forward pass run. The model family decides the graph
+//! (`model::llama`); a backend decides how each op runs. `cpu` is the readable reference every
+//! GPU kernel is checked against; `cuda` runs on NVIDIA GPUs.
 
 pub mod cpu;
 pub mod cuda;
+
+use crate::model::{Rope, Weight};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Device(String),
+    #[error("out of memory allocating {what}")]
+    OutOfMemory { what: String },
+}
+
+/// Shape of the attention of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions a query may look back (None: all).
+    pub window: Option<usize>,
+}
+
+/// The ops a decoder-only forward pass is made of. Activations are row-major matrices of
+/// `rows` tokens x `width` values; every op works on the first `n` rows.
+pub trait Ops {
+    /// An activation matrix.
+    type Act;
+    /// A weight matrix in the backend's own form.
+    type Mat;
+    /// A small f32 vector (norm weight, bias).
+    type Vector;
+    /// One layer's KV cache.
+    type Kv;
+    /// Precomputed rotary tables.
+    type RopeTable;
+
+    fn name(&self) -> &'static str;
+
+    fn upload_matrix(&mut self, w: &Weight) -> Result<Self::Mat, BackendError>;
+    fn upload_vector(&mut self, v: &[f32]) -> Result<Self::Vector, BackendError>;
+    fn alloc_act(&mut self, rows: usize, width: usize) -> Result<Self::Act, BackendError>;
+    fn alloc_kv(&mut self, ctx: usize, kv_dim: usize) -> Result<Self::Kv, BackendError>;
+    fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<Self::RopeTable, BackendError>;
+
+    /// `out[i] = table[tokens[i]]`.
+    fn embed(&mut self, table: &Self::Mat, tokens: &[u32], out: &mut Self::Act) -> Result<(), BackendError>;
+    /// Row-wise RMSNorm.
+    fn rmsnorm(
+        &mut self,
+        x: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>;
+    /// RMSNorm over each `head_dim` slice of each row (qwen3's q/k norm).
+    fn head_rmsnorm(
+        &mut self,
+        x: &mut Self::Act,
+        w: &Self::Vector,
+        head_dim: usize,
+        eps: f32,
+        n: usize,
+    ) -> Result<(), BackendError>;
+    /// `out[i] = W x[i]` for the first `n` rows.
+    fn matmul(&mut self, x: &Self::Act, w: &Self::Mat, n: usize, out: &mut Self::Act) -> Result<(), BackendError>;
+    /// `x[i] += b`.
+    fn add_bias(&mut self, x: &mut Self::Act, b: &Self::Vector, n: usize) -> Result<(), BackendError>;
+    /// `x[i] += y[i]`.
+    fn add(&mut self, x: &mut Self::Act, y: &Self::Act, n: usize) -> Result<(), BackendError>;
+    /// `gate[i] = silu(gate[i]) * up[i]`.
+    fn swiglu(&mut self, gate: &mut Self::Act, up: &Self::Act, n: usize) -> Result<(), BackendError>;
+    /// Rotate the `n_heads` heads of each row; row `i` is at position `pos + i`.
+    fn rope(
+        &mut self,
+        x: &mut Self::Act,
+        table: &Self::RopeTable,
+        n_heads: usize,
+        pos: usize,
+        n: usize,
+    ) -> Result<(), BackendError>;
+    /// Append `k`, `v` (rows at positions `pos..pos+n`) to the cache, then causal attention
+    /// of each query row over the cache up to its own position.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        kv: &mut Self::Kv,
+        shape: AttnShape,
+        pos: usize,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>;
+    /// Copy row `src_row` of `src` into row 0 of `dst`.
+    fn copy_row(&mut self, src: &Self::Act, src_row: usize, dst: &mut Self::Act) -> Result<(), BackendError>;
+    /// Read row 0 of `x` into host memory.
+    fn read_row(&mut self, x: &Self::Act, out: &mut [f32]) -> Result<(), BackendError>;
+}

@@ -1,1 +1,204 @@
-//! Engine (placeholder; being written).
+//! The single-stream generation loop: prefill the prompt (reusing the cached prefix), then
+//! decode one token at a time until a stop token, the token budget or the context ends.
+
+pub mod sampler;
+pub mod session;
+
+use std::time::{Duration, Instant};
+
+pub use sampler::{Sampler, SamplingParams};
+pub use session::{Session, SessionOptions, cpu_session};
+
+use crate::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the prompt has {prompt} tokens; the context holds {ctx} (raise --ctx, up to the model's limit)")]
+    PromptTooLong { prompt: usize, ctx: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+    #[error("invalid sampling parameters: {0}")]
+    Sampling(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was produced.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Tokens that end generation (not emitted).
+    pub stop_ids: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV was reused from the previous request.
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    pub time_to_first_token: Duration,
+    /// Time spent decoding after the first token.
+    pub decode_time: Duration,
+    pub finish: FinishReason,
+}
+
+impl GenerateStats {
+    /// Decode speed after the first token.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        let n = self.generated_tokens.saturating_sub(1);
+        if n == 0 || self.decode_time.is_zero() { 0.0 } else { n as f64 / self.decode_time.as_secs_f64() }
+    }
+}
+
+/// What the caller wants after each token.
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Owns a session and remembers which tokens its KV cache holds, so a prompt sharing a
+/// prefix with the previous sequence only prefills the new suffix.
+pub struct Engine {
+    session: Box<dyn Session>,
+    cached: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+impl Engine {
+    pub fn new(session: Box<dyn Session>) -> Engine {
+        let vocab = session.vocab_size();
+        Engine { session, cached: Vec::new(), logits: vec![0.0; vocab] }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.session.backend_name()
+    }
+
+    pub fn ctx(&self) -> usize {
+        self.session.ctx()
+    }
+
+    /// Run the prompt and return the logits after its last token. Reuses the cached prefix.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<usize, EngineError> {
+        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // At least one token must run to produce logits.
+        let start = common.min(prompt.len() - 1);
+        self.cached.truncate(start);
+        let batch = self.session.max_batch();
+        let mut pos = start;
+        while pos < prompt.len() {
+            let end = (pos + batch).min(prompt.len());
+            self.session.forward(&prompt[pos..end], pos, &mut self.logits)?;
+            self.cached.extend_from_slice(&prompt[pos..end]);
+            pos = end;
+        }
+        Ok(start)
+    }
+
+    /// The logits after the last call (vocab-sized).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Prefill `prompt` and return the logits of its last position (used by tests).
+    pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<&[f32], EngineError> {
+        self.check_prompt(prompt)?;
+        self.prefill(prompt)?;
+        Ok(&self.logits)
+    }
+
+    fn check_prompt(&self, prompt: &[u32]) -> Result<(), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab = self.session.vocab_size();
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadToken { id, vocab });
+        }
+        if prompt.len() >= self.ctx() {
+            return Err(EngineError::PromptTooLong { prompt: prompt.len(), ctx: self.ctx() });
+        }
+        Ok(())
+    }
+
+    /// Generate from `prompt`, calling `on_token` with each new token as soon as it is
+    /// sampled. Stop tokens end generation and are not passed on.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: &mut dyn FnMut(u32) -> Flow,
+    ) -> Result<GenerateStats, EngineError> {
+        self.check_prompt(prompt)?;
+        params.sampling.validate().map_err(EngineError::Sampling)?;
+        let t0 = Instant::now();
+        let cached_tokens = self.prefill(prompt)?;
+        let mut sampler = Sampler::new(params.sampling.clone(), prompt);
+        let mut stats = GenerateStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens,
+            generated_tokens: 0,
+            time_to_first_token: Duration::ZERO,
+            decode_time: Duration::ZERO,
+            finish: FinishReason::Length,
+        };
+        let mut t_first = t0;
+        loop {
+            if stats.generated_tokens >= params.max_tokens {
+                stats.finish = FinishReason::Length;
+                break;
+            }
+            let token = sampler.sample(&mut self.logits);
+            if stats.generated_tokens == 0 {
+                t_first = Instant::now();
+                stats.time_to_first_token = t_first - t0;
+            }
+            if params.stop_ids.contains(&token) {
+                stats.finish = FinishReason::Stop;
+                break;
+            }
+            sampler.accept(token);
+            stats.generated_tokens += 1;
+            if let Flow::Stop = on_token(token) {
+                stats.finish = FinishReason::Cancelled;
+                break;
+            }
+            let pos = self.cached.len();
+            if stats.generated_tokens >= params.max_tokens {
+                break;
+            }
+            if pos + 1 > self.ctx() {
+                stats.finish = FinishReason::Length;
+                break;
+            }
+            self.session.forward(&[token], pos, &mut self.logits)?;
+            self.cached.push(token);
+        }
+        stats.decode_time = t_first.elapsed();
+        Ok(stats)
+    }
+}

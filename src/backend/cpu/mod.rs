@@ -1,3 +1,181 @@
-//! The CPU backend: the reference forward pass.
+//! The CPU backend: the reference every GPU kernel is checked against, and what runs where
+//! there is no GPU. Weights stay in their file format and are dequantized block by block
+//! inside the dot products; activations and the KV cache are f32.
 
+pub mod attention;
+pub mod matmul;
 pub mod ops;
+
+use super::{AttnShape, BackendError, Ops};
+use crate::model::{Rope, RopeStyle, Weight};
+use attention::KvCache;
+use matmul::MatmulScratch;
+
+/// An activation matrix: `rows` x `width` f32, row-major.
+pub struct CpuAct {
+    pub data: Vec<f32>,
+    pub width: usize,
+}
+
+/// cos/sin of every (position, frequency) pair for the context.
+pub struct CpuRope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    interleaved: bool,
+}
+
+pub struct CpuBackend {
+    /// Dequantize weights to f32 inside the dot products instead of quantizing the
+    /// activations to 8 bits: slower, closest to exact math.
+    pub precise: bool,
+    scratch: MatmulScratch,
+}
+
+impl CpuBackend {
+    pub fn new(precise: bool) -> CpuBackend {
+        CpuBackend { precise, scratch: MatmulScratch::default() }
+    }
+}
+
+fn alloc(len: usize, what: &str) -> Result<Vec<f32>, BackendError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| BackendError::OutOfMemory { what: what.to_string() })?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+impl Ops for CpuBackend {
+    type Act = CpuAct;
+    type Mat = Weight;
+    type Vector = Vec<f32>;
+    type Kv = KvCache;
+    type RopeTable = CpuRope;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload_matrix(&mut self, w: &Weight) -> Result<Weight, BackendError> {
+        Ok(w.clone())
+    }
+
+    fn upload_vector(&mut self, v: &[f32]) -> Result<Vec<f32>, BackendError> {
+        Ok(v.to_vec())
+    }
+
+    fn alloc_act(&mut self, rows: usize, width: usize) -> Result<CpuAct, BackendError> {
+        Ok(CpuAct { data: alloc(rows * width, "activations")?, width })
+    }
+
+    fn alloc_kv(&mut self, ctx: usize, kv_dim: usize) -> Result<KvCache, BackendError> {
+        Ok(KvCache { k: alloc(ctx * kv_dim, "KV cache")?, v: alloc(ctx * kv_dim, "KV cache")?, kv_dim })
+    }
+
+    fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<CpuRope, BackendError> {
+        let inv = rope.inv_freqs();
+        let half = inv.len();
+        let mut cos = alloc(ctx * half, "rope table")?;
+        let mut sin = alloc(ctx * half, "rope table")?;
+        for p in 0..ctx {
+            let pos = p as f64 / rope.linear_factor as f64;
+            for (i, f) in inv.iter().enumerate() {
+                let a = pos * *f as f64;
+                cos[p * half + i] = a.cos() as f32;
+                sin[p * half + i] = a.sin() as f32;
+            }
+        }
+        Ok(CpuRope { cos, sin, half, interleaved: rope.style == RopeStyle::Interleaved })
+    }
+
+    fn embed(&mut self, table: &Weight, tokens: &[u32], out: &mut CpuAct) -> Result<(), BackendError> {
+        let d = out.width;
+        for (i, &t) in tokens.iter().enumerate() {
+            table
+                .dequantize_row(t as usize, &mut out.data[i * d..(i + 1) * d])
+                .map_err(|e| BackendError::Device(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(&mut self, x: &CpuAct, w: &Vec<f32>, eps: f32, n: usize, out: &mut CpuAct) -> Result<(), BackendError> {
+        let d = x.width;
+        for i in 0..n {
+            ops::rmsnorm(&x.data[i * d..(i + 1) * d], w, eps, &mut out.data[i * d..(i + 1) * d]);
+        }
+        Ok(())
+    }
+
+    fn head_rmsnorm(&mut self, x: &mut CpuAct, w: &Vec<f32>, head_dim: usize, eps: f32, n: usize) -> Result<(), BackendError> {
+        for head in x.data[..n * x.width].chunks_mut(head_dim) {
+            ops::rmsnorm_inplace(head, w, eps);
+        }
+        Ok(())
+    }
+
+    fn matmul(&mut self, x: &CpuAct, w: &Weight, n: usize, out: &mut CpuAct) -> Result<(), BackendError> {
+        matmul::matmul(w, &x.data, n, &mut out.data, self.precise, &mut self.scratch);
+        Ok(())
+    }
+
+    fn add_bias(&mut self, x: &mut CpuAct, b: &Vec<f32>, n: usize) -> Result<(), BackendError> {
+        for row in x.data[..n * x.width].chunks_mut(x.width) {
+            for (v, bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, x: &mut CpuAct, y: &CpuAct, n: usize) -> Result<(), BackendError> {
+        let len = n * x.width;
+        for (a, b) in x.data[..len].iter_mut().zip(&y.data[..len]) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: &mut CpuAct, up: &CpuAct, n: usize) -> Result<(), BackendError> {
+        let len = n * gate.width;
+        ops::swiglu(&mut gate.data[..len], &up.data[..len]);
+        Ok(())
+    }
+
+    fn rope(&mut self, x: &mut CpuAct, t: &CpuRope, n_heads: usize, pos: usize, n: usize) -> Result<(), BackendError> {
+        let hd = x.width / n_heads;
+        for i in 0..n {
+            let p = pos + i;
+            let (c, s) = (&t.cos[p * t.half..(p + 1) * t.half], &t.sin[p * t.half..(p + 1) * t.half]);
+            for head in x.data[i * x.width..(i + 1) * x.width].chunks_mut(hd) {
+                ops::rope_head(&mut head[..2 * t.half], c, s, t.interleaved);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        kv: &mut KvCache,
+        shape: AttnShape,
+        pos: usize,
+        n: usize,
+        out: &mut CpuAct,
+    ) -> Result<(), BackendError> {
+        attention::attention(&q.data, &k.data, &v.data, kv, shape, pos, n, &mut out.data);
+        Ok(())
+    }
+
+    fn copy_row(&mut self, src: &CpuAct, src_row: usize, dst: &mut CpuAct) -> Result<(), BackendError> {
+        let w = src.width;
+        dst.data[..w].copy_from_slice(&src.data[src_row * w..(src_row + 1) * w]);
+        Ok(())
+    }
+
+    fn read_row(&mut self, x: &CpuAct, out: &mut [f32]) -> Result<(), BackendError> {
+        out.copy_from_slice(&x.data[..out.len()]);
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! Causal grouped-query attention over the KV cache, one (token, head) pair per task.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::ops::{axpy, dot, softmax};
+use crate::backend::AttnShape;
+
+/// One layer's cache: `ctx` positions of `kv_dim` values for K and for V, f32.
+pub struct KvCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub kv_dim: usize,
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Write `k`, `v` (n rows) at positions `pos..pos+n`, then for each query row i (position
+/// `pos + i`) and head h: `out = softmax(q.K^T / sqrt(d)) V` over the visible positions.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cache: &mut KvCache,
+    s: AttnShape,
+    pos: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let kvd = cache.kv_dim;
+    cache.k[pos * kvd..(pos + n) * kvd].copy_from_slice(&k[..n * kvd]);
+    cache.v[pos * kvd..(pos + n) * kvd].copy_from_slice(&v[..n * kvd]);
+    let (hd, nh) = (s.head_dim, s.n_heads);
+    let group = nh / s.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (kc, vc) = (&cache.k, &cache.v);
+    out[..n * nh * hd].par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (i, h) = (idx / nh, idx % nh);
+        let p = pos + i;
+        let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let qh = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+        let kvh = h / group;
+        SCORES.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            sc.clear();
+            for j in first..=p {
+                let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+                sc.push(dot(qh, kj) * scale);
+            }
+            softmax(&mut sc);
+            o.fill(0.0);
+            for (j, &w) in (first..=p).zip(sc.iter()) {
+                axpy(w, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], o);
+            }
+        });
+    });
+}

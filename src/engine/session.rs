@@ -1,0 +1,76 @@
+//! A model bound to a backend with its KV cache: the one object the generation loop drives.
+//! Type-erased so the engine does not care which backend runs underneath.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{BackendError, Ops};
+use crate::model::llama::{Llama, State};
+use crate::model::{ModelConfig, ModelWeights};
+
+pub trait Session: Send {
+    fn backend_name(&self) -> &'static str;
+    /// Positions the KV cache holds.
+    fn ctx(&self) -> usize;
+    /// Most tokens one `forward` call takes.
+    fn max_batch(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Run `tokens` at positions `pos..`, extending the cache; logits of the last token.
+    fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+}
+
+struct OpsSession<B: Ops> {
+    backend: B,
+    model: Llama<B>,
+    state: State<B>,
+}
+
+impl<B: Ops + Send> Session for OpsSession<B>
+where
+    Llama<B>: Send,
+    State<B>: Send,
+{
+    fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn ctx(&self) -> usize {
+        self.state.ctx
+    }
+
+    fn max_batch(&self) -> usize {
+        self.state.max_batch
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError> {
+        self.model.forward(&mut self.backend, &mut self.state, tokens, pos, logits)
+    }
+}
+
+/// Options for building a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// KV cache positions (clamped to the model's context length).
+    pub ctx: usize,
+    /// Prompt tokens per forward call during prefill.
+    pub max_batch: usize,
+    /// CPU: exact f32 dot products instead of 8-bit activations.
+    pub precise: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { ctx: 4096, max_batch: 64, precise: false }
+    }
+}
+
+/// A CPU session over a model's weights.
+pub fn cpu_session(config: &ModelConfig, weights: &ModelWeights, opts: &SessionOptions) -> Result<Box<dyn Session>, BackendError> {
+    let mut backend = CpuBackend::new(opts.precise);
+    let llama = Llama::load(&mut backend, config, weights)?;
+    let ctx = opts.ctx.clamp(1, config.max_ctx);
+    let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;
+    Ok(Box::new(OpsSession { backend, model: llama, state }))
+}

@@ -1,0 +1,169 @@
+//! The decoder forward pass shared by llama, mistral, qwen2 and qwen3: pre-norm blocks of
+//! grouped-query attention with rotary positions and a SwiGLU MLP. The family differences
+//! are flags on the config: q/k/v biases (qwen2), per-head q/k RMSNorm (qwen3), sliding
+//! window (mistral), rope style and scaling.
+//!
+//! Written against `backend::Ops`, so the same graph runs on every backend.
+
+use crate::backend::{AttnShape, BackendError, Ops};
+
+use super::config::ModelConfig;
+use super::weights::ModelWeights;
+
+struct Layer<B: Ops> {
+    attn_norm: B::Vector,
+    wq: B::Mat,
+    wk: B::Mat,
+    wv: B::Mat,
+    bq: Option<B::Vector>,
+    bk: Option<B::Vector>,
+    bv: Option<B::Vector>,
+    q_norm: Option<B::Vector>,
+    k_norm: Option<B::Vector>,
+    wo: B::Mat,
+    ffn_norm: B::Vector,
+    w_gate: B::Mat,
+    w_up: B::Mat,
+    w_down: B::Mat,
+}
+
+/// A model's weights in a backend's form.
+pub struct Llama<B: Ops> {
+    pub cfg: ModelConfig,
+    embed: B::Mat,
+    layers: Vec<Layer<B>>,
+    final_norm: B::Vector,
+    output: B::Mat,
+}
+
+/// Per-sequence state: the KV cache and scratch activations for up to `max_batch` tokens
+/// per forward call. Allocated once; the decode step allocates nothing.
+pub struct State<B: Ops> {
+    pub ctx: usize,
+    pub max_batch: usize,
+    kv: Vec<B::Kv>,
+    rope: B::RopeTable,
+    x: B::Act,
+    h: B::Act,
+    q: B::Act,
+    k: B::Act,
+    v: B::Act,
+    att: B::Act,
+    gate: B::Act,
+    up: B::Act,
+    last: B::Act,
+    last_norm: B::Act,
+    logits: B::Act,
+}
+
+impl<B: Ops> Llama<B> {
+    pub fn load(b: &mut B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self, BackendError> {
+        let opt = |b: &mut B, v: &Option<Vec<f32>>| v.as_ref().map(|v| b.upload_vector(v)).transpose();
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            layers.push(Layer {
+                attn_norm: b.upload_vector(&l.attn_norm)?,
+                wq: b.upload_matrix(&l.wq)?,
+                wk: b.upload_matrix(&l.wk)?,
+                wv: b.upload_matrix(&l.wv)?,
+                bq: opt(b, &l.bq)?,
+                bk: opt(b, &l.bk)?,
+                bv: opt(b, &l.bv)?,
+                q_norm: opt(b, &l.q_norm)?,
+                k_norm: opt(b, &l.k_norm)?,
+                wo: b.upload_matrix(&l.wo)?,
+                ffn_norm: b.upload_vector(&l.ffn_norm)?,
+                w_gate: b.upload_matrix(&l.w_gate)?,
+                w_up: b.upload_matrix(&l.w_up)?,
+                w_down: b.upload_matrix(&l.w_down)?,
+            });
+        }
+        Ok(Llama {
+            cfg: cfg.clone(),
+            embed: b.upload_matrix(&w.embed)?,
+            layers,
+            final_norm: b.upload_vector(&w.final_norm)?,
+            output: b.upload_matrix(&w.output)?,
+        })
+    }
+
+    pub fn new_state(&self, b: &mut B, ctx: usize, max_batch: usize) -> Result<State<B>, BackendError> {
+        let c = &self.cfg;
+        let mut kv = Vec::with_capacity(c.n_layers);
+        for _ in 0..c.n_layers {
+            kv.push(b.alloc_kv(ctx, c.kv_dim())?);
+        }
+        Ok(State {
+            ctx,
+            max_batch,
+            kv,
+            rope: b.rope_table(&c.rope, ctx)?,
+            x: b.alloc_act(max_batch, c.dim)?,
+            h: b.alloc_act(max_batch, c.dim)?,
+            q: b.alloc_act(max_batch, c.q_dim())?,
+            k: b.alloc_act(max_batch, c.kv_dim())?,
+            v: b.alloc_act(max_batch, c.kv_dim())?,
+            att: b.alloc_act(max_batch, c.q_dim())?,
+            gate: b.alloc_act(max_batch, c.ffn_dim)?,
+            up: b.alloc_act(max_batch, c.ffn_dim)?,
+            last: b.alloc_act(1, c.dim)?,
+            last_norm: b.alloc_act(1, c.dim)?,
+            logits: b.alloc_act(1, c.vocab_size)?,
+        })
+    }
+
+    /// Run `tokens` (at most `max_batch`) at positions `pos..`, extending the KV cache, and
+    /// write the logits of the last token into `logits` (vocab-sized).
+    pub fn forward(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        assert!(n > 0 && n <= s.max_batch && pos + n <= s.ctx, "caller checks batch and context bounds");
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window: c.sliding_window,
+        };
+        b.embed(&self.embed, tokens, &mut s.x)?;
+        for (l, kv) in self.layers.iter().zip(s.kv.iter_mut()) {
+            // Attention block.
+            b.rmsnorm(&s.x, &l.attn_norm, c.rms_eps, n, &mut s.h)?;
+            b.matmul(&s.h, &l.wq, n, &mut s.q)?;
+            b.matmul(&s.h, &l.wk, n, &mut s.k)?;
+            b.matmul(&s.h, &l.wv, n, &mut s.v)?;
+            if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
+                b.add_bias(&mut s.q, bq, n)?;
+                b.add_bias(&mut s.k, bk, n)?;
+                b.add_bias(&mut s.v, bv, n)?;
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                b.head_rmsnorm(&mut s.q, qn, c.head_dim, c.rms_eps, n)?;
+                b.head_rmsnorm(&mut s.k, kn, c.head_dim, c.rms_eps, n)?;
+            }
+            b.rope(&mut s.q, &s.rope, c.n_heads, pos, n)?;
+            b.rope(&mut s.k, &s.rope, c.n_kv_heads, pos, n)?;
+            b.attention(&s.q, &s.k, &s.v, kv, shape, pos, n, &mut s.att)?;
+            b.matmul(&s.att, &l.wo, n, &mut s.h)?;
+            b.add(&mut s.x, &s.h, n)?;
+            // MLP block.
+            b.rmsnorm(&s.x, &l.ffn_norm, c.rms_eps, n, &mut s.h)?;
+            b.matmul(&s.h, &l.w_gate, n, &mut s.gate)?;
+            b.matmul(&s.h, &l.w_up, n, &mut s.up)?;
+            b.swiglu(&mut s.gate, &s.up, n)?;
+            b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
+            b.add(&mut s.x, &s.h, n)?;
+        }
+        // Only the last position's logits are needed to pick the next token.
+        b.copy_row(&s.x, n - 1, &mut s.last)?;
+        b.rmsnorm(&s.last, &self.final_norm, c.rms_eps, 1, &mut s.last_norm)?;
+        b.matmul(&s.last_norm, &self.output, 1, &mut s.logits)?;
+        b.read_row(&s.logits, logits)
+    }
+}

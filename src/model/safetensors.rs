@@ -1,0 +1,194 @@
+//! HF checkpoints: `config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, read over mmap with the `safetensors` crate (which checks
+//! the header: offsets inside the file, dtype x elements = byte span, no overlaps).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::ModelError;
+use super::weights::{ByteSource, TensorLookup, Weight};
+use crate::quant::GgmlType;
+
+/// Where one tensor's bytes are.
+struct Entry {
+    file: Arc<Mmap>,
+    ty: GgmlType,
+    shape: Vec<usize>,
+    offset: usize,
+    len: usize,
+}
+
+/// Every tensor of an HF checkpoint directory, by HF name.
+pub struct SafetensorsDir {
+    tensors: HashMap<String, Entry>,
+}
+
+/// Largest safetensors JSON header we accept; real ones are well under 1 MiB.
+const MAX_HEADER: u64 = 64 << 20;
+
+impl SafetensorsDir {
+    pub fn open(dir: &Path) -> Result<SafetensorsDir, ModelError> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<String> = if single.is_file() {
+            vec!["model.safetensors".into()]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Format(format!("{}: {e}", index.display())))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                ModelError::Format(format!("{}: weight_map missing", index.display()))
+            })?;
+            let mut files: Vec<String> = Vec::new();
+            for f in map.values() {
+                let f = f.as_str().ok_or_else(|| ModelError::Format("weight_map value not a string".into()))?;
+                // Shards are plain file names next to the index: refuse paths that climb out.
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(ModelError::Format(format!("shard name {f:?} is not a plain file name")));
+                }
+                if !files.iter().any(|x| x == f) {
+                    files.push(f.to_string());
+                }
+            }
+            files
+        } else {
+            return Err(ModelError::Format(format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            )));
+        };
+        let mut tensors = HashMap::new();
+        for f in files {
+            let path = dir.join(&f);
+            let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+            // SAFETY: the map is read-only; a model file changing under a running engine is
+            // outside what we can defend against (same as every mmap-based loader).
+            let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?);
+            if map.len() >= 8 {
+                let n = u64::from_le_bytes(map[..8].try_into().unwrap_or([0; 8]));
+                if n > MAX_HEADER {
+                    return Err(ModelError::Format(format!("{f}: header of {n} bytes is over the limit")));
+                }
+            }
+            let st = SafeTensors::deserialize(map.bytes())
+                .map_err(|e| ModelError::Format(format!("{f}: {e}")))?;
+            let base = map.bytes().as_ptr() as usize;
+            for (name, view) in st.tensors() {
+                let ty = match view.dtype() {
+                    Dtype::F32 => GgmlType::F32,
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::BF16,
+                    other => {
+                        return Err(ModelError::Tensor {
+                            name,
+                            msg: format!("dtype {other:?} (supported: F32, F16, BF16)"),
+                        });
+                    }
+                };
+                let data = view.data();
+                let entry = Entry {
+                    file: map.clone(),
+                    ty,
+                    shape: view.shape().to_vec(),
+                    offset: data.as_ptr() as usize - base,
+                    len: data.len(),
+                };
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(ModelError::Tensor { name, msg: "appears in two shards".into() });
+                }
+            }
+        }
+        Ok(SafetensorsDir { tensors })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Counts of tensors per format, for `tachyon info`.
+    pub fn type_counts(&self) -> Vec<(GgmlType, usize)> {
+        let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+        for e in self.tensors.values() {
+            match counts.iter_mut().find(|(t, _)| *t == e.ty) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.ty, 1)),
+            }
+        }
+        counts
+    }
+}
+
+/// The HF name of a tensor given its GGUF-style name.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, role) = rest.split_once('.')?;
+    let hf_role = match role {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_role}"))
+}
+
+impl TensorLookup for SafetensorsDir {
+    fn file_name(&self, gguf_name: &str) -> String {
+        hf_name(gguf_name).unwrap_or_else(|| gguf_name.to_string())
+    }
+
+    fn find(&self, gguf_name: &str) -> Result<Option<Weight>, ModelError> {
+        let Some(name) = hf_name(gguf_name) else { return Ok(None) };
+        let Some(e) = self.tensors.get(&name) else { return Ok(None) };
+        let (rows, cols) = match e.shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            s => {
+                return Err(ModelError::Tensor { name, msg: format!("has {} dimensions, expected 1 or 2", s.len()) });
+            }
+        };
+        let src: Arc<dyn ByteSource> = e.file.clone();
+        Weight::new(&name, e.ty, rows, cols, src, e.offset, e.len).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(hf_name("blk.12.attn_q.bias").as_deref(), Some("model.layers.12.self_attn.q_proj.bias"));
+        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(hf_name("blk.x"), None);
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+}

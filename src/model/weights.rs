@@ -1,0 +1,203 @@
+//! Weight tensors as views into mapped model files, and the per-layer weight set of the
+//! decoder. Matrices stay in their file format (quantized or not); only the small vectors
+//! (norms, biases) are converted to f32 at load.
+
+use std::sync::Arc;
+
+use crate::quant::{self, GgmlType};
+
+use super::ModelError;
+use super::config::ModelConfig;
+
+/// Something that owns the bytes of a model file (a memory map).
+pub trait ByteSource: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+impl ByteSource for super::gguf::GgufFile {
+    fn bytes(&self) -> &[u8] {
+        super::gguf::GgufFile::bytes(self)
+    }
+}
+
+impl ByteSource for memmap2::Mmap {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// A 2-D weight matrix of `rows` x `cols` elements in format `ty`, row-major (each row is
+/// `cols` contiguous elements: the layout of GGUF and of safetensors `[out, in]`).
+#[derive(Clone)]
+pub struct Weight {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    src: Arc<dyn ByteSource>,
+    offset: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Weight({} {} [{}, {}])", self.name, self.ty, self.rows, self.cols)
+    }
+}
+
+impl Weight {
+    /// A view of `len` bytes at `offset` of `src`, checked against the source and the shape.
+    pub fn new(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        src: Arc<dyn ByteSource>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Weight, ModelError> {
+        let bad = |m: String| ModelError::Tensor { name: name.to_string(), msg: m };
+        if cols % ty.block_len() != 0 {
+            return Err(bad(format!(
+                "row length {cols} is not a multiple of the {ty} block length {}",
+                ty.block_len()
+            )));
+        }
+        let want = (rows as u64)
+            .checked_mul(cols as u64)
+            .and_then(|n| ty.bytes_for(n))
+            .ok_or_else(|| bad(format!("shape [{rows}, {cols}] overflows")))?;
+        if want != len as u64 {
+            return Err(bad(format!("holds {len} bytes, its {ty} shape [{rows}, {cols}] needs {want}")));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > src.bytes().len()) {
+            return Err(bad(format!("bytes {offset}..+{len} lie past the end of the file")));
+        }
+        Ok(Weight { name: name.to_string(), ty, rows, cols, src, offset, len })
+    }
+
+    /// The raw bytes of the whole matrix.
+    pub fn bytes(&self) -> &[u8] {
+        &self.src.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.len / self.rows.max(1)
+    }
+
+    /// The raw bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.bytes()[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantize one row into `out` (`cols` long).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        quant::dequantize(self.ty, self.row(r), out)
+            .map_err(|e| ModelError::Tensor { name: self.name.clone(), msg: e.to_string() })
+    }
+
+    /// The whole tensor as f32 (used for small vectors: norms, biases).
+    pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        quant::dequantize(self.ty, self.bytes(), &mut out)
+            .map_err(|e| ModelError::Tensor { name: self.name.clone(), msg: e.to_string() })?;
+        Ok(out)
+    }
+}
+
+/// Where the loader finds tensors by their role; GGUF and HF name them differently.
+pub trait TensorLookup {
+    /// The tensor with this GGUF-style name (`blk.3.attn_q.weight`), as a 2-D view
+    /// (1-D tensors come back as one row).
+    fn find(&self, gguf_name: &str) -> Result<Option<Weight>, ModelError>;
+
+    /// The name the file itself would use for this tensor (for error messages).
+    fn file_name(&self, gguf_name: &str) -> String {
+        gguf_name.to_string()
+    }
+}
+
+/// Weights of one decoder layer.
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub wo: Weight,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Weight,
+    pub w_up: Weight,
+    pub w_down: Weight,
+}
+
+/// All weights of a decoder-only model.
+pub struct ModelWeights {
+    pub embed: Weight,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+    /// The LM head; the embedding matrix itself when the model ties them.
+    pub output: Weight,
+    pub tied_output: bool,
+}
+
+impl ModelWeights {
+    /// Find every tensor the config calls for and check its shape, so a model whose tensors
+    /// disagree with its config is refused here, naming the tensor.
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorLookup) -> Result<ModelWeights, ModelError> {
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight, ModelError> {
+            let w = src.find(name)?.ok_or_else(|| ModelError::MissingTensor(src.file_name(name)))?;
+            if (w.rows, w.cols) != (rows, cols) {
+                return Err(ModelError::Tensor {
+                    name: w.name.clone(),
+                    msg: format!("shape [{}, {}], the config needs [{rows}, {cols}]", w.rows, w.cols),
+                });
+            }
+            Ok(w)
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
+            let w = matrix(name, 1, len)?;
+            let v = w.to_f32()?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(ModelError::Tensor { name: name.into(), msg: "holds NaN or infinity".into() });
+            }
+            Ok(v)
+        };
+        let optional = |name: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
+            if wanted { vector(name, len).map(Some) } else { Ok(None) }
+        };
+        let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(LayerWeights {
+                attn_norm: vector(&n("attn_norm.weight"), d)?,
+                wq: matrix(&n("attn_q.weight"), q, d)?,
+                wk: matrix(&n("attn_k.weight"), kv, d)?,
+                wv: matrix(&n("attn_v.weight"), kv, d)?,
+                bq: optional(&n("attn_q.bias"), q, cfg.qkv_bias)?,
+                bk: optional(&n("attn_k.bias"), kv, cfg.qkv_bias)?,
+                bv: optional(&n("attn_v.bias"), kv, cfg.qkv_bias)?,
+                q_norm: optional(&n("attn_q_norm.weight"), cfg.head_dim, cfg.qk_norm)?,
+                k_norm: optional(&n("attn_k_norm.weight"), cfg.head_dim, cfg.qk_norm)?,
+                wo: matrix(&n("attn_output.weight"), d, q)?,
+                ffn_norm: vector(&n("ffn_norm.weight"), d)?,
+                w_gate: matrix(&n("ffn_gate.weight"), f, d)?,
+                w_up: matrix(&n("ffn_up.weight"), f, d)?,
+                w_down: matrix(&n("ffn_down.weight"), d, f)?,
+            });
+        }
+        let embed = matrix("token_embd.weight", cfg.vocab_size, d)?;
+        let (output, tied_output) = match src.find("output.weight")? {
+            Some(_) => (matrix("output.weight", cfg.vocab_size, d)?, false),
+            None => (embed.clone(), true),
+        };
+        Ok(ModelWeights { embed, layers, final_norm: vector("output_norm.weight", d)?, output, tied_output })
+    }
+}
