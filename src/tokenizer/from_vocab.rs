@@ -62,9 +62,8 @@ fn build_byte_level(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         bos: vocab.bos_id,
         eos: vocab.eos_id,
         extra_stops: [vocab.eot_id, vocab.eom_id].into_iter().flatten().collect(),
-        // llama.cpp adds BOS by default only for Llama 3 style vocabularies (the ones that
-        // also skip merges for whole-vocabulary words).
-        add_bos: vocab.add_bos.unwrap_or(rule.ignore_merges),
+        // BOS only when the metadata asks for it: a raw prompt must reach the model as written.
+        add_bos: vocab.add_bos.unwrap_or(false),
         chat_template: vocab.chat_template.clone(),
     }))
 }
@@ -113,8 +112,8 @@ fn build_sentencepiece(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         bos: vocab.bos_id,
         eos: vocab.eos_id,
         extra_stops: [vocab.eot_id, vocab.eom_id].into_iter().flatten().collect(),
-        // SentencePiece models were trained with BOS; llama.cpp adds it unless told not to.
-        add_bos: vocab.add_bos.unwrap_or(true),
+        // BOS only when the metadata asks for it (SentencePiece GGUFs normally set the flag).
+        add_bos: vocab.add_bos.unwrap_or(false),
         chat_template: vocab.chat_template.clone(),
     }))
 }

@@ -120,8 +120,7 @@ impl Tokenizer {
 
     /// Encodes `text`. Special tokens written in the text (e.g. `<|im_start|>`) are
     /// recognised and become their single id. With `add_bos`, BOS is prepended only when the
-    /// model's metadata says to add one (`add_bos_token`; llama.cpp's defaults when absent:
-    /// yes for SentencePiece and Llama 3 vocabularies, no otherwise); never otherwise.
+    /// model's metadata says to add one (`add_bos_token`); never otherwise.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner
