@@ -24,6 +24,7 @@ impl Isa {
     }
 
     /// Whether this CPU runs the family.
+    #[cfg(test)]
     pub(crate) fn available(self) -> bool {
         self == Isa::Scalar || Isa::best() == Isa::Avx2
     }
