@@ -90,6 +90,8 @@ fn spm_vocab() -> GgufVocab {
         unk_id: Some(0),
         bos_id: Some(1),
         eos_id: Some(2),
+        // As real SentencePiece GGUFs do: BOS comes only from this flag.
+        add_bos: Some(true),
         ..GgufVocab::default()
     }
 }
@@ -144,8 +146,11 @@ fn spm_encode_decode() {
     let tok = Tokenizer::from_vocab(&spm_vocab()).unwrap();
     let ids = tok.encode("hello", true).unwrap();
     let pieces: Vec<String> = ids.iter().map(|&i| tok.id_to_piece(i).unwrap()).collect();
-    // BOS is added by default for SentencePiece vocabularies.
+    // BOS is added because the metadata asks for it.
     assert_eq!(pieces, ["<s>", "\u{2581}hello"]);
+    // Without the flag there is no BOS, whatever the vocabulary kind.
+    let no_flag = Tokenizer::from_vocab(&GgufVocab { add_bos: None, ..spm_vocab() }).unwrap();
+    assert_eq!(no_flag.encode("hello", true).unwrap(), tok.encode("hello", false).unwrap());
     assert_eq!(tok.decode(&ids).unwrap(), "hello");
     // "é" is not in the vocabulary: byte fallback.
     let ids = tok.encode("hé", false).unwrap();
