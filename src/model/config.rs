@@ -252,8 +252,8 @@ impl ModelConfig {
                 }
             }
         }
-        let tied = v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
-        let _ = tied; // the loader looks for lm_head.weight and falls back to the embedding
+        // Tied output needs no flag: the loader uses lm_head.weight when present, else the
+        // embedding.
         let cfg = ModelConfig {
             family,
             n_layers: req("num_hidden_layers")?,
