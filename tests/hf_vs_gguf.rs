@@ -201,7 +201,7 @@ fn write_pair(s: &Shape, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf)
 
 fn logits_of(path: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
     let (cfg, w, _) = load_weights(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let opts = SessionOptions { ctx: 64, max_batch: 8, precise: true };
+    let opts = SessionOptions { ctx: 64, max_batch: 8, precise: true, ..Default::default() };
     let mut s = cpu_session(&cfg, &w, &opts).unwrap();
     let mut out = Vec::new();
     // A batched prefill of all but the last token, then one decode step, to cover both paths.

@@ -58,17 +58,20 @@ pub struct SessionOptions {
     pub max_batch: usize,
     /// CPU: exact f32 dot products instead of 8-bit activations.
     pub precise: bool,
+    /// CPU: copy the weights into huge-page memory at load (faster decoding, slower load,
+    /// the model's size in resident memory) instead of reading the file mapping.
+    pub resident_weights: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { ctx: 4096, max_batch: 64, precise: false }
+        SessionOptions { ctx: 4096, max_batch: 64, precise: false, resident_weights: true }
     }
 }
 
 /// A CPU session over a model's weights.
 pub fn cpu_session(config: &ModelConfig, weights: &ModelWeights, opts: &SessionOptions) -> Result<Box<dyn Session>, BackendError> {
-    let mut backend = CpuBackend::new(opts.precise);
+    let mut backend = CpuBackend::new(opts.precise, opts.resident_weights);
     let llama = Llama::load(&mut backend, config, weights)?;
     let ctx = opts.ctx.clamp(1, config.max_ctx);
     let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;

@@ -2,9 +2,8 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::ops::{axpy, dot, softmax};
+use super::pool;
 use crate::backend::AttnShape;
 
 /// One layer's cache: `ctx` positions of `kv_dim` values for K and for V, f32.
@@ -12,6 +11,19 @@ pub struct KvCache {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
     pub kv_dim: usize,
+}
+
+/// The output shared by the tasks, each of which writes its own `head_dim` chunk.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint chunks (see `attention`), and the buffer outlives the job.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
 }
 
 thread_local! {
@@ -38,7 +50,11 @@ pub fn attention(
     let group = nh / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let (kc, vc) = (&cache.k, &cache.v);
-    out[..n * nh * hd].par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+    let out = &mut out[..n * nh * hd];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    pool::global().run(n * nh, &|idx| {
+        // SAFETY: task `idx` owns output chunk `idx` alone, and `out` holds n * nh chunks.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(idx * hd), hd) };
         let (i, h) = (idx / nh, idx % nh);
         let p = pos + i;
         let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));

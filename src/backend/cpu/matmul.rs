@@ -3,10 +3,10 @@
 //! thread streams a band of weight rows against every activation row, so a weight row is
 //! read from memory once per call however many tokens the batch has.
 
-use rayon::prelude::*;
-
 use crate::model::Weight;
 use crate::quant::{self, QuantizedActs};
+
+use super::pool;
 
 /// Reusable per-call buffers.
 #[derive(Default)]
@@ -40,10 +40,11 @@ pub fn matmul(w: &Weight, x: &[f32], n: usize, out: &mut [f32], precise: bool, s
     let row_bytes = w.row_bytes();
     let bytes = w.bytes();
     // Bands small enough to balance across threads, big enough to amortise scheduling.
-    let threads = rayon::current_num_threads().max(1);
+    let pool = pool::global();
+    let threads = pool.threads();
     let band = rows.div_ceil(threads * 8).clamp(16, 512);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
+    pool.run(rows.div_ceil(band), &|b| {
         let r0 = b * band;
         let r1 = (r0 + band).min(rows);
         let wband = &bytes[r0 * row_bytes..r1 * row_bytes];

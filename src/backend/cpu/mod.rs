@@ -5,6 +5,8 @@
 pub mod attention;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
+pub mod resident;
 
 use super::{AttnShape, BackendError, Ops};
 use crate::model::{Rope, RopeStyle, Weight};
@@ -30,11 +32,16 @@ pub struct CpuBackend {
     /// activations to 8 bits: slower, closest to exact math.
     pub precise: bool,
     scratch: MatmulScratch,
+    /// Where uploaded matrices live: `None` reads them through the file mapping.
+    resident: Option<resident::Resident>,
 }
 
 impl CpuBackend {
-    pub fn new(precise: bool) -> CpuBackend {
-        CpuBackend { precise, scratch: MatmulScratch::default() }
+    /// `resident_weights`: copy large matrices out of the file mapping into huge-page
+    /// memory at load (see `resident`), rather than reading them through the mapping.
+    pub fn new(precise: bool, resident_weights: bool) -> CpuBackend {
+        let resident = resident_weights.then(resident::Resident::default);
+        CpuBackend { precise, scratch: MatmulScratch::default(), resident }
     }
 }
 
@@ -57,7 +64,10 @@ impl Ops for CpuBackend {
     }
 
     fn upload_matrix(&mut self, w: &Weight) -> Result<Weight, BackendError> {
-        Ok(w.clone())
+        match &mut self.resident {
+            Some(r) => r.place(w),
+            None => Ok(w.clone()),
+        }
     }
 
     fn upload_vector(&mut self, v: &[f32]) -> Result<Vec<f32>, BackendError> {
