@@ -3,6 +3,7 @@
 
 pub mod sampler;
 pub mod session;
+pub mod speculative;
 
 use std::time::{Duration, Instant};
 
