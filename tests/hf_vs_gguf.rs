@@ -10,6 +10,7 @@ use std::path::Path;
 use tachyon::engine::{SessionOptions, cpu_session};
 use tachyon::model::gguf::{GgufBuilder, MetaValue};
 use tachyon::model::load_weights;
+use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
 
 struct Shape {
     family: &'static str,
@@ -214,13 +215,23 @@ fn logits_of(path: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
     out
 }
 
+/// `tachyon quantize` of the HF checkpoint to an F32 GGUF (llama.cpp names and metadata,
+/// Q/K permuted for llama) must load back to the same model.
+fn quantized_from_hf(hf: &Path, out: &Path) -> std::path::PathBuf {
+    let (cfg, w, src) = load_weights(hf).unwrap();
+    let q = out.join("from-hf-f32.gguf");
+    quantize_to_gguf(&cfg, &w, Some(&src), QuantMix::Uniform(tachyon::quant::GgmlType::F32), &q, |_, _| {}).unwrap();
+    q
+}
+
 fn check(s: Shape) {
     let dir = tempfile::tempdir().unwrap();
     let (hf, gguf) = write_pair(&s, dir.path());
     let tokens = [3u32, 17, 5, 38, 9, 1, 30];
     let a = logits_of(&hf, &tokens);
     let b = logits_of(&gguf, &tokens);
-    for (la, lb) in a.iter().zip(&b) {
+    let c = logits_of(&quantized_from_hf(&hf, dir.path()), &tokens);
+    for (la, lb) in a.iter().zip(&b).chain(a.iter().zip(&c)) {
         let scale = la.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.1, "degenerate logits");
         for (i, (x, y)) in la.iter().zip(lb).enumerate() {

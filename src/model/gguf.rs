@@ -247,7 +247,7 @@ impl MetaValue {
     }
 
     /// The GGUF value type id this value is written with.
-    fn type_id(&self) -> u32 {
+    pub(crate) fn type_id(&self) -> u32 {
         match self {
             MetaValue::U8(_) => T_U8,
             MetaValue::I8(_) => T_I8,
@@ -1105,12 +1105,12 @@ impl GgufBuilder {
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn write_value(out: &mut Vec<u8>, v: &MetaValue) {
+pub(crate) fn write_value(out: &mut Vec<u8>, v: &MetaValue) {
     match v {
         MetaValue::U8(x) => out.push(*x),
         MetaValue::I8(x) => out.extend_from_slice(&x.to_le_bytes()),

@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod gguf;
+pub mod gguf_writer;
 pub mod llama;
+pub mod quantize;
 pub mod safetensors;
 pub mod weights;
 
