@@ -27,19 +27,18 @@ pub struct Metrics {
     pub running: Gauge,
 }
 
-/// Upper bounds in seconds from `lo` to `hi` on a 1-2-5 ladder (plus 1.5, 3 and 7.5 steps
-/// near the middle so a 30 µs target falls on a bound).
+/// Upper bounds in seconds from `lo` to `hi` on a 1-2-5 ladder (plus 1.5, 2.5, 3, 4 and
+/// 7.5 steps so a 30 µs target falls on a bound). Built from decimal text so the bounds
+/// print as written (2.5e-6, not 2.4999999e-6).
 fn ladder(lo: f64, hi: f64) -> Vec<f64> {
     let mut v = Vec::new();
-    let mut decade = 1e-7;
-    while decade <= hi * 10.0 {
-        for m in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5] {
-            let b = decade * m;
+    for exp in -7..=2 {
+        for m in ["1", "1.5", "2", "2.5", "3", "4", "5", "7.5"] {
+            let b: f64 = format!("{m}e{exp}").parse().unwrap_or(f64::NAN);
             if b >= lo * 0.999 && b <= hi * 1.001 {
                 v.push(b);
             }
         }
-        decade *= 10.0;
     }
     v
 }
@@ -139,7 +138,8 @@ mod tests {
         m.server_overhead.observe(12e-6);
         m.generated_tokens.inc();
         let text = m.render();
-        assert!(text.contains("tachyon_server_overhead_seconds_bucket{le=\"1.5e-5\"} 1"), "{text}");
+        assert!(text.contains("tachyon_server_overhead_seconds_bucket{le=\"0.000015\"} 1"), "{text}");
+        assert!(text.contains("tachyon_server_overhead_seconds_bucket{le=\"0.00001\"} 0"), "{text}");
         assert!(text.contains("tachyon_generation_tokens_total 1"), "{text}");
         assert!(text.contains("tachyon_queue_depth 0"));
     }
