@@ -54,11 +54,7 @@ fn malformed_input_gets_openai_errors_and_the_server_goes_on() {
             assert_eq!(v["error"]["param"], *p, "{what}: {v}");
         }
     }
-    let v = assert_openai_error(
-        &s.post("/v1/completions", r#"{"prompt": "x", "max_tokens": 200}"#),
-        400,
-        "context",
-    );
+    let v = assert_openai_error(&s.post("/v1/completions", r#"{"prompt": "x", "max_tokens": 200}"#), 400, "context");
     assert_eq!(v["error"]["code"], "context_length_exceeded");
     assert_openai_error(&s.post("/v1/chat/completions", r#"{"messages": "hi"}"#), 400, "chat messages as a string");
     assert_openai_error(&s.post("/v1/chat/completions", r#"{"messages": []}"#), 400, "no messages");
@@ -165,7 +161,8 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
     assert_eq!(streamed_finish(&events), full["choices"][0]["finish_reason"].as_str().unwrap());
 
     // Logprobs: one entry per token, alternatives sorted, the sampled greedy token on top.
-    let lp = s.post_json("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "logprobs": 2}));
+    let lp =
+        s.post_json("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "logprobs": 2}));
     let l = &lp["choices"][0]["logprobs"];
     assert_eq!(l["tokens"].as_array().unwrap().len(), 3);
     for (i, top) in l["top_logprobs"].as_array().unwrap().iter().enumerate() {
@@ -214,7 +211,8 @@ fn a_full_queue_answers_429_and_nobody_hangs() {
         .map(|_| {
             let body = body.clone();
             std::thread::spawn(move || {
-                let r = request(addr, "POST", "/v1/completions", &[("Content-Type", "application/json")], body.as_bytes());
+                let r =
+                    request(addr, "POST", "/v1/completions", &[("Content-Type", "application/json")], body.as_bytes());
                 (r.status, r.header("retry-after").map(str::to_string), r.json())
             })
         })
@@ -281,22 +279,26 @@ fn a_thousand_mid_stream_disconnects_stop_generation_and_leak_nothing() {
     assert_eq!(requests, 1000.0, "every request ran and finished");
     assert_eq!(s.metric("tachyon_requests_running"), 0.0);
     assert_eq!(s.metric("tachyon_requests_cancelled_total"), 1000.0);
-    // The client reads one token; the server learns of the hang-up on the next write and
-    // the engine stops at the step after: a handful of tokens, never the 500 asked for.
-    assert!(tokens / requests <= 4.0, "generation went on after the client left: {tokens} tokens / {requests}");
+    // The client reads one token and hangs up; the server sees the EOF at once and
+    // the engine stops before its next step: one or two tokens, never the 500 asked for.
+    assert!(tokens / requests <= 3.0, "generation went on after the client left: {tokens} tokens / {requests}");
     assert!(after <= warm + 16 * 1024, "RSS grew from {warm} KiB to {after} KiB over 800 disconnects");
     // Still serving.
     let ok = s.post_json("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 2}));
     assert_eq!(ok["usage"]["completion_tokens"], 2);
 }
 
-async fn next_frame(
-    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
-) -> Value {
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_frame(ws: &mut Ws) -> Value {
+    next_frame_within(ws, Duration::from_secs(60)).await
+}
+
+async fn next_frame_within(ws: &mut Ws, limit: Duration) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+        let msg = tokio::time::timeout(limit, ws.next())
             .await
-            .expect("a frame within 60 s")
+            .expect("a frame in time")
             .expect("socket open")
             .expect("frame");
         if let Message::Text(t) = msg {
@@ -315,7 +317,8 @@ fn websocket_cancel_and_replace() {
         .to_string();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", s.addr)).await.expect("ws connect");
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", s.addr)).await.expect("ws connect");
         let send = |v: Value| Message::Text(v.to_string().into());
         ws.send(send(json!({"id": "a", "prompt": PROMPT, "max_tokens": 400, "temperature": 0}))).await.unwrap();
         let f = next_frame(&mut ws).await;
@@ -435,7 +438,9 @@ fn fill_in_the_middle_uses_the_models_fim_tokens() {
     );
     let text = r["choices"][0]["text"].as_str().unwrap();
     assert!(text.contains("a + b") || text.contains("a+b"), "FIM completion: {text:?}");
-    let n = |t: &str| s.post_json("/tokenize", &json!({"prompt": t, "add_special_tokens": false}))["count"].as_u64().unwrap();
+    let n = |t: &str| {
+        s.post_json("/tokenize", &json!({"prompt": t, "add_special_tokens": false}))["count"].as_u64().unwrap()
+    };
     assert_eq!(r["usage"]["prompt_tokens"].as_u64(), Some(3 + n(prefix) + n(suffix)));
 }
 
@@ -445,7 +450,10 @@ fn the_official_openai_python_client_works_unchanged() {
     let python = root.join(".cache/venv/bin/python");
     if !python.is_file() {
         if std::env::var("TACHYON_REQUIRE_PY").is_ok_and(|v| v == "1") {
-            panic!("{} is missing; run scripts/test.sh (it creates the venv with openai and websockets)", python.display());
+            panic!(
+                "{} is missing; run scripts/test.sh (it creates the venv with openai and websockets)",
+                python.display()
+            );
         }
         eprintln!("skipping: {} is missing (scripts/test.sh creates it)", python.display());
         return;
@@ -474,7 +482,8 @@ fn bench_prefix_append_and_server_overhead() {
     let Some(path) = common::model_path(&name) else { return };
     let threads = std::env::var("TACHYON_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     let s = Server::start(&path, &["--ctx", "4096", "--threads", &threads]);
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/sampler.rs")).unwrap();
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/sampler.rs"))
+        .unwrap();
     let mut ids: Vec<u64> = Vec::new();
     while ids.len() < 2048 + 16 * 12 {
         let t = s.post_json("/tokenize", &json!({"prompt": text, "add_special_tokens": false}));
@@ -490,7 +499,8 @@ fn bench_prefix_append_and_server_overhead() {
             ws.send(Message::Text(req.to_string().into())).await.unwrap();
             let mut first = None;
             loop {
-                let f = next_frame(&mut ws).await;
+                // A cold 2048-token prefill on a busy 2-core machine takes minutes.
+                let f = next_frame_within(&mut ws, Duration::from_secs(900)).await;
                 if f["type"] == "token" {
                     first.get_or_insert_with(|| t0.elapsed());
                 }
@@ -531,19 +541,27 @@ fn bench_prefix_append_and_server_overhead() {
     for _ in 0..5 {
         let r = s.post(
             "/v1/completions",
-            &json!({"prompt": PROMPT, "max_tokens": 64, "temperature": 0.7, "stream": true, "ignore_eos": true}).to_string(),
+            &json!({"prompt": PROMPT, "max_tokens": 64, "temperature": 0.7, "stream": true, "ignore_eos": true})
+                .to_string(),
         );
         assert_eq!(r.status, 200);
     }
     let metrics = s.get("/metrics", &[]).text();
-    let name_h = "tachyon_server_overhead_seconds";
-    let (p50, n) = server_harness::histogram_quantile(&metrics, name_h, 0.5);
-    let (p99, _) = server_harness::histogram_quantile(&metrics, name_h, 0.99);
-    let (p999, _) = server_harness::histogram_quantile(&metrics, name_h, 0.999);
-    eprintln!(
-        "server overhead per token (engine token -> socket write), {n} tokens: p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us",
-        p50 * 1e6,
-        p99 * 1e6,
-        p999 * 1e6
-    );
+    for (h, what) in [
+        ("tachyon_server_overhead_seconds", "server overhead per token (engine token -> socket write)"),
+        (
+            "tachyon_token_handoff_seconds",
+            "  of which the hand-over (engine token -> chunk ready in the connection task)",
+        ),
+    ] {
+        let (p50, n) = server_harness::histogram_quantile(&metrics, h, 0.5);
+        let (p99, _) = server_harness::histogram_quantile(&metrics, h, 0.99);
+        let (p999, _) = server_harness::histogram_quantile(&metrics, h, 0.999);
+        eprintln!(
+            "{what}, {n} tokens: p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us",
+            p50 * 1e6,
+            p99 * 1e6,
+            p999 * 1e6
+        );
+    }
 }

@@ -25,19 +25,28 @@ fn epoch() -> Instant {
 
 /// The oldest token time not yet written on one connection (nanoseconds after `epoch()`,
 /// plus one; 0 = nothing pending).
-#[derive(Clone, Default)]
-pub struct WriteStamp(Arc<AtomicU64>);
+#[derive(Clone)]
+pub struct WriteStamp {
+    pending: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
 
 impl WriteStamp {
-    /// Records that bytes for a token produced at `at` are on their way to this socket.
-    /// An older pending mark is kept: it is the one that waited longest.
+    pub fn new(metrics: Arc<Metrics>) -> WriteStamp {
+        WriteStamp { pending: Arc::default(), metrics }
+    }
+
+    /// Records that the bytes of a token produced at `at` are ready and on their way to
+    /// this socket (and how long the hand-over from the engine took). An older pending mark
+    /// is kept: it is the one that waited longest.
     pub fn mark(&self, at: Instant) {
+        Metrics::observe(&self.metrics.token_handoff, at.elapsed());
         let ns = at.saturating_duration_since(epoch()).as_nanos() as u64 + 1;
-        let _ = self.0.compare_exchange(0, ns, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = self.pending.compare_exchange(0, ns, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     fn take(&self) -> Option<Duration> {
-        match self.0.swap(0, Ordering::AcqRel) {
+        match self.pending.swap(0, Ordering::AcqRel) {
             0 => None,
             ns => Some(epoch().elapsed().saturating_sub(Duration::from_nanos(ns - 1))),
         }
@@ -48,7 +57,6 @@ impl WriteStamp {
 pub struct StampedIo {
     inner: TcpStream,
     stamp: WriteStamp,
-    metrics: Arc<Metrics>,
 }
 
 impl StampedIo {
@@ -56,7 +64,7 @@ impl StampedIo {
         if n > 0
             && let Some(d) = self.stamp.take()
         {
-            Metrics::observe(&self.metrics.server_overhead, d);
+            Metrics::observe(&self.stamp.metrics.server_overhead, d);
         }
     }
 }
@@ -124,7 +132,7 @@ impl Listener for StampedListener {
             match self.inner.accept().await {
                 Ok((inner, addr)) => {
                     let _ = inner.set_nodelay(true);
-                    let io = StampedIo { inner, stamp: WriteStamp::default(), metrics: self.metrics.clone() };
+                    let io = StampedIo { inner, stamp: WriteStamp::new(self.metrics.clone()) };
                     return (io, addr);
                 }
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -160,7 +168,7 @@ mod tests {
     #[test]
     fn stamp_keeps_the_oldest_mark_and_takes_once() {
         epoch();
-        let s = WriteStamp::default();
+        let s = WriteStamp::new(Arc::new(Metrics::new()));
         assert!(s.take().is_none());
         let old = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
@@ -169,5 +177,7 @@ mod tests {
         let d = s.take().expect("marked");
         assert!(d >= Duration::from_millis(2), "{d:?}");
         assert!(s.take().is_none());
+        let text = s.metrics.render();
+        assert!(text.contains("tachyon_token_handoff_seconds_count 2"), "{text}");
     }
 }

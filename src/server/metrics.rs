@@ -15,6 +15,7 @@ pub struct Metrics {
     pub time_to_first_token: Histogram,
     pub inter_token: Histogram,
     pub server_overhead: Histogram,
+    pub token_handoff: Histogram,
     pub queue_wait: Histogram,
     pub prompt_tokens: Counter,
     pub cached_tokens: Counter,
@@ -55,12 +56,14 @@ impl Metrics {
         let time_to_first_token = Histogram::new(ladder(1e-3, 60.0));
         let inter_token = Histogram::new(ladder(1e-4, 10.0));
         let server_overhead = Histogram::new(ladder(1e-6, 0.1));
+        let token_handoff = Histogram::new(ladder(1e-6, 0.1));
         let queue_wait = Histogram::new(ladder(1e-5, 60.0));
         let m = Metrics {
             registry: Registry::default(),
             time_to_first_token,
             inter_token,
             server_overhead,
+            token_handoff,
             queue_wait,
             prompt_tokens: Counter::default(),
             cached_tokens: Counter::default(),
@@ -86,6 +89,11 @@ impl Metrics {
             "server_overhead_seconds",
             "Per token: the engine producing it to its bytes being written to the client socket",
             m.server_overhead.clone(),
+        );
+        registry.register(
+            "token_handoff_seconds",
+            "Per token: the engine producing it to its chunk being ready in the connection's task (the part of the overhead spent crossing threads)",
+            m.token_handoff.clone(),
         );
         registry.register("queue_wait_seconds", "Request arrival to the engine starting it", m.queue_wait.clone());
         registry.register("prompt_tokens", "Prompt tokens of finished requests", m.prompt_tokens.clone());

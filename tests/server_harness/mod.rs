@@ -16,13 +16,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `tachyon serve --model MODEL --port 0 EXTRA...` and waits for its ready line.
+    /// Starts `tachyon serve --model MODEL --port 0 EXTRA...` (one CPU thread unless EXTRA
+    /// says otherwise, so parallel tests do not fight over the cores) and waits for its
+    /// ready line.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
+        let threads: &[&str] = if extra.contains(&"--threads") { &[] } else { &["--threads", "1"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tachyon"))
             .arg("serve")
             .arg("--model")
             .arg(model)
-            .args(["--port", "0", "--threads", "1"])
+            .args(["--port", "0"])
+            .args(threads)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -32,17 +36,24 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || {
+            let mut before = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_string());
+                match line.strip_prefix("listening on http://") {
+                    Some(addr) => {
+                        let _ = tx.send(Ok(addr.to_string()));
+                    }
+                    None => before.push(line),
                 }
             }
+            // The server exited: hand over what it said.
+            let _ = tx.send(Err(before.join("\n")));
         });
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(a) => a.parse().expect("address"),
+            Ok(Ok(a)) => a.parse().expect("address"),
+            Ok(Err(said)) => panic!("the server exited before it was ready:\n{said}"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("the server did not print its ready line");
+                panic!("the server did not print its ready line within 120 s");
             }
         };
         Server { child, addr }
@@ -143,10 +154,8 @@ pub fn parse_response(raw: &[u8]) -> Response {
     let head = std::str::from_utf8(&raw[..split]).expect("head is text");
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let rest = &raw[split + 4..];
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let (body, chunks) = if chunked { dechunk(rest) } else { (rest.to_vec(), Vec::new()) };
