@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite: fetch what the tests need (nvcc from pip so every kernel compiles,
-# the real models, the tokenizer conformance files), then `cargo test --release`.
+# the real models, the tokenizer conformance files, a Python venv with the openai client),
+# then `cargo test --release`.
 # Extra arguments go to cargo test (e.g. `scripts/test.sh --test golden`).
 # Tests that need a GPU are marked ignored; run them on a GPU machine with
 # `cargo test --release -- --ignored`.
@@ -9,5 +10,10 @@ cd "$(dirname "$0")/.."
 scripts/install-cuda-toolchain.sh
 scripts/fetch-models.sh
 scripts/fetch-vocab-tests.sh
+# The server tests drive the real server with the official openai client and websockets.
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai, websockets" 2>/dev/null; then
+  python3 -m venv .cache/venv
+  .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4
+fi
 export PATH="$PWD/.toolchain/cuda/nvidia/cu13/bin:$PATH"
 cargo test --release "$@"

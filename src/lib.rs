@@ -7,9 +7,11 @@
 //!   detokenizer, chat templates.
 //! - `backend`: where the ops run: `cpu` (the reference) and `cuda`.
 //! - `engine`: the single-stream generation loop and the sampler.
+//! - `server`: the OpenAI-compatible HTTP/SSE and WebSocket front over one engine thread.
 
 pub mod backend;
 pub mod engine;
 pub mod model;
 pub mod quant;
+pub mod server;
 pub mod tokenizer;

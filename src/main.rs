@@ -1,4 +1,4 @@
-//! The `tachyon` command line: `generate` and `info`.
+//! The `tachyon` command line: `generate`, `serve` and `info`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,8 @@ enum BackendChoice {
 enum Command {
     /// Generate a completion and stream it to stdout (stats go to stderr).
     Generate(GenerateArgs),
+    /// Serve the OpenAI API (HTTP + SSE) and a WebSocket token stream.
+    Serve(tachyon::server::ServeArgs),
     /// Describe a model file: architecture, hyper-parameters, tensors, tokenizer, template.
     Info {
         /// A .gguf file or an HF directory (config.json + safetensors + tokenizer.json).
@@ -112,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args),
         Command::Info { model } => info(&model),
+        Command::Serve(args) => Ok(tachyon::server::cli::run(args)?),
     }
 }
 

@@ -1,10 +1,12 @@
 //! The single-stream generation loop: prefill the prompt (reusing the cached prefix), then
 //! decode one token at a time until a stop token, the token budget or the context ends.
 
+pub mod logprobs;
 pub mod sampler;
 pub mod session;
 pub mod speculative;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
@@ -81,18 +83,40 @@ pub enum Flow {
     Stop,
 }
 
+/// One generated token as a streaming caller sees it.
+pub struct TokenStep<'a> {
+    pub id: u32,
+    /// Log-probability of `id` under the model's raw logits; `Some` when asked for.
+    pub logprob: Option<f32>,
+    /// The most likely tokens and their log-probabilities, best first (when asked for).
+    pub top: &'a [(u32, f32)],
+}
+
+/// What a streaming caller wants beyond the token ids.
+#[derive(Default)]
+pub struct StreamOptions<'a> {
+    /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Checked between prefill chunks and before every decode step; once set, generation
+    /// ends at the next check with `FinishReason::Cancelled`.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
 /// Owns a session and remembers which tokens its KV cache holds, so a prompt sharing a
 /// prefix with the previous sequence only prefills the new suffix.
 pub struct Engine {
     session: Box<dyn Session>,
     cached: Vec<u32>,
     logits: Vec<f32>,
+    /// Copy of the raw logits for log-probabilities (the sampler edits `logits` in place).
+    raw: Vec<f32>,
+    top: Vec<(u32, f32)>,
 }
 
 impl Engine {
     pub fn new(session: Box<dyn Session>) -> Engine {
         let vocab = session.vocab_size();
-        Engine { session, cached: Vec::new(), logits: vec![0.0; vocab] }
+        Engine { session, cached: Vec::new(), logits: vec![0.0; vocab], raw: Vec::new(), top: Vec::new() }
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -105,6 +129,12 @@ impl Engine {
 
     /// Run the prompt and return the logits after its last token. Reuses the cached prefix.
     fn prefill(&mut self, prompt: &[u32]) -> Result<usize, EngineError> {
+        self.prefill_until(prompt, None).map(|(cached, _)| cached)
+    }
+
+    /// `prefill` that stops between chunks once `cancel` is set; returns the number of
+    /// reused tokens and whether the whole prompt ran. The cache stays consistent either way.
+    fn prefill_until(&mut self, prompt: &[u32], cancel: Option<&AtomicBool>) -> Result<(usize, bool), EngineError> {
         let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         // At least one token must run to produce logits.
         let start = common.min(prompt.len() - 1);
@@ -112,12 +142,15 @@ impl Engine {
         let batch = self.session.max_batch();
         let mut pos = start;
         while pos < prompt.len() {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Ok((start, false));
+            }
             let end = (pos + batch).min(prompt.len());
             self.session.forward(&prompt[pos..end], pos, &mut self.logits)?;
             self.cached.extend_from_slice(&prompt[pos..end]);
             pos = end;
         }
-        Ok(start)
+        Ok((start, true))
     }
 
     /// The logits after the last call (vocab-sized).
@@ -154,11 +187,22 @@ impl Engine {
         params: &GenerateParams,
         on_token: &mut dyn FnMut(u32) -> Flow,
     ) -> Result<GenerateStats, EngineError> {
+        self.generate_stream(prompt, params, &StreamOptions::default(), &mut |step| on_token(step.id))
+    }
+
+    /// `generate` with log-probabilities and cancellation (see [`StreamOptions`]).
+    pub fn generate_stream(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        opts: &StreamOptions<'_>,
+        on_token: &mut dyn FnMut(&TokenStep<'_>) -> Flow,
+    ) -> Result<GenerateStats, EngineError> {
         self.check_prompt(prompt)?;
         params.sampling.validate().map_err(EngineError::Sampling)?;
+        let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let t0 = Instant::now();
-        let cached_tokens = self.prefill(prompt)?;
-        let mut sampler = Sampler::new(params.sampling.clone(), prompt);
+        let (cached_tokens, complete) = self.prefill_until(prompt, opts.cancel)?;
         let mut stats = GenerateStats {
             prompt_tokens: prompt.len(),
             cached_tokens,
@@ -167,11 +211,20 @@ impl Engine {
             decode_time: Duration::ZERO,
             finish: FinishReason::Length,
         };
+        if !complete {
+            stats.finish = FinishReason::Cancelled;
+            return Ok(stats);
+        }
+        let mut sampler = Sampler::new(params.sampling.clone(), prompt);
         let mut t_first = t0;
         loop {
             if stats.generated_tokens >= params.max_tokens {
                 stats.finish = FinishReason::Length;
                 break;
+            }
+            if opts.logprobs.is_some() {
+                self.raw.clear();
+                self.raw.extend_from_slice(&self.logits);
             }
             let token = sampler.sample(&mut self.logits);
             if stats.generated_tokens == 0 {
@@ -184,7 +237,9 @@ impl Engine {
             }
             sampler.accept(token);
             stats.generated_tokens += 1;
-            if let Flow::Stop = on_token(token) {
+            let logprob = opts.logprobs.map(|n| logprobs::logprobs(&self.raw, token, n, &mut self.top));
+            let step = TokenStep { id: token, logprob, top: if logprob.is_some() { &self.top } else { &[] } };
+            if let Flow::Stop = on_token(&step) {
                 stats.finish = FinishReason::Cancelled;
                 break;
             }
@@ -194,6 +249,10 @@ impl Engine {
             }
             if pos + 1 > self.ctx() {
                 stats.finish = FinishReason::Length;
+                break;
+            }
+            if cancelled() {
+                stats.finish = FinishReason::Cancelled;
                 break;
             }
             self.session.forward(&[token], pos, &mut self.logits)?;

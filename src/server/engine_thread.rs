@@ -1,0 +1,206 @@
+//! The one thread that owns the model and the engine. The async front hands it jobs over a
+//! bounded FIFO (full: the caller answers 429) and gets each job's events back over its own
+//! channel: a token event per generated token, then one `Done`. Detokenizing and stop-string
+//! matching happen here, next to the token, so a stop string ends generation at once; a
+//! job's cancel flag (set when its client goes away or replaces it) is checked before every
+//! decode step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::stop::StopMatcher;
+use crate::engine::{Engine, EngineError, FinishReason, Flow, GenerateParams, StreamOptions};
+use crate::tokenizer::Tokenizer;
+
+/// One request, tokenized and validated, ready to run.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    pub stop: Vec<String>,
+    pub logprobs: Option<usize>,
+    pub cancel: Arc<AtomicBool>,
+    pub events: UnboundedSender<Event>,
+    /// When the request arrived (time to first token counts from here).
+    pub received: Instant,
+}
+
+/// Log-probabilities of one token: its own and the most likely alternatives.
+#[derive(Clone, Debug)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+pub struct TokenEvent {
+    /// Text released by this token: complete characters, stop-string prefixes held back.
+    pub text: String,
+    pub id: u32,
+    pub logprobs: Option<TokenLogprobs>,
+    /// When the engine handed the token over (the start of the server's overhead).
+    pub produced_at: Instant,
+}
+
+pub struct Done {
+    /// Text released only at the end (held back as a possible stop string, or an
+    /// incomplete character).
+    pub tail: String,
+    /// "stop", "length" or "cancelled".
+    pub finish_reason: &'static str,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+    pub queue_wait: Duration,
+    /// Arrival to first token, queue wait included.
+    pub time_to_first_token: Duration,
+    pub total: Duration,
+}
+
+pub enum Event {
+    Token(TokenEvent),
+    Done(Done),
+    Error(ApiError),
+}
+
+/// The front's handle on the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl EngineHandle {
+    /// Queues a job; a full queue is a 429, a stopped engine a 503.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        self.metrics.queue_depth.inc();
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.metrics.queue_depth.dec();
+                match e {
+                    TrySendError::Full(_) => {
+                        self.metrics.rejected.inc();
+                        Err(ApiError::queue_full())
+                    }
+                    TrySendError::Disconnected(_) => Err(ApiError::unavailable()),
+                }
+            }
+        }
+    }
+}
+
+/// Starts the engine thread with room for `queue` waiting jobs (at least one).
+pub fn spawn(
+    engine: Engine,
+    tokenizer: Arc<Tokenizer>,
+    queue: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<EngineHandle> {
+    let (tx, rx) = sync_channel(queue.max(1));
+    let m = metrics.clone();
+    std::thread::Builder::new().name("tachyon-engine".into()).spawn(move || run(engine, &tokenizer, rx, &m))?;
+    Ok(EngineHandle { tx, metrics })
+}
+
+fn run(mut engine: Engine, tok: &Tokenizer, rx: Receiver<Job>, metrics: &Metrics) {
+    while let Ok(job) = rx.recv() {
+        metrics.queue_depth.dec();
+        if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
+            metrics.cancelled.inc();
+            continue;
+        }
+        metrics.running.set(1);
+        run_job(&mut engine, tok, job, metrics);
+        metrics.running.set(0);
+    }
+}
+
+fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
+    let started = Instant::now();
+    let queue_wait = started - job.received;
+    Metrics::observe(&metrics.queue_wait, queue_wait);
+    let mut decoder = tok.stream_decoder();
+    let mut stop = StopMatcher::new(&job.stop);
+    let mut first: Option<Instant> = None;
+    let mut last = started;
+    let mut gone = false;
+    let opts = StreamOptions { logprobs: job.logprobs, cancel: Some(&job.cancel) };
+    let result = engine.generate_stream(&job.prompt, &job.params, &opts, &mut |step| {
+        let now = Instant::now();
+        match first {
+            None => {
+                first = Some(now);
+                Metrics::observe(&metrics.time_to_first_token, now - job.received);
+            }
+            Some(_) => Metrics::observe(&metrics.inter_token, now - last),
+        }
+        last = now;
+        // An id the tokenizer does not know (padding rows of the output matrix) has no text.
+        let piece = decoder.push(step.id).unwrap_or_default();
+        let text = stop.push(&piece);
+        let logprobs = step.logprob.map(|logprob| TokenLogprobs { logprob, top: step.top.to_vec() });
+        let ev = TokenEvent { text, id: step.id, logprobs, produced_at: now };
+        if job.events.send(Event::Token(ev)).is_err() {
+            gone = true;
+            return Flow::Stop;
+        }
+        if stop.stopped() { Flow::Stop } else { Flow::Continue }
+    });
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let err = match e {
+                EngineError::PromptTooLong { .. }
+                | EngineError::EmptyPrompt
+                | EngineError::BadToken { .. }
+                | EngineError::Sampling(_) => ApiError::bad_request(e.to_string()),
+                EngineError::Backend(_) => ApiError::internal(e.to_string()),
+            };
+            let _ = job.events.send(Event::Error(err));
+            return;
+        }
+    };
+    let finish_reason = if stop.stopped() {
+        "stop"
+    } else {
+        match stats.finish {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    };
+    if finish_reason == "cancelled" || gone {
+        metrics.cancelled.inc();
+    }
+    let mut tail = String::new();
+    if !stop.stopped() {
+        let rest = decoder.finish();
+        tail = stop.push(&rest);
+        if !stop.stopped() {
+            tail.push_str(&stop.finish());
+        }
+    }
+    metrics.requests.inc();
+    metrics.prompt_tokens.inc_by(stats.prompt_tokens as u64);
+    metrics.cached_tokens.inc_by(stats.cached_tokens as u64);
+    metrics.generated_tokens.inc_by(stats.generated_tokens as u64);
+    if stats.cached_tokens > 0 {
+        metrics.cache_hits.inc();
+    }
+    let time_to_first_token = first.map_or(Duration::ZERO, |f| f - job.received);
+    let _ = job.events.send(Event::Done(Done {
+        tail,
+        finish_reason,
+        prompt_tokens: stats.prompt_tokens,
+        cached_tokens: stats.cached_tokens,
+        completion_tokens: stats.generated_tokens,
+        queue_wait,
+        time_to_first_token,
+        total: job.received.elapsed(),
+    }));
+}

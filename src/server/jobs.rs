@@ -1,0 +1,164 @@
+//! From a parsed request to a queued engine job: prompt tokens (raw text, token ids, the
+//! fill-in-the-middle layout, or the chat template), the context check, sampling settings,
+//! and the per-request cancel flag that is raised when the response is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::AppState;
+use super::engine_thread::{Event, Job};
+use super::error::ApiError;
+use super::openai::{ChatRequest, CompletionRequest, Options, Prompt};
+use crate::engine::{GenerateParams, SamplingParams};
+use crate::tokenizer::ChatMessage;
+
+/// Raises the cancel flag when dropped: the response body, the waiting handler or the
+/// WebSocket's current request going away stops the generation at the next step.
+pub struct CancelOnDrop(pub Arc<AtomicBool>);
+
+impl CancelOnDrop {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// A queued request: its events and the guard that cancels it.
+pub struct Submitted {
+    pub events: UnboundedReceiver<Event>,
+    pub guard: CancelOnDrop,
+    pub received: Instant,
+}
+
+/// The fill-in-the-middle special tokens: prefix, suffix, middle.
+#[derive(Clone, Copy, Debug)]
+pub struct FimTokens {
+    pub prefix: u32,
+    pub suffix: u32,
+    pub middle: u32,
+}
+
+/// A response id: a prefix, the process start and a counter, unique within a server run.
+pub fn response_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{:x}{:06x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl AppState {
+    fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, ApiError> {
+        self.tokenizer
+            .encode(text, add_bos)
+            .map_err(|e| ApiError::invalid("prompt", format!("could not tokenize the prompt: {e}")))
+    }
+
+    /// The prompt ids of a completion request, `suffix` laid out prefix-suffix-middle.
+    pub fn completion_prompt(&self, req: &CompletionRequest) -> Result<Vec<u32>, ApiError> {
+        let Some(suffix) = &req.suffix else {
+            return match &req.prompt {
+                Prompt::Text(t) => self.encode(t, true),
+                Prompt::Tokens(ids) => Ok(ids.clone()),
+            };
+        };
+        let Some(fim) = self.fim else {
+            return Err(ApiError::invalid(
+                "suffix",
+                "this model has no fill-in-the-middle tokens (<|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>)",
+            ));
+        };
+        let mut ids = vec![fim.prefix];
+        match &req.prompt {
+            Prompt::Text(t) => ids.extend(self.encode(t, false)?),
+            Prompt::Tokens(t) => ids.extend_from_slice(t),
+        }
+        ids.push(fim.suffix);
+        ids.extend(self.encode(suffix, false)?);
+        ids.push(fim.middle);
+        Ok(ids)
+    }
+
+    /// The prompt ids of a chat request, through the model's chat template.
+    pub fn chat_prompt(&self, req: &ChatRequest) -> Result<Vec<u32>, ApiError> {
+        let Some(tmpl) = &self.chat_template else {
+            return Err(ApiError::invalid("messages", "this model has no chat template; use /v1/completions"));
+        };
+        let messages: &[ChatMessage] = &req.messages;
+        let text = tmpl
+            .render(messages, true)
+            .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
+        // The template writes BOS itself when the model wants one.
+        self.encode(&text, false)
+    }
+
+    /// Checks `prompt` against the vocabulary and the context, then queues it.
+    /// `default_max`: max_tokens when the request gives none (None: the rest of the context).
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        o: &Options,
+        default_max: Option<usize>,
+        received: Instant,
+    ) -> Result<Submitted, ApiError> {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        }
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token id {id} is outside the vocabulary of {} tokens", self.vocab),
+            ));
+        }
+        let room = self.ctx.saturating_sub(prompt.len());
+        let max_tokens = match o.max_tokens.or(default_max) {
+            Some(m) => m,
+            None if room > 0 => room,
+            None => return Err(ApiError::context_length(prompt.len(), 1, self.ctx)),
+        };
+        if prompt.len().saturating_add(max_tokens) > self.ctx {
+            return Err(ApiError::context_length(prompt.len(), max_tokens, self.ctx));
+        }
+        let seed = o.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        });
+        let params = GenerateParams {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: o.temperature,
+                top_k: o.top_k,
+                top_p: o.top_p,
+                min_p: o.min_p,
+                repetition_penalty: o.repetition_penalty,
+                presence_penalty: o.presence_penalty,
+                frequency_penalty: o.frequency_penalty,
+                penalty_last_n: 64,
+                seed,
+            },
+            stop_ids: if o.ignore_eos { Vec::new() } else { self.tokenizer.stop_ids().to_vec() },
+        };
+        params.sampling.validate().map_err(ApiError::bad_request)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, events) = unbounded_channel();
+        let job = Job {
+            prompt,
+            params,
+            stop: o.stop.clone(),
+            logprobs: o.logprobs,
+            cancel: cancel.clone(),
+            events: tx,
+            received,
+        };
+        self.engine.submit(job)?;
+        Ok(Submitted { events, guard: CancelOnDrop(cancel), received })
+    }
+}
