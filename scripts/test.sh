@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite: fetch what the tests need (nvcc from pip so every kernel compiles,
-# the real models, the tokenizer conformance files, a Python venv with the openai client),
+# the real models, the tokenizer conformance files, a Python venv with the openai client and
+# the gguf package),
 # then `cargo test --release`.
 # Extra arguments go to cargo test (e.g. `scripts/test.sh --test golden`).
 # Tests that need a GPU are marked ignored; run them on a GPU machine with
@@ -10,10 +11,11 @@ cd "$(dirname "$0")/.."
 scripts/install-cuda-toolchain.sh
 scripts/fetch-models.sh
 scripts/fetch-vocab-tests.sh
-# The server tests drive the real server with the official openai client and websockets.
-if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai, websockets" 2>/dev/null; then
+# The server tests drive the real server with the official openai client and websockets;
+# the quantizer's output is checked with the `gguf` package (tools/requirements.txt).
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai, websockets, gguf, numpy" 2>/dev/null; then
   python3 -m venv .cache/venv
-  .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4
+  .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4 -r tools/requirements.txt
 fi
 export PATH="$PWD/.toolchain/cuda/nvidia/cu13/bin:$PATH"
 cargo test --release "$@"

@@ -1,0 +1,138 @@
+//! `tachyon quantize` on the real models: the written GGUF loads back as the same model
+//! (config, tokenizer, template), every tensor stays within its type's re-quantization
+//! error of the source, and an independent reader (the `gguf` Python package) dequantizes
+//! the file to exactly the values tachyon's dequantizer gives.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tachyon::engine::{Engine, SessionOptions, cpu_session};
+use tachyon::model::gguf::GgufFile;
+use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
+use tachyon::model::{Model, load_weights};
+use tachyon::quant::{self, GgmlType};
+
+/// Largest relative RMS error allowed when re-quantizing already-quantized weights.
+fn bound(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 0.005,
+        GgmlType::Q8_0 => 0.01,
+        GgmlType::Q6K => 0.04,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 0.08,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K => 0.15,
+    }
+}
+
+fn dequantized(g: &GgufFile, name: &str) -> Vec<f32> {
+    let t = g.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+    let mut v = vec![f32::NAN; t.n_elements() as usize];
+    quant::dequantize(t.ty, g.tensor_bytes(t), &mut v).unwrap();
+    v
+}
+
+fn rel_rms(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += f64::from(x - y).powi(2);
+        den += f64::from(*y).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Run the independent dequantizer over `out`, on up to two tensors of each type.
+fn independent_check(out: &Path, g: &GgufFile, dir: &Path) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    if !python.is_file() {
+        assert!(
+            !std::env::var("TACHYON_REQUIRE_PY").is_ok_and(|v| v == "1"),
+            "{} is missing; run scripts/test.sh (it creates the venv with the gguf package)",
+            python.display()
+        );
+        eprintln!("skipping the independent check: {} is missing (run scripts/test.sh)", python.display());
+        return;
+    }
+    let mut manifest = serde_json::Map::new();
+    let mut per_type: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in g.tensors() {
+        let seen = per_type.entry(t.ty.name()).or_insert(0);
+        let values = if *seen < 2 {
+            *seen += 1;
+            let file = format!("{}.f32", t.name);
+            let v = dequantized(g, &t.name);
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(dir.join(&file), bytes).unwrap();
+            serde_json::Value::String(file)
+        } else {
+            serde_json::Value::Null
+        };
+        let rows = t.n_rows();
+        manifest.insert(
+            t.name.clone(),
+            serde_json::json!({"type": t.ty.name().to_ascii_uppercase(), "rows": rows, "cols": t.row_len(), "values": values}),
+        );
+    }
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check_quantized.py");
+    let o = std::process::Command::new(&python).arg(script).arg(out).arg(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "independent check failed:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains(" 0 mismatches"), "{text}");
+}
+
+fn check(model: &str, mix: &str, want_types: &[GgmlType]) {
+    let Some(src_path) = common::model_path(model) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let (cfg, w, src) = load_weights(&src_path).unwrap();
+    let mix = QuantMix::parse(mix).unwrap();
+    let report = quantize_to_gguf(&cfg, &w, Some(&src), mix, &out, |_, _| {}).unwrap();
+    for t in want_types {
+        assert!(report.types.contains_key(t.name()), "{model}: no {} tensor in {:?}", t.name(), report.types);
+    }
+
+    // The same model: config, tokenizer, chat template.
+    let a = Model::load(&src_path).unwrap();
+    let b = Model::load(&out).unwrap();
+    assert_eq!(format!("{:?}", a.config), format!("{:?}", b.config));
+    let text = "def fibonacci(n):\n    return n";
+    assert_eq!(a.tokenizer.encode(text, false).unwrap(), b.tokenizer.encode(text, false).unwrap());
+    assert_eq!(a.tokenizer.chat_template(), b.tokenizer.chat_template());
+
+    // Every tensor near its source.
+    let gs = GgufFile::open(&src_path).unwrap();
+    let go = GgufFile::open(&out).unwrap();
+    assert_eq!(go.tensors().len(), report.tensors);
+    for t in go.tensors() {
+        let e = rel_rms(&dequantized(&go, &t.name), &dequantized(&gs, &t.name));
+        assert!(e <= bound(t.ty), "{model}: {} as {}: relative RMS error {e:.4} > {}", t.name, t.ty, bound(t.ty));
+    }
+    independent_check(&out, &go, dir.path());
+}
+
+#[test]
+fn smollm2_to_q8_0_keeps_the_model() {
+    check(common::SMOLLM2, "q8_0", &[GgmlType::Q8_0, GgmlType::F32]);
+    // Q8_0 re-quantization is close enough that the next token does not change.
+    let Some(src_path) = common::model_path(common::SMOLLM2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8.gguf");
+    let (cfg, w, src) = load_weights(&src_path).unwrap();
+    quantize_to_gguf(&cfg, &w, Some(&src), QuantMix::Uniform(GgmlType::Q8_0), &out, |_, _| {}).unwrap();
+    let next = |p: &Path| {
+        let m = Model::load(p).unwrap();
+        let prompt = m.tokenizer.encode("The capital of France is", false).unwrap();
+        let s = cpu_session(&m.config, &m.weights, &SessionOptions { ctx: 64, ..Default::default() }).unwrap();
+        let mut e = Engine::new(s);
+        tachyon::engine::sampler::argmax(e.prompt_logits(&prompt).unwrap())
+    };
+    assert_eq!(next(&src_path), next(&out));
+}
+
+#[test]
+fn qwen_05b_to_q4_k_m_uses_the_k_mix() {
+    // Rows of 896 are not whole 256-blocks, so most matrices fall back to Q5_0 as in
+    // llama.cpp; ffn_down (rows of 4864) takes Q4_K and Q6_K.
+    check(common::QWEN_05B, "q4_k_m", &[GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::F32]);
+}
