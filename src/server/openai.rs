@@ -209,11 +209,8 @@ fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError
             return Err(ApiError::invalid("top_k", format!("top_k must be -1, 0 (off) or positive, got {k}")));
         }
     };
-    let seed = match raw.seed {
-        None => None,
-        // Negative seeds are common in clients; keep their bits.
-        Some(s) => Some(s as u64),
-    };
+    // Negative seeds are common in clients; keep their bits.
+    let seed = raw.seed.map(|s| s as u64);
     Ok(Options {
         max_tokens,
         temperature: float("temperature", raw.temperature, 1.0, |v| (0.0..=2.0).contains(&v), "between 0 and 2")?,

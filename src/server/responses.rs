@@ -222,7 +222,7 @@ impl LogprobsBuilder {
 
     /// The block so far, and a fresh start (streaming sends one block per chunk).
     pub fn take(&mut self) -> Value {
-        let v = match self.kind {
+        match self.kind {
             Kind::Completion => json!({
                 "tokens": std::mem::take(&mut self.tokens),
                 "token_logprobs": std::mem::take(&mut self.token_logprobs),
@@ -230,8 +230,7 @@ impl LogprobsBuilder {
                 "text_offset": std::mem::take(&mut self.offsets),
             }),
             Kind::Chat => json!({"content": std::mem::take(&mut self.content)}),
-        };
-        v
+        }
     }
 }
 
