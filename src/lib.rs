@@ -7,9 +7,12 @@
 //!   detokenizer, chat templates.
 //! - `backend`: where the ops run: `cpu` (the reference) and `cuda`.
 //! - `engine`: the single-stream generation loop and the sampler.
+//! - `fuzzing`: byte-level entry points over everything read from strangers (fuzz targets
+//!   and their regression tests).
 
 pub mod backend;
 pub mod engine;
+pub mod fuzzing;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;

@@ -11,6 +11,7 @@
 
 use std::io;
 
+use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
@@ -153,8 +154,14 @@ impl io::Write for LimitedWriter {
 }
 
 /// `tojson` as Hugging Face defines it: Python's `json.dumps(x, ensure_ascii=False)`
-/// spacing (", " and ": ", or `indent`), no HTML escaping.
-fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
+/// spacing (", " and ": ", or `indent`), no HTML escaping. `indent` may be given by name,
+/// as templates with tool definitions do (`tojson(indent=4)`).
+fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
     let mut out = Vec::new();
     let result = match indent {
         Some(n) => {
