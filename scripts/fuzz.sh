@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every fuzz target (fuzz/fuzz_targets/) for SECONDS each (default 60), one after
-# another, at the lowest CPU priority, and print the executions per target from libFuzzer's
-# final stats. Needs the nightly toolchain and cargo-fuzz:
+# another (all at once with FUZZ_PARALLEL=1), at the lowest CPU priority, and print the
+# executions per target from libFuzzer's final stats. Needs nightly Rust and cargo-fuzz:
 #   rustup toolchain install nightly && cargo install cargo-fuzz --locked
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 # Each target starts from its committed regression inputs (tests/data/fuzz-regressions/T/)
@@ -16,26 +16,40 @@ export TACHYON_NO_CUDA=1 # the targets never touch a GPU; skip nvcc
 cd fuzz
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <(cargo +nightly fuzz list); fi
 nice -n 19 cargo +nightly fuzz build
-declare -A result
-status=0
-for t in "${targets[@]}"; do
+mkdir -p artifacts corpus
+triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
+
+# One target: libFuzzer's output goes to artifacts/T.log; prints the summary line.
+run_one() {
+  local t=$1 log="artifacts/$1.log" outcome execs
   mkdir -p "corpus/$t" "artifacts/$t"
-  log="artifacts/$t.log"
-  echo "== $t: ${secs}s"
-  # -timeout: one input running this long is a hang; -malloc_limit_mb: no input this small
-  # may allocate 1 GiB in one go (the memory bound on hostile files).
-  if nice -n 19 cargo +nightly fuzz run "$t" "corpus/$t" "../tests/data/fuzz-regressions/$t" -- \
-    -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -print_final_stats=1 >"$log" 2>&1; then
+  # -timeout: one input running this long is a hang (generous: under AddressSanitizer on a
+  # busy machine a template that burns its whole fuel budget takes tens of seconds).
+  # -malloc_limit_mb: no input this small may allocate 1 GiB in one go (the memory bound).
+  if nice -n 19 "target/$triple/release/$t" "corpus/$t" "../tests/data/fuzz-regressions/$t" \
+    -artifact_prefix="artifacts/$t/" -max_total_time="$secs" -timeout=60 \
+    -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 >"$log" 2>&1; then
     outcome=ok
   else
     outcome="CRASH (see fuzz/$log and fuzz/artifacts/$t/)"
-    status=1
   fi
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  result[$t]="${execs:-?} executions in ${secs}s: $outcome"
-  echo "$t: ${result[$t]}"
-done
+  echo "$t: ${execs:-?} executions in ${secs}s: $outcome"
+}
+
+if [ "${FUZZ_PARALLEL:-0}" = 1 ]; then
+  for t in "${targets[@]}"; do run_one "$t" >"artifacts/$t.summary" & done
+  wait
+else
+  for t in "${targets[@]}"; do
+    echo "== $t: ${secs}s"
+    run_one "$t" | tee "artifacts/$t.summary"
+  done
+fi
 echo "== summary"
-for t in "${targets[@]}"; do echo "$t: ${result[$t]}"; done
+status=0
+for t in "${targets[@]}"; do
+  cat "artifacts/$t.summary"
+  grep -q ': ok$' "artifacts/$t.summary" || status=1
+done
 exit $status

@@ -67,8 +67,14 @@ const CONSTANT: usize = 1 << 20;
 fn check(label: &str, path: &Path, real_bytes: usize, per_byte: usize) -> usize {
     let (result, peak) = peak_of(|| load_weights(path).map(|_| ()));
     let limit = CONSTANT + per_byte * real_bytes;
-    eprintln!("{label}: {real_bytes} bytes on disk, peak {peak} bytes allocated ({:?})", result.as_ref().err().map(|e| e.to_string()));
-    assert!(peak <= limit, "{label}: {peak} bytes allocated for a {real_bytes}-byte file (limit {limit})");
+    eprintln!(
+        "{label}: {real_bytes} bytes on disk, peak {peak} bytes allocated ({:?})",
+        result.as_ref().err().map(|e| e.to_string())
+    );
+    assert!(
+        peak <= limit,
+        "{label}: {peak} bytes allocated for a {real_bytes}-byte file (limit {limit})"
+    );
     peak
 }
 
@@ -100,8 +106,14 @@ fn hostile_files_allocate_a_bounded_amount() {
     // Claimed counts with a little real data behind them.
     for n in [1u64 << 32, 1 << 63] {
         let pad = vec![0u8; 4096];
-        cases.push((format!("n_kv {n}"), [gguf_header(0, n), pad.clone()].concat()));
-        cases.push((format!("n_tensors {n}"), [gguf_header(n, 0), pad.clone()].concat()));
+        cases.push((
+            format!("n_kv {n}"),
+            [gguf_header(0, n), pad.clone()].concat(),
+        ));
+        cases.push((
+            format!("n_tensors {n}"),
+            [gguf_header(n, 0), pad.clone()].concat(),
+        ));
         for (elem, name) in [(0u32, "u8"), (10, "u64"), (8, "string"), (9, "array")] {
             cases.push((format!("array[{name}] of {n}"), array_claim(elem, n, 4096)));
         }
@@ -146,10 +158,20 @@ fn hostile_files_allocate_a_bounded_amount() {
     for n in [1u64 << 32, 1 << 63, u64::MAX] {
         let bytes = [n.to_le_bytes().to_vec(), b"{}".to_vec(), vec![0; 4096]].concat();
         std::fs::write(&st, &bytes).unwrap();
-        check(&format!("safetensors header length {n}"), &hf, bytes.len(), 8);
+        check(
+            &format!("safetensors header length {n}"),
+            &hf,
+            bytes.len(),
+            8,
+        );
     }
     for h in shapes {
-        let bytes = [(h.len() as u64).to_le_bytes().to_vec(), h.as_bytes().to_vec(), vec![0; 16]].concat();
+        let bytes = [
+            (h.len() as u64).to_le_bytes().to_vec(),
+            h.as_bytes().to_vec(),
+            vec![0; 16],
+        ]
+        .concat();
         std::fs::write(&st, &bytes).unwrap();
         check(&format!("safetensors header {h}"), &hf, bytes.len(), 8);
     }
@@ -160,7 +182,10 @@ fn hostile_files_allocate_a_bounded_amount() {
     let many = array_claim(0, 100_000, 100_000);
     std::fs::write(&file, &many).unwrap();
     let peak = check("100000 real u8 array elements", &file, many.len(), 64);
-    eprintln!("  = {:.1} bytes allocated per byte of file", peak as f64 / many.len() as f64);
+    eprintln!(
+        "  = {:.1} bytes allocated per byte of file",
+        peak as f64 / many.len() as f64
+    );
 
     // The real models, when present: far below the size of the file.
     for name in [
@@ -168,12 +193,20 @@ fn hostile_files_allocate_a_bounded_amount() {
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     ] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name);
         if let Ok(meta) = std::fs::metadata(&path) {
             let (r, peak) = peak_of(|| load_weights(&path).map(|_| ()));
             r.unwrap();
-            eprintln!("{name}: {} bytes on disk, peak {peak} bytes allocated", meta.len());
-            assert!(peak < CONSTANT + meta.len() as usize / 4, "{name}: {peak} bytes allocated");
+            eprintln!(
+                "{name}: {} bytes on disk, peak {peak} bytes allocated",
+                meta.len()
+            );
+            assert!(
+                peak < CONSTANT + meta.len() as usize / 4,
+                "{name}: {peak} bytes allocated"
+            );
         }
     }
 }

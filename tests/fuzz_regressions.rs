@@ -4,12 +4,15 @@
 //! accepted and `reject-*` inputs refused. The seeds written by recipe must match their
 //! recipes (`TACHYON_BLESS_FUZZ_SEEDS=1` rewrites them).
 
+mod common;
 mod fuzz_seeds;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use tachyon::fuzzing::{TARGETS, target};
+use tachyon::model::gguf::GgufFile;
+use tachyon::tokenizer::{ChatMessage, Tokenizer};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-regressions")
@@ -29,22 +32,35 @@ fn seeds_match_their_recipes() {
             stale.push(format!("{t}/{name}"));
         }
     }
-    assert!(stale.is_empty(), "seeds differ from their recipes (rerun with TACHYON_BLESS_FUZZ_SEEDS=1): {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "seeds differ from their recipes (rerun with TACHYON_BLESS_FUZZ_SEEDS=1): {stale:?}"
+    );
 }
 
 #[test]
 fn regression_inputs_replay_cleanly() {
     let mut failures = Vec::new();
-    let mut dirs: Vec<PathBuf> =
-        std::fs::read_dir(root()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     for t in TARGETS {
-        assert!(dirs.contains(&root().join(t.name)), "no regression folder for target {}", t.name);
+        assert!(
+            dirs.contains(&root().join(t.name)),
+            "no regression folder for target {}",
+            t.name
+        );
     }
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let t = target(&name).unwrap_or_else(|| panic!("{} is not a fuzz target", dir.display()));
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         let (mut accepted, mut refused) = (0, 0);
         for file in files {
@@ -69,7 +85,33 @@ fn regression_inputs_replay_cleanly() {
             }
         }
         eprintln!("{name}: {accepted} accepted, {refused} refused");
-        assert!(accepted > 0 && refused > 0, "{name}: the corpus must hold inputs of both kinds");
+        assert!(
+            accepted > 0 && refused > 0,
+            "{name}: the corpus must hold inputs of both kinds"
+        );
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The template fuel budget that stops runaway templates must not stop real ones: the real
+/// models' templates render a conversation of 1000 turns within it.
+#[test]
+fn template_fuel_covers_long_real_conversations() {
+    let turns: Vec<ChatMessage> = (0..1000)
+        .map(|i| ChatMessage::new(["user", "assistant"][i % 2], format!("message number {i}")))
+        .collect();
+    let mut conversation = vec![ChatMessage::new("system", "You are a helpful assistant.")];
+    conversation.extend(turns);
+    for name in [common::SMOLLM2, common::QWEN_05B] {
+        let Some(path) = common::model_path(name) else { continue };
+        let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        let template = tok.compile_chat_template().expect("has a template").unwrap();
+        let out = template.render(&conversation, true).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(out.contains("message number 999"), "{name}");
+    }
 }

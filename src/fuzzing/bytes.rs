@@ -40,5 +40,8 @@ impl<'a> Bytes<'a> {
 
 /// Splits lossily decoded text on `sep`.
 pub fn split_text(bytes: &[u8], sep: char) -> Vec<String> {
-    String::from_utf8_lossy(bytes).split(sep).map(str::to_string).collect()
+    String::from_utf8_lossy(bytes)
+        .split(sep)
+        .map(str::to_string)
+        .collect()
 }

@@ -16,7 +16,8 @@ pub fn run(data: &[u8]) -> Outcome {
     // Each later stage reads the file independently, so run them all and report the first
     // refusal: a broken config must not hide a panic in the tokenizer.
     let weights = crate::model::gguf_weights(&file).map(|(cfg, w)| check_weights(&cfg, &w));
-    let tokenizer = Tokenizer::from_gguf(&file).map(|t| super::tokenizer::exercise(&t, "Hello, world! 123 <|im_start|>"));
+    let tokenizer = Tokenizer::from_gguf(&file)
+        .map(|t| super::tokenizer::exercise(&t, "Hello, world! 123 <|im_start|>"));
     weights.map_err(Rejected::from)?;
     tokenizer.map_err(Rejected::from)?.map_err(Rejected::from)
 }
@@ -26,14 +27,27 @@ fn check_layout(f: &GgufFile) {
     assert!(f.alignment().is_power_of_two());
     let mut spans = Vec::with_capacity(f.tensors().len());
     for t in f.tensors() {
-        assert_eq!(f.tensor_bytes(t).len() as u64, t.n_bytes, "tensor {}", t.name);
+        assert_eq!(
+            f.tensor_bytes(t).len() as u64,
+            t.n_bytes,
+            "tensor {}",
+            t.name
+        );
         assert_eq!(t.offset % f.alignment(), 0, "tensor {}", t.name);
         assert!((1..=4).contains(&t.dims.len()), "tensor {}", t.name);
-        assert_eq!(t.ty.bytes_for(t.n_elements()), Some(t.n_bytes), "tensor {}", t.name);
+        assert_eq!(
+            t.ty.bytes_for(t.n_elements()),
+            Some(t.n_bytes),
+            "tensor {}",
+            t.name
+        );
         spans.push((t.offset, t.offset + t.n_bytes));
     }
     spans.sort_unstable();
-    assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "overlapping tensors accepted");
+    assert!(
+        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        "overlapping tensors accepted"
+    );
 }
 
 /// Every accepted weight has the config's shape and its bytes are all inside the file.

@@ -24,15 +24,24 @@ pub fn run(data: &[u8]) -> Outcome {
         let n = usize::from(b.u16());
         if let Ok(names) = shard_names(&String::from_utf8_lossy(b.take(n))) {
             for name in names {
-                assert!(!name.is_empty() && !name.contains('/') && !name.starts_with('.'), "{name:?}");
+                assert!(
+                    !name.is_empty() && !name.contains('/') && !name.starts_with('.'),
+                    "{name:?}"
+                );
             }
         }
     }
     let mut shards: Vec<(String, Arc<dyn ByteSource>)> = Vec::new();
     if flags & 1 != 0 {
         let n = b.u32() as usize;
-        shards.push(("model-00001-of-00002.safetensors".into(), Arc::new(b.take(n).to_vec())));
-        shards.push(("model-00002-of-00002.safetensors".into(), Arc::new(b.rest().to_vec())));
+        shards.push((
+            "model-00001-of-00002.safetensors".into(),
+            Arc::new(b.take(n).to_vec()),
+        ));
+        shards.push((
+            "model-00002-of-00002.safetensors".into(),
+            Arc::new(b.rest().to_vec()),
+        ));
     } else {
         shards.push(("model.safetensors".into(), Arc::new(b.rest().to_vec())));
     }

@@ -49,7 +49,10 @@ fn vocab_from_bytes(data: &[u8]) -> (GgufVocab, String) {
     let token_types = match flags & 0x20 {
         0 => Vec::new(),
         // Deliberately possibly shorter or longer than the vocabulary.
-        _ => codes.iter().map(|c| TokenType::from_code((c % 7) as i32)).collect(),
+        _ => codes
+            .iter()
+            .map(|c| TokenType::from_code((c % 7) as i32))
+            .collect(),
     };
     let scores = (flags & 0x10 != 0).then(|| {
         (0..tokens.len())
@@ -79,7 +82,11 @@ fn vocab_from_bytes(data: &[u8]) -> (GgufVocab, String) {
 pub fn exercise(t: &Tokenizer, text: &str) -> Result<(), TokenizerError> {
     let ids = t.encode(text, true)?;
     for &id in &ids {
-        assert!((id as usize) < t.vocab_size(), "id {id} past the vocabulary of {}", t.vocab_size());
+        assert!(
+            (id as usize) < t.vocab_size(),
+            "id {id} past the vocabulary of {}",
+            t.vocab_size()
+        );
     }
     let whole = t.decode(&ids)?;
     let mut stream = t.stream_decoder();
@@ -94,7 +101,10 @@ pub fn exercise(t: &Tokenizer, text: &str) -> Result<(), TokenizerError> {
     assert!(t.decode(&[past]).is_err());
     // A template that does not compile or render is a refusal, not a failure of the load.
     if let Some(Ok(template)) = t.compile_chat_template() {
-        let messages = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", text)];
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", text),
+        ];
         let _ = super::chat_template::render(&template, &messages, true);
     }
     Ok(())

@@ -20,9 +20,11 @@ use super::template_fns;
 
 /// Most text one render may produce.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-/// Instruction budget of one render: far above what a long conversation needs with real
-/// templates, small enough to stop a runaway loop within about a second.
-pub const FUEL: u64 = 20_000_000;
+/// Instruction budget of one render: real templates spend well under a hundred instructions
+/// per message, so this still covers conversations of thousands of turns, and it stops a
+/// runaway loop within about a tenth of a second (a few seconds under a sanitizer on a busy
+/// machine, where a budget ten times larger took over a minute).
+pub const FUEL: u64 = 2_000_000;
 /// Deepest macro / include nesting allowed.
 pub const MAX_RECURSION: usize = 64;
 /// Longest template source accepted.

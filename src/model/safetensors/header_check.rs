@@ -34,7 +34,9 @@ pub fn explain(bytes: &[u8]) -> Option<String> {
         };
         let (start, end) = info.data_offsets;
         if end < start {
-            return Some(format!("tensor {name}: data_offsets [{start}, {end}) end before they start"));
+            return Some(format!(
+                "tensor {name}: data_offsets [{start}, {end}) end before they start"
+            ));
         }
         let bits = info
             .shape
@@ -42,7 +44,10 @@ pub fn explain(bytes: &[u8]) -> Option<String> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .and_then(|n| n.checked_mul(info.dtype.bitsize() as u64));
         let Some(bits) = bits else {
-            return Some(format!("tensor {name}: shape {:?} of {:?} overflows", info.shape, info.dtype));
+            return Some(format!(
+                "tensor {name}: shape {:?} of {:?} overflows",
+                info.shape, info.dtype
+            ));
         };
         if bits % 8 != 0 || bits / 8 != end - start {
             return Some(format!(
@@ -69,10 +74,13 @@ pub fn explain(bytes: &[u8]) -> Option<String> {
             return Some(format!("tensors {name}{other} overlap at byte {start}"));
         }
         if start > covered {
-            return Some(format!("tensor {name} starts at byte {start}, leaving a hole after byte {covered}"));
+            return Some(format!(
+                "tensor {name} starts at byte {start}, leaving a hole after byte {covered}"
+            ));
         }
         covered = end;
         prev = Some(name);
     }
-    (covered != data_len).then(|| format!("{} data bytes follow the last tensor", data_len - covered))
+    (covered != data_len)
+        .then(|| format!("{} data bytes follow the last tensor", data_len - covered))
 }
