@@ -105,16 +105,22 @@ pub fn load_weights(path: &Path) -> Result<(ModelConfig, ModelWeights, ModelSour
         Ok((config, weights, ModelSource::Safetensors(st)))
     } else {
         let file = Arc::new(GgufFile::open(path)?);
-        let mut config = ModelConfig::from_gguf(&file)?;
-        let lookup = GgufLookup { file: file.clone() };
-        // Llama 3.1 style rope scaling is stored as a tensor of per-frequency divisors.
-        if let Some(f) = lookup.find("rope_freqs.weight")? {
-            config.rope.freq_factors = Some(f.to_f32()?);
-            config.validate()?;
-        }
-        let weights = ModelWeights::load(&config, &lookup)?;
+        let (config, weights) = gguf_weights(&file)?;
         Ok((config, weights, ModelSource::Gguf(file)))
     }
+}
+
+/// The config and weights of a parsed GGUF file, checked against each other.
+pub fn gguf_weights(file: &Arc<GgufFile>) -> Result<(ModelConfig, ModelWeights), ModelError> {
+    let mut config = ModelConfig::from_gguf(file)?;
+    let lookup = GgufLookup { file: file.clone() };
+    // Llama 3.1 style rope scaling is stored as a tensor of per-frequency divisors.
+    if let Some(f) = weights::rope_freq_factors(&config, &lookup)? {
+        config.rope.freq_factors = Some(f);
+        config.validate()?;
+    }
+    let weights = ModelWeights::load(&config, &lookup)?;
+    Ok((config, weights))
 }
 
 /// Tensor lookup in a GGUF file (names are already GGUF's).
@@ -126,6 +132,11 @@ impl TensorLookup for GgufLookup {
     fn find(&self, name: &str) -> Result<Option<Weight>, ModelError> {
         let Some(t) = self.file.tensor(name) else { return Ok(None) };
         let bad = |m: String| ModelError::Tensor { name: name.to_string(), msg: m };
+        // Every tensor the decoder uses is a matrix or a vector; a 3-D or 4-D one would be
+        // silently flattened into the wrong rows.
+        if t.dims.iter().skip(2).any(|&d| d != 1) {
+            return Err(bad(format!("has shape {:?}; expected 1 or 2 dimensions", t.dims)));
+        }
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| bad(format!("dimension {v} too large")));
         let cols = to_usize(t.row_len())?;
         let rows = to_usize(t.n_rows())?;
@@ -133,6 +144,10 @@ impl TensorLookup for GgufLookup {
         let len = to_usize(t.n_bytes)?;
         let src: Arc<dyn ByteSource> = self.file.clone();
         Weight::new(name, t.ty, rows, cols, src, offset, len).map(Some)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        self.file.tensors().iter().map(|t| t.name.clone()).collect()
     }
 }
 

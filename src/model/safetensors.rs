@@ -1,6 +1,8 @@
 //! HF checkpoints: `config.json` plus `model.safetensors` or a sharded
 //! `model.safetensors.index.json`, read over mmap with the `safetensors` crate (which checks
 //! the header: offsets inside the file, dtype x elements = byte span, no overlaps).
+//! Shards can also come from memory ([`SafetensorsDir::from_shards`]) so the same checks are
+//! fuzzed and tested without files.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,11 +14,13 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::ModelError;
 use super::weights::{ByteSource, TensorLookup, Weight};
+
+mod header_check;
 use crate::quant::GgmlType;
 
 /// Where one tensor's bytes are.
 struct Entry {
-    file: Arc<Mmap>,
+    file: Arc<dyn ByteSource>,
     ty: GgmlType,
     shape: Vec<usize>,
     offset: usize,
@@ -29,7 +33,10 @@ pub struct SafetensorsDir {
 }
 
 /// Largest safetensors JSON header we accept; real ones are well under 1 MiB.
-const MAX_HEADER: u64 = 64 << 20;
+pub const MAX_HEADER: u64 = 64 << 20;
+
+/// Most shards an index may name; real checkpoints have a few dozen at most.
+const MAX_SHARDS: usize = 4096;
 
 impl SafetensorsDir {
     pub fn open(dir: &Path) -> Result<SafetensorsDir, ModelError> {
@@ -38,46 +45,48 @@ impl SafetensorsDir {
         let files: Vec<String> = if single.is_file() {
             vec!["model.safetensors".into()]
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::Format(format!("{}: {e}", index.display())))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::Format(format!("{}: weight_map missing", index.display()))
-            })?;
-            let mut files: Vec<String> = Vec::new();
-            for f in map.values() {
-                let f = f.as_str().ok_or_else(|| ModelError::Format("weight_map value not a string".into()))?;
-                // Shards are plain file names next to the index: refuse paths that climb out.
-                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(ModelError::Format(format!("shard name {f:?} is not a plain file name")));
-                }
-                if !files.iter().any(|x| x == f) {
-                    files.push(f.to_string());
-                }
-            }
-            files
+            let text = read_index(&index)?;
+            shard_names(&text).map_err(|m| ModelError::Format(format!("{}: {m}", index.display())))?
         } else {
             return Err(ModelError::Format(format!(
                 "{}: no model.safetensors or model.safetensors.index.json",
                 dir.display()
             )));
         };
-        let mut tensors = HashMap::new();
+        let mut shards: Vec<(String, Arc<dyn ByteSource>)> = Vec::with_capacity(files.len());
         for f in files {
             let path = dir.join(&f);
             let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
             // SAFETY: the map is read-only; a model file changing under a running engine is
             // outside what we can defend against (same as every mmap-based loader).
-            let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?);
-            if map.len() >= 8 {
-                let n = u64::from_le_bytes(map[..8].try_into().unwrap_or([0; 8]));
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+            shards.push((f, Arc::new(map)));
+        }
+        Self::from_shards(shards)
+    }
+
+    /// Parses shards already in memory (`(file name, bytes)`), with the same checks as
+    /// [`SafetensorsDir::open`]: the header size limit, the `safetensors` crate's validation
+    /// (offsets inside the file, dtype x elements = byte span, no overlaps or holes), the
+    /// supported dtypes, and no tensor in two shards.
+    pub fn from_shards(shards: Vec<(String, Arc<dyn ByteSource>)>) -> Result<SafetensorsDir, ModelError> {
+        let mut tensors = HashMap::new();
+        for (f, src) in shards {
+            let bytes = src.bytes();
+            if let Some(n) = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                let n = u64::from_le_bytes(n);
                 if n > MAX_HEADER {
-                    return Err(ModelError::Format(format!("{f}: header of {n} bytes is over the limit")));
+                    return Err(ModelError::Format(format!(
+                        "{f}: header of {n} bytes is over the limit of {MAX_HEADER}"
+                    )));
                 }
             }
-            let st = SafeTensors::deserialize(map.bytes())
-                .map_err(|e| ModelError::Format(format!("{f}: {e}")))?;
-            let base = map.bytes().as_ptr() as usize;
+            let st = SafeTensors::deserialize(bytes).map_err(|e| {
+                // The crate's message does not always say which tensor is at fault; find it.
+                let why = header_check::explain(bytes).map(|m| format!(" ({m})")).unwrap_or_default();
+                ModelError::Format(format!("{f}: {e}{why}"))
+            })?;
+            let base = bytes.as_ptr() as usize;
             for (name, view) in st.tensors() {
                 let ty = match view.dtype() {
                     Dtype::F32 => GgmlType::F32,
@@ -92,7 +101,7 @@ impl SafetensorsDir {
                 };
                 let data = view.data();
                 let entry = Entry {
-                    file: map.clone(),
+                    file: src.clone(),
                     ty,
                     shape: view.shape().to_vec(),
                     offset: data.as_ptr() as usize - base,
@@ -125,6 +134,39 @@ impl SafetensorsDir {
         }
         counts
     }
+}
+
+/// Reads a shard index, refusing one larger than any real index could be.
+fn read_index(path: &Path) -> Result<String, ModelError> {
+    use std::io::Read;
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut text = String::new();
+    file.take(MAX_HEADER + 1).read_to_string(&mut text).map_err(|e| ModelError::io(path, e))?;
+    if text.len() as u64 > MAX_HEADER {
+        return Err(ModelError::Format(format!("{}: over {MAX_HEADER} bytes", path.display())));
+    }
+    Ok(text)
+}
+
+/// The distinct shard files a `model.safetensors.index.json` names, in first-seen order.
+/// Shards must be plain file names next to the index: names that climb out are refused.
+pub fn shard_names(index_json: &str) -> Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(index_json).map_err(|e| e.to_string())?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or("weight_map missing")?;
+    let mut files: Vec<String> = Vec::new();
+    for f in map.values() {
+        let f = f.as_str().ok_or("weight_map value not a string")?;
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
+            return Err(format!("shard name {f:?} is not a plain file name"));
+        }
+        if !files.iter().any(|x| x == f) {
+            if files.len() == MAX_SHARDS {
+                return Err(format!("more than {MAX_SHARDS} shards"));
+            }
+            files.push(f.to_string());
+        }
+    }
+    Ok(files)
 }
 
 /// The HF name of a tensor given its GGUF-style name.
@@ -163,6 +205,16 @@ fn hf_name(gguf: &str) -> Option<String> {
 impl TensorLookup for SafetensorsDir {
     fn file_name(&self, gguf_name: &str) -> String {
         hf_name(gguf_name).unwrap_or_else(|| gguf_name.to_string())
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    /// Older Llama checkpoints store each layer's rope inverse frequencies, which tachyon
+    /// recomputes from the config.
+    fn is_ignorable(&self, file_name: &str) -> bool {
+        file_name.starts_with("model.layers.") && file_name.ends_with(".self_attn.rotary_emb.inv_freq")
     }
 
     fn find(&self, gguf_name: &str) -> Result<Option<Weight>, ModelError> {

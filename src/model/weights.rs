@@ -2,6 +2,8 @@
 //! decoder. Matrices stay in their file format (quantized or not); only the small vectors
 //! (norms, biases) are converted to f32 at load.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::quant::{self, GgmlType};
@@ -21,6 +23,13 @@ impl ByteSource for super::gguf::GgufFile {
 }
 
 impl ByteSource for memmap2::Mmap {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Bytes already in memory (tests, fuzzing).
+impl ByteSource for Vec<u8> {
     fn bytes(&self) -> &[u8] {
         self
     }
@@ -117,7 +126,39 @@ pub trait TensorLookup {
     fn file_name(&self, gguf_name: &str) -> String {
         gguf_name.to_string()
     }
+
+    /// Every tensor in the file, by the file's own names.
+    fn tensor_names(&self) -> Vec<String>;
+
+    /// Tensors a file may carry that no family uses and that change nothing when ignored
+    /// (e.g. precomputed rope tables); every other unused tensor is refused.
+    fn is_ignorable(&self, _file_name: &str) -> bool {
+        false
+    }
 }
+
+/// Vector tensors (norms, biases, rope factors) are converted to f32 at load; converters
+/// always keep them in a float format, so a quantized one means a broken file.
+fn is_float(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// The rope frequency divisors stored in `rope_freqs.weight` (Llama 3.1 style scaling),
+/// checked against the config before any conversion: `rope.dim / 2` float values.
+pub fn rope_freq_factors(cfg: &ModelConfig, src: &dyn TensorLookup) -> Result<Option<Vec<f32>>, ModelError> {
+    let Some(w) = src.find(ROPE_FREQS)? else { return Ok(None) };
+    let want = cfg.rope.dim / 2;
+    if (w.rows, w.cols) != (1, want) || !is_float(w.ty) {
+        return Err(ModelError::Tensor {
+            name: w.name.clone(),
+            msg: format!("{} [{}, {}], the config needs {want} float values", w.ty, w.rows, w.cols),
+        });
+    }
+    w.to_f32().map(Some)
+}
+
+/// GGUF name of the rope frequency factors tensor.
+const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// Weights of one decoder layer.
 pub struct LayerWeights {
@@ -150,8 +191,15 @@ pub struct ModelWeights {
 impl ModelWeights {
     /// Find every tensor the config calls for and check its shape, so a model whose tensors
     /// disagree with its config is refused here, naming the tensor.
+    ///
+    /// Checked for every tensor before anything is converted or uploaded: present (optional
+    /// ones only where the family has them), the shape the config asks for, a float format for
+    /// vectors; and no tensor in the file that the model would not use.
     pub fn load(cfg: &ModelConfig, src: &dyn TensorLookup) -> Result<ModelWeights, ModelError> {
+        // File names of every tensor asked for, to find the ones nobody asked for.
+        let used = RefCell::new(HashSet::new());
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight, ModelError> {
+            used.borrow_mut().insert(src.file_name(name));
             let w = src.find(name)?.ok_or_else(|| ModelError::MissingTensor(src.file_name(name)))?;
             if (w.rows, w.cols) != (rows, cols) {
                 return Err(ModelError::Tensor {
@@ -163,9 +211,15 @@ impl ModelWeights {
         };
         let vector = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
             let w = matrix(name, 1, len)?;
+            if !is_float(w.ty) {
+                return Err(ModelError::Tensor {
+                    name: w.name.clone(),
+                    msg: format!("is {}; vectors must be F32, F16 or BF16", w.ty),
+                });
+            }
             let v = w.to_f32()?;
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(ModelError::Tensor { name: name.into(), msg: "holds NaN or infinity".into() });
+                return Err(ModelError::Tensor { name: w.name.clone(), msg: "holds NaN or infinity".into() });
             }
             Ok(v)
         };
@@ -198,6 +252,25 @@ impl ModelWeights {
             Some(_) => (matrix("output.weight", cfg.vocab_size, d)?, false),
             None => (embed.clone(), true),
         };
-        Ok(ModelWeights { embed, layers, final_norm: vector("output_norm.weight", d)?, output, tied_output })
+        let final_norm = vector("output_norm.weight", d)?;
+        let mut used = used.into_inner();
+        if cfg.rope.freq_factors.is_some() && src.find(ROPE_FREQS)?.is_some() {
+            used.insert(src.file_name(ROPE_FREQS));
+        }
+        let mut extra: Vec<String> =
+            src.tensor_names().into_iter().filter(|n| !used.contains(n) && !src.is_ignorable(n)).collect();
+        if !extra.is_empty() {
+            extra.sort_unstable();
+            let more = if extra.len() > 1 { format!(" (and {} more)", extra.len() - 1) } else { String::new() };
+            return Err(ModelError::Tensor {
+                name: extra.swap_remove(0),
+                msg: format!(
+                    "is not used by a {} model of {} layers{more}; refusing a file that does not match its config",
+                    cfg.family.name(),
+                    cfg.n_layers
+                ),
+            });
+        }
+        Ok(ModelWeights { embed, layers, final_norm, output, tied_output })
     }
 }

@@ -11,6 +11,7 @@
 
 use std::io;
 
+use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +20,11 @@ use super::template_fns;
 
 /// Most text one render may produce.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-/// Instruction budget of one render: far above what a long conversation needs with real
-/// templates, small enough to stop a runaway loop within about a second.
-pub const FUEL: u64 = 20_000_000;
+/// Instruction budget of one render: real templates spend well under a hundred instructions
+/// per message, so this still covers conversations of thousands of turns, and it stops a
+/// runaway loop within about a tenth of a second (a few seconds under a sanitizer on a busy
+/// machine, where a budget ten times larger took over a minute).
+pub const FUEL: u64 = 2_000_000;
 /// Deepest macro / include nesting allowed.
 pub const MAX_RECURSION: usize = 64;
 /// Longest template source accepted.
@@ -153,8 +156,14 @@ impl io::Write for LimitedWriter {
 }
 
 /// `tojson` as Hugging Face defines it: Python's `json.dumps(x, ensure_ascii=False)`
-/// spacing (", " and ": ", or `indent`), no HTML escaping.
-fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
+/// spacing (", " and ": ", or `indent`), no HTML escaping. `indent` may be given by name,
+/// as templates with tool definitions do (`tojson(indent=4)`).
+fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
     let mut out = Vec::new();
     let result = match indent {
         Some(n) => {

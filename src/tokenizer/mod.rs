@@ -22,7 +22,7 @@ mod spm_merges;
 mod stream;
 mod template_fns;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES as MAX_CHAT_OUTPUT_BYTES};
 pub use error::TokenizerError;
 pub use gguf_vocab::{GgufVocab, TokenType};
 pub use stream::StreamDecoder;

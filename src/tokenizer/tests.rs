@@ -322,6 +322,15 @@ fn template_whitespace_and_python_methods() {
 }
 
 #[test]
+fn tojson_indent_by_position_or_name() {
+    let render = |src: &str| ChatTemplate::new(src, "", "").and_then(|t| t.render(&[], false));
+    let want = "{\n  \"a\": [\n    1\n  ]\n}";
+    assert_eq!(render("{{ {'a': [1]}|tojson(indent=2) }}").unwrap(), want);
+    assert_eq!(render("{{ {'a': [1]}|tojson(2) }}").unwrap(), want);
+    assert!(render("{{ {'a': 1}|tojson(width=2) }}").is_err());
+}
+
+#[test]
 fn hostile_templates_fail_cleanly() {
     let fails = |src: &str| {
         let result = ChatTemplate::new(src, "", "").and_then(|t| t.render(&conversation(), true));
