@@ -7,8 +7,10 @@
 //!   detokenizer, chat templates.
 //! - `backend`: where the ops run: `cpu` (the reference) and `cuda`.
 //! - `engine`: the single-stream generation loop and the sampler.
+//! - `bench`: end-to-end speed measurement (`tachyon bench`).
 
 pub mod backend;
+pub mod bench;
 pub mod engine;
 pub mod model;
 pub mod quant;

@@ -1,4 +1,6 @@
-//! The `tachyon` command line: `generate` and `info`.
+//! The `tachyon` command line: `generate`, `bench` and `info`.
+
+mod cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,8 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, cpu_session};
-use tachyon::model::{Model, ModelSource, gguf_type_counts};
+use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Session, SessionOptions, cpu_session};
+use tachyon::model::{Model, ModelConfig, ModelSource, ModelWeights, gguf_type_counts};
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
 #[derive(Parser)]
@@ -30,6 +32,8 @@ enum BackendChoice {
 enum Command {
     /// Generate a completion and stream it to stdout (stats go to stderr).
     Generate(GenerateArgs),
+    /// Measure time to first token and decode speed (table, or --json).
+    Bench(cli::bench::BenchArgs),
     /// Describe a model file: architecture, hyper-parameters, tensors, tokenizer, template.
     Info {
         /// A .gguf file or an HF directory (config.json + safetensors + tokenizer.json).
@@ -111,6 +115,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Info { model } => info(&model),
     }
 }
@@ -119,25 +124,35 @@ fn load(path: &Path) -> Result<Model> {
     Model::load(path).with_context(|| format!("loading {}", path.display()))
 }
 
-/// Decide where to run. The CUDA forward pass is not part of this build yet, so a GPU only
-/// changes the notice.
-fn pick_backend(choice: BackendChoice) -> Result<()> {
+/// A session on the backend the user chose, with what `bench` needs to know about it.
+struct Placed {
+    session: Box<dyn Session>,
+    /// The CPU thread count or the GPU's name.
+    device: String,
+    /// Measures the memory copy bandwidth of that device in GB/s (read + written).
+    copy_bandwidth: Box<dyn Fn() -> Result<f64>>,
+}
+
+/// Decide where to run and build the session there. The CUDA forward pass is not part of
+/// this build yet, so a GPU only changes the notice.
+fn make_session(choice: BackendChoice, config: &ModelConfig, weights: &ModelWeights, opts: &SessionOptions) -> Result<Placed> {
     let probe = tachyon::backend::cuda::probe();
     match (choice, probe) {
-        (BackendChoice::Cpu, _) => Ok(()),
+        (BackendChoice::Cpu, _) => {}
         (BackendChoice::Cuda, Err(why)) => bail!("--backend cuda: {why}"),
         (BackendChoice::Cuda, Ok(_)) => {
             bail!("--backend cuda: the CUDA forward pass is not in this version yet; use --backend cpu")
         }
-        (BackendChoice::Auto, Err(why)) => {
-            eprintln!("notice: using the CPU backend ({why})");
-            Ok(())
-        }
+        (BackendChoice::Auto, Err(why)) => eprintln!("notice: using the CPU backend ({why})"),
         (BackendChoice::Auto, Ok(_)) => {
-            eprintln!("notice: using the CPU backend (the CUDA forward pass is not in this version yet)");
-            Ok(())
+            eprintln!("notice: using the CPU backend (the CUDA forward pass is not in this version yet)")
         }
     }
+    Ok(Placed {
+        session: cpu_session(config, weights, opts)?,
+        device: format!("{} threads", rayon::current_num_threads()),
+        copy_bandwidth: Box::new(|| Ok(tachyon::bench::host_copy_bandwidth(256 << 20, 5))),
+    })
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -149,7 +164,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
-    pick_backend(a.backend)?;
     let t_load = Instant::now();
     let model = load(&a.model)?;
     let tok = &model.tokenizer;
@@ -168,8 +182,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // A chat template writes its own BOS when the model wants one.
     let prompt = tok.encode(&text, !a.chat)?;
     let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
-    let session = cpu_session(&model.config, &model.weights, &opts)?;
-    let mut engine = Engine::new(session);
+    let placed = make_session(a.backend, &model.config, &model.weights, &opts)?;
+    let mut engine = Engine::new(placed.session);
     let load_time = t_load.elapsed();
 
     let seed = a.seed.unwrap_or_else(|| {
