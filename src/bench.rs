@@ -80,10 +80,10 @@ pub fn random_prompt(n: usize, vocab: usize, seed: u64, avoid: Option<u32>) -> V
     let mut rng = Rng::new(seed);
     let vocab = vocab.max(1) as u64;
     let mut p: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
-    if let (Some(first), Some(a)) = (p.first_mut(), avoid) {
-        if *first == a {
-            *first = ((u64::from(a) + 1) % vocab) as u32;
-        }
+    if let (Some(first), Some(a)) = (p.first_mut(), avoid)
+        && *first == a
+    {
+        *first = ((u64::from(a) + 1) % vocab) as u32;
     }
     p
 }

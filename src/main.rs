@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Session, SessionOptions, cpu_session};
-use tachyon::model::{Model, ModelConfig, ModelSource, ModelWeights, gguf_type_counts};
+use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions};
+use tachyon::model::{Model, ModelSource, gguf_type_counts};
+
+use cli::backend::{BackendChoice, make_session};
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
 #[derive(Parser)]
@@ -18,14 +20,6 @@ use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BackendChoice {
-    /// CUDA when a GPU and the kernels are there, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 #[derive(Subcommand)]
@@ -122,37 +116,6 @@ fn run(cli: Cli) -> Result<()> {
 
 fn load(path: &Path) -> Result<Model> {
     Model::load(path).with_context(|| format!("loading {}", path.display()))
-}
-
-/// A session on the backend the user chose, with what `bench` needs to know about it.
-struct Placed {
-    session: Box<dyn Session>,
-    /// The CPU thread count or the GPU's name.
-    device: String,
-    /// Measures the memory copy bandwidth of that device in GB/s (read + written).
-    copy_bandwidth: Box<dyn Fn() -> Result<f64>>,
-}
-
-/// Decide where to run and build the session there. The CUDA forward pass is not part of
-/// this build yet, so a GPU only changes the notice.
-fn make_session(choice: BackendChoice, config: &ModelConfig, weights: &ModelWeights, opts: &SessionOptions) -> Result<Placed> {
-    let probe = tachyon::backend::cuda::probe();
-    match (choice, probe) {
-        (BackendChoice::Cpu, _) => {}
-        (BackendChoice::Cuda, Err(why)) => bail!("--backend cuda: {why}"),
-        (BackendChoice::Cuda, Ok(_)) => {
-            bail!("--backend cuda: the CUDA forward pass is not in this version yet; use --backend cpu")
-        }
-        (BackendChoice::Auto, Err(why)) => eprintln!("notice: using the CPU backend ({why})"),
-        (BackendChoice::Auto, Ok(_)) => {
-            eprintln!("notice: using the CPU backend (the CUDA forward pass is not in this version yet)")
-        }
-    }
-    Ok(Placed {
-        session: cpu_session(config, weights, opts)?,
-        device: format!("{} threads", rayon::current_num_threads()),
-        copy_bandwidth: Box::new(|| Ok(tachyon::bench::host_copy_bandwidth(256 << 20, 5))),
-    })
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

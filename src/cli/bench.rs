@@ -12,7 +12,7 @@ use tachyon::model::random::{self, Shape};
 use tachyon::model::{ModelConfig, ModelWeights, load_weights};
 use tachyon::quant::GgmlType;
 
-use crate::BackendChoice;
+use super::backend::{BackendChoice, make_session};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RandomDtype {
@@ -100,7 +100,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         precise: a.precise,
         ..Default::default()
     };
-    let placed = crate::make_session(a.backend, &config, &weights, &opts)?;
+    let placed = make_session(a.backend, &config, &weights, &opts)?;
     let mut engine = Engine::new(placed.session);
     let bopts = BenchOptions {
         prompt_tokens: a.prompt_tokens,

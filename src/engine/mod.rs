@@ -7,7 +7,7 @@ pub mod session;
 use std::time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
-pub use session::{Session, SessionOptions, cpu_session};
+pub use session::{Session, SessionOptions, cpu_session, cuda_session};
 
 use crate::backend::BackendError;
 

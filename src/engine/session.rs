@@ -66,6 +66,28 @@ impl Default for SessionOptions {
     }
 }
 
+/// A CUDA session over a model's weights on `dev`: uploads every matrix (with a progress
+/// bar on stderr when `progress` is set).
+pub fn cuda_session(
+    config: &ModelConfig,
+    weights: &ModelWeights,
+    opts: &SessionOptions,
+    dev: crate::backend::cuda::CudaDevice,
+    progress: bool,
+) -> Result<Box<dyn Session>, BackendError> {
+    let mut backend = crate::backend::cuda::CudaBackend::new(dev)?;
+    if progress {
+        // Every matrix is uploaded once, the embedding too (twice when tied to the head).
+        backend.show_upload_progress(weights.bytes_per_token() + weights.embed.byte_len() as u64);
+    }
+    let llama = Llama::load(&mut backend, config, weights);
+    backend.finish_upload_progress();
+    let llama = llama?;
+    let ctx = opts.ctx.clamp(1, config.max_ctx);
+    let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;
+    Ok(Box::new(OpsSession { backend, model: llama, state }))
+}
+
 /// A CPU session over a model's weights.
 pub fn cpu_session(config: &ModelConfig, weights: &ModelWeights, opts: &SessionOptions) -> Result<Box<dyn Session>, BackendError> {
     let mut backend = CpuBackend::new(opts.precise);

@@ -154,9 +154,7 @@ impl<B: Ops> Llama<B> {
             b.add(&mut s.x, &s.h, n)?;
             // MLP block.
             b.rmsnorm(&s.x, &l.ffn_norm, c.rms_eps, n, &mut s.h)?;
-            b.matmul(&s.h, &l.w_gate, n, &mut s.gate)?;
-            b.matmul(&s.h, &l.w_up, n, &mut s.up)?;
-            b.swiglu(&mut s.gate, &s.up, n)?;
+            b.gate_up_swiglu(&s.h, &l.w_gate, &l.w_up, n, &mut s.gate, &mut s.up)?;
             b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
             b.add(&mut s.x, &s.h, n)?;
         }
