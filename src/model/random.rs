@@ -88,7 +88,8 @@ impl Shape {
         Shape::from_json(spec, &v)
     }
 
-    fn from_json(name: &str, v: &Value) -> Result<Shape, ModelError> {
+    /// A shape from the fields of an HF `config.json`.
+    pub fn from_json(name: &str, v: &Value) -> Result<Shape, ModelError> {
         Ok(Shape {
             name: name.to_string(),
             config: ModelConfig::from_hf_json(v)?,

@@ -32,6 +32,16 @@ impl ByteSource for memmap2::Mmap {
     }
 }
 
+/// Bytes held in memory: weights made by a program (tests, conversions) rather than mapped
+/// from a file.
+pub struct HostBytes(pub Vec<u8>);
+
+impl ByteSource for HostBytes {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A 2-D weight matrix of `rows` x `cols` elements in format `ty`, row-major (each row is
 /// `cols` contiguous elements: the layout of GGUF and of safetensors `[out, in]`).
 #[derive(Clone)]

@@ -259,13 +259,48 @@ impl CudaBackend {
         )
     }
 
-    /// Splits of the sequence for flash-decoding: enough blocks for two waves of SMs, at
-    /// most one split per 16 positions, never more than `MAX_ATTN_SPLITS`.
+    /// An activation matrix holding `data` (`rows * width` values).
+    pub fn act_from_host(&mut self, rows: usize, width: usize, data: &[f32]) -> Result<CudaAct, BackendError> {
+        if data.len() != rows * width {
+            return Err(shape_err(format!("{} values for a [{rows} x {width}] matrix", data.len())));
+        }
+        let buf = self.dev.stream().clone_htod(data).map_err(dev_err("uploading activations"))?;
+        Ok(CudaAct { buf, rows, width })
+    }
+
+    /// All values of an activation matrix, after the queued work finished.
+    pub fn act_to_host(&mut self, x: &CudaAct) -> Result<Vec<f32>, BackendError> {
+        let v = self.dev.stream().clone_dtoh(&x.buf).map_err(dev_err("reading activations"))?;
+        self.dev.synchronize().map_err(dev_err("running kernels"))?;
+        Ok(v)
+    }
+
+    /// A KV cache holding `k` and `v` (`ctx * kv_dim` values each).
+    pub fn kv_from_host(&mut self, ctx: usize, kv_dim: usize, k: &[f32], v: &[f32]) -> Result<CudaKv, BackendError> {
+        if k.len() != ctx * kv_dim || v.len() != ctx * kv_dim {
+            return Err(shape_err("KV cache contents of the wrong size".into()));
+        }
+        let s = self.dev.stream();
+        Ok(CudaKv {
+            k: s.clone_htod(k).map_err(dev_err("uploading a KV cache"))?,
+            v: s.clone_htod(v).map_err(dev_err("uploading a KV cache"))?,
+            ctx,
+            kv_dim,
+        })
+    }
+
+    /// The K and V caches' contents, after the queued work finished.
+    pub fn kv_to_host(&mut self, kv: &CudaKv) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
+        let s = self.dev.stream();
+        let k = s.clone_dtoh(&kv.k).map_err(dev_err("reading a KV cache"))?;
+        let v = s.clone_dtoh(&kv.v).map_err(dev_err("reading a KV cache"))?;
+        self.dev.synchronize().map_err(dev_err("running kernels"))?;
+        Ok((k, v))
+    }
+
+    /// Splits of the sequence for flash-decoding on this device; see [`attn_splits`].
     pub fn attn_splits(&self, s: &AttnShape, visible: usize, n: usize) -> usize {
-        let group = s.n_heads / s.n_kv_heads.max(1);
-        let head_blocks = s.n_kv_heads * group.div_ceil(8) * n.max(1);
-        let for_sms = (2 * self.sm_count).div_ceil(head_blocks.max(1));
-        for_sms.min(visible.div_ceil(16)).clamp(1, MAX_ATTN_SPLITS)
+        attn_splits(self.sm_count, s, visible, n)
     }
 
     /// Warps per output row for a GEMV with `rows` rows: enough blocks to fill the SMs.
@@ -348,6 +383,25 @@ impl CudaBackend {
         let b = ptr(bias, &self.dev);
         self.gemv(x, w, None, Some(b), n, out)
     }
+}
+
+/// Splits of the sequence for flash-decoding: enough blocks for two waves over `sm_count`
+/// SMs, at most one split per 16 visible positions, between 1 and `MAX_ATTN_SPLITS`.
+pub fn attn_splits(sm_count: usize, s: &AttnShape, visible: usize, n: usize) -> usize {
+    let group = s.n_heads / s.n_kv_heads.max(1);
+    let head_blocks = s.n_kv_heads * group.div_ceil(8) * n.max(1);
+    let for_sms = (2 * sm_count).div_ceil(head_blocks.max(1));
+    for_sms.min(visible.div_ceil(16)).clamp(1, MAX_ATTN_SPLITS)
+}
+
+/// The positions split `split` of `n_splits` covers for a query at `query_pos` that sees
+/// from `first` on: the same arithmetic as `split_range` in kernels/attention.cu, kept here
+/// so a CPU test can check that the splits tile the visible range exactly.
+pub fn split_range(first: usize, query_pos: usize, n_splits: usize, split: usize) -> std::ops::Range<usize> {
+    let len = query_pos + 1 - first;
+    let chunk = len.div_ceil(n_splits);
+    let c0 = first + split * chunk;
+    c0..(c0 + chunk).min(query_pos + 1)
 }
 
 fn dtype_of(w: &Weight) -> Result<i32, BackendError> {

@@ -1,0 +1,97 @@
+//! Whole-model logits on the GPU against the CPU backend, on random weights of small shapes
+//! of each family flavour (GQA llama with llama3 rope scaling, qwen2 with q/k/v biases), for
+//! a prompt and then token-by-token decoding, so prefill and the decode path are both
+//! covered.
+
+use serde_json::{Value, json};
+use tachyon::engine::{SessionOptions, cpu_session, cuda_session};
+use tachyon::model::random::{Shape, random_weights};
+use tachyon::quant::GgmlType;
+
+use super::Rng;
+use super::ops::rel;
+
+fn tiny_llama() -> Value {
+    json!({"model_type": "llama", "hidden_size": 256, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "num_hidden_layers": 3, "intermediate_size": 688,
+        "vocab_size": 1000, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "max_position_embeddings": 4096, "tie_word_embeddings": true,
+        "rope_scaling": {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_type": "llama3"}})
+}
+
+fn tiny_qwen2() -> Value {
+    json!({"model_type": "qwen2", "hidden_size": 448, "num_attention_heads": 7,
+        "num_key_value_heads": 1, "num_hidden_layers": 2, "intermediate_size": 1200,
+        "vocab_size": 1537, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "max_position_embeddings": 4096, "tie_word_embeddings": false})
+}
+
+fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
+    let name = &shape.name;
+    let weights = random_weights(shape, ty, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 256,
+        max_batch: 16,
+        precise: true,
+    };
+    let mut cpu = cpu_session(&shape.config, &weights, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let mut gpu =
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"));
+    let vocab = shape.config.vocab_size;
+    let prompt: Vec<u32> = (0..37)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let (mut lc, mut lg) = (vec![0f32; vocab], vec![f32::NAN; vocab]);
+    // Prefill in batches of up to 16 (the last one partial), then 6 single-token steps.
+    let mut pos = 0;
+    for chunk in prompt.chunks(16) {
+        cpu.forward(chunk, pos, &mut lc).unwrap();
+        gpu.forward(chunk, pos, &mut lg)
+            .unwrap_or_else(|e| panic!("{e}"));
+        pos += chunk.len();
+    }
+    let mut step = 0;
+    loop {
+        let e = rel(&lg, &lc);
+        println!("{name} {ty} position {pos}: relative logit error {e:e}");
+        assert!(
+            e < 2e-3,
+            "{name} {ty} at position {pos}: GPU logits differ from the CPU's by {e:e}"
+        );
+        if step == 6 {
+            break;
+        }
+        let next = tachyon::engine::sampler::argmax(&lc);
+        lg.fill(f32::NAN);
+        cpu.forward(&[next], pos, &mut lc).unwrap();
+        gpu.forward(&[next], pos, &mut lg)
+            .unwrap_or_else(|e| panic!("{e}"));
+        pos += 1;
+        step += 1;
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn whole_model_logits_match_cpu_on_random_weights() {
+    let mut rng = Rng::from_env_or_clock("whole_model_logits_match_cpu_on_random_weights");
+    for ty in [GgmlType::BF16, GgmlType::F16] {
+        for (name, cfg) in [("tiny-llama", tiny_llama()), ("tiny-qwen2", tiny_qwen2())] {
+            let shape = Shape::from_json(name, &cfg).unwrap_or_else(|e| panic!("{e}"));
+            compare(&shape, ty, &mut rng);
+        }
+    }
+}
+
+/// The real 1B / 1.5B shapes (random weights), a short prompt and a few decode steps.
+#[test]
+#[ignore = "needs a GPU"]
+fn whole_model_logits_match_cpu_on_real_shapes() {
+    let mut rng = Rng::from_env_or_clock("whole_model_logits_match_cpu_on_real_shapes");
+    for name in ["llama-3.2-1b", "qwen2.5-1.5b"] {
+        let shape = Shape::resolve(name).unwrap_or_else(|e| panic!("{e}"));
+        compare(&shape, GgmlType::BF16, &mut rng);
+    }
+}
