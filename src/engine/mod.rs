@@ -1,6 +1,7 @@
 //! The single-stream generation loop: prefill the prompt (reusing the cached prefix), then
 //! decode one token at a time until a stop token, the token budget or the context ends.
 
+pub mod cuda_session;
 pub mod sampler;
 pub mod session;
 
@@ -167,12 +168,18 @@ impl Engine {
             finish: FinishReason::Length,
         };
         let mut t_first = t0;
+        // Plain greedy decoding lets the session pick the token where the logits are.
+        let device_greedy = params.sampling.is_plain_greedy();
+        let mut next: Option<u32> = None;
         loop {
             if stats.generated_tokens >= params.max_tokens {
                 stats.finish = FinishReason::Length;
                 break;
             }
-            let token = sampler.sample(&mut self.logits);
+            let token = match next.take() {
+                Some(t) => t,
+                None => sampler.sample(&mut self.logits),
+            };
             if stats.generated_tokens == 0 {
                 t_first = Instant::now();
                 stats.time_to_first_token = t_first - t0;
@@ -195,7 +202,12 @@ impl Engine {
                 stats.finish = FinishReason::Length;
                 break;
             }
-            self.session.forward(&[token], pos, &mut self.logits)?;
+            if device_greedy {
+                next = self.session.forward_argmax(token, pos)?;
+            }
+            if next.is_none() {
+                self.session.forward(&[token], pos, &mut self.logits)?;
+            }
             self.cached.push(token);
         }
         stats.decode_time = t_first.elapsed();

@@ -4,6 +4,8 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
 use crate::model::llama::{Llama, State};
+
+pub use super::cuda_session::cuda_session;
 use crate::model::{ModelConfig, ModelWeights};
 
 pub trait Session: Send {
@@ -15,6 +17,13 @@ pub trait Session: Send {
     fn vocab_size(&self) -> usize;
     /// Run `tokens` at positions `pos..`, extending the cache; logits of the last token.
     fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+    /// Run one token at `pos` and return the argmax of its logits (lowest id on ties, NaN
+    /// never), computed where the logits are; `None` when this session cannot, and the
+    /// caller uses `forward` instead. The logits are not returned.
+    fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {
+        let _ = (token, pos);
+        Ok(None)
+    }
 }
 
 struct OpsSession<B: Ops> {
@@ -64,28 +73,6 @@ impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions { ctx: 4096, max_batch: 64, precise: false }
     }
-}
-
-/// A CUDA session over a model's weights on `dev`: uploads every matrix (with a progress
-/// bar on stderr when `progress` is set).
-pub fn cuda_session(
-    config: &ModelConfig,
-    weights: &ModelWeights,
-    opts: &SessionOptions,
-    dev: crate::backend::cuda::CudaDevice,
-    progress: bool,
-) -> Result<Box<dyn Session>, BackendError> {
-    let mut backend = crate::backend::cuda::CudaBackend::new(dev)?;
-    if progress {
-        // Every matrix is uploaded once, the embedding too (twice when tied to the head).
-        backend.show_upload_progress(weights.bytes_per_token() + weights.embed.byte_len() as u64);
-    }
-    let llama = Llama::load(&mut backend, config, weights);
-    backend.finish_upload_progress();
-    let llama = llama?;
-    let ctx = opts.ctx.clamp(1, config.max_ctx);
-    let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;
-    Ok(Box::new(OpsSession { backend, model: llama, state }))
 }
 
 /// A CPU session over a model's weights.

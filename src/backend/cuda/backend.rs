@@ -73,6 +73,10 @@ pub struct CudaBackend {
     /// Scratch for the in-place head RMSNorm.
     scratch: Option<CudaSlice<f32>>,
     progress: Option<ProgressBar>,
+    /// Device addresses of a token id (u32) and a position (i32) that `embed`, `rope` and
+    /// `attention` read instead of their host arguments: how a captured CUDA graph gets
+    /// each step's token and position.
+    device_inputs: Option<(u64, u64)>,
 }
 
 /// Maps a driver error to the backend's error, naming what was being done.
@@ -141,7 +145,29 @@ impl CudaBackend {
             part_sum: None,
             scratch: None,
             progress: None,
+            device_inputs: None,
         })
+    }
+
+    /// Allocates every scratch buffer the ops need for up to `max_batch` rows of `q_dim`
+    /// (`n_heads` heads of `head_dim`), so that no op allocates later: a captured CUDA graph
+    /// holds these addresses, and a reallocation would leave it pointing at freed memory.
+    pub fn reserve(&mut self, max_batch: usize, n_heads: usize, head_dim: usize) -> Result<(), BackendError> {
+        let slots = max_batch * n_heads * MAX_ATTN_SPLITS;
+        ensure(&self.dev, &mut self.tokens, max_batch, "token ids")?;
+        ensure(&self.dev, &mut self.part_acc, slots * head_dim, "attention partials")?;
+        ensure(&self.dev, &mut self.part_max, slots, "attention partials")?;
+        ensure(&self.dev, &mut self.part_sum, slots, "attention partials")?;
+        ensure(&self.dev, &mut self.scratch, max_batch * n_heads * head_dim, "scratch")
+    }
+
+    /// Makes `embed` read its (single) token id, and `rope` / `attention` their position,
+    /// from these device addresses (a u32 and an i32) instead of the host arguments, which
+    /// then only size and check the work; `None` goes back to host arguments. The caller
+    /// keeps both buffers alive while the mode is on and while any graph captured in it
+    /// can be replayed.
+    pub fn set_device_inputs(&mut self, token_and_pos: Option<(u64, u64)>) {
+        self.device_inputs = token_and_pos;
     }
 
     /// Show a progress bar over `total_bytes` of weight uploads on stderr.
@@ -502,17 +528,24 @@ impl Ops for CudaBackend {
         if tokens.is_empty() {
             return Ok(());
         }
-        ensure(&self.dev, &mut self.tokens, tokens.len(), "token ids")?;
-        let Some(tok_buf) = self.tokens.as_mut() else {
-            return Err(shape_err("token buffer missing".into()));
+        let tok_ptr = match self.device_inputs {
+            Some((tok, _)) if tokens.len() == 1 => tok,
+            Some(_) => return Err(shape_err("device-side token ids take one token per step".into())),
+            None => {
+                ensure(&self.dev, &mut self.tokens, tokens.len(), "token ids")?;
+                let Some(tok_buf) = self.tokens.as_mut() else {
+                    return Err(shape_err("token buffer missing".into()));
+                };
+                self.dev
+                    .stream()
+                    .memcpy_htod(tokens, &mut tok_buf.slice_mut(..tokens.len()))
+                    .map_err(dev_err("uploading token ids"))?;
+                ptr(tok_buf, &self.dev)
+            }
         };
-        self.dev
-            .stream()
-            .memcpy_htod(tokens, &mut tok_buf.slice_mut(..tokens.len()))
-            .map_err(dev_err("uploading token ids"))?;
         let p = EmbedParams {
             table: ptr(&table.buf, &self.dev) as *const std::ffi::c_void,
-            tokens: ptr(tok_buf, &self.dev) as *const u32,
+            tokens: tok_ptr as *const u32,
             out: ptr_mut(&mut out.buf, &self.dev) as *mut f32,
             n_tokens: i32_of(tokens.len(), "tokens")?,
             dim: i32_of(table.cols, "embedding width")?,
@@ -658,7 +691,7 @@ impl Ops for CudaBackend {
             x: ptr_mut(&mut x.buf, &self.dev) as *mut f32,
             cos: ptr(&t.cos, &self.dev) as *const f32,
             sin: ptr(&t.sin, &self.dev) as *const f32,
-            pos_dev: std::ptr::null(),
+            pos_dev: self.device_inputs.map_or(std::ptr::null(), |(_, p)| p as *const i32),
             pos: i32_of(pos, "position")?,
             n: i32_of(n, "rows")?,
             n_heads: i32_of(n_heads, "heads")?,
@@ -709,7 +742,10 @@ impl Ops for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let splits = self.attn_splits(&shape, pos + n, n);
+        // With the position on the device (a replayed graph) the visible length is only
+        // known there: size the split count for the whole cache; the kernel sizes the chunks.
+        let visible = if self.device_inputs.is_some() { kv.ctx } else { pos + n };
+        let splits = self.attn_splits(&shape, visible, n);
         let slots = n * shape.n_heads * splits;
         ensure(
             &self.dev,
@@ -736,7 +772,7 @@ impl Ops for CudaBackend {
             part_acc: ptr_mut(pa, &self.dev) as *mut f32,
             part_max: ptr_mut(pm, &self.dev) as *mut f32,
             part_sum: ptr_mut(ps, &self.dev) as *mut f32,
-            pos_dev: std::ptr::null(),
+            pos_dev: self.device_inputs.map_or(std::ptr::null(), |(_, p)| p as *const i32),
             pos: i32_of(pos, "position")?,
             n: i32_of(n, "rows")?,
             n_heads: i32_of(shape.n_heads, "heads")?,
