@@ -157,3 +157,56 @@ fn hf_reference_logits_match() {
         );
     }
 }
+
+/// The engine's plain-greedy path takes the argmax inside the replayed decode graph and
+/// copies 4 bytes back; it must pick exactly the tokens the host picks from the same
+/// session's logits.
+#[test]
+#[ignore = "needs a GPU"]
+fn greedy_on_device_matches_greedy_on_host_logits() {
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
+    let mut rng = Rng::from_env_or_clock("greedy_on_device_matches_greedy_on_host_logits");
+    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 128,
+        max_batch: 16,
+        precise: true,
+    };
+    let session = || {
+        let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let vocab = shape.config.vocab_size;
+    let prompt: Vec<u32> = (0..21)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let params = GenerateParams {
+        max_tokens: 24,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let mut engine = Engine::new(session());
+    let mut on_device = Vec::new();
+    engine
+        .generate(&prompt, &params, &mut |t| {
+            on_device.push(t);
+            Flow::Continue
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = session();
+    let mut logits = vec![0f32; vocab];
+    s.forward(&prompt[..16], 0, &mut logits)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.forward(&prompt[16..], 16, &mut logits)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut on_host = Vec::new();
+    for pos in prompt.len()..prompt.len() + 24 {
+        let t = tachyon::engine::sampler::argmax(&logits);
+        on_host.push(t);
+        s.forward(&[t], pos, &mut logits)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(on_device, on_host);
+}
