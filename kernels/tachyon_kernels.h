@@ -198,4 +198,32 @@ typedef struct {
     int n_parts;
 } ArgmaxParams;
 
+/**
+ * Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with
+ * the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at
+ * `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely
+ * set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all
+ * NaN gives token 0. Penalties are not applied here.
+ */
+typedef struct {
+    /** `n` logits, read only. */
+    const float* logits;
+    /** `n` floats of scratch. */
+    float* work;
+    /** The drawn token id. */
+    unsigned int* out;
+    /** A 64-bit generator state in device memory, advanced by each draw (SplitMix64), so a
+     *  replayed CUDA graph draws a fresh number every step. */
+    unsigned long long* rng_state;
+    int n;
+    /** Keep the k most likely (0 = all). */
+    int top_k;
+    /** Greater than 0. */
+    float temperature;
+    /** In (0, 1]; 1 = off. */
+    float top_p;
+    /** In [0, 1]; 0 = off. */
+    float min_p;
+} SampleParams;
+
 #endif /* TACHYON_KERNELS_H */

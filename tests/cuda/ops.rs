@@ -510,3 +510,141 @@ fn argmax_on_device_matches_the_sampler() {
         assert_eq!(got[0], want, "vocab {vocab}");
     }
 }
+
+/// The CPU sampler's distribution in f64: candidates sorted by logit (lower id first on
+/// ties), top-k, softmax at the temperature, min-p, top-p, renormalized.
+fn sampler_probs(logits: &[f32], t: f32, top_k: usize, top_p: f32, min_p: f32) -> Vec<f64> {
+    let mut c: Vec<(usize, f32)> = logits
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .collect();
+    c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if top_k > 0 {
+        c.truncate(top_k);
+    }
+    let max = f64::from(c[0].1);
+    let e: Vec<f64> = c
+        .iter()
+        .map(|&(_, v)| ((f64::from(v) - max) / f64::from(t)).exp())
+        .collect();
+    let z: f64 = e.iter().sum();
+    let mut p: Vec<f64> = e.iter().map(|v| v / z).collect();
+    if min_p > 0.0 {
+        let floor = p[0] * f64::from(min_p);
+        let keep = p.iter().take_while(|&&v| v >= floor).count().max(1);
+        p.truncate(keep);
+    }
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = p.len();
+        for (i, v) in p.iter().enumerate() {
+            acc += v;
+            if acc >= f64::from(top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        p.truncate(keep);
+    }
+    let total: f64 = p.iter().sum();
+    let mut out = vec![0.0; logits.len()];
+    for (&(id, _), v) in c.iter().zip(&p) {
+        out[id] = v / total;
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn device_sampling_follows_the_cpu_samplers_distribution() {
+    use tachyon::engine::sampler::{Sampler, SamplingParams};
+    let mut b = backend();
+    let mut rng = Rng::from_env_or_clock("device_sampling_follows_the_cpu_samplers_distribution");
+    let vocab = 50;
+    let mut logits = rng.vec(vocab, 3.0);
+    logits[7] = logits[3]; // a tie
+    logits[11] = f32::NAN; // never drawn
+    let s = b.device().stream().clone();
+    let gl = up(&mut b, 1, vocab, &logits);
+    let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+    let mut out = s.alloc_zeros::<u32>(1).unwrap();
+    let mut state = s.clone_htod(&vec![rng.next_u64()]).unwrap();
+    let draws = 20_000usize;
+    for &(t, k, p, m) in &[
+        (1.0f32, 0usize, 1.0f32, 0.0f32),
+        (0.7, 10, 1.0, 0.0),
+        (1.3, 0, 0.8, 0.0),
+        (1.0, 0, 1.0, 0.1),
+        (1.0, 20, 0.9, 0.05),
+    ] {
+        let want = sampler_probs(&logits, t, k, p, m);
+        let mut hist = vec![0usize; vocab];
+        for _ in 0..draws {
+            b.sample(&gl, &mut work, &mut out, &mut state, t, k, p, m)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let id = s.clone_dtoh(&out).unwrap()[0] as usize;
+            assert!(
+                id < vocab && want[id] > 0.0,
+                "T {t} k {k} p {p} min_p {m}: drew {id}, which the CPU never draws"
+            );
+            hist[id] += 1;
+        }
+        // The reference itself against the real CPU sampler, same filters.
+        let params = SamplingParams {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            min_p: m,
+            seed: rng.next_u64(),
+            ..Default::default()
+        };
+        let mut cpu = Sampler::new(params, &[]);
+        let mut cpu_hist = vec![0usize; vocab];
+        for _ in 0..draws {
+            cpu_hist[cpu.sample(&mut logits.clone()) as usize] += 1;
+        }
+        for id in 0..vocab {
+            let sd = (want[id] * (1.0 - want[id]) / draws as f64).sqrt();
+            let bound = 5.0 * sd + 2e-3;
+            for (who, h) in [("gpu", &hist), ("cpu", &cpu_hist)] {
+                let got = h[id] as f64 / draws as f64;
+                assert!(
+                    (got - want[id]).abs() <= bound,
+                    "{who} T {t} k {k} p {p} min_p {m}: token {id} drawn {got:.4}, want {:.4}",
+                    want[id]
+                );
+            }
+        }
+    }
+    // top-k 1 is greedy, ties to the lower id.
+    let mut tied = logits.clone();
+    let best = tied
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::MIN, f32::max);
+    tied[40] = best;
+    let gl = up(&mut b, 1, vocab, &tied);
+    let want = tachyon::engine::sampler::argmax(&tied);
+    for _ in 0..100 {
+        b.sample(&gl, &mut work, &mut out, &mut state, 1.0, 1, 1.0, 0.0)
+            .unwrap();
+        assert_eq!(s.clone_dtoh(&out).unwrap()[0], want);
+    }
+    // A full vocabulary with top-k 40: every draw among the 40 best.
+    let big = 151_936;
+    let logits = rng.vec(big, 8.0);
+    let mut order: Vec<usize> = (0..big).collect();
+    order.sort_by(|&a, &c| logits[c].total_cmp(&logits[a]).then(a.cmp(&c)));
+    let top: std::collections::HashSet<usize> = order[..40].iter().copied().collect();
+    let gl = up(&mut b, 1, big, &logits);
+    let mut work = s.alloc_zeros::<f32>(big).unwrap();
+    for _ in 0..500 {
+        b.sample(&gl, &mut work, &mut out, &mut state, 1.0, 40, 0.95, 0.05)
+            .unwrap();
+        let id = s.clone_dtoh(&out).unwrap()[0] as usize;
+        assert!(top.contains(&id), "drew {id}, outside the top 40");
+    }
+}

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::device::CudaDevice;
 use super::kernels;
 use super::params::{
-    ArgmaxParams, AttnParams, ElementwiseParams, EmbedParams, GemvParams, RopeParams,
+    ArgmaxParams, AttnParams, ElementwiseParams, EmbedParams, GemvParams, RopeParams, SampleParams,
     TACHYON_DTYPE_BF16, TACHYON_DTYPE_F16, TACHYON_DTYPE_F32, TACHYON_EW_ADD, TACHYON_EW_ADD_ROW,
     TACHYON_EW_SWIGLU,
 };
@@ -152,13 +152,28 @@ impl CudaBackend {
     /// Allocates every scratch buffer the ops need for up to `max_batch` rows of `q_dim`
     /// (`n_heads` heads of `head_dim`), so that no op allocates later: a captured CUDA graph
     /// holds these addresses, and a reallocation would leave it pointing at freed memory.
-    pub fn reserve(&mut self, max_batch: usize, n_heads: usize, head_dim: usize) -> Result<(), BackendError> {
+    pub fn reserve(
+        &mut self,
+        max_batch: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<(), BackendError> {
         let slots = max_batch * n_heads * MAX_ATTN_SPLITS;
         ensure(&self.dev, &mut self.tokens, max_batch, "token ids")?;
-        ensure(&self.dev, &mut self.part_acc, slots * head_dim, "attention partials")?;
+        ensure(
+            &self.dev,
+            &mut self.part_acc,
+            slots * head_dim,
+            "attention partials",
+        )?;
         ensure(&self.dev, &mut self.part_max, slots, "attention partials")?;
         ensure(&self.dev, &mut self.part_sum, slots, "attention partials")?;
-        ensure(&self.dev, &mut self.scratch, max_batch * n_heads * head_dim, "scratch")
+        ensure(
+            &self.dev,
+            &mut self.scratch,
+            max_batch * n_heads * head_dim,
+            "scratch",
+        )
     }
 
     /// Makes `embed` read its (single) token id, and `rope` / `attention` their position,
@@ -251,6 +266,58 @@ impl CudaBackend {
         self.launch(&k.argmax_final, 1, (1024, 1, 1), (1, 1), &p, "argmax_final")
     }
 
+    /// Draws a token from row 0 of `logits` into `out[0]` with the CPU sampler's filters
+    /// (top-k, softmax at `temperature`, min-p, top-p; see `SampleParams`), the uniform
+    /// number coming from the SplitMix64 state in `rng[0]`, which the draw advances.
+    /// `work` is scratch of at least the vocabulary size. Penalties are not applied.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &mut self,
+        logits: &CudaAct,
+        work: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<u32>,
+        rng: &mut CudaSlice<u64>,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+    ) -> Result<(), BackendError> {
+        let n = logits.width;
+        let ok = temperature.is_finite()
+            && temperature > 0.0
+            && top_p > 0.0
+            && top_p <= 1.0
+            && (0.0..=1.0).contains(&min_p)
+            && work.len() >= n
+            && !out.is_empty()
+            && !rng.is_empty();
+        if !ok {
+            return Err(shape_err(format!(
+                "sample: temperature {temperature}, top_p {top_p}, min_p {min_p}, scratch {} for {n} logits",
+                work.len()
+            )));
+        }
+        let p = SampleParams {
+            logits: ptr(&logits.buf, &self.dev) as *const f32,
+            work: ptr_mut(work, &self.dev) as *mut f32,
+            out: ptr_mut(out, &self.dev) as *mut u32,
+            rng_state: ptr_mut(rng, &self.dev) as *mut u64,
+            n: i32_of(n, "vocabulary")?,
+            top_k: i32_of(top_k.min(n), "top_k")?,
+            temperature,
+            top_p,
+            min_p,
+        };
+        self.launch(
+            &self.dev.kernels.sample_logits,
+            1,
+            (1024, 1, 1),
+            (1, 1),
+            &p,
+            "sample_logits",
+        )
+    }
+
     /// Partial slots `argmax` needs for a vocabulary of `n`.
     pub fn argmax_parts(n: usize) -> usize {
         ARGMAX_PARTS.min(n.div_ceil(256)).max(1)
@@ -286,23 +353,45 @@ impl CudaBackend {
     }
 
     /// An activation matrix holding `data` (`rows * width` values).
-    pub fn act_from_host(&mut self, rows: usize, width: usize, data: &[f32]) -> Result<CudaAct, BackendError> {
+    pub fn act_from_host(
+        &mut self,
+        rows: usize,
+        width: usize,
+        data: &[f32],
+    ) -> Result<CudaAct, BackendError> {
         if data.len() != rows * width {
-            return Err(shape_err(format!("{} values for a [{rows} x {width}] matrix", data.len())));
+            return Err(shape_err(format!(
+                "{} values for a [{rows} x {width}] matrix",
+                data.len()
+            )));
         }
-        let buf = self.dev.stream().clone_htod(data).map_err(dev_err("uploading activations"))?;
+        let buf = self
+            .dev
+            .stream()
+            .clone_htod(data)
+            .map_err(dev_err("uploading activations"))?;
         Ok(CudaAct { buf, rows, width })
     }
 
     /// All values of an activation matrix, after the queued work finished.
     pub fn act_to_host(&mut self, x: &CudaAct) -> Result<Vec<f32>, BackendError> {
-        let v = self.dev.stream().clone_dtoh(&x.buf).map_err(dev_err("reading activations"))?;
+        let v = self
+            .dev
+            .stream()
+            .clone_dtoh(&x.buf)
+            .map_err(dev_err("reading activations"))?;
         self.dev.synchronize().map_err(dev_err("running kernels"))?;
         Ok(v)
     }
 
     /// A KV cache holding `k` and `v` (`ctx * kv_dim` values each).
-    pub fn kv_from_host(&mut self, ctx: usize, kv_dim: usize, k: &[f32], v: &[f32]) -> Result<CudaKv, BackendError> {
+    pub fn kv_from_host(
+        &mut self,
+        ctx: usize,
+        kv_dim: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<CudaKv, BackendError> {
         if k.len() != ctx * kv_dim || v.len() != ctx * kv_dim {
             return Err(shape_err("KV cache contents of the wrong size".into()));
         }
@@ -423,7 +512,12 @@ pub fn attn_splits(sm_count: usize, s: &AttnShape, visible: usize, n: usize) -> 
 /// The positions split `split` of `n_splits` covers for a query at `query_pos` that sees
 /// from `first` on: the same arithmetic as `split_range` in kernels/attention.cu, kept here
 /// so a CPU test can check that the splits tile the visible range exactly.
-pub fn split_range(first: usize, query_pos: usize, n_splits: usize, split: usize) -> std::ops::Range<usize> {
+pub fn split_range(
+    first: usize,
+    query_pos: usize,
+    n_splits: usize,
+    split: usize,
+) -> std::ops::Range<usize> {
     let len = query_pos + 1 - first;
     let chunk = len.div_ceil(n_splits);
     let c0 = first + split * chunk;
@@ -530,7 +624,11 @@ impl Ops for CudaBackend {
         }
         let tok_ptr = match self.device_inputs {
             Some((tok, _)) if tokens.len() == 1 => tok,
-            Some(_) => return Err(shape_err("device-side token ids take one token per step".into())),
+            Some(_) => {
+                return Err(shape_err(
+                    "device-side token ids take one token per step".into(),
+                ));
+            }
             None => {
                 ensure(&self.dev, &mut self.tokens, tokens.len(), "token ids")?;
                 let Some(tok_buf) = self.tokens.as_mut() else {
@@ -691,7 +789,9 @@ impl Ops for CudaBackend {
             x: ptr_mut(&mut x.buf, &self.dev) as *mut f32,
             cos: ptr(&t.cos, &self.dev) as *const f32,
             sin: ptr(&t.sin, &self.dev) as *const f32,
-            pos_dev: self.device_inputs.map_or(std::ptr::null(), |(_, p)| p as *const i32),
+            pos_dev: self
+                .device_inputs
+                .map_or(std::ptr::null(), |(_, p)| p as *const i32),
             pos: i32_of(pos, "position")?,
             n: i32_of(n, "rows")?,
             n_heads: i32_of(n_heads, "heads")?,
@@ -744,7 +844,11 @@ impl Ops for CudaBackend {
         }
         // With the position on the device (a replayed graph) the visible length is only
         // known there: size the split count for the whole cache; the kernel sizes the chunks.
-        let visible = if self.device_inputs.is_some() { kv.ctx } else { pos + n };
+        let visible = if self.device_inputs.is_some() {
+            kv.ctx
+        } else {
+            pos + n
+        };
         let splits = self.attn_splits(&shape, visible, n);
         let slots = n * shape.n_heads * splits;
         ensure(
@@ -772,7 +876,9 @@ impl Ops for CudaBackend {
             part_acc: ptr_mut(pa, &self.dev) as *mut f32,
             part_max: ptr_mut(pm, &self.dev) as *mut f32,
             part_sum: ptr_mut(ps, &self.dev) as *mut f32,
-            pos_dev: self.device_inputs.map_or(std::ptr::null(), |(_, p)| p as *const i32),
+            pos_dev: self
+                .device_inputs
+                .map_or(std::ptr::null(), |(_, p)| p as *const i32),
             pos: i32_of(pos, "position")?,
             n: i32_of(n, "rows")?,
             n_heads: i32_of(shape.n_heads, "heads")?,

@@ -260,3 +260,42 @@ const _: () = {
     ["Offset of field: ArgmaxParams::n_parts"]
         [::std::mem::offset_of!(ArgmaxParams, n_parts) - 36usize];
 };
+#[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives token 0. Penalties are not applied here."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SampleParams {
+    #[doc = " `n` logits, read only."]
+    pub logits: *const f32,
+    #[doc = " `n` floats of scratch."]
+    pub work: *mut f32,
+    #[doc = " The drawn token id."]
+    pub out: *mut ::std::os::raw::c_uint,
+    #[doc = " A 64-bit generator state in device memory, advanced by each draw (SplitMix64), so a\n  replayed CUDA graph draws a fresh number every step."]
+    pub rng_state: *mut ::std::os::raw::c_ulonglong,
+    pub n: ::std::os::raw::c_int,
+    #[doc = " Keep the k most likely (0 = all)."]
+    pub top_k: ::std::os::raw::c_int,
+    #[doc = " Greater than 0."]
+    pub temperature: f32,
+    #[doc = " In (0, 1]; 1 = off."]
+    pub top_p: f32,
+    #[doc = " In [0, 1]; 0 = off."]
+    pub min_p: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SampleParams"][::std::mem::size_of::<SampleParams>() - 56usize];
+    ["Alignment of SampleParams"][::std::mem::align_of::<SampleParams>() - 8usize];
+    ["Offset of field: SampleParams::logits"]
+        [::std::mem::offset_of!(SampleParams, logits) - 0usize];
+    ["Offset of field: SampleParams::work"][::std::mem::offset_of!(SampleParams, work) - 8usize];
+    ["Offset of field: SampleParams::out"][::std::mem::offset_of!(SampleParams, out) - 16usize];
+    ["Offset of field: SampleParams::rng_state"]
+        [::std::mem::offset_of!(SampleParams, rng_state) - 24usize];
+    ["Offset of field: SampleParams::n"][::std::mem::offset_of!(SampleParams, n) - 32usize];
+    ["Offset of field: SampleParams::top_k"][::std::mem::offset_of!(SampleParams, top_k) - 36usize];
+    ["Offset of field: SampleParams::temperature"]
+        [::std::mem::offset_of!(SampleParams, temperature) - 40usize];
+    ["Offset of field: SampleParams::top_p"][::std::mem::offset_of!(SampleParams, top_p) - 44usize];
+    ["Offset of field: SampleParams::min_p"][::std::mem::offset_of!(SampleParams, min_p) - 48usize];
+};

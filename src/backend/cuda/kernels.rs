@@ -60,6 +60,7 @@ pub(crate) struct KernelFns {
     pub(crate) elementwise_f32: CudaFunction,
     pub(crate) argmax_partial: CudaFunction,
     pub(crate) argmax_final: CudaFunction,
+    pub(crate) sample_logits: CudaFunction,
 }
 
 impl KernelFns {
@@ -75,6 +76,7 @@ impl KernelFns {
             elementwise_f32: module.load_function("elementwise_f32")?,
             argmax_partial: module.load_function("argmax_partial")?,
             argmax_final: module.load_function("argmax_final")?,
+            sample_logits: module.load_function("sample_logits")?,
         })
     }
 }

@@ -29,3 +29,4 @@ unsafe impl cudarc::driver::DeviceRepr for RopeParams {}
 unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
 unsafe impl cudarc::driver::DeviceRepr for ElementwiseParams {}
 unsafe impl cudarc::driver::DeviceRepr for ArgmaxParams {}
+unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
