@@ -4,8 +4,9 @@
 //! memory (so every scratch buffer exists and the step itself is done), then the same
 //! step is captured (recorded, not run) into a graph together with the on-device argmax.
 //! Every later step writes the token id and position (8 bytes host to device), replays the
-//! graph, and copies back either the 4-byte argmax (`forward_argmax`, plain greedy
-//! decoding) or the logits (`forward`, when the host samples).
+//! graph, and copies back either the 4-byte token the graph picked (`forward_argmax` for
+//! plain greedy decoding, `forward_sample` for top-k / temperature / min-p / top-p without
+//! penalties) or the logits (`forward`, when the host samples, e.g. with penalties).
 //!
 //! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps eagerly (same kernels, one launch
 //! each), e.g. to tell a graph problem from a kernel problem.
@@ -17,7 +18,20 @@ use crate::backend::{BackendError, Ops};
 use crate::model::llama::{Llama, State};
 use crate::model::{ModelConfig, ModelWeights};
 
+use super::SamplingParams;
 use super::session::{Session, SessionOptions};
+
+/// How a decode step picks the next token on the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pick {
+    Argmax,
+    Sample {
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+    },
+}
 
 /// A replayable decode step.
 struct Graph(CudaGraph);
@@ -41,7 +55,12 @@ pub struct CudaSession {
     next: CudaSlice<u32>,
     part_val: CudaSlice<f32>,
     part_idx: CudaSlice<i32>,
-    graph: Option<Graph>,
+    /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
+    work: CudaSlice<f32>,
+    rng: CudaSlice<u64>,
+    /// The captured step and the pick it was captured with (the kernels' parameters are
+    /// baked into a graph, so another pick means another capture).
+    graph: Option<(Pick, Graph)>,
     use_graph: bool,
 }
 
@@ -80,6 +99,10 @@ pub fn cuda_session(
         part_idx: s
             .alloc_zeros::<i32>(parts)
             .map_err(dev_err("step buffers"))?,
+        work: s
+            .alloc_zeros::<f32>(config.vocab_size)
+            .map_err(dev_err("step buffers"))?,
+        rng: s.alloc_zeros::<u64>(1).map_err(dev_err("step buffers"))?,
         backend,
         model,
         state,
@@ -90,8 +113,8 @@ pub fn cuda_session(
 
 impl CudaSession {
     /// Everything a decode step queues: the forward pass with device-side token and
-    /// position, then the argmax of the logits into `next`.
-    fn queue_step(&mut self, pos: usize) -> Result<(), BackendError> {
+    /// position, then the pick of the next token into `next`.
+    fn queue_step(&mut self, pos: usize, pick: Pick) -> Result<(), BackendError> {
         let s = self.backend.device().stream().clone();
         let (tok, _g1) = self.token.device_ptr(&s);
         let (p, _g2) = self.pos.device_ptr(&s);
@@ -102,19 +125,42 @@ impl CudaSession {
             .forward_logits(&mut self.backend, &mut self.state, &[0], pos)
             .and_then(|()| {
                 let logits = self.model.logits(&self.state);
-                self.backend.argmax(
-                    logits,
-                    &mut self.next,
-                    &mut self.part_val,
-                    &mut self.part_idx,
-                )
+                match pick {
+                    Pick::Argmax => self.backend.argmax(
+                        logits,
+                        &mut self.next,
+                        &mut self.part_val,
+                        &mut self.part_idx,
+                    ),
+                    Pick::Sample {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                    } => self.backend.sample(
+                        logits,
+                        &mut self.work,
+                        &mut self.next,
+                        &mut self.rng,
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                    ),
+                }
             });
         self.backend.set_device_inputs(None);
         queued
     }
 
     /// Runs one decode step (token and position written to the device first).
-    fn step(&mut self, token: u32, pos: usize) -> Result<(), BackendError> {
+    fn step(
+        &mut self,
+        token: u32,
+        pos: usize,
+        pick: Pick,
+        draw_seed: u64,
+    ) -> Result<(), BackendError> {
         if pos >= self.state.ctx {
             return Err(BackendError::Device(format!(
                 "position {pos} is past the context of {}",
@@ -126,15 +172,22 @@ impl CudaSession {
             .map_err(dev_err("writing the token id"))?;
         s.memcpy_htod(&[pos as i32][..], &mut self.pos)
             .map_err(dev_err("writing the position"))?;
-        if let Some(g) = &self.graph {
-            return g.0.launch().map_err(dev_err("replaying the decode step"));
+        if matches!(pick, Pick::Sample { .. }) {
+            s.memcpy_htod(&[draw_seed][..], &mut self.rng)
+                .map_err(dev_err("writing the random seed"))?;
         }
-        self.queue_step(pos)?;
+        match &self.graph {
+            Some((p, g)) if *p == pick => {
+                return g.0.launch().map_err(dev_err("replaying the decode step"));
+            }
+            _ => self.graph = None,
+        }
+        self.queue_step(pos, pick)?;
         if self.use_graph {
             // Capture the step just run (recording queues no work). A failure leaves the
             // session eager rather than broken.
-            match self.capture(pos) {
-                Ok(g) => self.graph = Some(Graph(g)),
+            match self.capture(pos, pick) {
+                Ok(g) => self.graph = Some((pick, Graph(g))),
                 Err(e) => {
                     tracing::warn!("CUDA graph capture failed, decoding without graphs: {e}");
                     self.use_graph = false;
@@ -144,11 +197,11 @@ impl CudaSession {
         Ok(())
     }
 
-    fn capture(&mut self, pos: usize) -> Result<CudaGraph, BackendError> {
+    fn capture(&mut self, pos: usize, pick: Pick) -> Result<CudaGraph, BackendError> {
         let s = self.backend.device().stream().clone();
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(dev_err("starting graph capture"))?;
-        let queued = self.queue_step(pos);
+        let queued = self.queue_step(pos, pick);
         // End the capture whatever happened, so the stream is usable again.
         let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
         queued?;
@@ -186,7 +239,9 @@ impl Session for CudaSession {
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
         if let [token] = tokens {
-            self.step(*token, pos)?;
+            // Keep whatever pick the captured step has (its result is simply not read).
+            let pick = self.graph.as_ref().map_or(Pick::Argmax, |(p, _)| *p);
+            self.step(*token, pos, pick, 0)?;
             let out = self.model.logits(&self.state);
             return self.backend.read_row(out, logits);
         }
@@ -195,13 +250,40 @@ impl Session for CudaSession {
     }
 
     fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {
-        self.step(token, pos)?;
+        self.step(token, pos, Pick::Argmax, 0)?;
+        self.read_next().map(Some)
+    }
+
+    fn forward_sample(
+        &mut self,
+        token: u32,
+        pos: usize,
+        params: &SamplingParams,
+        draw_seed: u64,
+    ) -> Result<Option<u32>, BackendError> {
+        if !(params.has_no_penalties() && params.temperature > 0.0) {
+            return Ok(None);
+        }
+        let pick = Pick::Sample {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            min_p: params.min_p,
+        };
+        self.step(token, pos, pick, draw_seed)?;
+        self.read_next().map(Some)
+    }
+}
+
+impl CudaSession {
+    /// The token the last step picked (a 4-byte copy, after the step finished).
+    fn read_next(&mut self) -> Result<u32, BackendError> {
         let s = self.backend.device().stream().clone();
         let mut next = [0u32];
         s.memcpy_dtoh(&self.next, &mut next[..])
             .map_err(dev_err("reading the token"))?;
         s.synchronize()
             .map_err(dev_err("running the decode step"))?;
-        Ok(Some(next[0]))
+        Ok(next[0])
     }
 }

@@ -168,8 +168,8 @@ impl Engine {
             finish: FinishReason::Length,
         };
         let mut t_first = t0;
-        // Plain greedy decoding lets the session pick the token where the logits are.
-        let device_greedy = params.sampling.is_plain_greedy();
+        // Without penalties the session may pick the token where the logits are.
+        let device_pick = params.sampling.has_no_penalties();
         let mut next: Option<u32> = None;
         loop {
             if stats.generated_tokens >= params.max_tokens {
@@ -202,8 +202,15 @@ impl Engine {
                 stats.finish = FinishReason::Length;
                 break;
             }
-            if device_greedy {
-                next = self.session.forward_argmax(token, pos)?;
+            if device_pick {
+                let sp = &params.sampling;
+                next = if sp.temperature == 0.0 {
+                    self.session.forward_argmax(token, pos)?
+                } else {
+                    // A fresh, reproducible random stream per position and seed.
+                    let draw_seed = sp.seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    self.session.forward_sample(token, pos, sp, draw_seed)?
+                };
             }
             if next.is_none() {
                 self.session.forward(&[token], pos, &mut self.logits)?;

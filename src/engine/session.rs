@@ -24,6 +24,20 @@ pub trait Session: Send {
         let _ = (token, pos);
         Ok(None)
     }
+    /// Run one token at `pos` and draw the next one where the logits are, with the
+    /// sampler's top-k, temperature, min-p and top-p (`params` has no penalties and a
+    /// temperature above 0) and a random stream seeded by `draw_seed`; `None` when this
+    /// session cannot, and the caller samples from `forward`'s logits.
+    fn forward_sample(
+        &mut self,
+        token: u32,
+        pos: usize,
+        params: &super::SamplingParams,
+        draw_seed: u64,
+    ) -> Result<Option<u32>, BackendError> {
+        let _ = (token, pos, params, draw_seed);
+        Ok(None)
+    }
 }
 
 struct OpsSession<B: Ops> {
