@@ -200,7 +200,8 @@ fn matmul_matches_f64_and_cpu_on_odd_shapes() {
     ];
     for ty in DTYPES {
         for &(rows, cols) in &shapes {
-            for n in [1usize, 3, 5, 9] {
+            // 1-4 rows run the GEMV, more the tiled GEMM (33 and 64: partial and full tiles).
+            for n in [1usize, 3, 4, 5, 9, 33, 64] {
                 let (w, wf) = weight(&mut rng, ty, rows, cols, 1.0 / (cols as f32).sqrt());
                 let x = rng.vec(n * cols, 1.0);
                 let m = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
@@ -241,6 +242,7 @@ fn fused_bias_and_swiglu_match_the_separate_ops() {
             (4864, 896, 1),
             (8960, 1536, 3),
             (33, 23, 2),
+            (100, 72, 17),
         ] {
             let (wg, _) = weight(&mut rng, ty, rows, cols, 2.0 / (cols as f32).sqrt());
             let (wu, _) = weight(&mut rng, ty, rows, cols, 2.0 / (cols as f32).sqrt());

@@ -56,6 +56,10 @@ pub struct CudaRope {
     pub interleaved: bool,
 }
 
+/// Most activation rows a matrix product runs as GEMV (weights streamed once per 4 rows);
+/// more rows run as the tiled GEMM.
+pub const GEMV_MAX_ROWS: usize = 4;
+
 /// Most splits of the sequence in flash-decoding.
 pub const MAX_ATTN_SPLITS: usize = 64;
 /// Most argmax partial blocks.
@@ -466,6 +470,20 @@ impl CudaBackend {
             dtype: w.dtype,
             warps_per_row: wpr,
         };
+        if n > GEMV_MAX_ROWS && w2.is_none() {
+            // Many activation rows (prefill): the tiled GEMM reads each weight once per 32
+            // rows instead of once per 4.
+            let grid = u32::try_from(w.rows.div_ceil(64))
+                .map_err(|_| shape_err("too many matrix rows".into()))?;
+            return self.launch(
+                &self.dev.kernels.gemm_f32out,
+                grid,
+                (256, 1, 1),
+                (n.div_ceil(32) as u32, 1),
+                &p,
+                "gemm_f32out",
+            );
+        }
         let rows_per_block = 8 / wpr as usize;
         let grid = u32::try_from(w.rows.div_ceil(rows_per_block))
             .map_err(|_| shape_err("too many matrix rows".into()))?;
@@ -729,8 +747,14 @@ impl Ops for CudaBackend {
         w_up: &CudaMat,
         n: usize,
         gate: &mut CudaAct,
-        _up: &mut CudaAct,
+        up: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        if n > GEMV_MAX_ROWS {
+            // Prefill: two tiled GEMMs and the elementwise SwiGLU.
+            self.gemv(x, w_gate, None, None, n, gate)?;
+            self.gemv(x, w_up, None, None, n, up)?;
+            return self.swiglu(gate, up, n);
+        }
         self.gemv(x, w_gate, Some(w_up), None, n, gate)
     }
 
