@@ -45,4 +45,185 @@ typedef struct {
     float eps;
 } RmsNormParams;
 
+/** Element formats of weight matrices and embedding tables on the device. */
+enum {
+    TACHYON_DTYPE_F32 = 0,
+    TACHYON_DTYPE_F16 = 1,
+    TACHYON_DTYPE_BF16 = 2
+};
+
+/**
+ * Parameters of `embed_gather` (kernels/embed.cu).
+ *
+ * `out[i] = f32(table[tokens[i]])` for `i < n_tokens`; a row whose token id is not below
+ * `vocab` is filled with NaN instead of reading out of bounds.
+ */
+typedef struct {
+    /** `vocab * dim` elements of `dtype`, row-major. */
+    const void* table;
+    /** `n_tokens` token ids (read on the device, so a CUDA graph can replay new ids). */
+    const unsigned int* tokens;
+    /** `n_tokens * dim` floats. */
+    float* out;
+    int n_tokens;
+    int dim;
+    int vocab;
+    /** A `TACHYON_DTYPE_*` value. */
+    int dtype;
+} EmbedParams;
+
+/**
+ * Parameters of `gemv_f32out` (kernels/gemv.cu): the decode-time matrix product.
+ *
+ * For each of `n` activation rows t and weight row r:
+ * `y = dot(w[r], x[t]) (+ bias[r])`; with `w2` set, also `y2 = dot(w2[r], x[t])` and the
+ * stored value is `silu(y) * y2` (the SwiGLU of a gate and an up projection).
+ * `out[t * rows + r]` receives the result. Weights are `rows x cols` row-major in `dtype`.
+ */
+typedef struct {
+    const void* w;
+    /** Second weight matrix (same shape and dtype) for the fused SwiGLU form, or NULL. */
+    const void* w2;
+    /** `rows` floats added to the first product, or NULL. */
+    const float* bias;
+    /** `n * cols` floats. */
+    const float* x;
+    /** `n * rows` floats; must not overlap `x`. */
+    float* out;
+    int rows;
+    int cols;
+    int n;
+    int dtype;
+    /** Warps that share one output row (1, 2, 4 or 8; the block is 8 warps). More warps
+     *  per row keep every SM streaming when the matrix has few rows. */
+    int warps_per_row;
+} GemvParams;
+
+/**
+ * Parameters of `rope_f32` (kernels/rope.cu).
+ *
+ * Rotates the first `2 * half` values of each of the `n_heads` heads (each `head_dim`
+ * wide) of each of `n` rows of `x` in place; row i is at position `pos + i`, where `pos`
+ * is `*pos_dev` when `pos_dev` is set (a CUDA graph replays new positions) else `pos`.
+ * Pairs are (2j, 2j+1) when `interleaved`, else (j, j + half). The angle tables are those
+ * of the CPU backend: `cos[p * half + j]`, `sin[p * half + j]` for positions `p < ctx`.
+ */
+typedef struct {
+    float* x;
+    const float* cos;
+    const float* sin;
+    const int* pos_dev;
+    int pos;
+    int n;
+    int n_heads;
+    int head_dim;
+    int half;
+    int interleaved;
+    int ctx;
+} RopeParams;
+
+/**
+ * Parameters of `attn_decode_split` and `attn_decode_reduce` (kernels/attention.cu).
+ *
+ * First `k`, `v` (`n` rows of `n_kv_heads * head_dim`) are appended at positions
+ * `pos..pos+n` of the caches (`attn_kv_append`); then query row i (position `pos + i`),
+ * head h attends to cache positions `first..=pos+i` (first = 0, or `pos + i + 1 - window`
+ * when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by
+ * 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes
+ * each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.
+ * `pos` is `*pos_dev` when `pos_dev` is set.
+ */
+typedef struct {
+    const float* q;
+    const float* k;
+    const float* v;
+    float* k_cache;
+    float* v_cache;
+    /** `n * n_heads * head_dim` floats. */
+    float* out;
+    /** Scratch: `n * n_heads * n_splits * head_dim` floats. */
+    float* part_acc;
+    /** Scratch: `n * n_heads * n_splits` floats each. */
+    float* part_max;
+    float* part_sum;
+    const int* pos_dev;
+    int pos;
+    int n;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int window;
+    int n_splits;
+    int ctx;
+} AttnParams;
+
+/** Elementwise ops of `elementwise_f32` (kernels/elementwise.cu). */
+enum {
+    /** `x[i] += y[i]` */
+    TACHYON_EW_ADD = 0,
+    /** `x[i] += y[i % width]` (a bias broadcast over rows) */
+    TACHYON_EW_ADD_ROW = 1,
+    /** `x[i] = silu(x[i]) * y[i]` */
+    TACHYON_EW_SWIGLU = 2,
+    /** `x[i] = y[i]` */
+    TACHYON_EW_COPY = 3
+};
+
+/** Parameters of `elementwise_f32` (kernels/elementwise.cu). */
+typedef struct {
+    float* x;
+    const float* y;
+    /** Elements of `x`. */
+    long long len;
+    /** Row width for `TACHYON_EW_ADD_ROW`. */
+    int width;
+    /** A `TACHYON_EW_*` value. */
+    int op;
+} ElementwiseParams;
+
+/**
+ * Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).
+ *
+ * The index of the largest of `n` logits (lowest index on ties, NaN never chosen; 0 when
+ * all are NaN). The partial kernel's `gridDim.x` blocks each write their best (value,
+ * index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them
+ * into `*out`.
+ */
+typedef struct {
+    const float* logits;
+    float* part_val;
+    int* part_idx;
+    unsigned int* out;
+    int n;
+    int n_parts;
+} ArgmaxParams;
+
+/**
+ * Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with
+ * the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at
+ * `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely
+ * set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all
+ * NaN gives token 0. Penalties are not applied here.
+ */
+typedef struct {
+    /** `n` logits, read only. */
+    const float* logits;
+    /** `n` floats of scratch. */
+    float* work;
+    /** The drawn token id. */
+    unsigned int* out;
+    /** A 64-bit generator state in device memory, advanced by each draw (SplitMix64), so a
+     *  replayed CUDA graph draws a fresh number every step. */
+    unsigned long long* rng_state;
+    int n;
+    /** Keep the k most likely (0 = all). */
+    int top_k;
+    /** Greater than 0. */
+    float temperature;
+    /** In (0, 1]; 1 = off. */
+    float top_p;
+    /** In [0, 1]; 0 = off. */
+    float min_p;
+} SampleParams;
+
 #endif /* TACHYON_KERNELS_H */

@@ -8,10 +8,12 @@
 //! - `backend`: where the ops run: `cpu` (the reference) and `cuda`.
 //! - `engine`: the single-stream generation loop and the sampler.
 //! - `server`: the OpenAI-compatible HTTP/SSE and WebSocket front over one engine thread.
+//! - `bench`: end-to-end speed measurement (`tachyon bench`).
 //! - `fuzzing`: byte-level entry points over everything read from strangers (fuzz targets
 //!   and their regression tests).
 
 pub mod backend;
+pub mod bench;
 pub mod engine;
 pub mod fuzzing;
 pub mod model;

@@ -1,14 +1,18 @@
-//! The `tachyon` command line: `generate`, `serve` and `info`.
+//! The `tachyon` command line: `generate`, `serve`, `bench`, `quantize` and `info`.
+
+mod cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, cpu_session};
+use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions};
 use tachyon::model::{Model, ModelSource, gguf_type_counts};
+
+use cli::backend::{BackendChoice, make_session};
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
 #[derive(Parser)]
@@ -18,20 +22,14 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BackendChoice {
-    /// CUDA when a GPU and the kernels are there, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Generate a completion and stream it to stdout (stats go to stderr).
     Generate(GenerateArgs),
     /// Serve the OpenAI API (HTTP + SSE) and a WebSocket token stream.
     Serve(tachyon::server::ServeArgs),
+    /// Measure time to first token and decode speed (table, or --json).
+    Bench(cli::bench::BenchArgs),
     /// Describe a model file: architecture, hyper-parameters, tensors, tokenizer, template.
     Info {
         /// A .gguf file or an HF directory (config.json + safetensors + tokenizer.json).
@@ -113,6 +111,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Info { model } => info(&model),
         Command::Serve(args) => Ok(tachyon::server::cli::run(args)?),
     }
@@ -120,27 +119,6 @@ fn run(cli: Cli) -> Result<()> {
 
 fn load(path: &Path) -> Result<Model> {
     Model::load(path).with_context(|| format!("loading {}", path.display()))
-}
-
-/// Decide where to run. The CUDA forward pass is not part of this build yet, so a GPU only
-/// changes the notice.
-fn pick_backend(choice: BackendChoice) -> Result<()> {
-    let probe = tachyon::backend::cuda::probe();
-    match (choice, probe) {
-        (BackendChoice::Cpu, _) => Ok(()),
-        (BackendChoice::Cuda, Err(why)) => bail!("--backend cuda: {why}"),
-        (BackendChoice::Cuda, Ok(_)) => {
-            bail!("--backend cuda: the CUDA forward pass is not in this version yet; use --backend cpu")
-        }
-        (BackendChoice::Auto, Err(why)) => {
-            eprintln!("notice: using the CPU backend ({why})");
-            Ok(())
-        }
-        (BackendChoice::Auto, Ok(_)) => {
-            eprintln!("notice: using the CPU backend (the CUDA forward pass is not in this version yet)");
-            Ok(())
-        }
-    }
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -152,7 +130,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
-    pick_backend(a.backend)?;
     let t_load = Instant::now();
     let model = load(&a.model)?;
     let tok = &model.tokenizer;
@@ -171,8 +148,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // A chat template writes its own BOS when the model wants one.
     let prompt = tok.encode(&text, !a.chat)?;
     let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
-    let session = cpu_session(&model.config, &model.weights, &opts)?;
-    let mut engine = Engine::new(session);
+    let placed = make_session(a.backend, &model.config, &model.weights, &opts)?;
+    let mut engine = Engine::new(placed.session);
     let load_time = t_load.elapsed();
 
     let seed = a.seed.unwrap_or_else(|| {

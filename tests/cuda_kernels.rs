@@ -1,4 +1,5 @@
-//! CUDA kernel tests.
+//! CUDA kernel tests: the RMSNorm kernel here, every `CudaBackend` op against its CPU twin
+//! in `cuda/ops.rs`, whole-model logits GPU vs CPU in `cuda/model.rs`.
 //!
 //! The tests that launch kernels need a GPU and are `#[ignore]`d; on a GPU machine run
 //!
@@ -12,6 +13,11 @@
 //! Inputs come from a xorshift generator with a fresh seed per run, printed at the start of
 //! each GPU test; set `TACHYON_TEST_SEED=<seed>` to replay a failure. Outputs are poisoned
 //! with NaN before every launch, and NaN never passes a comparison.
+
+#[path = "cuda/model.rs"]
+mod model;
+#[path = "cuda/ops.rs"]
+mod ops;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError};
 use tachyon::backend::cpu::ops::rmsnorm as cpu_rmsnorm;
@@ -483,4 +489,64 @@ fn bindings_snapshot_matches_bindgen() {
         "src/backend/cuda/kernel_params_snapshot.rs is stale; regenerate it with \
          TACHYON_UPDATE_BINDINGS_SNAPSHOT=1 cargo build"
     );
+}
+
+/// The flash-decoding splits must tile the visible positions exactly once: the Rust mirror
+/// of the kernel's chunk arithmetic, over every context up to 600, windows and split counts.
+#[test]
+fn attention_splits_tile_the_visible_positions() {
+    use tachyon::backend::AttnShape;
+    use tachyon::backend::cuda::{attn_splits, split_range};
+    for qp in 0..600usize {
+        for window in [None, Some(1usize), Some(7), Some(256)] {
+            let first = window.map_or(0, |w| (qp + 1).saturating_sub(w));
+            for splits in [1usize, 2, 3, 7, 16, 64] {
+                let mut seen = vec![0u8; qp + 1];
+                for s in 0..splits {
+                    for t in split_range(first, qp, splits, s) {
+                        seen[t] += 1;
+                    }
+                }
+                assert!(seen[..first].iter().all(|&c| c == 0), "qp {qp} window {window:?} splits {splits}");
+                assert!(seen[first..].iter().all(|&c| c == 1), "qp {qp} window {window:?} splits {splits}");
+            }
+        }
+    }
+    let shape = AttnShape { n_heads: 32, n_kv_heads: 8, head_dim: 64, window: None };
+    for (sms, visible, n) in [(132usize, 1usize, 1usize), (132, 384, 1), (132, 32_768, 1), (1, 5, 64), (132, 100, 64)] {
+        let s = attn_splits(sms, &shape, visible, n);
+        assert!((1..=tachyon::backend::cuda::backend::MAX_ATTN_SPLITS).contains(&s), "{s}");
+        assert!(s <= visible.div_ceil(16).max(1), "{s} splits for {visible} positions");
+    }
+}
+
+/// The CUDA backend uploads `rope_angles`; the CPU backend builds its own table. Rotating
+/// with either must give bit-identical results, or the GPU tests would compare against a
+/// different rotation.
+#[test]
+fn rope_angles_are_the_cpu_backend_table() {
+    use tachyon::backend::Ops;
+    use tachyon::backend::cpu::ops::{rope_angles, rope_head};
+    use tachyon::backend::cpu::{CpuAct, CpuBackend};
+    use tachyon::model::{Rope, RopeStyle};
+    let mut rng = Rng::from_env_or_clock("rope_angles_are_the_cpu_backend_table");
+    let ff = tachyon::model::config::llama3_freq_factors(500_000.0, 64, 32.0, 1.0, 4.0, 8192.0);
+    for (style, freq_factors, linear) in [(RopeStyle::Neox, Some(ff), 1.0f32), (RopeStyle::Interleaved, None, 4.0)] {
+        let rope = Rope { style, theta: 500_000.0, dim: 64, linear_factor: linear, freq_factors };
+        let ctx = 3000;
+        let mut cpu = CpuBackend::new(true);
+        let table = cpu.rope_table(&rope, ctx).unwrap_or_else(|e| panic!("{e}"));
+        let (cos, sin, half) = rope_angles(&rope, ctx);
+        assert_eq!(half, 32);
+        for pos in [0usize, 1, 2047, 2999] {
+            let x = rng.vec(4 * 64, 2.0);
+            let mut a = CpuAct { data: x.clone(), width: 4 * 64 };
+            cpu.rope(&mut a, &table, 4, pos, 1).unwrap_or_else(|e| panic!("{e}"));
+            let mut b = x;
+            for head in b.chunks_mut(64) {
+                rope_head(head, &cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half], style == RopeStyle::Interleaved);
+            }
+            assert!(a.data.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{style:?} position {pos}");
+        }
+    }
 }

@@ -69,6 +69,23 @@ pub trait Ops {
     ) -> Result<(), BackendError>;
     /// `out[i] = W x[i]` for the first `n` rows.
     fn matmul(&mut self, x: &Self::Act, w: &Self::Mat, n: usize, out: &mut Self::Act) -> Result<(), BackendError>;
+    /// The MLP's first half: `gate = silu(W_gate x) * (W_up x)` for the first `n` rows of
+    /// `x`; `up` is scratch the default form uses. A backend may fuse the two products
+    /// and the SwiGLU into one pass over both matrices (CUDA does).
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_swiglu(
+        &mut self,
+        x: &Self::Act,
+        w_gate: &Self::Mat,
+        w_up: &Self::Mat,
+        n: usize,
+        gate: &mut Self::Act,
+        up: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.matmul(x, w_gate, n, gate)?;
+        self.matmul(x, w_up, n, up)?;
+        self.swiglu(gate, up, n)
+    }
     /// `x[i] += b`.
     fn add_bias(&mut self, x: &mut Self::Act, b: &Self::Vector, n: usize) -> Result<(), BackendError>;
     /// `x[i] += y[i]`.

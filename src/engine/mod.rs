@@ -1,6 +1,7 @@
 //! The single-stream generation loop: prefill the prompt (reusing the cached prefix), then
 //! decode one token at a time until a stop token, the token budget or the context ends.
 
+pub mod cuda_session;
 pub mod logprobs;
 pub mod sampler;
 pub mod session;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
-pub use session::{Session, SessionOptions, cpu_session};
+pub use session::{Session, SessionOptions, cpu_session, cuda_session};
 
 use crate::backend::BackendError;
 
@@ -217,16 +218,25 @@ impl Engine {
         }
         let mut sampler = Sampler::new(params.sampling.clone(), prompt);
         let mut t_first = t0;
+        // Without penalties the session may pick the token where the logits are.
+        // Log-probabilities need the logits on the host, so they rule it out.
+        let device_pick = params.sampling.has_no_penalties() && opts.logprobs.is_none();
+        let mut next: Option<u32> = None;
         loop {
             if stats.generated_tokens >= params.max_tokens {
                 stats.finish = FinishReason::Length;
                 break;
             }
-            if opts.logprobs.is_some() {
-                self.raw.clear();
-                self.raw.extend_from_slice(&self.logits);
-            }
-            let token = sampler.sample(&mut self.logits);
+            let token = match next.take() {
+                Some(t) => t,
+                None => {
+                    if opts.logprobs.is_some() {
+                        self.raw.clear();
+                        self.raw.extend_from_slice(&self.logits);
+                    }
+                    sampler.sample(&mut self.logits)
+                }
+            };
             if stats.generated_tokens == 0 {
                 t_first = Instant::now();
                 stats.time_to_first_token = t_first - t0;
@@ -255,7 +265,19 @@ impl Engine {
                 stats.finish = FinishReason::Cancelled;
                 break;
             }
-            self.session.forward(&[token], pos, &mut self.logits)?;
+            if device_pick {
+                let sp = &params.sampling;
+                next = if sp.temperature == 0.0 {
+                    self.session.forward_argmax(token, pos)?
+                } else {
+                    // A fresh, reproducible random stream per position and seed.
+                    let draw_seed = sp.seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    self.session.forward_sample(token, pos, sp, draw_seed)?
+                };
+            }
+            if next.is_none() {
+                self.session.forward(&[token], pos, &mut self.logits)?;
+            }
             self.cached.push(token);
         }
         stats.decode_time = t_first.elapsed();

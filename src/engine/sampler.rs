@@ -45,6 +45,18 @@ impl SamplingParams {
         SamplingParams { temperature: 0.0, ..Default::default() }
     }
 
+    /// Greedy with no penalties: the token is the plain argmax of the logits, which a
+    /// backend may compute where the logits are (no copy of them to the host).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0 && self.has_no_penalties()
+    }
+
+    /// No repetition, presence or frequency penalty: the logits are used as they come, so
+    /// a backend may pick the token where they are.
+    pub fn has_no_penalties(&self) -> bool {
+        self.repetition_penalty == 1.0 && self.presence_penalty == 0.0 && self.frequency_penalty == 0.0
+    }
+
     /// Reject values that would make sampling meaningless (NaN, negative temperature...).
     pub fn validate(&self) -> Result<(), String> {
         let finite = |name: &str, v: f32| {

@@ -4,6 +4,8 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
 use crate::model::llama::{Llama, State};
+
+pub use super::cuda_session::cuda_session;
 use crate::model::{ModelConfig, ModelWeights};
 
 pub trait Session: Send {
@@ -15,6 +17,27 @@ pub trait Session: Send {
     fn vocab_size(&self) -> usize;
     /// Run `tokens` at positions `pos..`, extending the cache; logits of the last token.
     fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+    /// Run one token at `pos` and return the argmax of its logits (lowest id on ties, NaN
+    /// never), computed where the logits are; `None` when this session cannot, and the
+    /// caller uses `forward` instead. The logits are not returned.
+    fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {
+        let _ = (token, pos);
+        Ok(None)
+    }
+    /// Run one token at `pos` and draw the next one where the logits are, with the
+    /// sampler's top-k, temperature, min-p and top-p (`params` has no penalties and a
+    /// temperature above 0) and a random stream seeded by `draw_seed`; `None` when this
+    /// session cannot, and the caller samples from `forward`'s logits.
+    fn forward_sample(
+        &mut self,
+        token: u32,
+        pos: usize,
+        params: &super::SamplingParams,
+        draw_seed: u64,
+    ) -> Result<Option<u32>, BackendError> {
+        let _ = (token, pos, params, draw_seed);
+        Ok(None)
+    }
 }
 
 struct OpsSession<B: Ops> {

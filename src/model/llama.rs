@@ -122,6 +122,19 @@ impl<B: Ops> Llama<B> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
+        self.forward_logits(b, s, tokens, pos)?;
+        b.read_row(&s.logits, logits)
+    }
+
+    /// The logits [`Llama::forward_logits`] left in the backend (one row, vocab wide).
+    pub fn logits<'a>(&self, s: &'a State<B>) -> &'a B::Act {
+        &s.logits
+    }
+
+    /// [`Llama::forward`] without reading the logits back: they stay in the backend (see
+    /// [`Llama::logits`]). Queues only device work, so a GPU backend can capture it into a
+    /// CUDA graph.
+    pub fn forward_logits(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
         let c = &self.cfg;
         let n = tokens.len();
         assert!(n > 0 && n <= s.max_batch && pos + n <= s.ctx, "caller checks batch and context bounds");
@@ -154,16 +167,13 @@ impl<B: Ops> Llama<B> {
             b.add(&mut s.x, &s.h, n)?;
             // MLP block.
             b.rmsnorm(&s.x, &l.ffn_norm, c.rms_eps, n, &mut s.h)?;
-            b.matmul(&s.h, &l.w_gate, n, &mut s.gate)?;
-            b.matmul(&s.h, &l.w_up, n, &mut s.up)?;
-            b.swiglu(&mut s.gate, &s.up, n)?;
+            b.gate_up_swiglu(&s.h, &l.w_gate, &l.w_up, n, &mut s.gate, &mut s.up)?;
             b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
             b.add(&mut s.x, &s.h, n)?;
         }
         // Only the last position's logits are needed to pick the next token.
         b.copy_row(&s.x, n - 1, &mut s.last)?;
         b.rmsnorm(&s.last, &self.final_norm, c.rms_eps, 1, &mut s.last_norm)?;
-        b.matmul(&s.last_norm, &self.output, 1, &mut s.logits)?;
-        b.read_row(&s.logits, logits)
+        b.matmul(&s.last_norm, &self.output, 1, &mut s.logits)
     }
 }

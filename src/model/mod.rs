@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod gguf_writer;
 pub mod llama;
 pub mod quantize;
+pub mod random;
 pub mod safetensors;
 pub mod weights;
 
@@ -81,14 +82,7 @@ impl Model {
 
     /// Bytes of weights read per decoded token (every matrix once, the embedding row aside).
     pub fn weight_bytes_per_token(&self) -> u64 {
-        let w = &self.weights;
-        let mut total = w.output.bytes().len() as u64;
-        for l in &w.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                total += m.bytes().len() as u64;
-            }
-        }
-        total
+        self.weights.bytes_per_token()
     }
 }
 

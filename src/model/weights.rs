@@ -14,6 +14,12 @@ use super::config::ModelConfig;
 /// Something that owns the bytes of a model file (a memory map).
 pub trait ByteSource: Send + Sync {
     fn bytes(&self) -> &[u8];
+
+    /// Length of [`ByteSource::bytes`], without touching the bytes: a source that makes
+    /// its bytes on first use (random weights) answers this without making them.
+    fn byte_len(&self) -> usize {
+        self.bytes().len()
+    }
 }
 
 impl ByteSource for super::gguf::GgufFile {
@@ -32,6 +38,16 @@ impl ByteSource for memmap2::Mmap {
 impl ByteSource for Vec<u8> {
     fn bytes(&self) -> &[u8] {
         self
+    }
+}
+
+/// Bytes held in memory: weights made by a program (tests, conversions) rather than mapped
+/// from a file.
+pub struct HostBytes(pub Vec<u8>);
+
+impl ByteSource for HostBytes {
+    fn bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -79,7 +95,7 @@ impl Weight {
         if want != len as u64 {
             return Err(bad(format!("holds {len} bytes, its {ty} shape [{rows}, {cols}] needs {want}")));
         }
-        if offset.checked_add(len).is_none_or(|end| end > src.bytes().len()) {
+        if offset.checked_add(len).is_none_or(|end| end > src.byte_len()) {
             return Err(bad(format!("bytes {offset}..+{len} lie past the end of the file")));
         }
         Ok(Weight { name: name.to_string(), ty, rows, cols, src, offset, len })
@@ -88,6 +104,11 @@ impl Weight {
     /// The raw bytes of the whole matrix.
     pub fn bytes(&self) -> &[u8] {
         &self.src.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// Bytes of the whole matrix, without touching them.
+    pub fn byte_len(&self) -> usize {
+        self.len
     }
 
     /// Bytes of one row.
@@ -189,6 +210,18 @@ pub struct ModelWeights {
 }
 
 impl ModelWeights {
+    /// Bytes of weights read per decoded token: every matrix once (the LM head included),
+    /// the embedding row aside.
+    pub fn bytes_per_token(&self) -> u64 {
+        let mut total = self.output.byte_len() as u64;
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                total += m.byte_len() as u64;
+            }
+        }
+        total
+    }
+
     /// Find every tensor the config calls for and check its shape, so a model whose tensors
     /// disagree with its config is refused here, naming the tensor.
     ///

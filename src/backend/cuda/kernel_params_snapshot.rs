@@ -37,3 +37,265 @@ const _: () = {
     ["Offset of field: RmsNormParams::dim"][::std::mem::offset_of!(RmsNormParams, dim) - 36usize];
     ["Offset of field: RmsNormParams::eps"][::std::mem::offset_of!(RmsNormParams, eps) - 40usize];
 };
+pub const TACHYON_DTYPE_F32: _bindgen_ty_1 = 0;
+pub const TACHYON_DTYPE_F16: _bindgen_ty_1 = 1;
+pub const TACHYON_DTYPE_BF16: _bindgen_ty_1 = 2;
+#[doc = " Element formats of weight matrices and embedding tables on the device."]
+pub type _bindgen_ty_1 = ::std::os::raw::c_uint;
+#[doc = " Parameters of `embed_gather` (kernels/embed.cu).\n\n `out[i] = f32(table[tokens[i]])` for `i < n_tokens`; a row whose token id is not below\n `vocab` is filled with NaN instead of reading out of bounds."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct EmbedParams {
+    #[doc = " `vocab * dim` elements of `dtype`, row-major."]
+    pub table: *const ::std::os::raw::c_void,
+    #[doc = " `n_tokens` token ids (read on the device, so a CUDA graph can replay new ids)."]
+    pub tokens: *const ::std::os::raw::c_uint,
+    #[doc = " `n_tokens * dim` floats."]
+    pub out: *mut f32,
+    pub n_tokens: ::std::os::raw::c_int,
+    pub dim: ::std::os::raw::c_int,
+    pub vocab: ::std::os::raw::c_int,
+    #[doc = " A `TACHYON_DTYPE_*` value."]
+    pub dtype: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of EmbedParams"][::std::mem::size_of::<EmbedParams>() - 40usize];
+    ["Alignment of EmbedParams"][::std::mem::align_of::<EmbedParams>() - 8usize];
+    ["Offset of field: EmbedParams::table"][::std::mem::offset_of!(EmbedParams, table) - 0usize];
+    ["Offset of field: EmbedParams::tokens"][::std::mem::offset_of!(EmbedParams, tokens) - 8usize];
+    ["Offset of field: EmbedParams::out"][::std::mem::offset_of!(EmbedParams, out) - 16usize];
+    ["Offset of field: EmbedParams::n_tokens"]
+        [::std::mem::offset_of!(EmbedParams, n_tokens) - 24usize];
+    ["Offset of field: EmbedParams::dim"][::std::mem::offset_of!(EmbedParams, dim) - 28usize];
+    ["Offset of field: EmbedParams::vocab"][::std::mem::offset_of!(EmbedParams, vocab) - 32usize];
+    ["Offset of field: EmbedParams::dtype"][::std::mem::offset_of!(EmbedParams, dtype) - 36usize];
+};
+#[doc = " Parameters of `gemv_f32out` (kernels/gemv.cu): the decode-time matrix product.\n\n For each of `n` activation rows t and weight row r:\n `y = dot(w[r], x[t]) (+ bias[r])`; with `w2` set, also `y2 = dot(w2[r], x[t])` and the\n stored value is `silu(y) * y2` (the SwiGLU of a gate and an up projection).\n `out[t * rows + r]` receives the result. Weights are `rows x cols` row-major in `dtype`."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GemvParams {
+    pub w: *const ::std::os::raw::c_void,
+    #[doc = " Second weight matrix (same shape and dtype) for the fused SwiGLU form, or NULL."]
+    pub w2: *const ::std::os::raw::c_void,
+    #[doc = " `rows` floats added to the first product, or NULL."]
+    pub bias: *const f32,
+    #[doc = " `n * cols` floats."]
+    pub x: *const f32,
+    #[doc = " `n * rows` floats; must not overlap `x`."]
+    pub out: *mut f32,
+    pub rows: ::std::os::raw::c_int,
+    pub cols: ::std::os::raw::c_int,
+    pub n: ::std::os::raw::c_int,
+    pub dtype: ::std::os::raw::c_int,
+    #[doc = " Warps that share one output row (1, 2, 4 or 8; the block is 8 warps). More warps\n  per row keep every SM streaming when the matrix has few rows."]
+    pub warps_per_row: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GemvParams"][::std::mem::size_of::<GemvParams>() - 64usize];
+    ["Alignment of GemvParams"][::std::mem::align_of::<GemvParams>() - 8usize];
+    ["Offset of field: GemvParams::w"][::std::mem::offset_of!(GemvParams, w) - 0usize];
+    ["Offset of field: GemvParams::w2"][::std::mem::offset_of!(GemvParams, w2) - 8usize];
+    ["Offset of field: GemvParams::bias"][::std::mem::offset_of!(GemvParams, bias) - 16usize];
+    ["Offset of field: GemvParams::x"][::std::mem::offset_of!(GemvParams, x) - 24usize];
+    ["Offset of field: GemvParams::out"][::std::mem::offset_of!(GemvParams, out) - 32usize];
+    ["Offset of field: GemvParams::rows"][::std::mem::offset_of!(GemvParams, rows) - 40usize];
+    ["Offset of field: GemvParams::cols"][::std::mem::offset_of!(GemvParams, cols) - 44usize];
+    ["Offset of field: GemvParams::n"][::std::mem::offset_of!(GemvParams, n) - 48usize];
+    ["Offset of field: GemvParams::dtype"][::std::mem::offset_of!(GemvParams, dtype) - 52usize];
+    ["Offset of field: GemvParams::warps_per_row"]
+        [::std::mem::offset_of!(GemvParams, warps_per_row) - 56usize];
+};
+#[doc = " Parameters of `rope_f32` (kernels/rope.cu).\n\n Rotates the first `2 * half` values of each of the `n_heads` heads (each `head_dim`\n wide) of each of `n` rows of `x` in place; row i is at position `pos + i`, where `pos`\n is `*pos_dev` when `pos_dev` is set (a CUDA graph replays new positions) else `pos`.\n Pairs are (2j, 2j+1) when `interleaved`, else (j, j + half). The angle tables are those\n of the CPU backend: `cos[p * half + j]`, `sin[p * half + j]` for positions `p < ctx`."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct RopeParams {
+    pub x: *mut f32,
+    pub cos: *const f32,
+    pub sin: *const f32,
+    pub pos_dev: *const ::std::os::raw::c_int,
+    pub pos: ::std::os::raw::c_int,
+    pub n: ::std::os::raw::c_int,
+    pub n_heads: ::std::os::raw::c_int,
+    pub head_dim: ::std::os::raw::c_int,
+    pub half: ::std::os::raw::c_int,
+    pub interleaved: ::std::os::raw::c_int,
+    pub ctx: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of RopeParams"][::std::mem::size_of::<RopeParams>() - 64usize];
+    ["Alignment of RopeParams"][::std::mem::align_of::<RopeParams>() - 8usize];
+    ["Offset of field: RopeParams::x"][::std::mem::offset_of!(RopeParams, x) - 0usize];
+    ["Offset of field: RopeParams::cos"][::std::mem::offset_of!(RopeParams, cos) - 8usize];
+    ["Offset of field: RopeParams::sin"][::std::mem::offset_of!(RopeParams, sin) - 16usize];
+    ["Offset of field: RopeParams::pos_dev"][::std::mem::offset_of!(RopeParams, pos_dev) - 24usize];
+    ["Offset of field: RopeParams::pos"][::std::mem::offset_of!(RopeParams, pos) - 32usize];
+    ["Offset of field: RopeParams::n"][::std::mem::offset_of!(RopeParams, n) - 36usize];
+    ["Offset of field: RopeParams::n_heads"][::std::mem::offset_of!(RopeParams, n_heads) - 40usize];
+    ["Offset of field: RopeParams::head_dim"]
+        [::std::mem::offset_of!(RopeParams, head_dim) - 44usize];
+    ["Offset of field: RopeParams::half"][::std::mem::offset_of!(RopeParams, half) - 48usize];
+    ["Offset of field: RopeParams::interleaved"]
+        [::std::mem::offset_of!(RopeParams, interleaved) - 52usize];
+    ["Offset of field: RopeParams::ctx"][::std::mem::offset_of!(RopeParams, ctx) - 56usize];
+};
+#[doc = " Parameters of `attn_decode_split` and `attn_decode_reduce` (kernels/attention.cu).\n\n First `k`, `v` (`n` rows of `n_kv_heads * head_dim`) are appended at positions\n `pos..pos+n` of the caches (`attn_kv_append`); then query row i (position `pos + i`),\n head h attends to cache positions `first..=pos+i` (first = 0, or `pos + i + 1 - window`\n when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by\n 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes\n each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.\n `pos` is `*pos_dev` when `pos_dev` is set."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct AttnParams {
+    pub q: *const f32,
+    pub k: *const f32,
+    pub v: *const f32,
+    pub k_cache: *mut f32,
+    pub v_cache: *mut f32,
+    #[doc = " `n * n_heads * head_dim` floats."]
+    pub out: *mut f32,
+    #[doc = " Scratch: `n * n_heads * n_splits * head_dim` floats."]
+    pub part_acc: *mut f32,
+    #[doc = " Scratch: `n * n_heads * n_splits` floats each."]
+    pub part_max: *mut f32,
+    pub part_sum: *mut f32,
+    pub pos_dev: *const ::std::os::raw::c_int,
+    pub pos: ::std::os::raw::c_int,
+    pub n: ::std::os::raw::c_int,
+    pub n_heads: ::std::os::raw::c_int,
+    pub n_kv_heads: ::std::os::raw::c_int,
+    pub head_dim: ::std::os::raw::c_int,
+    pub window: ::std::os::raw::c_int,
+    pub n_splits: ::std::os::raw::c_int,
+    pub ctx: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of AttnParams"][::std::mem::size_of::<AttnParams>() - 112usize];
+    ["Alignment of AttnParams"][::std::mem::align_of::<AttnParams>() - 8usize];
+    ["Offset of field: AttnParams::q"][::std::mem::offset_of!(AttnParams, q) - 0usize];
+    ["Offset of field: AttnParams::k"][::std::mem::offset_of!(AttnParams, k) - 8usize];
+    ["Offset of field: AttnParams::v"][::std::mem::offset_of!(AttnParams, v) - 16usize];
+    ["Offset of field: AttnParams::k_cache"][::std::mem::offset_of!(AttnParams, k_cache) - 24usize];
+    ["Offset of field: AttnParams::v_cache"][::std::mem::offset_of!(AttnParams, v_cache) - 32usize];
+    ["Offset of field: AttnParams::out"][::std::mem::offset_of!(AttnParams, out) - 40usize];
+    ["Offset of field: AttnParams::part_acc"]
+        [::std::mem::offset_of!(AttnParams, part_acc) - 48usize];
+    ["Offset of field: AttnParams::part_max"]
+        [::std::mem::offset_of!(AttnParams, part_max) - 56usize];
+    ["Offset of field: AttnParams::part_sum"]
+        [::std::mem::offset_of!(AttnParams, part_sum) - 64usize];
+    ["Offset of field: AttnParams::pos_dev"][::std::mem::offset_of!(AttnParams, pos_dev) - 72usize];
+    ["Offset of field: AttnParams::pos"][::std::mem::offset_of!(AttnParams, pos) - 80usize];
+    ["Offset of field: AttnParams::n"][::std::mem::offset_of!(AttnParams, n) - 84usize];
+    ["Offset of field: AttnParams::n_heads"][::std::mem::offset_of!(AttnParams, n_heads) - 88usize];
+    ["Offset of field: AttnParams::n_kv_heads"]
+        [::std::mem::offset_of!(AttnParams, n_kv_heads) - 92usize];
+    ["Offset of field: AttnParams::head_dim"]
+        [::std::mem::offset_of!(AttnParams, head_dim) - 96usize];
+    ["Offset of field: AttnParams::window"][::std::mem::offset_of!(AttnParams, window) - 100usize];
+    ["Offset of field: AttnParams::n_splits"]
+        [::std::mem::offset_of!(AttnParams, n_splits) - 104usize];
+    ["Offset of field: AttnParams::ctx"][::std::mem::offset_of!(AttnParams, ctx) - 108usize];
+};
+#[doc = " `x[i] += y[i]`"]
+pub const TACHYON_EW_ADD: _bindgen_ty_2 = 0;
+#[doc = " `x[i] += y[i % width]` (a bias broadcast over rows)"]
+pub const TACHYON_EW_ADD_ROW: _bindgen_ty_2 = 1;
+#[doc = " `x[i] = silu(x[i]) * y[i]`"]
+pub const TACHYON_EW_SWIGLU: _bindgen_ty_2 = 2;
+#[doc = " `x[i] = y[i]`"]
+pub const TACHYON_EW_COPY: _bindgen_ty_2 = 3;
+#[doc = " Elementwise ops of `elementwise_f32` (kernels/elementwise.cu)."]
+pub type _bindgen_ty_2 = ::std::os::raw::c_uint;
+#[doc = " Parameters of `elementwise_f32` (kernels/elementwise.cu)."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct ElementwiseParams {
+    pub x: *mut f32,
+    pub y: *const f32,
+    #[doc = " Elements of `x`."]
+    pub len: ::std::os::raw::c_longlong,
+    #[doc = " Row width for `TACHYON_EW_ADD_ROW`."]
+    pub width: ::std::os::raw::c_int,
+    #[doc = " A `TACHYON_EW_*` value."]
+    pub op: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of ElementwiseParams"][::std::mem::size_of::<ElementwiseParams>() - 32usize];
+    ["Alignment of ElementwiseParams"][::std::mem::align_of::<ElementwiseParams>() - 8usize];
+    ["Offset of field: ElementwiseParams::x"]
+        [::std::mem::offset_of!(ElementwiseParams, x) - 0usize];
+    ["Offset of field: ElementwiseParams::y"]
+        [::std::mem::offset_of!(ElementwiseParams, y) - 8usize];
+    ["Offset of field: ElementwiseParams::len"]
+        [::std::mem::offset_of!(ElementwiseParams, len) - 16usize];
+    ["Offset of field: ElementwiseParams::width"]
+        [::std::mem::offset_of!(ElementwiseParams, width) - 24usize];
+    ["Offset of field: ElementwiseParams::op"]
+        [::std::mem::offset_of!(ElementwiseParams, op) - 28usize];
+};
+#[doc = " Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).\n\n The index of the largest of `n` logits (lowest index on ties, NaN never chosen; 0 when\n all are NaN). The partial kernel's `gridDim.x` blocks each write their best (value,\n index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them\n into `*out`."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct ArgmaxParams {
+    pub logits: *const f32,
+    pub part_val: *mut f32,
+    pub part_idx: *mut ::std::os::raw::c_int,
+    pub out: *mut ::std::os::raw::c_uint,
+    pub n: ::std::os::raw::c_int,
+    pub n_parts: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of ArgmaxParams"][::std::mem::size_of::<ArgmaxParams>() - 40usize];
+    ["Alignment of ArgmaxParams"][::std::mem::align_of::<ArgmaxParams>() - 8usize];
+    ["Offset of field: ArgmaxParams::logits"]
+        [::std::mem::offset_of!(ArgmaxParams, logits) - 0usize];
+    ["Offset of field: ArgmaxParams::part_val"]
+        [::std::mem::offset_of!(ArgmaxParams, part_val) - 8usize];
+    ["Offset of field: ArgmaxParams::part_idx"]
+        [::std::mem::offset_of!(ArgmaxParams, part_idx) - 16usize];
+    ["Offset of field: ArgmaxParams::out"][::std::mem::offset_of!(ArgmaxParams, out) - 24usize];
+    ["Offset of field: ArgmaxParams::n"][::std::mem::offset_of!(ArgmaxParams, n) - 32usize];
+    ["Offset of field: ArgmaxParams::n_parts"]
+        [::std::mem::offset_of!(ArgmaxParams, n_parts) - 36usize];
+};
+#[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives token 0. Penalties are not applied here."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SampleParams {
+    #[doc = " `n` logits, read only."]
+    pub logits: *const f32,
+    #[doc = " `n` floats of scratch."]
+    pub work: *mut f32,
+    #[doc = " The drawn token id."]
+    pub out: *mut ::std::os::raw::c_uint,
+    #[doc = " A 64-bit generator state in device memory, advanced by each draw (SplitMix64), so a\n  replayed CUDA graph draws a fresh number every step."]
+    pub rng_state: *mut ::std::os::raw::c_ulonglong,
+    pub n: ::std::os::raw::c_int,
+    #[doc = " Keep the k most likely (0 = all)."]
+    pub top_k: ::std::os::raw::c_int,
+    #[doc = " Greater than 0."]
+    pub temperature: f32,
+    #[doc = " In (0, 1]; 1 = off."]
+    pub top_p: f32,
+    #[doc = " In [0, 1]; 0 = off."]
+    pub min_p: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SampleParams"][::std::mem::size_of::<SampleParams>() - 56usize];
+    ["Alignment of SampleParams"][::std::mem::align_of::<SampleParams>() - 8usize];
+    ["Offset of field: SampleParams::logits"]
+        [::std::mem::offset_of!(SampleParams, logits) - 0usize];
+    ["Offset of field: SampleParams::work"][::std::mem::offset_of!(SampleParams, work) - 8usize];
+    ["Offset of field: SampleParams::out"][::std::mem::offset_of!(SampleParams, out) - 16usize];
+    ["Offset of field: SampleParams::rng_state"]
+        [::std::mem::offset_of!(SampleParams, rng_state) - 24usize];
+    ["Offset of field: SampleParams::n"][::std::mem::offset_of!(SampleParams, n) - 32usize];
+    ["Offset of field: SampleParams::top_k"][::std::mem::offset_of!(SampleParams, top_k) - 36usize];
+    ["Offset of field: SampleParams::temperature"]
+        [::std::mem::offset_of!(SampleParams, temperature) - 40usize];
+    ["Offset of field: SampleParams::top_p"][::std::mem::offset_of!(SampleParams, top_p) - 44usize];
+    ["Offset of field: SampleParams::min_p"][::std::mem::offset_of!(SampleParams, min_p) - 48usize];
+};

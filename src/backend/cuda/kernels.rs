@@ -51,12 +51,34 @@ pub enum KernelError {
 #[derive(Debug)]
 pub(crate) struct KernelFns {
     rmsnorm_residual_f32: CudaFunction,
+    pub(crate) embed_gather: CudaFunction,
+    pub(crate) gemv_f32out: CudaFunction,
+    pub(crate) gemm_f32out: CudaFunction,
+    pub(crate) rope_f32: CudaFunction,
+    pub(crate) attn_kv_append: CudaFunction,
+    pub(crate) attn_decode_split: CudaFunction,
+    pub(crate) attn_decode_reduce: CudaFunction,
+    pub(crate) elementwise_f32: CudaFunction,
+    pub(crate) argmax_partial: CudaFunction,
+    pub(crate) argmax_final: CudaFunction,
+    pub(crate) sample_logits: CudaFunction,
 }
 
 impl KernelFns {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self, DriverError> {
         Ok(Self {
             rmsnorm_residual_f32: module.load_function("rmsnorm_residual_f32")?,
+            embed_gather: module.load_function("embed_gather")?,
+            gemv_f32out: module.load_function("gemv_f32out")?,
+            gemm_f32out: module.load_function("gemm_f32out")?,
+            rope_f32: module.load_function("rope_f32")?,
+            attn_kv_append: module.load_function("attn_kv_append")?,
+            attn_decode_split: module.load_function("attn_decode_split")?,
+            attn_decode_reduce: module.load_function("attn_decode_reduce")?,
+            elementwise_f32: module.load_function("elementwise_f32")?,
+            argmax_partial: module.load_function("argmax_partial")?,
+            argmax_final: module.load_function("argmax_final")?,
+            sample_logits: module.load_function("sample_logits")?,
         })
     }
 }

@@ -19,3 +19,14 @@ pub const GENERATED_BINDINGS: &str = include_str!(concat!(env!("OUT_DIR"), "/ker
 // struct identically on 64-bit hosts and devices). Its fields are raw device addresses and
 // plain i32/f32 values: no Rust references, no drop glue, every bit pattern allowed.
 unsafe impl cudarc::driver::DeviceRepr for RmsNormParams {}
+
+// SAFETY: as for RmsNormParams: each struct below is `#[repr(C)]`, generated from the C
+// declaration its kernel is compiled against, with bindgen's layout assertions; the fields
+// are raw device addresses and plain integers/floats, every bit pattern allowed.
+unsafe impl cudarc::driver::DeviceRepr for EmbedParams {}
+unsafe impl cudarc::driver::DeviceRepr for GemvParams {}
+unsafe impl cudarc::driver::DeviceRepr for RopeParams {}
+unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
+unsafe impl cudarc::driver::DeviceRepr for ElementwiseParams {}
+unsafe impl cudarc::driver::DeviceRepr for ArgmaxParams {}
+unsafe impl cudarc::driver::DeviceRepr for SampleParams {}

@@ -1,0 +1,47 @@
+/*
+ * common.cuh: small device helpers shared by the kernel files (included by each; every
+ * helper is inline and file-local, so the one-translation-unit build sees no duplicates).
+ */
+#ifndef TACHYON_COMMON_CUH
+#define TACHYON_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "tachyon_kernels.h"
+
+namespace tachyon {
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float warp_sum_f(float v) {
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max_f(float v) {
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// One weight element as f32; dtype is a TACHYON_DTYPE_* value.
+__device__ __forceinline__ float load_elem(const void* base, size_t i, int dtype) {
+    if (dtype == TACHYON_DTYPE_BF16) {
+        return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+    } else if (dtype == TACHYON_DTYPE_F16) {
+        return __half2float(static_cast<const __half*>(base)[i]);
+    }
+    return static_cast<const float*>(base)[i];
+}
+
+// The position a kernel runs at: read from device memory when given (graph replay).
+__device__ __forceinline__ int read_pos(const int* pos_dev, int pos) {
+    return pos_dev != nullptr ? *pos_dev : pos;
+}
+
+}  // namespace tachyon
+
+#endif  // TACHYON_COMMON_CUH

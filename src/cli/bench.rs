@@ -1,0 +1,143 @@
+//! `tachyon bench`: decode speed of a model file or of random weights of a real shape,
+//! as a table or JSON (see `tachyon::bench` for what is measured).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use tachyon::bench::{self, BenchOptions, BenchReport};
+use tachyon::engine::{Engine, SessionOptions};
+use tachyon::model::random::{self, Shape};
+use tachyon::model::{ModelConfig, ModelWeights, load_weights};
+use tachyon::quant::GgmlType;
+
+use super::backend::{BackendChoice, make_session};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RandomDtype {
+    Bf16,
+    F16,
+    F32,
+}
+
+impl RandomDtype {
+    fn ggml(self) -> GgmlType {
+        match self {
+            RandomDtype::Bf16 => GgmlType::BF16,
+            RandomDtype::F16 => GgmlType::F16,
+            RandomDtype::F32 => GgmlType::F32,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["model", "random_weights"])))]
+pub struct BenchArgs {
+    /// A .gguf file or an HF directory.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Random weights of a shape: llama-3.2-1b, llama-3.1-8b, qwen2.5-1.5b, qwen2.5-0.5b,
+    /// or the path of an HF config.json.
+    #[arg(long, value_name = "SHAPE")]
+    random_weights: Option<String>,
+    /// Format of the random weights' matrices.
+    #[arg(long, value_enum, default_value_t = RandomDtype::Bf16)]
+    random_dtype: RandomDtype,
+    /// Length of the random prompt.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    new_tokens: usize,
+    /// Tokens generated in an untimed warm-up run first.
+    #[arg(long, default_value_t = 8)]
+    warmup_tokens: usize,
+    /// Seed of the random weights and prompt.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// KV cache size in tokens (default: prompt + new tokens).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// CPU: exact f32 dot products instead of 8-bit activation quantization.
+    #[arg(long)]
+    precise: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("--threads")?;
+    }
+    if a.prompt_tokens == 0 || a.new_tokens < 2 {
+        bail!("--prompt-tokens must be at least 1 and --new-tokens at least 2");
+    }
+    let (label, config, weights) = load(&a)?;
+    let weights_ty = weights
+        .layers
+        .first()
+        .map_or(weights.output.ty, |l| l.wq.ty);
+    let need = a.prompt_tokens + a.new_tokens;
+    let ctx = a.ctx.unwrap_or(need);
+    if ctx < need || need > config.max_ctx {
+        bail!(
+            "the run needs {need} positions; --ctx is {ctx} and the model holds {}",
+            config.max_ctx
+        );
+    }
+    let opts = SessionOptions {
+        ctx,
+        precise: a.precise,
+        ..Default::default()
+    };
+    let placed = make_session(a.backend, &config, &weights, &opts)?;
+    let mut engine = Engine::new(placed.session);
+    let bopts = BenchOptions {
+        prompt_tokens: a.prompt_tokens,
+        new_tokens: a.new_tokens,
+        warmup_tokens: a.warmup_tokens,
+        seed: a.seed,
+    };
+    let timings = bench::measure(&mut engine, config.vocab_size, &bopts)?;
+    let report = BenchReport::new(
+        label,
+        weights_ty.to_string(),
+        engine.backend_name().to_string(),
+        placed.device,
+        &timings,
+        weights.bytes_per_token(),
+        (placed.copy_bandwidth)()?,
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn load(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
+    match (&a.model, &a.random_weights) {
+        (Some(path), _) => {
+            let (config, weights, _source) =
+                load_weights(path).with_context(|| format!("loading {}", path.display()))?;
+            Ok((path.display().to_string(), config, weights))
+        }
+        (None, Some(spec)) => {
+            let shape = Shape::resolve(spec)?;
+            let weights = random::random_weights(&shape, a.random_dtype.ggml(), a.seed)?;
+            Ok((format!("random:{}", shape.name), shape.config, weights))
+        }
+        (None, None) => bail!("give --model or --random-weights"),
+    }
+}

@@ -1,0 +1,4 @@
+//! Subcommands that live in their own files (main.rs keeps the argument enum and dispatch).
+
+pub mod backend;
+pub mod bench;

@@ -1,0 +1,289 @@
+//! The CUDA session: prefill runs op by op; each decode step is one CUDA-graph replay.
+//!
+//! The first decode step runs eagerly with the token id and position read from device
+//! memory (so every scratch buffer exists and the step itself is done), then the same
+//! step is captured (recorded, not run) into a graph together with the on-device argmax.
+//! Every later step writes the token id and position (8 bytes host to device), replays the
+//! graph, and copies back either the 4-byte token the graph picked (`forward_argmax` for
+//! plain greedy decoding, `forward_sample` for top-k / temperature / min-p / top-p without
+//! penalties) or the logits (`forward`, when the host samples, e.g. with penalties).
+//!
+//! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps eagerly (same kernels, one launch
+//! each), e.g. to tell a graph problem from a kernel problem.
+
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, sys};
+
+use crate::backend::cuda::{CudaBackend, CudaDevice};
+use crate::backend::{BackendError, Ops};
+use crate::model::llama::{Llama, State};
+use crate::model::{ModelConfig, ModelWeights};
+
+use super::SamplingParams;
+use super::session::{Session, SessionOptions};
+
+/// How a decode step picks the next token on the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pick {
+    Argmax,
+    Sample {
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+    },
+}
+
+/// A replayable decode step.
+struct Graph(CudaGraph);
+
+// SAFETY: a CUgraphExec may be launched from any thread once the context is current there
+// (cudarc's `launch` makes it current). The session owning it is used from one thread at a
+// time (`&mut self`), so launches never race.
+unsafe impl Send for Graph {}
+
+fn dev_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> BackendError {
+    move |e| BackendError::Device(format!("CUDA: {what}: {e}"))
+}
+
+pub struct CudaSession {
+    backend: CudaBackend,
+    model: Llama<CudaBackend>,
+    state: State<CudaBackend>,
+    /// The decode step's inputs and output on the device.
+    token: CudaSlice<u32>,
+    pos: CudaSlice<i32>,
+    next: CudaSlice<u32>,
+    part_val: CudaSlice<f32>,
+    part_idx: CudaSlice<i32>,
+    /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
+    work: CudaSlice<f32>,
+    rng: CudaSlice<u64>,
+    /// The captured step and the pick it was captured with (the kernels' parameters are
+    /// baked into a graph, so another pick means another capture).
+    graph: Option<(Pick, Graph)>,
+    use_graph: bool,
+}
+
+/// A CUDA session over a model's weights on `dev`: uploads every matrix once (with a
+/// progress bar on stderr when `progress` is set) and allocates everything a step needs.
+pub fn cuda_session(
+    config: &ModelConfig,
+    weights: &ModelWeights,
+    opts: &SessionOptions,
+    dev: CudaDevice,
+    progress: bool,
+) -> Result<Box<dyn Session>, BackendError> {
+    let mut backend = CudaBackend::new(dev)?;
+    if progress {
+        // Every matrix is uploaded once, the embedding too (twice when tied to the head).
+        backend.show_upload_progress(weights.bytes_per_token() + weights.embed.byte_len() as u64);
+    }
+    let model = Llama::load(&mut backend, config, weights);
+    backend.finish_upload_progress();
+    let model = model?;
+    let ctx = opts.ctx.clamp(1, config.max_ctx);
+    let max_batch = opts.max_batch.max(1);
+    let state = model.new_state(&mut backend, ctx, max_batch)?;
+    backend.reserve(max_batch, config.n_heads, config.head_dim)?;
+    let s = backend.device().stream().clone();
+    let parts = CudaBackend::argmax_parts(config.vocab_size);
+    let use_graph =
+        !std::env::var("TACHYON_NO_CUDA_GRAPH").is_ok_and(|v| !matches!(v.trim(), "" | "0"));
+    Ok(Box::new(CudaSession {
+        token: s.alloc_zeros::<u32>(1).map_err(dev_err("step buffers"))?,
+        pos: s.alloc_zeros::<i32>(1).map_err(dev_err("step buffers"))?,
+        next: s.alloc_zeros::<u32>(1).map_err(dev_err("step buffers"))?,
+        part_val: s
+            .alloc_zeros::<f32>(parts)
+            .map_err(dev_err("step buffers"))?,
+        part_idx: s
+            .alloc_zeros::<i32>(parts)
+            .map_err(dev_err("step buffers"))?,
+        work: s
+            .alloc_zeros::<f32>(config.vocab_size)
+            .map_err(dev_err("step buffers"))?,
+        rng: s.alloc_zeros::<u64>(1).map_err(dev_err("step buffers"))?,
+        backend,
+        model,
+        state,
+        graph: None,
+        use_graph,
+    }))
+}
+
+impl CudaSession {
+    /// Everything a decode step queues: the forward pass with device-side token and
+    /// position, then the pick of the next token into `next`.
+    fn queue_step(&mut self, pos: usize, pick: Pick) -> Result<(), BackendError> {
+        let s = self.backend.device().stream().clone();
+        let (tok, _g1) = self.token.device_ptr(&s);
+        let (p, _g2) = self.pos.device_ptr(&s);
+        self.backend.set_device_inputs(Some((tok, p)));
+        // The host token is only a shape: the kernels read the id from `token`.
+        let queued = self
+            .model
+            .forward_logits(&mut self.backend, &mut self.state, &[0], pos)
+            .and_then(|()| {
+                let logits = self.model.logits(&self.state);
+                match pick {
+                    Pick::Argmax => self.backend.argmax(
+                        logits,
+                        &mut self.next,
+                        &mut self.part_val,
+                        &mut self.part_idx,
+                    ),
+                    Pick::Sample {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                    } => self.backend.sample(
+                        logits,
+                        &mut self.work,
+                        &mut self.next,
+                        &mut self.rng,
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                    ),
+                }
+            });
+        self.backend.set_device_inputs(None);
+        queued
+    }
+
+    /// Runs one decode step (token and position written to the device first).
+    fn step(
+        &mut self,
+        token: u32,
+        pos: usize,
+        pick: Pick,
+        draw_seed: u64,
+    ) -> Result<(), BackendError> {
+        if pos >= self.state.ctx {
+            return Err(BackendError::Device(format!(
+                "position {pos} is past the context of {}",
+                self.state.ctx
+            )));
+        }
+        let s = self.backend.device().stream().clone();
+        s.memcpy_htod(&[token][..], &mut self.token)
+            .map_err(dev_err("writing the token id"))?;
+        s.memcpy_htod(&[pos as i32][..], &mut self.pos)
+            .map_err(dev_err("writing the position"))?;
+        if matches!(pick, Pick::Sample { .. }) {
+            s.memcpy_htod(&[draw_seed][..], &mut self.rng)
+                .map_err(dev_err("writing the random seed"))?;
+        }
+        match &self.graph {
+            Some((p, g)) if *p == pick => {
+                return g.0.launch().map_err(dev_err("replaying the decode step"));
+            }
+            _ => self.graph = None,
+        }
+        self.queue_step(pos, pick)?;
+        if self.use_graph {
+            // Capture the step just run (recording queues no work). A failure leaves the
+            // session eager rather than broken.
+            match self.capture(pos, pick) {
+                Ok(g) => self.graph = Some((pick, Graph(g))),
+                Err(e) => {
+                    tracing::warn!("CUDA graph capture failed, decoding without graphs: {e}");
+                    self.use_graph = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn capture(&mut self, pos: usize, pick: Pick) -> Result<CudaGraph, BackendError> {
+        let s = self.backend.device().stream().clone();
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(dev_err("starting graph capture"))?;
+        let queued = self.queue_step(pos, pick);
+        // End the capture whatever happened, so the stream is usable again.
+        let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = ended.map_err(dev_err("instantiating the decode graph"))?;
+        let graph = graph
+            .ok_or_else(|| BackendError::Device("CUDA graph capture recorded nothing".into()))?;
+        graph
+            .upload()
+            .map_err(dev_err("uploading the decode graph"))?;
+        Ok(graph)
+    }
+}
+
+impl Session for CudaSession {
+    fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn ctx(&self) -> usize {
+        self.state.ctx
+    }
+
+    fn max_batch(&self) -> usize {
+        self.state.max_batch
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        if let [token] = tokens {
+            // Keep whatever pick the captured step has (its result is simply not read).
+            let pick = self.graph.as_ref().map_or(Pick::Argmax, |(p, _)| *p);
+            self.step(*token, pos, pick, 0)?;
+            let out = self.model.logits(&self.state);
+            return self.backend.read_row(out, logits);
+        }
+        self.model
+            .forward(&mut self.backend, &mut self.state, tokens, pos, logits)
+    }
+
+    fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {
+        self.step(token, pos, Pick::Argmax, 0)?;
+        self.read_next().map(Some)
+    }
+
+    fn forward_sample(
+        &mut self,
+        token: u32,
+        pos: usize,
+        params: &SamplingParams,
+        draw_seed: u64,
+    ) -> Result<Option<u32>, BackendError> {
+        if !(params.has_no_penalties() && params.temperature > 0.0) {
+            return Ok(None);
+        }
+        let pick = Pick::Sample {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            min_p: params.min_p,
+        };
+        self.step(token, pos, pick, draw_seed)?;
+        self.read_next().map(Some)
+    }
+}
+
+impl CudaSession {
+    /// The token the last step picked (a 4-byte copy, after the step finished).
+    fn read_next(&mut self) -> Result<u32, BackendError> {
+        let s = self.backend.device().stream().clone();
+        let mut next = [0u32];
+        s.memcpy_dtoh(&self.next, &mut next[..])
+            .map_err(dev_err("reading the token"))?;
+        s.synchronize()
+            .map_err(dev_err("running the decode step"))?;
+        Ok(next[0])
+    }
+}

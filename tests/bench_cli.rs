@@ -1,0 +1,113 @@
+//! `tachyon bench` end to end on the CPU: random weights of a tiny shape (a config.json in
+//! tests/data), JSON output with every field present and consistent.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench_json(extra: &[&str]) -> Value {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny-llama-config.json"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tachyon"))
+        .args([
+            "bench",
+            "--backend",
+            "cpu",
+            "--threads",
+            "2",
+            "--json",
+            "--random-weights",
+            config,
+        ])
+        .args(extra)
+        .output()
+        .expect("run tachyon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tachyon bench failed: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v.get(k)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("field {k} missing or not a number in {v}"))
+}
+
+#[test]
+fn bench_json_has_sane_fields() {
+    let v = bench_json(&["--prompt-tokens", "20", "--new-tokens", "12"]);
+    assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["weights"], "BF16");
+    assert!(
+        v["model"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("random:")),
+        "{v}"
+    );
+    assert_eq!(num(&v, "prompt_tokens"), 20.0);
+    assert_eq!(num(&v, "new_tokens"), 12.0);
+    // 2 layers of q 64x64, k and v 32x64, o 64x64, gate and up 128x64, down 64x128, plus
+    // the tied 256x64 LM head: 90112 BF16 values.
+    assert_eq!(num(&v, "weight_bytes_per_token"), 180_224.0);
+    let (ttft, tok_s) = (num(&v, "ttft_ms"), num(&v, "decode_tok_s"));
+    let (median, p99) = (num(&v, "median_ms_per_token"), num(&v, "p99_ms_per_token"));
+    assert!(ttft > 0.0 && ttft.is_finite(), "{v}");
+    assert!(tok_s > 0.0 && tok_s.is_finite(), "{v}");
+    assert!(median > 0.0 && median <= p99, "{v}");
+    // The mean time per token lies between the fastest and slowest token.
+    assert!(1e3 / tok_s <= p99 * 1.0001, "{v}");
+    let achieved = num(&v, "achieved_gb_s");
+    assert!(
+        (achieved - 180_224.0 * tok_s / 1e9).abs() <= 1e-9 * achieved.max(1.0),
+        "{v}"
+    );
+    let copy = num(&v, "copy_gb_s");
+    assert!(copy > 0.1 && copy.is_finite(), "{v}");
+    assert!(
+        (num(&v, "percent_of_copy") - 100.0 * achieved / copy).abs() < 1e-6,
+        "{v}"
+    );
+}
+
+#[test]
+fn bench_refuses_a_context_too_small_and_unknown_shapes() {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny-llama-config.json"
+    );
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tachyon"))
+            .args(args)
+            .output()
+            .expect("run tachyon")
+    };
+    let out = run(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--random-weights",
+        config,
+        "--prompt-tokens",
+        "500",
+        "--new-tokens",
+        "20",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("positions"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--random-weights",
+        "no-such-shape",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("llama-3.2-1b"));
+}
