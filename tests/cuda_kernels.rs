@@ -534,7 +534,7 @@ fn rope_angles_are_the_cpu_backend_table() {
     for (style, freq_factors, linear) in [(RopeStyle::Neox, Some(ff), 1.0f32), (RopeStyle::Interleaved, None, 4.0)] {
         let rope = Rope { style, theta: 500_000.0, dim: 64, linear_factor: linear, freq_factors };
         let ctx = 3000;
-        let mut cpu = CpuBackend::new(true);
+        let mut cpu = CpuBackend::new(true, false);
         let table = cpu.rope_table(&rope, ctx).unwrap_or_else(|e| panic!("{e}"));
         let (cos, sin, half) = rope_angles(&rope, ctx);
         assert_eq!(half, 32);

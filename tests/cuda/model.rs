@@ -34,6 +34,7 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
         ctx: 256,
         max_batch: 16,
         precise: true,
+        ..Default::default()
     };
     let mut cpu = cpu_session(&shape.config, &weights, &opts).unwrap_or_else(|e| panic!("{e}"));
     let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
@@ -125,6 +126,7 @@ fn hf_reference_logits_match() {
         ctx: tokens.len() + 8,
         max_batch: 16,
         precise: true,
+        ..Default::default()
     };
     let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
     let mut gpu =
@@ -173,6 +175,7 @@ fn greedy_on_device_matches_greedy_on_host_logits() {
         ctx: 128,
         max_batch: 16,
         precise: true,
+        ..Default::default()
     };
     let session = || {
         let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
@@ -226,6 +229,7 @@ fn sampled_decoding_on_device_is_seeded() {
         ctx: 128,
         max_batch: 16,
         precise: true,
+        ..Default::default()
     };
     let engine = || {
         let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));

@@ -116,7 +116,7 @@ const DTYPES: [GgmlType; 3] = [GgmlType::BF16, GgmlType::F16, GgmlType::F32];
 #[ignore = "needs a GPU"]
 fn embed_matches_cpu_and_poisons_bad_ids() {
     let mut b = backend();
-    let mut cpu = CpuBackend::new(true);
+    let mut cpu = CpuBackend::new(true, false);
     let mut rng = Rng::from_env_or_clock("embed_matches_cpu_and_poisons_bad_ids");
     for ty in DTYPES {
         for &(vocab, dim) in &[(1usize, 1usize), (1001, 17), (300, 896), (50, 2048)] {
@@ -186,7 +186,7 @@ fn check_matvec(what: &str, got: &[f32], want: &[f64], abs: &[f64], cols: usize)
 #[ignore = "needs a GPU"]
 fn matmul_matches_f64_and_cpu_on_odd_shapes() {
     let mut b = backend();
-    let mut cpu = CpuBackend::new(true);
+    let mut cpu = CpuBackend::new(true, false);
     let mut rng = Rng::from_env_or_clock("matmul_matches_f64_and_cpu_on_odd_shapes");
     let shapes = [
         (1usize, 8usize),
@@ -234,7 +234,7 @@ fn matmul_matches_f64_and_cpu_on_odd_shapes() {
 #[ignore = "needs a GPU"]
 fn fused_bias_and_swiglu_match_the_separate_ops() {
     let mut b = backend();
-    let mut cpu = CpuBackend::new(true);
+    let mut cpu = CpuBackend::new(true, false);
     let mut rng = Rng::from_env_or_clock("fused_bias_and_swiglu_match_the_separate_ops");
     for ty in [GgmlType::BF16, GgmlType::F16] {
         for &(rows, cols, n) in &[
@@ -295,7 +295,7 @@ fn fused_bias_and_swiglu_match_the_separate_ops() {
 #[ignore = "needs a GPU"]
 fn elementwise_and_norms_match_cpu() {
     let mut b = backend();
-    let mut cpu = CpuBackend::new(true);
+    let mut cpu = CpuBackend::new(true, false);
     let mut rng = Rng::from_env_or_clock("elementwise_and_norms_match_cpu");
     for &(n, width) in &[(1usize, 1usize), (3, 17), (5, 896), (2, 8960)] {
         let (x, y) = (rng.vec(n * width, 3.0), rng.vec(n * width, 3.0));
@@ -347,7 +347,7 @@ fn rope(style: RopeStyle, head_dim: usize, rope_dim: usize, llama3: bool) -> Rop
 #[ignore = "needs a GPU"]
 fn rope_matches_cpu_both_styles_and_scalings() {
     let mut b = backend();
-    let mut cpu = CpuBackend::new(true);
+    let mut cpu = CpuBackend::new(true, false);
     let mut rng = Rng::from_env_or_clock("rope_matches_cpu_both_styles_and_scalings");
     let ctx = 32_768;
     for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
@@ -455,7 +455,7 @@ fn attention_case(
 #[ignore = "needs a GPU"]
 fn attention_matches_cpu_for_every_gqa_ratio_and_context() {
     let mut b = backend();
-    let mut cpu = CpuBackend::new(true);
+    let mut cpu = CpuBackend::new(true, false);
     let mut rng = Rng::from_env_or_clock("attention_matches_cpu_for_every_gqa_ratio_and_context");
     // (heads, kv heads): ratios 1, 4, 6, 7, 8, and 16 (two head groups per kv head).
     let heads = [
