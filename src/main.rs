@@ -30,6 +30,9 @@ enum Command {
     Serve(tachyon::server::ServeArgs),
     /// Measure time to first token and decode speed (table, or --json).
     Bench(cli::bench::BenchArgs),
+    /// Write a model as a GGUF in a quant mix (q4_k_m, q8_0, ...), from a GGUF, an HF
+    /// directory or random weights of a real shape.
+    Quantize(cli::quantize::QuantizeArgs),
     /// Describe a model file: architecture, hyper-parameters, tensors, tokenizer, template.
     Info {
         /// A .gguf file or an HF directory (config.json + safetensors + tokenizer.json).
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Quantize(args) => cli::quantize::run(args),
         Command::Info { model } => info(&model),
         Command::Serve(args) => Ok(tachyon::server::cli::run(args)?),
     }
