@@ -476,7 +476,7 @@ fn the_official_openai_python_client_works_unchanged() {
 /// greedy, one token), and the server's per-token overhead histogram over SSE and WebSocket
 /// streams. TACHYON_BENCH_MODEL picks the model file (default SmolLM2).
 #[test]
-#[ignore]
+#[ignore = "benchmark for BENCHMARKS.md: run with --ignored --nocapture"]
 fn bench_prefix_append_and_server_overhead() {
     let name = std::env::var("TACHYON_BENCH_MODEL").unwrap_or_else(|_| common::SMOLLM2.to_string());
     let Some(path) = common::model_path(&name) else { return };
