@@ -13,7 +13,7 @@ pub fn run(data: &[u8]) -> Outcome {
     let mut parts = split_text(data, '\0').into_iter();
     let source = parts.next().unwrap_or_default();
     let rest: Vec<String> = parts.collect();
-    let add_generation_prompt = rest.len() % 2 == 0;
+    let add_generation_prompt = rest.len().is_multiple_of(2);
     let messages: Vec<ChatMessage> = rest
         .chunks(2)
         .map(|p| ChatMessage::new(p[0].clone(), p.get(1).cloned().unwrap_or_default()))

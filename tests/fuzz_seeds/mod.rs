@@ -423,8 +423,11 @@ fn hf_config() -> String {
     )
 }
 
+/// HF tensors: (name, dtype, shape, data).
+pub type HfTensors = Vec<(String, &'static str, Vec<u64>, Vec<u8>)>;
+
 /// The tensors of a one-layer qwen2 checkpoint (with q/k/v biases), F16 matrices.
-pub fn hf_tensors() -> Vec<(String, &'static str, Vec<u64>, Vec<u8>)> {
+pub fn hf_tensors() -> HfTensors {
     let f16 = |shape: Vec<u64>| -> (&'static str, Vec<u64>, Vec<u8>) {
         let n: u64 = shape.iter().product();
         ("F16", shape, vec![0; 2 * n as usize])
@@ -590,7 +593,7 @@ fn safetensors() -> Vec<Seed> {
     );
     add("reject-header-not-json", one(st_raw("not json at all", 0)));
     // Well-formed checkpoints that disagree with their config.
-    let edit = |f: &dyn Fn(&mut Vec<(String, &'static str, Vec<u64>, Vec<u8>)>)| {
+    let edit = |f: &dyn Fn(&mut HfTensors)| {
         let mut t = good.clone();
         f(&mut t);
         one(st_of(&t))
