@@ -1,5 +1,5 @@
 //! Byte-level entry points for everything tachyon reads from strangers: model files, the
-//! vocabularies and chat templates inside them (and, later, requests).
+//! vocabularies and chat templates inside them, and requests to the server.
 //!
 //! Each entry point takes arbitrary bytes, runs them through the same code a real load or
 //! render uses, and returns `Ok` when the input was accepted or `Err` with the reason it was
@@ -14,6 +14,7 @@
 mod bytes;
 pub mod chat_template;
 pub mod gguf;
+pub mod request;
 pub mod safetensors;
 pub mod tokenizer;
 
@@ -54,6 +55,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "chat_template",
         run: chat_template::run,
+    },
+    Target {
+        name: "request",
+        run: request::run,
     },
 ];
 
