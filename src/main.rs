@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions};
+use tachyon::engine::draft::DraftModel;
+use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, SpeculationArgs};
 use tachyon::model::{Model, ModelSource, gguf_type_counts};
 
 use cli::backend::{BackendChoice, make_session};
@@ -98,6 +99,11 @@ struct GenerateArgs {
     /// Keep generating through end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    #[command(flatten)]
+    spec: SpeculationArgs,
+    /// Write the run's statistics (tokens, timings, speculation counts) to this JSON file.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
 }
 
 fn main() {
@@ -136,6 +142,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let t_load = Instant::now();
     let model = load(&a.model)?;
+    let draft_model = a.spec.load_draft(&model)?;
     let tok = &model.tokenizer;
     let text = if a.chat {
         let src = tok.chat_template().context("the model has no chat template; drop --chat")?;
@@ -154,6 +161,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
     let placed = make_session(a.backend, &model.config, &model.weights, &opts)?;
     let mut engine = Engine::new(placed.session);
+    let draft = match &draft_model {
+        Some(d) => {
+            let session = make_session(a.backend, &d.config, &d.weights, &opts)?.session;
+            Some(DraftModel::new(session, engine.vocab_size())?)
+        }
+        None => None,
+    };
+    engine.set_speculation(a.spec.speculation(draft));
     let load_time = t_load.elapsed();
 
     let seed = a.seed.unwrap_or_else(|| {
@@ -209,6 +224,28 @@ fn generate(a: GenerateArgs) -> Result<()> {
         stats.decode_tokens_per_second(),
         stats.finish.as_str(),
     );
+    if let Some(spec) = &stats.speculation {
+        eprintln!("{}", spec.summary());
+    }
+    if let Some(path) = &a.stats_json {
+        let json = serde_json::json!({
+            "backend": engine.backend_name(),
+            "model": a.model.display().to_string(),
+            "draft_model": a.spec.draft_model.as_ref().map(|p| p.display().to_string()),
+            "lookup": a.spec.lookup,
+            "prompt_tokens": stats.prompt_tokens,
+            "cached_tokens": stats.cached_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "load_seconds": load_time.as_secs_f64(),
+            "time_to_first_token_seconds": stats.time_to_first_token.as_secs_f64(),
+            "decode_seconds": stats.decode_time.as_secs_f64(),
+            "decode_tokens_per_second": stats.decode_tokens_per_second(),
+            "finish": stats.finish.as_str(),
+            "speculation": stats.speculation.as_ref().map(|s| s.to_json()),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

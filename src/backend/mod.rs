@@ -117,6 +117,7 @@ pub trait Ops {
     ) -> Result<(), BackendError>;
     /// Copy row `src_row` of `src` into row 0 of `dst`.
     fn copy_row(&mut self, src: &Self::Act, src_row: usize, dst: &mut Self::Act) -> Result<(), BackendError>;
-    /// Read row 0 of `x` into host memory.
+    /// Read the first `out.len()` values of `x` into host memory: row 0, or the first rows
+    /// one after another.
     fn read_row(&mut self, x: &Self::Act, out: &mut [f32]) -> Result<(), BackendError>;
 }

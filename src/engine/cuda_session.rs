@@ -249,6 +249,16 @@ impl Session for CudaSession {
             .forward(&mut self.backend, &mut self.state, tokens, pos, logits)
     }
 
+    fn forward_rows(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        self.model
+            .forward_rows(&mut self.backend, &mut self.state, tokens, pos, logits)
+    }
+
     fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {
         self.step(token, pos, Pick::Argmax, 0)?;
         self.read_next().map(Some)

@@ -2,9 +2,12 @@
 //! decode one token at a time until a stop token, the token budget or the context ends.
 
 pub mod cuda_session;
+pub mod draft;
 pub mod logprobs;
 pub mod sampler;
 pub mod session;
+pub mod spec_args;
+pub mod spec_decode;
 pub mod speculative;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{Session, SessionOptions, cpu_session, cuda_session};
+pub use spec_args::SpeculationArgs;
+pub use spec_decode::{SpecStats, Speculation};
 
 use crate::backend::BackendError;
 
@@ -68,6 +73,8 @@ pub struct GenerateStats {
     /// Time spent decoding after the first token.
     pub decode_time: Duration,
     pub finish: FinishReason,
+    /// Speculation counts, when the engine has a proposer.
+    pub speculation: Option<SpecStats>,
 }
 
 impl GenerateStats {
@@ -112,12 +119,63 @@ pub struct Engine {
     /// Copy of the raw logits for log-probabilities (the sampler edits `logits` in place).
     raw: Vec<f32>,
     top: Vec<(u32, f32)>,
+    /// Draft model and/or prompt lookup; `None`: plain decoding.
+    spec: Option<Speculation>,
+}
+
+/// Hands generated tokens to the caller and decides when generation ends: a stop token
+/// (not passed on), the caller's `Flow::Stop`, or the token budget. Both decode loops emit
+/// through it, so they end alike.
+pub(crate) struct Emitter<'a, 'b> {
+    params: &'a GenerateParams,
+    on_token: &'a mut dyn FnMut(&TokenStep<'_>) -> Flow,
+    t0: Instant,
+    first: Option<Instant>,
+    stats: &'b mut GenerateStats,
+}
+
+impl Emitter<'_, '_> {
+    fn generated(&self) -> usize {
+        self.stats.generated_tokens
+    }
+
+    /// Emit `step`; `Some(reason)` when generation ends here.
+    fn emit_step(&mut self, step: &TokenStep<'_>) -> Option<FinishReason> {
+        if self.first.is_none() {
+            let now = Instant::now();
+            self.first = Some(now);
+            self.stats.time_to_first_token = now - self.t0;
+        }
+        if self.params.stop_ids.contains(&step.id) {
+            return Some(FinishReason::Stop);
+        }
+        self.stats.generated_tokens += 1;
+        if let Flow::Stop = (self.on_token)(step) {
+            return Some(FinishReason::Cancelled);
+        }
+        (self.stats.generated_tokens >= self.params.max_tokens).then_some(FinishReason::Length)
+    }
+
+    fn emit(&mut self, id: u32) -> Option<FinishReason> {
+        self.emit_step(&TokenStep { id, logprob: None, top: &[] })
+    }
 }
 
 impl Engine {
     pub fn new(session: Box<dyn Session>) -> Engine {
         let vocab = session.vocab_size();
-        Engine { session, cached: Vec::new(), logits: vec![0.0; vocab], raw: Vec::new(), top: Vec::new() }
+        Engine { session, cached: Vec::new(), logits: vec![0.0; vocab], raw: Vec::new(), top: Vec::new(), spec: None }
+    }
+
+    /// Decode with speculation (a draft model, prompt lookup or both) from now on; `None`
+    /// turns it off. (`DraftModel::new` checks the draft's vocabulary against the target's.)
+    pub fn set_speculation(&mut self, spec: Option<Speculation>) {
+        self.spec = spec;
+    }
+
+    /// Logits per position of the target model.
+    pub fn vocab_size(&self) -> usize {
+        self.session.vocab_size()
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -201,7 +259,6 @@ impl Engine {
     ) -> Result<GenerateStats, EngineError> {
         self.check_prompt(prompt)?;
         params.sampling.validate().map_err(EngineError::Sampling)?;
-        let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let t0 = Instant::now();
         let (cached_tokens, complete) = self.prefill_until(prompt, opts.cancel)?;
         let mut stats = GenerateStats {
@@ -211,22 +268,61 @@ impl Engine {
             time_to_first_token: Duration::ZERO,
             decode_time: Duration::ZERO,
             finish: FinishReason::Length,
+            speculation: None,
         };
         if !complete {
             stats.finish = FinishReason::Cancelled;
             return Ok(stats);
         }
         let mut sampler = Sampler::new(params.sampling.clone(), prompt);
-        let mut t_first = t0;
+        let mut spec_stats = self.spec.as_ref().map(|_| SpecStats::default());
+        let mut emit = Emitter { params, on_token, t0, first: None, stats: &mut stats };
+        if params.max_tokens == 0 {
+            emit.stats.finish = FinishReason::Length;
+        } else if let Some(mut spec) = self.spec.take() {
+            // Speculation keeps the text exactly the target's; it needs the raw logits
+            // as they come (no penalties, which depend on the tokens being verified) and
+            // no per-token log-probabilities.
+            let sst = spec_stats.get_or_insert_with(SpecStats::default);
+            let blocker = if !params.sampling.has_no_penalties() {
+                Some("repetition, presence and frequency penalties turn speculation off")
+            } else if opts.logprobs.is_some() {
+                Some("log-probabilities turn speculation off")
+            } else {
+                None
+            };
+            let end = match blocker {
+                None => self.decode_speculative(&mut spec, prompt, params, opts, &mut sampler, &mut emit, sst),
+                Some(why) => {
+                    sst.off = Some(why);
+                    self.decode_plain(params, opts, &mut sampler, &mut emit)
+                }
+            };
+            self.spec = Some(spec);
+            emit.stats.finish = end?;
+        } else {
+            emit.stats.finish = self.decode_plain(params, opts, &mut sampler, &mut emit)?;
+        }
+        let t_first = emit.first.unwrap_or(t0);
+        stats.decode_time = t_first.elapsed();
+        stats.speculation = spec_stats;
+        Ok(stats)
+    }
+
+    /// One target forward pass per token. Returns why generation ended.
+    fn decode_plain(
+        &mut self,
+        params: &GenerateParams,
+        opts: &StreamOptions<'_>,
+        sampler: &mut Sampler,
+        emit: &mut Emitter<'_, '_>,
+    ) -> Result<FinishReason, EngineError> {
+        let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         // Without penalties the session may pick the token where the logits are.
         // Log-probabilities need the logits on the host, so they rule it out.
         let device_pick = params.sampling.has_no_penalties() && opts.logprobs.is_none();
         let mut next: Option<u32> = None;
         loop {
-            if stats.generated_tokens >= params.max_tokens {
-                stats.finish = FinishReason::Length;
-                break;
-            }
             let token = match next.take() {
                 Some(t) => t,
                 None => {
@@ -237,33 +333,18 @@ impl Engine {
                     sampler.sample(&mut self.logits)
                 }
             };
-            if stats.generated_tokens == 0 {
-                t_first = Instant::now();
-                stats.time_to_first_token = t_first - t0;
-            }
-            if params.stop_ids.contains(&token) {
-                stats.finish = FinishReason::Stop;
-                break;
-            }
-            sampler.accept(token);
-            stats.generated_tokens += 1;
             let logprob = opts.logprobs.map(|n| logprobs::logprobs(&self.raw, token, n, &mut self.top));
             let step = TokenStep { id: token, logprob, top: if logprob.is_some() { &self.top } else { &[] } };
-            if let Flow::Stop = on_token(&step) {
-                stats.finish = FinishReason::Cancelled;
-                break;
+            if let Some(end) = emit.emit_step(&step) {
+                return Ok(end);
             }
+            sampler.accept(token);
             let pos = self.cached.len();
-            if stats.generated_tokens >= params.max_tokens {
-                break;
-            }
             if pos + 1 > self.ctx() {
-                stats.finish = FinishReason::Length;
-                break;
+                return Ok(FinishReason::Length);
             }
             if cancelled() {
-                stats.finish = FinishReason::Cancelled;
-                break;
+                return Ok(FinishReason::Cancelled);
             }
             if device_pick {
                 let sp = &params.sampling;
@@ -280,7 +361,5 @@ impl Engine {
             }
             self.cached.push(token);
         }
-        stats.decode_time = t_first.elapsed();
-        Ok(stats)
     }
 }

@@ -131,6 +131,56 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// The distribution temperature sampling draws from: the candidates that survive top-k,
+/// min-p and top-p, as (id, probability) pairs sorted most likely first, with
+/// probabilities proportional to exp(logit / temperature) and summing to 1.
+/// `p.temperature` must be above 0; penalties are not applied here. Speculative
+/// verification compares these for target and draft.
+pub fn distribution(p: &SamplingParams, logits: &[f32], c: &mut Vec<(u32, f32)>) {
+    // Candidates sorted by logit, descending, cut by top-k first (cheap and exact).
+    c.clear();
+    c.extend(logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)));
+    if c.is_empty() {
+        return;
+    }
+    let k = if p.top_k == 0 { c.len() } else { p.top_k.min(c.len()) };
+    sort_prefix_desc(c, k);
+    c.truncate(k);
+    // Softmax with temperature over the candidates.
+    let max = c[0].1;
+    let mut sum = 0.0f64;
+    for (_, v) in c.iter_mut() {
+        *v = (((*v - max) / p.temperature) as f64).exp() as f32;
+        sum += *v as f64;
+    }
+    for (_, v) in c.iter_mut() {
+        *v = (*v as f64 / sum) as f32;
+    }
+    // min-p: relative to the most likely token.
+    if p.min_p > 0.0 {
+        let floor = c[0].1 * p.min_p;
+        let keep = c.iter().take_while(|(_, v)| *v >= floor).count().max(1);
+        c.truncate(keep);
+    }
+    // top-p: the smallest prefix reaching the mass.
+    if p.top_p < 1.0 {
+        let mut acc = 0.0f64;
+        let mut keep = c.len();
+        for (i, (_, v)) in c.iter().enumerate() {
+            acc += *v as f64;
+            if acc >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        c.truncate(keep);
+    }
+    let kept: f64 = c.iter().map(|(_, v)| *v as f64).sum();
+    for (_, v) in c.iter_mut() {
+        *v = (*v as f64 / kept) as f32;
+    }
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
         let rng = Rng::new(params.seed);
@@ -156,44 +206,10 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        // Candidates sorted by logit, descending, cut by top-k first (cheap and exact).
-        let c = &mut self.candidates;
-        c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)));
+        distribution(p, logits, &mut self.candidates);
+        let c = &self.candidates;
         if c.is_empty() {
             return 0;
-        }
-        let k = if p.top_k == 0 { c.len() } else { p.top_k.min(c.len()) };
-        sort_prefix_desc(c, k);
-        c.truncate(k);
-        // Softmax with temperature over the candidates.
-        let max = c[0].1;
-        let mut sum = 0.0f64;
-        for (_, v) in c.iter_mut() {
-            *v = (((*v - max) / p.temperature) as f64).exp() as f32;
-            sum += *v as f64;
-        }
-        for (_, v) in c.iter_mut() {
-            *v = (*v as f64 / sum) as f32;
-        }
-        // min-p: relative to the most likely token.
-        if p.min_p > 0.0 {
-            let floor = c[0].1 * p.min_p;
-            let keep = c.iter().take_while(|(_, v)| *v >= floor).count().max(1);
-            c.truncate(keep);
-        }
-        // top-p: the smallest prefix reaching the mass.
-        if p.top_p < 1.0 {
-            let mut acc = 0.0f64;
-            let mut keep = c.len();
-            for (i, (_, v)) in c.iter().enumerate() {
-                acc += *v as f64;
-                if acc >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep);
         }
         let total: f64 = c.iter().map(|(_, v)| *v as f64).sum();
         let mut r = self.rng.next_f64() * total;

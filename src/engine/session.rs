@@ -4,6 +4,7 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
 use crate::model::llama::{Llama, State};
+pub use crate::model::llama::MAX_VERIFY_ROWS;
 
 pub use super::cuda_session::cuda_session;
 use crate::model::{ModelConfig, ModelWeights};
@@ -17,6 +18,10 @@ pub trait Session: Send {
     fn vocab_size(&self) -> usize;
     /// Run `tokens` at positions `pos..`, extending the cache; logits of the last token.
     fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+    /// Run `tokens` (at most [`MAX_VERIFY_ROWS`] and `max_batch`) at positions `pos..`,
+    /// extending the cache, and write the logits of each of them into `logits`, row after
+    /// row (`tokens.len()` x vocab): the verify step of speculative decoding.
+    fn forward_rows(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
     /// Run one token at `pos` and return the argmax of its logits (lowest id on ties, NaN
     /// never), computed where the logits are; `None` when this session cannot, and the
     /// caller uses `forward` instead. The logits are not returned.
@@ -69,6 +74,10 @@ where
 
     fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError> {
         self.model.forward(&mut self.backend, &mut self.state, tokens, pos, logits)
+    }
+
+    fn forward_rows(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError> {
+        self.model.forward_rows(&mut self.backend, &mut self.state, tokens, pos, logits)
     }
 }
 

@@ -54,7 +54,14 @@ pub struct State<B: Ops> {
     last: B::Act,
     last_norm: B::Act,
     logits: B::Act,
+    /// Logits of every position of a verify call (speculative decoding), made on first use:
+    /// up to [`MAX_VERIFY_ROWS`] rows, vocab wide.
+    rows_logits: Option<B::Act>,
 }
+
+/// Most positions one [`Llama::forward_rows`] call scores (a proposal of 15 tokens plus the
+/// token before it).
+pub const MAX_VERIFY_ROWS: usize = 16;
 
 impl<B: Ops> Llama<B> {
     pub fn load(b: &mut B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self, BackendError> {
@@ -109,6 +116,7 @@ impl<B: Ops> Llama<B> {
             last: b.alloc_act(1, c.dim)?,
             last_norm: b.alloc_act(1, c.dim)?,
             logits: b.alloc_act(1, c.vocab_size)?,
+            rows_logits: None,
         })
     }
 
@@ -131,10 +139,46 @@ impl<B: Ops> Llama<B> {
         &s.logits
     }
 
+    /// Run `tokens` (at most `MAX_VERIFY_ROWS` and `max_batch`) at positions `pos..`,
+    /// extending the KV cache, and write the logits of every one of them, row after row,
+    /// into `logits` (`tokens.len()` x vocab): what verifying a speculative proposal needs.
+    /// On the CPU each row is bit for bit what a one-token `forward` at its position gives
+    /// (the same kernels run row by row), so greedy speculation reproduces plain decoding.
+    pub fn forward_rows(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let (n, c) = (tokens.len(), &self.cfg);
+        assert!(n <= MAX_VERIFY_ROWS && logits.len() == n * c.vocab_size, "caller checks the verify shape");
+        self.layers_forward(b, s, tokens, pos)?;
+        if s.rows_logits.is_none() {
+            s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
+        }
+        let Some(out) = s.rows_logits.as_mut() else { unreachable!("allocated above") };
+        b.rmsnorm(&s.x, &self.final_norm, c.rms_eps, n, &mut s.h)?;
+        b.matmul(&s.h, &self.output, n, out)?;
+        b.read_row(out, logits)
+    }
+
     /// [`Llama::forward`] without reading the logits back: they stay in the backend (see
     /// [`Llama::logits`]). Queues only device work, so a GPU backend can capture it into a
     /// CUDA graph.
     pub fn forward_logits(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
+        let n = tokens.len();
+        self.layers_forward(b, s, tokens, pos)?;
+        // Only the last position's logits are needed to pick the next token.
+        let c = &self.cfg;
+        b.copy_row(&s.x, n - 1, &mut s.last)?;
+        b.rmsnorm(&s.last, &self.final_norm, c.rms_eps, 1, &mut s.last_norm)?;
+        b.matmul(&s.last_norm, &self.output, 1, &mut s.logits)
+    }
+
+    /// The embedding and every block: leaves the residual stream of `tokens` in `s.x`.
+    fn layers_forward(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
         let c = &self.cfg;
         let n = tokens.len();
         assert!(n > 0 && n <= s.max_batch && pos + n <= s.ctx, "caller checks batch and context bounds");
@@ -171,9 +215,6 @@ impl<B: Ops> Llama<B> {
             b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
             b.add(&mut s.x, &s.h, n)?;
         }
-        // Only the last position's logits are needed to pick the next token.
-        b.copy_row(&s.x, n - 1, &mut s.last)?;
-        b.rmsnorm(&s.last, &self.final_norm, c.rms_eps, 1, &mut s.last_norm)?;
-        b.matmul(&s.last_norm, &self.output, 1, &mut s.logits)
+        Ok(())
     }
 }

@@ -168,6 +168,19 @@ impl Tokenizer {
         self.pieces.len()
     }
 
+    /// Where this vocabulary and `other` first differ (size, or the bytes of a token), or
+    /// `None` when they map every id to the same bytes: what a draft model must share with
+    /// its target.
+    pub fn vocabulary_difference(&self, other: &Tokenizer) -> Option<String> {
+        if self.vocab_size() != other.vocab_size() {
+            return Some(format!("{} tokens against {}", self.vocab_size(), other.vocab_size()));
+        }
+        (0..self.vocab_size() as u32).find_map(|id| {
+            let (a, b) = (self.id_to_piece(id), other.id_to_piece(id));
+            (a != b).then(|| format!("token {id} is {a:?} against {b:?}"))
+        })
+    }
+
     /// The BOS id from the metadata, whether or not `encode` adds it.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos

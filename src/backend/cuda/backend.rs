@@ -961,8 +961,8 @@ impl Ops for CudaBackend {
     }
 
     fn read_row(&mut self, x: &CudaAct, out: &mut [f32]) -> Result<(), BackendError> {
-        if out.len() > x.width {
-            return Err(shape_err("read_row past the row".into()));
+        if out.len() > x.rows * x.width {
+            return Err(shape_err("read_row past the last row".into()));
         }
         self.dev
             .stream()

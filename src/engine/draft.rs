@@ -1,0 +1,105 @@
+//! The draft model of speculative decoding: a small model sharing the target's vocabulary
+//! that proposes the next few tokens by decoding them itself. Its KV cache follows the
+//! text: before each proposal it runs only the tokens it has not seen (usually the one the
+//! target just picked), and proposals the target kept stay in its cache.
+
+use super::sampler::{Rng, SamplingParams, argmax, distribution};
+use super::session::Session;
+use super::speculative::draw;
+use crate::backend::BackendError;
+
+pub struct DraftModel {
+    session: Box<dyn Session>,
+    /// The tokens whose KV the draft's cache holds, in order.
+    cached: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+/// A draft whose vocabulary is not the target's.
+#[derive(Debug, thiserror::Error)]
+#[error("the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft must share the target's tokenizer")]
+pub struct VocabMismatch {
+    pub draft: usize,
+    pub target: usize,
+}
+
+impl DraftModel {
+    /// A draft for a target with `target_vocab` logits per position.
+    pub fn new(session: Box<dyn Session>, target_vocab: usize) -> Result<DraftModel, VocabMismatch> {
+        let vocab = session.vocab_size();
+        if vocab != target_vocab {
+            return Err(VocabMismatch { draft: vocab, target: target_vocab });
+        }
+        Ok(DraftModel { session, cached: Vec::new(), logits: vec![0.0; vocab] })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.session.backend_name()
+    }
+
+    /// Propose up to `k` tokens continuing `history` (fewer when the draft's context ends).
+    /// Greedy (`sampling` is `None`): the draft's argmax at each step. Sampled: each token
+    /// is drawn from the draft's filtered distribution, which is pushed to `q` (one row per
+    /// proposed token) for the rejection test.
+    pub fn propose(
+        &mut self,
+        history: &[u32],
+        k: usize,
+        mut sampling: Option<(&SamplingParams, &mut Rng)>,
+        out: &mut Vec<u32>,
+        q: &mut Vec<Vec<(u32, f32)>>,
+    ) -> Result<(), BackendError> {
+        out.clear();
+        q.clear();
+        let room = self.session.ctx().saturating_sub(history.len());
+        let k = k.min(room);
+        if k == 0 || history.is_empty() {
+            return Ok(());
+        }
+        // Catch up on the tokens the cache lacks; at least the last one runs, for logits.
+        let common = self.cached.iter().zip(history).take_while(|(a, b)| a == b).count();
+        let start = common.min(history.len() - 1);
+        self.cached.truncate(start);
+        let mut pos = start;
+        let mut next = None;
+        if history.len() - start == 1 && sampling.is_none() {
+            next = self.session.forward_argmax(history[start], start)?;
+            pos += 1;
+        }
+        if next.is_none() {
+            let batch = self.session.max_batch();
+            while pos < history.len() {
+                let end = (pos + batch).min(history.len());
+                self.session.forward(&history[pos..end], pos, &mut self.logits)?;
+                pos = end;
+            }
+        }
+        self.cached.extend_from_slice(&history[start..]);
+        loop {
+            let token = match (next.take(), sampling.as_mut()) {
+                (Some(t), _) => t,
+                (None, None) => argmax(&self.logits),
+                (None, Some((params, rng))) => {
+                    let mut row = Vec::new();
+                    distribution(params, &self.logits, &mut row);
+                    let t = draw(&row, rng).unwrap_or_else(|| argmax(&self.logits));
+                    q.push(row);
+                    t
+                }
+            };
+            out.push(token);
+            if out.len() == k {
+                return Ok(());
+            }
+            // The last proposal need not run: the next call catches up if it was kept.
+            let at = self.cached.len();
+            if sampling.is_none() {
+                next = self.session.forward_argmax(token, at)?;
+            }
+            if next.is_none() {
+                self.session.forward(&[token], at, &mut self.logits)?;
+            }
+            self.cached.push(token);
+        }
+    }
+}
