@@ -64,7 +64,9 @@ impl DraftModel {
         let mut next = None;
         if history.len() - start == 1 && sampling.is_none() {
             next = self.session.forward_argmax(history[start], start)?;
-            pos += 1;
+            if next.is_some() {
+                pos += 1;
+            }
         }
         if next.is_none() {
             let batch = self.session.max_batch();
