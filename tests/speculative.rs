@@ -43,7 +43,7 @@ fn greedy(max_tokens: usize, stop_ids: &[u32]) -> GenerateParams {
 }
 
 fn spec(draft: Option<DraftModel>, lookup: bool, max_len: usize, adaptive: bool) -> Option<Speculation> {
-    Some(Speculation { draft, lookup: lookup.then(PromptLookup::default), max_len, adaptive })
+    Some(Speculation { draft, lookup: lookup.then(PromptLookup::default), max_len, adaptive, replay: None })
 }
 
 /// A draft made of random weights with the target's vocabulary: it proposes nonsense, so

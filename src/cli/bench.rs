@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 use tachyon::bench::{self, BenchOptions, BenchReport};
-use tachyon::engine::{Engine, SessionOptions};
+use tachyon::engine::{Engine, SessionOptions, SpeculationArgs};
 use tachyon::model::random::{self, Shape};
 use tachyon::model::{ModelConfig, ModelWeights, load_weights};
 use tachyon::quant::GgmlType;
@@ -22,7 +22,7 @@ pub enum RandomDtype {
 }
 
 impl RandomDtype {
-    fn ggml(self) -> GgmlType {
+    pub(super) fn ggml(self) -> GgmlType {
         match self {
             RandomDtype::Bf16 => GgmlType::BF16,
             RandomDtype::F16 => GgmlType::F16,
@@ -36,40 +36,56 @@ impl RandomDtype {
 pub struct BenchArgs {
     /// A .gguf file or an HF directory.
     #[arg(long, short)]
-    model: Option<PathBuf>,
+    pub(super) model: Option<PathBuf>,
     /// Random weights of a shape: llama-3.2-1b, llama-3.1-8b, qwen2.5-1.5b, qwen2.5-0.5b,
     /// or the path of an HF config.json.
     #[arg(long, value_name = "SHAPE")]
-    random_weights: Option<String>,
+    pub(super) random_weights: Option<String>,
     /// Format of the random weights' matrices.
     #[arg(long, value_enum, default_value_t = RandomDtype::Bf16)]
-    random_dtype: RandomDtype,
+    pub(super) random_dtype: RandomDtype,
     /// Length of the random prompt.
     #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
+    pub(super) prompt_tokens: usize,
     /// Tokens to generate.
     #[arg(long, default_value_t = 256)]
-    new_tokens: usize,
+    pub(super) new_tokens: usize,
     /// Tokens generated in an untimed warm-up run first.
     #[arg(long, default_value_t = 8)]
-    warmup_tokens: usize,
+    pub(super) warmup_tokens: usize,
     /// Seed of the random weights and prompt.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(super) seed: u64,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    backend: BackendChoice,
+    pub(super) backend: BackendChoice,
     /// KV cache size in tokens (default: prompt + new tokens).
     #[arg(long)]
-    ctx: Option<usize>,
+    pub(super) ctx: Option<usize>,
     /// CPU threads (default: all cores).
     #[arg(long)]
-    threads: Option<usize>,
+    pub(super) threads: Option<usize>,
     /// CPU: exact f32 dot products instead of 8-bit activation quantization.
     #[arg(long)]
-    precise: bool,
+    pub(super) precise: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+    #[command(flatten)]
+    pub(super) spec: SpeculationArgs,
+    /// Speculation on random weights: the draft's shape (as --random-weights).
+    #[arg(long, value_name = "SHAPE")]
+    pub(super) draft_random_weights: Option<String>,
+    /// Code prompts, one JSON object per line ({"name", "prompt"}), for measuring a draft's
+    /// acceptance against the target (real weights): each is decoded plainly and with
+    /// speculation, greedily, for --new-tokens tokens at most.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub(super) prompts: Option<PathBuf>,
+    /// With --prompts: write every prompt's (proposed, kept) steps to this JSON file.
+    #[arg(long, value_name = "OUT.json")]
+    pub(super) record_acceptance: Option<PathBuf>,
+    /// Replay a recorded acceptance (from --record-acceptance) on these weights.
+    #[arg(long, value_name = "FILE.json")]
+    pub(super) replay_acceptance: Option<PathBuf>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -78,6 +94,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .num_threads(n.max(1))
             .build_global()
             .context("--threads")?;
+    }
+    if super::spec_bench::wanted(&a) {
+        return super::spec_bench::bench(&a);
     }
     if a.prompt_tokens == 0 || a.new_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --new-tokens at least 2");
@@ -126,7 +145,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn load(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
+pub(super) fn load(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
     match (&a.model, &a.random_weights) {
         (Some(path), _) => {
             let (config, weights, _source) =

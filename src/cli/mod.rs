@@ -3,3 +3,4 @@
 pub mod backend;
 pub mod bench;
 pub mod quantize;
+pub mod spec_bench;

@@ -173,6 +173,11 @@ impl Engine {
         self.spec = spec;
     }
 
+    /// Takes the speculation out (plain decoding from now on), to set it again later.
+    pub fn take_speculation(&mut self) -> Option<Speculation> {
+        self.spec.take()
+    }
+
     /// Logits per position of the target model.
     pub fn vocab_size(&self) -> usize {
         self.session.vocab_size()

@@ -66,6 +66,7 @@ impl SpeculationArgs {
             lookup: self.lookup.then(PromptLookup::default),
             max_len: usize::from(self.draft_max),
             adaptive: !self.draft_fixed,
+            replay: None,
         })
     }
 }

@@ -22,6 +22,11 @@ pub struct Speculation {
     pub max_len: usize,
     /// Whether the proposal length follows the acceptance rate (else always `max_len`).
     pub adaptive: bool,
+    /// Benchmarks only: replay a recorded run's (proposed, kept) steps instead of judging
+    /// the proposals, so random weights of a real shape pay every real cost (draft steps,
+    /// K+1-row verify passes, rollbacks) at the acceptance measured with real weights.
+    /// The text is then meaningless. Consumed from the front; plain decoding when empty.
+    pub replay: Option<std::collections::VecDeque<(usize, usize)>>,
 }
 
 /// Which proposer a step used.
@@ -48,6 +53,9 @@ pub struct SpecStats {
     pub draft_accepted: usize,
     /// `histogram[a]`: verify steps that kept `a` proposed tokens.
     pub histogram: Vec<usize>,
+    /// Every target step in order as (proposed, kept); (0, 0) for a plain step. What a
+    /// replayed benchmark (`Speculation::replay`) takes.
+    pub trace: Vec<(usize, usize)>,
     /// Time in the draft model and in the target's verify passes.
     pub draft_time: Duration,
     pub verify_time: Duration,
@@ -57,6 +65,7 @@ pub struct SpecStats {
 
 impl SpecStats {
     fn record(&mut self, source: Source, proposed: usize, accepted: usize) {
+        self.trace.push((proposed, accepted));
         self.verify_steps += 1;
         self.proposed += proposed;
         self.accepted += accepted;
@@ -173,7 +182,13 @@ impl Engine {
             // Room for the proposal: the context, and the tokens still wanted (the target
             // adds one of its own to what it keeps).
             let remaining = params.max_tokens - emit.generated();
-            let want = if spec.adaptive { length.current() } else { max_len };
+            let mut want = if spec.adaptive { length.current() } else { max_len };
+            let mut replayed = None;
+            if let Some(replay) = spec.replay.as_mut() {
+                let (p, a) = replay.pop_front().unwrap_or((0, 0));
+                want = p.min(MAX_VERIFY_ROWS - 1);
+                replayed = Some(a);
+            }
             let k = want.min(ctx - pos - 1).min(remaining.saturating_sub(1));
             proposal.clear();
             q_rows.clear();
@@ -193,6 +208,7 @@ impl Engine {
             let Some(source) = source else {
                 // Nothing proposed: a plain step.
                 stats.plain_steps += 1;
+                stats.trace.push((0, 0));
                 let mut next = None;
                 if greedy {
                     next = self.session.forward_argmax(token, pos)?;
@@ -220,7 +236,7 @@ impl Engine {
             let (accepted, next) = if greedy {
                 argmaxes.clear();
                 argmaxes.extend(rows.chunks_exact(vocab).map(argmax));
-                let a = accept_greedy(&proposal, &argmaxes);
+                let a = replayed.map_or_else(|| accept_greedy(&proposal, &argmaxes), |a| a.min(proposal.len()));
                 (a, argmaxes[a])
             } else {
                 p_rows.resize_with(n, Vec::new);
