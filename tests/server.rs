@@ -426,6 +426,39 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     assert!(TcpStream::connect(s.addr).is_err(), "still accepting after shutdown");
 }
 
+/// `--draft-model` and `--lookup` on the server: greedy text unchanged, acceptance counted
+/// in /metrics; a draft with another vocabulary stops the server at start with a message.
+#[test]
+fn speculation_keeps_the_text_and_reports_acceptance() {
+    let Some(plain) = smollm2(&[]) else { return };
+    let Some(path) = common::model_path(common::SMOLLM2) else { return };
+    let draft = path.to_string_lossy().into_owned();
+    let spec = Server::start(&path, &["--draft-model", &draft, "--lookup", "--draft-max", "4"]);
+    for prompt in ["1, 2, 3, 4, 5, 6, 7,", PROMPT] {
+        let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0});
+        let a = plain.post_json("/v1/completions", &body);
+        let b = spec.post_json("/v1/completions", &body);
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{prompt}");
+    }
+    let steps = spec.metric("tachyon_speculative_verify_steps_total");
+    let proposed = spec.metric("tachyon_speculative_proposed_tokens_total");
+    let accepted = spec.metric("tachyon_speculative_accepted_tokens_total");
+    assert!(steps > 0.0 && accepted > 0.0 && accepted <= proposed, "{steps} {proposed} {accepted}");
+    assert_eq!(plain.metric("tachyon_speculative_verify_steps_total"), 0.0);
+
+    if let Some(qwen) = common::model_path(common::QWEN_05B) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tachyon"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(&qwen)
+            .arg("--draft-model")
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("vocabulary"), "{err}");
+    }
+}
+
 #[test]
 fn fill_in_the_middle_uses_the_models_fim_tokens() {
     let Some(path) = common::model_path(common::QWEN_05B) else { return };

@@ -10,7 +10,9 @@ use super::engine_thread;
 use super::jobs::{FimTokens, unix_time};
 use super::metrics::Metrics;
 use super::{AppState, serve, shutdown_signal};
-use crate::engine::{Engine, SessionOptions, cpu_session};
+use crate::engine::draft::{DraftModel, VocabMismatch};
+use crate::engine::spec_args::SpeculationError;
+use crate::engine::{Engine, SessionOptions, SpeculationArgs, cpu_session};
 use crate::model::{Model, ModelError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,10 @@ pub enum ServeError {
     Engine(#[from] crate::backend::BackendError),
     #[error("--threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),
+    #[error(transparent)]
+    Draft(#[from] SpeculationError),
+    #[error(transparent)]
+    DraftVocabulary(#[from] VocabMismatch),
     #[error("binding {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
@@ -64,6 +70,8 @@ pub struct ServeArgs {
     /// CPU: exact f32 dot products instead of 8-bit activation quantization (slower).
     #[arg(long)]
     pub precise: bool,
+    #[command(flatten)]
+    pub spec: SpeculationArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), ServeError> {
@@ -72,8 +80,14 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
     }
     let model = Model::load(&a.model).map_err(|source| ServeError::Model { path: a.model.clone(), source })?;
     let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
+    let draft_model = a.spec.load_draft(&model)?;
     let session = cpu_session(&model.config, &model.weights, &opts)?;
-    let engine = Engine::new(session);
+    let mut engine = Engine::new(session);
+    let draft = match &draft_model {
+        Some(d) => Some(DraftModel::new(cpu_session(&d.config, &d.weights, &opts)?, engine.vocab_size())?),
+        None => None,
+    };
+    engine.set_speculation(a.spec.speculation(draft));
     eprintln!(
         "notice: serving on the {} backend (the CUDA forward pass is not in this version yet)",
         engine.backend_name()

@@ -192,6 +192,11 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     if stats.cached_tokens > 0 {
         metrics.cache_hits.inc();
     }
+    if let Some(sp) = &stats.speculation {
+        metrics.spec_verify_steps.inc_by(sp.verify_steps as u64);
+        metrics.spec_proposed.inc_by(sp.proposed as u64);
+        metrics.spec_accepted.inc_by(sp.accepted as u64);
+    }
     let time_to_first_token = first.map_or(Duration::ZERO, |f| f - job.received);
     let _ = job.events.send(Event::Done(Done {
         tail,

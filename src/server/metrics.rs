@@ -26,6 +26,9 @@ pub struct Metrics {
     pub cancelled: Counter,
     pub queue_depth: Gauge,
     pub running: Gauge,
+    pub spec_verify_steps: Counter,
+    pub spec_proposed: Counter,
+    pub spec_accepted: Counter,
 }
 
 /// Upper bounds in seconds from `lo` to `hi` on a 1-2-5 ladder (plus 1.5, 2.5, 3, 4 and
@@ -74,6 +77,9 @@ impl Metrics {
             cancelled: Counter::default(),
             queue_depth: Gauge::default(),
             running: Gauge::default(),
+            spec_verify_steps: Counter::default(),
+            spec_proposed: Counter::default(),
+            spec_accepted: Counter::default(),
         };
         registry.register(
             "time_to_first_token_seconds",
@@ -117,6 +123,17 @@ impl Metrics {
         );
         registry.register("queue_depth", "Requests waiting for the engine", m.queue_depth.clone());
         registry.register("requests_running", "Requests the engine is running (0 or 1)", m.running.clone());
+        registry.register(
+            "speculative_verify_steps",
+            "Target passes that verified a proposal (draft model or prompt lookup)",
+            m.spec_verify_steps.clone(),
+        );
+        registry.register("speculative_proposed_tokens", "Tokens proposed for verification", m.spec_proposed.clone());
+        registry.register(
+            "speculative_accepted_tokens",
+            "Proposed tokens the target kept (acceptance rate: accepted / proposed)",
+            m.spec_accepted.clone(),
+        );
         Metrics { registry, ..m }
     }
 
