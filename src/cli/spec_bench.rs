@@ -84,9 +84,25 @@ impl Totals {
         }
     }
 
-    fn print(&self, label: &str) {
-        let rate = |d: Duration| if d.is_zero() { 0.0 } else { self.tokens as f64 / d.as_secs_f64() };
-        let (p, s) = (rate(self.plain), rate(self.spec));
+    fn rate(&self, d: Duration) -> f64 {
+        if d.is_zero() { 0.0 } else { self.tokens as f64 / d.as_secs_f64() }
+    }
+
+    /// The totals as a table, or as JSON with `json`.
+    fn print(&self, label: &str, json: bool) {
+        let (p, s) = (self.rate(self.plain), self.rate(self.spec));
+        if json {
+            let v = serde_json::json!({
+                "label": label,
+                "tokens": self.tokens,
+                "plain_tokens_per_second": p,
+                "speculative_tokens_per_second": s,
+                "speedup": if p > 0.0 { s / p } else { 0.0 },
+                "speculation": self.stats.to_json(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return;
+        }
         println!("{label}");
         println!("  tokens decoded:            {} per side", self.tokens);
         println!(
@@ -166,7 +182,10 @@ fn measure(a: &BenchArgs) -> Result<()> {
         prompts: Vec::new(),
     };
     let mut totals = Totals::default();
-    println!("{:<22} {:>7} {:>7} {:>9} {:>9} {:>10} {:>10}", "prompt", "prompt", "tokens", "tok/step", "kept %", "plain t/s", "spec t/s");
+    let table = !a.json;
+    if table {
+        println!("{:<22} {:>7} {:>7} {:>9} {:>9} {:>10} {:>10}", "prompt", "prompt", "tokens", "tok/step", "kept %", "plain t/s", "spec t/s");
+    }
     for p in &prompts {
         let ids = tok.encode(&p.prompt, false)?;
         let params = greedy(a.new_tokens, tok.stop_ids().to_vec());
@@ -180,7 +199,8 @@ fn measure(a: &BenchArgs) -> Result<()> {
         }
         let s = sp.speculation.clone().unwrap_or_default();
         let tps = |st: &GenerateStats| st.decode_tokens_per_second();
-        println!(
+        if table {
+            println!(
             "{:<22} {:>7} {:>7} {:>9.2} {:>9.0} {:>10.1} {:>10.1}",
             p.name,
             ids.len(),
@@ -189,7 +209,8 @@ fn measure(a: &BenchArgs) -> Result<()> {
             100.0 * s.acceptance_rate(),
             tps(&plain),
             tps(&sp)
-        );
+            );
+        }
         totals.add(&plain, &sp);
         record.prompts.push(PromptRecord {
             name: p.name.clone(),
@@ -200,15 +221,14 @@ fn measure(a: &BenchArgs) -> Result<()> {
             speculative_seconds: sp.decode_time.as_secs_f64(),
         });
     }
-    totals.print(&format!(
-        "all {} prompts, {} backend, outputs identical to plain greedy:",
-        prompts.len(),
-        engine.backend_name()
-    ));
+    totals.print(
+        &format!("all {} prompts, {} backend, outputs identical to plain greedy:", prompts.len(), engine.backend_name()),
+        a.json,
+    );
     if let Some(out) = &a.record_acceptance {
         std::fs::write(out, serde_json::to_string_pretty(&record)? + "\n")
             .with_context(|| format!("writing {}", out.display()))?;
-        println!("acceptance recorded in {}", out.display());
+        eprintln!("acceptance recorded in {}", out.display());
     }
     Ok(())
 }
@@ -257,12 +277,15 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
         let (_, sp) = r?;
         totals.add(&plain, &sp);
     }
-    totals.print(&format!(
-        "replay of {} on {label} (random weights), {} backend, {}:",
-        display(path),
-        engine.backend_name(),
-        placed.device
-    ));
+    totals.print(
+        &format!(
+            "replay of {} on {label}, {} backend, {}:",
+            display(path),
+            engine.backend_name(),
+            placed.device
+        ),
+        a.json,
+    );
     Ok(())
 }
 
