@@ -112,16 +112,15 @@ fn bench_refuses_a_context_too_small_and_unknown_shapes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("llama-3.2-1b"));
 }
 
-/// A recorded acceptance (the Qwen2.5-Coder 0.5B draft on 1.5B over the 26 code prompts)
-/// replayed on random weights: the replay must force the recorded steps, so its counts
-/// reproduce the record's (up to the few prompts that ended on a stop token, whose last
-/// step the replay's fixed budget shortens).
-#[test]
-fn replayed_acceptance_reproduces_the_record() {
-    let record = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/acceptance-qwen2.5-coder-0.5b-to-1.5b.json");
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-llama-config.json");
-    let v = bench_json(&["--draft-random-weights", config, "--replay-acceptance", record]);
-    let rec: Value = serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+/// Replays a recorded acceptance on random weights: the replay must force the recorded
+/// steps, so its counts reproduce the record's (up to the few prompts that ended on a stop
+/// token, whose last step the replay's fixed budget shortens).
+fn replay_reproduces(record_name: &str, extra: &[&str]) {
+    let record = format!("{}/tests/data/{record_name}", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["--replay-acceptance", record.as_str()];
+    args.extend_from_slice(extra);
+    let v = bench_json(&args);
+    let rec: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
     let (mut steps, mut kept, mut tokens) = (0u64, 0u64, 0u64);
     for p in rec["prompts"].as_array().unwrap() {
         tokens += p["generated"].as_u64().unwrap().saturating_sub(1);
@@ -139,4 +138,17 @@ fn replayed_acceptance_reproduces_the_record() {
     let got_kept = num(sp, "accepted");
     assert!((got_kept - kept as f64).abs() <= 0.01 * kept as f64, "{got_kept} kept, recorded {kept}");
     assert!(num(&v, "plain_tokens_per_second") > 0.0 && num(&v, "speculative_tokens_per_second") > 0.0);
+}
+
+/// The Qwen2.5-Coder 0.5B draft on 1.5B over the 26 code prompts.
+#[test]
+fn replayed_draft_acceptance_reproduces_the_record() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-llama-config.json");
+    replay_reproduces("acceptance-qwen2.5-coder-0.5b-to-1.5b.json", &["--draft-random-weights", config]);
+}
+
+/// Prompt lookup on Qwen2.5-Coder 1.5B over the 8 edit prompts (no draft).
+#[test]
+fn replayed_lookup_acceptance_reproduces_the_record() {
+    replay_reproduces("acceptance-lookup-qwen2.5-coder-1.5b-edits.json", &[]);
 }

@@ -8,7 +8,8 @@
 //! - Replay (`--random-weights SHAPE --draft-random-weights SHAPE --replay-acceptance
 //!   OUT.json`): the same number of tokens per prompt, plainly and with the recorded steps
 //!   forced, so a machine the real files cannot reach measures the speed-up with every real
-//!   cost (draft steps, K+1-row verify passes, rollbacks) at the real acceptance.
+//!   cost (draft steps, K+1-row verify passes, rollbacks) at the real acceptance. A record
+//!   made with `--lookup` alone replays without a draft.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -239,27 +240,39 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
     )
     .with_context(|| format!("parsing {}", path.display()))?;
     let (label, config, weights) = super::bench::load(a)?;
-    let (dconfig, dweights) = match (&a.draft_random_weights, &a.spec.draft_model) {
+    let draft_weights = match (&a.draft_random_weights, &a.spec.draft_model) {
         (Some(spec), _) => {
             let shape = Shape::resolve(spec)?;
             let w = random::random_weights(&shape, a.random_dtype.ggml(), a.seed ^ 0xD4AF)?;
-            (shape.config, w)
+            Some((shape.config, w))
         }
         (None, Some(p)) => {
             let m = Model::load(p).with_context(|| format!("loading {}", p.display()))?;
-            (m.config, m.weights)
+            Some((m.config, m.weights))
         }
-        (None, None) => bail!("a replay needs the draft: --draft-random-weights SHAPE or --draft-model"),
+        (None, None) if record.draft.is_some() => {
+            bail!("the record was made with a draft model: give --draft-random-weights SHAPE or --draft-model")
+        }
+        (None, None) => None,
     };
-    if dconfig.vocab_size != config.vocab_size {
+    if let Some((dconfig, _)) = &draft_weights
+        && dconfig.vocab_size != config.vocab_size
+    {
         bail!("the draft's vocabulary ({}) differs from the target's ({})", dconfig.vocab_size, config.vocab_size);
     }
     let longest = record.prompts.iter().map(|p| p.prompt_tokens + p.generated + 16).max().unwrap_or(0);
     let opts = SessionOptions { ctx: a.ctx.unwrap_or(longest.max(64)), precise: a.precise, ..Default::default() };
     let placed = make_session(a.backend, &config, &weights, &opts)?;
     let mut engine = Engine::new(placed.session);
-    let draft = DraftModel::new(make_session(a.backend, &dconfig, &dweights, &opts)?.session, engine.vocab_size())?;
-    let mut spec = a.spec.speculation(Some(draft));
+    let draft = match &draft_weights {
+        Some((dconfig, dweights)) => {
+            Some(DraftModel::new(make_session(a.backend, dconfig, dweights, &opts)?.session, engine.vocab_size())?)
+        }
+        None => None,
+    };
+    // A lookup-only record replays through lookup's slot (whatever --lookup says).
+    let lookup_args = tachyon::engine::SpeculationArgs { lookup: true, ..a.spec.clone() };
+    let mut spec = if draft.is_some() { a.spec.speculation(draft) } else { lookup_args.speculation(None) };
     let mut totals = Totals::default();
     for (i, p) in record.prompts.iter().enumerate() {
         if p.generated < 2 {

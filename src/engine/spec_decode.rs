@@ -22,10 +22,12 @@ pub struct Speculation {
     pub max_len: usize,
     /// Whether the proposal length follows the acceptance rate (else always `max_len`).
     pub adaptive: bool,
-    /// Benchmarks only: replay a recorded run's (proposed, kept) steps instead of judging
-    /// the proposals, so random weights of a real shape pay every real cost (draft steps,
-    /// K+1-row verify passes, rollbacks) at the acceptance measured with real weights.
-    /// The text is then meaningless. Consumed from the front; plain decoding when empty.
+    /// Benchmarks only (greedy): replay a recorded run's (proposed, kept) steps instead of
+    /// judging the proposals, so random weights of a real shape pay every real cost (draft
+    /// steps, K+1-row verify passes, rollbacks) at the acceptance measured with real
+    /// weights. The draft proposes every step (a step lookup proposed in the recording
+    /// costs a draft run here); without a draft the proposal is free, as lookup's is. The
+    /// text is then meaningless. Consumed from the front; plain decoding when empty.
     pub replay: Option<std::collections::VecDeque<(usize, usize)>>,
 }
 
@@ -194,7 +196,8 @@ impl Engine {
             q_rows.clear();
             let mut source = None;
             if k > 0 {
-                if let Some(lookup) = &spec.lookup {
+                // A replay forces the length: lookup (which may find fewer) stands aside.
+                if let (Some(lookup), None) = (&spec.lookup, replayed) {
                     lookup.propose(&history, k, &mut proposal);
                     source = (!proposal.is_empty()).then_some(Source::Lookup);
                 }
@@ -203,6 +206,12 @@ impl Engine {
                     draft.propose(&history, k, (!greedy).then_some((sp, &mut rng)), &mut proposal, &mut q_rows)?;
                     stats.draft_time += t.elapsed();
                     source = (!proposal.is_empty()).then_some(Source::Draft);
+                }
+                if source.is_none() && replayed.is_some() {
+                    // A replayed lookup step on text with nothing to look up: any tokens
+                    // will do (lookup costs nothing; only the verify pass is measured).
+                    proposal.resize(k, token);
+                    source = Some(Source::Lookup);
                 }
             }
             let Some(source) = source else {
