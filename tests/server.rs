@@ -513,7 +513,9 @@ fn the_official_openai_python_client_works_unchanged() {
 fn bench_prefix_append_and_server_overhead() {
     let name = std::env::var("TACHYON_BENCH_MODEL").unwrap_or_else(|_| common::SMOLLM2.to_string());
     let Some(path) = common::model_path(&name) else { return };
-    let threads = std::env::var("TACHYON_BENCH_THREADS").unwrap_or_else(|_| "2".into());
+    // One engine thread by default: on a 2-core machine that leaves a core to the network
+    // side, which then busy-polls (`--busy-poll auto`).
+    let threads = std::env::var("TACHYON_BENCH_THREADS").unwrap_or_else(|_| "1".into());
     let s = Server::start(&path, &["--ctx", "4096", "--threads", &threads]);
     let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/sampler.rs"))
         .unwrap();
@@ -581,10 +583,14 @@ fn bench_prefix_append_and_server_overhead() {
     }
     let metrics = s.get("/metrics", &[]).text();
     for (h, what) in [
-        ("tachyon_server_overhead_seconds", "server overhead per token (engine token -> socket write)"),
+        ("tachyon_server_overhead_seconds", "server overhead per token (engine token -> socket write call)"),
         (
             "tachyon_token_handoff_seconds",
             "  of which the hand-over (engine token -> chunk ready in the connection task)",
+        ),
+        (
+            "tachyon_socket_write_seconds",
+            "the write call itself (on loopback: includes the client reading, when it runs first)",
         ),
     ] {
         let (p50, n) = server_harness::histogram_quantile(&metrics, h, 0.5);

@@ -70,8 +70,20 @@ pub struct ServeArgs {
     /// CPU: exact f32 dot products instead of 8-bit activation quantization (slower).
     #[arg(long)]
     pub precise: bool,
+    /// Keep the running request's connection thread polling for tokens instead of
+    /// sleeping between them (lowest per-token overhead, one core busy while generating).
+    /// auto: on when the machine has a core beyond the engine's threads.
+    #[arg(long, value_enum, default_value_t = BusyPoll::Auto)]
+    pub busy_poll: BusyPoll,
     #[command(flatten)]
     pub spec: SpeculationArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusyPoll {
+    Auto,
+    On,
+    Off,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), ServeError> {
@@ -121,6 +133,13 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
         metrics,
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         max_body: a.max_body,
+        busy_poll: match a.busy_poll {
+            BusyPoll::On => true,
+            BusyPoll::Off => false,
+            BusyPoll::Auto => {
+                std::thread::available_parallelism().map_or(1, |n| n.get()) > rayon::current_num_threads()
+            }
+        },
         created: unix_time(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,8 @@
 //! Accepted connections, wrapped to measure the server's per-token overhead where it ends:
 //! a handler marks the time the engine produced a token before handing its bytes to the
-//! connection, and the next successful socket write observes the time since then.
+//! connection, and the next successful socket write observes the time from then to the
+//! write call (the bytes handed to the kernel), and the call's own duration separately:
+//! on a loopback socket the kernel may run the reading client before the call returns.
 //! Also sets TCP_NODELAY, so a one-token chunk leaves at once instead of waiting on Nagle.
 
 use std::io::IoSlice;
@@ -45,10 +47,11 @@ impl WriteStamp {
         let _ = self.pending.compare_exchange(0, ns, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    fn take(&self) -> Option<Duration> {
+    /// The pending mark's age at `now`, clearing it.
+    fn take(&self, now: Instant) -> Option<Duration> {
         match self.pending.swap(0, Ordering::AcqRel) {
             0 => None,
-            ns => Some(epoch().elapsed().saturating_sub(Duration::from_nanos(ns - 1))),
+            ns => Some(now.saturating_duration_since(epoch()).saturating_sub(Duration::from_nanos(ns - 1))),
         }
     }
 }
@@ -60,11 +63,13 @@ pub struct StampedIo {
 }
 
 impl StampedIo {
-    fn wrote(&self, n: usize) {
+    /// A write call that began at `start` wrote `n` bytes.
+    fn wrote(&self, start: Instant, n: usize) {
         if n > 0
-            && let Some(d) = self.stamp.take()
+            && let Some(d) = self.stamp.take(start)
         {
             Metrics::observe(&self.stamp.metrics.server_overhead, d);
+            Metrics::observe(&self.stamp.metrics.socket_write, start.elapsed());
         }
     }
 }
@@ -77,9 +82,10 @@ impl AsyncRead for StampedIo {
 
 impl AsyncWrite for StampedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let start = Instant::now();
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            self.wrote(n);
+            self.wrote(start, n);
         }
         r
     }
@@ -89,9 +95,10 @@ impl AsyncWrite for StampedIo {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let start = Instant::now();
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            self.wrote(n);
+            self.wrote(start, n);
         }
         r
     }
@@ -169,14 +176,14 @@ mod tests {
     fn stamp_keeps_the_oldest_mark_and_takes_once() {
         epoch();
         let s = WriteStamp::new(Arc::new(Metrics::new()));
-        assert!(s.take().is_none());
+        assert!(s.take(Instant::now()).is_none());
         let old = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
         s.mark(old);
         s.mark(Instant::now());
-        let d = s.take().expect("marked");
+        let d = s.take(Instant::now()).expect("marked");
         assert!(d >= Duration::from_millis(2), "{d:?}");
-        assert!(s.take().is_none());
+        assert!(s.take(Instant::now()).is_none());
         let text = s.metrics.render();
         assert!(text.contains("tachyon_token_handoff_seconds_count 2"), "{text}");
     }

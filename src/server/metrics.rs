@@ -16,6 +16,7 @@ pub struct Metrics {
     pub inter_token: Histogram,
     pub server_overhead: Histogram,
     pub token_handoff: Histogram,
+    pub socket_write: Histogram,
     pub queue_wait: Histogram,
     pub prompt_tokens: Counter,
     pub cached_tokens: Counter,
@@ -60,6 +61,7 @@ impl Metrics {
         let inter_token = Histogram::new(ladder(1e-4, 10.0));
         let server_overhead = Histogram::new(ladder(1e-6, 0.1));
         let token_handoff = Histogram::new(ladder(1e-6, 0.1));
+        let socket_write = Histogram::new(ladder(1e-6, 0.1));
         let queue_wait = Histogram::new(ladder(1e-5, 60.0));
         let m = Metrics {
             registry: Registry::default(),
@@ -67,6 +69,7 @@ impl Metrics {
             inter_token,
             server_overhead,
             token_handoff,
+            socket_write,
             queue_wait,
             prompt_tokens: Counter::default(),
             cached_tokens: Counter::default(),
@@ -93,13 +96,18 @@ impl Metrics {
         );
         registry.register(
             "server_overhead_seconds",
-            "Per token: the engine producing it to its bytes being written to the client socket",
+            "Per token: the engine producing it to its bytes being handed to the kernel (the socket write call)",
             m.server_overhead.clone(),
         );
         registry.register(
             "token_handoff_seconds",
             "Per token: the engine producing it to its chunk being ready in the connection's task (the part of the overhead spent crossing threads)",
             m.token_handoff.clone(),
+        );
+        registry.register(
+            "socket_write_seconds",
+            "Per token: the socket write call itself (on loopback it may include the reader running before the call returns)",
+            m.socket_write.clone(),
         );
         registry.register("queue_wait_seconds", "Request arrival to the engine starting it", m.queue_wait.clone());
         registry.register("prompt_tokens", "Prompt tokens of finished requests", m.prompt_tokens.clone());

@@ -53,6 +53,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// Largest request body (and WebSocket message), bytes.
     pub max_body: usize,
+    /// Busy-poll the running request's events (`--busy-poll`; see `jobs::Submitted`).
+    pub busy_poll: bool,
     pub created: u64,
 }
 

@@ -82,7 +82,7 @@ impl Stream for SseBody {
             return Poll::Ready(Some(Ok(out.into())));
         }
         loop {
-            let ev = match this.sub.events.poll_recv(cx) {
+            let ev = match this.sub.poll_event(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(ev) => ev,
             };
@@ -143,7 +143,7 @@ pub async fn collect(
     let mut lps = logprobs.then(|| LogprobsBuilder::new(header.kind));
     // `sub` holds the cancel guard: if this future is dropped (client gone), generation stops.
     loop {
-        match sub.events.recv().await {
+        match sub.next_event().await {
             Some(Event::Token(t)) => {
                 if let (Some(b), Some(lp)) = (lps.as_mut(), &t.logprobs) {
                     b.push(tokenizer, t.id, lp, text.len());

@@ -84,7 +84,7 @@ fn error_frame(id: &Value, e: &ApiError) -> String {
 /// Waits for the running request's next event; never resolves when there is none.
 async fn next_event(cur: &mut Option<Running>) -> Option<Event> {
     match cur {
-        Some(r) => r.sub.events.recv().await,
+        Some(r) => r.sub.next_event().await,
         None => std::future::pending().await,
     }
 }
