@@ -19,7 +19,7 @@ use crate::model::llama::{Llama, State};
 use crate::model::{ModelConfig, ModelWeights};
 
 use super::SamplingParams;
-use super::session::{Session, SessionOptions};
+use super::session::{MAX_VERIFY_ROWS, Session, SessionOptions};
 
 /// How a decode step picks the next token on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,6 +53,8 @@ pub struct CudaSession {
     token: CudaSlice<u32>,
     pos: CudaSlice<i32>,
     next: CudaSlice<u32>,
+    /// The argmax of each row of a verify pass.
+    rows_next: CudaSlice<u32>,
     part_val: CudaSlice<f32>,
     part_idx: CudaSlice<i32>,
     /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
@@ -93,6 +95,9 @@ pub fn cuda_session(
         token: s.alloc_zeros::<u32>(1).map_err(dev_err("step buffers"))?,
         pos: s.alloc_zeros::<i32>(1).map_err(dev_err("step buffers"))?,
         next: s.alloc_zeros::<u32>(1).map_err(dev_err("step buffers"))?,
+        rows_next: s
+            .alloc_zeros::<u32>(MAX_VERIFY_ROWS)
+            .map_err(dev_err("step buffers"))?,
         part_val: s
             .alloc_zeros::<f32>(parts)
             .map_err(dev_err("step buffers"))?,
@@ -257,6 +262,41 @@ impl Session for CudaSession {
     ) -> Result<(), BackendError> {
         self.model
             .forward_rows(&mut self.backend, &mut self.state, tokens, pos, logits)
+    }
+
+    fn forward_rows_argmax(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        out: &mut [u32],
+    ) -> Result<bool, BackendError> {
+        let n = tokens.len();
+        if n != out.len() || n > self.rows_next.len() {
+            return Ok(false);
+        }
+        // The verify pass runs eagerly (not from a graph): its shape changes with K.
+        self.backend.set_device_inputs(None);
+        self.model
+            .forward_rows_logits(&mut self.backend, &mut self.state, tokens, pos)?;
+        let Some(logits) = self.model.rows_logits(&self.state) else {
+            return Ok(false);
+        };
+        for row in 0..n {
+            self.backend.argmax_row(
+                logits,
+                row,
+                &mut self.rows_next,
+                row,
+                &mut self.part_val,
+                &mut self.part_idx,
+            )?;
+        }
+        let s = self.backend.device().stream().clone();
+        s.memcpy_dtoh(&self.rows_next.slice(..n), out)
+            .map_err(dev_err("reading the verify picks"))?;
+        s.synchronize()
+            .map_err(dev_err("running the verify pass"))?;
+        Ok(true)
     }
 
     fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {

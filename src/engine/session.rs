@@ -22,6 +22,14 @@ pub trait Session: Send {
     /// extending the cache, and write the logits of each of them into `logits`, row after
     /// row (`tokens.len()` x vocab): the verify step of speculative decoding.
     fn forward_rows(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+    /// `forward_rows` that returns only the argmax of each row (lowest id on ties, NaN
+    /// never), computed where the logits are, into `out` (`tokens.len()` ids): greedy
+    /// verification without copying K+1 vocabulary-wide rows back. `false` when this
+    /// session cannot, and the caller uses `forward_rows`.
+    fn forward_rows_argmax(&mut self, tokens: &[u32], pos: usize, out: &mut [u32]) -> Result<bool, BackendError> {
+        let _ = (tokens, pos, out);
+        Ok(false)
+    }
     /// Run one token at `pos` and return the argmax of its logits (lowest id on ties, NaN
     /// never), computed where the logits are; `None` when this session cannot, and the
     /// caller uses `forward` instead. The logits are not returned.

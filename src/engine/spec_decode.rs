@@ -237,14 +237,21 @@ impl Engine {
             inputs.clear();
             inputs.push(token);
             inputs.extend_from_slice(&proposal);
-            rows.resize(n * vocab, 0.0);
             let t = Instant::now();
-            self.session.forward_rows(&inputs, pos, &mut rows)?;
+            // Greedy needs only each row's argmax, which a GPU session picks on the device.
+            argmaxes.clear();
+            argmaxes.resize(n, 0);
+            if !(greedy && self.session.forward_rows_argmax(&inputs, pos, &mut argmaxes)?) {
+                rows.resize(n * vocab, 0.0);
+                self.session.forward_rows(&inputs, pos, &mut rows)?;
+                if greedy {
+                    argmaxes.clear();
+                    argmaxes.extend(rows.chunks_exact(vocab).map(argmax));
+                }
+            }
             stats.verify_time += t.elapsed();
             self.cached.push(token);
             let (accepted, next) = if greedy {
-                argmaxes.clear();
-                argmaxes.extend(rows.chunks_exact(vocab).map(argmax));
                 let a = replayed.map_or_else(|| accept_greedy(&proposal, &argmaxes), |a| a.min(proposal.len()));
                 (a, argmaxes[a])
             } else {

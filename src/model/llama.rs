@@ -152,16 +152,29 @@ impl<B: Ops> Llama<B> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
+        assert!(logits.len() == tokens.len() * self.cfg.vocab_size, "caller checks the verify shape");
+        self.forward_rows_logits(b, s, tokens, pos)?;
+        let Some(out) = s.rows_logits.as_ref() else { unreachable!("made by forward_rows_logits") };
+        b.read_row(out, logits)
+    }
+
+    /// [`Llama::forward_rows`] without reading the logits back: they stay in the backend,
+    /// one row per token (see [`Llama::rows_logits`]), for a device-side pick.
+    pub fn forward_rows_logits(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
         let (n, c) = (tokens.len(), &self.cfg);
-        assert!(n <= MAX_VERIFY_ROWS && logits.len() == n * c.vocab_size, "caller checks the verify shape");
+        assert!(n <= MAX_VERIFY_ROWS, "caller checks the verify shape");
         self.layers_forward(b, s, tokens, pos)?;
         if s.rows_logits.is_none() {
             s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
         }
         let Some(out) = s.rows_logits.as_mut() else { unreachable!("allocated above") };
         b.rmsnorm(&s.x, &self.final_norm, c.rms_eps, n, &mut s.h)?;
-        b.matmul(&s.h, &self.output, n, out)?;
-        b.read_row(out, logits)
+        b.matmul(&s.h, &self.output, n, out)
+    }
+
+    /// The logits [`Llama::forward_rows_logits`] left in the backend, if it ran.
+    pub fn rows_logits<'a>(&self, s: &'a State<B>) -> Option<&'a B::Act> {
+        s.rows_logits.as_ref()
     }
 
     /// [`Llama::forward`] without reading the logits back: they stay in the backend (see

@@ -282,3 +282,82 @@ fn sampled_decoding_on_device_is_seeded() {
     assert_ne!(first, run(&mut engine(), sampled(6)), "another seed");
     assert!(first.iter().all(|&t| (t as usize) < vocab));
 }
+
+/// Greedy speculation on the GPU: the verify pass picks each row's argmax on the device
+/// (`forward_rows_argmax`), which must equal the host's argmax of the same pass's logits;
+/// and speculative greedy output must be plain greedy output, token for token, with a draft
+/// that always agrees (the target itself) and one that rarely does (other random weights).
+#[test]
+#[ignore = "needs a GPU"]
+fn speculative_greedy_on_device_matches_plain_greedy() {
+    use tachyon::engine::draft::DraftModel;
+    use tachyon::engine::speculative::PromptLookup;
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Speculation};
+    let mut rng = Rng::from_env_or_clock("speculative_greedy_on_device_matches_plain_greedy");
+    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let other =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 256,
+        max_batch: 16,
+        ..Default::default()
+    };
+    let session = |w| {
+        let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+        cuda_session(&shape.config, w, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let vocab = shape.config.vocab_size;
+    let prompt: Vec<u32> = (0..19)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+
+    // Device picks against host picks of one verify pass.
+    let mut s = session(&weights);
+    let mut logits = vec![0f32; vocab];
+    s.forward(&prompt, 0, &mut logits)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rows: Vec<u32> = (0..9).map(|i| prompt[i]).collect();
+    let mut picks = vec![u32::MAX; rows.len()];
+    assert!(s
+        .forward_rows_argmax(&rows, prompt.len(), &mut picks)
+        .unwrap_or_else(|e| panic!("{e}")));
+    let mut all = vec![f32::NAN; rows.len() * vocab];
+    s.forward_rows(&rows, prompt.len(), &mut all)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let host: Vec<u32> = all
+        .chunks_exact(vocab)
+        .map(tachyon::engine::sampler::argmax)
+        .collect();
+    assert_eq!(picks, host, "device and host argmax of the verify rows");
+
+    let params = GenerateParams {
+        max_tokens: 40,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let run = |engine: &mut Engine| {
+        let mut out = Vec::new();
+        engine
+            .generate(&prompt, &params, &mut |t| {
+                out.push(t);
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    };
+    let want = run(&mut Engine::new(session(&weights)));
+    for (name, draft_weights, lookup) in [("self draft", &weights, false), ("random draft + lookup", &other, true)] {
+        let mut e = Engine::new(session(&weights));
+        let draft = DraftModel::new(session(draft_weights), vocab).unwrap_or_else(|e| panic!("{e}"));
+        e.set_speculation(Some(Speculation {
+            draft: Some(draft),
+            lookup: lookup.then(PromptLookup::default),
+            max_len: 6,
+            adaptive: true,
+            replay: None,
+        }));
+        assert_eq!(run(&mut e), want, "{name}");
+    }
+}

@@ -243,18 +243,36 @@ impl CudaBackend {
         part_val: &mut CudaSlice<f32>,
         part_idx: &mut CudaSlice<i32>,
     ) -> Result<(), BackendError> {
+        self.argmax_row(logits, 0, out, 0, part_val, part_idx)
+    }
+
+    /// [`CudaBackend::argmax`] of row `row` of `logits` into `out[slot]`. Rows picked one
+    /// after another on the stream may share the partial buffers.
+    pub fn argmax_row(
+        &mut self,
+        logits: &CudaAct,
+        row: usize,
+        out: &mut CudaSlice<u32>,
+        slot: usize,
+        part_val: &mut CudaSlice<f32>,
+        part_idx: &mut CudaSlice<i32>,
+    ) -> Result<(), BackendError> {
         let n = logits.width;
         let parts = ARGMAX_PARTS.min(n.div_ceil(256)).max(1);
-        if out.is_empty() || part_val.len() < parts || part_idx.len() < parts {
+        if slot >= out.len() || row >= logits.rows || part_val.len() < parts || part_idx.len() < parts {
             return Err(shape_err(format!(
-                "argmax needs {parts} partial slots and one output"
+                "argmax of row {row} of {} into slot {slot} of {} needs {parts} partial slots",
+                logits.rows,
+                out.len()
             )));
         }
+        let row_bytes = (n * std::mem::size_of::<f32>()) as u64;
+        let slot_bytes = (slot * std::mem::size_of::<u32>()) as u64;
         let p = ArgmaxParams {
-            logits: ptr(&logits.buf, &self.dev) as *const f32,
+            logits: (ptr(&logits.buf, &self.dev) + row as u64 * row_bytes) as *const f32,
             part_val: ptr_mut(part_val, &self.dev) as *mut f32,
             part_idx: ptr_mut(part_idx, &self.dev) as *mut i32,
-            out: ptr_mut(out, &self.dev) as *mut u32,
+            out: (ptr_mut(out, &self.dev) + slot_bytes) as *mut u32,
             n: i32_of(n, "vocabulary")?,
             n_parts: parts as i32,
         };
