@@ -45,11 +45,21 @@ typedef struct {
     float eps;
 } RmsNormParams;
 
-/** Element formats of weight matrices and embedding tables on the device. */
+/** Element formats of weight matrices and embedding tables on the device. The quantized
+ *  ones are GGML's block formats, stored on the device exactly as in a GGUF file (rows of
+ *  whole blocks; 32 elements per block, 256 for the K formats; see kernels/quant.cuh). */
 enum {
     TACHYON_DTYPE_F32 = 0,
     TACHYON_DTYPE_F16 = 1,
-    TACHYON_DTYPE_BF16 = 2
+    TACHYON_DTYPE_BF16 = 2,
+    TACHYON_DTYPE_Q4_0 = 3,
+    TACHYON_DTYPE_Q4_1 = 4,
+    TACHYON_DTYPE_Q5_0 = 5,
+    TACHYON_DTYPE_Q5_1 = 6,
+    TACHYON_DTYPE_Q8_0 = 7,
+    TACHYON_DTYPE_Q4_K = 8,
+    TACHYON_DTYPE_Q5_K = 9,
+    TACHYON_DTYPE_Q6_K = 10
 };
 
 /**
@@ -73,7 +83,8 @@ typedef struct {
 } EmbedParams;
 
 /**
- * Parameters of `gemv_f32out` (kernels/gemv.cu): the decode-time matrix product.
+ * Parameters of `gemv_f32out` (kernels/gemv.cu) and `gemv_quant_f32out`
+ * (kernels/gemv_quant.cu, for the quantized `dtype`s): the decode-time matrix product.
  *
  * For each of `n` activation rows t and weight row r:
  * `y = dot(w[r], x[t]) (+ bias[r])`; with `w2` set, also `y2 = dot(w2[r], x[t])` and the

@@ -15,7 +15,9 @@ use super::device::CudaDevice;
 use super::kernels;
 use super::params::{
     ArgmaxParams, AttnParams, ElementwiseParams, EmbedParams, GemvParams, RopeParams, SampleParams,
-    TACHYON_DTYPE_BF16, TACHYON_DTYPE_F16, TACHYON_DTYPE_F32, TACHYON_EW_ADD, TACHYON_EW_ADD_ROW,
+    TACHYON_DTYPE_BF16, TACHYON_DTYPE_F16, TACHYON_DTYPE_F32, TACHYON_DTYPE_Q4_0, TACHYON_DTYPE_Q4_1,
+    TACHYON_DTYPE_Q4_K, TACHYON_DTYPE_Q5_0, TACHYON_DTYPE_Q5_1, TACHYON_DTYPE_Q5_K, TACHYON_DTYPE_Q6_K,
+    TACHYON_DTYPE_Q8_0, TACHYON_EW_ADD, TACHYON_EW_ADD_ROW,
     TACHYON_EW_SWIGLU,
 };
 use crate::backend::cpu::ops::rope_angles;
@@ -488,6 +490,21 @@ impl CudaBackend {
             dtype: w.dtype,
             warps_per_row: wpr,
         };
+        let rows_per_block = 8 / wpr as usize;
+        let grid = u32::try_from(w.rows.div_ceil(rows_per_block))
+            .map_err(|_| shape_err("too many matrix rows".into()))?;
+        if is_block_format(w.dtype) {
+            // Block formats dequantize in registers, whatever the number of rows (a
+            // tensor-core prefill path for them is not written yet).
+            return self.launch(
+                &self.dev.kernels.gemv_quant_f32out,
+                grid,
+                (32, 8, 1),
+                (1, 1),
+                &p,
+                "gemv_quant_f32out",
+            );
+        }
         if n > GEMV_MAX_ROWS && w2.is_none() {
             // Many activation rows (prefill): the tiled GEMM reads each weight once per 32
             // rows instead of once per 4.
@@ -502,9 +519,6 @@ impl CudaBackend {
                 "gemm_f32out",
             );
         }
-        let rows_per_block = 8 / wpr as usize;
-        let grid = u32::try_from(w.rows.div_ceil(rows_per_block))
-            .map_err(|_| shape_err("too many matrix rows".into()))?;
         self.launch(
             &self.dev.kernels.gemv_f32out,
             grid,
@@ -560,16 +574,39 @@ pub fn split_range(
     c0..(c0 + chunk).min(query_pos + 1)
 }
 
+/// The kernels' code for a weight format (`TACHYON_DTYPE_*`). Every format tachyon reads
+/// runs on the device as stored: F32/F16/BF16 elements or GGML blocks (kernels/quant.cuh).
+pub fn dtype_code(ty: GgmlType) -> i32 {
+    (match ty {
+        GgmlType::F32 => TACHYON_DTYPE_F32,
+        GgmlType::F16 => TACHYON_DTYPE_F16,
+        GgmlType::BF16 => TACHYON_DTYPE_BF16,
+        GgmlType::Q4_0 => TACHYON_DTYPE_Q4_0,
+        GgmlType::Q4_1 => TACHYON_DTYPE_Q4_1,
+        GgmlType::Q5_0 => TACHYON_DTYPE_Q5_0,
+        GgmlType::Q5_1 => TACHYON_DTYPE_Q5_1,
+        GgmlType::Q8_0 => TACHYON_DTYPE_Q8_0,
+        GgmlType::Q4K => TACHYON_DTYPE_Q4_K,
+        GgmlType::Q5K => TACHYON_DTYPE_Q5_K,
+        GgmlType::Q6K => TACHYON_DTYPE_Q6_K,
+    }) as i32
+}
+
+/// Whether a `TACHYON_DTYPE_*` code is a GGML block format.
+fn is_block_format(dtype: i32) -> bool {
+    dtype >= TACHYON_DTYPE_Q4_0 as i32
+}
+
 fn dtype_of(w: &Weight) -> Result<i32, BackendError> {
-    match w.ty {
-        GgmlType::F32 => Ok(TACHYON_DTYPE_F32 as i32),
-        GgmlType::F16 => Ok(TACHYON_DTYPE_F16 as i32),
-        GgmlType::BF16 => Ok(TACHYON_DTYPE_BF16 as i32),
-        ty => Err(BackendError::Device(format!(
-            "{}: {ty} weights do not run on CUDA yet (F32, F16 and BF16 do); use --backend cpu",
-            w.name
-        ))),
+    // Rows of whole blocks: the kernels index blocks by `cols / block_elems`.
+    let qk = w.ty.block_len();
+    if w.cols % qk != 0 {
+        return Err(BackendError::Device(format!(
+            "{}: rows of {} elements are not whole {}-element {} blocks",
+            w.name, w.cols, qk, w.ty
+        )));
     }
+    Ok(dtype_code(w.ty))
 }
 
 impl Ops for CudaBackend {

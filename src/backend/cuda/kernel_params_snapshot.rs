@@ -40,7 +40,15 @@ const _: () = {
 pub const TACHYON_DTYPE_F32: _bindgen_ty_1 = 0;
 pub const TACHYON_DTYPE_F16: _bindgen_ty_1 = 1;
 pub const TACHYON_DTYPE_BF16: _bindgen_ty_1 = 2;
-#[doc = " Element formats of weight matrices and embedding tables on the device."]
+pub const TACHYON_DTYPE_Q4_0: _bindgen_ty_1 = 3;
+pub const TACHYON_DTYPE_Q4_1: _bindgen_ty_1 = 4;
+pub const TACHYON_DTYPE_Q5_0: _bindgen_ty_1 = 5;
+pub const TACHYON_DTYPE_Q5_1: _bindgen_ty_1 = 6;
+pub const TACHYON_DTYPE_Q8_0: _bindgen_ty_1 = 7;
+pub const TACHYON_DTYPE_Q4_K: _bindgen_ty_1 = 8;
+pub const TACHYON_DTYPE_Q5_K: _bindgen_ty_1 = 9;
+pub const TACHYON_DTYPE_Q6_K: _bindgen_ty_1 = 10;
+#[doc = " Element formats of weight matrices and embedding tables on the device. The quantized\n  ones are GGML's block formats, stored on the device exactly as in a GGUF file (rows of\n  whole blocks; 32 elements per block, 256 for the K formats; see kernels/quant.cuh)."]
 pub type _bindgen_ty_1 = ::std::os::raw::c_uint;
 #[doc = " Parameters of `embed_gather` (kernels/embed.cu).\n\n `out[i] = f32(table[tokens[i]])` for `i < n_tokens`; a row whose token id is not below\n `vocab` is filled with NaN instead of reading out of bounds."]
 #[repr(C)]
@@ -71,7 +79,7 @@ const _: () = {
     ["Offset of field: EmbedParams::vocab"][::std::mem::offset_of!(EmbedParams, vocab) - 32usize];
     ["Offset of field: EmbedParams::dtype"][::std::mem::offset_of!(EmbedParams, dtype) - 36usize];
 };
-#[doc = " Parameters of `gemv_f32out` (kernels/gemv.cu): the decode-time matrix product.\n\n For each of `n` activation rows t and weight row r:\n `y = dot(w[r], x[t]) (+ bias[r])`; with `w2` set, also `y2 = dot(w2[r], x[t])` and the\n stored value is `silu(y) * y2` (the SwiGLU of a gate and an up projection).\n `out[t * rows + r]` receives the result. Weights are `rows x cols` row-major in `dtype`."]
+#[doc = " Parameters of `gemv_f32out` (kernels/gemv.cu) and `gemv_quant_f32out`\n (kernels/gemv_quant.cu, for the quantized `dtype`s): the decode-time matrix product.\n\n For each of `n` activation rows t and weight row r:\n `y = dot(w[r], x[t]) (+ bias[r])`; with `w2` set, also `y2 = dot(w2[r], x[t])` and the\n stored value is `silu(y) * y2` (the SwiGLU of a gate and an up projection).\n `out[t * rows + r]` receives the result. Weights are `rows x cols` row-major in `dtype`."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct GemvParams {

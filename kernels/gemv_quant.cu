@@ -1,0 +1,99 @@
+/*
+ * gemv_quant.cu: the decode-time matrix product for weights in GGML block formats (Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), dequantized in registers, never expanded in
+ * memory: `out[t, r] = dot(w[r], x[t])` for a handful of activation rows t, f32
+ * accumulation; optional bias, and the fused SwiGLU form (w2) of gemv.cu.
+ *
+ * Layout: w (and w2) `rows` rows of `cols / block_elems` whole blocks, as in the GGUF file
+ * (cols is a multiple of the block size: 32, or 256 for the K formats; the host checks);
+ * x `n x cols` f32; out `n x rows` f32.
+ * Launch: block = (32, 8): 8 warps; `warps_per_row` warps share one output row (as in
+ * gemv.cu); grid = (ceil(rows / (8 / warps_per_row))). Shared memory: as gemv.cu.
+ * Work split: a warp takes 32 consecutive elements of its row at a time, lane l element l
+ * of them, so the lanes of a warp read the same block (its bytes arrive in one or two
+ * transactions) and consecutive x values. The parts of a row interleave by 32-element
+ * chunks. Activation rows are processed 4 at a time (a weight chunk is dequantized once
+ * per 4 rows).
+ * Bytes: rows * cols * bits / 8 (4.5 bits for Q4_0 ... 8.5 for Q8_0, x2 with w2) +
+ * n * cols * 4 (x) + n * rows * 4 (out). Flops: 2 * n * rows * cols plus the dequantize.
+ * This is the correctness-first form (one byte load per element, scales re-read per lane
+ * from L1); wide loads and register-level unpacking are the next step once it is measured.
+ */
+#include "quant.cuh"
+
+namespace {
+
+constexpr int kQWarps = 8;
+constexpr int kQBatch = 4;
+
+template <bool kTwo>
+__device__ __forceinline__ void qgemv_body(const GemvParams& p) {
+    __shared__ float red[kQWarps][2][kQBatch];
+    const int lane = threadIdx.x;
+    const int warp = threadIdx.y;
+    const int wpr = p.warps_per_row;
+    const int rows_per_block = kQWarps / wpr;
+    const int row = blockIdx.x * rows_per_block + warp / wpr;
+    const int part = warp % wpr;
+    const bool live = row < p.rows;
+    const int qk = tachyon::quant_block_elems(p.dtype);
+    const size_t row_bytes = static_cast<size_t>(p.cols / qk) * tachyon::quant_block_bytes(p.dtype);
+    const uint8_t* wrow = static_cast<const uint8_t*>(p.w) + (live ? row : 0) * row_bytes;
+    const uint8_t* wrow2 = kTwo ? static_cast<const uint8_t*>(p.w2) + (live ? row : 0) * row_bytes : nullptr;
+    const int chunks = p.cols / tachyon::kWarp;
+    for (int t0 = 0; t0 < p.n; t0 += kQBatch) {
+        const int nb = min(kQBatch, p.n - t0);
+        float acc[kQBatch] = {0.f, 0.f, 0.f, 0.f};
+        float acc2[kQBatch] = {0.f, 0.f, 0.f, 0.f};
+        if (live) {
+            for (int c = part; c < chunks; c += wpr) {
+                const int i = c * tachyon::kWarp + lane;
+                const float wv = tachyon::quant_row_elem(wrow, p.dtype, i);
+                const float wv2 = kTwo ? tachyon::quant_row_elem(wrow2, p.dtype, i) : 0.0f;
+#pragma unroll
+                for (int b = 0; b < kQBatch; ++b) {
+                    if (b < nb) {
+                        const float xv = p.x[static_cast<size_t>(t0 + b) * p.cols + i];
+                        acc[b] = fmaf(wv, xv, acc[b]);
+                        if (kTwo) acc2[b] = fmaf(wv2, xv, acc2[b]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < kQBatch; ++b) {
+            acc[b] = tachyon::warp_sum_f(acc[b]);
+            if (kTwo) acc2[b] = tachyon::warp_sum_f(acc2[b]);
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int b = 0; b < kQBatch; ++b) {
+                red[warp][0][b] = acc[b];
+                red[warp][1][b] = acc2[b];
+            }
+        }
+        __syncthreads();
+        // The first warp of each row sums the row's parts (fixed order: deterministic).
+        if (live && part == 0 && lane < kQBatch && t0 + lane < p.n) {
+            float y = 0.f, y2 = 0.f;
+            for (int k = 0; k < wpr; ++k) {
+                y += red[warp + k][0][lane];
+                y2 += red[warp + k][1][lane];
+            }
+            if (p.bias != nullptr) y += p.bias[row];
+            if (kTwo) y = y / (1.0f + expf(-y)) * y2;
+            p.out[static_cast<size_t>(t0 + lane) * p.rows + row] = y;
+        }
+        __syncthreads();
+    }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(256) gemv_quant_f32out(const GemvParams p) {
+    if (p.w2 != nullptr) {
+        qgemv_body<true>(p);
+    } else {
+        qgemv_body<false>(p);
+    }
+}
