@@ -136,3 +136,96 @@ fn qwen_05b_to_q4_k_m_uses_the_k_mix() {
     // llama.cpp; ffn_down (rows of 4864) takes Q4_K and Q6_K.
     check(common::QWEN_05B, "q4_k_m", &[GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::F32]);
 }
+
+fn log_softmax(x: &[f32], scale: f64) -> Vec<f64> {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64 / scale;
+    let lse = x.iter().map(|&v| (v as f64 / scale - max).exp()).sum::<f64>().ln() + max;
+    x.iter().map(|&v| v as f64 / scale - lse).collect()
+}
+
+/// Teacher-forced comparison of quant mixes against reference weights: the reference's own
+/// greedy continuation of `prompt` is fed to every model, and at each position the next-token
+/// distributions are compared. Random weights give nearly one-hot distributions, so the KL is
+/// also taken with the logits divided by the reference row's standard deviation (a unit-
+/// temperature view where many tokens carry mass), next to the logits' relative RMS error.
+/// CPU backend, exact f32 dot products, so only the weights' rounding differs.
+fn quality_report(
+    label: &str,
+    cfg: &tachyon::model::ModelConfig,
+    w: &tachyon::model::ModelWeights,
+    source: Option<&tachyon::model::ModelSource>,
+    prompt: &[u32],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SessionOptions { ctx: 256, precise: true, resident_weights: false, ..Default::default() };
+    let vocab = cfg.vocab_size;
+    let steps = 32;
+    let run = |cfg: &tachyon::model::ModelConfig, w: &tachyon::model::ModelWeights, forced: &[u32]| -> Vec<Vec<f32>> {
+        let mut s = cpu_session(cfg, w, &opts).unwrap();
+        let mut logits = vec![0f32; vocab];
+        s.forward(prompt, 0, &mut logits).unwrap();
+        let mut out = vec![logits.clone()];
+        for (i, &t) in forced.iter().enumerate() {
+            s.forward(&[t], prompt.len() + i, &mut logits).unwrap();
+            out.push(logits.clone());
+        }
+        out
+    };
+    let mut forced = Vec::new();
+    {
+        let mut s = cpu_session(cfg, w, &opts).unwrap();
+        let mut logits = vec![0f32; vocab];
+        s.forward(prompt, 0, &mut logits).unwrap();
+        for i in 0..steps {
+            let t = tachyon::engine::sampler::argmax(&logits);
+            forced.push(t);
+            s.forward(&[t], prompt.len() + i, &mut logits).unwrap();
+        }
+    }
+    let reference = run(cfg, w, &forced[..steps - 1]);
+    let n = reference.len();
+    println!("{label}: {n} positions, teacher-forced on the reference's greedy text");
+    println!("{:<8} {:>12} {:>14} {:>14} {:>10}", "mix", "KL", "KL (unit std)", "logit rel RMS", "argmax =");
+    for mix in ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q5_0", "q4_0"] {
+        let out = dir.path().join(format!("{mix}.gguf"));
+        quantize_to_gguf(cfg, w, source, QuantMix::parse(mix).unwrap(), &out, |_, _| {}).unwrap();
+        let (qcfg, qw, _src) = load_weights(&out).unwrap();
+        let got = run(&qcfg, &qw, &forced[..steps - 1]);
+        let (mut kl, mut kl_std, mut rms, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+        for (r, g) in reference.iter().zip(&got) {
+            let mean = r.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64;
+            let std = (r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab as f64).sqrt().max(1e-12);
+            for (scale, acc) in [(1.0, &mut kl), (std, &mut kl_std)] {
+                let (lr, lg) = (log_softmax(r, scale), log_softmax(g, scale));
+                *acc += lr.iter().zip(&lg).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0);
+            }
+            let num: f64 = r.iter().zip(g).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+            let den: f64 = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum();
+            rms += (num / den.max(1e-30)).sqrt();
+            agree += usize::from(tachyon::engine::sampler::argmax(r) == tachyon::engine::sampler::argmax(g));
+        }
+        let f = n as f64;
+        println!("{mix:<8} {:>12.2e} {:>14.2e} {:>14.4} {:>7}/{n}", kl / f, kl_std / f, rms / f, agree);
+        assert!(kl.is_finite() && kl_std.is_finite() && rms.is_finite());
+    }
+}
+
+/// Quality of each quant mix, for BENCHMARKS.md: random BF16 weights of a real shape
+/// (`TACHYON_QUALITY_SHAPE`, default qwen2.5-0.5b) against their quantized forms, and the
+/// real SmolLM2 file (Q4_1) against itself re-quantized, on a real prompt.
+#[test]
+#[ignore = "report for BENCHMARKS.md: run with --ignored --nocapture"]
+fn quality_of_quant_mixes() {
+    use tachyon::model::random::{Shape, random_weights};
+    let spec = std::env::var("TACHYON_QUALITY_SHAPE").unwrap_or_else(|_| "qwen2.5-0.5b".into());
+    let shape = Shape::resolve(&spec).unwrap();
+    let w = random_weights(&shape, GgmlType::BF16, 11).unwrap();
+    let prompt = tachyon::bench::random_prompt(32, shape.config.vocab_size, 5, None);
+    quality_report(&format!("random BF16 weights of the {spec} shape"), &shape.config, &w, None, &prompt);
+    if let Some(path) = common::model_path(common::SMOLLM2) {
+        let m = Model::load(&path).unwrap();
+        let prompt = m.tokenizer.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", false).unwrap();
+        let (cfg, w, src) = load_weights(&path).unwrap();
+        quality_report("SmolLM2-135M (its Q4_1 file as the reference)", &cfg, &w, Some(&src), &prompt);
+    }
+}

@@ -147,6 +147,7 @@ const VERIFY_SEED: u64 = 0x243F_6A88_85A3_08D3;
 impl Engine {
     /// Decode with `spec` after the prompt ran (its logits are in `self.logits`). Returns
     /// why generation ended.
+    #[allow(clippy::too_many_arguments)] // the loop's state, passed in from generate_stream
     pub(super) fn decode_speculative(
         &mut self,
         spec: &mut Speculation,

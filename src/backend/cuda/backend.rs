@@ -600,7 +600,7 @@ fn is_block_format(dtype: i32) -> bool {
 fn dtype_of(w: &Weight) -> Result<i32, BackendError> {
     // Rows of whole blocks: the kernels index blocks by `cols / block_elems`.
     let qk = w.ty.block_len();
-    if w.cols % qk != 0 {
+    if !w.cols.is_multiple_of(qk) {
         return Err(BackendError::Device(format!(
             "{}: rows of {} elements are not whole {}-element {} blocks",
             w.name, w.cols, qk, w.ty
