@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use tachyon::engine::draft::DraftModel;
 use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, SpeculationArgs};
+use tachyon::model::load_quant::{LoadQuant, quantize_weights};
 use tachyon::model::{Model, ModelSource, gguf_type_counts};
 
 use cli::backend::{BackendChoice, make_session};
@@ -99,6 +100,10 @@ struct GenerateArgs {
     /// Keep generating through end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    /// Quantize F32/F16/BF16 matrices at load: int8 (Q8_0) or int4 (Q4_K, Q4_0 where rows
+    /// are not whole 256-blocks). Block-format weights are kept as they are.
+    #[arg(long, value_enum)]
+    quant: Option<LoadQuant>,
     #[command(flatten)]
     spec: SpeculationArgs,
     /// Write the run's statistics (tokens, timings, speculation counts) to this JSON file.
@@ -141,7 +146,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
     let t_load = Instant::now();
-    let model = load(&a.model)?;
+    let mut model = load(&a.model)?;
+    if let Some(q) = a.quant {
+        model.weights = quantize_weights(&model.weights, q).context("--quant")?;
+    }
     let draft_model = a.spec.load_draft(&model)?;
     let tok = &model.tokenizer;
     let text = if a.chat {

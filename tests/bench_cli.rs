@@ -112,6 +112,19 @@ fn bench_refuses_a_context_too_small_and_unknown_shapes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("llama-3.2-1b"));
 }
 
+/// `--quant` quantizes the random BF16 matrices at load: rows of 64 are whole 32-blocks,
+/// so int8 gives Q8_0 (34 bytes per 32 weights) and int4 Q4_0 (18 bytes per 32).
+#[test]
+fn bench_quantizes_at_load() {
+    for (q, ty, bytes_per_block) in [("int8", "Q8_0", 34.0), ("int4", "Q4_0", 18.0)] {
+        let v = bench_json(&["--prompt-tokens", "8", "--new-tokens", "4", "--quant", q]);
+        assert_eq!(v["weights"], ty, "{v}");
+        // The same 90112 weights as the BF16 run, in blocks of 32.
+        assert_eq!(num(&v, "weight_bytes_per_token"), 90_112.0 / 32.0 * bytes_per_block, "{v}");
+        assert!(num(&v, "decode_tok_s") > 0.0, "{v}");
+    }
+}
+
 /// Replays a recorded acceptance on random weights: the replay must force the recorded
 /// steps, so its counts reproduce the record's (up to the few prompts that ended on a stop
 /// token, whose last step the replay's fixed budget shortens).

@@ -8,6 +8,7 @@ use clap::ValueEnum;
 
 use tachyon::bench::{self, BenchOptions, BenchReport};
 use tachyon::engine::{Engine, SessionOptions, SpeculationArgs};
+use tachyon::model::load_quant::{LoadQuant, quantize_weights};
 use tachyon::model::random::{self, Shape};
 use tachyon::model::{ModelConfig, ModelWeights, load_weights};
 use tachyon::quant::GgmlType;
@@ -70,6 +71,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    /// Quantize F32/F16/BF16 matrices (random weights included) at load: int8 or int4.
+    #[arg(long, value_enum)]
+    pub(super) quant: Option<LoadQuant>,
     #[command(flatten)]
     pub(super) spec: SpeculationArgs,
     /// Speculation on random weights: the draft's shape (as --random-weights).
@@ -146,6 +150,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 pub(super) fn load(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
+    let (label, config, weights) = load_unquantized(a)?;
+    match a.quant {
+        Some(q) => {
+            let w = quantize_weights(&weights, q).context("--quant")?;
+            Ok((format!("{label} --quant {q:?}").to_lowercase(), config, w))
+        }
+        None => Ok((label, config, weights)),
+    }
+}
+
+fn load_unquantized(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
     match (&a.model, &a.random_weights) {
         (Some(path), _) => {
             let (config, weights, _source) =

@@ -243,7 +243,10 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
     let draft_weights = match (&a.draft_random_weights, &a.spec.draft_model) {
         (Some(spec), _) => {
             let shape = Shape::resolve(spec)?;
-            let w = random::random_weights(&shape, a.random_dtype.ggml(), a.seed ^ 0xD4AF)?;
+            let mut w = random::random_weights(&shape, a.random_dtype.ggml(), a.seed ^ 0xD4AF)?;
+            if let Some(q) = a.quant {
+                w = tachyon::model::load_quant::quantize_weights(&w, q).context("--quant (draft)")?;
+            }
             Some((shape.config, w))
         }
         (None, Some(p)) => {

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod gguf;
 pub mod gguf_writer;
+pub mod load_quant;
 pub mod llama;
 pub mod quantize;
 pub mod random;

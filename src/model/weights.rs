@@ -182,6 +182,7 @@ pub fn rope_freq_factors(cfg: &ModelConfig, src: &dyn TensorLookup) -> Result<Op
 const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// Weights of one decoder layer.
+#[derive(Clone)]
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
     pub wq: Weight,

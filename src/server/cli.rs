@@ -13,6 +13,7 @@ use super::{AppState, serve, shutdown_signal};
 use crate::engine::draft::{DraftModel, VocabMismatch};
 use crate::engine::spec_args::SpeculationError;
 use crate::engine::{Engine, SessionOptions, SpeculationArgs, cpu_session};
+use crate::model::load_quant::{LoadQuant, quantize_weights};
 use crate::model::{Model, ModelError};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,9 @@ pub struct ServeArgs {
     /// auto: on when the machine has a core beyond the engine's threads.
     #[arg(long, value_enum, default_value_t = BusyPoll::Auto)]
     pub busy_poll: BusyPoll,
+    /// Quantize F32/F16/BF16 matrices at load: int8 (Q8_0) or int4 (Q4_K / Q4_0).
+    #[arg(long, value_enum)]
+    pub quant: Option<LoadQuant>,
     #[command(flatten)]
     pub spec: SpeculationArgs,
 }
@@ -90,7 +94,11 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
     if let Some(n) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
     }
-    let model = Model::load(&a.model).map_err(|source| ServeError::Model { path: a.model.clone(), source })?;
+    let mut model = Model::load(&a.model).map_err(|source| ServeError::Model { path: a.model.clone(), source })?;
+    if let Some(q) = a.quant {
+        model.weights = quantize_weights(&model.weights, q)
+            .map_err(|source| ServeError::Model { path: a.model.clone(), source })?;
+    }
     let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
     let draft_model = a.spec.load_draft(&model)?;
     let session = cpu_session(&model.config, &model.weights, &opts)?;
