@@ -7,7 +7,6 @@
 //! WebSocket envelope), then the body. `Ok` means the body was accepted.
 
 use super::{Outcome, Rejected};
-use crate::engine::SamplingParams;
 use crate::server::ApiError;
 use crate::server::openai::{
     self, MAX_STOP_BYTES, MAX_STOPS, Options, Prompt, parse_chat_request, parse_completion_request,
@@ -51,23 +50,12 @@ fn refused(e: &ApiError) -> Rejected {
     Rejected(message.to_string())
 }
 
-/// What the parser accepted is within the documented ranges, and the engine takes it as is
-/// (the server hands these settings over without another check that could panic).
+/// What the parser accepted is within the documented ranges, and the sampler settings the
+/// server makes from it (`Options::sampling`, as `jobs.rs` does) pass the engine's check.
 fn check_options(o: &Options) {
     assert!(o.stop.len() <= MAX_STOPS && o.stop.iter().all(|s| s.len() <= MAX_STOP_BYTES));
     assert!(o.max_tokens != Some(0), "max_tokens 0 was accepted");
-    let sampling = SamplingParams {
-        temperature: o.temperature,
-        top_k: o.top_k,
-        top_p: o.top_p,
-        min_p: o.min_p,
-        repetition_penalty: o.repetition_penalty,
-        presence_penalty: o.presence_penalty,
-        frequency_penalty: o.frequency_penalty,
-        penalty_last_n: 64,
-        seed: o.seed.unwrap_or(0),
-    };
-    if let Err(e) = sampling.validate() {
+    if let Err(e) = o.sampling(o.seed.unwrap_or(0)).validate() {
         panic!("the parser accepted settings the sampler refuses: {e}");
     }
 }

@@ -13,7 +13,7 @@ use super::AppState;
 use super::engine_thread::{Event, Job};
 use super::error::ApiError;
 use super::openai::{ChatRequest, CompletionRequest, Options, Prompt};
-use crate::engine::{GenerateParams, SamplingParams};
+use crate::engine::GenerateParams;
 use crate::tokenizer::ChatMessage;
 
 /// Raises the cancel flag when dropped: the response body, the waiting handler or the
@@ -173,17 +173,7 @@ impl AppState {
         });
         let params = GenerateParams {
             max_tokens,
-            sampling: SamplingParams {
-                temperature: o.temperature,
-                top_k: o.top_k,
-                top_p: o.top_p,
-                min_p: o.min_p,
-                repetition_penalty: o.repetition_penalty,
-                presence_penalty: o.presence_penalty,
-                frequency_penalty: o.frequency_penalty,
-                penalty_last_n: 64,
-                seed,
-            },
+            sampling: o.sampling(seed),
             stop_ids: if o.ignore_eos { Vec::new() } else { self.tokenizer.stop_ids().to_vec() },
         };
         params.sampling.validate().map_err(ApiError::bad_request)?;

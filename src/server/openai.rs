@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+use crate::engine::SamplingParams;
 use crate::engine::logprobs::MAX_TOP_LOGPROBS;
 use crate::tokenizer::ChatMessage;
 
@@ -41,6 +42,23 @@ pub struct Options {
     pub logprobs: Option<usize>,
     /// Keep generating through end-of-sequence tokens.
     pub ignore_eos: bool,
+}
+
+impl Options {
+    /// The engine's sampling settings for these options, drawing with `seed`.
+    pub fn sampling(&self, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: 64,
+            seed,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
