@@ -50,18 +50,27 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = |k: u32| ((s >> k) & 0xffff) as f32 / 65536.0;
             (u(16) + u(32) + u(48) - 1.5) * 2.0
         })
         .collect()
 }
 
-fn bench_matvec<M: Measurement + 'static>(c: &mut Criterion<M>, sample_time: Duration, two_threads: bool) {
+fn bench_matvec<M: Measurement + 'static>(
+    c: &mut Criterion<M>,
+    sample_time: Duration,
+    two_threads: bool,
+) {
     eprintln!("dot kernels: {}", tachyon::quant::kernel_isa());
     for ty in TYPES {
         let mut group = c.benchmark_group(format!("matvec/{}", ty.name()));
-        group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(sample_time * 10);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(sample_time * 10);
         for (rows, cols) in SHAPES {
             let w = quantize(ty, &values(rows * cols, 1));
             let row_bytes = w.len() / rows;
@@ -79,17 +88,31 @@ fn bench_matvec<M: Measurement + 'static>(c: &mut Criterion<M>, sample_time: Dur
             group.bench_function(format!("{rows}x{cols}/l2"), |b| {
                 b.iter(|| {
                     let w = &w[..l2_rows * row_bytes];
-                    matvec_rows(ty, black_box(w), row_bytes, black_box(&acts), &mut out[..l2_rows])
+                    matvec_rows(
+                        ty,
+                        black_box(w),
+                        row_bytes,
+                        black_box(&acts),
+                        &mut out[..l2_rows],
+                    )
                 })
             });
             group.throughput(Throughput::BytesDecimal(w.len() as u64));
 
-            let copies: Vec<Vec<u8>> = (0..STREAM_BYTES.div_ceil(w.len())).map(|_| w.clone()).collect();
+            let copies: Vec<Vec<u8>> = (0..STREAM_BYTES.div_ceil(w.len()))
+                .map(|_| w.clone())
+                .collect();
             let mut next = 0;
             group.bench_function(format!("{rows}x{cols}/stream"), |b| {
                 b.iter(|| {
                     next = (next + 1) % copies.len();
-                    matvec_rows(ty, black_box(&copies[next]), row_bytes, black_box(&acts), &mut out)
+                    matvec_rows(
+                        ty,
+                        black_box(&copies[next]),
+                        row_bytes,
+                        black_box(&acts),
+                        &mut out,
+                    )
                 })
             });
 
@@ -115,8 +138,12 @@ fn bench_matvec<M: Measurement + 'static>(c: &mut Criterion<M>, sample_time: Dur
 struct CpuTime;
 
 fn thread_cpu_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("QUANT_BENCH_CLOCK=cpu needs Linux");
-    stat.split_whitespace().next().and_then(|v| v.parse().ok()).expect("schedstat format")
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .expect("QUANT_BENCH_CLOCK=cpu needs Linux");
+    stat.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("schedstat format")
 }
 
 impl Measurement for CpuTime {
@@ -147,13 +174,18 @@ impl Measurement for CpuTime {
 
 fn main() {
     if std::env::var("QUANT_BENCH_CLOCK").is_ok_and(|v| v == "cpu") {
-        let mut c = Criterion::default().with_measurement(CpuTime).configure_from_args();
+        let mut c = Criterion::default()
+            .with_measurement(CpuTime)
+            .configure_from_args();
         // The other thread's time would not be counted, so no two-thread runs here.
         bench_matvec(&mut c, Duration::from_millis(400), false);
         c.final_summary();
     } else {
         let mut c = Criterion::default().configure_from_args();
-        rayon::ThreadPoolBuilder::new().num_threads(2).build_global().expect("rayon pool");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build_global()
+            .expect("rayon pool");
         bench_matvec(&mut c, Duration::from_millis(200), true);
         c.final_summary();
     }

@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use tachyon::engine::draft::DraftModel;
-use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, SpeculationArgs};
+use tachyon::engine::{
+    Engine, Flow, GenerateParams, SamplingParams, SessionOptions, SpeculationArgs,
+};
 use tachyon::model::load_quant::{LoadQuant, quantize_weights};
 use tachyon::model::{Model, ModelSource, gguf_type_counts};
 
@@ -18,7 +20,11 @@ use cli::backend::{BackendChoice, make_session};
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
 #[derive(Parser)]
-#[command(name = "tachyon", version, about = "Lowest-latency single-stream LLM inference")]
+#[command(
+    name = "tachyon",
+    version,
+    about = "Lowest-latency single-stream LLM inference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -138,11 +144,16 @@ fn load(path: &Path) -> Result<Model> {
 
 fn generate(a: GenerateArgs) -> Result<()> {
     if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("--threads")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("--threads")?;
     }
     let prompt_text = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
     let t_load = Instant::now();
@@ -153,20 +164,36 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let draft_model = a.spec.load_draft(&model)?;
     let tok = &model.tokenizer;
     let text = if a.chat {
-        let src = tok.chat_template().context("the model has no chat template; drop --chat")?;
-        let tmpl = ChatTemplate::new(src, &tok.bos_token().unwrap_or_default(), &tok.eos_token().unwrap_or_default())?;
+        let src = tok
+            .chat_template()
+            .context("the model has no chat template; drop --chat")?;
+        let tmpl = ChatTemplate::new(
+            src,
+            &tok.bos_token().unwrap_or_default(),
+            &tok.eos_token().unwrap_or_default(),
+        )?;
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
-            msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+            msgs.push(ChatMessage {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
-        msgs.push(ChatMessage { role: "user".into(), content: prompt_text });
+        msgs.push(ChatMessage {
+            role: "user".into(),
+            content: prompt_text,
+        });
         tmpl.render(&msgs, true)?
     } else {
         prompt_text
     };
     // A chat template writes its own BOS when the model wants one.
     let prompt = tok.encode(&text, !a.chat)?;
-    let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
+    let opts = SessionOptions {
+        ctx: a.ctx,
+        precise: a.precise,
+        ..Default::default()
+    };
     let placed = make_session(a.backend, &model.config, &model.weights, &opts)?;
     let mut engine = Engine::new(placed.session);
     let draft = match &draft_model {
@@ -180,7 +207,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let load_time = t_load.elapsed();
 
     let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     });
     let params = GenerateParams {
         max_tokens: a.max_tokens,
@@ -195,7 +224,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
             penalty_last_n: a.repeat_last_n,
             seed,
         },
-        stop_ids: if a.ignore_eos { Vec::new() } else { tok.stop_ids().to_vec() },
+        stop_ids: if a.ignore_eos {
+            Vec::new()
+        } else {
+            tok.stop_ids().to_vec()
+        },
     };
     let mut stdout = std::io::stdout().lock();
     let mut decoder = tok.stream_decoder();
@@ -208,7 +241,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 return Flow::Stop;
             }
         };
-        if let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+        if let Err(e) = stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
             write_err = Some(e.into());
             return Flow::Stop;
         }
@@ -261,20 +297,35 @@ fn info(path: &Path) -> Result<()> {
     let model = load(path)?;
     let c = &model.config;
     let size: u64 = if path.is_dir() {
-        std::fs::read_dir(path)?.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        std::fs::read_dir(path)?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
     } else {
         std::fs::metadata(path)?.len()
     };
-    println!("file:           {} ({:.1} MiB)", path.display(), size as f64 / (1 << 20) as f64);
+    println!(
+        "file:           {} ({:.1} MiB)",
+        path.display(),
+        size as f64 / (1 << 20) as f64
+    );
     let (format, n_tensors, types) = match &model.source {
-        ModelSource::Gguf(g) => (format!("GGUF v{}", g.version()), g.tensors().len(), gguf_type_counts(g)),
+        ModelSource::Gguf(g) => (
+            format!("GGUF v{}", g.version()),
+            g.tensors().len(),
+            gguf_type_counts(g),
+        ),
         ModelSource::Safetensors(s) => ("safetensors".to_string(), s.len(), s.type_counts()),
     };
     println!("format:         {format}");
     println!("architecture:   {}", c.family.name());
     println!("layers:         {}", c.n_layers);
     println!("hidden size:    {}", c.dim);
-    println!("heads:          {} ({} kv heads, head size {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!(
+        "heads:          {} ({} kv heads, head size {})",
+        c.n_heads, c.n_kv_heads, c.head_dim
+    );
     println!("ffn size:       {}", c.ffn_dim);
     println!("vocab size:     {}", c.vocab_size);
     println!("context:        {}", c.max_ctx);
@@ -284,8 +335,16 @@ fn info(path: &Path) -> Result<()> {
         c.rope.theta,
         c.rope.style,
         c.rope.dim,
-        if c.rope.linear_factor != 1.0 { format!(", linear scaling x{}", c.rope.linear_factor) } else { String::new() },
-        if c.rope.freq_factors.is_some() { ", llama3 frequency scaling" } else { "" },
+        if c.rope.linear_factor != 1.0 {
+            format!(", linear scaling x{}", c.rope.linear_factor)
+        } else {
+            String::new()
+        },
+        if c.rope.freq_factors.is_some() {
+            ", llama3 frequency scaling"
+        } else {
+            ""
+        },
     );
     let mut flags = Vec::new();
     if c.qkv_bias {
@@ -294,7 +353,11 @@ fn info(path: &Path) -> Result<()> {
     if c.qk_norm {
         flags.push("q/k norm");
     }
-    flags.push(if model.weights.tied_output { "tied output" } else { "untied output" });
+    flags.push(if model.weights.tied_output {
+        "tied output"
+    } else {
+        "untied output"
+    });
     println!("features:       {}", flags.join(", "));
     let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
     println!("tensors:        {n_tensors} ({})", types.join(", "));

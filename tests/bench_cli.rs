@@ -120,7 +120,11 @@ fn bench_quantizes_at_load() {
         let v = bench_json(&["--prompt-tokens", "8", "--new-tokens", "4", "--quant", q]);
         assert_eq!(v["weights"], ty, "{v}");
         // The same 90112 weights as the BF16 run, in blocks of 32.
-        assert_eq!(num(&v, "weight_bytes_per_token"), 90_112.0 / 32.0 * bytes_per_block, "{v}");
+        assert_eq!(
+            num(&v, "weight_bytes_per_token"),
+            90_112.0 / 32.0 * bytes_per_block,
+            "{v}"
+        );
         assert!(num(&v, "decode_tok_s") > 0.0, "{v}");
     }
 }
@@ -147,17 +151,31 @@ fn replay_reproduces(record_name: &str, extra: &[&str]) {
     let sp = &v["speculation"];
     assert_eq!(num(&v, "tokens") as u64, tokens, "{v}");
     let got_steps = num(sp, "verify_steps");
-    assert!((got_steps - steps as f64).abs() <= 0.01 * steps as f64, "{got_steps} verify steps, recorded {steps}");
+    assert!(
+        (got_steps - steps as f64).abs() <= 0.01 * steps as f64,
+        "{got_steps} verify steps, recorded {steps}"
+    );
     let got_kept = num(sp, "accepted");
-    assert!((got_kept - kept as f64).abs() <= 0.01 * kept as f64, "{got_kept} kept, recorded {kept}");
-    assert!(num(&v, "plain_tokens_per_second") > 0.0 && num(&v, "speculative_tokens_per_second") > 0.0);
+    assert!(
+        (got_kept - kept as f64).abs() <= 0.01 * kept as f64,
+        "{got_kept} kept, recorded {kept}"
+    );
+    assert!(
+        num(&v, "plain_tokens_per_second") > 0.0 && num(&v, "speculative_tokens_per_second") > 0.0
+    );
 }
 
 /// The Qwen2.5-Coder 0.5B draft on 1.5B over the 26 code prompts.
 #[test]
 fn replayed_draft_acceptance_reproduces_the_record() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-llama-config.json");
-    replay_reproduces("acceptance-qwen2.5-coder-0.5b-to-1.5b.json", &["--draft-random-weights", config]);
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny-llama-config.json"
+    );
+    replay_reproduces(
+        "acceptance-qwen2.5-coder-0.5b-to-1.5b.json",
+        &["--draft-random-weights", config],
+    );
 }
 
 /// Prompt lookup on Qwen2.5-Coder 1.5B over the 8 edit prompts (no draft).

@@ -507,16 +507,39 @@ fn attention_splits_tile_the_visible_positions() {
                         seen[t] += 1;
                     }
                 }
-                assert!(seen[..first].iter().all(|&c| c == 0), "qp {qp} window {window:?} splits {splits}");
-                assert!(seen[first..].iter().all(|&c| c == 1), "qp {qp} window {window:?} splits {splits}");
+                assert!(
+                    seen[..first].iter().all(|&c| c == 0),
+                    "qp {qp} window {window:?} splits {splits}"
+                );
+                assert!(
+                    seen[first..].iter().all(|&c| c == 1),
+                    "qp {qp} window {window:?} splits {splits}"
+                );
             }
         }
     }
-    let shape = AttnShape { n_heads: 32, n_kv_heads: 8, head_dim: 64, window: None };
-    for (sms, visible, n) in [(132usize, 1usize, 1usize), (132, 384, 1), (132, 32_768, 1), (1, 5, 64), (132, 100, 64)] {
+    let shape = AttnShape {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 64,
+        window: None,
+    };
+    for (sms, visible, n) in [
+        (132usize, 1usize, 1usize),
+        (132, 384, 1),
+        (132, 32_768, 1),
+        (1, 5, 64),
+        (132, 100, 64),
+    ] {
         let s = attn_splits(sms, &shape, visible, n);
-        assert!((1..=tachyon::backend::cuda::backend::MAX_ATTN_SPLITS).contains(&s), "{s}");
-        assert!(s <= visible.div_ceil(16).max(1), "{s} splits for {visible} positions");
+        assert!(
+            (1..=tachyon::backend::cuda::backend::MAX_ATTN_SPLITS).contains(&s),
+            "{s}"
+        );
+        assert!(
+            s <= visible.div_ceil(16).max(1),
+            "{s} splits for {visible} positions"
+        );
     }
 }
 
@@ -531,8 +554,17 @@ fn rope_angles_are_the_cpu_backend_table() {
     use tachyon::model::{Rope, RopeStyle};
     let mut rng = Rng::from_env_or_clock("rope_angles_are_the_cpu_backend_table");
     let ff = tachyon::model::config::llama3_freq_factors(500_000.0, 64, 32.0, 1.0, 4.0, 8192.0);
-    for (style, freq_factors, linear) in [(RopeStyle::Neox, Some(ff), 1.0f32), (RopeStyle::Interleaved, None, 4.0)] {
-        let rope = Rope { style, theta: 500_000.0, dim: 64, linear_factor: linear, freq_factors };
+    for (style, freq_factors, linear) in [
+        (RopeStyle::Neox, Some(ff), 1.0f32),
+        (RopeStyle::Interleaved, None, 4.0),
+    ] {
+        let rope = Rope {
+            style,
+            theta: 500_000.0,
+            dim: 64,
+            linear_factor: linear,
+            freq_factors,
+        };
         let ctx = 3000;
         let mut cpu = CpuBackend::new(true, false);
         let table = cpu.rope_table(&rope, ctx).unwrap_or_else(|e| panic!("{e}"));
@@ -540,13 +572,28 @@ fn rope_angles_are_the_cpu_backend_table() {
         assert_eq!(half, 32);
         for pos in [0usize, 1, 2047, 2999] {
             let x = rng.vec(4 * 64, 2.0);
-            let mut a = CpuAct { data: x.clone(), width: 4 * 64 };
-            cpu.rope(&mut a, &table, 4, pos, 1).unwrap_or_else(|e| panic!("{e}"));
+            let mut a = CpuAct {
+                data: x.clone(),
+                width: 4 * 64,
+            };
+            cpu.rope(&mut a, &table, 4, pos, 1)
+                .unwrap_or_else(|e| panic!("{e}"));
             let mut b = x;
             for head in b.chunks_mut(64) {
-                rope_head(head, &cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half], style == RopeStyle::Interleaved);
+                rope_head(
+                    head,
+                    &cos[pos * half..(pos + 1) * half],
+                    &sin[pos * half..(pos + 1) * half],
+                    style == RopeStyle::Interleaved,
+                );
             }
-            assert!(a.data.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{style:?} position {pos}");
+            assert!(
+                a.data
+                    .iter()
+                    .zip(&b)
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{style:?} position {pos}"
+            );
         }
     }
 }

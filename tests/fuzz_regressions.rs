@@ -108,10 +108,17 @@ fn template_fuel_covers_long_real_conversations() {
     let mut conversation = vec![ChatMessage::new("system", "You are a helpful assistant.")];
     conversation.extend(turns);
     for name in [common::SMOLLM2, common::QWEN_05B] {
-        let Some(path) = common::model_path(name) else { continue };
+        let Some(path) = common::model_path(name) else {
+            continue;
+        };
         let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-        let template = tok.compile_chat_template().expect("has a template").unwrap();
-        let out = template.render(&conversation, true).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let template = tok
+            .compile_chat_template()
+            .expect("has a template")
+            .unwrap();
+        let out = template
+            .render(&conversation, true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(out.contains("message number 999"), "{name}");
     }
 }

@@ -36,13 +36,19 @@ const NEAR_TIE_PRECISE: f32 = 0.05;
 const NEAR_TIE_FAST: f32 = 0.5;
 
 fn load_golden(file: &str) -> Golden {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens").join(file);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/goldens")
+        .join(file);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-    let params = GenerateParams { max_tokens: n, sampling: SamplingParams::greedy(), stop_ids: vec![] };
+    let params = GenerateParams {
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
     let mut out = Vec::new();
     engine
         .generate(prompt, &params, &mut |t| {
@@ -58,10 +64,17 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
 /// may flip a step only where the reference itself saw a near-tie.
 fn check(golden_file: &str, precise: bool) {
     let g = load_golden(golden_file);
-    let Some(path) = common::model_path(&g.model) else { return };
+    let Some(path) = common::model_path(&g.model) else {
+        return;
+    };
     let model = Model::load(&path).expect("load model");
-    let opts = SessionOptions { ctx: 512, precise, ..Default::default() };
-    let mut engine = Engine::new(cpu_session(&model.config, &model.weights, &opts).expect("session"));
+    let opts = SessionOptions {
+        ctx: 512,
+        precise,
+        ..Default::default()
+    };
+    let mut engine =
+        Engine::new(cpu_session(&model.config, &model.weights, &opts).expect("session"));
     let mut failures = Vec::new();
     for case in &g.cases {
         // The tokenizer agrees with the reference's independent tokenizer.
@@ -69,17 +82,35 @@ fn check(golden_file: &str, precise: bool) {
         assert_eq!(ids, case.prompt_ids, "tokenization of {:?}", case.prompt);
 
         // First-step logits: the reference's top 10 within a tolerance.
-        let logits = engine.prompt_logits(&case.prompt_ids).expect("prefill").to_vec();
-        assert!(logits.iter().all(|v| v.is_finite()), "non-finite logits for {:?}", case.prompt);
-        let scale = case.first_step_top.iter().map(|(_, l)| l.abs()).fold(1.0f32, f32::max);
+        let logits = engine
+            .prompt_logits(&case.prompt_ids)
+            .expect("prefill")
+            .to_vec();
+        assert!(
+            logits.iter().all(|v| v.is_finite()),
+            "non-finite logits for {:?}",
+            case.prompt
+        );
+        let scale = case
+            .first_step_top
+            .iter()
+            .map(|(_, l)| l.abs())
+            .fold(1.0f32, f32::max);
         let tol = if precise { 2e-3 * scale } else { 3e-2 * scale };
         for &(id, want) in &case.first_step_top {
             let got = logits[id as usize];
-            assert!((got - want).abs() <= tol, "{:?}: logit of {id}: got {got}, reference {want} (tol {tol})", case.prompt);
+            assert!(
+                (got - want).abs() <= tol,
+                "{:?}: logit of {id}: got {got}, reference {want} (tol {tol})",
+                case.prompt
+            );
         }
 
         let got = greedy(&mut engine, &case.prompt_ids, case.generated_ids.len());
-        let first_diff = got.iter().zip(&case.generated_ids).position(|(a, b)| a != b);
+        let first_diff = got
+            .iter()
+            .zip(&case.generated_ids)
+            .position(|(a, b)| a != b);
         eprintln!(
             "{} ({}): {:?}: {} of {} tokens match the reference",
             g.model,
@@ -91,7 +122,11 @@ fn check(golden_file: &str, precise: bool) {
         if let Some(i) = first_diff {
             // A divergence is a failure before MUST_MATCH tokens; after that, only where the
             // reference's top-2 margin was not a near-tie.
-            let tie = if precise { NEAR_TIE_PRECISE } else { NEAR_TIE_FAST };
+            let tie = if precise {
+                NEAR_TIE_PRECISE
+            } else {
+                NEAR_TIE_FAST
+            };
             let near_tie = case.margins.get(i).is_some_and(|m| *m < tie);
             let must_match = if precise { MUST_MATCH } else { 0 };
             if i < must_match || !near_tie {
@@ -110,7 +145,12 @@ fn check(golden_file: &str, precise: bool) {
         let text = model.tokenizer.decode(&got).expect("decode");
         eprintln!("{}: {:?} -> {:?}", g.model, case.prompt, text);
     }
-    assert!(failures.is_empty(), "{} case(s) differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} case(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -58,13 +58,38 @@ fn random_hf_tensors(s: &Shape, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<
         }
         t.insert(name, (shape, v));
     };
-    put("model.embed_tokens.weight".into(), vec![s.vocab, s.dim], 1.0, &mut r);
+    put(
+        "model.embed_tokens.weight".into(),
+        vec![s.vocab, s.dim],
+        1.0,
+        &mut r,
+    );
     for i in 0..s.layers {
         let p = format!("model.layers.{i}.");
-        put(format!("{p}input_layernorm.weight"), vec![s.dim], 0.1, &mut r);
-        put(format!("{p}self_attn.q_proj.weight"), vec![q, s.dim], 0.3, &mut r);
-        put(format!("{p}self_attn.k_proj.weight"), vec![kv, s.dim], 0.3, &mut r);
-        put(format!("{p}self_attn.v_proj.weight"), vec![kv, s.dim], 0.3, &mut r);
+        put(
+            format!("{p}input_layernorm.weight"),
+            vec![s.dim],
+            0.1,
+            &mut r,
+        );
+        put(
+            format!("{p}self_attn.q_proj.weight"),
+            vec![q, s.dim],
+            0.3,
+            &mut r,
+        );
+        put(
+            format!("{p}self_attn.k_proj.weight"),
+            vec![kv, s.dim],
+            0.3,
+            &mut r,
+        );
+        put(
+            format!("{p}self_attn.v_proj.weight"),
+            vec![kv, s.dim],
+            0.3,
+            &mut r,
+        );
         if s.family == "qwen2" {
             put(format!("{p}self_attn.q_proj.bias"), vec![q], 0.5, &mut r);
             put(format!("{p}self_attn.k_proj.bias"), vec![kv], 0.5, &mut r);
@@ -74,11 +99,36 @@ fn random_hf_tensors(s: &Shape, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<
             put(format!("{p}self_attn.q_norm.weight"), vec![hd], 0.1, &mut r);
             put(format!("{p}self_attn.k_norm.weight"), vec![hd], 0.1, &mut r);
         }
-        put(format!("{p}self_attn.o_proj.weight"), vec![s.dim, q], 0.2, &mut r);
-        put(format!("{p}post_attention_layernorm.weight"), vec![s.dim], 0.1, &mut r);
-        put(format!("{p}mlp.gate_proj.weight"), vec![s.ffn, s.dim], 0.2, &mut r);
-        put(format!("{p}mlp.up_proj.weight"), vec![s.ffn, s.dim], 0.2, &mut r);
-        put(format!("{p}mlp.down_proj.weight"), vec![s.dim, s.ffn], 0.2, &mut r);
+        put(
+            format!("{p}self_attn.o_proj.weight"),
+            vec![s.dim, q],
+            0.2,
+            &mut r,
+        );
+        put(
+            format!("{p}post_attention_layernorm.weight"),
+            vec![s.dim],
+            0.1,
+            &mut r,
+        );
+        put(
+            format!("{p}mlp.gate_proj.weight"),
+            vec![s.ffn, s.dim],
+            0.2,
+            &mut r,
+        );
+        put(
+            format!("{p}mlp.up_proj.weight"),
+            vec![s.ffn, s.dim],
+            0.2,
+            &mut r,
+        );
+        put(
+            format!("{p}mlp.down_proj.weight"),
+            vec![s.dim, s.ffn],
+            0.2,
+            &mut r,
+        );
     }
     put("model.norm.weight".into(), vec![s.dim], 0.1, &mut r);
     if !s.tied {
@@ -176,15 +226,28 @@ fn write_pair(s: &Shape, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf)
         .meta(key("block_count"), MetaValue::U32(s.layers as u32))
         .meta(key("embedding_length"), MetaValue::U32(s.dim as u32))
         .meta(key("feed_forward_length"), MetaValue::U32(s.ffn as u32))
-        .meta(key("attention.head_count"), MetaValue::U32(s.n_heads as u32))
-        .meta(key("attention.head_count_kv"), MetaValue::U32(s.n_kv as u32))
-        .meta(key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5))
+        .meta(
+            key("attention.head_count"),
+            MetaValue::U32(s.n_heads as u32),
+        )
+        .meta(
+            key("attention.head_count_kv"),
+            MetaValue::U32(s.n_kv as u32),
+        )
+        .meta(
+            key("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(1e-5),
+        )
         .meta(key("rope.freq_base"), MetaValue::F32(10000.0))
         .meta(key("context_length"), MetaValue::U32(256))
         .meta(key("vocab_size"), MetaValue::U32(s.vocab as u32));
     let interleaved = matches!(s.family, "llama" | "mistral");
     for (name, (shape, v)) in &tensors {
-        let (rows, cols) = if shape.len() == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
+        let (rows, cols) = if shape.len() == 2 {
+            (shape[0], shape[1])
+        } else {
+            (1, shape[0])
+        };
         let v = if interleaved && name.ends_with("q_proj.weight") {
             permute_rows(v, s.n_heads, rows, cols)
         } else if interleaved && name.ends_with("k_proj.weight") {
@@ -202,7 +265,12 @@ fn write_pair(s: &Shape, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf)
 
 fn logits_of(path: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
     let (cfg, w, _) = load_weights(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let opts = SessionOptions { ctx: 64, max_batch: 8, precise: true, ..Default::default() };
+    let opts = SessionOptions {
+        ctx: 64,
+        max_batch: 8,
+        precise: true,
+        ..Default::default()
+    };
     let mut s = cpu_session(&cfg, &w, &opts).unwrap();
     let mut out = Vec::new();
     // A batched prefill of all but the last token, then one decode step, to cover both paths.
@@ -210,7 +278,8 @@ fn logits_of(path: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
     s.forward(&tokens[..tokens.len() - 1], 0, &mut l).unwrap();
     out.push(l.clone());
     l.fill(f32::NAN);
-    s.forward(&tokens[tokens.len() - 1..], tokens.len() - 1, &mut l).unwrap();
+    s.forward(&tokens[tokens.len() - 1..], tokens.len() - 1, &mut l)
+        .unwrap();
     out.push(l);
     out
 }
@@ -220,7 +289,15 @@ fn logits_of(path: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
 fn quantized_from_hf(hf: &Path, out: &Path) -> std::path::PathBuf {
     let (cfg, w, src) = load_weights(hf).unwrap();
     let q = out.join("from-hf-f32.gguf");
-    quantize_to_gguf(&cfg, &w, Some(&src), QuantMix::Uniform(tachyon::quant::GgmlType::F32), &q, |_, _| {}).unwrap();
+    quantize_to_gguf(
+        &cfg,
+        &w,
+        Some(&src),
+        QuantMix::Uniform(tachyon::quant::GgmlType::F32),
+        &q,
+        |_, _| {},
+    )
+    .unwrap();
     q
 }
 
@@ -236,37 +313,89 @@ fn check(s: Shape) {
         assert!(scale > 0.1, "degenerate logits");
         for (i, (x, y)) in la.iter().zip(lb).enumerate() {
             assert!(x.is_finite() && y.is_finite(), "{}: NaN at {i}", s.family);
-            assert!((x - y).abs() <= 1e-4 * scale, "{}: logit {i}: hf {x} vs gguf {y}", s.family);
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{}: logit {i}: hf {x} vs gguf {y}",
+                s.family
+            );
         }
     }
 }
 
 #[test]
 fn llama_hf_and_gguf_agree() {
-    check(Shape { family: "llama", dim: 64, n_heads: 4, n_kv: 2, ffn: 96, vocab: 48, layers: 2, tied: true });
+    check(Shape {
+        family: "llama",
+        dim: 64,
+        n_heads: 4,
+        n_kv: 2,
+        ffn: 96,
+        vocab: 48,
+        layers: 2,
+        tied: true,
+    });
 }
 
 #[test]
 fn mistral_hf_and_gguf_agree() {
-    check(Shape { family: "mistral", dim: 64, n_heads: 8, n_kv: 8, ffn: 80, vocab: 40, layers: 2, tied: false });
+    check(Shape {
+        family: "mistral",
+        dim: 64,
+        n_heads: 8,
+        n_kv: 8,
+        ffn: 80,
+        vocab: 40,
+        layers: 2,
+        tied: false,
+    });
 }
 
 #[test]
 fn qwen2_hf_and_gguf_agree() {
-    check(Shape { family: "qwen2", dim: 96, n_heads: 6, n_kv: 2, ffn: 128, vocab: 56, layers: 2, tied: false });
+    check(Shape {
+        family: "qwen2",
+        dim: 96,
+        n_heads: 6,
+        n_kv: 2,
+        ffn: 128,
+        vocab: 56,
+        layers: 2,
+        tied: false,
+    });
 }
 
 #[test]
 fn qwen3_hf_and_gguf_agree() {
-    check(Shape { family: "qwen3", dim: 64, n_heads: 4, n_kv: 1, ffn: 96, vocab: 40, layers: 3, tied: true });
+    check(Shape {
+        family: "qwen3",
+        dim: 64,
+        n_heads: 4,
+        n_kv: 1,
+        ffn: 96,
+        vocab: 40,
+        layers: 3,
+        tied: true,
+    });
 }
 
 #[test]
 fn hf_tensor_with_wrong_shape_is_refused_by_name() {
-    let s = Shape { family: "llama", dim: 64, n_heads: 4, n_kv: 2, ffn: 96, vocab: 48, layers: 1, tied: true };
+    let s = Shape {
+        family: "llama",
+        dim: 64,
+        n_heads: 4,
+        n_kv: 2,
+        ffn: 96,
+        vocab: 48,
+        layers: 1,
+        tied: true,
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut t = random_hf_tensors(&s, 1);
-    t.insert("model.layers.0.mlp.up_proj.weight".into(), (vec![95, 64], vec![0.0; 95 * 64]));
+    t.insert(
+        "model.layers.0.mlp.up_proj.weight".into(),
+        (vec![95, 64], vec![0.0; 95 * 64]),
+    );
     let (hf, _) = write_pair(&s, dir.path());
     write_safetensors(&hf.join("model.safetensors"), &t);
     let err = load_weights(&hf).err().expect("must fail").to_string();
@@ -274,5 +403,8 @@ fn hf_tensor_with_wrong_shape_is_refused_by_name() {
     t.remove("model.layers.0.mlp.up_proj.weight");
     write_safetensors(&hf.join("model.safetensors"), &t);
     let err = load_weights(&hf).err().expect("must fail").to_string();
-    assert!(err.contains("model.layers.0.mlp.up_proj.weight") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("model.layers.0.mlp.up_proj.weight") && err.contains("missing"),
+        "{err}"
+    );
 }

@@ -50,7 +50,10 @@ fn independent_check(out: &Path, g: &GgufFile, dir: &Path) {
             "{} is missing; run scripts/test.sh (it creates the venv with the gguf package)",
             python.display()
         );
-        eprintln!("skipping the independent check: {} is missing (run scripts/test.sh)", python.display());
+        eprintln!(
+            "skipping the independent check: {} is missing (run scripts/test.sh)",
+            python.display()
+        );
         return;
     }
     let mut manifest = serde_json::Map::new();
@@ -73,23 +76,43 @@ fn independent_check(out: &Path, g: &GgufFile, dir: &Path) {
             serde_json::json!({"type": t.ty.name().to_ascii_uppercase(), "rows": rows, "cols": t.row_len(), "values": values}),
         );
     }
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/check_quantized.py");
-    let o = std::process::Command::new(&python).arg(script).arg(out).arg(dir).output().unwrap();
+    let o = std::process::Command::new(&python)
+        .arg(script)
+        .arg(out)
+        .arg(dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "independent check failed:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "independent check failed:\n{text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(text.contains(" 0 mismatches"), "{text}");
 }
 
 fn check(model: &str, mix: &str, want_types: &[GgmlType]) {
-    let Some(src_path) = common::model_path(model) else { return };
+    let Some(src_path) = common::model_path(model) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
     let (cfg, w, src) = load_weights(&src_path).unwrap();
     let mix = QuantMix::parse(mix).unwrap();
     let report = quantize_to_gguf(&cfg, &w, Some(&src), mix, &out, |_, _| {}).unwrap();
     for t in want_types {
-        assert!(report.types.contains_key(t.name()), "{model}: no {} tensor in {:?}", t.name(), report.types);
+        assert!(
+            report.types.contains_key(t.name()),
+            "{model}: no {} tensor in {:?}",
+            t.name(),
+            report.types
+        );
     }
 
     // The same model: config, tokenizer, chat template.
@@ -97,7 +120,10 @@ fn check(model: &str, mix: &str, want_types: &[GgmlType]) {
     let b = Model::load(&out).unwrap();
     assert_eq!(format!("{:?}", a.config), format!("{:?}", b.config));
     let text = "def fibonacci(n):\n    return n";
-    assert_eq!(a.tokenizer.encode(text, false).unwrap(), b.tokenizer.encode(text, false).unwrap());
+    assert_eq!(
+        a.tokenizer.encode(text, false).unwrap(),
+        b.tokenizer.encode(text, false).unwrap()
+    );
     assert_eq!(a.tokenizer.chat_template(), b.tokenizer.chat_template());
 
     // Every tensor near its source.
@@ -106,7 +132,13 @@ fn check(model: &str, mix: &str, want_types: &[GgmlType]) {
     assert_eq!(go.tensors().len(), report.tensors);
     for t in go.tensors() {
         let e = rel_rms(&dequantized(&go, &t.name), &dequantized(&gs, &t.name));
-        assert!(e <= bound(t.ty), "{model}: {} as {}: relative RMS error {e:.4} > {}", t.name, t.ty, bound(t.ty));
+        assert!(
+            e <= bound(t.ty),
+            "{model}: {} as {}: relative RMS error {e:.4} > {}",
+            t.name,
+            t.ty,
+            bound(t.ty)
+        );
     }
     independent_check(&out, &go, dir.path());
 }
@@ -115,15 +147,36 @@ fn check(model: &str, mix: &str, want_types: &[GgmlType]) {
 fn smollm2_to_q8_0_keeps_the_model() {
     check(common::SMOLLM2, "q8_0", &[GgmlType::Q8_0, GgmlType::F32]);
     // Q8_0 re-quantization is close enough that the next token does not change.
-    let Some(src_path) = common::model_path(common::SMOLLM2) else { return };
+    let Some(src_path) = common::model_path(common::SMOLLM2) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q8.gguf");
     let (cfg, w, src) = load_weights(&src_path).unwrap();
-    quantize_to_gguf(&cfg, &w, Some(&src), QuantMix::Uniform(GgmlType::Q8_0), &out, |_, _| {}).unwrap();
+    quantize_to_gguf(
+        &cfg,
+        &w,
+        Some(&src),
+        QuantMix::Uniform(GgmlType::Q8_0),
+        &out,
+        |_, _| {},
+    )
+    .unwrap();
     let next = |p: &Path| {
         let m = Model::load(p).unwrap();
-        let prompt = m.tokenizer.encode("The capital of France is", false).unwrap();
-        let s = cpu_session(&m.config, &m.weights, &SessionOptions { ctx: 64, ..Default::default() }).unwrap();
+        let prompt = m
+            .tokenizer
+            .encode("The capital of France is", false)
+            .unwrap();
+        let s = cpu_session(
+            &m.config,
+            &m.weights,
+            &SessionOptions {
+                ctx: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut e = Engine::new(s);
         tachyon::engine::sampler::argmax(e.prompt_logits(&prompt).unwrap())
     };
@@ -134,12 +187,21 @@ fn smollm2_to_q8_0_keeps_the_model() {
 fn qwen_05b_to_q4_k_m_uses_the_k_mix() {
     // Rows of 896 are not whole 256-blocks, so most matrices fall back to Q5_0 as in
     // llama.cpp; ffn_down (rows of 4864) takes Q4_K and Q6_K.
-    check(common::QWEN_05B, "q4_k_m", &[GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::F32]);
+    check(
+        common::QWEN_05B,
+        "q4_k_m",
+        &[GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q5_0, GgmlType::F32],
+    );
 }
 
 fn log_softmax(x: &[f32], scale: f64) -> Vec<f64> {
     let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64 / scale;
-    let lse = x.iter().map(|&v| (v as f64 / scale - max).exp()).sum::<f64>().ln() + max;
+    let lse = x
+        .iter()
+        .map(|&v| (v as f64 / scale - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     x.iter().map(|&v| v as f64 / scale - lse).collect()
 }
 
@@ -157,10 +219,18 @@ fn quality_report(
     prompt: &[u32],
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SessionOptions { ctx: 256, precise: true, resident_weights: false, ..Default::default() };
+    let opts = SessionOptions {
+        ctx: 256,
+        precise: true,
+        resident_weights: false,
+        ..Default::default()
+    };
     let vocab = cfg.vocab_size;
     let steps = 32;
-    let run = |cfg: &tachyon::model::ModelConfig, w: &tachyon::model::ModelWeights, forced: &[u32]| -> Vec<Vec<f32>> {
+    let run = |cfg: &tachyon::model::ModelConfig,
+               w: &tachyon::model::ModelWeights,
+               forced: &[u32]|
+     -> Vec<Vec<f32>> {
         let mut s = cpu_session(cfg, w, &opts).unwrap();
         let mut logits = vec![0f32; vocab];
         s.forward(prompt, 0, &mut logits).unwrap();
@@ -185,27 +255,57 @@ fn quality_report(
     let reference = run(cfg, w, &forced[..steps - 1]);
     let n = reference.len();
     println!("{label}: {n} positions, teacher-forced on the reference's greedy text");
-    println!("{:<8} {:>12} {:>14} {:>14} {:>10}", "mix", "KL", "KL (unit std)", "logit rel RMS", "argmax =");
+    println!(
+        "{:<8} {:>12} {:>14} {:>14} {:>10}",
+        "mix", "KL", "KL (unit std)", "logit rel RMS", "argmax ="
+    );
     for mix in ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q5_0", "q4_0"] {
         let out = dir.path().join(format!("{mix}.gguf"));
-        quantize_to_gguf(cfg, w, source, QuantMix::parse(mix).unwrap(), &out, |_, _| {}).unwrap();
+        quantize_to_gguf(
+            cfg,
+            w,
+            source,
+            QuantMix::parse(mix).unwrap(),
+            &out,
+            |_, _| {},
+        )
+        .unwrap();
         let (qcfg, qw, _src) = load_weights(&out).unwrap();
         let got = run(&qcfg, &qw, &forced[..steps - 1]);
         let (mut kl, mut kl_std, mut rms, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
         for (r, g) in reference.iter().zip(&got) {
             let mean = r.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64;
-            let std = (r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab as f64).sqrt().max(1e-12);
+            let std = (r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab as f64)
+                .sqrt()
+                .max(1e-12);
             for (scale, acc) in [(1.0, &mut kl), (std, &mut kl_std)] {
                 let (lr, lg) = (log_softmax(r, scale), log_softmax(g, scale));
-                *acc += lr.iter().zip(&lg).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0);
+                *acc += lr
+                    .iter()
+                    .zip(&lg)
+                    .map(|(a, b)| a.exp() * (a - b))
+                    .sum::<f64>()
+                    .max(0.0);
             }
-            let num: f64 = r.iter().zip(g).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+            let num: f64 = r
+                .iter()
+                .zip(g)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum();
             let den: f64 = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum();
             rms += (num / den.max(1e-30)).sqrt();
-            agree += usize::from(tachyon::engine::sampler::argmax(r) == tachyon::engine::sampler::argmax(g));
+            agree += usize::from(
+                tachyon::engine::sampler::argmax(r) == tachyon::engine::sampler::argmax(g),
+            );
         }
         let f = n as f64;
-        println!("{mix:<8} {:>12.2e} {:>14.2e} {:>14.4} {:>7}/{n}", kl / f, kl_std / f, rms / f, agree);
+        println!(
+            "{mix:<8} {:>12.2e} {:>14.2e} {:>14.4} {:>7}/{n}",
+            kl / f,
+            kl_std / f,
+            rms / f,
+            agree
+        );
         assert!(kl.is_finite() && kl_std.is_finite() && rms.is_finite());
     }
 }
@@ -221,11 +321,29 @@ fn quality_of_quant_mixes() {
     let shape = Shape::resolve(&spec).unwrap();
     let w = random_weights(&shape, GgmlType::BF16, 11).unwrap();
     let prompt = tachyon::bench::random_prompt(32, shape.config.vocab_size, 5, None);
-    quality_report(&format!("random BF16 weights of the {spec} shape"), &shape.config, &w, None, &prompt);
+    quality_report(
+        &format!("random BF16 weights of the {spec} shape"),
+        &shape.config,
+        &w,
+        None,
+        &prompt,
+    );
     if let Some(path) = common::model_path(common::SMOLLM2) {
         let m = Model::load(&path).unwrap();
-        let prompt = m.tokenizer.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", false).unwrap();
+        let prompt = m
+            .tokenizer
+            .encode(
+                "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+                false,
+            )
+            .unwrap();
         let (cfg, w, src) = load_weights(&path).unwrap();
-        quality_report("SmolLM2-135M (its Q4_1 file as the reference)", &cfg, &w, Some(&src), &prompt);
+        quality_report(
+            "SmolLM2-135M (its Q4_1 file as the reference)",
+            &cfg,
+            &w,
+            Some(&src),
+            &prompt,
+        );
     }
 }

@@ -25,27 +25,70 @@ fn smollm2(extra: &[&str]) -> Option<Server> {
 fn assert_openai_error(r: &server_harness::Response, status: u16, what: &str) -> Value {
     assert_eq!(r.status, status, "{what}: {}", r.text());
     let v = r.json();
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
     assert!(v["error"]["type"].is_string(), "{what}: {v}");
     v
 }
 
 #[test]
 fn malformed_input_gets_openai_errors_and_the_server_goes_on() {
-    let Some(s) = smollm2(&["--ctx", "128", "--max-body", "4096"]) else { return };
+    let Some(s) = smollm2(&["--ctx", "128", "--max-body", "4096"]) else {
+        return;
+    };
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("{", "truncated JSON", None),
         ("", "empty body", None),
         ("[1, 2]", "not an object", None),
-        (r#"{"prompt": "x", "temperature": "hot"}"#, "wrong type", None),
-        (r#"{"prompt": "x", "temperature": NaN}"#, "NaN temperature", None),
-        (r#"{"prompt": "x", "temperature": 1e999}"#, "infinite temperature", None),
-        (r#"{"prompt": "x", "max_tokens": -5}"#, "negative max_tokens", Some("max_tokens")),
-        (r#"{"prompt": "x", "top_p": 1.5}"#, "top_p over 1", Some("top_p")),
-        (r#"{"prompt": [1, 2, 99999999]}"#, "token id outside the vocabulary", Some("prompt")),
-        (r#"{"prompt": [1, -2]}"#, "negative token id", Some("prompt")),
-        (r#"{"prompt": "x", "max_tokens": 200}"#, "prompt + max_tokens over the context", Some("max_tokens")),
-        (r#"{"prompt": "x", "suffix": "y"}"#, "suffix on a model without FIM tokens", Some("suffix")),
+        (
+            r#"{"prompt": "x", "temperature": "hot"}"#,
+            "wrong type",
+            None,
+        ),
+        (
+            r#"{"prompt": "x", "temperature": NaN}"#,
+            "NaN temperature",
+            None,
+        ),
+        (
+            r#"{"prompt": "x", "temperature": 1e999}"#,
+            "infinite temperature",
+            None,
+        ),
+        (
+            r#"{"prompt": "x", "max_tokens": -5}"#,
+            "negative max_tokens",
+            Some("max_tokens"),
+        ),
+        (
+            r#"{"prompt": "x", "top_p": 1.5}"#,
+            "top_p over 1",
+            Some("top_p"),
+        ),
+        (
+            r#"{"prompt": [1, 2, 99999999]}"#,
+            "token id outside the vocabulary",
+            Some("prompt"),
+        ),
+        (
+            r#"{"prompt": [1, -2]}"#,
+            "negative token id",
+            Some("prompt"),
+        ),
+        (
+            r#"{"prompt": "x", "max_tokens": 200}"#,
+            "prompt + max_tokens over the context",
+            Some("max_tokens"),
+        ),
+        (
+            r#"{"prompt": "x", "suffix": "y"}"#,
+            "suffix on a model without FIM tokens",
+            Some("suffix"),
+        ),
         (r#"{"prompt": "x", "n": 3}"#, "n > 1", Some("n")),
     ];
     for (body, what, param) in cases {
@@ -54,26 +97,50 @@ fn malformed_input_gets_openai_errors_and_the_server_goes_on() {
             assert_eq!(v["error"]["param"], *p, "{what}: {v}");
         }
     }
-    let v = assert_openai_error(&s.post("/v1/completions", r#"{"prompt": "x", "max_tokens": 200}"#), 400, "context");
+    let v = assert_openai_error(
+        &s.post("/v1/completions", r#"{"prompt": "x", "max_tokens": 200}"#),
+        400,
+        "context",
+    );
     assert_eq!(v["error"]["code"], "context_length_exceeded");
-    assert_openai_error(&s.post("/v1/chat/completions", r#"{"messages": "hi"}"#), 400, "chat messages as a string");
-    assert_openai_error(&s.post("/v1/chat/completions", r#"{"messages": []}"#), 400, "no messages");
-    assert_openai_error(&s.post("/detokenize", r#"{"tokens": [99999999]}"#), 400, "detokenize outside the vocabulary");
+    assert_openai_error(
+        &s.post("/v1/chat/completions", r#"{"messages": "hi"}"#),
+        400,
+        "chat messages as a string",
+    );
+    assert_openai_error(
+        &s.post("/v1/chat/completions", r#"{"messages": []}"#),
+        400,
+        "no messages",
+    );
+    assert_openai_error(
+        &s.post("/detokenize", r#"{"tokens": [99999999]}"#),
+        400,
+        "detokenize outside the vocabulary",
+    );
     // Over the body limit: 413, whether or not the client says how long the body is.
     let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(10_000));
     assert_openai_error(&s.post("/v1/completions", &big), 413, "body over the limit");
-    assert_openai_error(&request(s.addr, "GET", "/nope", &[], b""), 404, "unknown route");
+    assert_openai_error(
+        &request(s.addr, "GET", "/nope", &[], b""),
+        404,
+        "unknown route",
+    );
     assert_openai_error(&s.get("/v1/completions", &[]), 405, "GET on a POST route");
     // Broken HTTP does not take the server down.
     let mut raw = TcpStream::connect(s.addr).unwrap();
-    raw.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999\r\n\r\n{\"pro").unwrap();
+    raw.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999\r\n\r\n{\"pro")
+        .unwrap();
     drop(raw);
     let mut raw = TcpStream::connect(s.addr).unwrap();
     raw.write_all(b"\x00\x01garbage\r\n\r\n").unwrap();
     let mut sink = Vec::new();
     let _ = raw.read_to_end(&mut sink);
     // ...and then it still serves.
-    let ok = s.post_json("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0}));
+    let ok = s.post_json(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0}),
+    );
     assert_eq!(ok["object"], "text_completion");
     assert_eq!(ok["usage"]["completion_tokens"], 4);
     assert_eq!(s.get("/health", &[]).json()["status"], "ok");
@@ -82,7 +149,10 @@ fn malformed_input_gets_openai_errors_and_the_server_goes_on() {
     let toks = s.post_json("/tokenize", &json!({"prompt": PROMPT}));
     let back = s.post_json("/detokenize", &json!({"tokens": toks["tokens"]}));
     assert_eq!(back["prompt"], PROMPT);
-    assert_eq!(toks["count"].as_u64(), toks["tokens"].as_array().map(|a| a.len() as u64));
+    assert_eq!(
+        toks["count"].as_u64(),
+        toks["tokens"].as_array().map(|a| a.len() as u64)
+    );
     let metrics = s.get("/metrics", &[]).text();
     for name in [
         "tachyon_time_to_first_token_seconds_bucket",
@@ -103,7 +173,10 @@ fn stream(s: &Server, path: &str, body: &Value) -> Vec<Value> {
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert!(!r.chunks.is_empty(), "the stream was not chunked");
     for c in &r.chunks {
-        assert!(std::str::from_utf8(c).is_ok(), "a chunk is not UTF-8: {c:?}");
+        assert!(
+            std::str::from_utf8(c).is_ok(),
+            "a chunk is not UTF-8: {c:?}"
+        );
     }
     sse_events(&r.body)
 }
@@ -120,14 +193,21 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
     sreq["stream"] = json!(true);
     sreq["stream_options"] = json!({"include_usage": true});
     let events = stream(&s, "/v1/completions", &sreq);
-    assert_eq!(streamed_text(&events), text, "streamed text differs from the non-streamed text");
+    assert_eq!(
+        streamed_text(&events),
+        text,
+        "streamed text differs from the non-streamed text"
+    );
     assert_eq!(streamed_finish(&events), "length");
     let usage = &events.last().unwrap()["usage"];
     assert_eq!(events.last().unwrap()["choices"], json!([]));
     assert_eq!(usage["completion_tokens"], 24);
     // The same prompt again: all but the last prompt token come from the KV cache.
     let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
-    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"].as_u64(), Some(prompt_tokens - 1));
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(prompt_tokens - 1)
+    );
     for e in &events[..events.len() - 1] {
         assert_eq!(e["object"], "text_completion");
         assert!(e.get("usage").is_none() || e["usage"].is_null());
@@ -135,7 +215,9 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
 
     // A stop string spanning tokens: cut at its first occurrence, never sent, both ways.
     let chars: Vec<char> = text.chars().collect();
-    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 4.min(chars.len() / 2)].iter().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 4.min(chars.len() / 2)]
+        .iter()
+        .collect();
     let want = &text[..text.find(&stop).unwrap()];
     let mut with_stop = base.clone();
     with_stop["stop"] = json!([stop]);
@@ -151,24 +233,40 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
     let chat = json!({"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16, "temperature": 0});
     let full = s.post_json("/v1/chat/completions", &chat);
     assert_eq!(full["object"], "chat.completion");
-    let msg = full["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let msg = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut schat = chat.clone();
     schat["stream"] = json!(true);
     let events = stream(&s, "/v1/chat/completions", &schat);
     assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(events[0]["object"], "chat.completion.chunk");
     assert_eq!(streamed_text(&events), msg);
-    assert_eq!(streamed_finish(&events), full["choices"][0]["finish_reason"].as_str().unwrap());
+    assert_eq!(
+        streamed_finish(&events),
+        full["choices"][0]["finish_reason"].as_str().unwrap()
+    );
 
     // Logprobs: one entry per token, alternatives sorted, the sampled greedy token on top.
-    let lp =
-        s.post_json("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "logprobs": 2}));
+    let lp = s.post_json(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "logprobs": 2}),
+    );
     let l = &lp["choices"][0]["logprobs"];
     assert_eq!(l["tokens"].as_array().unwrap().len(), 3);
     for (i, top) in l["top_logprobs"].as_array().unwrap().iter().enumerate() {
-        let best = top.as_object().unwrap().values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        let best = top
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
         let own = l["token_logprobs"][i].as_f64().unwrap();
-        assert!(own <= 0.0 && (own - best).abs() < 1e-4, "greedy token {i} is not the most likely: {l}");
+        assert!(
+            own <= 0.0 && (own - best).abs() < 1e-4,
+            "greedy token {i} is not the most likely: {l}"
+        );
     }
     let lp = s.post_json(
         "/v1/chat/completions",
@@ -181,20 +279,37 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
 
 #[test]
 fn api_key_guards_every_route_but_health() {
-    let Some(s) = smollm2(&["--api-key", "sekrit"]) else { return };
+    let Some(s) = smollm2(&["--api-key", "sekrit"]) else {
+        return;
+    };
     assert_eq!(s.get("/health", &[]).status, 200);
     for path in ["/v1/models", "/metrics"] {
         assert_openai_error(&s.get(path, &[]), 401, path);
-        assert_openai_error(&s.get(path, &[("Authorization", "Bearer wrong")]), 401, path);
-        assert_eq!(s.get(path, &[("Authorization", "Bearer sekrit")]).status, 200, "{path}");
+        assert_openai_error(
+            &s.get(path, &[("Authorization", "Bearer wrong")]),
+            401,
+            path,
+        );
+        assert_eq!(
+            s.get(path, &[("Authorization", "Bearer sekrit")]).status,
+            200,
+            "{path}"
+        );
     }
-    let v = assert_openai_error(&s.post("/v1/completions", r#"{"prompt": "x"}"#), 401, "completions");
+    let v = assert_openai_error(
+        &s.post("/v1/completions", r#"{"prompt": "x"}"#),
+        401,
+        "completions",
+    );
     assert_eq!(v["error"]["type"], "authentication_error");
     let ok = request(
         s.addr,
         "POST",
         "/v1/completions",
-        &[("Authorization", "Bearer sekrit"), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", "Bearer sekrit"),
+            ("Content-Type", "application/json"),
+        ],
         br#"{"prompt": "x", "max_tokens": 1}"#,
     );
     assert_eq!(ok.status, 200, "{}", ok.text());
@@ -203,7 +318,9 @@ fn api_key_guards_every_route_but_health() {
 
 #[test]
 fn a_full_queue_answers_429_and_nobody_hangs() {
-    let Some(s) = smollm2(&["--queue", "2"]) else { return };
+    let Some(s) = smollm2(&["--queue", "2"]) else {
+        return;
+    };
     let addr = s.addr;
     let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0}).to_string();
     let t0 = Instant::now();
@@ -211,16 +328,33 @@ fn a_full_queue_answers_429_and_nobody_hangs() {
         .map(|_| {
             let body = body.clone();
             std::thread::spawn(move || {
-                let r =
-                    request(addr, "POST", "/v1/completions", &[("Content-Type", "application/json")], body.as_bytes());
-                (r.status, r.header("retry-after").map(str::to_string), r.json())
+                let r = request(
+                    addr,
+                    "POST",
+                    "/v1/completions",
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                );
+                (
+                    r.status,
+                    r.header("retry-after").map(str::to_string),
+                    r.json(),
+                )
             })
         })
         .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("client thread")).collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
     let served = results.iter().filter(|r| r.0 == 200).count();
     let busy = results.iter().filter(|r| r.0 == 429).count();
-    assert_eq!(served + busy, 32, "statuses: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!(
+        served + busy,
+        32,
+        "statuses: {:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     assert!(served >= 1 && busy >= 1, "served {served}, busy {busy}");
     for (status, retry, v) in &results {
         if *status == 429 {
@@ -230,7 +364,10 @@ fn a_full_queue_answers_429_and_nobody_hangs() {
             assert_eq!(v["usage"]["completion_tokens"], 8);
         }
     }
-    eprintln!("32 clients: {served} served, {busy} answered 429, in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "32 clients: {served} served, {busy} answered 429, in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(s.metric("tachyon_requests_rejected_total"), busy as f64);
 }
 
@@ -238,27 +375,42 @@ fn a_full_queue_answers_429_and_nobody_hangs() {
 fn disconnect_after_first_token(addr: std::net::SocketAddr, body: &str) {
     let mut c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write_request(&mut c, "POST", "/v1/completions", &[("Content-Type", "application/json")], body.as_bytes());
+    write_request(
+        &mut c,
+        "POST",
+        "/v1/completions",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !seen.windows(8).any(|w| w == b"\"text\":\"") {
         let n = c.read(&mut buf).expect("read");
-        assert!(n > 0, "closed before the first token: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "closed before the first token: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
 }
 
 #[test]
 fn a_thousand_mid_stream_disconnects_stop_generation_and_leak_nothing() {
-    let Some(s) = smollm2(&["--queue", "8"]) else { return };
-    let body = json!({"prompt": PROMPT, "max_tokens": 500, "temperature": 0.8, "stream": true}).to_string();
+    let Some(s) = smollm2(&["--queue", "8"]) else {
+        return;
+    };
+    let body = json!({"prompt": PROMPT, "max_tokens": 500, "temperature": 0.8, "stream": true})
+        .to_string();
     let t0 = Instant::now();
     let run = |n: usize| {
         let clients: Vec<_> = (0..4)
             .map(|_| {
                 let body = body.clone();
                 let addr = s.addr;
-                std::thread::spawn(move || (0..n / 4).for_each(|_| disconnect_after_first_token(addr, &body)))
+                std::thread::spawn(move || {
+                    (0..n / 4).for_each(|_| disconnect_after_first_token(addr, &body))
+                })
             })
             .collect();
         clients.into_iter().for_each(|c| c.join().expect("client"));
@@ -281,14 +433,24 @@ fn a_thousand_mid_stream_disconnects_stop_generation_and_leak_nothing() {
     assert_eq!(s.metric("tachyon_requests_cancelled_total"), 1000.0);
     // The client reads one token and hangs up; the server sees the EOF at once and
     // the engine stops before its next step: one or two tokens, never the 500 asked for.
-    assert!(tokens / requests <= 3.0, "generation went on after the client left: {tokens} tokens / {requests}");
-    assert!(after <= warm + 16 * 1024, "RSS grew from {warm} KiB to {after} KiB over 800 disconnects");
+    assert!(
+        tokens / requests <= 3.0,
+        "generation went on after the client left: {tokens} tokens / {requests}"
+    );
+    assert!(
+        after <= warm + 16 * 1024,
+        "RSS grew from {warm} KiB to {after} KiB over 800 disconnects"
+    );
     // Still serving.
-    let ok = s.post_json("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 2}));
+    let ok = s.post_json(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 2}),
+    );
     assert_eq!(ok["usage"]["completion_tokens"], 2);
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_frame(ws: &mut Ws) -> Value {
     next_frame_within(ws, Duration::from_secs(60)).await
@@ -310,23 +472,41 @@ async fn next_frame_within(ws: &mut Ws, limit: Duration) -> Value {
 #[test]
 fn websocket_cancel_and_replace() {
     let Some(s) = smollm2(&[]) else { return };
-    let http_text = s.post_json("/v1/completions", &json!({"prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0}))
-        ["choices"][0]["text"]
+    let http_text = s.post_json(
+        "/v1/completions",
+        &json!({"prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0}),
+    )["choices"][0]["text"]
         .as_str()
         .unwrap()
         .to_string();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", s.addr)).await.expect("ws connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", s.addr))
+            .await
+            .expect("ws connect");
         let send = |v: Value| Message::Text(v.to_string().into());
-        ws.send(send(json!({"id": "a", "prompt": PROMPT, "max_tokens": 400, "temperature": 0}))).await.unwrap();
+        ws.send(send(
+            json!({"id": "a", "prompt": PROMPT, "max_tokens": 400, "temperature": 0}),
+        ))
+        .await
+        .unwrap();
         let f = next_frame(&mut ws).await;
-        assert_eq!((f["type"].as_str(), f["id"].as_str()), (Some("token"), Some("a")), "{f}");
+        assert_eq!(
+            (f["type"].as_str(), f["id"].as_str()),
+            (Some("token"), Some("a")),
+            "{f}"
+        );
         assert!(f["token"].is_u64() && f["t_us"].is_u64() && f["text"].is_string());
         // Replace: "a" ends at once, then "b" streams; no "a" token after a's done.
         let t_replace = Instant::now();
-        ws.send(send(json!({"id": "b", "prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0}))).await.unwrap();
+        ws.send(send(
+            json!({"id": "b", "prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0}),
+        ))
+        .await
+        .unwrap();
         let mut b_text = String::new();
         let mut a_done = false;
         let mut b_first = None;
@@ -337,9 +517,15 @@ fn websocket_cancel_and_replace() {
                     assert_eq!(f["finish_reason"], "cancelled");
                     a_done = true;
                 }
-                ("token", "a") => assert!(!a_done, "a token of the replaced request after its done frame"),
+                ("token", "a") => assert!(
+                    !a_done,
+                    "a token of the replaced request after its done frame"
+                ),
                 ("token", "b") => {
-                    assert!(a_done, "the new request streamed before the old one was closed");
+                    assert!(
+                        a_done,
+                        "the new request streamed before the old one was closed"
+                    );
                     b_first.get_or_insert_with(|| t_replace.elapsed());
                     b_text.push_str(f["text"].as_str().unwrap());
                 }
@@ -352,27 +538,50 @@ fn websocket_cancel_and_replace() {
                 other => panic!("unexpected frame {other:?}: {f}"),
             }
         }
-        assert_eq!(b_text, http_text, "WebSocket text differs from the HTTP text");
+        assert_eq!(
+            b_text, http_text,
+            "WebSocket text differs from the HTTP text"
+        );
         let b_first = b_first.expect("b streamed");
-        eprintln!("replace -> first token of the new request: {:.1} ms", b_first.as_secs_f64() * 1e3);
-        assert!(b_first < Duration::from_secs(5), "the replacement waited {b_first:?}");
+        eprintln!(
+            "replace -> first token of the new request: {:.1} ms",
+            b_first.as_secs_f64() * 1e3
+        );
+        assert!(
+            b_first < Duration::from_secs(5),
+            "the replacement waited {b_first:?}"
+        );
         // An explicit cancel.
-        ws.send(send(json!({"id": "c", "prompt": PROMPT, "max_tokens": 400}))).await.unwrap();
+        ws.send(send(
+            json!({"id": "c", "prompt": PROMPT, "max_tokens": 400}),
+        ))
+        .await
+        .unwrap();
         assert_eq!(next_frame(&mut ws).await["id"], "c");
         ws.send(send(json!({"type": "cancel"}))).await.unwrap();
         loop {
             let f = next_frame(&mut ws).await;
             if f["type"] == "done" {
-                assert_eq!((f["id"].as_str(), f["finish_reason"].as_str()), (Some("c"), Some("cancelled")));
+                assert_eq!(
+                    (f["id"].as_str(), f["finish_reason"].as_str()),
+                    (Some("c"), Some("cancelled"))
+                );
                 break;
             }
         }
         // A bad request is an error frame, and the socket stays usable.
-        ws.send(send(json!({"id": "d", "prompt": "x", "temperature": -1}))).await.unwrap();
+        ws.send(send(json!({"id": "d", "prompt": "x", "temperature": -1})))
+            .await
+            .unwrap();
         let f = next_frame(&mut ws).await;
-        assert_eq!((f["type"].as_str(), f["id"].as_str()), (Some("error"), Some("d")));
+        assert_eq!(
+            (f["type"].as_str(), f["id"].as_str()),
+            (Some("error"), Some("d"))
+        );
         assert_eq!(f["error"]["param"], "temperature");
-        ws.send(send(json!({"id": "e", "prompt": "x", "max_tokens": 1}))).await.unwrap();
+        ws.send(send(json!({"id": "e", "prompt": "x", "max_tokens": 1})))
+            .await
+            .unwrap();
         loop {
             let f = next_frame(&mut ws).await;
             if f["type"] == "done" {
@@ -381,24 +590,40 @@ fn websocket_cancel_and_replace() {
             }
         }
         // Closing the socket mid-generation frees the engine.
-        ws.send(send(json!({"id": "f", "prompt": PROMPT, "max_tokens": 400}))).await.unwrap();
+        ws.send(send(
+            json!({"id": "f", "prompt": PROMPT, "max_tokens": 400}),
+        ))
+        .await
+        .unwrap();
         next_frame(&mut ws).await;
         drop(ws);
     });
     let t = Instant::now();
     while s.metric("tachyon_requests_running") != 0.0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the engine kept running after the socket closed");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the engine kept running after the socket closed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits() {
-    let Some(mut s) = smollm2(&["--shutdown-timeout", "60"]) else { return };
+    let Some(mut s) = smollm2(&["--shutdown-timeout", "60"]) else {
+        return;
+    };
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = json!({"prompt": PROMPT, "max_tokens": 32, "temperature": 0, "stream": true}).to_string();
-    write_request(&mut c, "POST", "/v1/completions", &[("Content-Type", "application/json")], body.as_bytes());
+    let body =
+        json!({"prompt": PROMPT, "max_tokens": 32, "temperature": 0, "stream": true}).to_string();
+    write_request(
+        &mut c,
+        "POST",
+        "/v1/completions",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     while !raw.windows(8).any(|w| w == b"\"text\":\"") {
@@ -406,7 +631,10 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         assert!(n > 0);
         raw.extend_from_slice(&buf[..n]);
     }
-    let status = std::process::Command::new("kill").args(["-TERM", &s.pid().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     // The in-flight stream runs to its end.
     c.read_to_end(&mut raw).unwrap();
@@ -419,11 +647,17 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         if let Some(code) = s.child.try_wait().unwrap() {
             break code;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "the server did not exit after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(code.success(), "exit status {code:?}");
-    assert!(TcpStream::connect(s.addr).is_err(), "still accepting after shutdown");
+    assert!(
+        TcpStream::connect(s.addr).is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 /// `--draft-model` and `--lookup` on the server: greedy text unchanged, acceptance counted
@@ -431,9 +665,14 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
 #[test]
 fn speculation_keeps_the_text_and_reports_acceptance() {
     let Some(plain) = smollm2(&[]) else { return };
-    let Some(path) = common::model_path(common::SMOLLM2) else { return };
+    let Some(path) = common::model_path(common::SMOLLM2) else {
+        return;
+    };
     let draft = path.to_string_lossy().into_owned();
-    let spec = Server::start(&path, &["--draft-model", &draft, "--lookup", "--draft-max", "4"]);
+    let spec = Server::start(
+        &path,
+        &["--draft-model", &draft, "--lookup", "--draft-max", "4"],
+    );
     for prompt in ["1, 2, 3, 4, 5, 6, 7,", PROMPT] {
         let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0});
         let a = plain.post_json("/v1/completions", &body);
@@ -443,7 +682,10 @@ fn speculation_keeps_the_text_and_reports_acceptance() {
     let steps = spec.metric("tachyon_speculative_verify_steps_total");
     let proposed = spec.metric("tachyon_speculative_proposed_tokens_total");
     let accepted = spec.metric("tachyon_speculative_accepted_tokens_total");
-    assert!(steps > 0.0 && accepted > 0.0 && accepted <= proposed, "{steps} {proposed} {accepted}");
+    assert!(
+        steps > 0.0 && accepted > 0.0 && accepted <= proposed,
+        "{steps} {proposed} {accepted}"
+    );
     assert_eq!(plain.metric("tachyon_speculative_verify_steps_total"), 0.0);
 
     if let Some(qwen) = common::model_path(common::QWEN_05B) {
@@ -461,7 +703,9 @@ fn speculation_keeps_the_text_and_reports_acceptance() {
 
 #[test]
 fn fill_in_the_middle_uses_the_models_fim_tokens() {
-    let Some(path) = common::model_path(common::QWEN_05B) else { return };
+    let Some(path) = common::model_path(common::QWEN_05B) else {
+        return;
+    };
     let s = Server::start(&path, &["--ctx", "512"]);
     let prefix = "def add(a, b):\n    return ";
     let suffix = "\n\nprint(add(1, 2))\n";
@@ -470,11 +714,22 @@ fn fill_in_the_middle_uses_the_models_fim_tokens() {
         &json!({"prompt": prefix, "suffix": suffix, "max_tokens": 8, "temperature": 0, "stop": ["\n"]}),
     );
     let text = r["choices"][0]["text"].as_str().unwrap();
-    assert!(text.contains("a + b") || text.contains("a+b"), "FIM completion: {text:?}");
+    assert!(
+        text.contains("a + b") || text.contains("a+b"),
+        "FIM completion: {text:?}"
+    );
     let n = |t: &str| {
-        s.post_json("/tokenize", &json!({"prompt": t, "add_special_tokens": false}))["count"].as_u64().unwrap()
+        s.post_json(
+            "/tokenize",
+            &json!({"prompt": t, "add_special_tokens": false}),
+        )["count"]
+            .as_u64()
+            .unwrap()
     };
-    assert_eq!(r["usage"]["prompt_tokens"].as_u64(), Some(3 + n(prefix) + n(suffix)));
+    assert_eq!(
+        r["usage"]["prompt_tokens"].as_u64(),
+        Some(3 + n(prefix) + n(suffix))
+    );
 }
 
 #[test]
@@ -488,10 +743,15 @@ fn the_official_openai_python_client_works_unchanged() {
                 python.display()
             );
         }
-        eprintln!("skipping: {} is missing (scripts/test.sh creates it)", python.display());
+        eprintln!(
+            "skipping: {} is missing (scripts/test.sh creates it)",
+            python.display()
+        );
         return;
     }
-    let Some(s) = smollm2(&["--api-key", "k"]) else { return };
+    let Some(s) = smollm2(&["--api-key", "k"]) else {
+        return;
+    };
     let out = std::process::Command::new(&python)
         .arg(root.join("tests/openai_client.py"))
         .arg(format!("http://{}", s.addr))
@@ -499,7 +759,11 @@ fn the_official_openai_python_client_works_unchanged() {
         .output()
         .expect("run python");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "tests/openai_client.py failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "tests/openai_client.py failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("all openai client checks passed"));
 }
 
@@ -512,20 +776,36 @@ fn the_official_openai_python_client_works_unchanged() {
 #[ignore = "benchmark for BENCHMARKS.md: run with --ignored --nocapture"]
 fn bench_prefix_append_and_server_overhead() {
     let name = std::env::var("TACHYON_BENCH_MODEL").unwrap_or_else(|_| common::SMOLLM2.to_string());
-    let Some(path) = common::model_path(&name) else { return };
+    let Some(path) = common::model_path(&name) else {
+        return;
+    };
     // One engine thread by default: on a 2-core machine that leaves a core to the network
     // side, which then busy-polls (`--busy-poll auto`).
     let threads = std::env::var("TACHYON_BENCH_THREADS").unwrap_or_else(|_| "1".into());
     let s = Server::start(&path, &["--ctx", "4096", "--threads", &threads]);
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/sampler.rs"))
-        .unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/sampler.rs"),
+    )
+    .unwrap();
     let mut ids: Vec<u64> = Vec::new();
     while ids.len() < 2048 + 16 * 12 {
-        let t = s.post_json("/tokenize", &json!({"prompt": text, "add_special_tokens": false}));
-        ids.extend(t["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+        let t = s.post_json(
+            "/tokenize",
+            &json!({"prompt": text, "add_special_tokens": false}),
+        );
+        ids.extend(
+            t["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap()),
+        );
     }
     let base = &ids[..2048];
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", s.addr)).await.unwrap();
         let mut run = async |prompt: &[u64], max_tokens: usize| -> (Value, Duration) {
@@ -583,7 +863,10 @@ fn bench_prefix_append_and_server_overhead() {
     }
     let metrics = s.get("/metrics", &[]).text();
     for (h, what) in [
-        ("tachyon_server_overhead_seconds", "server overhead per token (engine token -> socket write call)"),
+        (
+            "tachyon_server_overhead_seconds",
+            "server overhead per token (engine token -> socket write call)",
+        ),
         (
             "tachyon_token_handoff_seconds",
             "  of which the hand-over (engine token -> chunk ready in the connection task)",

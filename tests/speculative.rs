@@ -10,8 +10,8 @@ use serde_json::json;
 use tachyon::engine::draft::DraftModel;
 use tachyon::engine::speculative::PromptLookup;
 use tachyon::engine::{
-    Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats, Speculation,
-    SpeculationArgs, cpu_session,
+    Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats,
+    Speculation, SpeculationArgs, cpu_session,
 };
 use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
 use tachyon::model::random::{Shape, random_weights};
@@ -19,7 +19,10 @@ use tachyon::model::{Model, ModelConfig, ModelWeights, load_weights};
 use tachyon::quant::GgmlType;
 
 fn opts(ctx: usize) -> SessionOptions {
-    SessionOptions { ctx, ..Default::default() }
+    SessionOptions {
+        ctx,
+        ..Default::default()
+    }
 }
 
 fn engine(cfg: &ModelConfig, w: &ModelWeights, ctx: usize) -> Engine {
@@ -39,11 +42,26 @@ fn run(engine: &mut Engine, prompt: &[u32], params: &GenerateParams) -> (Vec<u32
 }
 
 fn greedy(max_tokens: usize, stop_ids: &[u32]) -> GenerateParams {
-    GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop_ids: stop_ids.to_vec() }
+    GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_ids: stop_ids.to_vec(),
+    }
 }
 
-fn spec(draft: Option<DraftModel>, lookup: bool, max_len: usize, adaptive: bool) -> Option<Speculation> {
-    Some(Speculation { draft, lookup: lookup.then(PromptLookup::default), max_len, adaptive, replay: None })
+fn spec(
+    draft: Option<DraftModel>,
+    lookup: bool,
+    max_len: usize,
+    adaptive: bool,
+) -> Option<Speculation> {
+    Some(Speculation {
+        draft,
+        lookup: lookup.then(PromptLookup::default),
+        max_len,
+        adaptive,
+        replay: None,
+    })
 }
 
 /// A draft made of random weights with the target's vocabulary: it proposes nonsense, so
@@ -64,14 +82,23 @@ fn nonsense_draft(vocab: usize) -> (ModelConfig, ModelWeights) {
 /// and a second turn that reuses the cache the speculative run left.
 #[test]
 fn greedy_speculation_reproduces_plain_greedy_smollm2() {
-    let Some(path) = common::model_path(common::SMOLLM2) else { return };
+    let Some(path) = common::model_path(common::SMOLLM2) else {
+        return;
+    };
     let model = Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let (cfg, w) = (&model.config, &model.weights);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let q4_path = dir.path().join("draft-q4_0.gguf");
     let (scfg, sw, src) = load_weights(&path).unwrap_or_else(|e| panic!("{e}"));
-    quantize_to_gguf(&scfg, &sw, Some(&src), QuantMix::Uniform(GgmlType::Q4_0), &q4_path, |_, _| {})
-        .unwrap_or_else(|e| panic!("{e}"));
+    quantize_to_gguf(
+        &scfg,
+        &sw,
+        Some(&src),
+        QuantMix::Uniform(GgmlType::Q4_0),
+        &q4_path,
+        |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let q4 = Model::load(&q4_path).unwrap_or_else(|e| panic!("{e}"));
     let (ncfg, nw) = nonsense_draft(cfg.vocab_size);
     let tok = &model.tokenizer;
@@ -87,7 +114,8 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
             "q4" => cpu_session(&q4.config, &q4.weights, &opts(512)),
             _ => cpu_session(&ncfg, &nw, &opts(512)),
         };
-        DraftModel::new(s.unwrap_or_else(|e| panic!("{e}")), cfg.vocab_size).unwrap_or_else(|e| panic!("{e}"))
+        DraftModel::new(s.unwrap_or_else(|e| panic!("{e}")), cfg.vocab_size)
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     let mut totals = std::collections::BTreeMap::<&str, SpecStats>::new();
     for text in prompts {
@@ -98,10 +126,22 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
             let configs: [(&str, Option<Speculation>); 6] = [
                 ("lookup", spec(None, true, 8, true)),
                 ("q4 draft", spec(Some(draft("q4")), false, 8, true)),
-                ("q4 draft + lookup, fixed 15", spec(Some(draft("q4")), true, 15, false)),
-                ("q4 draft, fixed 1", spec(Some(draft("q4")), false, 1, false)),
-                ("nonsense draft", spec(Some(draft("nonsense")), false, 4, true)),
-                ("nonsense draft, fixed 6", spec(Some(draft("nonsense")), false, 6, false)),
+                (
+                    "q4 draft + lookup, fixed 15",
+                    spec(Some(draft("q4")), true, 15, false),
+                ),
+                (
+                    "q4 draft, fixed 1",
+                    spec(Some(draft("q4")), false, 1, false),
+                ),
+                (
+                    "nonsense draft",
+                    spec(Some(draft("nonsense")), false, 4, true),
+                ),
+                (
+                    "nonsense draft, fixed 6",
+                    spec(Some(draft("nonsense")), false, 6, false),
+                ),
             ];
             for (name, s) in configs {
                 let mut e = engine(cfg, w, 512);
@@ -109,11 +149,16 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
                 let (got, stats) = run(&mut e, &prompt, &params);
                 assert_eq!(got, want, "{name}, {max_tokens} tokens, prompt {text:?}");
                 assert_eq!(stats.finish, want_stats.finish, "{name}: finish reason");
-                let sp = stats.speculation.unwrap_or_else(|| panic!("{name}: no speculation stats"));
+                let sp = stats
+                    .speculation
+                    .unwrap_or_else(|| panic!("{name}: no speculation stats"));
                 assert!(sp.off.is_none());
                 assert_eq!(sp.histogram.iter().sum::<usize>(), sp.verify_steps);
                 // Every emitted token after the first came from one target step.
-                assert!(sp.accepted + sp.target_steps() + 1 >= got.len(), "{name}: {sp:?}");
+                assert!(
+                    sp.accepted + sp.target_steps() + 1 >= got.len(),
+                    "{name}: {sp:?}"
+                );
                 let t = totals.entry(name).or_default();
                 t.verify_steps += sp.verify_steps;
                 t.proposed += sp.proposed;
@@ -122,15 +167,26 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
         }
     }
     for (name, t) in &totals {
-        println!("{name}: {} verify steps, {} of {} proposals kept", t.verify_steps, t.accepted, t.proposed);
+        println!(
+            "{name}: {} verify steps, {} of {} proposals kept",
+            t.verify_steps, t.accepted, t.proposed
+        );
     }
     // The proposers were really exercised: both acceptance and rejection happened.
     assert!(totals["lookup"].verify_steps > 0);
-    assert!(totals["q4 draft"].accepted * 2 > totals["q4 draft"].proposed, "{:?}", totals["q4 draft"]);
-    assert!(totals["nonsense draft, fixed 6"].accepted * 4 < totals["nonsense draft, fixed 6"].proposed);
+    assert!(
+        totals["q4 draft"].accepted * 2 > totals["q4 draft"].proposed,
+        "{:?}",
+        totals["q4 draft"]
+    );
+    assert!(
+        totals["nonsense draft, fixed 6"].accepted * 4 < totals["nonsense draft, fixed 6"].proposed
+    );
 
     // A context that fills mid-proposal ends exactly where plain decoding ends.
-    let prompt = tok.encode(prompts[2], false).unwrap_or_else(|e| panic!("{e}"));
+    let prompt = tok
+        .encode(prompts[2], false)
+        .unwrap_or_else(|e| panic!("{e}"));
     let ctx = prompt.len() + 7;
     let (want, ws) = run(&mut engine(cfg, w, ctx), &prompt, &greedy(100, &[]));
     let mut e = engine(cfg, w, ctx);
@@ -142,13 +198,21 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
     // speculative run left behind; it must match a fresh plain engine.
     let mut e = engine(cfg, w, 512);
     e.set_speculation(spec(Some(draft("q4")), true, 8, true));
-    let first = tok.encode(prompts[0], false).unwrap_or_else(|e| panic!("{e}"));
+    let first = tok
+        .encode(prompts[0], false)
+        .unwrap_or_else(|e| panic!("{e}"));
     let (out1, _) = run(&mut e, &first, &greedy(24, &[]));
     let mut second = first.clone();
     second.extend(&out1);
-    second.extend(tok.encode("\n\n# Tests:\n", false).unwrap_or_else(|e| panic!("{e}")));
+    second.extend(
+        tok.encode("\n\n# Tests:\n", false)
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
     let (got, stats) = run(&mut e, &second, &greedy(24, &[]));
-    assert!(stats.cached_tokens >= first.len(), "the first turn's KV was not reused: {stats:?}");
+    assert!(
+        stats.cached_tokens >= first.len(),
+        "the first turn's KV was not reused: {stats:?}"
+    );
     let (want, _) = run(&mut engine(cfg, w, 512), &second, &greedy(24, &[]));
     assert_eq!(got, want, "second turn");
 }
@@ -156,20 +220,41 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
 /// The real draft/target pair: Qwen2.5-Coder 0.5B proposing for 1.5B on a code prompt.
 #[test]
 fn greedy_speculation_reproduces_plain_greedy_qwen_pair() {
-    let (Some(target), Some(draft)) = (common::model_path(common::QWEN_15B), common::model_path(common::QWEN_05B))
-    else {
+    let (Some(target), Some(draft)) = (
+        common::model_path(common::QWEN_15B),
+        common::model_path(common::QWEN_05B),
+    ) else {
         return;
     };
     let target = Model::load(&target).unwrap_or_else(|e| panic!("{e}"));
-    let args = SpeculationArgs { draft_model: Some(draft), draft_max: 6, lookup: true, ..Default::default() };
-    let draft = args.load_draft(&target).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("no draft"));
-    let text = "def is_prime(n: int) -> bool:\n    \"\"\"Return True if n is a prime number.\"\"\"\n";
-    let prompt = target.tokenizer.encode(text, false).unwrap_or_else(|e| panic!("{e}"));
+    let args = SpeculationArgs {
+        draft_model: Some(draft),
+        draft_max: 6,
+        lookup: true,
+        ..Default::default()
+    };
+    let draft = args
+        .load_draft(&target)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no draft"));
+    let text =
+        "def is_prime(n: int) -> bool:\n    \"\"\"Return True if n is a prime number.\"\"\"\n";
+    let prompt = target
+        .tokenizer
+        .encode(text, false)
+        .unwrap_or_else(|e| panic!("{e}"));
     let params = greedy(32, target.tokenizer.stop_ids());
-    let (want, _) = run(&mut engine(&target.config, &target.weights, 256), &prompt, &params);
+    let (want, _) = run(
+        &mut engine(&target.config, &target.weights, 256),
+        &prompt,
+        &params,
+    );
     let mut e = engine(&target.config, &target.weights, 256);
-    let d = cpu_session(&draft.config, &draft.weights, &opts(256)).unwrap_or_else(|e| panic!("{e}"));
-    e.set_speculation(args.speculation(Some(DraftModel::new(d, target.config.vocab_size).unwrap_or_else(|e| panic!("{e}")))));
+    let d =
+        cpu_session(&draft.config, &draft.weights, &opts(256)).unwrap_or_else(|e| panic!("{e}"));
+    e.set_speculation(args.speculation(Some(
+        DraftModel::new(d, target.config.vocab_size).unwrap_or_else(|e| panic!("{e}")),
+    )));
     let (got, stats) = run(&mut e, &prompt, &params);
     assert_eq!(got, want);
     let sp = stats.speculation.unwrap_or_else(|| panic!("no stats"));
@@ -179,12 +264,21 @@ fn greedy_speculation_reproduces_plain_greedy_qwen_pair() {
 
 #[test]
 fn a_draft_with_another_vocabulary_is_refused() {
-    let (Some(target), Some(draft)) = (common::model_path(common::QWEN_05B), common::model_path(common::SMOLLM2)) else {
+    let (Some(target), Some(draft)) = (
+        common::model_path(common::QWEN_05B),
+        common::model_path(common::SMOLLM2),
+    ) else {
         return;
     };
     let target = Model::load(&target).unwrap_or_else(|e| panic!("{e}"));
-    let args = SpeculationArgs { draft_model: Some(draft), ..Default::default() };
-    let err = args.load_draft(&target).err().unwrap_or_else(|| panic!("a SmolLM2 draft for Qwen was accepted"));
+    let args = SpeculationArgs {
+        draft_model: Some(draft),
+        ..Default::default()
+    };
+    let err = args
+        .load_draft(&target)
+        .err()
+        .unwrap_or_else(|| panic!("a SmolLM2 draft for Qwen was accepted"));
     assert!(err.to_string().contains("vocabulary"), "{err}");
     // The engine-level check, on the logits' width.
     let (cfg, w) = nonsense_draft(100);
@@ -200,7 +294,10 @@ fn penalties_turn_speculation_off() {
     let prompt = [1, 2, 3, 1, 2, 3, 1, 2];
     let params = GenerateParams {
         max_tokens: 12,
-        sampling: SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy() },
+        sampling: SamplingParams {
+            repetition_penalty: 1.3,
+            ..SamplingParams::greedy()
+        },
         stop_ids: vec![],
     };
     let (want, _) = run(&mut engine(&cfg, &w, 64), &prompt, &params);
@@ -209,7 +306,10 @@ fn penalties_turn_speculation_off() {
     let (got, stats) = run(&mut e, &prompt, &params);
     assert_eq!(got, want);
     let sp = stats.speculation.unwrap_or_else(|| panic!("no stats"));
-    assert!(sp.off.is_some_and(|why| why.contains("penalties")), "{sp:?}");
+    assert!(
+        sp.off.is_some_and(|why| why.contains("penalties")),
+        "{sp:?}"
+    );
     assert_eq!(sp.verify_steps, 0);
 }
 
@@ -228,7 +328,10 @@ fn tiny(vocab: usize, seed: u64) -> (ModelConfig, ModelWeights) {
 
 fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f64> = logits.iter().map(|&l| (((l - max) / temperature) as f64).exp()).collect();
+    let e: Vec<f64> = logits
+        .iter()
+        .map(|&l| (((l - max) / temperature) as f64).exp())
+        .collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
 }
@@ -244,9 +347,14 @@ fn chi_square_limit(dof: f64) -> f64 {
 /// Draws `n` three-token continuations with speculation and compares their joint
 /// distribution with the target's exact one, p(t1) p(t2 | t1) p(t3 | t1 t2).
 fn sampled_joint_matches_target(name: &str, use_draft: bool, lookup: bool, prompt: &[u32]) {
-    let seed = std::env::var("TACHYON_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = std::env::var("TACHYON_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
     println!("{name}: seed {seed} (replay with TACHYON_TEST_SEED={seed})");
     let vocab = 6;
     let (tcfg, tw) = tiny(vocab, seed);
@@ -255,15 +363,24 @@ fn sampled_joint_matches_target(name: &str, use_draft: bool, lookup: bool, promp
     // The exact joint distribution, from the target's logits.
     let mut exact = vec![0f64; vocab * vocab * vocab];
     let mut t = engine(&tcfg, &tw, 64);
-    let p1 = softmax(t.prompt_logits(prompt).unwrap_or_else(|e| panic!("{e}")), temperature);
+    let p1 = softmax(
+        t.prompt_logits(prompt).unwrap_or_else(|e| panic!("{e}")),
+        temperature,
+    );
     for a in 0..vocab {
         let mut pa = prompt.to_vec();
         pa.push(a as u32);
-        let p2 = softmax(t.prompt_logits(&pa).unwrap_or_else(|e| panic!("{e}")), temperature);
+        let p2 = softmax(
+            t.prompt_logits(&pa).unwrap_or_else(|e| panic!("{e}")),
+            temperature,
+        );
         for b in 0..vocab {
             let mut pb = pa.clone();
             pb.push(b as u32);
-            let p3 = softmax(t.prompt_logits(&pb).unwrap_or_else(|e| panic!("{e}")), temperature);
+            let p3 = softmax(
+                t.prompt_logits(&pb).unwrap_or_else(|e| panic!("{e}")),
+                temperature,
+            );
             for c in 0..vocab {
                 exact[(a * vocab + b) * vocab + c] = p1[a] * p2[b] * p3[c];
             }
@@ -271,8 +388,11 @@ fn sampled_joint_matches_target(name: &str, use_draft: bool, lookup: bool, promp
     }
     let mut e = engine(&tcfg, &tw, 64);
     let draft = use_draft.then(|| {
-        DraftModel::new(cpu_session(&dcfg, &dw, &opts(64)).unwrap_or_else(|e| panic!("{e}")), vocab)
-            .unwrap_or_else(|e| panic!("{e}"))
+        DraftModel::new(
+            cpu_session(&dcfg, &dw, &opts(64)).unwrap_or_else(|e| panic!("{e}")),
+            vocab,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     });
     e.set_speculation(spec(draft, lookup, 2, false));
     let n = 40_000;
@@ -305,7 +425,10 @@ fn sampled_joint_matches_target(name: &str, use_draft: bool, lookup: bool, promp
         assert_eq!(stats.verify_steps as u64, n, "{stats:?}");
     }
     assert!(stats.verify_steps > 0, "{stats:?}");
-    assert!(stats.accepted > 0 && stats.accepted < stats.proposed, "{stats:?}");
+    assert!(
+        stats.accepted > 0 && stats.accepted < stats.proposed,
+        "{stats:?}"
+    );
     // Pool cells expected to hold fewer than 5 draws.
     let (mut chi, mut cells, mut small_e, mut small_o) = (0.0, 0usize, 0.0, 0.0);
     for (&p, &o) in exact.iter().zip(&counts) {
@@ -327,7 +450,10 @@ fn sampled_joint_matches_target(name: &str, use_draft: bool, lookup: bool, promp
         "{name}: chi-square {chi:.1} over {cells} cells (limit {limit:.1}); {} of {} proposals kept",
         stats.accepted, stats.proposed
     );
-    assert!(chi < limit, "{name}: chi-square {chi:.1} >= {limit:.1}: speculative sampling is not the target's distribution");
+    assert!(
+        chi < limit,
+        "{name}: chi-square {chi:.1} >= {limit:.1}: speculative sampling is not the target's distribution"
+    );
 }
 
 #[test]

@@ -56,7 +56,10 @@ fn conformance(name: &str) {
     let out_path = dir.join(format!("ggml-vocab-{name}.gguf.out"));
     if !base.exists() || !inp_path.exists() || !out_path.exists() {
         if std::env::var("TACHYON_REQUIRE_VOCAB").is_ok_and(|v| v == "1") {
-            panic!("{name}: vocab test files missing in {}; run scripts/fetch-vocab-tests.sh", dir.display());
+            panic!(
+                "{name}: vocab test files missing in {}; run scripts/fetch-vocab-tests.sh",
+                dir.display()
+            );
         }
         eprintln!(
             "skipping {name}: vocab test files missing in {} (run scripts/fetch-vocab-tests.sh)",

@@ -48,7 +48,12 @@ pub trait Ops {
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<Self::RopeTable, BackendError>;
 
     /// `out[i] = table[tokens[i]]`.
-    fn embed(&mut self, table: &Self::Mat, tokens: &[u32], out: &mut Self::Act) -> Result<(), BackendError>;
+    fn embed(
+        &mut self,
+        table: &Self::Mat,
+        tokens: &[u32],
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>;
     /// Row-wise RMSNorm.
     fn rmsnorm(
         &mut self,
@@ -68,7 +73,13 @@ pub trait Ops {
         n: usize,
     ) -> Result<(), BackendError>;
     /// `out[i] = W x[i]` for the first `n` rows.
-    fn matmul(&mut self, x: &Self::Act, w: &Self::Mat, n: usize, out: &mut Self::Act) -> Result<(), BackendError>;
+    fn matmul(
+        &mut self,
+        x: &Self::Act,
+        w: &Self::Mat,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>;
     /// The MLP's first half: `gate = silu(W_gate x) * (W_up x)` for the first `n` rows of
     /// `x`; `up` is scratch the default form uses. A backend may fuse the two products
     /// and the SwiGLU into one pass over both matrices (CUDA does).
@@ -87,11 +98,21 @@ pub trait Ops {
         self.swiglu(gate, up, n)
     }
     /// `x[i] += b`.
-    fn add_bias(&mut self, x: &mut Self::Act, b: &Self::Vector, n: usize) -> Result<(), BackendError>;
+    fn add_bias(
+        &mut self,
+        x: &mut Self::Act,
+        b: &Self::Vector,
+        n: usize,
+    ) -> Result<(), BackendError>;
     /// `x[i] += y[i]`.
     fn add(&mut self, x: &mut Self::Act, y: &Self::Act, n: usize) -> Result<(), BackendError>;
     /// `gate[i] = silu(gate[i]) * up[i]`.
-    fn swiglu(&mut self, gate: &mut Self::Act, up: &Self::Act, n: usize) -> Result<(), BackendError>;
+    fn swiglu(
+        &mut self,
+        gate: &mut Self::Act,
+        up: &Self::Act,
+        n: usize,
+    ) -> Result<(), BackendError>;
     /// Rotate the `n_heads` heads of each row; row `i` is at position `pos + i`.
     fn rope(
         &mut self,
@@ -116,7 +137,12 @@ pub trait Ops {
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
     /// Copy row `src_row` of `src` into row 0 of `dst`.
-    fn copy_row(&mut self, src: &Self::Act, src_row: usize, dst: &mut Self::Act) -> Result<(), BackendError>;
+    fn copy_row(
+        &mut self,
+        src: &Self::Act,
+        src_row: usize,
+        dst: &mut Self::Act,
+    ) -> Result<(), BackendError>;
     /// Read the first `out.len()` values of `x` into host memory: row 0, or the first rows
     /// one after another.
     fn read_row(&mut self, x: &Self::Act, out: &mut [f32]) -> Result<(), BackendError>;

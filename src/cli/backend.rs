@@ -35,7 +35,9 @@ pub fn make_session(
 ) -> Result<Placed> {
     let gpu = match choice {
         BackendChoice::Cpu => None,
-        BackendChoice::Cuda => Some(cuda::probe().map_err(|why| anyhow::anyhow!("--backend cuda: {why}"))?),
+        BackendChoice::Cuda => {
+            Some(cuda::probe().map_err(|why| anyhow::anyhow!("--backend cuda: {why}"))?)
+        }
         BackendChoice::Auto => match cuda::probe() {
             Ok(dev) => Some(dev),
             Err(why) => {

@@ -42,7 +42,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
     let (config, weights, source) = match (input, &a.random_weights) {
         (Some(path), None) => {
-            let (c, w, s) = load_weights(path).with_context(|| format!("loading {}", path.display()))?;
+            let (c, w, s) =
+                load_weights(path).with_context(|| format!("loading {}", path.display()))?;
             (c, w, Some(s))
         }
         (None, Some(spec)) => {
@@ -53,14 +54,21 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         _ => bail!("give an input model or --random-weights SHAPE"),
     };
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("quantizing {bar:40} {pos}/{len} tensors").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("quantizing {bar:40} {pos}/{len} tensors")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let report = quantize_to_gguf(&config, &weights, source.as_ref(), mix, &output, |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
     })
     .with_context(|| format!("writing {}", output.display()))?;
     bar.finish_and_clear();
-    let types: Vec<String> = report.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let types: Vec<String> = report
+        .types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
     eprintln!(
         "wrote {}: {} tensors ({}), {:.1} MiB of tensor data, in {:.1} s",
         output.display(),
@@ -70,7 +78,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     if source.is_none() || input.is_some_and(|p| p.is_dir()) {
-        eprintln!("note: the output has no tokenizer (only a GGUF input carries one over): `bench` reads it, `generate` and `info` need one");
+        eprintln!(
+            "note: the output has no tokenizer (only a GGUF input carries one over): `bench` reads it, `generate` and `info` need one"
+        );
     }
     Ok(())
 }

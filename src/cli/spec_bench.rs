@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use tachyon::bench::random_prompt;
 use tachyon::engine::draft::DraftModel;
-use tachyon::engine::{Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats};
+use tachyon::engine::{
+    Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats,
+};
 use tachyon::model::Model;
 use tachyon::model::random::{self, Shape};
 
@@ -86,7 +88,11 @@ impl Totals {
     }
 
     fn rate(&self, d: Duration) -> f64 {
-        if d.is_zero() { 0.0 } else { self.tokens as f64 / d.as_secs_f64() }
+        if d.is_zero() {
+            0.0
+        } else {
+            self.tokens as f64 / d.as_secs_f64()
+        }
     }
 
     /// The totals as a table, or as JSON with `json`.
@@ -113,21 +119,39 @@ impl Totals {
         println!(
             "  kept per verify:           {:.2} of {:.2} proposed ({:.0}%)",
             self.stats.mean_accepted(),
-            if self.stats.verify_steps == 0 { 0.0 } else { self.stats.proposed as f64 / self.stats.verify_steps as f64 },
+            if self.stats.verify_steps == 0 {
+                0.0
+            } else {
+                self.stats.proposed as f64 / self.stats.verify_steps as f64
+            },
             100.0 * self.stats.acceptance_rate()
         );
-        println!("  tokens per verify step:    {:.2}", self.stats.tokens_per_verify());
+        println!(
+            "  tokens per verify step:    {:.2}",
+            self.stats.tokens_per_verify()
+        );
         println!("  kept histogram:            {:?}", self.stats.histogram);
         println!("  plain decode:              {p:.1} tok/s");
-        println!("  speculative decode:        {s:.1} tok/s ({:.2}x)", if p > 0.0 { s / p } else { 0.0 });
+        println!(
+            "  speculative decode:        {s:.1} tok/s ({:.2}x)",
+            if p > 0.0 { s / p } else { 0.0 }
+        );
     }
 }
 
 fn greedy(max_tokens: usize, stop_ids: Vec<u32>) -> GenerateParams {
-    GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop_ids }
+    GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_ids,
+    }
 }
 
-fn run(engine: &mut Engine, prompt: &[u32], params: &GenerateParams) -> Result<(Vec<u32>, GenerateStats)> {
+fn run(
+    engine: &mut Engine,
+    prompt: &[u32],
+    params: &GenerateParams,
+) -> Result<(Vec<u32>, GenerateStats)> {
     let mut out = Vec::new();
     let stats = engine.generate(prompt, params, &mut |t| {
         out.push(t);
@@ -138,7 +162,10 @@ fn run(engine: &mut Engine, prompt: &[u32], params: &GenerateParams) -> Result<(
 
 /// Whether `a` asks for a speculative bench.
 pub fn wanted(a: &BenchArgs) -> bool {
-    a.spec.enabled() || a.draft_random_weights.is_some() || a.prompts.is_some() || a.replay_acceptance.is_some()
+    a.spec.enabled()
+        || a.draft_random_weights.is_some()
+        || a.prompts.is_some()
+        || a.replay_acceptance.is_some()
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
@@ -155,17 +182,26 @@ fn measure(a: &BenchArgs) -> Result<()> {
     if !a.spec.enabled() {
         bail!("give --draft-model and/or --lookup");
     }
-    let text = std::fs::read_to_string(prompts_path).with_context(|| format!("reading {}", prompts_path.display()))?;
+    let text = std::fs::read_to_string(prompts_path)
+        .with_context(|| format!("reading {}", prompts_path.display()))?;
     let prompts: Vec<PromptLine> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}", prompts_path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}:{}", prompts_path.display(), i + 1))
+        })
         .collect::<Result<_>>()?;
-    let model = Model::load(model_path).with_context(|| format!("loading {}", model_path.display()))?;
+    let model =
+        Model::load(model_path).with_context(|| format!("loading {}", model_path.display()))?;
     let draft_model = a.spec.load_draft(&model)?;
-    let opts = SessionOptions { ctx: a.ctx.unwrap_or(4096), precise: a.precise, ..Default::default() };
-    let mut engine = Engine::new(make_session(a.backend, &model.config, &model.weights, &opts)?.session);
+    let opts = SessionOptions {
+        ctx: a.ctx.unwrap_or(4096),
+        precise: a.precise,
+        ..Default::default()
+    };
+    let mut engine =
+        Engine::new(make_session(a.backend, &model.config, &model.weights, &opts)?.session);
     let draft = match &draft_model {
         Some(d) => Some(DraftModel::new(
             make_session(a.backend, &d.config, &d.weights, &opts)?.session,
@@ -185,7 +221,10 @@ fn measure(a: &BenchArgs) -> Result<()> {
     let mut totals = Totals::default();
     let table = !a.json;
     if table {
-        println!("{:<22} {:>7} {:>7} {:>9} {:>9} {:>10} {:>10}", "prompt", "prompt", "tokens", "tok/step", "kept %", "plain t/s", "spec t/s");
+        println!(
+            "{:<22} {:>7} {:>7} {:>9} {:>9} {:>10} {:>10}",
+            "prompt", "prompt", "tokens", "tok/step", "kept %", "plain t/s", "spec t/s"
+        );
     }
     for p in &prompts {
         let ids = tok.encode(&p.prompt, false)?;
@@ -196,20 +235,23 @@ fn measure(a: &BenchArgs) -> Result<()> {
         spec = engine.take_speculation();
         let (got, sp) = got?;
         if got != want {
-            bail!("{}: the speculative output differs from plain greedy decoding (a bug; please report it)", p.name);
+            bail!(
+                "{}: the speculative output differs from plain greedy decoding (a bug; please report it)",
+                p.name
+            );
         }
         let s = sp.speculation.clone().unwrap_or_default();
         let tps = |st: &GenerateStats| st.decode_tokens_per_second();
         if table {
             println!(
-            "{:<22} {:>7} {:>7} {:>9.2} {:>9.0} {:>10.1} {:>10.1}",
-            p.name,
-            ids.len(),
-            want.len(),
-            s.tokens_per_verify(),
-            100.0 * s.acceptance_rate(),
-            tps(&plain),
-            tps(&sp)
+                "{:<22} {:>7} {:>7} {:>9.2} {:>9.0} {:>10.1} {:>10.1}",
+                p.name,
+                ids.len(),
+                want.len(),
+                s.tokens_per_verify(),
+                100.0 * s.acceptance_rate(),
+                tps(&plain),
+                tps(&sp)
             );
         }
         totals.add(&plain, &sp);
@@ -223,7 +265,11 @@ fn measure(a: &BenchArgs) -> Result<()> {
         });
     }
     totals.print(
-        &format!("all {} prompts, {} backend, outputs identical to plain greedy:", prompts.len(), engine.backend_name()),
+        &format!(
+            "all {} prompts, {} backend, outputs identical to plain greedy:",
+            prompts.len(),
+            engine.backend_name()
+        ),
         a.json,
     );
     if let Some(out) = &a.record_acceptance {
@@ -245,7 +291,8 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
             let shape = Shape::resolve(spec)?;
             let mut w = random::random_weights(&shape, a.random_dtype.ggml(), a.seed ^ 0xD4AF)?;
             if let Some(q) = a.quant {
-                w = tachyon::model::load_quant::quantize_weights(&w, q).context("--quant (draft)")?;
+                w = tachyon::model::load_quant::quantize_weights(&w, q)
+                    .context("--quant (draft)")?;
             }
             Some((shape.config, w))
         }
@@ -254,34 +301,62 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
             Some((m.config, m.weights))
         }
         (None, None) if record.draft.is_some() => {
-            bail!("the record was made with a draft model: give --draft-random-weights SHAPE or --draft-model")
+            bail!(
+                "the record was made with a draft model: give --draft-random-weights SHAPE or --draft-model"
+            )
         }
         (None, None) => None,
     };
     if let Some((dconfig, _)) = &draft_weights
         && dconfig.vocab_size != config.vocab_size
     {
-        bail!("the draft's vocabulary ({}) differs from the target's ({})", dconfig.vocab_size, config.vocab_size);
+        bail!(
+            "the draft's vocabulary ({}) differs from the target's ({})",
+            dconfig.vocab_size,
+            config.vocab_size
+        );
     }
-    let longest = record.prompts.iter().map(|p| p.prompt_tokens + p.generated + 16).max().unwrap_or(0);
-    let opts = SessionOptions { ctx: a.ctx.unwrap_or(longest.max(64)), precise: a.precise, ..Default::default() };
+    let longest = record
+        .prompts
+        .iter()
+        .map(|p| p.prompt_tokens + p.generated + 16)
+        .max()
+        .unwrap_or(0);
+    let opts = SessionOptions {
+        ctx: a.ctx.unwrap_or(longest.max(64)),
+        precise: a.precise,
+        ..Default::default()
+    };
     let placed = make_session(a.backend, &config, &weights, &opts)?;
     let mut engine = Engine::new(placed.session);
     let draft = match &draft_weights {
-        Some((dconfig, dweights)) => {
-            Some(DraftModel::new(make_session(a.backend, dconfig, dweights, &opts)?.session, engine.vocab_size())?)
-        }
+        Some((dconfig, dweights)) => Some(DraftModel::new(
+            make_session(a.backend, dconfig, dweights, &opts)?.session,
+            engine.vocab_size(),
+        )?),
         None => None,
     };
     // A lookup-only record replays through lookup's slot (whatever --lookup says).
-    let lookup_args = tachyon::engine::SpeculationArgs { lookup: true, ..a.spec.clone() };
-    let mut spec = if draft.is_some() { a.spec.speculation(draft) } else { lookup_args.speculation(None) };
+    let lookup_args = tachyon::engine::SpeculationArgs {
+        lookup: true,
+        ..a.spec.clone()
+    };
+    let mut spec = if draft.is_some() {
+        a.spec.speculation(draft)
+    } else {
+        lookup_args.speculation(None)
+    };
     let mut totals = Totals::default();
     for (i, p) in record.prompts.iter().enumerate() {
         if p.generated < 2 {
             continue;
         }
-        let ids = random_prompt(p.prompt_tokens.max(1), config.vocab_size, a.seed.wrapping_add(i as u64), None);
+        let ids = random_prompt(
+            p.prompt_tokens.max(1),
+            config.vocab_size,
+            a.seed.wrapping_add(i as u64),
+            None,
+        );
         let params = greedy(p.generated, Vec::new());
         let (_, plain) = run(&mut engine, &ids, &params)?;
         if let Some(s) = spec.as_mut() {

@@ -17,7 +17,9 @@ pub struct DraftModel {
 
 /// A draft whose vocabulary is not the target's.
 #[derive(Debug, thiserror::Error)]
-#[error("the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft must share the target's tokenizer")]
+#[error(
+    "the draft model's vocabulary ({draft} tokens) differs from the target's ({target}); a draft must share the target's tokenizer"
+)]
 pub struct VocabMismatch {
     pub draft: usize,
     pub target: usize,
@@ -25,12 +27,22 @@ pub struct VocabMismatch {
 
 impl DraftModel {
     /// A draft for a target with `target_vocab` logits per position.
-    pub fn new(session: Box<dyn Session>, target_vocab: usize) -> Result<DraftModel, VocabMismatch> {
+    pub fn new(
+        session: Box<dyn Session>,
+        target_vocab: usize,
+    ) -> Result<DraftModel, VocabMismatch> {
         let vocab = session.vocab_size();
         if vocab != target_vocab {
-            return Err(VocabMismatch { draft: vocab, target: target_vocab });
+            return Err(VocabMismatch {
+                draft: vocab,
+                target: target_vocab,
+            });
         }
-        Ok(DraftModel { session, cached: Vec::new(), logits: vec![0.0; vocab] })
+        Ok(DraftModel {
+            session,
+            cached: Vec::new(),
+            logits: vec![0.0; vocab],
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -57,7 +69,12 @@ impl DraftModel {
             return Ok(());
         }
         // Catch up on the tokens the cache lacks; at least the last one runs, for logits.
-        let common = self.cached.iter().zip(history).take_while(|(a, b)| a == b).count();
+        let common = self
+            .cached
+            .iter()
+            .zip(history)
+            .take_while(|(a, b)| a == b)
+            .count();
         let start = common.min(history.len() - 1);
         self.cached.truncate(start);
         let mut pos = start;
@@ -72,7 +89,8 @@ impl DraftModel {
             let batch = self.session.max_batch();
             while pos < history.len() {
                 let end = (pos + batch).min(history.len());
-                self.session.forward(&history[pos..end], pos, &mut self.logits)?;
+                self.session
+                    .forward(&history[pos..end], pos, &mut self.logits)?;
                 pos = end;
             }
         }

@@ -9,14 +9,26 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 /// returns the log-probability of `sampled`. NaN logits count as impossible.
 pub fn logprobs(logits: &[f32], sampled: u32, n: usize, top: &mut Vec<(u32, f32)>) -> f32 {
     top.clear();
-    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    let sum: f64 = logits.iter().filter(|v| !v.is_nan()).map(|&v| ((v - max) as f64).exp()).sum();
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| ((v - max) as f64).exp())
+        .sum();
     let lse = max as f64 + sum.ln();
     let lp = |v: f32| {
-        if v.is_nan() { f32::NEG_INFINITY } else { (v as f64 - lse) as f32 }
+        if v.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            (v as f64 - lse) as f32
+        }
     };
     let n = n.min(MAX_TOP_LOGPROBS).min(logits.len());
     if n > 0 {
@@ -35,7 +47,9 @@ pub fn logprobs(logits: &[f32], sampled: u32, n: usize, top: &mut Vec<(u32, f32)
             e.1 = lp(e.1);
         }
     }
-    logits.get(sampled as usize).map_or(f32::NEG_INFINITY, |&v| lp(v))
+    logits
+        .get(sampled as usize)
+        .map_or(f32::NEG_INFINITY, |&v| lp(v))
 }
 
 #[cfg(test)]
@@ -52,7 +66,11 @@ mod tests {
         let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
         assert_eq!(ids, vec![1, 3, 2]);
         assert!((top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
-        let total: f64 = logits.iter().filter(|v| !v.is_nan()).map(|&v| (v as f64 - z.ln()).exp()).sum();
+        let total: f64 = logits
+            .iter()
+            .filter(|v| !v.is_nan())
+            .map(|&v| (v as f64 - z.ln()).exp())
+            .sum();
         assert!((total - 1.0).abs() < 1e-9);
         assert_eq!(logprobs(&logits, 4, 0, &mut top), f32::NEG_INFINITY);
         assert!(top.is_empty());

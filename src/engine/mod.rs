@@ -22,7 +22,9 @@ use crate::backend::BackendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("the prompt has {prompt} tokens; the context holds {ctx} (raise --ctx, up to the model's limit)")]
+    #[error(
+        "the prompt has {prompt} tokens; the context holds {ctx} (raise --ctx, up to the model's limit)"
+    )]
     PromptTooLong { prompt: usize, ctx: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -81,7 +83,11 @@ impl GenerateStats {
     /// Decode speed after the first token.
     pub fn decode_tokens_per_second(&self) -> f64 {
         let n = self.generated_tokens.saturating_sub(1);
-        if n == 0 || self.decode_time.is_zero() { 0.0 } else { n as f64 / self.decode_time.as_secs_f64() }
+        if n == 0 || self.decode_time.is_zero() {
+            0.0
+        } else {
+            n as f64 / self.decode_time.as_secs_f64()
+        }
     }
 }
 
@@ -157,14 +163,25 @@ impl Emitter<'_, '_> {
     }
 
     fn emit(&mut self, id: u32) -> Option<FinishReason> {
-        self.emit_step(&TokenStep { id, logprob: None, top: &[] })
+        self.emit_step(&TokenStep {
+            id,
+            logprob: None,
+            top: &[],
+        })
     }
 }
 
 impl Engine {
     pub fn new(session: Box<dyn Session>) -> Engine {
         let vocab = session.vocab_size();
-        Engine { session, cached: Vec::new(), logits: vec![0.0; vocab], raw: Vec::new(), top: Vec::new(), spec: None }
+        Engine {
+            session,
+            cached: Vec::new(),
+            logits: vec![0.0; vocab],
+            raw: Vec::new(),
+            top: Vec::new(),
+            spec: None,
+        }
     }
 
     /// Decode with speculation (a draft model, prompt lookup or both) from now on; `None`
@@ -198,8 +215,17 @@ impl Engine {
 
     /// `prefill` that stops between chunks once `cancel` is set; returns the number of
     /// reused tokens and whether the whole prompt ran. The cache stays consistent either way.
-    fn prefill_until(&mut self, prompt: &[u32], cancel: Option<&AtomicBool>) -> Result<(usize, bool), EngineError> {
-        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    fn prefill_until(
+        &mut self,
+        prompt: &[u32],
+        cancel: Option<&AtomicBool>,
+    ) -> Result<(usize, bool), EngineError> {
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // At least one token must run to produce logits.
         let start = common.min(prompt.len() - 1);
         self.cached.truncate(start);
@@ -210,7 +236,8 @@ impl Engine {
                 return Ok((start, false));
             }
             let end = (pos + batch).min(prompt.len());
-            self.session.forward(&prompt[pos..end], pos, &mut self.logits)?;
+            self.session
+                .forward(&prompt[pos..end], pos, &mut self.logits)?;
             self.cached.extend_from_slice(&prompt[pos..end]);
             pos = end;
         }
@@ -238,7 +265,10 @@ impl Engine {
             return Err(EngineError::BadToken { id, vocab });
         }
         if prompt.len() >= self.ctx() {
-            return Err(EngineError::PromptTooLong { prompt: prompt.len(), ctx: self.ctx() });
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                ctx: self.ctx(),
+            });
         }
         Ok(())
     }
@@ -251,7 +281,9 @@ impl Engine {
         params: &GenerateParams,
         on_token: &mut dyn FnMut(u32) -> Flow,
     ) -> Result<GenerateStats, EngineError> {
-        self.generate_stream(prompt, params, &StreamOptions::default(), &mut |step| on_token(step.id))
+        self.generate_stream(prompt, params, &StreamOptions::default(), &mut |step| {
+            on_token(step.id)
+        })
     }
 
     /// `generate` with log-probabilities and cancellation (see [`StreamOptions`]).
@@ -281,7 +313,13 @@ impl Engine {
         }
         let mut sampler = Sampler::new(params.sampling.clone(), prompt);
         let mut spec_stats = self.spec.as_ref().map(|_| SpecStats::default());
-        let mut emit = Emitter { params, on_token, t0, first: None, stats: &mut stats };
+        let mut emit = Emitter {
+            params,
+            on_token,
+            t0,
+            first: None,
+            stats: &mut stats,
+        };
         if params.max_tokens == 0 {
             emit.stats.finish = FinishReason::Length;
         } else if let Some(mut spec) = self.spec.take() {
@@ -297,7 +335,15 @@ impl Engine {
                 None
             };
             let end = match blocker {
-                None => self.decode_speculative(&mut spec, prompt, params, opts, &mut sampler, &mut emit, sst),
+                None => self.decode_speculative(
+                    &mut spec,
+                    prompt,
+                    params,
+                    opts,
+                    &mut sampler,
+                    &mut emit,
+                    sst,
+                ),
                 Some(why) => {
                     sst.off = Some(why);
                     self.decode_plain(params, opts, &mut sampler, &mut emit)
@@ -338,8 +384,14 @@ impl Engine {
                     sampler.sample(&mut self.logits)
                 }
             };
-            let logprob = opts.logprobs.map(|n| logprobs::logprobs(&self.raw, token, n, &mut self.top));
-            let step = TokenStep { id: token, logprob, top: if logprob.is_some() { &self.top } else { &[] } };
+            let logprob = opts
+                .logprobs
+                .map(|n| logprobs::logprobs(&self.raw, token, n, &mut self.top));
+            let step = TokenStep {
+                id: token,
+                logprob,
+                top: if logprob.is_some() { &self.top } else { &[] },
+            };
             if let Some(end) = emit.emit_step(&step) {
                 return Ok(end);
             }

@@ -42,7 +42,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// Greedy with no penalties: the token is the plain argmax of the logits, which a
@@ -54,13 +57,19 @@ impl SamplingParams {
     /// No repetition, presence or frequency penalty: the logits are used as they come, so
     /// a backend may pick the token where they are.
     pub fn has_no_penalties(&self) -> bool {
-        self.repetition_penalty == 1.0 && self.presence_penalty == 0.0 && self.frequency_penalty == 0.0
+        self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
     }
 
     /// Reject values that would make sampling meaningless (NaN, negative temperature...).
     pub fn validate(&self) -> Result<(), String> {
         let finite = |name: &str, v: f32| {
-            if v.is_finite() { Ok(()) } else { Err(format!("{name} must be a finite number, got {v}")) }
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number, got {v}"))
+            }
         };
         finite("temperature", self.temperature)?;
         finite("top_p", self.top_p)?;
@@ -69,7 +78,10 @@ impl SamplingParams {
         finite("presence_penalty", self.presence_penalty)?;
         finite("frequency_penalty", self.frequency_penalty)?;
         if self.temperature < 0.0 {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -78,7 +90,10 @@ impl SamplingParams {
             return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if self.repetition_penalty <= 0.0 {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return Err(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -139,11 +154,21 @@ pub fn argmax(x: &[f32]) -> u32 {
 pub fn distribution(p: &SamplingParams, logits: &[f32], c: &mut Vec<(u32, f32)>) {
     // Candidates sorted by logit, descending, cut by top-k first (cheap and exact).
     c.clear();
-    c.extend(logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)));
+    c.extend(
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, &v)| (i as u32, v)),
+    );
     if c.is_empty() {
         return;
     }
-    let k = if p.top_k == 0 { c.len() } else { p.top_k.min(c.len()) };
+    let k = if p.top_k == 0 {
+        c.len()
+    } else {
+        p.top_k.min(c.len())
+    };
     sort_prefix_desc(c, k);
     c.truncate(k);
     // Softmax with temperature over the candidates.
@@ -185,7 +210,13 @@ impl Sampler {
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
         let rng = Rng::new(params.seed);
         let keep = prompt.len().saturating_sub(params.penalty_last_n);
-        Sampler { params, rng, counts: HashMap::new(), recent: prompt[keep..].to_vec(), candidates: Vec::new() }
+        Sampler {
+            params,
+            rng,
+            counts: HashMap::new(),
+            recent: prompt[keep..].to_vec(),
+            candidates: Vec::new(),
+        }
     }
 
     /// Record a token that was emitted (sampled or forced).
@@ -231,7 +262,11 @@ impl Sampler {
             seen.dedup();
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -270,9 +305,22 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws_and_different_seed_differs() {
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params.clone() }, &[]);
+            let mut s = Sampler::new(
+                SamplingParams {
+                    seed,
+                    ..params.clone()
+                },
+                &[],
+            );
             (0..64).map(|_| s.sample(&mut logits())).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
@@ -281,26 +329,71 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_filters_hold() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, seed: 1, ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 1,
+                seed: 1,
+                ..Default::default()
+            },
+            &[],
+        );
         for _ in 0..32 {
             assert_eq!(s.sample(&mut logits()), 1);
         }
         // top-k 2 may only pick the two 3.0 logits (ids 1, 3).
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0, min_p: 0.0, seed: 3, ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 2,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 3,
+                ..Default::default()
+            },
+            &[],
+        );
         let picks: Vec<u32> = (0..200).map(|_| s.sample(&mut logits())).collect();
         assert!(picks.iter().all(|&t| t == 1 || t == 3));
         assert!(picks.contains(&1) && picks.contains(&3));
         // min-p 0.5 drops everything below half the best probability: e^-1 < 0.5 drops id 2.
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: 4, ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.5,
+                seed: 4,
+                ..Default::default()
+            },
+            &[],
+        );
         assert!((0..200).all(|_| matches!(s.sample(&mut logits()), 1 | 3)));
         // top-p 0.5: the two tied best tokens hold ~0.58 of the mass; 0.5 needs just the first.
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.3, min_p: 0.0, seed: 5, ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.3,
+                min_p: 0.0,
+                seed: 5,
+                ..Default::default()
+            },
+            &[],
+        );
         assert!((0..200).all(|_| s.sample(&mut logits()) == 1));
     }
 
     #[test]
     fn sampling_frequencies_follow_softmax() {
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 11, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 11,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params, &[]);
         let base = [0.0f32, 1.0, 2.0];
         let n = 60_000;
@@ -312,21 +405,33 @@ mod tests {
         for i in 0..3 {
             let want = (base[i] as f64).exp() / z;
             let got = hist[i] as f64 / n as f64;
-            assert!((want - got).abs() < 0.01, "token {i}: want {want:.3}, got {got:.3}");
+            assert!(
+                (want - got).abs() < 0.01,
+                "token {i}: want {want:.3}, got {got:.3}"
+            );
         }
     }
 
     #[test]
     fn penalties_change_the_choice() {
         // Repetition penalty on token 1 makes token 3 (tied) win greedily.
-        let params = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params, &[1]);
         assert_eq!(s.sample(&mut logits()), 3);
-        let params = SamplingParams { presence_penalty: 0.5, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            presence_penalty: 0.5,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params, &[]);
         s.accept(1);
         assert_eq!(s.sample(&mut logits()), 3);
-        let params = SamplingParams { frequency_penalty: 0.4, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            frequency_penalty: 0.4,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params, &[]);
         s.accept(1);
         s.accept(1);
@@ -337,9 +442,30 @@ mod tests {
 
     #[test]
     fn validate_rejects_nan_and_negative() {
-        assert!(SamplingParams { temperature: f32::NAN, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
+        assert!(
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

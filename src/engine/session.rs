@@ -3,8 +3,8 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
-use crate::model::llama::{Llama, State};
 pub use crate::model::llama::MAX_VERIFY_ROWS;
+use crate::model::llama::{Llama, State};
 
 pub use super::cuda_session::cuda_session;
 use crate::model::{ModelConfig, ModelWeights};
@@ -17,16 +17,31 @@ pub trait Session: Send {
     fn max_batch(&self) -> usize;
     fn vocab_size(&self) -> usize;
     /// Run `tokens` at positions `pos..`, extending the cache; logits of the last token.
-    fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError>;
     /// Run `tokens` (at most [`MAX_VERIFY_ROWS`] and `max_batch`) at positions `pos..`,
     /// extending the cache, and write the logits of each of them into `logits`, row after
     /// row (`tokens.len()` x vocab): the verify step of speculative decoding.
-    fn forward_rows(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError>;
+    fn forward_rows(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError>;
     /// `forward_rows` that returns only the argmax of each row (lowest id on ties, NaN
     /// never), computed where the logits are, into `out` (`tokens.len()` ids): greedy
     /// verification without copying K+1 vocabulary-wide rows back. `false` when this
     /// session cannot, and the caller uses `forward_rows`.
-    fn forward_rows_argmax(&mut self, tokens: &[u32], pos: usize, out: &mut [u32]) -> Result<bool, BackendError> {
+    fn forward_rows_argmax(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        out: &mut [u32],
+    ) -> Result<bool, BackendError> {
         let _ = (tokens, pos, out);
         Ok(false)
     }
@@ -80,12 +95,24 @@ where
         self.model.cfg.vocab_size
     }
 
-    fn forward(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError> {
-        self.model.forward(&mut self.backend, &mut self.state, tokens, pos, logits)
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        self.model
+            .forward(&mut self.backend, &mut self.state, tokens, pos, logits)
     }
 
-    fn forward_rows(&mut self, tokens: &[u32], pos: usize, logits: &mut [f32]) -> Result<(), BackendError> {
-        self.model.forward_rows(&mut self.backend, &mut self.state, tokens, pos, logits)
+    fn forward_rows(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        self.model
+            .forward_rows(&mut self.backend, &mut self.state, tokens, pos, logits)
     }
 }
 
@@ -105,15 +132,28 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { ctx: 4096, max_batch: 64, precise: false, resident_weights: true }
+        SessionOptions {
+            ctx: 4096,
+            max_batch: 64,
+            precise: false,
+            resident_weights: true,
+        }
     }
 }
 
 /// A CPU session over a model's weights.
-pub fn cpu_session(config: &ModelConfig, weights: &ModelWeights, opts: &SessionOptions) -> Result<Box<dyn Session>, BackendError> {
+pub fn cpu_session(
+    config: &ModelConfig,
+    weights: &ModelWeights,
+    opts: &SessionOptions,
+) -> Result<Box<dyn Session>, BackendError> {
     let mut backend = CpuBackend::new(opts.precise, opts.resident_weights);
     let llama = Llama::load(&mut backend, config, weights)?;
     let ctx = opts.ctx.clamp(1, config.max_ctx);
     let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;
-    Ok(Box::new(OpsSession { backend, model: llama, state }))
+    Ok(Box::new(OpsSession {
+        backend,
+        model: llama,
+        state,
+    }))
 }

@@ -30,7 +30,9 @@ pub struct SpeculationArgs {
 pub enum SpeculationError {
     #[error("loading the draft model {path}: {source}")]
     Load { path: PathBuf, source: ModelError },
-    #[error("the draft model {path} does not share the target's vocabulary ({why}); a draft must use the target's tokenizer")]
+    #[error(
+        "the draft model {path} does not share the target's vocabulary ({why}); a draft must use the target's tokenizer"
+    )]
     Vocabulary { path: PathBuf, why: String },
 }
 
@@ -42,15 +44,29 @@ impl SpeculationArgs {
 
     /// Loads `--draft-model`, refusing one whose vocabulary differs from `target`'s.
     pub fn load_draft(&self, target: &Model) -> Result<Option<Model>, SpeculationError> {
-        let Some(path) = &self.draft_model else { return Ok(None) };
-        let draft = Model::load(path).map_err(|source| SpeculationError::Load { path: path.clone(), source })?;
-        let why = draft.tokenizer.vocabulary_difference(&target.tokenizer).or_else(|| {
-            (draft.config.vocab_size != target.config.vocab_size).then(|| {
-                format!("{} output logits against {}", draft.config.vocab_size, target.config.vocab_size)
-            })
-        });
+        let Some(path) = &self.draft_model else {
+            return Ok(None);
+        };
+        let draft = Model::load(path).map_err(|source| SpeculationError::Load {
+            path: path.clone(),
+            source,
+        })?;
+        let why = draft
+            .tokenizer
+            .vocabulary_difference(&target.tokenizer)
+            .or_else(|| {
+                (draft.config.vocab_size != target.config.vocab_size).then(|| {
+                    format!(
+                        "{} output logits against {}",
+                        draft.config.vocab_size, target.config.vocab_size
+                    )
+                })
+            });
         match why {
-            Some(why) => Err(SpeculationError::Vocabulary { path: path.clone(), why }),
+            Some(why) => Err(SpeculationError::Vocabulary {
+                path: path.clone(),
+                why,
+            }),
             None => Ok(Some(draft)),
         }
     }

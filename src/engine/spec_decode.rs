@@ -72,8 +72,16 @@ impl SpecStats {
         self.proposed += proposed;
         self.accepted += accepted;
         let (steps, p, a) = match source {
-            Source::Lookup => (&mut self.lookup_steps, &mut self.lookup_proposed, &mut self.lookup_accepted),
-            Source::Draft => (&mut self.draft_steps, &mut self.draft_proposed, &mut self.draft_accepted),
+            Source::Lookup => (
+                &mut self.lookup_steps,
+                &mut self.lookup_proposed,
+                &mut self.lookup_accepted,
+            ),
+            Source::Draft => (
+                &mut self.draft_steps,
+                &mut self.draft_proposed,
+                &mut self.draft_accepted,
+            ),
         };
         *steps += 1;
         *p += proposed;
@@ -86,17 +94,29 @@ impl SpecStats {
 
     /// Proposed tokens the target kept, per verify step.
     pub fn mean_accepted(&self) -> f64 {
-        if self.verify_steps == 0 { 0.0 } else { self.accepted as f64 / self.verify_steps as f64 }
+        if self.verify_steps == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.verify_steps as f64
+        }
     }
 
     /// Tokens a verify step produces: the kept proposals plus the target's own token.
     pub fn tokens_per_verify(&self) -> f64 {
-        if self.verify_steps == 0 { 0.0 } else { 1.0 + self.mean_accepted() }
+        if self.verify_steps == 0 {
+            0.0
+        } else {
+            1.0 + self.mean_accepted()
+        }
     }
 
     /// Share of proposed tokens kept.
     pub fn acceptance_rate(&self) -> f64 {
-        if self.proposed == 0 { 0.0 } else { self.accepted as f64 / self.proposed as f64 }
+        if self.proposed == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.proposed as f64
+        }
     }
 
     /// Target forward passes of any kind.
@@ -133,7 +153,11 @@ impl SpecStats {
             self.verify_steps,
             self.plain_steps,
             self.mean_accepted(),
-            if self.verify_steps == 0 { 0.0 } else { self.proposed as f64 / self.verify_steps as f64 },
+            if self.verify_steps == 0 {
+                0.0
+            } else {
+                self.proposed as f64 / self.verify_steps as f64
+            },
             100.0 * self.acceptance_rate(),
             self.tokens_per_verify(),
             self.histogram,
@@ -162,11 +186,15 @@ impl Engine {
         let greedy = sp.temperature == 0.0;
         let vocab = self.session.vocab_size();
         let ctx = self.ctx();
-        let max_len = spec.max_len.clamp(1, MAX_VERIFY_ROWS - 1).min(self.session.max_batch().saturating_sub(1));
+        let max_len = spec
+            .max_len
+            .clamp(1, MAX_VERIFY_ROWS - 1)
+            .min(self.session.max_batch().saturating_sub(1));
         let mut length = AdaptiveLength::new(max_len);
         let mut rng = Rng::new(sp.seed ^ VERIFY_SEED);
         let mut history = prompt.to_vec();
-        let (mut proposal, mut q_rows, mut inputs, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut proposal, mut q_rows, mut inputs, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut p_rows: Vec<Vec<(u32, f32)>> = Vec::new();
         let mut argmaxes = Vec::new();
         let mut token = sampler.sample(&mut self.logits);
@@ -185,7 +213,11 @@ impl Engine {
             // Room for the proposal: the context, and the tokens still wanted (the target
             // adds one of its own to what it keeps).
             let remaining = params.max_tokens - emit.generated();
-            let mut want = if spec.adaptive { length.current() } else { max_len };
+            let mut want = if spec.adaptive {
+                length.current()
+            } else {
+                max_len
+            };
             let mut replayed = None;
             if let Some(replay) = spec.replay.as_mut() {
                 let (p, a) = replay.pop_front().unwrap_or((0, 0));
@@ -204,7 +236,13 @@ impl Engine {
                 }
                 if let (None, Some(draft)) = (source, spec.draft.as_mut()) {
                     let t = Instant::now();
-                    draft.propose(&history, k, (!greedy).then_some((sp, &mut rng)), &mut proposal, &mut q_rows)?;
+                    draft.propose(
+                        &history,
+                        k,
+                        (!greedy).then_some((sp, &mut rng)),
+                        &mut proposal,
+                        &mut q_rows,
+                    )?;
                     stats.draft_time += t.elapsed();
                     source = (!proposal.is_empty()).then_some(Source::Draft);
                 }
@@ -242,7 +280,11 @@ impl Engine {
             // Greedy needs only each row's argmax, which a GPU session picks on the device.
             argmaxes.clear();
             argmaxes.resize(n, 0);
-            if !(greedy && self.session.forward_rows_argmax(&inputs, pos, &mut argmaxes)?) {
+            if !(greedy
+                && self
+                    .session
+                    .forward_rows_argmax(&inputs, pos, &mut argmaxes)?)
+            {
                 rows.resize(n * vocab, 0.0);
                 self.session.forward_rows(&inputs, pos, &mut rows)?;
                 if greedy {
@@ -253,7 +295,10 @@ impl Engine {
             stats.verify_time += t.elapsed();
             self.cached.push(token);
             let (accepted, next) = if greedy {
-                let a = replayed.map_or_else(|| accept_greedy(&proposal, &argmaxes), |a| a.min(proposal.len()));
+                let a = replayed.map_or_else(
+                    || accept_greedy(&proposal, &argmaxes),
+                    |a| a.min(proposal.len()),
+                );
                 (a, argmaxes[a])
             } else {
                 p_rows.resize_with(n, Vec::new);

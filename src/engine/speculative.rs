@@ -43,7 +43,11 @@ pub(crate) fn draw(d: &[(u32, f32)], rng: &mut Rng) -> Option<u32> {
 /// How many proposed tokens the target agrees with, greedily: the length of the prefix of
 /// `proposed` equal to `target_argmax` (the target's choice after each position).
 pub fn accept_greedy(proposed: &[u32], target_argmax: &[u32]) -> usize {
-    proposed.iter().zip(target_argmax).take_while(|(a, b)| a == b).count()
+    proposed
+        .iter()
+        .zip(target_argmax)
+        .take_while(|(a, b)| a == b)
+        .count()
 }
 
 /// The outcome of verifying one proposal.
@@ -60,30 +64,54 @@ pub struct Verdict {
 /// (given the context and `proposed[..i]`), with one more row after the last proposal
 /// (`p.len() == proposed.len() + 1`). `q[i]` is the proposer's distribution for
 /// `proposed[i]`, or `None` for a point mass on it.
-pub fn verify_sampled(proposed: &[u32], p: &[&Dist], q: &[Option<&Dist>], rng: &mut Rng) -> Verdict {
-    assert_eq!(p.len(), proposed.len() + 1, "one target row per proposal plus one");
+pub fn verify_sampled(
+    proposed: &[u32],
+    p: &[&Dist],
+    q: &[Option<&Dist>],
+    rng: &mut Rng,
+) -> Verdict {
+    assert_eq!(
+        p.len(),
+        proposed.len() + 1,
+        "one target row per proposal plus one"
+    );
     assert_eq!(q.len(), proposed.len(), "one proposer row per proposal");
     for (i, &x) in proposed.iter().enumerate() {
         let px = prob(p[i], x);
         let qx = q[i].map_or(1.0, |q| prob(q, x));
         // u < p/q accepts with probability min(1, p/q); qx == 0 cannot come from a real
         // draw, and is treated as certain acceptance of a token p allows.
-        let keep = if qx > 0.0 { (rng.next_f64() as f32) < px / qx } else { px > 0.0 };
+        let keep = if qx > 0.0 {
+            (rng.next_f64() as f32) < px / qx
+        } else {
+            px > 0.0
+        };
         if keep {
             continue;
         }
         // The residual max(0, p - q) over p's support (q's mass elsewhere subtracts nothing).
         let residual: Vec<(u32, f32)> = match q[i] {
-            Some(q) => p[i].iter().map(|&(id, pv)| (id, (pv - prob(q, id)).max(0.0))).collect(),
-            None => p[i].iter().map(|&(id, pv)| (id, if id == x { 0.0 } else { pv })).collect(),
+            Some(q) => p[i]
+                .iter()
+                .map(|&(id, pv)| (id, (pv - prob(q, id)).max(0.0)))
+                .collect(),
+            None => p[i]
+                .iter()
+                .map(|&(id, pv)| (id, if id == x { 0.0 } else { pv }))
+                .collect(),
         };
         // No residual mass means p <= q everywhere, i.e. p == q: rejection had probability
         // 0, so any draw from p is a faithful fallback for the rounding case.
-        let next = draw(&residual, rng).or_else(|| draw(p[i], rng)).unwrap_or(x);
+        let next = draw(&residual, rng)
+            .or_else(|| draw(p[i], rng))
+            .unwrap_or(x);
         return Verdict { accepted: i, next };
     }
     let last = p[proposed.len()];
-    Verdict { accepted: proposed.len(), next: draw(last, rng).unwrap_or(0) }
+    Verdict {
+        accepted: proposed.len(),
+        next: draw(last, rng).unwrap_or(0),
+    }
 }
 
 /// Prompt-lookup proposals: when the last `n` tokens of the text so far occurred earlier
@@ -99,7 +127,10 @@ pub struct PromptLookup {
 
 impl Default for PromptLookup {
     fn default() -> Self {
-        PromptLookup { max_ngram: 4, min_ngram: 2 }
+        PromptLookup {
+            max_ngram: 4,
+            min_ngram: 2,
+        }
     }
 }
 
@@ -139,7 +170,10 @@ pub struct AdaptiveLength {
 
 impl AdaptiveLength {
     pub fn new(max: usize) -> AdaptiveLength {
-        AdaptiveLength { max: max.max(1), current: max.max(1) }
+        AdaptiveLength {
+            max: max.max(1),
+            current: max.max(1),
+        }
     }
 
     pub fn current(&self) -> usize {
@@ -165,7 +199,10 @@ mod tests {
 
     fn normalise(w: &[f32]) -> Vec<(u32, f32)> {
         let s: f32 = w.iter().sum();
-        w.iter().enumerate().map(|(i, v)| (i as u32, v / s)).collect()
+        w.iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32, v / s))
+            .collect()
     }
 
     /// Pearson chi-square statistic of `counts` against probabilities `p`.
@@ -210,7 +247,10 @@ mod tests {
             accepted += v.accepted as u64;
         }
         let chi2 = chi_square(&counts, &p);
-        assert!(chi2 < CHI2_DF5_P9999, "chi-square {chi2:.1} over {counts:?}");
+        assert!(
+            chi2 < CHI2_DF5_P9999,
+            "chi-square {chi2:.1} over {counts:?}"
+        );
         // Acceptance rate is sum(min(p, q)) = 0.5 here.
         let rate = accepted as f64 / N as f64;
         assert!((rate - 0.5).abs() < 0.01, "acceptance {rate}");
@@ -229,7 +269,10 @@ mod tests {
                 counts[first as usize] += 1;
             }
             let chi2 = chi_square(&counts, &p);
-            assert!(chi2 < CHI2_DF5_P9999, "proposal {proposal}: chi-square {chi2:.1} over {counts:?}");
+            assert!(
+                chi2 < CHI2_DF5_P9999,
+                "proposal {proposal}: chi-square {chi2:.1} over {counts:?}"
+            );
         }
     }
 
@@ -244,13 +287,21 @@ mod tests {
         let mut counts = [0u64; 6];
         for _ in 0..200_000 {
             let x1 = draw(&q1, &mut rng).unwrap_or(0);
-            let v = verify_sampled(&[0, x1], &[&p0, &p1, &p1], &[Some(&p0), Some(&q1)], &mut rng);
+            let v = verify_sampled(
+                &[0, x1],
+                &[&p0, &p1, &p1],
+                &[Some(&p0), Some(&q1)],
+                &mut rng,
+            );
             assert!(v.accepted >= 1, "q0 == p0 never rejects");
             let second = if v.accepted == 2 { x1 } else { v.next };
             counts[second as usize] += 1;
         }
         let chi2 = chi_square(&counts, &p1);
-        assert!(chi2 < CHI2_DF5_P9999, "chi-square {chi2:.1} over {counts:?}");
+        assert!(
+            chi2 < CHI2_DF5_P9999,
+            "chi-square {chi2:.1} over {counts:?}"
+        );
     }
 
     #[test]
@@ -261,9 +312,21 @@ mod tests {
         let (a, b, c) = (hot(3), hot(4), hot(9));
         let mut rng = Rng::new(1);
         let v = verify_sampled(&[3, 5], &[&a, &b, &c], &[None, None], &mut rng);
-        assert_eq!(v, Verdict { accepted: 1, next: 4 });
+        assert_eq!(
+            v,
+            Verdict {
+                accepted: 1,
+                next: 4
+            }
+        );
         let v = verify_sampled(&[3, 4], &[&a, &b, &c], &[None, None], &mut rng);
-        assert_eq!(v, Verdict { accepted: 2, next: 9 });
+        assert_eq!(
+            v,
+            Verdict {
+                accepted: 2,
+                next: 9
+            }
+        );
     }
 
     #[test]

@@ -28,7 +28,10 @@ pub fn run(data: &[u8]) -> Outcome {
             }
         }),
         1 => parse_chat_request(body).map(|r| {
-            assert!(!r.messages.is_empty(), "a chat without messages was accepted");
+            assert!(
+                !r.messages.is_empty(),
+                "a chat without messages was accepted"
+            );
             check_options(&r.options);
             for m in &r.messages {
                 check_stops(&r.options.stop, &m.content);
@@ -45,7 +48,9 @@ pub fn run(data: &[u8]) -> Outcome {
 fn refused(e: &ApiError) -> Rejected {
     let body: serde_json::Value =
         serde_json::from_str(&e.to_json()).expect("the error body is not valid JSON");
-    let message = body["error"]["message"].as_str().expect("the error body has no message");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("the error body has no message");
     assert!(!message.is_empty(), "the error body's message is empty");
     Rejected(message.to_string())
 }

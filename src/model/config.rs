@@ -155,7 +155,9 @@ impl ModelConfig {
             Some("linear") => g.get_f32(&key("rope.scaling.factor")).unwrap_or(1.0),
             Some("none") | None => 1.0,
             Some(other) => {
-                return Err(ModelError::Unsupported(format!("rope scaling type {other:?}")));
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling type {other:?}"
+                )));
             }
         };
         let style = match family {
@@ -173,7 +175,13 @@ impl ModelConfig {
             vocab_size,
             rms_eps,
             max_ctx: opt("context_length").unwrap_or(2048),
-            rope: Rope { style, theta, dim: rope_dim, linear_factor, freq_factors: None },
+            rope: Rope {
+                style,
+                theta,
+                dim: rope_dim,
+                linear_factor,
+                freq_factors: None,
+            },
             qkv_bias: family == Family::Qwen2,
             qk_norm: family == Family::Qwen3,
             sliding_window: None,
@@ -193,9 +201,15 @@ impl ModelConfig {
                 "model_type {model_type:?} (supported: llama, mistral, qwen2, qwen3)"
             ))
         })?;
-        let int = |k: &str| v.get(k).and_then(Value::as_u64).and_then(|x| usize::try_from(x).ok());
+        let int = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|x| usize::try_from(x).ok())
+        };
         let req = |k: &str| {
-            int(k).ok_or_else(|| ModelError::Config(format!("config.json: {k} missing or not an integer")))
+            int(k).ok_or_else(|| {
+                ModelError::Config(format!("config.json: {k} missing or not an integer"))
+            })
         };
         let float = |k: &str| v.get(k).and_then(Value::as_f64);
 
@@ -211,7 +225,11 @@ impl ModelConfig {
         // `rope_theta` / `rope_scaling` at the top level.
         let rope_params = v.get("rope_parameters");
         let theta = float("rope_theta")
-            .or_else(|| rope_params.and_then(|r| r.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10_000.0) as f32;
         let scaling = v
             .get("rope_scaling")
@@ -236,7 +254,9 @@ impl ModelConfig {
                 "linear" => rope.linear_factor = f("factor").unwrap_or(1.0) as f32,
                 "llama3" => {
                     let need = |k: &str| {
-                        f(k).ok_or_else(|| ModelError::Config(format!("config.json: rope_scaling.{k} missing")))
+                        f(k).ok_or_else(|| {
+                            ModelError::Config(format!("config.json: rope_scaling.{k} missing"))
+                        })
                     };
                     rope.freq_factors = Some(llama3_freq_factors(
                         theta,
@@ -248,7 +268,9 @@ impl ModelConfig {
                     ));
                 }
                 other => {
-                    return Err(ModelError::Unsupported(format!("rope scaling type {other:?}")));
+                    return Err(ModelError::Unsupported(format!(
+                        "rope scaling type {other:?}"
+                    )));
                 }
             }
         }
@@ -266,9 +288,14 @@ impl ModelConfig {
             rms_eps: float("rms_norm_eps").unwrap_or(1e-6) as f32,
             max_ctx: int("max_position_embeddings").unwrap_or(2048),
             rope,
-            qkv_bias: family == Family::Qwen2 || v.get("attention_bias").and_then(Value::as_bool) == Some(true),
+            qkv_bias: family == Family::Qwen2
+                || v.get("attention_bias").and_then(Value::as_bool) == Some(true),
             qk_norm: family == Family::Qwen3,
-            sliding_window: if family == Family::Mistral { int("sliding_window") } else { None },
+            sliding_window: if family == Family::Mistral {
+                int("sliding_window")
+            } else {
+                None
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -279,7 +306,9 @@ impl ModelConfig {
         let bad = |m: String| Err(ModelError::Config(m));
         let in_range = |name: &str, v: usize, max: usize| -> Result<(), ModelError> {
             if v == 0 || v > max {
-                return Err(ModelError::Config(format!("{name} = {v} is out of range 1..={max}")));
+                return Err(ModelError::Config(format!(
+                    "{name} = {v} is out of range 1..={max}"
+                )));
             }
             Ok(())
         };
@@ -304,13 +333,22 @@ impl ModelConfig {
             ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
-            return bad(format!("rms epsilon {} must be finite and positive", self.rms_eps));
+            return bad(format!(
+                "rms epsilon {} must be finite and positive",
+                self.rms_eps
+            ));
         }
         if !(self.rope.theta.is_finite() && self.rope.theta > 1.0) {
-            return bad(format!("rope base {} must be finite and above 1", self.rope.theta));
+            return bad(format!(
+                "rope base {} must be finite and above 1",
+                self.rope.theta
+            ));
         }
         if !(self.rope.linear_factor.is_finite() && self.rope.linear_factor > 0.0) {
-            return bad(format!("rope scaling factor {} must be positive", self.rope.linear_factor));
+            return bad(format!(
+                "rope scaling factor {} must be positive",
+                self.rope.linear_factor
+            ));
         }
         if let Some(ff) = &self.rope.freq_factors {
             if ff.len() != self.rope.dim / 2 || ff.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
@@ -346,7 +384,8 @@ pub fn llama3_freq_factors(
             } else if wavelen > low_wavelen {
                 freq / factor
             } else {
-                let smooth = (original_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                let smooth = (original_ctx / wavelen - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
                 (1.0 - smooth) * freq / factor + smooth * freq
             };
             (freq / scaled) as f32
@@ -363,7 +402,10 @@ mod tests {
         let ff = llama3_freq_factors(500_000.0, 64, 32.0, 1.0, 4.0, 8192.0);
         assert_eq!(ff.len(), 32);
         assert!((ff[0] - 1.0).abs() < 1e-6, "highest frequency untouched");
-        assert!((ff[31] - 32.0).abs() < 1e-3, "lowest frequency divided by factor");
+        assert!(
+            (ff[31] - 32.0).abs() < 1e-3,
+            "lowest frequency divided by factor"
+        );
         assert!(ff.windows(2).all(|w| w[1] >= w[0] - 1e-6), "monotone");
     }
 

@@ -29,7 +29,12 @@ impl TensorSpec {
         self.rows
             .checked_mul(self.cols)
             .and_then(|n| self.ty.bytes_for(n))
-            .ok_or_else(|| io::Error::other(format!("{}: {} x {} {} is not a whole number of blocks", self.name, self.rows, self.cols, self.ty)))
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "{}: {} x {} {} is not a whole number of blocks",
+                    self.name, self.rows, self.cols, self.ty
+                ))
+            })
     }
 }
 
@@ -79,7 +84,11 @@ pub fn write_gguf<W: Write>(
     for (i, &size) in sizes.iter().enumerate() {
         let bytes = data(i)?;
         if bytes.len() as u64 != size {
-            return Err(io::Error::other(format!("{}: {} bytes produced, {size} expected", specs[i].name, bytes.len())));
+            return Err(io::Error::other(format!(
+                "{}: {} bytes produced, {size} expected",
+                specs[i].name,
+                bytes.len()
+            )));
         }
         out.write_all(&bytes)?;
         let pad = (pad_to(size) - size) as usize;
@@ -97,26 +106,62 @@ mod tests {
     #[test]
     fn written_files_read_back() {
         let specs = vec![
-            TensorSpec { name: "a.weight".into(), ty: GgmlType::Q8_0, rows: 3, cols: 64, vector: false },
-            TensorSpec { name: "b.weight".into(), ty: GgmlType::F32, rows: 1, cols: 5, vector: true },
-            TensorSpec { name: "c.weight".into(), ty: GgmlType::Q4K, rows: 2, cols: 256, vector: false },
+            TensorSpec {
+                name: "a.weight".into(),
+                ty: GgmlType::Q8_0,
+                rows: 3,
+                cols: 64,
+                vector: false,
+            },
+            TensorSpec {
+                name: "b.weight".into(),
+                ty: GgmlType::F32,
+                rows: 1,
+                cols: 5,
+                vector: true,
+            },
+            TensorSpec {
+                name: "c.weight".into(),
+                ty: GgmlType::Q4K,
+                rows: 2,
+                cols: 256,
+                vector: false,
+            },
         ];
         let values: Vec<Vec<f32>> = specs
             .iter()
-            .map(|s| (0..s.rows * s.cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect())
+            .map(|s| {
+                (0..s.rows * s.cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .collect()
+            })
             .collect();
         let meta = vec![
-            ("general.architecture".to_string(), MetaValue::String("llama".into())),
-            ("x.list".to_string(), MetaValue::Array(vec![MetaValue::I32(-1), MetaValue::I32(7)])),
+            (
+                "general.architecture".to_string(),
+                MetaValue::String("llama".into()),
+            ),
+            (
+                "x.list".to_string(),
+                MetaValue::Array(vec![MetaValue::I32(-1), MetaValue::I32(7)]),
+            ),
         ];
         let mut buf = Vec::new();
-        write_gguf(&mut buf, &meta, &specs, |i| Ok(quant::quantize(specs[i].ty, &values[i]))).unwrap();
+        write_gguf(&mut buf, &meta, &specs, |i| {
+            Ok(quant::quantize(specs[i].ty, &values[i]))
+        })
+        .unwrap();
         let g = GgufFile::from_bytes(buf).unwrap();
         assert_eq!(g.architecture(), Some("llama"));
         assert_eq!(g.i32_array("x.list"), Some(vec![-1, 7]));
         for (s, v) in specs.iter().zip(&values) {
             let t = g.tensor(&s.name).unwrap();
-            assert_eq!((t.ty, t.n_rows(), t.row_len()), (s.ty, s.rows, s.cols), "{}", s.name);
+            assert_eq!(
+                (t.ty, t.n_rows(), t.row_len()),
+                (s.ty, s.rows, s.cols),
+                "{}",
+                s.name
+            );
             let mut back = vec![0f32; v.len()];
             quant::dequantize(s.ty, g.tensor_bytes(t), &mut back).unwrap();
             let want = {
@@ -130,8 +175,17 @@ mod tests {
 
     #[test]
     fn a_short_tensor_is_an_error() {
-        let specs = vec![TensorSpec { name: "a".into(), ty: GgmlType::F32, rows: 1, cols: 4, vector: true }];
+        let specs = vec![TensorSpec {
+            name: "a".into(),
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: 4,
+            vector: true,
+        }];
         let err = write_gguf(&mut Vec::new(), &[], &specs, |_| Ok(vec![0u8; 8])).unwrap_err();
-        assert!(err.to_string().contains("8 bytes produced, 16 expected"), "{err}");
+        assert!(
+            err.to_string().contains("8 bytes produced, 16 expected"),
+            "{err}"
+        );
     }
 }

@@ -65,7 +65,8 @@ pub const MAX_VERIFY_ROWS: usize = 16;
 
 impl<B: Ops> Llama<B> {
     pub fn load(b: &mut B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self, BackendError> {
-        let opt = |b: &mut B, v: &Option<Vec<f32>>| v.as_ref().map(|v| b.upload_vector(v)).transpose();
+        let opt =
+            |b: &mut B, v: &Option<Vec<f32>>| v.as_ref().map(|v| b.upload_vector(v)).transpose();
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
             layers.push(Layer {
@@ -94,7 +95,12 @@ impl<B: Ops> Llama<B> {
         })
     }
 
-    pub fn new_state(&self, b: &mut B, ctx: usize, max_batch: usize) -> Result<State<B>, BackendError> {
+    pub fn new_state(
+        &self,
+        b: &mut B,
+        ctx: usize,
+        max_batch: usize,
+    ) -> Result<State<B>, BackendError> {
         let c = &self.cfg;
         let mut kv = Vec::with_capacity(c.n_layers);
         for _ in 0..c.n_layers {
@@ -152,22 +158,35 @@ impl<B: Ops> Llama<B> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
-        assert!(logits.len() == tokens.len() * self.cfg.vocab_size, "caller checks the verify shape");
+        assert!(
+            logits.len() == tokens.len() * self.cfg.vocab_size,
+            "caller checks the verify shape"
+        );
         self.forward_rows_logits(b, s, tokens, pos)?;
-        let Some(out) = s.rows_logits.as_ref() else { unreachable!("made by forward_rows_logits") };
+        let Some(out) = s.rows_logits.as_ref() else {
+            unreachable!("made by forward_rows_logits")
+        };
         b.read_row(out, logits)
     }
 
     /// [`Llama::forward_rows`] without reading the logits back: they stay in the backend,
     /// one row per token (see [`Llama::rows_logits`]), for a device-side pick.
-    pub fn forward_rows_logits(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
+    pub fn forward_rows_logits(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<(), BackendError> {
         let (n, c) = (tokens.len(), &self.cfg);
         assert!(n <= MAX_VERIFY_ROWS, "caller checks the verify shape");
         self.layers_forward(b, s, tokens, pos)?;
         if s.rows_logits.is_none() {
             s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
         }
-        let Some(out) = s.rows_logits.as_mut() else { unreachable!("allocated above") };
+        let Some(out) = s.rows_logits.as_mut() else {
+            unreachable!("allocated above")
+        };
         b.rmsnorm(&s.x, &self.final_norm, c.rms_eps, n, &mut s.h)?;
         b.matmul(&s.h, &self.output, n, out)
     }
@@ -180,7 +199,13 @@ impl<B: Ops> Llama<B> {
     /// [`Llama::forward`] without reading the logits back: they stay in the backend (see
     /// [`Llama::logits`]). Queues only device work, so a GPU backend can capture it into a
     /// CUDA graph.
-    pub fn forward_logits(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
+    pub fn forward_logits(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<(), BackendError> {
         let n = tokens.len();
         self.layers_forward(b, s, tokens, pos)?;
         // Only the last position's logits are needed to pick the next token.
@@ -191,10 +216,19 @@ impl<B: Ops> Llama<B> {
     }
 
     /// The embedding and every block: leaves the residual stream of `tokens` in `s.x`.
-    fn layers_forward(&self, b: &mut B, s: &mut State<B>, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
+    fn layers_forward(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<(), BackendError> {
         let c = &self.cfg;
         let n = tokens.len();
-        assert!(n > 0 && n <= s.max_batch && pos + n <= s.ctx, "caller checks batch and context bounds");
+        assert!(
+            n > 0 && n <= s.max_batch && pos + n <= s.ctx,
+            "caller checks batch and context bounds"
+        );
         let shape = AttnShape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,

@@ -56,22 +56,48 @@ pub fn quantize_matrix(w: &Weight, q: LoadQuant) -> Result<Weight, ModelError> {
         .collect::<Result<_, ModelError>>()?;
     let bytes: Vec<u8> = rows.concat();
     let len = bytes.len();
-    Weight::new(&w.name, ty, w.rows, w.cols, Arc::new(HostBytes(bytes)), 0, len)
+    Weight::new(
+        &w.name,
+        ty,
+        w.rows,
+        w.cols,
+        Arc::new(HostBytes(bytes)),
+        0,
+        len,
+    )
 }
 
 /// Every matrix of `w` quantized to `q` (norms and biases stay f32).
 pub fn quantize_weights(w: &ModelWeights, q: LoadQuant) -> Result<ModelWeights, ModelError> {
     let embed = quantize_matrix(&w.embed, q)?;
-    let output = if w.tied_output { embed.clone() } else { quantize_matrix(&w.output, q)? };
+    let output = if w.tied_output {
+        embed.clone()
+    } else {
+        quantize_matrix(&w.output, q)?
+    };
     let mut layers = Vec::with_capacity(w.layers.len());
     for l in &w.layers {
         let mut l2 = l.clone();
-        for m in [&mut l2.wq, &mut l2.wk, &mut l2.wv, &mut l2.wo, &mut l2.w_gate, &mut l2.w_up, &mut l2.w_down] {
+        for m in [
+            &mut l2.wq,
+            &mut l2.wk,
+            &mut l2.wv,
+            &mut l2.wo,
+            &mut l2.w_gate,
+            &mut l2.w_up,
+            &mut l2.w_down,
+        ] {
             *m = quantize_matrix(m, q)?;
         }
         layers.push(l2);
     }
-    Ok(ModelWeights { embed, layers, final_norm: w.final_norm.clone(), output, tied_output: w.tied_output })
+    Ok(ModelWeights {
+        embed,
+        layers,
+        final_norm: w.final_norm.clone(),
+        output,
+        tied_output: w.tied_output,
+    })
 }
 
 #[cfg(test)]
@@ -97,13 +123,32 @@ mod tests {
         assert_eq!(q4.layers[0].w_down.ty, GgmlType::Q4_0);
         assert!(q4.tied_output && q4.output.bytes().as_ptr() == q4.embed.bytes().as_ptr());
         let q8 = quantize_weights(&w, LoadQuant::Int8).unwrap_or_else(|e| panic!("{e}"));
-        assert!(q8.layers.iter().all(|l| l.w_up.ty == GgmlType::Q8_0 && l.w_down.ty == GgmlType::Q8_0));
+        assert!(
+            q8.layers
+                .iter()
+                .all(|l| l.w_up.ty == GgmlType::Q8_0 && l.w_down.ty == GgmlType::Q8_0)
+        );
         // Values: each row within its format's rounding of the source row.
-        for (src, q, bound) in [(&w.layers[1].wv, &q8.layers[1].wv, 0.01), (&w.layers[1].wv, &q4.layers[1].wv, 0.15)] {
-            let (a, b) = (src.to_f32().unwrap_or_default(), q.to_f32().unwrap_or_default());
-            let err = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt()
+        for (src, q, bound) in [
+            (&w.layers[1].wv, &q8.layers[1].wv, 0.01),
+            (&w.layers[1].wv, &q4.layers[1].wv, 0.15),
+        ] {
+            let (a, b) = (
+                src.to_f32().unwrap_or_default(),
+                q.to_f32().unwrap_or_default(),
+            );
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f32>()
+                .sqrt()
                 / a.iter().map(|x| x * x).sum::<f32>().sqrt();
-            assert!(err.is_finite() && err < bound, "{}: relative error {err}", q.ty);
+            assert!(
+                err.is_finite() && err < bound,
+                "{}: relative error {err}",
+                q.ty
+            );
         }
     }
 }

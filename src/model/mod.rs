@@ -4,8 +4,8 @@
 pub mod config;
 pub mod gguf;
 pub mod gguf_writer;
-pub mod load_quant;
 pub mod llama;
+pub mod load_quant;
 pub mod quantize;
 pub mod random;
 pub mod safetensors;
@@ -25,7 +25,10 @@ use weights::{ByteSource, TensorLookup};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Gguf(#[from] gguf::GgufError),
     #[error("invalid model file: {0}")]
@@ -44,7 +47,10 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> ModelError {
-        ModelError::Io { path: path.to_path_buf(), source }
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -78,7 +84,13 @@ impl Model {
                 config.vocab_size
             )));
         }
-        Ok(Model { path: path.to_path_buf(), config, weights, tokenizer, source })
+        Ok(Model {
+            path: path.to_path_buf(),
+            config,
+            weights,
+            tokenizer,
+            source,
+        })
     }
 
     /// Bytes of weights read per decoded token (every matrix once, the embedding row aside).
@@ -125,14 +137,23 @@ struct GgufLookup {
 
 impl TensorLookup for GgufLookup {
     fn find(&self, name: &str) -> Result<Option<Weight>, ModelError> {
-        let Some(t) = self.file.tensor(name) else { return Ok(None) };
-        let bad = |m: String| ModelError::Tensor { name: name.to_string(), msg: m };
+        let Some(t) = self.file.tensor(name) else {
+            return Ok(None);
+        };
+        let bad = |m: String| ModelError::Tensor {
+            name: name.to_string(),
+            msg: m,
+        };
         // Every tensor the decoder uses is a matrix or a vector; a 3-D or 4-D one would be
         // silently flattened into the wrong rows.
         if t.dims.iter().skip(2).any(|&d| d != 1) {
-            return Err(bad(format!("has shape {:?}; expected 1 or 2 dimensions", t.dims)));
+            return Err(bad(format!(
+                "has shape {:?}; expected 1 or 2 dimensions",
+                t.dims
+            )));
         }
-        let to_usize = |v: u64| usize::try_from(v).map_err(|_| bad(format!("dimension {v} too large")));
+        let to_usize =
+            |v: u64| usize::try_from(v).map_err(|_| bad(format!("dimension {v} too large")));
         let cols = to_usize(t.row_len())?;
         let rows = to_usize(t.n_rows())?;
         let offset = to_usize(t.offset)?;

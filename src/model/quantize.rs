@@ -37,8 +37,16 @@ impl QuantMix {
     pub fn parse(s: &str) -> Result<QuantMix, ModelError> {
         let lower = s.to_ascii_lowercase();
         match lower.as_str() {
-            "q4_k_m" => return Ok(QuantMix::KMix { base: GgmlType::Q4K }),
-            "q5_k_m" => return Ok(QuantMix::KMix { base: GgmlType::Q5K }),
+            "q4_k_m" => {
+                return Ok(QuantMix::KMix {
+                    base: GgmlType::Q4K,
+                });
+            }
+            "q5_k_m" => {
+                return Ok(QuantMix::KMix {
+                    base: GgmlType::Q5K,
+                });
+            }
             _ => {}
         }
         GgmlType::ALL
@@ -48,14 +56,19 @@ impl QuantMix {
             .map(QuantMix::Uniform)
             .ok_or_else(|| {
                 let names: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
-                ModelError::Unsupported(format!("quant type {s:?} (known: q4_k_m, q5_k_m, {})", names.join(", ")))
+                ModelError::Unsupported(format!(
+                    "quant type {s:?} (known: q4_k_m, q5_k_m, {})",
+                    names.join(", ")
+                ))
             })
     }
 
     /// llama.cpp's `general.file_type` code for this mix.
     fn file_type(self) -> u32 {
         match self {
-            QuantMix::KMix { base: GgmlType::Q5K } => 17,
+            QuantMix::KMix {
+                base: GgmlType::Q5K,
+            } => 17,
             QuantMix::KMix { .. } => 15,
             QuantMix::Uniform(t) => match t {
                 GgmlType::F32 => 0,
@@ -76,7 +89,9 @@ impl QuantMix {
 
 /// llama.cpp's choice of layers that get more bits in the K mixes.
 fn more_bits(layer: usize, n_layers: usize) -> bool {
-    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+    layer < n_layers / 8
+        || layer >= 7 * n_layers / 8
+        || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
 }
 
 /// The type a matrix with rows of `cols` elements can take, falling back as llama.cpp does
@@ -91,12 +106,19 @@ fn fit(ty: GgmlType, cols: usize) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if cols % fallback.block_len() == 0 { fallback } else { GgmlType::F16 }
+    if cols % fallback.block_len() == 0 {
+        fallback
+    } else {
+        GgmlType::F16
+    }
 }
 
 /// Where a tensor's values come from.
 enum Values<'a> {
-    Matrix { w: &'a Weight, permute_heads: Option<usize> },
+    Matrix {
+        w: &'a Weight,
+        permute_heads: Option<usize>,
+    },
     Vector(&'a [f32]),
 }
 
@@ -105,8 +127,18 @@ struct Planned<'a> {
     values: Values<'a>,
 }
 
-fn push_mat<'a>(plan: &mut Vec<Planned<'a>>, (spec, heads): (TensorSpec, Option<usize>), w: &'a Weight) {
-    plan.push(Planned { spec, values: Values::Matrix { w, permute_heads: heads } });
+fn push_mat<'a>(
+    plan: &mut Vec<Planned<'a>>,
+    (spec, heads): (TensorSpec, Option<usize>),
+    w: &'a Weight,
+) {
+    plan.push(Planned {
+        spec,
+        values: Values::Matrix {
+            w,
+            permute_heads: heads,
+        },
+    });
 }
 
 /// What was written.
@@ -121,10 +153,18 @@ pub struct QuantizeReport {
 /// to interleaved pairs when `permute_heads` is set.
 fn matrix_values(w: &Weight, permute_heads: Option<usize>) -> Result<Vec<f32>, ModelError> {
     let v = w.to_f32()?;
-    let Some(heads) = permute_heads else { return Ok(v) };
+    let Some(heads) = permute_heads else {
+        return Ok(v);
+    };
     let hd = w.rows / heads.max(1);
     if heads == 0 || hd % 2 != 0 || hd * heads != w.rows {
-        return Err(ModelError::Tensor { name: w.name.clone(), msg: format!("{} rows do not split into {heads} heads of an even size", w.rows) });
+        return Err(ModelError::Tensor {
+            name: w.name.clone(),
+            msg: format!(
+                "{} rows do not split into {heads} heads of an even size",
+                w.rows
+            ),
+        });
     }
     let mut out = vec![0f32; v.len()];
     let c = w.cols;
@@ -143,7 +183,10 @@ fn matrix_values(w: &Weight, permute_heads: Option<usize>) -> Result<Vec<f32>, M
 /// Quantize `values` (rows x cols) to `ty`, rows in parallel.
 fn encode(ty: GgmlType, values: &[f32], cols: usize) -> Vec<u8> {
     let rows_per_chunk = (1 << 16) / cols.max(1) + 1;
-    let parts: Vec<Vec<u8>> = values.par_chunks(rows_per_chunk * cols).map(|c| quant::quantize(ty, c)).collect();
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(rows_per_chunk * cols)
+        .map(|c| quant::quantize(ty, c))
+        .collect();
     parts.concat()
 }
 
@@ -151,14 +194,20 @@ fn hf_metadata(cfg: &ModelConfig, arch: &str) -> Vec<(String, MetaValue)> {
     let k = |s: &str| format!("{arch}.{s}");
     let u = |v: usize| MetaValue::U32(v as u32);
     let mut m = vec![
-        ("general.architecture".to_string(), MetaValue::String(arch.to_string())),
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(arch.to_string()),
+        ),
         (k("context_length"), u(cfg.max_ctx)),
         (k("embedding_length"), u(cfg.dim)),
         (k("block_count"), u(cfg.n_layers)),
         (k("feed_forward_length"), u(cfg.ffn_dim)),
         (k("attention.head_count"), u(cfg.n_heads)),
         (k("attention.head_count_kv"), u(cfg.n_kv_heads)),
-        (k("attention.layer_norm_rms_epsilon"), MetaValue::F32(cfg.rms_eps)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(cfg.rms_eps),
+        ),
         (k("rope.freq_base"), MetaValue::F32(cfg.rope.theta)),
         (k("rope.dimension_count"), u(cfg.rope.dim)),
         (k("vocab_size"), u(cfg.vocab_size)),
@@ -169,7 +218,10 @@ fn hf_metadata(cfg: &ModelConfig, arch: &str) -> Vec<(String, MetaValue)> {
     }
     if cfg.rope.linear_factor != 1.0 {
         m.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
-        m.push((k("rope.scaling.factor"), MetaValue::F32(cfg.rope.linear_factor)));
+        m.push((
+            k("rope.scaling.factor"),
+            MetaValue::F32(cfg.rope.linear_factor),
+        ));
     }
     m
 }
@@ -199,52 +251,182 @@ pub fn quantize_to_gguf(
             QuantMix::Uniform(t) => t,
             QuantMix::KMix { base } => {
                 let sensitive = name == "output.weight"
-                    || (matches!(name, "attn_v.weight" | "ffn_down.weight") && layer.is_some_and(|l| more_bits(l, n)));
+                    || (matches!(name, "attn_v.weight" | "ffn_down.weight")
+                        && layer.is_some_and(|l| more_bits(l, n)));
                 if sensitive { GgmlType::Q6K } else { base }
             }
         };
         fit(want, w.cols)
     };
-    let mat = |name: String, short: &str, layer: Option<usize>, w: &Weight, heads: Option<usize>| -> (TensorSpec, Option<usize>) {
-        let spec = TensorSpec { name, ty: matrix_ty(short, layer, w), rows: w.rows as u64, cols: w.cols as u64, vector: false };
+    let mat = |name: String,
+               short: &str,
+               layer: Option<usize>,
+               w: &Weight,
+               heads: Option<usize>|
+     -> (TensorSpec, Option<usize>) {
+        let spec = TensorSpec {
+            name,
+            ty: matrix_ty(short, layer, w),
+            rows: w.rows as u64,
+            cols: w.cols as u64,
+            vector: false,
+        };
         (spec, if permute { heads } else { None })
     };
-    let vec_spec = |name: String, v: &[f32]| TensorSpec { name, ty: GgmlType::F32, rows: 1, cols: v.len() as u64, vector: true };
+    let vec_spec = |name: String, v: &[f32]| TensorSpec {
+        name,
+        ty: GgmlType::F32,
+        rows: 1,
+        cols: v.len() as u64,
+        vector: true,
+    };
     let mut plan: Vec<Planned> = Vec::new();
-    push_mat(&mut plan, mat("token_embd.weight".into(), "token_embd.weight", None, &weights.embed, None), &weights.embed);
-    plan.push(Planned { spec: vec_spec("output_norm.weight".into(), &weights.final_norm), values: Values::Vector(&weights.final_norm) });
+    push_mat(
+        &mut plan,
+        mat(
+            "token_embd.weight".into(),
+            "token_embd.weight",
+            None,
+            &weights.embed,
+            None,
+        ),
+        &weights.embed,
+    );
+    plan.push(Planned {
+        spec: vec_spec("output_norm.weight".into(), &weights.final_norm),
+        values: Values::Vector(&weights.final_norm),
+    });
     if !weights.tied_output {
-        push_mat(&mut plan, mat("output.weight".into(), "output.weight", None, &weights.output, None), &weights.output);
+        push_mat(
+            &mut plan,
+            mat(
+                "output.weight".into(),
+                "output.weight",
+                None,
+                &weights.output,
+                None,
+            ),
+            &weights.output,
+        );
     }
     if let Some(f) = &cfg.rope.freq_factors {
-        plan.push(Planned { spec: vec_spec("rope_freqs.weight".into(), f), values: Values::Vector(f) });
+        plan.push(Planned {
+            spec: vec_spec("rope_freqs.weight".into(), f),
+            values: Values::Vector(f),
+        });
     }
     for (i, l) in weights.layers.iter().enumerate() {
         let name = |s: &str| format!("blk.{i}.{s}");
-        plan.push(Planned { spec: vec_spec(name("attn_norm.weight"), &l.attn_norm), values: Values::Vector(&l.attn_norm) });
-        push_mat(&mut plan, mat(name("attn_q.weight"), "attn_q.weight", Some(i), &l.wq, Some(cfg.n_heads)), &l.wq);
-        push_mat(&mut plan, mat(name("attn_k.weight"), "attn_k.weight", Some(i), &l.wk, Some(cfg.n_kv_heads)), &l.wk);
-        push_mat(&mut plan, mat(name("attn_v.weight"), "attn_v.weight", Some(i), &l.wv, None), &l.wv);
-        for (s, b) in [("attn_q.bias", &l.bq), ("attn_k.bias", &l.bk), ("attn_v.bias", &l.bv), ("attn_q_norm.weight", &l.q_norm), ("attn_k_norm.weight", &l.k_norm)] {
+        plan.push(Planned {
+            spec: vec_spec(name("attn_norm.weight"), &l.attn_norm),
+            values: Values::Vector(&l.attn_norm),
+        });
+        push_mat(
+            &mut plan,
+            mat(
+                name("attn_q.weight"),
+                "attn_q.weight",
+                Some(i),
+                &l.wq,
+                Some(cfg.n_heads),
+            ),
+            &l.wq,
+        );
+        push_mat(
+            &mut plan,
+            mat(
+                name("attn_k.weight"),
+                "attn_k.weight",
+                Some(i),
+                &l.wk,
+                Some(cfg.n_kv_heads),
+            ),
+            &l.wk,
+        );
+        push_mat(
+            &mut plan,
+            mat(name("attn_v.weight"), "attn_v.weight", Some(i), &l.wv, None),
+            &l.wv,
+        );
+        for (s, b) in [
+            ("attn_q.bias", &l.bq),
+            ("attn_k.bias", &l.bk),
+            ("attn_v.bias", &l.bv),
+            ("attn_q_norm.weight", &l.q_norm),
+            ("attn_k_norm.weight", &l.k_norm),
+        ] {
             if let Some(b) = b {
-                plan.push(Planned { spec: vec_spec(name(s), b), values: Values::Vector(b) });
+                plan.push(Planned {
+                    spec: vec_spec(name(s), b),
+                    values: Values::Vector(b),
+                });
             }
         }
-        push_mat(&mut plan, mat(name("attn_output.weight"), "attn_output.weight", Some(i), &l.wo, None), &l.wo);
-        plan.push(Planned { spec: vec_spec(name("ffn_norm.weight"), &l.ffn_norm), values: Values::Vector(&l.ffn_norm) });
-        push_mat(&mut plan, mat(name("ffn_gate.weight"), "ffn_gate.weight", Some(i), &l.w_gate, None), &l.w_gate);
-        push_mat(&mut plan, mat(name("ffn_up.weight"), "ffn_up.weight", Some(i), &l.w_up, None), &l.w_up);
-        push_mat(&mut plan, mat(name("ffn_down.weight"), "ffn_down.weight", Some(i), &l.w_down, None), &l.w_down);
+        push_mat(
+            &mut plan,
+            mat(
+                name("attn_output.weight"),
+                "attn_output.weight",
+                Some(i),
+                &l.wo,
+                None,
+            ),
+            &l.wo,
+        );
+        plan.push(Planned {
+            spec: vec_spec(name("ffn_norm.weight"), &l.ffn_norm),
+            values: Values::Vector(&l.ffn_norm),
+        });
+        push_mat(
+            &mut plan,
+            mat(
+                name("ffn_gate.weight"),
+                "ffn_gate.weight",
+                Some(i),
+                &l.w_gate,
+                None,
+            ),
+            &l.w_gate,
+        );
+        push_mat(
+            &mut plan,
+            mat(
+                name("ffn_up.weight"),
+                "ffn_up.weight",
+                Some(i),
+                &l.w_up,
+                None,
+            ),
+            &l.w_up,
+        );
+        push_mat(
+            &mut plan,
+            mat(
+                name("ffn_down.weight"),
+                "ffn_down.weight",
+                Some(i),
+                &l.w_down,
+                None,
+            ),
+            &l.w_down,
+        );
     }
     if permute && (cfg.qkv_bias || cfg.qk_norm) {
-        return Err(ModelError::Unsupported("permuting Q/K biases or norms for GGUF llama".into()));
+        return Err(ModelError::Unsupported(
+            "permuting Q/K biases or norms for GGUF llama".into(),
+        ));
     }
 
     let mut metadata: Vec<(String, MetaValue)> = match source {
         Some(ModelSource::Gguf(g)) => g
             .metadata()
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.quantization_version" | "general.alignment"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "general.file_type" | "general.quantization_version" | "general.alignment"
+                )
+            })
             .cloned()
             .collect(),
         _ => hf_metadata(cfg, arch),
@@ -284,5 +466,9 @@ pub fn quantize_to_gguf(
         *types.entry(s.ty.name()).or_insert(0) += 1;
         bytes += s.bytes().unwrap_or(0);
     }
-    Ok(QuantizeReport { tensors: specs.len(), bytes, types })
+    Ok(QuantizeReport {
+        tensors: specs.len(),
+        bytes,
+        types,
+    })
 }

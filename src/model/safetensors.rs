@@ -46,7 +46,8 @@ impl SafetensorsDir {
             vec!["model.safetensors".into()]
         } else if index.is_file() {
             let text = read_index(&index)?;
-            shard_names(&text).map_err(|m| ModelError::Format(format!("{}: {m}", index.display())))?
+            shard_names(&text)
+                .map_err(|m| ModelError::Format(format!("{}: {m}", index.display())))?
         } else {
             return Err(ModelError::Format(format!(
                 "{}: no model.safetensors or model.safetensors.index.json",
@@ -69,7 +70,9 @@ impl SafetensorsDir {
     /// [`SafetensorsDir::open`]: the header size limit, the `safetensors` crate's validation
     /// (offsets inside the file, dtype x elements = byte span, no overlaps or holes), the
     /// supported dtypes, and no tensor in two shards.
-    pub fn from_shards(shards: Vec<(String, Arc<dyn ByteSource>)>) -> Result<SafetensorsDir, ModelError> {
+    pub fn from_shards(
+        shards: Vec<(String, Arc<dyn ByteSource>)>,
+    ) -> Result<SafetensorsDir, ModelError> {
         let mut tensors = HashMap::new();
         for (f, src) in shards {
             let bytes = src.bytes();
@@ -83,7 +86,9 @@ impl SafetensorsDir {
             }
             let st = SafeTensors::deserialize(bytes).map_err(|e| {
                 // The crate's message does not always say which tensor is at fault; find it.
-                let why = header_check::explain(bytes).map(|m| format!(" ({m})")).unwrap_or_default();
+                let why = header_check::explain(bytes)
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default();
                 ModelError::Format(format!("{f}: {e}{why}"))
             })?;
             let base = bytes.as_ptr() as usize;
@@ -108,7 +113,10 @@ impl SafetensorsDir {
                     len: data.len(),
                 };
                 if tensors.insert(name.clone(), entry).is_some() {
-                    return Err(ModelError::Tensor { name, msg: "appears in two shards".into() });
+                    return Err(ModelError::Tensor {
+                        name,
+                        msg: "appears in two shards".into(),
+                    });
                 }
             }
         }
@@ -141,9 +149,14 @@ fn read_index(path: &Path) -> Result<String, ModelError> {
     use std::io::Read;
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let mut text = String::new();
-    file.take(MAX_HEADER + 1).read_to_string(&mut text).map_err(|e| ModelError::io(path, e))?;
+    file.take(MAX_HEADER + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| ModelError::io(path, e))?;
     if text.len() as u64 > MAX_HEADER {
-        return Err(ModelError::Format(format!("{}: over {MAX_HEADER} bytes", path.display())));
+        return Err(ModelError::Format(format!(
+            "{}: over {MAX_HEADER} bytes",
+            path.display()
+        )));
     }
     Ok(text)
 }
@@ -152,7 +165,10 @@ fn read_index(path: &Path) -> Result<String, ModelError> {
 /// Shards must be plain file names next to the index: names that climb out are refused.
 pub fn shard_names(index_json: &str) -> Result<Vec<String>, String> {
     let v: serde_json::Value = serde_json::from_str(index_json).map_err(|e| e.to_string())?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or("weight_map missing")?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("weight_map missing")?;
     let mut files: Vec<String> = Vec::new();
     for f in map.values() {
         let f = f.as_str().ok_or("weight_map value not a string")?;
@@ -214,17 +230,25 @@ impl TensorLookup for SafetensorsDir {
     /// Older Llama checkpoints store each layer's rope inverse frequencies, which tachyon
     /// recomputes from the config.
     fn is_ignorable(&self, file_name: &str) -> bool {
-        file_name.starts_with("model.layers.") && file_name.ends_with(".self_attn.rotary_emb.inv_freq")
+        file_name.starts_with("model.layers.")
+            && file_name.ends_with(".self_attn.rotary_emb.inv_freq")
     }
 
     fn find(&self, gguf_name: &str) -> Result<Option<Weight>, ModelError> {
-        let Some(name) = hf_name(gguf_name) else { return Ok(None) };
-        let Some(e) = self.tensors.get(&name) else { return Ok(None) };
+        let Some(name) = hf_name(gguf_name) else {
+            return Ok(None);
+        };
+        let Some(e) = self.tensors.get(&name) else {
+            return Ok(None);
+        };
         let (rows, cols) = match e.shape.as_slice() {
             [n] => (1, *n),
             [r, c] => (*r, *c),
             s => {
-                return Err(ModelError::Tensor { name, msg: format!("has {} dimensions, expected 1 or 2", s.len()) });
+                return Err(ModelError::Tensor {
+                    name,
+                    msg: format!("has {} dimensions, expected 1 or 2", s.len()),
+                });
             }
         };
         let src: Arc<dyn ByteSource> = e.file.clone();
@@ -238,7 +262,10 @@ mod tests {
 
     #[test]
     fn names_map_to_hf() {
-        assert_eq!(hf_name("blk.12.attn_q.bias").as_deref(), Some("model.layers.12.self_attn.q_proj.bias"));
+        assert_eq!(
+            hf_name("blk.12.attn_q.bias").as_deref(),
+            Some("model.layers.12.self_attn.q_proj.bias")
+        );
         assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
         assert_eq!(hf_name("blk.x"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);

@@ -66,7 +66,11 @@ pub struct Weight {
 
 impl std::fmt::Debug for Weight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Weight({} {} [{}, {}])", self.name, self.ty, self.rows, self.cols)
+        write!(
+            f,
+            "Weight({} {} [{}, {}])",
+            self.name, self.ty, self.rows, self.cols
+        )
     }
 }
 
@@ -81,7 +85,10 @@ impl Weight {
         offset: usize,
         len: usize,
     ) -> Result<Weight, ModelError> {
-        let bad = |m: String| ModelError::Tensor { name: name.to_string(), msg: m };
+        let bad = |m: String| ModelError::Tensor {
+            name: name.to_string(),
+            msg: m,
+        };
         if cols % ty.block_len() != 0 {
             return Err(bad(format!(
                 "row length {cols} is not a multiple of the {ty} block length {}",
@@ -93,12 +100,27 @@ impl Weight {
             .and_then(|n| ty.bytes_for(n))
             .ok_or_else(|| bad(format!("shape [{rows}, {cols}] overflows")))?;
         if want != len as u64 {
-            return Err(bad(format!("holds {len} bytes, its {ty} shape [{rows}, {cols}] needs {want}")));
+            return Err(bad(format!(
+                "holds {len} bytes, its {ty} shape [{rows}, {cols}] needs {want}"
+            )));
         }
-        if offset.checked_add(len).is_none_or(|end| end > src.byte_len()) {
-            return Err(bad(format!("bytes {offset}..+{len} lie past the end of the file")));
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > src.byte_len())
+        {
+            return Err(bad(format!(
+                "bytes {offset}..+{len} lie past the end of the file"
+            )));
         }
-        Ok(Weight { name: name.to_string(), ty, rows, cols, src, offset, len })
+        Ok(Weight {
+            name: name.to_string(),
+            ty,
+            rows,
+            cols,
+            src,
+            offset,
+            len,
+        })
     }
 
     /// The raw bytes of the whole matrix.
@@ -124,15 +146,19 @@ impl Weight {
 
     /// Dequantize one row into `out` (`cols` long).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        quant::dequantize(self.ty, self.row(r), out)
-            .map_err(|e| ModelError::Tensor { name: self.name.clone(), msg: e.to_string() })
+        quant::dequantize(self.ty, self.row(r), out).map_err(|e| ModelError::Tensor {
+            name: self.name.clone(),
+            msg: e.to_string(),
+        })
     }
 
     /// The whole tensor as f32 (used for small vectors: norms, biases).
     pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0.0; self.rows * self.cols];
-        quant::dequantize(self.ty, self.bytes(), &mut out)
-            .map_err(|e| ModelError::Tensor { name: self.name.clone(), msg: e.to_string() })?;
+        quant::dequantize(self.ty, self.bytes(), &mut out).map_err(|e| ModelError::Tensor {
+            name: self.name.clone(),
+            msg: e.to_string(),
+        })?;
         Ok(out)
     }
 }
@@ -166,13 +192,21 @@ fn is_float(ty: GgmlType) -> bool {
 
 /// The rope frequency divisors stored in `rope_freqs.weight` (Llama 3.1 style scaling),
 /// checked against the config before any conversion: `rope.dim / 2` float values.
-pub fn rope_freq_factors(cfg: &ModelConfig, src: &dyn TensorLookup) -> Result<Option<Vec<f32>>, ModelError> {
-    let Some(w) = src.find(ROPE_FREQS)? else { return Ok(None) };
+pub fn rope_freq_factors(
+    cfg: &ModelConfig,
+    src: &dyn TensorLookup,
+) -> Result<Option<Vec<f32>>, ModelError> {
+    let Some(w) = src.find(ROPE_FREQS)? else {
+        return Ok(None);
+    };
     let want = cfg.rope.dim / 2;
     if (w.rows, w.cols) != (1, want) || !is_float(w.ty) {
         return Err(ModelError::Tensor {
             name: w.name.clone(),
-            msg: format!("{} [{}, {}], the config needs {want} float values", w.ty, w.rows, w.cols),
+            msg: format!(
+                "{} [{}, {}], the config needs {want} float values",
+                w.ty, w.rows, w.cols
+            ),
         });
     }
     w.to_f32().map(Some)
@@ -234,11 +268,16 @@ impl ModelWeights {
         let used = RefCell::new(HashSet::new());
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight, ModelError> {
             used.borrow_mut().insert(src.file_name(name));
-            let w = src.find(name)?.ok_or_else(|| ModelError::MissingTensor(src.file_name(name)))?;
+            let w = src
+                .find(name)?
+                .ok_or_else(|| ModelError::MissingTensor(src.file_name(name)))?;
             if (w.rows, w.cols) != (rows, cols) {
                 return Err(ModelError::Tensor {
                     name: w.name.clone(),
-                    msg: format!("shape [{}, {}], the config needs [{rows}, {cols}]", w.rows, w.cols),
+                    msg: format!(
+                        "shape [{}, {}], the config needs [{rows}, {cols}]",
+                        w.rows, w.cols
+                    ),
                 });
             }
             Ok(w)
@@ -253,13 +292,21 @@ impl ModelWeights {
             }
             let v = w.to_f32()?;
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(ModelError::Tensor { name: w.name.clone(), msg: "holds NaN or infinity".into() });
+                return Err(ModelError::Tensor {
+                    name: w.name.clone(),
+                    msg: "holds NaN or infinity".into(),
+                });
             }
             Ok(v)
         };
-        let optional = |name: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
-            if wanted { vector(name, len).map(Some) } else { Ok(None) }
-        };
+        let optional =
+            |name: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                if wanted {
+                    vector(name, len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
         let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
@@ -291,11 +338,18 @@ impl ModelWeights {
         if cfg.rope.freq_factors.is_some() && src.find(ROPE_FREQS)?.is_some() {
             used.insert(src.file_name(ROPE_FREQS));
         }
-        let mut extra: Vec<String> =
-            src.tensor_names().into_iter().filter(|n| !used.contains(n) && !src.is_ignorable(n)).collect();
+        let mut extra: Vec<String> = src
+            .tensor_names()
+            .into_iter()
+            .filter(|n| !used.contains(n) && !src.is_ignorable(n))
+            .collect();
         if !extra.is_empty() {
             extra.sort_unstable();
-            let more = if extra.len() > 1 { format!(" (and {} more)", extra.len() - 1) } else { String::new() };
+            let more = if extra.len() > 1 {
+                format!(" (and {} more)", extra.len() - 1)
+            } else {
+                String::new()
+            };
             return Err(ModelError::Tensor {
                 name: extra.swap_remove(0),
                 msg: format!(
@@ -305,6 +359,12 @@ impl ModelWeights {
                 ),
             });
         }
-        Ok(ModelWeights { embed, layers, final_norm, output, tied_output })
+        Ok(ModelWeights {
+            embed,
+            layers,
+            final_norm,
+            output,
+            tied_output,
+        })
     }
 }

@@ -164,7 +164,11 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
         q.fill(0);
         return f32::NAN;
     }
-    let (d, id) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+    let (d, id) = if amax > 0.0 {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    };
     // Adding and subtracting 1.5 * 2^23 rounds any |v| < 2^22 to the nearest integer
     // (ties to even) in plain f32 arithmetic, which vectorizes where `round` does not.
     const ROUND: f32 = 12_582_912.0;
@@ -181,24 +185,38 @@ mod tests {
 
     #[test]
     fn codes_are_symmetric_and_sums_match() {
-        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
+            .collect();
         let mut a = QuantizedActs::new();
         quantize_acts(GgmlType::Q4K, &x, &mut a);
-        assert_eq!((a.n, a.qs.len(), a.d.len(), a.bsums.len()), (512, 512, 2, 32));
+        assert_eq!(
+            (a.n, a.qs.len(), a.d.len(), a.bsums.len()),
+            (512, 512, 2, 32)
+        );
         assert!(a.qs.iter().all(|&q| q != -128));
         assert!(a.qs.iter().any(|&q| q.unsigned_abs() == 127));
         for (i, bs) in a.bsums.iter().enumerate() {
-            let s: i32 = a.qs[16 * i..16 * i + 16].iter().map(|&q| i32::from(q)).sum();
+            let s: i32 = a.qs[16 * i..16 * i + 16]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum();
             assert_eq!(i32::from(*bs), s);
         }
         for (i, v) in x.iter().enumerate() {
             let d = a.d[i / QK_K];
-            assert!((d * f32::from(a.qs[i]) - v).abs() <= 0.5 * d * 1.0001, "i={i}");
+            assert!(
+                (d * f32::from(a.qs[i]) - v).abs() <= 0.5 * d * 1.0001,
+                "i={i}"
+            );
         }
         quantize_acts(GgmlType::Q4_1, &x, &mut a);
         assert_eq!((a.qs.len(), a.d.len(), a.s.len()), (512, 16, 16));
         for i in 0..16 {
-            let s: i32 = a.qs[32 * i..32 * i + 32].iter().map(|&q| i32::from(q)).sum();
+            let s: i32 = a.qs[32 * i..32 * i + 32]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum();
             assert_eq!(a.s[i], a.d[i] * s as f32);
         }
     }
@@ -226,6 +244,9 @@ mod tests {
         let ptrs = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr());
         quantize_acts(GgmlType::Q6K, &x[..512], &mut a);
         quantize_acts(GgmlType::Q8_0, &x, &mut a);
-        assert_eq!(ptrs, (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr()));
+        assert_eq!(
+            ptrs,
+            (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr())
+        );
     }
 }

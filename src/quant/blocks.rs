@@ -60,7 +60,8 @@ pub(super) mod q5_k {
 }
 
 // Q4_K and Q5_K share their header, so code reading it may use either module's names.
-const _: () = assert!(q4_k::D == q5_k::D && q4_k::DMIN == q5_k::DMIN && q4_k::SCALES == q5_k::SCALES);
+const _: () =
+    assert!(q4_k::D == q5_k::D && q4_k::DMIN == q5_k::DMIN && q4_k::SCALES == q5_k::SCALES);
 
 pub(super) mod q6_k {
     pub const QL: usize = 0;
@@ -135,7 +136,10 @@ mod tests {
         if j < 4 {
             (q[j] & 63, q[j + 4] & 63)
         } else {
-            ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+            (
+                (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+                (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+            )
         }
     }
 

@@ -14,7 +14,12 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
     let n = dst.len();
     let expected = QuantError::bytes_for(ty, n)?;
     if src.len() != expected {
-        return Err(QuantError::ByteLength { ty, n, expected, got: src.len() });
+        return Err(QuantError::ByteLength {
+            ty,
+            n,
+            expected,
+            got: src.len(),
+        });
     }
     dequantize_into(ty, src, dst);
     Ok(())
@@ -99,7 +104,10 @@ fn q4_1(b: &[u8], y: &mut [f32; QK]) {
 fn q5_0(b: &[u8], y: &mut [f32; QK]) {
     use blocks::q5_0::*;
     let d = f16_at(b, D);
-    for (y, q) in y.iter_mut().zip(nibbles5(&b[QS..QS + QK / 2], u32_at(b, QH))) {
+    for (y, q) in y
+        .iter_mut()
+        .zip(nibbles5(&b[QS..QS + QK / 2], u32_at(b, QH)))
+    {
         *y = (i32::from(q) - 16) as f32 * d;
     }
 }
@@ -107,7 +115,10 @@ fn q5_0(b: &[u8], y: &mut [f32; QK]) {
 fn q5_1(b: &[u8], y: &mut [f32; QK]) {
     use blocks::q5_1::*;
     let (d, m) = (f16_at(b, D), f16_at(b, M));
-    for (y, q) in y.iter_mut().zip(nibbles5(&b[QS..QS + QK / 2], u32_at(b, QH))) {
+    for (y, q) in y
+        .iter_mut()
+        .zip(nibbles5(&b[QS..QS + QK / 2], u32_at(b, QH)))
+    {
         *y = f32::from(q) * d + m;
     }
 }

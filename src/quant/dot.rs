@@ -91,7 +91,12 @@ pub fn dot_row(wty: GgmlType, row: &[u8], x: &QuantizedActs) -> f32 {
 
 pub(crate) fn dot_row_with(isa: Isa, wty: GgmlType, row: &[u8], x: &QuantizedActs) -> f32 {
     let rb = row_bytes_for(wty, x);
-    assert_eq!(row.len(), rb, "dot_row: a {wty} row of {} elements takes {rb} bytes", x.len());
+    assert_eq!(
+        row.len(),
+        rb,
+        "dot_row: a {wty} row of {} elements takes {rb} bytes",
+        x.len()
+    );
     isa.kernel(wty)(row, x)
 }
 
@@ -111,8 +116,18 @@ pub(crate) fn matvec_rows_with(
     out: &mut [f32],
 ) {
     let rb = row_bytes_for(wty, x);
-    assert_eq!(row_bytes, rb, "matvec_rows: a {wty} row of {} elements takes {rb} bytes", x.len());
-    assert_eq!(w.len(), out.len() * rb, "matvec_rows: {} rows of {rb} bytes expected", out.len());
+    assert_eq!(
+        row_bytes,
+        rb,
+        "matvec_rows: a {wty} row of {} elements takes {rb} bytes",
+        x.len()
+    );
+    assert_eq!(
+        w.len(),
+        out.len() * rb,
+        "matvec_rows: {} rows of {rb} bytes expected",
+        out.len()
+    );
     if rb == 0 {
         out.fill(0.0);
         return;
@@ -147,7 +162,12 @@ pub fn dot_row_exact(wty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         let w = &mut buf[..xc.len()];
         dequantize_into(wty, rc, w);
         let (ws, xs) = (w.chunks_exact(LANES), xc.chunks_exact(LANES));
-        tail += ws.remainder().iter().zip(xs.remainder()).map(|(w, x)| w * x).sum::<f32>();
+        tail += ws
+            .remainder()
+            .iter()
+            .zip(xs.remainder())
+            .map(|(w, x)| w * x)
+            .sum::<f32>();
         for (w, x) in ws.zip(xs) {
             for k in 0..LANES {
                 acc[k] += w[k] * x[k];

@@ -33,7 +33,9 @@ impl Avx2 {
     pub(super) fn detect() -> Option<Avx2> {
         static HAVE: OnceLock<bool> = OnceLock::new();
         let have = *HAVE.get_or_init(|| {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         });
         have.then_some(Avx2(()))
     }
@@ -72,7 +74,9 @@ macro_rules! entries {
         }
     };
 }
-entries!(f32_, f16_, bf16_, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k);
+entries!(
+    f32_, f16_, bf16_, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k
+);
 
 // ---------------------------------------------------------------------------------
 // Small helpers. All loads take fixed-size array references, so their bounds are
@@ -227,14 +231,18 @@ macro_rules! simple_kernel {
             let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let (mut extra0, mut extra1) = (0f32, 0f32);
             loop {
-                let Some((b, (a, (&dx, &s)))) = blocks.next() else { break };
+                let Some((b, (a, (&dx, &s)))) = blocks.next() else {
+                    break;
+                };
                 // One line per pair of blocks (36 to 48 bytes each) keeps up with the
                 // stream without flooding the load ports.
                 prefetch_ahead(b.as_ptr(), 0);
                 let p = $block(arr(b, 0), arr(a, 0), dx, s);
                 acc0 = _mm256_fmadd_ps(_mm256_set1_ps(p.scale), _mm256_cvtepi32_ps(p.lanes), acc0);
                 extra0 += p.extra;
-                let Some((b, (a, (&dx, &s)))) = blocks.next() else { break };
+                let Some((b, (a, (&dx, &s)))) = blocks.next() else {
+                    break;
+                };
                 let p = $block(arr(b, 0), arr(a, 0), dx, s);
                 acc1 = _mm256_fmadd_ps(_mm256_set1_ps(p.scale), _mm256_cvtepi32_ps(p.lanes), acc1);
                 extra1 += p.extra;
@@ -255,7 +263,11 @@ simple_kernel!(q8_0, blocks::q8_0::BYTES, q8_0_block);
 fn q4_0_block(b: &[u8; blocks::q4_0::BYTES], a: &[i8; QK], dx: f32, _s: f32) -> Part {
     use blocks::q4_0::*;
     let w = _mm256_sub_epi8(nibbles(arr(b, QS)), _mm256_set1_epi8(8));
-    Part { scale: f16_to_f32(f16_bits_at(b, D)) * dx, lanes: dot_i8_i8(w, load_i8x32(a)), extra: 0.0 }
+    Part {
+        scale: f16_to_f32(f16_bits_at(b, D)) * dx,
+        lanes: dot_i8_i8(w, load_i8x32(a)),
+        extra: 0.0,
+    }
 }
 
 #[inline]
@@ -278,7 +290,11 @@ fn q5_0_block(b: &[u8; blocks::q5_0::BYTES], a: &[i8; QK], dx: f32, _s: f32) -> 
     // it the nibble minus 16, i.e. the nibble with the top four bits set.
     let minus16 = _mm256_andnot_si256(bit_mask(u32_at(b, QH)), _mm256_set1_epi8(0xf0u8 as i8));
     let w = _mm256_or_si256(nibbles(arr(b, QS)), minus16);
-    Part { scale: f16_to_f32(f16_bits_at(b, D)) * dx, lanes: dot_i8_i8(w, load_i8x32(a)), extra: 0.0 }
+    Part {
+        scale: f16_to_f32(f16_bits_at(b, D)) * dx,
+        lanes: dot_i8_i8(w, load_i8x32(a)),
+        extra: 0.0,
+    }
 }
 
 #[inline]
@@ -299,7 +315,11 @@ fn q5_1_block(b: &[u8; blocks::q5_1::BYTES], a: &[i8; QK], dx: f32, s: f32) -> P
 fn q8_0_block(b: &[u8; blocks::q8_0::BYTES], a: &[i8; QK], dx: f32, _s: f32) -> Part {
     use blocks::q8_0::*;
     let w = load_u8x32(arr(b, QS));
-    Part { scale: f16_to_f32(f16_bits_at(b, D)) * dx, lanes: dot_i8_i8(w, load_i8x32(a)), extra: 0.0 }
+    Part {
+        scale: f16_to_f32(f16_bits_at(b, D)) * dx,
+        lanes: dot_i8_i8(w, load_i8x32(a)),
+        extra: 0.0,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -316,7 +336,10 @@ fn pick_i16(j: i16) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pick_i16_pair(lo: i16, hi: i16) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(((2 * hi + 1) << 8) | (2 * hi)), _mm_set1_epi16(((2 * lo + 1) << 8) | (2 * lo)))
+    _mm256_set_m128i(
+        _mm_set1_epi16(((2 * hi + 1) << 8) | (2 * hi)),
+        _mm_set1_epi16(((2 * lo + 1) << 8) | (2 * lo)),
+    )
 }
 
 /// Integer dot of a Q4_K / Q5_K super-block's codes with its activations, each of the
@@ -324,11 +347,20 @@ fn pick_i16_pair(lo: i16, hi: i16) -> __m256i {
 /// s). `FIVE` adds the 5th bits of Q5_K from `qh`: sub-block s keeps them in bit s.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k45_dot<const FIVE: bool>(qs: &[u8; 128], qh: &[u8; 32], scales: u64, a: &[i8; QK_K]) -> __m256i {
+fn k45_dot<const FIVE: bool>(
+    qs: &[u8; 128],
+    qh: &[u8; 32],
+    scales: u64,
+    a: &[i8; QK_K],
+) -> __m256i {
     // Both 128-bit halves hold the eight scales as i16, for `pick_i16` to broadcast.
     let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut high = if FIVE { load_u8x32(qh) } else { _mm256_setzero_si256() };
+    let mut high = if FIVE {
+        load_u8x32(qh)
+    } else {
+        _mm256_setzero_si256()
+    };
     let mut sum = _mm256_setzero_si256();
     for c in 0..4 {
         let q = load_u8x32(arr(qs, 32 * c));
@@ -337,8 +369,14 @@ fn k45_dot<const FIVE: bool>(qs: &[u8; 128], qh: &[u8; 32], scales: u64, a: &[i8
         if FIVE {
             // Bits 2c and 2c + 1 of qh, brought to bit 0 and 1 by the shift below, go to
             // bit 4 of the codes. (16-bit shifts are fine: each byte is masked first.)
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(high, _mm256_set1_epi8(1))));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16::<3>(_mm256_and_si256(high, _mm256_set1_epi8(2))));
+            lo = _mm256_or_si256(
+                lo,
+                _mm256_slli_epi16::<4>(_mm256_and_si256(high, _mm256_set1_epi8(1))),
+            );
+            hi = _mm256_or_si256(
+                hi,
+                _mm256_slli_epi16::<3>(_mm256_and_si256(high, _mm256_set1_epi8(2))),
+            );
             high = _mm256_srli_epi16::<2>(high);
         }
         let s = 2 * c as i16;
@@ -375,7 +413,9 @@ fn k45_row<const FIVE: bool>(row: &[u8], x: &QuantizedActs) -> f32 {
         // Q4_K has no qh: any 32 bytes will do, `k45_dot` ignores them.
         (blocks::q4_k::BYTES, blocks::q4_k::QS, blocks::q4_k::QS)
     };
-    let acts = x.qs.chunks_exact(QK_K).zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
+    let acts =
+        x.qs.chunks_exact(QK_K)
+            .zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for (b, (a, (bs, &dx))) in row.chunks_exact(bytes).zip(acts) {
@@ -409,7 +449,9 @@ fn q5_k(row: &[u8], x: &QuantizedActs) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k(row: &[u8], x: &QuantizedActs) -> f32 {
     use blocks::q6_k::*;
-    let acts = x.qs.chunks_exact(QK_K).zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
+    let acts =
+        x.qs.chunks_exact(QK_K)
+            .zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
     let low4 = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     for (b, (a, (bs, &dx))) in row.chunks_exact(BYTES).zip(acts) {
@@ -421,16 +463,29 @@ fn q6_k(row: &[u8], x: &QuantizedActs) -> f32 {
         let mut sum = _mm256_setzero_si256();
         for h in 0..2 {
             // The half's eight scales as i16 in both 128-bit lanes.
-            let sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(load_u8x8(arr(b, SCALES + 8 * h))));
+            let sc =
+                _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(load_u8x8(arr(b, SCALES + 8 * h))));
             let ql0 = load_u8x32(arr(b, QL + 64 * h));
             let ql1 = load_u8x32(arr(b, QL + 64 * h + 32));
             let qh = load_u8x32(arr(b, QH + 32 * h));
             let bits = |m: u8| _mm256_and_si256(qh, _mm256_set1_epi8(m as i8));
             let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(bits(0x03))),
-                _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16::<2>(bits(0x0c))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4), bits(0x30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4), _mm256_srli_epi16::<2>(bits(0xc0))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_slli_epi16::<4>(bits(0x03)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low4),
+                    _mm256_slli_epi16::<2>(bits(0x0c)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    bits(0x30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    _mm256_srli_epi16::<2>(bits(0xc0)),
+                ),
             ];
             for (k, q) in q.into_iter().enumerate() {
                 // Elements 32k..32k+16 of the half use scale 2k, the next 16 scale 2k + 1.
@@ -469,17 +524,30 @@ macro_rules! float_kernel {
                     acc[k] = _mm256_fmadd_ps($widen8, load_xf32x8(arr(xs, 8 * k)), acc[k]);
                 }
             }
-            let tail: f32 = tail_row.chunks_exact(W).zip(tail_x).map(|($t, &x)| $widen1 * x).sum();
-            hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
+            let tail: f32 = tail_row
+                .chunks_exact(W)
+                .zip(tail_x)
+                .map(|($t, &x)| $widen1 * x)
+                .sum();
+            hsum_ps(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            )) + tail
         }
     };
 }
 
-float_kernel!(f32_, 4, |b| load_f32x8(b), |t| f32::from_le_bytes([t[0], t[1], t[2], t[3]]));
-float_kernel!(f16_, 2, |b| _mm256_cvtph_ps(load_u8x16(b)), |t| f16_to_f32(u16::from_le_bytes([t[0], t[1]])));
+float_kernel!(f32_, 4, |b| load_f32x8(b), |t| f32::from_le_bytes([
+    t[0], t[1], t[2], t[3]
+]));
+float_kernel!(f16_, 2, |b| _mm256_cvtph_ps(load_u8x16(b)), |t| f16_to_f32(
+    u16::from_le_bytes([t[0], t[1]])
+));
 float_kernel!(
     bf16_,
     2,
-    |b| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load_u8x16(b)))),
+    |b| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load_u8x16(
+        b
+    )))),
     |t| f32::from_bits(u32::from(u16::from_le_bytes([t[0], t[1]])) << 16)
 );

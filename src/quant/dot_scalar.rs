@@ -30,9 +30,17 @@ fn dot_nibbles(qs: &[u8], qh: u32, bias: i32, a: &[i8]) -> i32 {
 /// Runs `block` over the 32-element blocks of a simple-format row, pairing each with its
 /// activation block, and sums the results in f32.
 #[inline]
-fn simple_blocks(row: &[u8], bb: usize, x: &QuantizedActs, block: impl Fn(&[u8], &[i8], f32, f32) -> f32) -> f32 {
+fn simple_blocks(
+    row: &[u8],
+    bb: usize,
+    x: &QuantizedActs,
+    block: impl Fn(&[u8], &[i8], f32, f32) -> f32,
+) -> f32 {
     let acts = x.qs.chunks_exact(QK).zip(x.d.iter().zip(&x.s));
-    row.chunks_exact(bb).zip(acts).map(|(b, (a, (&d, &s)))| block(b, a, d, s)).sum()
+    row.chunks_exact(bb)
+        .zip(acts)
+        .map(|(b, (a, (&d, &s)))| block(b, a, d, s))
+        .sum()
 }
 
 pub(super) fn q4_0(row: &[u8], x: &QuantizedActs) -> f32 {
@@ -60,7 +68,8 @@ pub(super) fn q5_0(row: &[u8], x: &QuantizedActs) -> f32 {
 pub(super) fn q5_1(row: &[u8], x: &QuantizedActs) -> f32 {
     use blocks::q5_1::*;
     simple_blocks(row, BYTES, x, |b, a, dx, s| {
-        f16_at(b, D) * dx * dot_nibbles(&b[QS..QS + 16], u32_at(b, QH), 0, a) as f32 + f16_at(b, M) * s
+        f16_at(b, D) * dx * dot_nibbles(&b[QS..QS + 16], u32_at(b, QH), 0, a) as f32
+            + f16_at(b, M) * s
     })
 }
 
@@ -68,7 +77,11 @@ pub(super) fn q8_0(row: &[u8], x: &QuantizedActs) -> f32 {
     use blocks::q8_0::*;
     simple_blocks(row, BYTES, x, |b, a, dx, _| {
         let w = &b[QS..QS + QK];
-        let sum: i32 = w.iter().zip(a).map(|(&w, &a)| i32::from(w as i8) * i32::from(a)).sum();
+        let sum: i32 = w
+            .iter()
+            .zip(a)
+            .map(|(&w, &a)| i32::from(w as i8) * i32::from(a))
+            .sum();
         f16_at(b, D) * dx * sum as f32
     })
 }
@@ -76,9 +89,19 @@ pub(super) fn q8_0(row: &[u8], x: &QuantizedActs) -> f32 {
 /// Runs `block` over the super-blocks of a k-quant row with their activation codes,
 /// scale and 16-element code sums.
 #[inline]
-fn k_blocks(row: &[u8], bb: usize, x: &QuantizedActs, block: impl Fn(&[u8], &[i8], &[i16], f32) -> f32) -> f32 {
-    let acts = x.qs.chunks_exact(QK_K).zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
-    row.chunks_exact(bb).zip(acts).map(|(b, (a, (bs, &dx)))| block(b, a, bs, dx)).sum()
+fn k_blocks(
+    row: &[u8],
+    bb: usize,
+    x: &QuantizedActs,
+    block: impl Fn(&[u8], &[i8], &[i16], f32) -> f32,
+) -> f32 {
+    let acts =
+        x.qs.chunks_exact(QK_K)
+            .zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
+    row.chunks_exact(bb)
+        .zip(acts)
+        .map(|(b, (a, (bs, &dx)))| block(b, a, bs, dx))
+        .sum()
 }
 
 /// Q4_K / Q5_K super-block: sum over sub-blocks s of d*sc[s]*sum(q*a) - dmin*m[s]*sum(a),
@@ -108,12 +131,16 @@ fn k45_block(b: &[u8], qs: &[u8], qh: Option<&[u8]>, a: &[i8], bsums: &[i16], dx
 
 pub(super) fn q4_k(row: &[u8], x: &QuantizedActs) -> f32 {
     use blocks::q4_k::{BYTES, QS};
-    k_blocks(row, BYTES, x, |b, a, bs, dx| k45_block(b, &b[QS..QS + 128], None, a, bs, dx))
+    k_blocks(row, BYTES, x, |b, a, bs, dx| {
+        k45_block(b, &b[QS..QS + 128], None, a, bs, dx)
+    })
 }
 
 pub(super) fn q5_k(row: &[u8], x: &QuantizedActs) -> f32 {
     use blocks::q5_k::{BYTES, QH, QS};
-    k_blocks(row, BYTES, x, |b, a, bs, dx| k45_block(b, &b[QS..QS + 128], Some(&b[QH..QH + 32]), a, bs, dx))
+    k_blocks(row, BYTES, x, |b, a, bs, dx| {
+        k45_block(b, &b[QS..QS + 128], Some(&b[QH..QH + 32]), a, bs, dx)
+    })
 }
 
 pub(super) fn q6_k(row: &[u8], x: &QuantizedActs) -> f32 {
@@ -156,7 +183,11 @@ fn float_dot<const W: usize>(row: &[u8], x: &[f32], widen: impl Fn(&[u8]) -> f32
             acc[k] += widen(&r[W * k..W * k + W]) * xs[k];
         }
     }
-    let tail: f32 = tail_row.chunks_exact(W).zip(tail_x).map(|(r, &x)| widen(r) * x).sum();
+    let tail: f32 = tail_row
+        .chunks_exact(W)
+        .zip(tail_x)
+        .map(|(r, &x)| widen(r) * x)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -169,5 +200,7 @@ pub(super) fn f16_(row: &[u8], x: &QuantizedActs) -> f32 {
 }
 
 pub(super) fn bf16_(row: &[u8], x: &QuantizedActs) -> f32 {
-    float_dot::<2>(row, &x.f, |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+    float_dot::<2>(row, &x.f, |b| {
+        f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+    })
 }

@@ -21,11 +21,15 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     );
     let mut out = Vec::with_capacity(x.len() / bl * ty.block_bytes());
     match ty {
-        GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        GgmlType::BF16 => {
-            x.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()))
-        }
+        GgmlType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::BF16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
         GgmlType::Q4_0 => x.chunks_exact(QK).for_each(|b| q4_0(b, &mut out)),
         GgmlType::Q4_1 => x.chunks_exact(QK).for_each(|b| q_affine(b, 4, &mut out)),
         GgmlType::Q5_0 => x.chunks_exact(QK).for_each(|b| q5_0(b, &mut out)),
@@ -41,7 +45,8 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
 
 /// The element of largest magnitude, with its sign (0 for an all-zero block).
 fn signed_absmax(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
+    x.iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
 }
 
 /// `v` stored as f16, and the f32 the decoder will read back.
@@ -63,7 +68,10 @@ fn pack_nibbles(q: &[u8; QK], out: &mut Vec<u8>) {
 
 /// Bit 4 of each of 32 codes, as the little-endian u32 of the Q5 formats.
 fn high_bits(q: &[u8; QK]) -> [u8; 4] {
-    let qh = q.iter().enumerate().fold(0u32, |h, (j, &v)| h | (u32::from(v >> 4) << j));
+    let qh = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &v)| h | (u32::from(v >> 4) << j));
     qh.to_le_bytes()
 }
 
@@ -117,7 +125,10 @@ fn q8_0(x: &[f32], out: &mut Vec<u8>) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let (dh, d) = to_f16(amax / 127.0);
     out.extend_from_slice(&dh.to_le_bytes());
-    out.extend(x.iter().map(|&v| (code(v, d, 127.0, 254) as i32 - 127) as i8 as u8));
+    out.extend(
+        x.iter()
+            .map(|&v| (code(v, d, 127.0, 254) as i32 - 127) as i8 as u8),
+    );
 }
 
 /// Q4_K / Q5_K: eight sub-blocks of 32, each x = d*sc*q - dmin*m with 6-bit sc and m.

@@ -31,7 +31,10 @@ pub enum ServeError {
     #[error(transparent)]
     DraftVocabulary(#[from] VocabMismatch),
     #[error("binding {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -92,19 +95,34 @@ pub enum BusyPoll {
 
 pub fn run(a: ServeArgs) -> Result<(), ServeError> {
     if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()?;
     }
-    let mut model = Model::load(&a.model).map_err(|source| ServeError::Model { path: a.model.clone(), source })?;
+    let mut model = Model::load(&a.model).map_err(|source| ServeError::Model {
+        path: a.model.clone(),
+        source,
+    })?;
     if let Some(q) = a.quant {
-        model.weights = quantize_weights(&model.weights, q)
-            .map_err(|source| ServeError::Model { path: a.model.clone(), source })?;
+        model.weights =
+            quantize_weights(&model.weights, q).map_err(|source| ServeError::Model {
+                path: a.model.clone(),
+                source,
+            })?;
     }
-    let opts = SessionOptions { ctx: a.ctx, precise: a.precise, ..Default::default() };
+    let opts = SessionOptions {
+        ctx: a.ctx,
+        precise: a.precise,
+        ..Default::default()
+    };
     let draft_model = a.spec.load_draft(&model)?;
     let session = cpu_session(&model.config, &model.weights, &opts)?;
     let mut engine = Engine::new(session);
     let draft = match &draft_model {
-        Some(d) => Some(DraftModel::new(cpu_session(&d.config, &d.weights, &opts)?, engine.vocab_size())?),
+        Some(d) => Some(DraftModel::new(
+            cpu_session(&d.config, &d.weights, &opts)?,
+            engine.vocab_size(),
+        )?),
         None => None,
     };
     engine.set_speculation(a.spec.speculation(draft));
@@ -120,13 +138,23 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
         tokenizer.token_id("<|fim_suffix|>"),
         tokenizer.token_id("<|fim_middle|>"),
     ) {
-        (Some(prefix), Some(suffix), Some(middle)) => Some(FimTokens { prefix, suffix, middle }),
+        (Some(prefix), Some(suffix), Some(middle)) => Some(FimTokens {
+            prefix,
+            suffix,
+            middle,
+        }),
         _ => None,
     };
     let vocab = model.config.vocab_size.min(tokenizer.vocab_size());
     let model_id = a.served_model_name.clone().unwrap_or_else(|| {
-        let name = a.model.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
+        let name = a
+            .model
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        name.strip_suffix(".gguf")
+            .map(str::to_string)
+            .unwrap_or(name)
     });
     let metrics = Arc::new(Metrics::new());
     let handle = engine_thread::spawn(engine, tokenizer.clone(), a.queue, metrics.clone())?;
@@ -145,7 +173,8 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
             BusyPoll::On => true,
             BusyPoll::Off => false,
             BusyPoll::Auto => {
-                std::thread::available_parallelism().map_or(1, |n| n.get()) > rayon::current_num_threads()
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+                    > rayon::current_num_threads()
             }
         },
         created: unix_time(),
@@ -159,10 +188,19 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
         let local: SocketAddr = listener.local_addr()?;
         eprintln!("listening on http://{local}");
-        serve(listener, state, shutdown_signal(), Duration::from_secs(a.shutdown_timeout)).await?;
+        serve(
+            listener,
+            state,
+            shutdown_signal(),
+            Duration::from_secs(a.shutdown_timeout),
+        )
+        .await?;
         eprintln!("shut down");
         Ok::<(), ServeError>(())
     })?;

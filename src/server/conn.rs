@@ -35,7 +35,10 @@ pub struct WriteStamp {
 
 impl WriteStamp {
     pub fn new(metrics: Arc<Metrics>) -> WriteStamp {
-        WriteStamp { pending: Arc::default(), metrics }
+        WriteStamp {
+            pending: Arc::default(),
+            metrics,
+        }
     }
 
     /// Records that the bytes of a token produced at `at` are ready and on their way to
@@ -44,14 +47,19 @@ impl WriteStamp {
     pub fn mark(&self, at: Instant) {
         Metrics::observe(&self.metrics.token_handoff, at.elapsed());
         let ns = at.saturating_duration_since(epoch()).as_nanos() as u64 + 1;
-        let _ = self.pending.compare_exchange(0, ns, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = self
+            .pending
+            .compare_exchange(0, ns, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// The pending mark's age at `now`, clearing it.
     fn take(&self, now: Instant) -> Option<Duration> {
         match self.pending.swap(0, Ordering::AcqRel) {
             0 => None,
-            ns => Some(now.saturating_duration_since(epoch()).saturating_sub(Duration::from_nanos(ns - 1))),
+            ns => Some(
+                now.saturating_duration_since(epoch())
+                    .saturating_sub(Duration::from_nanos(ns - 1)),
+            ),
         }
     }
 }
@@ -75,13 +83,21 @@ impl StampedIo {
 }
 
 impl AsyncRead for StampedIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for StampedIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let start = Instant::now();
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
@@ -139,7 +155,10 @@ impl Listener for StampedListener {
             match self.inner.accept().await {
                 Ok((inner, addr)) => {
                     let _ = inner.set_nodelay(true);
-                    let io = StampedIo { inner, stamp: WriteStamp::new(self.metrics.clone()) };
+                    let io = StampedIo {
+                        inner,
+                        stamp: WriteStamp::new(self.metrics.clone()),
+                    };
                     return (io, addr);
                 }
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -164,7 +183,9 @@ pub struct ConnInfo {
 
 impl Connected<IncomingStream<'_, StampedListener>> for ConnInfo {
     fn connect_info(stream: IncomingStream<'_, StampedListener>) -> Self {
-        ConnInfo { stamp: stream.io().stamp.clone() }
+        ConnInfo {
+            stamp: stream.io().stamp.clone(),
+        }
     }
 }
 
@@ -185,6 +206,9 @@ mod tests {
         assert!(d >= Duration::from_millis(2), "{d:?}");
         assert!(s.take(Instant::now()).is_none());
         let text = s.metrics.render();
-        assert!(text.contains("tachyon_token_handoff_seconds_count 2"), "{text}");
+        assert!(
+            text.contains("tachyon_token_handoff_seconds_count 2"),
+            "{text}"
+        );
     }
 }

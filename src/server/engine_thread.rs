@@ -103,7 +103,9 @@ pub fn spawn(
 ) -> std::io::Result<EngineHandle> {
     let (tx, rx) = sync_channel(queue.max(1));
     let m = metrics.clone();
-    std::thread::Builder::new().name("tachyon-engine".into()).spawn(move || run(engine, &tokenizer, rx, &m))?;
+    std::thread::Builder::new()
+        .name("tachyon-engine".into())
+        .spawn(move || run(engine, &tokenizer, rx, &m))?;
     Ok(EngineHandle { tx, metrics })
 }
 
@@ -129,7 +131,10 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     let mut first: Option<Instant> = None;
     let mut last = started;
     let mut gone = false;
-    let opts = StreamOptions { logprobs: job.logprobs, cancel: Some(&job.cancel) };
+    let opts = StreamOptions {
+        logprobs: job.logprobs,
+        cancel: Some(&job.cancel),
+    };
     let result = engine.generate_stream(&job.prompt, &job.params, &opts, &mut |step| {
         let now = Instant::now();
         match first {
@@ -143,13 +148,25 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
         // An id the tokenizer does not know (padding rows of the output matrix) has no text.
         let piece = decoder.push(step.id).unwrap_or_default();
         let text = stop.push(&piece);
-        let logprobs = step.logprob.map(|logprob| TokenLogprobs { logprob, top: step.top.to_vec() });
-        let ev = TokenEvent { text, id: step.id, logprobs, produced_at: now };
+        let logprobs = step.logprob.map(|logprob| TokenLogprobs {
+            logprob,
+            top: step.top.to_vec(),
+        });
+        let ev = TokenEvent {
+            text,
+            id: step.id,
+            logprobs,
+            produced_at: now,
+        };
         if job.events.send(Event::Token(ev)).is_err() {
             gone = true;
             return Flow::Stop;
         }
-        if stop.stopped() { Flow::Stop } else { Flow::Continue }
+        if stop.stopped() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
     });
     let stats = match result {
         Ok(s) => s,
@@ -188,7 +205,9 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     metrics.requests.inc();
     metrics.prompt_tokens.inc_by(stats.prompt_tokens as u64);
     metrics.cached_tokens.inc_by(stats.cached_tokens as u64);
-    metrics.generated_tokens.inc_by(stats.generated_tokens as u64);
+    metrics
+        .generated_tokens
+        .inc_by(stats.generated_tokens as u64);
     if stats.cached_tokens > 0 {
         metrics.cache_hits.inc();
     }

@@ -33,7 +33,13 @@ struct Inner<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), kind, param: None, code: None }
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
     }
 
     /// 400 for a request that cannot be served as written.
@@ -43,7 +49,10 @@ impl ApiError {
 
     /// 400 naming the field at fault.
     pub fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { param: Some(param), ..ApiError::bad_request(message) }
+        ApiError {
+            param: Some(param),
+            ..ApiError::bad_request(message)
+        }
     }
 
     /// 400 for prompt + max_tokens over the context window.
@@ -101,14 +110,25 @@ impl ApiError {
 
     /// 503: the engine is gone (shutting down or failed).
     pub fn unavailable() -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine is not running")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine is not running",
+        )
     }
 
     /// The JSON body, `{"error": {...}}`.
     pub fn to_json(&self) -> String {
-        let body =
-            Body { error: Inner { message: &self.message, kind: self.kind, param: self.param, code: self.code } };
-        serde_json::to_string(&body).unwrap_or_else(|_| r#"{"error":{"message":"error","type":"server_error"}}"#.into())
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param,
+                code: self.code,
+            },
+        };
+        serde_json::to_string(&body)
+            .unwrap_or_else(|_| r#"{"error":{"message":"error","type":"server_error"}}"#.into())
     }
 
     /// The inner object alone (for WebSocket error frames).
@@ -119,9 +139,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut res = (self.status, [(header::CONTENT_TYPE, "application/json")], self.to_json()).into_response();
+        let mut res = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.to_json(),
+        )
+            .into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
     }

@@ -64,7 +64,13 @@ impl Submitted {
                 Poll::Ready(ev)
             }
             Poll::Pending => {
-                if self.hot && self.spinning_since.get_or_insert_with(Instant::now).elapsed() < MAX_SPIN {
+                if self.hot
+                    && self
+                        .spinning_since
+                        .get_or_insert_with(Instant::now)
+                        .elapsed()
+                        < MAX_SPIN
+                {
                     cx.waker().wake_by_ref();
                 }
                 Poll::Pending
@@ -89,11 +95,17 @@ pub struct FimTokens {
 /// A response id: a prefix, the process start and a counter, unique within a server run.
 pub fn response_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{:x}{:06x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{:x}{:06x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn unix_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl AppState {
@@ -131,7 +143,10 @@ impl AppState {
     /// The prompt ids of a chat request, through the model's chat template.
     pub fn chat_prompt(&self, req: &ChatRequest) -> Result<Vec<u32>, ApiError> {
         let Some(tmpl) = &self.chat_template else {
-            return Err(ApiError::invalid("messages", "this model has no chat template; use /v1/completions"));
+            return Err(ApiError::invalid(
+                "messages",
+                "this model has no chat template; use /v1/completions",
+            ));
         };
         let messages: &[ChatMessage] = &req.messages;
         let text = tmpl
@@ -156,7 +171,10 @@ impl AppState {
         if let Some(&id) = prompt.iter().find(|&&t| t as usize >= self.vocab) {
             return Err(ApiError::invalid(
                 "prompt",
-                format!("token id {id} is outside the vocabulary of {} tokens", self.vocab),
+                format!(
+                    "token id {id} is outside the vocabulary of {} tokens",
+                    self.vocab
+                ),
             ));
         }
         let room = self.ctx.saturating_sub(prompt.len());
@@ -169,12 +187,18 @@ impl AppState {
             return Err(ApiError::context_length(prompt.len(), max_tokens, self.ctx));
         }
         let seed = o.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
         });
         let params = GenerateParams {
             max_tokens,
             sampling: o.sampling(seed),
-            stop_ids: if o.ignore_eos { Vec::new() } else { self.tokenizer.stop_ids().to_vec() },
+            stop_ids: if o.ignore_eos {
+                Vec::new()
+            } else {
+                self.tokenizer.stop_ids().to_vec()
+            },
         };
         params.sampling.validate().map_err(ApiError::bad_request)?;
         let cancel = Arc::new(AtomicBool::new(false));

@@ -109,34 +109,62 @@ impl Metrics {
             "Per token: the socket write call itself (on loopback it may include the reader running before the call returns)",
             m.socket_write.clone(),
         );
-        registry.register("queue_wait_seconds", "Request arrival to the engine starting it", m.queue_wait.clone());
-        registry.register("prompt_tokens", "Prompt tokens of finished requests", m.prompt_tokens.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "Request arrival to the engine starting it",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of finished requests",
+            m.prompt_tokens.clone(),
+        );
         registry.register(
             "cached_prompt_tokens",
             "Prompt tokens whose KV was reused from the cache",
             m.cached_tokens.clone(),
         );
-        registry.register("generation_tokens", "Generated tokens", m.generated_tokens.clone());
+        registry.register(
+            "generation_tokens",
+            "Generated tokens",
+            m.generated_tokens.clone(),
+        );
         registry.register("requests", "Requests the engine ran", m.requests.clone());
         registry.register(
             "prefix_cache_hits",
             "Requests that reused at least one cached prompt token",
             m.cache_hits.clone(),
         );
-        registry.register("requests_rejected", "Requests answered 429 because the queue was full", m.rejected.clone());
+        registry.register(
+            "requests_rejected",
+            "Requests answered 429 because the queue was full",
+            m.rejected.clone(),
+        );
         registry.register(
             "requests_cancelled",
             "Requests stopped early: client gone, replaced or cancelled",
             m.cancelled.clone(),
         );
-        registry.register("queue_depth", "Requests waiting for the engine", m.queue_depth.clone());
-        registry.register("requests_running", "Requests the engine is running (0 or 1)", m.running.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for the engine",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "requests_running",
+            "Requests the engine is running (0 or 1)",
+            m.running.clone(),
+        );
         registry.register(
             "speculative_verify_steps",
             "Target passes that verified a proposal (draft model or prompt lookup)",
             m.spec_verify_steps.clone(),
         );
-        registry.register("speculative_proposed_tokens", "Tokens proposed for verification", m.spec_proposed.clone());
+        registry.register(
+            "speculative_proposed_tokens",
+            "Tokens proposed for verification",
+            m.spec_proposed.clone(),
+        );
         registry.register(
             "speculative_accepted_tokens",
             "Proposed tokens the target kept (acceptance rate: accepted / proposed)",
@@ -171,8 +199,14 @@ mod tests {
         m.server_overhead.observe(12e-6);
         m.generated_tokens.inc();
         let text = m.render();
-        assert!(text.contains("tachyon_server_overhead_seconds_bucket{le=\"0.000015\"} 1"), "{text}");
-        assert!(text.contains("tachyon_server_overhead_seconds_bucket{le=\"0.00001\"} 0"), "{text}");
+        assert!(
+            text.contains("tachyon_server_overhead_seconds_bucket{le=\"0.000015\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tachyon_server_overhead_seconds_bucket{le=\"0.00001\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("tachyon_generation_tokens_total 1"), "{text}");
         assert!(text.contains("tachyon_queue_depth 0"));
     }

@@ -71,7 +71,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_key))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::require_key,
+        ))
         .with_state(state)
 }
 
@@ -91,7 +94,8 @@ pub async fn serve(
         shutdown.await;
         notify.notify_one();
     };
-    let server = axum::serve(StampedListener::new(listener, metrics), app).with_graceful_shutdown(signal);
+    let server =
+        axum::serve(StampedListener::new(listener, metrics), app).with_graceful_shutdown(signal);
     tokio::select! {
         r = server.into_future() => r,
         _ = async { started.notified().await; tokio::time::sleep(grace).await } => {

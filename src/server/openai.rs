@@ -165,9 +165,12 @@ struct RawPart {
 
 fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 fn float(
@@ -180,19 +183,26 @@ fn float(
     let Some(v) = v else { return Ok(default) };
     let f = v as f32;
     if !f.is_finite() || !ok(f) {
-        return Err(ApiError::invalid(name, format!("{name} must be {range}, got {v}")));
+        return Err(ApiError::invalid(
+            name,
+            format!("{name} must be {range}, got {v}"),
+        ));
     }
     Ok(f)
 }
 
 fn token_id(v: i64) -> Result<u32, ApiError> {
-    u32::try_from(v).map_err(|_| ApiError::invalid("prompt", format!("token id {v} is not a valid token id")))
+    u32::try_from(v)
+        .map_err(|_| ApiError::invalid("prompt", format!("token id {v} is not a valid token id")))
 }
 
 fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError> {
     let one = |name: &'static str, v: Option<i64>| match v {
         None | Some(1) => Ok(()),
-        Some(v) => Err(ApiError::invalid(name, format!("{name} must be 1 (one completion per request), got {v}"))),
+        Some(v) => Err(ApiError::invalid(
+            name,
+            format!("{name} must be 1 (one completion per request), got {v}"),
+        )),
     };
     one("n", raw.n)?;
     one("best_of", raw.best_of)?;
@@ -203,7 +213,10 @@ fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError
         None => None,
         Some(v) if v >= 1 => Some(usize::try_from(v).unwrap_or(usize::MAX)),
         Some(v) => {
-            return Err(ApiError::invalid("max_tokens", format!("max_tokens must be at least 1, got {v}")));
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("max_tokens must be at least 1, got {v}"),
+            ));
         }
     };
     let stop = match raw.stop {
@@ -212,29 +225,56 @@ fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError
         Some(RawStop::Many(v)) => v,
     };
     if stop.len() > MAX_STOPS {
-        return Err(ApiError::invalid("stop", format!("at most {MAX_STOPS} stop strings, got {}", stop.len())));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOPS} stop strings, got {}", stop.len()),
+        ));
     }
     if let Some(s) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
         return Err(ApiError::invalid(
             "stop",
-            format!("stop strings are limited to {MAX_STOP_BYTES} bytes, got {}", s.len()),
+            format!(
+                "stop strings are limited to {MAX_STOP_BYTES} bytes, got {}",
+                s.len()
+            ),
         ));
     }
     let top_k = match raw.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
         Some(k) => {
-            return Err(ApiError::invalid("top_k", format!("top_k must be -1, 0 (off) or positive, got {k}")));
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k must be -1, 0 (off) or positive, got {k}"),
+            ));
         }
     };
     // Negative seeds are common in clients; keep their bits.
     let seed = raw.seed.map(|s| s as u64);
     Ok(Options {
         max_tokens,
-        temperature: float("temperature", raw.temperature, 1.0, |v| (0.0..=2.0).contains(&v), "between 0 and 2")?,
-        top_p: float("top_p", raw.top_p, 1.0, |v| v > 0.0 && v <= 1.0, "in (0, 1]")?,
+        temperature: float(
+            "temperature",
+            raw.temperature,
+            1.0,
+            |v| (0.0..=2.0).contains(&v),
+            "between 0 and 2",
+        )?,
+        top_p: float(
+            "top_p",
+            raw.top_p,
+            1.0,
+            |v| v > 0.0 && v <= 1.0,
+            "in (0, 1]",
+        )?,
         top_k,
-        min_p: float("min_p", raw.min_p, 0.0, |v| (0.0..=1.0).contains(&v), "between 0 and 1")?,
+        min_p: float(
+            "min_p",
+            raw.min_p,
+            0.0,
+            |v| (0.0..=1.0).contains(&v),
+            "between 0 and 1",
+        )?,
         presence_penalty: float(
             "presence_penalty",
             raw.presence_penalty,
@@ -259,7 +299,10 @@ fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError
         stop,
         seed,
         stream: raw.stream.unwrap_or(false),
-        include_usage: raw.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: raw
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
         logprobs,
         ignore_eos: raw.ignore_eos.unwrap_or(false),
     })
@@ -269,7 +312,12 @@ fn top_n(name: &'static str, v: i64) -> Result<usize, ApiError> {
     usize::try_from(v)
         .ok()
         .filter(|&n| n <= MAX_TOP_LOGPROBS)
-        .ok_or_else(|| ApiError::invalid(name, format!("{name} must be between 0 and {MAX_TOP_LOGPROBS}, got {v}")))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                name,
+                format!("{name} must be between 0 and {MAX_TOP_LOGPROBS}, got {v}"),
+            )
+        })
 }
 
 /// Parses and validates a `/v1/completions` body (also the WebSocket request message).
@@ -279,20 +327,32 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest, ApiErr
     let prompt = match raw.prompt {
         None => return Err(ApiError::invalid("prompt", "prompt is required")),
         Some(RawPrompt::Text(s)) => Prompt::Text(s),
-        Some(RawPrompt::Tokens(ids)) => Prompt::Tokens(ids.into_iter().map(token_id).collect::<Result<_, _>>()?),
-        Some(RawPrompt::Texts(mut v)) if v.len() == 1 => Prompt::Text(v.remove(0)),
-        Some(RawPrompt::Batch(mut v)) if v.len() == 1 => {
-            Prompt::Tokens(v.remove(0).into_iter().map(token_id).collect::<Result<_, _>>()?)
+        Some(RawPrompt::Tokens(ids)) => {
+            Prompt::Tokens(ids.into_iter().map(token_id).collect::<Result<_, _>>()?)
         }
+        Some(RawPrompt::Texts(mut v)) if v.len() == 1 => Prompt::Text(v.remove(0)),
+        Some(RawPrompt::Batch(mut v)) if v.len() == 1 => Prompt::Tokens(
+            v.remove(0)
+                .into_iter()
+                .map(token_id)
+                .collect::<Result<_, _>>()?,
+        ),
         Some(_) => {
-            return Err(ApiError::invalid("prompt", "one prompt per request (a batch of prompts is not supported)"));
+            return Err(ApiError::invalid(
+                "prompt",
+                "one prompt per request (a batch of prompts is not supported)",
+            ));
         }
     };
     if matches!(&prompt, Prompt::Tokens(t) if t.is_empty()) {
         return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
     }
     let logprobs = raw.logprobs.map(|v| top_n("logprobs", v)).transpose()?;
-    Ok(CompletionRequest { prompt, suffix: raw.suffix, options: options(raw.options, logprobs)? })
+    Ok(CompletionRequest {
+        prompt,
+        suffix: raw.suffix,
+        options: options(raw.options, logprobs)?,
+    })
 }
 
 /// Parses and validates a `/v1/chat/completions` body.
@@ -325,16 +385,29 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 s
             }
         };
-        messages.push(ChatMessage { role: m.role, content });
+        messages.push(ChatMessage {
+            role: m.role,
+            content,
+        });
     }
     let logprobs = match (raw.logprobs, raw.top_logprobs) {
-        (Some(true), n) => Some(n.map(|v| top_n("top_logprobs", v)).transpose()?.unwrap_or(0)),
+        (Some(true), n) => Some(
+            n.map(|v| top_n("top_logprobs", v))
+                .transpose()?
+                .unwrap_or(0),
+        ),
         (_, Some(n)) if n > 0 => {
-            return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true"));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            ));
         }
         _ => None,
     };
-    Ok(ChatRequest { messages, options: options(raw.options, logprobs)? })
+    Ok(ChatRequest {
+        messages,
+        options: options(raw.options, logprobs)?,
+    })
 }
 
 /// Parses a `/tokenize` body: `{"prompt": "..."}` (or `"text"`), optional `add_special_tokens`.
@@ -346,7 +419,10 @@ pub fn parse_tokenize_request(body: &[u8]) -> Result<(String, bool), ApiError> {
         add_special_tokens: Option<bool>,
     }
     let raw: Raw = json(body)?;
-    let text = raw.prompt.or(raw.text).ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
+    let text = raw
+        .prompt
+        .or(raw.text)
+        .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
     Ok((text, raw.add_special_tokens.unwrap_or(true)))
 }
 
@@ -357,10 +433,14 @@ pub fn parse_detokenize_request(body: &[u8]) -> Result<Vec<u32>, ApiError> {
         tokens: Option<Vec<i64>>,
     }
     let raw: Raw = json(body)?;
-    let ids = raw.tokens.ok_or_else(|| ApiError::invalid("tokens", "tokens is required"))?;
+    let ids = raw
+        .tokens
+        .ok_or_else(|| ApiError::invalid("tokens", "tokens is required"))?;
     ids.into_iter()
         .map(|v| {
-            u32::try_from(v).map_err(|_| ApiError::invalid("tokens", format!("token id {v} is not a valid token id")))
+            u32::try_from(v).map_err(|_| {
+                ApiError::invalid("tokens", format!("token id {v} is not a valid token id"))
+            })
         })
         .collect()
 }
@@ -401,7 +481,10 @@ mod tests {
         assert_eq!(r.prompt, Prompt::Tokens(vec![1, 2, 3]));
         assert_eq!(r.suffix.as_deref(), Some("s"));
         let o = r.options;
-        assert_eq!((o.max_tokens, o.temperature, o.top_k, o.seed), (Some(5), 0.0, 0, Some(7)));
+        assert_eq!(
+            (o.max_tokens, o.temperature, o.top_k, o.seed),
+            (Some(5), 0.0, 0, Some(7))
+        );
         assert_eq!(o.stop, vec!["\n".to_string()]);
         assert!(o.stream && o.include_usage);
         assert_eq!(o.logprobs, Some(2));
@@ -455,14 +538,25 @@ mod tests {
         assert_eq!(r.options.max_tokens, Some(9));
         assert!(parse_chat_request(br#"{"messages":[]}"#).is_err());
         assert!(parse_chat_request(br#"{"messages":[{"role":"user"}],"top_logprobs":2}"#).is_err());
-        assert!(parse_chat_request(br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).is_err());
+        assert!(
+            parse_chat_request(
+                br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#
+            )
+            .is_err()
+        );
         assert!(parse_chat_request(br#"{"messages":"hi"}"#).is_err());
     }
 
     #[test]
     fn tokenize_detokenize_and_ws_envelope() {
-        assert_eq!(parse_tokenize_request(br#"{"prompt":"a b"}"#).unwrap(), ("a b".to_string(), true));
-        assert_eq!(parse_detokenize_request(br#"{"tokens":[1,2]}"#).unwrap(), vec![1, 2]);
+        assert_eq!(
+            parse_tokenize_request(br#"{"prompt":"a b"}"#).unwrap(),
+            ("a b".to_string(), true)
+        );
+        assert_eq!(
+            parse_detokenize_request(br#"{"tokens":[1,2]}"#).unwrap(),
+            vec![1, 2]
+        );
         assert!(parse_detokenize_request(br#"{"tokens":[-1]}"#).is_err());
         let (kind, id) = parse_ws_envelope(br#"{"type":"cancel","id":"k1"}"#).unwrap();
         assert_eq!(kind.as_deref(), Some("cancel"));

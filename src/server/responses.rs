@@ -42,7 +42,9 @@ impl Usage {
             prompt_tokens: d.prompt_tokens,
             completion_tokens: d.completion_tokens,
             total_tokens: d.prompt_tokens + d.completion_tokens,
-            prompt_tokens_details: CachedTokens { cached_tokens: d.cached_tokens },
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: d.cached_tokens,
+            },
         }
     }
 }
@@ -96,13 +98,23 @@ impl Header {
         finish: Option<&str>,
     ) {
         let choice = match self.kind {
-            Kind::Completion => Choice { index: 0, text: Some(text), delta: None, logprobs, finish_reason: finish },
+            Kind::Completion => Choice {
+                index: 0,
+                text: Some(text),
+                delta: None,
+                logprobs,
+                finish_reason: finish,
+            },
             Kind::Chat => Choice {
                 index: 0,
                 text: None,
                 delta: Some(Delta {
                     role: role.then_some("assistant"),
-                    content: if finish.is_some() && text.is_empty() { None } else { Some(text) },
+                    content: if finish.is_some() && text.is_empty() {
+                        None
+                    } else {
+                        Some(text)
+                    },
                 }),
                 logprobs,
                 finish_reason: finish,
@@ -135,9 +147,10 @@ impl Header {
     /// The whole non-streamed response.
     pub fn full(&self, text: &str, logprobs: Option<Value>, finish: &str, usage: &Usage) -> Value {
         let (object, choice) = match self.kind {
-            Kind::Completion => {
-                ("text_completion", json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}))
-            }
+            Kind::Completion => (
+                "text_completion",
+                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}),
+            ),
             Kind::Chat => (
                 "chat.completion",
                 json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish}),
@@ -240,7 +253,12 @@ mod tests {
 
     #[test]
     fn chunks_are_sse_events_of_openai_shape() {
-        let h = Header { id: "cmpl-1".into(), model: "m".into(), created: 5, kind: Kind::Completion };
+        let h = Header {
+            id: "cmpl-1".into(),
+            model: "m".into(),
+            created: 5,
+            kind: Kind::Completion,
+        };
         let mut out = Vec::new();
         h.write_chunk(&mut out, "hé\"", false, None, None);
         let s = String::from_utf8(out).unwrap();
@@ -249,14 +267,23 @@ mod tests {
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["choices"][0]["text"], "hé\"");
         assert!(v["choices"][0]["finish_reason"].is_null());
-        let h = Header { kind: Kind::Chat, ..h };
+        let h = Header {
+            kind: Kind::Chat,
+            ..h
+        };
         let mut out = Vec::new();
         h.write_chunk(&mut out, "", true, None, None);
         h.write_chunk(&mut out, "", false, None, Some("stop"));
         let s = String::from_utf8(out).unwrap();
-        let events: Vec<Value> =
-            s.split("\n\n").filter(|e| !e.is_empty()).map(|e| serde_json::from_str(&e[6..]).unwrap()).collect();
-        assert_eq!(events[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        let events: Vec<Value> = s
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| serde_json::from_str(&e[6..]).unwrap())
+            .collect();
+        assert_eq!(
+            events[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
         assert_eq!(events[1]["choices"][0]["delta"], json!({}));
         assert_eq!(events[1]["choices"][0]["finish_reason"], "stop");
         assert_eq!(events[0]["object"], "chat.completion.chunk");

@@ -15,7 +15,9 @@ use serde_json::json;
 use super::AppState;
 use super::conn::ConnInfo;
 use super::error::ApiError;
-use super::openai::{parse_chat_request, parse_completion_request, parse_detokenize_request, parse_tokenize_request};
+use super::openai::{
+    parse_chat_request, parse_completion_request, parse_detokenize_request, parse_tokenize_request,
+};
 use super::responses::{Header, Kind};
 use super::sse::{SseBody, collect};
 use super::ws::serve_socket;
@@ -24,7 +26,9 @@ type AppResult = Result<Response, ApiError>;
 
 /// Reads the body up to the configured limit (413 past it, whatever Content-Length says).
 async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, state.max_body).await.map_err(|_| ApiError::payload_too_large(state.max_body))
+    axum::body::to_bytes(body, state.max_body)
+        .await
+        .map_err(|_| ApiError::payload_too_large(state.max_body))
 }
 
 fn json_response(v: serde_json::Value) -> Response {
@@ -57,7 +61,11 @@ fn stamp(conn: ConnectInfo<ConnInfo>) -> Option<super::conn::WriteStamp> {
     Some(conn.0.stamp)
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, conn: ConnectInfo<ConnInfo>, body: Body) -> AppResult {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    conn: ConnectInfo<ConnInfo>,
+    body: Body,
+) -> AppResult {
     let received = Instant::now();
     let bytes = read_body(&state, body).await?;
     let req = parse_completion_request(&bytes)?;
@@ -71,8 +79,15 @@ pub async fn completions(State(state): State<Arc<AppState>>, conn: ConnectInfo<C
     };
     let o = &req.options;
     if o.stream {
-        Ok(SseBody::new(sub, header, state.tokenizer.clone(), o.logprobs.is_some(), o.include_usage, stamp(conn))
-            .into_response())
+        Ok(SseBody::new(
+            sub,
+            header,
+            state.tokenizer.clone(),
+            o.logprobs.is_some(),
+            o.include_usage,
+            stamp(conn),
+        )
+        .into_response())
     } else {
         collect(sub, header, &state.tokenizer, o.logprobs.is_some()).await
     }
@@ -96,8 +111,15 @@ pub async fn chat_completions(
     };
     let o = &req.options;
     if o.stream {
-        Ok(SseBody::new(sub, header, state.tokenizer.clone(), o.logprobs.is_some(), o.include_usage, stamp(conn))
-            .into_response())
+        Ok(SseBody::new(
+            sub,
+            header,
+            state.tokenizer.clone(),
+            o.logprobs.is_some(),
+            o.include_usage,
+            stamp(conn),
+        )
+        .into_response())
     } else {
         collect(sub, header, &state.tokenizer, o.logprobs.is_some()).await
     }
@@ -106,20 +128,34 @@ pub async fn chat_completions(
 pub async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> AppResult {
     let bytes = read_body(&state, body).await?;
     let (text, special) = parse_tokenize_request(&bytes)?;
-    let ids = state.tokenizer.encode(&text, special).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
-    Ok(json_response(json!({"tokens": ids, "count": ids.len(), "max_model_len": state.ctx})))
+    let ids = state
+        .tokenizer
+        .encode(&text, special)
+        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    Ok(json_response(
+        json!({"tokens": ids, "count": ids.len(), "max_model_len": state.ctx}),
+    ))
 }
 
 pub async fn detokenize(State(state): State<Arc<AppState>>, body: Body) -> AppResult {
     let bytes = read_body(&state, body).await?;
     let ids = parse_detokenize_request(&bytes)?;
-    if let Some(&id) = ids.iter().find(|&&t| t as usize >= state.tokenizer.vocab_size()) {
+    if let Some(&id) = ids
+        .iter()
+        .find(|&&t| t as usize >= state.tokenizer.vocab_size())
+    {
         return Err(ApiError::invalid(
             "tokens",
-            format!("token id {id} is outside the vocabulary of {} tokens", state.tokenizer.vocab_size()),
+            format!(
+                "token id {id} is outside the vocabulary of {} tokens",
+                state.tokenizer.vocab_size()
+            ),
         ));
     }
-    let text = state.tokenizer.decode(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    let text = state
+        .tokenizer
+        .decode(&ids)
+        .map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
     Ok(json_response(json!({"prompt": text})))
 }
 
@@ -135,13 +171,24 @@ pub async fn health() -> Response {
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
         .into_response()
 }
 
-pub async fn stream(State(state): State<Arc<AppState>>, conn: ConnectInfo<ConnInfo>, ws: WebSocketUpgrade) -> Response {
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    conn: ConnectInfo<ConnInfo>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let stamp = stamp(conn);
-    ws.max_message_size(state.max_body).on_upgrade(move |socket| serve_socket(socket, state, stamp))
+    ws.max_message_size(state.max_body)
+        .on_upgrade(move |socket| serve_socket(socket, state, stamp))
 }
 
 pub async fn not_found() -> Response {
@@ -149,6 +196,9 @@ pub async fn not_found() -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, ..ApiError::bad_request("method not allowed on this route") }
-        .into_response()
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::bad_request("method not allowed on this route")
+    }
+    .into_response()
 }

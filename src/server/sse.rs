@@ -61,8 +61,14 @@ impl SseBody {
     pub fn into_response(self) -> Response {
         let mut res = Body::from_stream(self).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
-        h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+        h.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-cache"),
+        );
         res
     }
 }
@@ -99,7 +105,8 @@ impl Stream for SseBody {
                         continue;
                     }
                     this.offset += t.text.len();
-                    this.header.write_chunk(&mut out, &t.text, false, lp.as_ref(), None);
+                    this.header
+                        .write_chunk(&mut out, &t.text, false, lp.as_ref(), None);
                     if let Some(s) = &this.stamp {
                         s.mark(t.produced_at);
                     }
@@ -107,9 +114,11 @@ impl Stream for SseBody {
                 }
                 Some(Event::Done(d)) => {
                     if !d.tail.is_empty() {
-                        this.header.write_chunk(&mut out, &d.tail, false, None, None);
+                        this.header
+                            .write_chunk(&mut out, &d.tail, false, None, None);
                     }
-                    this.header.write_chunk(&mut out, "", false, None, Some(d.finish_reason));
+                    this.header
+                        .write_chunk(&mut out, "", false, None, Some(d.finish_reason));
                     if this.include_usage {
                         this.header.write_usage(&mut out, &Usage::of(&d));
                     }
@@ -122,7 +131,10 @@ impl Stream for SseBody {
                     out.extend_from_slice(DONE);
                 }
                 None => {
-                    write_event(&mut out, &serde_json::json!({"error": ApiError::unavailable().to_value()}));
+                    write_event(
+                        &mut out,
+                        &serde_json::json!({"error": ApiError::unavailable().to_value()}),
+                    );
                     out.extend_from_slice(DONE);
                 }
             }
@@ -152,8 +164,17 @@ pub async fn collect(
             }
             Some(Event::Done(d)) => {
                 text.push_str(&d.tail);
-                let body = header.full(&text, lps.as_mut().map(LogprobsBuilder::take), d.finish_reason, &Usage::of(&d));
-                return Ok(([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response());
+                let body = header.full(
+                    &text,
+                    lps.as_mut().map(LogprobsBuilder::take),
+                    d.finish_reason,
+                    &Usage::of(&d),
+                );
+                return Ok((
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
+                    .into_response());
             }
             Some(Event::Error(e)) => return Err(e),
             None => return Err(ApiError::unavailable()),

@@ -35,7 +35,12 @@ impl StopMatcher {
         }
         self.held.push_str(text);
         // The earliest match wins; text from it on is dropped.
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             self.stopped = true;
             self.held.truncate(at);
             return std::mem::take(&mut self.held);
@@ -110,7 +115,10 @@ mod tests {
         let (out, stopped) = run(&["日本"], &["x日", "y日", "本z"]);
         assert!(stopped);
         assert_eq!(out.concat(), "x日y");
-        assert!(out.iter().all(|s| std::str::from_utf8(s.as_bytes()).is_ok()));
+        assert!(
+            out.iter()
+                .all(|s| std::str::from_utf8(s.as_bytes()).is_ok())
+        );
         // No stops: everything passes straight through.
         let (out, stopped) = run(&[], &["a", "b"]);
         assert_eq!((out.concat(), stopped), ("ab".to_string(), false));

@@ -89,7 +89,11 @@ async fn next_event(cur: &mut Option<Running>) -> Option<Event> {
     }
 }
 
-pub async fn serve_socket(mut socket: WebSocket, state: std::sync::Arc<AppState>, stamp: Option<WriteStamp>) {
+pub async fn serve_socket(
+    mut socket: WebSocket,
+    state: std::sync::Arc<AppState>,
+    stamp: Option<WriteStamp>,
+) {
     let mut cur: Option<Running> = None;
     loop {
         tokio::select! {
@@ -158,7 +162,11 @@ pub async fn serve_socket(mut socket: WebSocket, state: std::sync::Arc<AppState>
 }
 
 /// Handles one client message: `Ok(None)` for a cancel, the running request otherwise.
-fn start(state: &AppState, bytes: &[u8], received: Instant) -> Result<Option<Running>, (Value, ApiError)> {
+fn start(
+    state: &AppState,
+    bytes: &[u8],
+    received: Instant,
+) -> Result<Option<Running>, (Value, ApiError)> {
     let (kind, id) = parse_ws_envelope(bytes).map_err(|e| (Value::Null, e))?;
     match kind.as_deref() {
         Some("cancel") => return Ok(None),
@@ -166,12 +174,17 @@ fn start(state: &AppState, bytes: &[u8], received: Instant) -> Result<Option<Run
         Some(other) => {
             return Err((
                 id,
-                ApiError::invalid("type", format!("unknown message type {other:?} (completion or cancel)")),
+                ApiError::invalid(
+                    "type",
+                    format!("unknown message type {other:?} (completion or cancel)"),
+                ),
             ));
         }
     }
     let req = parse_completion_request(bytes).map_err(|e| (id.clone(), e))?;
     let prompt = state.completion_prompt(&req).map_err(|e| (id.clone(), e))?;
-    let sub = state.submit(prompt, &req.options, Some(16), received).map_err(|e| (id.clone(), e))?;
+    let sub = state
+        .submit(prompt, &req.options, Some(16), received)
+        .map_err(|e| (id.clone(), e))?;
     Ok(Some(Running { id, sub, index: 0 }))
 }

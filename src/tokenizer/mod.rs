@@ -173,7 +173,11 @@ impl Tokenizer {
     /// its target.
     pub fn vocabulary_difference(&self, other: &Tokenizer) -> Option<String> {
         if self.vocab_size() != other.vocab_size() {
-            return Some(format!("{} tokens against {}", self.vocab_size(), other.vocab_size()));
+            return Some(format!(
+                "{} tokens against {}",
+                self.vocab_size(),
+                other.vocab_size()
+            ));
         }
         (0..self.vocab_size() as u32).find_map(|id| {
             let (a, b) = (self.id_to_piece(id), other.id_to_piece(id));

@@ -149,8 +149,15 @@ fn spm_encode_decode() {
     // BOS is added because the metadata asks for it.
     assert_eq!(pieces, ["<s>", "\u{2581}hello"]);
     // Without the flag there is no BOS, whatever the vocabulary kind.
-    let no_flag = Tokenizer::from_vocab(&GgufVocab { add_bos: None, ..spm_vocab() }).unwrap();
-    assert_eq!(no_flag.encode("hello", true).unwrap(), tok.encode("hello", false).unwrap());
+    let no_flag = Tokenizer::from_vocab(&GgufVocab {
+        add_bos: None,
+        ..spm_vocab()
+    })
+    .unwrap();
+    assert_eq!(
+        no_flag.encode("hello", true).unwrap(),
+        tok.encode("hello", false).unwrap()
+    );
     assert_eq!(tok.decode(&ids).unwrap(), "hello");
     // "é" is not in the vocabulary: byte fallback.
     let ids = tok.encode("hé", false).unwrap();

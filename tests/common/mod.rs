@@ -21,6 +21,9 @@ pub fn model_path(name: &str) -> Option<PathBuf> {
     if std::env::var("TACHYON_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
         panic!("{} is missing; run scripts/fetch-models.sh", p.display());
     }
-    eprintln!("skipping: {} is missing (run scripts/fetch-models.sh)", p.display());
+    eprintln!(
+        "skipping: {} is missing (run scripts/fetch-models.sh)",
+        p.display()
+    );
     None
 }

@@ -320,9 +320,10 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
         .unwrap_or_else(|e| panic!("{e}"));
     let rows: Vec<u32> = (0..9).map(|i| prompt[i]).collect();
     let mut picks = vec![u32::MAX; rows.len()];
-    assert!(s
-        .forward_rows_argmax(&rows, prompt.len(), &mut picks)
-        .unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        s.forward_rows_argmax(&rows, prompt.len(), &mut picks)
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
     let mut all = vec![f32::NAN; rows.len() * vocab];
     s.forward_rows(&rows, prompt.len(), &mut all)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -348,9 +349,13 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
         out
     };
     let want = run(&mut Engine::new(session(&weights)));
-    for (name, draft_weights, lookup) in [("self draft", &weights, false), ("random draft + lookup", &other, true)] {
+    for (name, draft_weights, lookup) in [
+        ("self draft", &weights, false),
+        ("random draft + lookup", &other, true),
+    ] {
         let mut e = Engine::new(session(&weights));
-        let draft = DraftModel::new(session(draft_weights), vocab).unwrap_or_else(|e| panic!("{e}"));
+        let draft =
+            DraftModel::new(session(draft_weights), vocab).unwrap_or_else(|e| panic!("{e}"));
         e.set_speculation(Some(Speculation {
             draft: Some(draft),
             lookup: lookup.then(PromptLookup::default),

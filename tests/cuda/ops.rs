@@ -666,11 +666,20 @@ const BLOCK_TYPES: [GgmlType; 8] = [
 
 /// A `rows x cols` matrix quantized to `ty` by the CPU quantizer from values uniform in
 /// ±scale, and the values its blocks hold (the CPU reference dequantizer's reading).
-fn quant_weight(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize, scale: f32) -> (Weight, Vec<f32>) {
+fn quant_weight(
+    rng: &mut Rng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> (Weight, Vec<f32>) {
     let vals = rng.vec(rows * cols, scale);
     let mut bytes = Vec::new();
     for r in 0..rows {
-        bytes.extend(tachyon::quant::quantize(ty, &vals[r * cols..(r + 1) * cols]));
+        bytes.extend(tachyon::quant::quantize(
+            ty,
+            &vals[r * cols..(r + 1) * cols],
+        ));
     }
     let mut exact = vec![0f32; rows * cols];
     tachyon::quant::dequantize(ty, &bytes, &mut exact).unwrap_or_else(|e| panic!("{e}"));
@@ -689,10 +698,18 @@ fn quant_weight(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize, scale: f3
 fn quantized_matmul_and_embed_match_the_reference_dequantizer() {
     let mut b = backend();
     let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("quantized_matmul_and_embed_match_the_reference_dequantizer");
+    let mut rng =
+        Rng::from_env_or_clock("quantized_matmul_and_embed_match_the_reference_dequantizer");
     for ty in BLOCK_TYPES {
         let qk = ty.block_len();
-        let shapes = [(1usize, qk), (3, 2 * qk), (7, 4096), (151, 2048), (896, 4864), (4097, qk)];
+        let shapes = [
+            (1usize, qk),
+            (3, 2 * qk),
+            (7, 4096),
+            (151, 2048),
+            (896, 4864),
+            (4097, qk),
+        ];
         for &(rows, cols) in &shapes {
             for n in [1usize, 3, 4, 5, 9, 33] {
                 let (w, wf) = quant_weight(&mut rng, ty, rows, cols, 1.0 / (cols as f32).sqrt());
@@ -700,15 +717,23 @@ fn quantized_matmul_and_embed_match_the_reference_dequantizer() {
                 let m = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
                 let xd = up(&mut b, n, cols, &x);
                 let mut out = poisoned(&mut b, n, rows);
-                b.matmul(&xd, &m, n, &mut out).unwrap_or_else(|e| panic!("{e}"));
+                b.matmul(&xd, &m, n, &mut out)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let got = down(&mut b, &out);
                 let mut want_cpu = cpu_act(rows, &vec![0.0; n * rows]);
-                cpu.matmul(&cpu_act(cols, &x), &w, n, &mut want_cpu).unwrap_or_else(|e| panic!("{e}"));
+                cpu.matmul(&cpu_act(cols, &x), &w, n, &mut want_cpu)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 for t in 0..n {
                     let (want, abs) = matvec_f64(&wf, rows, cols, &x[t * cols..(t + 1) * cols]);
                     let what = format!("{ty} [{rows}, {cols}] row {t} of {n}");
                     check_matvec(&what, &got[t * rows..(t + 1) * rows], &want, &abs, cols);
-                    check_matvec(&format!("{what} (cpu twin)"), &want_cpu.data[t * rows..(t + 1) * rows], &want, &abs, cols);
+                    check_matvec(
+                        &format!("{what} (cpu twin)"),
+                        &want_cpu.data[t * rows..(t + 1) * rows],
+                        &want,
+                        &abs,
+                        cols,
+                    );
                 }
             }
         }
@@ -717,30 +742,46 @@ fn quantized_matmul_and_embed_match_the_reference_dequantizer() {
         let (wg, _) = quant_weight(&mut rng, ty, rows, cols, 0.2);
         let (wu, _) = quant_weight(&mut rng, ty, rows, cols, 0.2);
         let x = rng.vec(n * cols, 1.0);
-        let (mg, mu) = (b.upload_matrix(&wg).unwrap_or_else(|e| panic!("{e}")), b.upload_matrix(&wu).unwrap_or_else(|e| panic!("{e}")));
+        let (mg, mu) = (
+            b.upload_matrix(&wg).unwrap_or_else(|e| panic!("{e}")),
+            b.upload_matrix(&wu).unwrap_or_else(|e| panic!("{e}")),
+        );
         let xd = up(&mut b, n, cols, &x);
         let (mut gate, mut upo) = (poisoned(&mut b, n, rows), poisoned(&mut b, n, rows));
-        b.gate_up_swiglu(&xd, &mg, &mu, n, &mut gate, &mut upo).unwrap_or_else(|e| panic!("{e}"));
+        b.gate_up_swiglu(&xd, &mg, &mu, n, &mut gate, &mut upo)
+            .unwrap_or_else(|e| panic!("{e}"));
         let fused = down(&mut b, &gate);
         let (mut g2, mut u2) = (poisoned(&mut b, n, rows), poisoned(&mut b, n, rows));
-        b.matmul(&xd, &mg, n, &mut g2).unwrap_or_else(|e| panic!("{e}"));
-        b.matmul(&xd, &mu, n, &mut u2).unwrap_or_else(|e| panic!("{e}"));
+        b.matmul(&xd, &mg, n, &mut g2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.matmul(&xd, &mu, n, &mut u2)
+            .unwrap_or_else(|e| panic!("{e}"));
         let (g2, u2) = (down(&mut b, &g2), down(&mut b, &u2));
-        let want: Vec<f32> = g2.iter().zip(&u2).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        let want: Vec<f32> = g2
+            .iter()
+            .zip(&u2)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
         check(&format!("{ty} fused SwiGLU"), &fused, &want, 1e-5);
 
         // Embedding rows from a quantized table: the same values as the CPU dequantizer.
         let (vocab, dim) = (300usize, 3 * qk);
         let (w, _) = quant_weight(&mut rng, ty, vocab, dim, 1.0);
-        let tokens: Vec<u32> = (0..5).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+        let tokens: Vec<u32> = (0..5)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+            .collect();
         let table = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
         let mut out = poisoned(&mut b, 5, dim);
-        b.embed(&table, &tokens, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        b.embed(&table, &tokens, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut want = cpu_act(dim, &vec![0.0; 5 * dim]);
-        cpu.embed(&w, &tokens, &mut want).unwrap_or_else(|e| panic!("{e}"));
+        cpu.embed(&w, &tokens, &mut want)
+            .unwrap_or_else(|e| panic!("{e}"));
         let got = down(&mut b, &out);
         assert!(
-            got.iter().zip(&want.data).all(|(g, w)| g.to_bits() == w.to_bits()),
+            got.iter()
+                .zip(&want.data)
+                .all(|(g, w)| g.to_bits() == w.to_bits()),
             "{ty}: quantized embedding rows differ from the CPU dequantizer"
         );
     }

@@ -924,21 +924,37 @@ fn chat_template() -> Vec<Seed> {
 /// out-of-range bodies the server must answer with a 400.
 fn request() -> Vec<Seed> {
     let cases: &[(&str, u8, &str)] = &[
-        ("accept-completion-minimal", 0, r#"{"prompt":"def fib(n):"}"#),
+        (
+            "accept-completion-minimal",
+            0,
+            r#"{"prompt":"def fib(n):"}"#,
+        ),
         (
             "accept-completion-everything",
             0,
             r#"{"model":"m","prompt":"a\u00e9\ud83d\ude00 stop here","suffix":"x","max_tokens":8,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"presence_penalty":0.5,"frequency_penalty":-0.5,"repetition_penalty":1.1,"stop":["stop","\ud83d\ude00"],"seed":-3,"stream":true,"stream_options":{"include_usage":true},"logprobs":5,"n":1,"ignore_eos":true}"#,
         ),
-        ("accept-completion-token-ids", 0, r#"{"prompt":[1,2,3],"max_tokens":1}"#),
+        (
+            "accept-completion-token-ids",
+            0,
+            r#"{"prompt":[1,2,3],"max_tokens":1}"#,
+        ),
         ("accept-completion-one-of-batch", 0, r#"{"prompt":[[1,2]]}"#),
-        ("accept-completion-overlapping-stops", 0, r#"{"prompt":"abcabcabd","stop":["abd","bca","cab"]}"#),
+        (
+            "accept-completion-overlapping-stops",
+            0,
+            r#"{"prompt":"abcabcabd","stop":["abd","bca","cab"]}"#,
+        ),
         (
             "accept-chat",
             1,
             r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]},{"role":"assistant"}],"logprobs":true,"top_logprobs":2,"stop":"\n\n"}"#,
         ),
-        ("accept-tokenize", 2, r#"{"prompt":"hello","add_special_tokens":false}"#),
+        (
+            "accept-tokenize",
+            2,
+            r#"{"prompt":"hello","add_special_tokens":false}"#,
+        ),
         ("accept-detokenize", 3, r#"{"tokens":[0,1,4294967295]}"#),
         ("accept-ws-cancel", 4, r#"{"type":"cancel","id":{"a":[1]}}"#),
         ("reject-empty-body", 0, ""),
@@ -951,16 +967,40 @@ fn request() -> Vec<Seed> {
         ("reject-negative-token-id", 0, r#"{"prompt":[1,-1]}"#),
         ("reject-token-id-over-u32", 0, r#"{"prompt":[4294967296]}"#),
         ("reject-batch-of-prompts", 0, r#"{"prompt":["a","b"]}"#),
-        ("reject-nan-temperature", 0, r#"{"prompt":"x","temperature":NaN}"#),
-        ("reject-huge-temperature", 0, r#"{"prompt":"x","temperature":1e300}"#),
-        ("reject-negative-max-tokens", 0, r#"{"prompt":"x","max_tokens":-1}"#),
-        ("reject-zero-max-tokens", 0, r#"{"prompt":"x","max_tokens":0}"#),
-        ("reject-float-max-tokens", 0, r#"{"prompt":"x","max_tokens":1.5}"#),
+        (
+            "reject-nan-temperature",
+            0,
+            r#"{"prompt":"x","temperature":NaN}"#,
+        ),
+        (
+            "reject-huge-temperature",
+            0,
+            r#"{"prompt":"x","temperature":1e300}"#,
+        ),
+        (
+            "reject-negative-max-tokens",
+            0,
+            r#"{"prompt":"x","max_tokens":-1}"#,
+        ),
+        (
+            "reject-zero-max-tokens",
+            0,
+            r#"{"prompt":"x","max_tokens":0}"#,
+        ),
+        (
+            "reject-float-max-tokens",
+            0,
+            r#"{"prompt":"x","max_tokens":1.5}"#,
+        ),
         ("reject-top-p-zero", 0, r#"{"prompt":"x","top_p":0}"#),
         ("reject-top-k-negative", 0, r#"{"prompt":"x","top_k":-2}"#),
         ("reject-n-two", 0, r#"{"prompt":"x","n":2}"#),
         ("reject-echo", 0, r#"{"prompt":"x","echo":true}"#),
-        ("reject-too-many-logprobs", 0, r#"{"prompt":"x","logprobs":1000}"#),
+        (
+            "reject-too-many-logprobs",
+            0,
+            r#"{"prompt":"x","logprobs":1000}"#,
+        ),
         (
             "reject-too-many-stops",
             0,
@@ -968,9 +1008,21 @@ fn request() -> Vec<Seed> {
         ),
         ("reject-lone-surrogate", 0, r#"{"prompt":"\ud800"}"#),
         ("reject-chat-no-messages", 1, r#"{"messages":[]}"#),
-        ("reject-chat-image-part", 1, r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#),
-        ("reject-chat-top-logprobs-alone", 1, r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#),
-        ("reject-deep-nesting", 0, &format!("{}{}", "[".repeat(4096), "]".repeat(4096))),
+        (
+            "reject-chat-image-part",
+            1,
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+        ),
+        (
+            "reject-chat-top-logprobs-alone",
+            1,
+            r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#,
+        ),
+        (
+            "reject-deep-nesting",
+            0,
+            &format!("{}{}", "[".repeat(4096), "]".repeat(4096)),
+        ),
         ("reject-detokenize-negative", 3, r#"{"tokens":[-5]}"#),
         ("reject-ws-not-object", 4, "[1,2,3]"),
     ];

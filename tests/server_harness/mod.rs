@@ -20,7 +20,11 @@ impl Server {
     /// says otherwise, so parallel tests do not fight over the cores) and waits for its
     /// ready line.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
-        let threads: &[&str] = if extra.contains(&"--threads") { &[] } else { &["--threads", "1"] };
+        let threads: &[&str] = if extra.contains(&"--threads") {
+            &[]
+        } else {
+            &["--threads", "1"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tachyon"))
             .arg("serve")
             .arg("--model")
@@ -65,7 +69,8 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -78,7 +83,13 @@ impl Server {
     }
 
     pub fn post(&self, path: &str, body: &str) -> Response {
-        request(self.addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes())
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
     }
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
@@ -114,7 +125,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -122,11 +136,18 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
-pub fn write_request(s: &mut TcpStream, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+pub fn write_request(
+    s: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -140,9 +161,16 @@ pub fn write_request(s: &mut TcpStream, method: &str, path: &str, headers: &[(&s
 }
 
 /// One request on a fresh connection; reads the whole response.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("timeout");
     write_request(&mut s, method, path, headers, body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
@@ -150,16 +178,36 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
 }
 
 pub fn parse_response(raw: &[u8]) -> Response {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of head");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of head");
     let head = std::str::from_utf8(&raw[..split]).expect("head is text");
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     let rest = &raw[split + 4..];
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let (body, chunks) = if chunked { dechunk(rest) } else { (rest.to_vec(), Vec::new()) };
-    Response { status, headers, body, chunks }
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let (body, chunks) = if chunked {
+        dechunk(rest)
+    } else {
+        (rest.to_vec(), Vec::new())
+    };
+    Response {
+        status,
+        headers,
+        body,
+        chunks,
+    }
 }
 
 /// Decodes a chunked body; panics on broken framing.
@@ -167,9 +215,13 @@ fn dechunk(mut rest: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
     let mut body = Vec::new();
     let mut chunks = Vec::new();
     loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
         let size_text = std::str::from_utf8(&rest[..eol]).expect("chunk size");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).expect("hex size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .expect("hex size");
         rest = &rest[eol + 2..];
         if size == 0 {
             break;
@@ -187,15 +239,21 @@ fn dechunk(mut rest: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
 /// `data: ...\n\n` and the stream ends with `data: [DONE]\n\n`.
 pub fn sse_events(body: &[u8]) -> Vec<serde_json::Value> {
     let text = std::str::from_utf8(body).expect("SSE body is UTF-8");
-    assert!(text.ends_with("data: [DONE]\n\n"), "no [DONE] at the end: {text:?}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "no [DONE] at the end: {text:?}"
+    );
     let events: Vec<&str> = text.split_terminator("\n\n").collect();
     assert_eq!(*events.last().expect("events"), "data: [DONE]");
     events[..events.len() - 1]
         .iter()
         .map(|e| {
-            let payload = e.strip_prefix("data: ").unwrap_or_else(|| panic!("event without data: prefix: {e:?}"));
+            let payload = e
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("event without data: prefix: {e:?}"));
             assert!(!payload.contains('\n'), "multi-line event: {e:?}");
-            serde_json::from_str(payload).unwrap_or_else(|err| panic!("bad chunk JSON ({err}): {payload}"))
+            serde_json::from_str(payload)
+                .unwrap_or_else(|err| panic!("bad chunk JSON ({err}): {payload}"))
         })
         .collect()
 }
@@ -205,14 +263,23 @@ pub fn streamed_text(events: &[serde_json::Value]) -> String {
     events
         .iter()
         .filter_map(|e| e["choices"].get(0))
-        .map(|c| c["text"].as_str().or_else(|| c["delta"]["content"].as_str()).unwrap_or("").to_string())
+        .map(|c| {
+            c["text"]
+                .as_str()
+                .or_else(|| c["delta"]["content"].as_str())
+                .unwrap_or("")
+                .to_string()
+        })
         .collect()
 }
 
 /// The finish reason of a stream (the one non-null one).
 pub fn streamed_finish(events: &[serde_json::Value]) -> String {
-    let reasons: Vec<&str> =
-        events.iter().filter_map(|e| e["choices"].get(0)).filter_map(|c| c["finish_reason"].as_str()).collect();
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0))
+        .filter_map(|c| c["finish_reason"].as_str())
+        .collect();
     assert_eq!(reasons.len(), 1, "exactly one finish_reason: {reasons:?}");
     reasons[0].to_string()
 }
@@ -225,13 +292,20 @@ pub fn histogram_quantile(metrics: &str, name: &str, q: f64) -> (f64, u64) {
         .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
         .filter_map(|rest| {
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.trim().parse().ok()?))
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last().map_or(0, |b| b.1);
     let need = (q * total as f64).ceil() as u64;
-    let bound = buckets.iter().find(|b| b.1 >= need).map_or(f64::NAN, |b| b.0);
+    let bound = buckets
+        .iter()
+        .find(|b| b.1 >= need)
+        .map_or(f64::NAN, |b| b.0);
     (bound, total)
 }

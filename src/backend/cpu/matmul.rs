@@ -25,7 +25,14 @@ unsafe impl Sync for OutPtr {}
 /// `out[t * w.rows + r] = dot(w row r, x[t])` for `t < n`. `x` is `n` rows of `w.cols`.
 /// `precise`: dequantize weights to f32 and dot in f32 (the exact reference path) instead
 /// of the 8-bit activation integer kernels.
-pub fn matmul(w: &Weight, x: &[f32], n: usize, out: &mut [f32], precise: bool, scratch: &mut MatmulScratch) {
+pub fn matmul(
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    precise: bool,
+    scratch: &mut MatmulScratch,
+) {
     let (rows, cols) = (w.rows, w.cols);
     assert!(x.len() >= n * cols && out.len() >= n * rows);
     if !precise {

@@ -41,13 +41,20 @@ impl CpuBackend {
     /// memory at load (see `resident`), rather than reading them through the mapping.
     pub fn new(precise: bool, resident_weights: bool) -> CpuBackend {
         let resident = resident_weights.then(resident::Resident::default);
-        CpuBackend { precise, scratch: MatmulScratch::default(), resident }
+        CpuBackend {
+            precise,
+            scratch: MatmulScratch::default(),
+            resident,
+        }
     }
 }
 
 fn alloc(len: usize, what: &str) -> Result<Vec<f32>, BackendError> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| BackendError::OutOfMemory { what: what.to_string() })?;
+    v.try_reserve_exact(len)
+        .map_err(|_| BackendError::OutOfMemory {
+            what: what.to_string(),
+        })?;
     v.resize(len, 0.0);
     Ok(v)
 }
@@ -75,11 +82,18 @@ impl Ops for CpuBackend {
     }
 
     fn alloc_act(&mut self, rows: usize, width: usize) -> Result<CpuAct, BackendError> {
-        Ok(CpuAct { data: alloc(rows * width, "activations")?, width })
+        Ok(CpuAct {
+            data: alloc(rows * width, "activations")?,
+            width,
+        })
     }
 
     fn alloc_kv(&mut self, ctx: usize, kv_dim: usize) -> Result<KvCache, BackendError> {
-        Ok(KvCache { k: alloc(ctx * kv_dim, "KV cache")?, v: alloc(ctx * kv_dim, "KV cache")?, kv_dim })
+        Ok(KvCache {
+            k: alloc(ctx * kv_dim, "KV cache")?,
+            v: alloc(ctx * kv_dim, "KV cache")?,
+            kv_dim,
+        })
     }
 
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<CpuRope, BackendError> {
@@ -95,10 +109,20 @@ impl Ops for CpuBackend {
                 sin[p * half + i] = a.sin() as f32;
             }
         }
-        Ok(CpuRope { cos, sin, half, interleaved: rope.style == RopeStyle::Interleaved })
+        Ok(CpuRope {
+            cos,
+            sin,
+            half,
+            interleaved: rope.style == RopeStyle::Interleaved,
+        })
     }
 
-    fn embed(&mut self, table: &Weight, tokens: &[u32], out: &mut CpuAct) -> Result<(), BackendError> {
+    fn embed(
+        &mut self,
+        table: &Weight,
+        tokens: &[u32],
+        out: &mut CpuAct,
+    ) -> Result<(), BackendError> {
         let d = out.width;
         for (i, &t) in tokens.iter().enumerate() {
             table
@@ -108,23 +132,55 @@ impl Ops for CpuBackend {
         Ok(())
     }
 
-    fn rmsnorm(&mut self, x: &CpuAct, w: &Vec<f32>, eps: f32, n: usize, out: &mut CpuAct) -> Result<(), BackendError> {
+    fn rmsnorm(
+        &mut self,
+        x: &CpuAct,
+        w: &Vec<f32>,
+        eps: f32,
+        n: usize,
+        out: &mut CpuAct,
+    ) -> Result<(), BackendError> {
         let d = x.width;
         for i in 0..n {
-            ops::rmsnorm(&x.data[i * d..(i + 1) * d], w, eps, &mut out.data[i * d..(i + 1) * d]);
+            ops::rmsnorm(
+                &x.data[i * d..(i + 1) * d],
+                w,
+                eps,
+                &mut out.data[i * d..(i + 1) * d],
+            );
         }
         Ok(())
     }
 
-    fn head_rmsnorm(&mut self, x: &mut CpuAct, w: &Vec<f32>, head_dim: usize, eps: f32, n: usize) -> Result<(), BackendError> {
+    fn head_rmsnorm(
+        &mut self,
+        x: &mut CpuAct,
+        w: &Vec<f32>,
+        head_dim: usize,
+        eps: f32,
+        n: usize,
+    ) -> Result<(), BackendError> {
         for head in x.data[..n * x.width].chunks_mut(head_dim) {
             ops::rmsnorm_inplace(head, w, eps);
         }
         Ok(())
     }
 
-    fn matmul(&mut self, x: &CpuAct, w: &Weight, n: usize, out: &mut CpuAct) -> Result<(), BackendError> {
-        matmul::matmul(w, &x.data, n, &mut out.data, self.precise, &mut self.scratch);
+    fn matmul(
+        &mut self,
+        x: &CpuAct,
+        w: &Weight,
+        n: usize,
+        out: &mut CpuAct,
+    ) -> Result<(), BackendError> {
+        matmul::matmul(
+            w,
+            &x.data,
+            n,
+            &mut out.data,
+            self.precise,
+            &mut self.scratch,
+        );
         Ok(())
     }
 
@@ -151,11 +207,21 @@ impl Ops for CpuBackend {
         Ok(())
     }
 
-    fn rope(&mut self, x: &mut CpuAct, t: &CpuRope, n_heads: usize, pos: usize, n: usize) -> Result<(), BackendError> {
+    fn rope(
+        &mut self,
+        x: &mut CpuAct,
+        t: &CpuRope,
+        n_heads: usize,
+        pos: usize,
+        n: usize,
+    ) -> Result<(), BackendError> {
         let hd = x.width / n_heads;
         for i in 0..n {
             let p = pos + i;
-            let (c, s) = (&t.cos[p * t.half..(p + 1) * t.half], &t.sin[p * t.half..(p + 1) * t.half]);
+            let (c, s) = (
+                &t.cos[p * t.half..(p + 1) * t.half],
+                &t.sin[p * t.half..(p + 1) * t.half],
+            );
             for head in x.data[i * x.width..(i + 1) * x.width].chunks_mut(hd) {
                 ops::rope_head(&mut head[..2 * t.half], c, s, t.interleaved);
             }
@@ -178,7 +244,12 @@ impl Ops for CpuBackend {
         Ok(())
     }
 
-    fn copy_row(&mut self, src: &CpuAct, src_row: usize, dst: &mut CpuAct) -> Result<(), BackendError> {
+    fn copy_row(
+        &mut self,
+        src: &CpuAct,
+        src_row: usize,
+        dst: &mut CpuAct,
+    ) -> Result<(), BackendError> {
         let w = src.width;
         dst.data[..w].copy_from_slice(&src.data[src_row * w..(src_row + 1) * w]);
         Ok(())

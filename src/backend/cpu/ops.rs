@@ -39,7 +39,11 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 pub fn rope_head(head: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
     let half = cos.len();
     for i in 0..half {
-        let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+        let (a, b) = if interleaved {
+            (2 * i, 2 * i + 1)
+        } else {
+            (i, i + half)
+        };
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * cos[i] - x1 * sin[i];
         head[b] = x0 * sin[i] + x1 * cos[i];
@@ -127,4 +131,3 @@ mod tests {
         assert!(x[1] > x[0]);
     }
 }
-

@@ -15,9 +15,9 @@ use super::device::CudaDevice;
 use super::kernels;
 use super::params::{
     ArgmaxParams, AttnParams, ElementwiseParams, EmbedParams, GemvParams, RopeParams, SampleParams,
-    TACHYON_DTYPE_BF16, TACHYON_DTYPE_F16, TACHYON_DTYPE_F32, TACHYON_DTYPE_Q4_0, TACHYON_DTYPE_Q4_1,
-    TACHYON_DTYPE_Q4_K, TACHYON_DTYPE_Q5_0, TACHYON_DTYPE_Q5_1, TACHYON_DTYPE_Q5_K, TACHYON_DTYPE_Q6_K,
-    TACHYON_DTYPE_Q8_0, TACHYON_EW_ADD, TACHYON_EW_ADD_ROW,
+    TACHYON_DTYPE_BF16, TACHYON_DTYPE_F16, TACHYON_DTYPE_F32, TACHYON_DTYPE_Q4_0,
+    TACHYON_DTYPE_Q4_1, TACHYON_DTYPE_Q4_K, TACHYON_DTYPE_Q5_0, TACHYON_DTYPE_Q5_1,
+    TACHYON_DTYPE_Q5_K, TACHYON_DTYPE_Q6_K, TACHYON_DTYPE_Q8_0, TACHYON_EW_ADD, TACHYON_EW_ADD_ROW,
     TACHYON_EW_SWIGLU,
 };
 use crate::backend::cpu::ops::rope_angles;
@@ -261,7 +261,11 @@ impl CudaBackend {
     ) -> Result<(), BackendError> {
         let n = logits.width;
         let parts = ARGMAX_PARTS.min(n.div_ceil(256)).max(1);
-        if slot >= out.len() || row >= logits.rows || part_val.len() < parts || part_idx.len() < parts {
+        if slot >= out.len()
+            || row >= logits.rows
+            || part_val.len() < parts
+            || part_idx.len() < parts
+        {
             return Err(shape_err(format!(
                 "argmax of row {row} of {} into slot {slot} of {} needs {parts} partial slots",
                 logits.rows,

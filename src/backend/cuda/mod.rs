@@ -17,7 +17,10 @@ pub mod device;
 pub mod kernels;
 pub mod params;
 
-pub use backend::{CudaAct, CudaBackend, CudaKv, CudaMat, CudaRope, attn_splits, device_copy_bandwidth, split_range};
+pub use backend::{
+    CudaAct, CudaBackend, CudaKv, CudaMat, CudaRope, attn_splits, device_copy_bandwidth,
+    split_range,
+};
 pub use device::{CudaDevice, CudaUnavailable, probe, probe_device};
 pub use kernels::{KernelError, add_rmsnorm, rmsnorm};
 pub use params::RmsNormParams;

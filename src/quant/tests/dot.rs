@@ -25,12 +25,18 @@ use super::super::{GgmlType, dot_row_exact};
 use super::{Rng, random_acts, random_row};
 
 fn isas() -> Vec<Isa> {
-    let isas: Vec<Isa> = [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.available()).collect();
+    let isas: Vec<Isa> = [Isa::Scalar, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.available())
+        .collect();
     if !isas.contains(&Isa::Avx2) {
         eprintln!("note: this CPU has no avx2+fma+f16c; only the scalar kernels were tested");
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
         assert!(isas.contains(&Isa::Avx2));
     }
     isas
@@ -42,7 +48,10 @@ fn dequantized_acts(a: &QuantizedActs) -> Vec<f32> {
         ActLayout::F32 => a.f.clone(),
         ActLayout::Q8x32 | ActLayout::Q8K => {
             let bl = a.n / a.d.len().max(1);
-            a.qs.iter().enumerate().map(|(i, &q)| a.d[i / bl] * f32::from(q)).collect()
+            a.qs.iter()
+                .enumerate()
+                .map(|(i, &q)| a.d[i / bl] * f32::from(q))
+                .collect()
         }
     }
 }
@@ -61,7 +70,11 @@ fn act_rounding(a: &QuantizedActs) -> Vec<f32> {
 /// Row lengths to try: 1..=13 blocks (odd counts exercise the kernels' pair loops);
 /// for the float formats, lengths that are no multiple of the 32-wide SIMD step.
 fn lengths(ty: GgmlType) -> Vec<usize> {
-    let unit = if ty.is_quantized() { ty.block_len() } else { 37 };
+    let unit = if ty.is_quantized() {
+        ty.block_len()
+    } else {
+        37
+    };
     (1..=13).map(|k| k * unit).collect()
 }
 
@@ -85,7 +98,11 @@ fn fast_dot_matches_exact_dot_on_both_kernel_families() {
                     let float_slack = 1e-4 * wmax * x_hat.iter().map(|v| v.abs()).sum::<f32>();
 
                     let exact = dot_row_exact(ty, &row, &x);
-                    let act_err: f32 = w.iter().zip(act_rounding(&acts)).map(|(w, e)| w.abs() * e).sum();
+                    let act_err: f32 = w
+                        .iter()
+                        .zip(act_rounding(&acts))
+                        .map(|(w, e)| w.abs() * e)
+                        .sum();
                     let bound = act_err * 1.0001 + float_slack;
                     assert!(
                         (fast - exact).abs() <= bound,
@@ -111,7 +128,9 @@ fn matvec_rows_fills_every_row_like_dot_row() {
         for ty in GgmlType::ALL {
             let n = 3 * ty.block_len().max(64);
             let rows = 5;
-            let w: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, n, &mut rng)).collect();
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(ty, n, &mut rng))
+                .collect();
             let rb = w.len() / rows;
             quantize_acts(ty, &random_acts(n, &mut rng), &mut acts);
             let mut out = vec![f32::NAN; rows];

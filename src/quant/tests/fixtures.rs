@@ -49,9 +49,32 @@ fn dequantize_rejects_mismatched_lengths() {
     let mut dst = vec![0f32; 64];
     assert!(dequantize(GgmlType::Q4_0, &src, &mut dst).is_ok());
     let err = dequantize(GgmlType::Q4_0, &src[..35], &mut dst).unwrap_err();
-    assert!(matches!(err, QuantError::ByteLength { expected: 36, got: 35, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            QuantError::ByteLength {
+                expected: 36,
+                got: 35,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = dequantize(GgmlType::Q4_0, &src, &mut dst[..40]).unwrap_err();
-    assert!(matches!(err, QuantError::PartialBlock { n: 40, block: 32, .. }), "{err}");
-    assert_eq!(err.to_string(), "40 Q4_0 elements are not a whole number of 32-element blocks");
+    assert!(
+        matches!(
+            err,
+            QuantError::PartialBlock {
+                n: 40,
+                block: 32,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "40 Q4_0 elements are not a whole number of 32-element blocks"
+    );
     assert!(dequantize(GgmlType::Q6K, &[], &mut []).is_ok());
 }

@@ -63,8 +63,12 @@ pub(super) fn f16_fields(ty: GgmlType) -> &'static [usize] {
 pub(super) fn random_row(ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
     match ty {
         GgmlType::F32 => (0..n).flat_map(|_| rng.normal().to_le_bytes()).collect(),
-        GgmlType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.normal()).to_le_bytes()).collect(),
-        GgmlType::BF16 => (0..n).flat_map(|_| half::bf16::from_f32(rng.normal()).to_le_bytes()).collect(),
+        GgmlType::F16 => (0..n)
+            .flat_map(|_| f16::from_f32(rng.normal()).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => (0..n)
+            .flat_map(|_| half::bf16::from_f32(rng.normal()).to_le_bytes())
+            .collect(),
         _ => {
             let bytes = ty.bytes_for(n as u64).unwrap() as usize;
             let mut row: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();

@@ -39,14 +39,34 @@ fn signals(rng: &mut Rng) -> Vec<Vec<f32>> {
     let mut s = Vec::new();
     for scale in [1e-3f32, 1.0, 300.0] {
         s.push((0..256).map(|_| rng.normal() * scale).collect());
-        s.push((0..256).map(|_| if rng.below(50) == 0 { rng.normal() * 20.0 * scale } else { rng.normal() * scale }).collect());
+        s.push(
+            (0..256)
+                .map(|_| {
+                    if rng.below(50) == 0 {
+                        rng.normal() * 20.0 * scale
+                    } else {
+                        rng.normal() * scale
+                    }
+                })
+                .collect(),
+        );
     }
     s.push((0..256).map(|_| 1.0 + rng.uniform()).collect());
     s.push((0..256).map(|_| -3.0 - rng.uniform()).collect());
     s.push(vec![0.75; 256]);
     s.push(vec![0.0; 256]);
     s.push((0..256).map(|i| i as f32 / 64.0 - 2.0).collect());
-    s.push((0..256).map(|i| if (i / 32) % 2 == 0 { rng.normal() * 1e-3 } else { rng.normal() * 10.0 }).collect());
+    s.push(
+        (0..256)
+            .map(|i| {
+                if (i / 32) % 2 == 0 {
+                    rng.normal() * 1e-3
+                } else {
+                    rng.normal() * 10.0
+                }
+            })
+            .collect(),
+    );
     s
 }
 
@@ -58,14 +78,21 @@ fn quantize_dequantize_round_trip_error_is_bounded() {
         let mut worst = 0f32;
         for x in signals(&mut rng) {
             let q = quantize(ty, &x);
-            assert_eq!(q.len() as u64, ty.bytes_for(x.len() as u64).unwrap(), "{ty}");
+            assert_eq!(
+                q.len() as u64,
+                ty.bytes_for(x.len() as u64).unwrap(),
+                "{ty}"
+            );
             let mut y = vec![f32::NAN; x.len()];
             dequantize(ty, &q, &mut y).unwrap();
             for (xb, yb) in x.chunks(bl).zip(y.chunks(bl)) {
                 let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for (a, b) in xb.iter().zip(yb) {
                     let err = (a - b).abs();
-                    assert!(err <= bound(ty) * amax, "{ty}: {a} came back as {b} (block max {amax})");
+                    assert!(
+                        err <= bound(ty) * amax,
+                        "{ty}: {a} came back as {b} (block max {amax})"
+                    );
                     if amax > 0.0 {
                         worst = worst.max(err / amax);
                     }
@@ -74,9 +101,16 @@ fn quantize_dequantize_round_trip_error_is_bounded() {
         }
         // The bound should also be near what happens, or it tests nothing.
         if ty.is_quantized() {
-            assert!(worst > 0.25 * bound(ty), "{ty}: worst {worst} far below bound {}", bound(ty));
+            assert!(
+                worst > 0.25 * bound(ty),
+                "{ty}: worst {worst} far below bound {}",
+                bound(ty)
+            );
         }
-        eprintln!("{ty}: worst error {worst:.5} of block max (bound {:.5})", bound(ty));
+        eprintln!(
+            "{ty}: worst error {worst:.5} of block max (bound {:.5})",
+            bound(ty)
+        );
     }
 }
 
