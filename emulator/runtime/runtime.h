@@ -90,6 +90,14 @@ struct LaunchResult {
 LaunchResult launch(const KernelInfo& k, Dim3 grid, Dim3 block, size_t dyn_smem,
                     void** params, const LaunchOptions& opt = LaunchOptions());
 
+// The stamp of a kernel source directory: FNV-1a 64 over every regular file directly in
+// dir whose name ends in .cu, .cuh or .h, in byte order of their names, each contributing
+// "name\0" + contents + "\0"; 16 lower-case hex digits. emulator/build.sh embeds the
+// stamp of kernels/ in the kernels library (tachyon_emu_registry's stamp) with this same
+// function, so the driver compares like with like. Empty string (and *err set) when dir
+// cannot be read.
+std::string source_stamp(const std::string& dir, std::string* err);
+
 // Worker threads for independent blocks: TACHYON_EMU_WORKERS if set, else nproc.
 unsigned worker_count();
 
