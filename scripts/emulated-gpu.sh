@@ -27,20 +27,13 @@ if [[ ! -f "$repo/.toolchain/cuda/nvidia/cu13/include/cuda.h" ]]; then
     "$repo/scripts/install-cuda-toolchain.sh" >&2
 fi
 
-# The inputs of the build: every file of kernels/ and emulator/, names and contents.
-inputs_hash() {
-    (cd "$repo" && find kernels emulator -type f -print0 | LC_ALL=C sort -z |
-        xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
-}
-
-want="$(inputs_hash)"
+# emulator/build.sh --stamp hashes every file of kernels/ and emulator/ (names and
+# contents); a build records that hash in target/emulated-gpu/stamp.
+want="$("$repo/emulator/build.sh" --stamp)"
 have="$(cat "$out/stamp" 2>/dev/null || true)"
 if [[ "$want" != "$have" || ! -e "$out/libcuda.so.1" || ! -e "$out/libtachyon_emu_kernels.so" ]]; then
     echo "emulated-gpu: building $out" >&2
     "$repo/emulator/build.sh" "$out" >&2
-    # The stamp is written last, from the inputs as they were before the build, so an edit
-    # made while building is seen as stale next time.
-    echo "$want" >"$out/stamp"
 fi
 
 export LD_LIBRARY_PATH="$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
