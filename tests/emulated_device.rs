@@ -60,21 +60,36 @@ impl Child {
 /// returns what it did. In that child (`TACHYON_EMU_CHILD=name`): runs `body` and returns
 /// None, so the test passes in the child exactly when `body` does.
 fn child(name: &str, env: &[(&str, &str)], body: impl FnOnce()) -> Option<Child> {
+    child_case(name, name, env, body)
+}
+
+/// [`child`] for a test that runs several cases, each in its own child: `case` tells them
+/// apart (and must start with the test's name).
+fn child_named(test: &str, case: &str, body: impl FnOnce()) -> Option<Child> {
+    child_case(test, case, &[], body)
+}
+
+fn child_case(test: &str, case: &str, env: &[(&str, &str)], body: impl FnOnce()) -> Option<Child> {
     require_emulator();
-    if std::env::var("TACHYON_EMU_CHILD").as_deref() == Ok(name) {
-        body();
-        return None;
+    match std::env::var("TACHYON_EMU_CHILD") {
+        Ok(c) if c == case => {
+            body();
+            return None;
+        }
+        // A child of this test that runs another of its cases: nothing to do for this one.
+        Ok(c) if c.starts_with(test) => return None,
+        _ => {}
     }
     let exe = std::env::current_exe().expect("test binary path");
     let out = Command::new(exe)
         .args([
-            name,
+            test,
             "--exact",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("TACHYON_EMU_CHILD", name)
+        .env("TACHYON_EMU_CHILD", case)
         .envs(env.iter().copied())
         .output()
         .expect("re-running the test binary");
@@ -556,21 +571,24 @@ fn injected_memory_size_and_driver_version() {
 // Planted bugs (emulator/tests/planted): each fails with its report, each twin passes
 // ---------------------------------------------------------------------------------------
 
-/// Builds the planted kernels into a test library (once per test binary run) and returns
-/// its path.
+/// Builds the planted kernels into a test library next to the emulated runtime (once per
+/// test binary run, in the parent: a child only loads it) and returns its path.
 fn planted_library() -> PathBuf {
     static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     LIB.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = repo.join("target/emulated-gpu/planted");
+        let lib = repo.join("target/emulated-gpu/libplanted_kernels.so");
+        if std::env::var_os("TACHYON_EMU_CHILD").is_some() {
+            return lib;
+        }
         let status = Command::new(repo.join("emulator/build.sh"))
             .arg("--kernels")
             .arg(repo.join("emulator/tests/planted"))
-            .arg(&out)
+            .arg(&lib)
             .status()
             .expect("running emulator/build.sh");
         assert!(status.success(), "emulator/build.sh --kernels failed");
-        out.join("libtachyon_emu_kernels.so")
+        lib
     })
     .clone()
 }
@@ -580,29 +598,422 @@ fn planted_module(ctx: &Arc<CudaContext>) -> Arc<cudarc::driver::CudaModule> {
         .unwrap_or_else(|e| panic!("loading the planted kernels: {e}"))
 }
 
-/// Launches planted kernel `name` over `grid` x `block` with one buffer of `n` floats
-/// (filled with 1.0) and `n` as arguments; returns the launch's and the sync's result.
-fn run_planted(
-    name: &str,
-    grid: u32,
-    block: u32,
-    n: usize,
-) -> (Result<(), DriverError>, Result<(), DriverError>) {
+/// One argument of a planted kernel.
+#[derive(Clone, Copy)]
+enum Arg {
+    /// A device buffer of n floats, all 1.0.
+    Ones(usize),
+    /// A device buffer of n zeroed 4-byte words.
+    Zeros(usize),
+    /// A device buffer of n floats never written (the 0xFF fill).
+    Fresh(usize),
+    Int(i32),
+    /// A host buffer of n floats (not device memory).
+    Host(usize),
+    /// A device buffer of n floats, freed before the launch.
+    Freed(usize),
+}
+
+enum Val {
+    Ptr(u64),
+    I(i32),
+}
+
+struct Ran {
+    result: Result<(), DriverError>,
+    /// Contents of each device buffer argument after the launch (None: not a live buffer,
+    /// or the launch failed).
+    bufs: Vec<Option<Vec<f32>>>,
+}
+
+/// Launches planted kernel `kernel` over `grid` x `block` (1-D) with `args`; prints each
+/// pointer argument as `ARG<i>=0x...` on stdout for a parent process to find in the report.
+fn run_planted(kernel: &str, args: &[Arg], grid: u32, block: u32, smem: u32, coop: bool) -> Ran {
     let dev = device();
     let m = planted_module(dev.context());
     let f = m
-        .load_function(name)
-        .unwrap_or_else(|e| panic!("planted kernel {name}: {e}"));
+        .load_function(kernel)
+        .unwrap_or_else(|e| panic!("planted kernel {kernel}: {e}"));
     let s: &Arc<CudaStream> = dev.stream();
-    let mut buf = s.clone_htod(&vec![1f32; n]).unwrap();
-    let len = n as i32;
+    let mut live: Vec<Option<CudaSlice<f32>>> = Vec::new();
+    let mut host: Vec<Vec<f32>> = Vec::new();
+    let mut vals = Vec::new();
+    for a in args {
+        let buf = match *a {
+            Arg::Ones(n) => Some(s.clone_htod(&vec![1f32; n]).unwrap()),
+            Arg::Zeros(n) => Some(s.alloc_zeros::<f32>(n).unwrap()),
+            // SAFETY: read unwritten on purpose.
+            Arg::Fresh(n) => Some(unsafe { s.alloc::<f32>(n) }.unwrap()),
+            Arg::Freed(n) => {
+                let b = s.alloc_zeros::<f32>(n).unwrap();
+                let (p, _g) = b.device_ptr(s);
+                drop(_g);
+                drop(b);
+                vals.push(Val::Ptr(p));
+                live.push(None);
+                continue;
+            }
+            Arg::Host(n) => {
+                host.push(vec![2f32; n]);
+                vals.push(Val::Ptr(host.last().unwrap().as_ptr() as u64));
+                live.push(None);
+                continue;
+            }
+            Arg::Int(i) => {
+                vals.push(Val::I(i));
+                live.push(None);
+                continue;
+            }
+        };
+        let b = buf.unwrap();
+        let p = {
+            let (p, _g) = b.device_ptr(s);
+            p
+        };
+        vals.push(Val::Ptr(p));
+        live.push(Some(b));
+    }
+    for (i, v) in vals.iter().enumerate() {
+        if let Val::Ptr(p) = v {
+            println!("ARG{i}=0x{p:x}");
+        }
+    }
     let cfg = LaunchConfig {
         grid_dim: (grid, 1, 1),
         block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
-    // SAFETY: the planted kernels take (float*, int); a fault is the point of the test.
-    let launched = unsafe { s.launch_builder(&f).arg(&mut buf).arg(&len).launch(cfg) }.map(|_| ());
-    let synced = s.synchronize();
-    (launched, synced)
+    let mut b = s.launch_builder(&f);
+    for v in &vals {
+        match v {
+            Val::Ptr(p) => b.arg(p),
+            Val::I(i) => b.arg(i),
+        };
+    }
+    // SAFETY: the arguments match the planted kernels' signatures (pointers and ints); a
+    // fault is what some of these launches are for.
+    let launched = unsafe {
+        if coop {
+            b.launch_cooperative(cfg)
+        } else {
+            b.launch(cfg)
+        }
+    };
+    let result = launched.map(|_| ()).and_then(|()| s.synchronize());
+    let bufs = live
+        .iter()
+        .map(|b| match (b, &result) {
+            (Some(b), Ok(())) => Some(s.clone_dtoh(b).unwrap()),
+            _ => None,
+        })
+        .collect();
+    Ran { result, bufs }
+}
+
+/// A planted bug: in a child process the launch must fail (with `code` when given); the
+/// child's stderr must hold every fragment of `expect`, and, when `addr` is (i, off), the
+/// address of argument i plus off.
+#[allow(clippy::too_many_arguments)]
+fn planted_fails(
+    test: &str,
+    kernel: &str,
+    args: &[Arg],
+    block: (u32, u32, u32),
+    code: Option<sys::CUresult>,
+    expect: &[&str],
+    addr: Option<(usize, u64)>,
+) {
+    let (grid, threads, smem) = block;
+    planted_library();
+    let Some(c) = child(test, &[], || {
+        let ran = run_planted(kernel, args, grid, threads, smem, false);
+        match (ran.result, code) {
+            (Ok(()), _) => panic!("planted kernel {kernel} ran without an error"),
+            (Err(e), Some(want)) => assert_eq!(e.0, want, "{kernel}"),
+            (Err(_), None) => {}
+        }
+    }) else {
+        return;
+    };
+    assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
+    for e in expect {
+        c.must_contain(e);
+    }
+    if let Some((i, off)) = addr {
+        let tag = format!("ARG{i}=0x");
+        // The child's stdout interleaves with the harness's own lines: search anywhere.
+        let line = c
+            .stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&tag))
+            .unwrap_or_else(|| panic!("no {tag} in the child's stdout:\n{}", c.stdout));
+        let base = u64::from_str_radix(line.trim(), 16).unwrap();
+        c.must_contain(&format!("0x{:x}", base + off));
+    }
+}
+
+const ILLEGAL: Option<sys::CUresult> = Some(sys::CUresult::CUDA_ERROR_ILLEGAL_ADDRESS);
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_out_of_bounds_write() {
+    // 2 x 256 threads over 256 floats: the thread with i == 256 is block 1, thread 0.
+    planted_fails(
+        "planted_out_of_bounds_write",
+        "planted_oob_write",
+        &[Arg::Ones(256), Arg::Int(256)],
+        (2, 256, 0),
+        ILLEGAL,
+        &["kernel planted_oob_write block (1,0,0) thread (0,0,0)"],
+        Some((0, 1024)),
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_shared_memory_races() {
+    planted_library();
+    for kernel in ["planted_raw_race", "planted_war_race"] {
+        let name = format!("planted_shared_memory_races_{kernel}");
+        let Some(c) = child_named("planted_shared_memory_races", &name, || {
+            let ran = run_planted(kernel, &[Arg::Zeros(256)], 1, 256, 0, false);
+            assert!(ran.result.is_err(), "{kernel} ran without an error");
+        }) else {
+            continue;
+        };
+        assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
+        c.must_contain(&format!("kernel {kernel} block (0,0,0)"));
+        c.must_contain("shared-memory race");
+    }
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_warp_race_without_syncwarp() {
+    planted_fails(
+        "planted_warp_race_without_syncwarp",
+        "planted_no_syncwarp",
+        &[Arg::Zeros(32)],
+        (1, 32, 0),
+        None,
+        &[
+            "kernel planted_no_syncwarp block (0,0,0)",
+            "shared-memory race",
+        ],
+        None,
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_misaligned_vector_load() {
+    planted_fails(
+        "planted_misaligned_vector_load",
+        "planted_misaligned_float4",
+        &[Arg::Ones(64), Arg::Zeros(32)],
+        (1, 32, 0),
+        Some(sys::CUresult::CUDA_ERROR_MISALIGNED_ADDRESS),
+        &[
+            "kernel planted_misaligned_float4 block (0,0,0) thread (0,0,0)",
+            "misaligned",
+        ],
+        Some((0, 4)),
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_divergent_barrier() {
+    planted_fails(
+        "planted_divergent_barrier",
+        "planted_divergent_barrier",
+        &[Arg::Zeros(32)],
+        (1, 32, 0),
+        None,
+        &[
+            "kernel planted_divergent_barrier block (0,0,0)",
+            "divergent barrier",
+        ],
+        None,
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_shuffle_mask_errors() {
+    planted_fails(
+        "planted_shuffle_mask_errors",
+        "planted_shfl_mask_missing",
+        &[Arg::Zeros(32)],
+        (1, 32, 0),
+        None,
+        &[
+            "kernel planted_shfl_mask_missing block (0,0,0)",
+            "0x7fffffff",
+        ],
+        None,
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_shuffle_lane_absent() {
+    planted_fails(
+        "planted_shuffle_lane_absent",
+        "planted_shfl_lane_absent",
+        &[Arg::Zeros(32)],
+        (1, 32, 0),
+        None,
+        &[
+            "kernel planted_shfl_lane_absent block (0,0,0)",
+            "0xffffffff",
+        ],
+        None,
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_host_pointer() {
+    planted_fails(
+        "planted_host_pointer",
+        "planted_host_pointer",
+        &[Arg::Host(32), Arg::Zeros(32)],
+        (1, 32, 0),
+        ILLEGAL,
+        &[
+            "kernel planted_host_pointer block (0,0,0) thread (0,0,0)",
+            "not device memory",
+        ],
+        Some((0, 0)),
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_use_after_free() {
+    planted_fails(
+        "planted_use_after_free",
+        "planted_use_after_free",
+        &[Arg::Freed(32), Arg::Zeros(32)],
+        (1, 32, 0),
+        ILLEGAL,
+        &[
+            "kernel planted_use_after_free block (0,0,0) thread (0,0,0)",
+            "freed",
+        ],
+        Some((0, 0)),
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_dynamic_shared_memory_overrun() {
+    // 64 floats of dynamic shared memory; thread 0 writes dyn[64].
+    planted_fails(
+        "planted_dynamic_shared_memory_overrun",
+        "planted_dynamic_smem_oob",
+        &[Arg::Zeros(32), Arg::Int(64)],
+        (1, 32, 256),
+        ILLEGAL,
+        &["kernel planted_dynamic_smem_oob block (0,0,0) thread (0,0,0)"],
+        None,
+    );
+}
+
+/// Every correct twin runs clean and computes what it should.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_twins_pass() {
+    let ok = |kernel: &str, args: &[Arg], grid: u32, block: u32, smem: u32, coop: bool| {
+        let ran = run_planted(kernel, args, grid, block, smem, coop);
+        if let Err(e) = ran.result {
+            panic!("{kernel} failed: {e}");
+        }
+        ran.bufs
+    };
+    let out = ok(
+        "ok_write",
+        &[Arg::Zeros(256), Arg::Int(256)],
+        2,
+        256,
+        0,
+        false,
+    );
+    assert_eq!(out[0].as_deref(), Some(&vec![1f32; 256][..]));
+
+    let want: Vec<f32> = (0..256).map(|t| ((t + 255) % 256) as f32).collect();
+    let out = ok("ok_raw", &[Arg::Zeros(256)], 1, 256, 0, false);
+    assert_eq!(out[0].as_deref(), Some(&want[..]));
+
+    let want: Vec<f32> = (0..256).map(|t| ((t + 1) % 256) as f32).collect();
+    let out = ok("ok_war", &[Arg::Zeros(256)], 1, 256, 0, false);
+    assert_eq!(out[0].as_deref(), Some(&want[..]));
+
+    let out = ok(
+        "ok_aligned_float4",
+        &[Arg::Ones(64), Arg::Zeros(32)],
+        1,
+        32,
+        0,
+        false,
+    );
+    assert_eq!(out[1].as_deref(), Some(&vec![4f32; 32][..]));
+
+    let want: Vec<f32> = (0..32).map(|t| if t >= 16 { 2.0 } else { 1.0 }).collect();
+    let out = ok("ok_barrier", &[Arg::Zeros(32)], 1, 32, 0, false);
+    assert_eq!(out[0].as_deref(), Some(&want[..]));
+
+    let out = ok("ok_shfl", &[Arg::Zeros(64)], 1, 64, 0, false);
+    assert_eq!(out[0].as_deref(), Some(&vec![496f32; 64][..]));
+
+    let want: Vec<f32> = (0..32).map(|t| (31 - t) as f32).collect();
+    let out = ok("ok_syncwarp", &[Arg::Zeros(32)], 1, 32, 0, false);
+    assert_eq!(out[0].as_deref(), Some(&want[..]));
+
+    let want: Vec<f32> = (0..32).map(|t| (63 - t) as f32).collect();
+    let out = ok(
+        "ok_dynamic_smem",
+        &[Arg::Zeros(32), Arg::Int(64)],
+        1,
+        32,
+        256,
+        false,
+    );
+    assert_eq!(out[0].as_deref(), Some(&want[..]));
+
+    let out = ok("ok_atomics", &[Arg::Zeros(5)], 1, 64, 0, false);
+    let bits: Vec<u32> = out[0]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    assert_eq!(bits, [16, 16, 16, 16, 0x5555_5555]);
+
+    let out = ok(
+        "ok_read_fill",
+        &[Arg::Fresh(1), Arg::Zeros(1)],
+        1,
+        1,
+        0,
+        false,
+    );
+    assert!(out[1].as_ref().unwrap()[0].is_nan());
+
+    let out = ok(
+        "ok_cross_block_flag",
+        &[Arg::Zeros(1), Arg::Zeros(2)],
+        2,
+        32,
+        0,
+        true,
+    );
+    let bits: Vec<u32> = out[1]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    assert_eq!(bits, [8, 7]);
 }
