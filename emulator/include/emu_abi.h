@@ -57,7 +57,10 @@ enum {
     EMU_WARP_REDUCE_OR = 15,
     EMU_WARP_REDUCE_XOR = 16,
     EMU_WARP_MATCH_ANY = 17,
-    EMU_WARP_KINDS = 18
+    // val points to an emu_exchange: every lane's `bytes` at `in` are copied to every lane's
+    // out[lane * bytes] (the host versions of warp-wide matrix instructions use it).
+    EMU_WARP_EXCHANGE = 18,
+    EMU_WARP_KINDS = 19
 };
 
 // Atomic operations (emu_atomic's op) and operand types (ty).
@@ -84,6 +87,12 @@ enum {
     EMU_TY_U16 = 6
 };
 
+struct emu_exchange {
+    const void* in;
+    void* out;
+    unsigned bytes;
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -102,8 +111,11 @@ uint64_t emu_atomic(int op, int ty, void* addr, uint64_t a, uint64_t b);
 void emu_misaligned(const void* p, unsigned n, int is_write);
 // __trap(), a failed assert(): fails the kernel (719) with the message.
 __attribute__((noreturn)) void emu_trap(const char* what);
-// Async copy (cp.async): checked n-byte read of src and write of dst, done at once.
-void emu_copy_async(void* dst, const void* src, unsigned n);
+// cp.async: an n-byte copy, queued; it lands (checked) when a wait_group covering its
+// group runs, or when the thread exits. commit closes the current group.
+void emu_cp_async(void* dst, const void* src, unsigned n);
+void emu_cp_async_commit(void);
+void emu_cp_async_wait(int n_pending);  // -1: wait_all
 #ifdef __cplusplus
 }
 #endif

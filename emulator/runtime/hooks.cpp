@@ -161,15 +161,49 @@ extern "C" void emu_trap(const char* what) {
                                                       " at " + emu::describe_site(__builtin_return_address(0)));
 }
 
-extern "C" void emu_copy_async(void* dst, const void* src, unsigned n) {
+namespace emu {
+
+static void cp_async_do(const Fiber::PendingCopy& c) {
+    const uintptr_t s = reinterpret_cast<uintptr_t>(c.src), d = reinterpret_cast<uintptr_t>(c.dst);
+    if (!arena_ok(s, c.n)) check_slow(s, c.n, false, false, c.site);
+    if (!arena_ok(d, c.n)) check_slow(d, c.n, true, false, c.site);
+    memcpy(c.dst, c.src, c.n);
+}
+
+void cp_async_land(Fiber* f, uint32_t before) {
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < f->n_pending; ++i) {
+        if (f->pending[i].group < before) cp_async_do(f->pending[i]);
+        else f->pending[keep++] = f->pending[i];
+    }
+    f->n_pending = keep;
+}
+
+}  // namespace emu
+
+extern "C" void emu_cp_async(void* dst, const void* src, unsigned n) {
     const void* site = __builtin_return_address(0);
     const uintptr_t s = reinterpret_cast<uintptr_t>(src), d = reinterpret_cast<uintptr_t>(dst);
     if ((s | d) & (n - 1))
         emu::fail_access((s & (n - 1)) ? s : d, n, (s & (n - 1)) == 0, false, site, "misaligned cp.async",
                          emu::kCudaErrorMisalignedAddress);
-    if (!emu::arena_ok(s, n)) emu::check_slow(s, n, false, false, site);
-    if (!emu::arena_ok(d, n)) emu::check_slow(d, n, true, false, site);
-    memcpy(dst, src, n);
+    emu::Fiber* f = emu::tls_worker->block.current;
+    if (f->n_pending == 8) {  // a real copy may land any time before its wait: land the oldest now
+        emu::cp_async_do(f->pending[0]);
+        memmove(&f->pending[0], &f->pending[1], 7 * sizeof f->pending[0]);
+        f->n_pending = 7;
+    }
+    f->pending[f->n_pending++] = emu::Fiber::PendingCopy{dst, src, site, n, f->cp_group};
+}
+
+extern "C" void emu_cp_async_commit(void) { emu::tls_worker->block.current->cp_group++; }
+
+extern "C" void emu_cp_async_wait(int n_pending) {
+    emu::Fiber* f = emu::tls_worker->block.current;
+    // wait_group N: at most the N most recent committed groups may stay in flight.
+    const uint32_t committed = f->cp_group;
+    const uint32_t before = n_pending < 0 ? committed : (committed > uint32_t(n_pending) ? committed - n_pending : 0);
+    emu::cp_async_land(f, before);
 }
 
 namespace {

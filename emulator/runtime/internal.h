@@ -41,6 +41,15 @@ struct Fiber {
     int pred;               // __syncthreads_count / and / or operand
     unsigned wait_mask;     // mask of the warp op it waits in
     int wait_kind;
+    // cp.async copies in flight (oldest first) and the open group's number.
+    struct PendingCopy {
+        void* dst;
+        const void* src;
+        const void* site;
+        uint32_t n, group;
+    } pending[8];
+    uint32_t n_pending;
+    uint32_t cp_group;
 };
 static_assert(sizeof(Fiber) <= EMU_FIBER_HEADER_BYTES, "fiber record outgrows its slot");
 
@@ -57,6 +66,8 @@ struct StackPool {
 };
 // Prepares f's stack so that the first switch to it runs the kernel for that thread.
 void fiber_init(Fiber* f);
+// Lands the thread's cp.async copies of groups older than `before` (all: ~0u).
+void cp_async_land(Fiber* f, uint32_t before);
 
 // ---- Modules: the kernels libraries (module.cpp) -----------------------------------------
 struct Module {

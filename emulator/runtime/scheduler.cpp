@@ -118,6 +118,8 @@ void run_block(Worker& w, Launch& L, uint64_t linear) {
         f->warp = t / 32;
         f->state = kReady;
         f->wait_site = nullptr;
+        f->n_pending = 0;
+        f->cp_group = 0;
         fiber_init(f);
         b.fibers[t] = f;
     }

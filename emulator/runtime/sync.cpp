@@ -20,7 +20,8 @@ const char* kind_name(int kind) {
         "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync", "__ballot_sync",
         "__any_sync", "__all_sync", "__syncwarp", "__reduce_add_sync", "__reduce_add_sync",
         "__reduce_min_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_max_sync",
-        "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync", "__match_any_sync"};
+        "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync", "__match_any_sync",
+        "warp-wide matrix operation (mma / ldmatrix)"};
     return kind >= 0 && kind < EMU_WARP_KINDS ? names[kind] : "warp operation";
 }
 
@@ -143,7 +144,8 @@ extern "C" [[noreturn]] void emu_fiber_main(Fiber* f) {
     Block& b = *f->block;
     const KernelInfo* k = b.launch->kernel;
     k->call(k->fn, b.launch->params);
-    // The thread returned.
+    // The thread returned; its copies in flight still land.
+    cp_async_land(f, ~0u);
     f->state = kExited;
     b.live--;
     b.exited++;
@@ -256,7 +258,8 @@ static uint64_t lane_result(Block& b, unsigned warp, const WarpState::Group& g, 
             if (g.kind == EMU_WARP_ANY) return bits != 0;
             return bits == g.mask;
         }
-        case EMU_WARP_SYNC: return 0;
+        case EMU_WARP_SYNC:
+        case EMU_WARP_EXCHANGE: return 0;
         case EMU_WARP_MATCH_ANY: {
             unsigned bits = 0;
             for (unsigned l = 0; l < 32; ++l)
@@ -361,6 +364,17 @@ extern "C" uint64_t emu_warp_op(int kind, unsigned mask, uint64_t val, int arg, 
         WarpState::Group done = *g;
         *g = ws.groups[--ws.n_groups];
         uint64_t mine = 0;
+        if (done.kind == EMU_WARP_EXCHANGE) {
+            for (unsigned l = 0; l < 32; ++l) {
+                if (!(done.mask & (1u << l))) continue;
+                const emu_exchange* dst = reinterpret_cast<const emu_exchange*>(done.val[l]);
+                for (unsigned k = 0; k < 32; ++k) {
+                    if (!(done.mask & (1u << k))) continue;
+                    const emu_exchange* src = reinterpret_cast<const emu_exchange*>(done.val[k]);
+                    memcpy(static_cast<char*>(dst->out) + size_t(k) * dst->bytes, src->in, dst->bytes);
+                }
+            }
+        }
         for (unsigned l = 0; l < 32; ++l) {
             if (!(done.mask & (1u << l))) continue;
             const uint64_t r = lane_result(b, f->warp, done, l);

@@ -401,6 +401,44 @@ void real_kernels(const Lib& K) {
     }
 }
 
+// The PTX wrappers against a plain matrix product and a plain copy.
+void ptx(const Lib& P) {
+    uint16_t* a = dalloc<uint16_t>(256);
+    uint16_t* b = dalloc<uint16_t>(128);
+    float* c = dalloc<float>(128);
+    float* d = dalloc<float>(128);
+    std::vector<float> ha(256), hb(128);
+    for (int i = 0; i < 256; ++i) {
+        ha[i] = bf16_round(0.0625f * float((i * 37) % 29) - 0.875f);
+        a[i] = bf16_bits(ha[i]);
+    }
+    for (int i = 0; i < 128; ++i) {
+        hb[i] = bf16_round(0.03125f * float((i * 11) % 23) - 0.25f);
+        b[i] = bf16_bits(hb[i]);
+        c[i] = 0.5f * float(i % 3);
+    }
+    expect_ok(run(P, "ok_mma_bf16", d1(1), d1(32), (const uint16_t*)a, (const uint16_t*)b, (const float*)c, d), "mma");
+    bool good = true;
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 8; ++n) {
+            float ref = c[m * 8 + n];
+            for (int k = 0; k < 16; ++k) ref += ha[m * 16 + k] * hb[k * 8 + n];
+            good &= close(d[m * 8 + n], ref, 1e-5f);
+        }
+    expect(good, "mma.sync m16n8k16 bf16 (A through ldmatrix.x4) equals the plain product");
+
+    float* src = dalloc<float>(256);
+    float* dst = dalloc<float>(256);
+    float* early = dalloc<float>(64);
+    for (int i = 0; i < 256; ++i) src[i] = float(i);
+    expect_ok(run(P, "ok_cp_async", d1(1), d1(32), (const float*)src, dst, early, 256), "cp.async");
+    good = true;
+    for (int i = 0; i < 256; ++i) good &= dst[i] == float(i);
+    expect(good, "cp.async copy equals the source");
+    expect(std::isnan(early[0]) && std::isnan(early[40]),
+           "cp.async data is not visible before its wait_group (shared memory still holds the 0xFF fill)");
+}
+
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -456,6 +494,7 @@ int main(int argc, char** argv) {
     arena();
     planted(P);
     real_kernels(K);
+    ptx(P);
     if (getenv("SELFTEST_NO_TIMING") == nullptr) timings(K, P);
     printf("runtime self test: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
