@@ -360,9 +360,8 @@ extern "C" uint64_t emu_warp_op(int kind, unsigned mask, uint64_t val, int arg, 
     g->arg[f->lane] = arg;
     g->arrived |= bit;
     if (g->arrived == g->mask) {
-        // Complete: every lane's result, then the group is gone.
-        WarpState::Group done = *g;
-        *g = ws.groups[--ws.n_groups];
+        // Complete: every lane's result (computed in place), then the group is gone.
+        WarpState::Group& done = *g;
         uint64_t mine = 0;
         if (done.kind == EMU_WARP_EXCHANGE) {
             for (unsigned l = 0; l < 32; ++l) {
@@ -375,10 +374,11 @@ extern "C" uint64_t emu_warp_op(int kind, unsigned mask, uint64_t val, int arg, 
                 }
             }
         }
+        Fiber** lanes = b.fibers + f->warp * 32;
         for (unsigned l = 0; l < 32; ++l) {
             if (!(done.mask & (1u << l))) continue;
             const uint64_t r = lane_result(b, f->warp, done, l);
-            Fiber* o = b.fibers[f->warp * 32 + l];
+            Fiber* o = lanes[l];
             if (o == f) {
                 mine = r;
             } else {
@@ -386,7 +386,10 @@ extern "C" uint64_t emu_warp_op(int kind, unsigned mask, uint64_t val, int arg, 
                 o->state = kReady;
             }
         }
-        warp_sync_completed(b, f->warp, done.mask);
+        const unsigned done_mask = done.mask;
+        if (g != &ws.groups[ws.n_groups - 1]) *g = ws.groups[ws.n_groups - 1];
+        ws.n_groups--;
+        warp_sync_completed(b, f->warp, done_mask);
         return mine;
     }
     f->state = kWaitWarp;

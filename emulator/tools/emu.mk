@@ -28,7 +28,7 @@ runtime: $(OUT)/libcuda.so.1 $(OUT)/emu-stamp
 # Kernel code: every load and store calls the runtime's checks (__asan_*_noabort); passes
 # that would change the width or alignment of accesses as written (store merging, the
 # bswap/load-merging pass, vectorizers) are off, so a check sees the access the GPU would.
-KFLAGS := $(COMMON) -x c++ -O2 -fno-omit-frame-pointer -fno-strict-aliasing -ffp-contract=off \
+KFLAGS := $(COMMON) -x c++ -O2 -fno-plt -fno-omit-frame-pointer -fno-strict-aliasing -ffp-contract=off \
   -fno-store-merging -fno-expensive-optimizations -fno-tree-vectorize -fno-tree-slp-vectorize \
   -fno-tree-loop-distribute-patterns \
   -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 \
