@@ -842,6 +842,26 @@ fn planted_divergent_barrier() {
 
 #[test]
 #[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn planted_barriers_at_two_sites() {
+    // A barrier is its source line: the report names both, and which threads wait where.
+    planted_fails(
+        "planted_barriers_at_two_sites",
+        "planted_barrier_sites",
+        &[Arg::Zeros(32)],
+        (1, 32, 0),
+        None,
+        &[
+            "kernel planted_barrier_sites block (0,0,0)",
+            "divergent barrier: the threads reach different __syncthreads",
+            "planted.cu:73",
+            "planted.cu:76",
+        ],
+        None,
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
 fn planted_shuffle_mask_errors() {
     planted_fails(
         "planted_shuffle_mask_errors",

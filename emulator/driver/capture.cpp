@@ -77,8 +77,12 @@ void note(const std::vector<Node>& nodes, Lifetime& life, uintptr_t p, size_t le
           const char* how) {
     for (const Node& n : nodes)
         if (points_into(n, p, len)) {
-            life.problems.push_back("buffer " + hex(p) + " (" + std::to_string(len) +
-                                    " bytes) released by " + how);
+            // A graph and its executable share one lifetime: say each buffer once.
+            std::string what = "buffer " + hex(p) + " (" + std::to_string(len) +
+                               " bytes) released by " + how;
+            for (const auto& q : life.problems)
+                if (q == what) return;
+            life.problems.push_back(std::move(what));
             return;
         }
 }
@@ -401,7 +405,8 @@ EMU_API CUresult cuGraphLaunch(CUgraphExec hx, CUstream hs) {
     if (x == nullptr || s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
     if (!x->life->problems.empty()) {
         say("CUDA graph " + std::to_string(x->life->id) +
-            " launched after what it points into went away: " + problems_text(*x->life));
+            " outlived the buffer/module it points into: " + problems_text(*x->life) +
+            ". Launch refused (a real GPU would run it on freed memory).");
         x->life->reported = true;
         return CUDA_ERROR_ILLEGAL_ADDRESS;
     }

@@ -35,14 +35,9 @@ constexpr size_t kMaxParamBytes = 32764;
 // Bytes copied from a parameter whose size the registry does not say.
 constexpr size_t kUnknownParamSnapshot = 4096;
 
-// The registry may or may not say each parameter's size; use it when it does.
-template <class K>
-auto registry_param_size(const K& k, unsigned i, int) -> decltype(k.param_sizes[i], size_t()) {
+// Each parameter's size from the registry; 0 when a (hand-written) entry does not say.
+size_t registry_param_size(const emu::KernelInfo& k, unsigned i) {
     return k.param_sizes == nullptr ? 0 : static_cast<size_t>(k.param_sizes[i]);
-}
-template <class K>
-size_t registry_param_size(const K&, unsigned, long) {
-    return 0;
 }
 
 CUresult load_library(const std::string& path, const char* expected_stamp, CUmodule* out) {
@@ -76,7 +71,7 @@ CUresult load_library(const std::string& path, const char* expected_stamp, CUmod
         f->info = &infos[i];
         f->module = m;
         for (unsigned p = 0; p < infos[i].num_params; ++p)
-            f->param_sizes.push_back(registry_param_size(infos[i], p, 0));
+            f->param_sizes.push_back(registry_param_size(infos[i], p));
         g_functions.insert(f.get());
         m->functions[infos[i].name] = std::move(f);
     }

@@ -227,10 +227,10 @@ static __forceinline__ emu_u3 emu_hdr_u3(unsigned off) {
 #define warpSize 32
 
 // ---- Barriers and warp operations -----------------------------------------------------------
-#define __syncthreads() emu_syncthreads()
-#define __syncthreads_count(p) emu_syncthreads_pred((p), 0)
-#define __syncthreads_and(p) emu_syncthreads_pred((p), 1)
-#define __syncthreads_or(p) emu_syncthreads_pred((p), 2)
+#define __syncthreads() emu_syncthreads_at(__FILE__, __LINE__)
+#define __syncthreads_count(p) emu_syncthreads_pred_at((p), 0, __FILE__, __LINE__)
+#define __syncthreads_and(p) emu_syncthreads_pred_at((p), 1, __FILE__, __LINE__)
+#define __syncthreads_or(p) emu_syncthreads_pred_at((p), 2, __FILE__, __LINE__)
 #define __syncwarp(...) emu_warp_op(EMU_WARP_SYNC, emu_mask_or_all(__VA_ARGS__), 0, 0, 32)
 // Programmatic dependent launch (griddepcontrol.wait / launch_dependents) goes here: with
 // synchronous launches both are no-ops.

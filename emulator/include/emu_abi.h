@@ -96,10 +96,12 @@ struct emu_exchange {
 #ifdef __cplusplus
 extern "C" {
 #endif
-// Block barrier (__syncthreads); the _pred form returns count / and / or of pred over the
-// block (how: 0 count, 1 and, 2 or).
-void emu_syncthreads(void);
-int emu_syncthreads_pred(int pred, int how);
+// Block barrier (__syncthreads) at a source location, which identifies the barrier: the
+// threads of a block must all wait at the same file:line (the compiler may duplicate one
+// call, so its code address would not do). The _pred form returns count / and / or of pred
+// over the block (how: 0 count, 1 and, 2 or).
+void emu_syncthreads_at(const char* file, unsigned line);
+int emu_syncthreads_pred_at(int pred, int how, const char* file, unsigned line);
 // A warp operation among the lanes of mask; val and the result carry up to 8 bytes.
 uint64_t emu_warp_op(int kind, unsigned mask, uint64_t val, int arg, int width);
 unsigned emu_activemask(void);

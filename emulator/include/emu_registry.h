@@ -33,7 +33,23 @@ constexpr unsigned emu_nparams(void (*)(A...)) {
     return sizeof...(A);
 }
 
-#define EMU_KERNEL(name, bounds) \
-    emu::KernelInfo { #name, reinterpret_cast<void*>(&name), emu_trampoline_for(&name), (unsigned)(bounds), 0, 0, emu_nparams(&name) }
+// sizeof of each parameter type as the kernel receives it (by value); one spare entry so a
+// kernel without parameters still has an array.
+template <class... A>
+struct emu_param_sizes_of {
+    static constexpr unsigned v[sizeof...(A) + 1] = {
+        unsigned(sizeof(typename std::remove_cv<typename std::remove_reference<A>::type>::type))..., 0u};
+};
+
+template <class... A>
+constexpr const unsigned* emu_param_sizes(void (*)(A...)) {
+    return emu_param_sizes_of<A...>::v;
+}
+
+#define EMU_KERNEL(name, bounds)                                                                 \
+    emu::KernelInfo {                                                                            \
+        #name, reinterpret_cast<void*>(&name), emu_trampoline_for(&name), (unsigned)(bounds), 0, \
+            0, emu_nparams(&name), emu_param_sizes(&name)                                        \
+    }
 
 #endif  // TACHYON_EMU_REGISTRY_H

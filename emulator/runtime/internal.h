@@ -36,7 +36,11 @@ struct Fiber {
     unsigned tid;          // linear thread id in the block
     unsigned lane, warp;
     FiberState state;
-    const void* wait_site;  // where it waits (barrier or warp op)
+    const void* wait_site;  // where it waits (barrier or warp op): a code address
+    // The __syncthreads it waits at, as written in the source: the barrier's identity.
+    // (The compiler may duplicate one call, so code addresses cannot say "same barrier".)
+    const char* bar_file;
+    unsigned bar_line;
     uint64_t xfer;          // warp-op result handed over by the lane that completed it
     int pred;               // __syncthreads_count / and / or operand
     unsigned wait_mask;     // mask of the warp op it waits in
@@ -123,7 +127,9 @@ struct Block {
     emu_u3 idx;
     unsigned nthreads, nwarps;
     unsigned live, exited, bar_arrived;
-    const void* bar_site;
+    const void* bar_site;   // code address of the first arrival (for reports)
+    const char* bar_file;   // source location of the barrier now filling
+    unsigned bar_line;
     int bar_count;  // __syncthreads_count accumulators
     int bar_and, bar_or;
     bool bar_divergent;

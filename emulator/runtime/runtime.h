@@ -42,6 +42,10 @@ struct KernelInfo {
     size_t static_smem;
     unsigned flags;  // kKernel* bits
     unsigned num_params;  // parameters of the kernel's signature
+    // sizeof each parameter's type (num_params entries), so a captured launch copies
+    // exactly its parameters and the graph-lifetime check finds the device addresses
+    // inside them. nullptr: unknown (the driver then snapshots conservatively).
+    const unsigned* param_sizes;
 };
 
 // ---- Device memory -------------------------------------------------------------------

@@ -38,12 +38,29 @@ std::vector<unsigned> lanes_to_tids(unsigned warp, unsigned mask) {
     return v;
 }
 
+// A barrier's source location by its last two path components, "kernels/gemv.cu:120".
+std::string barrier_site(const char* file, unsigned line) {
+    if (file == nullptr) return "?";
+    const char* start = file;
+    int slashes = 0;
+    for (const char* p = file + strlen(file); p > file; --p)
+        if (p[-1] == '/' && ++slashes == 2) {
+            start = p;
+            break;
+        }
+    return std::string(start) + ":" + std::to_string(line);
+}
+
+bool same_barrier(const char* fa, unsigned la, const char* fb, unsigned lb) {
+    return la == lb && (fa == fb || (fa != nullptr && fb != nullptr && strcmp(fa, fb) == 0));
+}
+
 // What thread t is doing, for a deadlock report.
 std::string doing(const Block& b, unsigned t) {
     const Fiber* f = b.fibers[t];
     switch (f->state) {
         case kExited: return "exited";
-        case kWaitBarrier: return "waits at __syncthreads at " + describe_site(f->wait_site);
+        case kWaitBarrier: return "waits at __syncthreads at " + barrier_site(f->bar_file, f->bar_line);
         case kWaitWarp:
             return std::string("waits in ") + kind_name(f->wait_kind) + "(mask " + hex(f->wait_mask) +
                    ") at " + describe_site(f->wait_site);
@@ -98,7 +115,7 @@ void barrier_complete(Block& b, Fiber* self) {
         fail_kernel(kCudaErrorLaunchFailed,
                     block_name(b) + ": divergent barrier: the threads reach different __syncthreads (" +
                         block_state(b) + "; " + thread_name(b, self->tid) + " at " +
-                        describe_site(self->wait_site) + ")");
+                        barrier_site(self->bar_file, self->bar_line) + ")");
     }
     for (unsigned t = 0; t < b.nthreads; ++t) b.fibers[t]->state = kReady;
     b.bar_arrived = 0;
@@ -173,25 +190,29 @@ extern "C" [[noreturn]] void emu_fiber_main(Fiber* f) {
     __builtin_unreachable();
 }
 
-static int barrier(const void* site, int pred, int how) {
+static int barrier(const char* file, unsigned line, const void* site, int pred, int how) {
     Worker* w = tls_worker;
     Block& b = w->block;
     Fiber* f = b.current;
     if (b.exited > 0) {
         fail_kernel(kCudaErrorLaunchFailed,
-                    block_name(b) + ": divergent barrier: __syncthreads at " + describe_site(site) +
+                    block_name(b) + ": divergent barrier: __syncthreads at " + barrier_site(file, line) +
                         " reached by " + thread_name(b, f->tid) + " but some threads exited (" +
                         block_state(b) + ")");
     }
     if (b.bar_arrived == 0) {
         b.bar_site = site;
+        b.bar_file = file;
+        b.bar_line = line;
         b.bar_count = 0;
         b.bar_and = 1;
         b.bar_or = 0;
-    } else if (site != b.bar_site) {
+    } else if (!same_barrier(file, line, b.bar_file, b.bar_line)) {
         b.bar_divergent = true;
     }
     f->wait_site = site;
+    f->bar_file = file;
+    f->bar_line = line;
     b.bar_count += pred != 0;
     b.bar_and &= pred != 0;
     b.bar_or |= pred != 0;
@@ -204,10 +225,12 @@ static int barrier(const void* site, int pred, int how) {
     return how == 0 ? b.bar_count : how == 1 ? b.bar_and : b.bar_or;
 }
 
-extern "C" void emu_syncthreads(void) { barrier(__builtin_return_address(0), 0, 0); }
+extern "C" void emu_syncthreads_at(const char* file, unsigned line) {
+    barrier(file, line, __builtin_return_address(0), 0, 0);
+}
 
-extern "C" int emu_syncthreads_pred(int pred, int how) {
-    return barrier(__builtin_return_address(0), pred, how);
+extern "C" int emu_syncthreads_pred_at(int pred, int how, const char* file, unsigned line) {
+    return barrier(file, line, __builtin_return_address(0), pred, how);
 }
 
 extern "C" unsigned emu_activemask(void) {

@@ -62,4 +62,4 @@ selftest: $(OUT)/runtime_selftest
 FORCE:
 .PHONY: runtime kernels selftest FORCE
 
--include $(RT_OBJS:.o=.d) $(K_OBJS:.o=.d)
+-include $(RT_OBJS:.o=.d) $(K_OBJS:.o=.d) $(KGEN)/registry.d

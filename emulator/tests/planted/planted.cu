@@ -66,6 +66,16 @@ extern "C" __global__ void planted_divergent_barrier(float* out) {
     __syncthreads();
     out[threadIdx.x] = 1.0f;
 }
+// Divergent barrier: the two halves of the block wait at two different __syncthreads.
+extern "C" __global__ void planted_barrier_sites(float* out) {
+    if (threadIdx.x < 16) {
+        out[threadIdx.x] = 1.0f;
+        __syncthreads();
+    } else {
+        out[threadIdx.x] = 2.0f;
+        __syncthreads();
+    }
+}
 extern "C" __global__ void ok_barrier(float* out) {
     if (threadIdx.x >= 16) out[threadIdx.x] = 1.0f;
     __syncthreads();
