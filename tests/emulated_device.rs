@@ -1039,3 +1039,56 @@ fn planted_twins_pass() {
         .collect();
     assert_eq!(bits, [8, 7]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Graph lifetimes in tachyon's own CUDA session
+// ---------------------------------------------------------------------------------------
+
+/// A decoding session captures each step into a CUDA graph whose kernel parameters point
+/// into the session's buffers and whose nodes launch the module's kernels: dropping the
+/// session must destroy the graph before freeing those buffers and unloading the module.
+/// The emulated driver reports a graph that outlives either on stderr.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn cuda_session_drops_its_graph_before_what_it_points_into() {
+    use tachyon::engine::{Session, SessionOptions, cuda_session};
+    use tachyon::model::random::{Shape, random_weights};
+    use tachyon::quant::GgmlType;
+    let Some(c) = child(
+        "cuda_session_drops_its_graph_before_what_it_points_into",
+        &[],
+        || {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(repo.join("tests/data/tiny-llama-config.json"))
+                .expect("tests/data/tiny-llama-config.json");
+            let cfg: serde_json::Value = serde_json::from_str(&text).expect("tiny llama config");
+            let shape = Shape::from_json("tiny-llama", &cfg).unwrap_or_else(|e| panic!("{e}"));
+            let weights =
+                random_weights(&shape, GgmlType::BF16, 7).unwrap_or_else(|e| panic!("{e}"));
+            let opts = SessionOptions {
+                ctx: 64,
+                max_batch: 4,
+                ..Default::default()
+            };
+            let mut s = cuda_session(&shape.config, &weights, &opts, device(), false)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut logits = vec![0f32; shape.config.vocab_size];
+            s.forward(&[1, 2, 3], 0, &mut logits)
+                .unwrap_or_else(|e| panic!("{e}"));
+            // Single-token steps: captured into a graph, then replayed.
+            for (i, t) in [4u32, 5, 6].into_iter().enumerate() {
+                s.forward(&[t], 3 + i, &mut logits)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            drop(s);
+        },
+    ) else {
+        return;
+    };
+    assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
+    assert!(
+        !c.stderr.contains("outlived the buffer/module"),
+        "the session's CUDA graph outlived what it points into:\n{}",
+        c.stderr
+    );
+}
