@@ -1051,7 +1051,7 @@ fn planted_twins_pass() {
 #[test]
 #[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
 fn cuda_session_drops_its_graph_before_what_it_points_into() {
-    use tachyon::engine::{Session, SessionOptions, cuda_session};
+    use tachyon::engine::{SessionOptions, cuda_session};
     use tachyon::model::random::{Shape, random_weights};
     use tachyon::quant::GgmlType;
     let Some(c) = child(

@@ -242,9 +242,11 @@ fn sampled_decoding_on_device_is_seeded() {
     let prompt: Vec<u32> = (0..9)
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
         .collect();
+    // Six generations: fewer tokens each under emulation (still well past one graph replay).
+    let max_tokens = if super::emulated() { 10 } else { 24 };
     let run = |e: &mut Engine, sampling: SamplingParams| {
         let params = GenerateParams {
-            max_tokens: 24,
+            max_tokens,
             sampling,
             stop_ids: vec![],
         };
@@ -368,4 +370,134 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
         }));
         assert_eq!(run(&mut e), want, "{name}");
     }
+}
+
+/// The real SmolLM2-135M (Q4_1 GGUF) through the CUDA backend, greedy for 16 tokens: the
+/// same tokens as the CPU backend's precise path (`generate --precise`), which accumulates
+/// matrix products in the order the kernels do.
+#[test]
+#[ignore = "needs a GPU"]
+fn smollm2_greedy_on_device_equals_cpu_precise_greedy() {
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
+    use tachyon::model::Model;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = Model::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let prompt = model
+        .tokenizer
+        .encode("Once upon a time", true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let params = GenerateParams {
+        max_tokens: 16,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let opts = SessionOptions {
+        ctx: 128,
+        precise: true,
+        ..Default::default()
+    };
+    let run = |mut engine: Engine| {
+        let mut out = Vec::new();
+        engine
+            .generate(&prompt, &params, &mut |t| {
+                out.push(t);
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    };
+    let cpu = cpu_session(&model.config, &model.weights, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let want = run(Engine::new(cpu));
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let gpu = cuda_session(&model.config, &model.weights, &opts, dev, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = run(Engine::new(gpu));
+    assert_eq!(want.len(), 16, "the CPU stopped early: {want:?}");
+    assert_eq!(
+        got,
+        want,
+        "GPU greedy {:?} vs CPU precise {:?}",
+        model.tokenizer.decode(&got),
+        model.tokenizer.decode(&want)
+    );
+}
+
+/// Greedy tokens of a tiny random llama from `seed`, decoded through a CUDA session.
+fn tiny_greedy_tokens(seed: u64) -> Vec<u32> {
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
+    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    let weights = random_weights(&shape, GgmlType::BF16, seed).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 128,
+        max_batch: 16,
+        ..Default::default()
+    };
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let session =
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"));
+    let vocab = shape.config.vocab_size as u64;
+    let prompt: Vec<u32> = (0..11u64)
+        .map(|i| ((seed ^ (i * 0x9E37_79B9)) % vocab) as u32)
+        .collect();
+    let params = GenerateParams {
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let mut out = Vec::new();
+    Engine::new(session)
+        .generate(&prompt, &params, &mut |t| {
+            out.push(t);
+            Flow::Continue
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// The CUDA-graph decode path and the eager one (`TACHYON_NO_CUDA_GRAPH=1`: the same
+/// kernels, one launch each) give the same greedy tokens. The variable is read when a
+/// session is made, so the eager run is this test binary re-run on this test with it set,
+/// printing its tokens.
+#[test]
+#[ignore = "needs a GPU"]
+fn graph_and_eager_decoding_agree() {
+    const CHILD: &str = "TACHYON_TEST_EAGER_CHILD_SEED";
+    if let Ok(seed) = std::env::var(CHILD) {
+        let seed: u64 = seed.parse().unwrap_or_else(|e| panic!("{CHILD}: {e}"));
+        println!("EAGER_TOKENS {:?}", tiny_greedy_tokens(seed));
+        return;
+    }
+    assert!(
+        std::env::var_os("TACHYON_NO_CUDA_GRAPH").is_none(),
+        "run without TACHYON_NO_CUDA_GRAPH: this test compares both paths itself"
+    );
+    let seed = Rng::from_env_or_clock("graph_and_eager_decoding_agree").next_u64();
+    let graph = tiny_greedy_tokens(seed);
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(exe)
+        .args([
+            "model::graph_and_eager_decoding_agree",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD, seed.to_string())
+        .env("TACHYON_NO_CUDA_GRAPH", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("re-running the test binary: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "eager run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eager = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("EAGER_TOKENS ")
+                .map(|(_, t)| t.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no tokens from the eager run:\n{stdout}"));
+    assert_eq!(format!("{graph:?}"), eager, "graph vs eager decoding");
 }
