@@ -13,8 +13,9 @@ use super::{AppState, serve, shutdown_signal};
 use crate::engine::draft::{DraftModel, VocabMismatch};
 use crate::engine::spec_args::SpeculationError;
 use crate::engine::{Engine, SessionOptions, SpeculationArgs, cpu_session};
-use crate::model::load_quant::{LoadQuant, quantize_weights};
-use crate::model::{Model, ModelError};
+use crate::format::ModelError;
+use crate::graph::Model;
+use crate::quant::at_load::{LoadQuant, quantize_weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -80,7 +81,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = BusyPoll::Auto)]
     pub busy_poll: BusyPoll,
     /// Quantize F32/F16/BF16 matrices at load: int8 (Q8_0) or int4 (Q4_K / Q4_0).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::builder::TypedValueParser::try_map(
+        clap::builder::PossibleValuesParser::new(LoadQuant::NAMES),
+        |s| s.parse::<LoadQuant>(),
+    ))]
     pub quant: Option<LoadQuant>,
     #[command(flatten)]
     pub spec: SpeculationArgs,
