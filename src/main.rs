@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use tachyon::engine::{
     EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams, SessionOptions, build,
 };
-use tachyon::model::{Model, ModelSource, gguf_type_counts};
+use tachyon::format::{ModelSource, gguf_type_counts};
+use tachyon::graph::Model;
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
 use cli::engine_args::{BackendArg, QuantArg, SpeculationArgs};

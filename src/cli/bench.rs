@@ -7,9 +7,9 @@ use anyhow::{Result, bail};
 use clap::ValueEnum;
 
 use tachyon::backend::cuda;
-use tachyon::bench::{self, BenchOptions, BenchReport};
+use tachyon::engine::bench::{self, BenchOptions, BenchReport};
 use tachyon::engine::{Built, EngineOptions, ModelSpec, RandomSpec, SessionOptions};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
 
 use super::engine_args::{BackendArg, QuantArg, SpeculationArgs};
 

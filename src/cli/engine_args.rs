@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use tachyon::engine::{BackendChoice, ModelSpec, SpeculationOptions};
-use tachyon::model::load_quant::LoadQuant;
+use tachyon::quant::at_load::LoadQuant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use tachyon::bench::random_prompt;
+use tachyon::engine::bench::random_prompt;
 use tachyon::engine::{
     Engine, EngineOptions, Flow, GenerateParams, GenerateStats, ModelSpec, RandomSpec,
     SamplingParams, SpecStats, Speculation, build,

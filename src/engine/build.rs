@@ -14,10 +14,11 @@ use super::Engine;
 use super::session::{Session, SessionOptions, cpu_session, cuda_session};
 use super::spec::{DraftModel, SpeculationError, SpeculationOptions};
 use crate::backend::{BackendError, cuda};
-use crate::model::load_quant::{LoadQuant, quantize_weights};
-use crate::model::random::{Shape, random_weights};
-use crate::model::{Model, ModelConfig, ModelError, ModelWeights, load_weights};
-use crate::quant::GgmlType;
+use crate::format::GgmlType;
+use crate::format::random::{Shape, random_weights};
+use crate::format::{ModelConfig, ModelError, ModelWeights, load_weights};
+use crate::graph::Model;
+use crate::quant::at_load::{LoadQuant, quantize_weights};
 use crate::tokenizer::Tokenizer;
 
 /// Where a model's weights come from.

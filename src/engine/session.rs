@@ -10,12 +10,12 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
-pub use crate::model::llama::MAX_VERIFY_ROWS;
-use crate::model::llama::{Llama, State};
+pub use crate::graph::llama::MAX_VERIFY_ROWS;
+use crate::graph::llama::{Llama, State};
 
 pub use super::cuda_session::cuda_session;
 use super::sampler::{SamplingParams, argmax, sample_filtered};
-use crate::model::{ModelConfig, ModelWeights};
+use crate::format::{ModelConfig, ModelWeights};
 
 /// Tokens to run, at positions `pos..pos + tokens.len()` (the KV cache grows to cover them).
 #[derive(Clone, Copy, Debug)]

@@ -7,7 +7,8 @@ use super::Speculation;
 use super::draft::{DraftModel, VocabMismatch};
 use super::lookup::PromptLookup;
 use crate::engine::build::{Loaded, ModelSpec};
-use crate::model::{Model, ModelConfig, ModelError};
+use crate::format::{ModelConfig, ModelError};
+use crate::graph::Model;
 use crate::tokenizer::Tokenizer;
 
 /// Most tokens a step may propose (the verify pass scores them and the token before).
