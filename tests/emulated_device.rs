@@ -180,7 +180,7 @@ fn copies_off_the_end_of_an_allocation_are_refused() {
     let s = dev.stream();
     let buf = s.alloc_zeros::<f32>(16).unwrap();
     let (p, _g) = buf.device_ptr(s);
-    let host = vec![1f32; 17];
+    let host = [1f32; 17];
     // SAFETY: the copy is expected to be refused before it touches anything.
     let r = unsafe { result::memcpy_htod_async(p, &host[..], s.cu_stream()) };
     assert_eq!(err_code(r), sys::CUresult::CUDA_ERROR_INVALID_VALUE);
@@ -1051,9 +1051,9 @@ fn planted_twins_pass() {
 #[test]
 #[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
 fn cuda_session_drops_its_graph_before_what_it_points_into() {
-    use tachyon::engine::{SessionOptions, cuda_session};
-    use tachyon::model::random::{Shape, random_weights};
-    use tachyon::quant::GgmlType;
+    use tachyon::engine::{Pick, Rows, SessionOptions, StepInput, cuda_session};
+    use tachyon::format::GgmlType;
+    use tachyon::format::random::{Shape, random_weights};
     let Some(c) = child(
         "cuda_session_drops_its_graph_before_what_it_points_into",
         &[],
@@ -1073,11 +1073,19 @@ fn cuda_session_drops_its_graph_before_what_it_points_into() {
             let mut s = cuda_session(&shape.config, &weights, &opts, device(), false)
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut logits = vec![0f32; shape.config.vocab_size];
-            s.forward(&[1, 2, 3], 0, &mut logits)
+            let prefill = StepInput {
+                tokens: &[1, 2, 3],
+                pos: 0,
+            };
+            s.step(prefill, Pick::Logits(&mut logits), Rows::Last)
                 .unwrap_or_else(|e| panic!("{e}"));
             // Single-token steps: captured into a graph, then replayed.
             for (i, t) in [4u32, 5, 6].into_iter().enumerate() {
-                s.forward(&[t], 3 + i, &mut logits)
+                let step = StepInput {
+                    tokens: &[t],
+                    pos: 3 + i,
+                };
+                s.step(step, Pick::Argmax, Rows::Last)
                     .unwrap_or_else(|e| panic!("{e}"));
             }
             drop(s);

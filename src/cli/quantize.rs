@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use tachyon::model::load_weights;
-use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
-use tachyon::model::random::{self, Shape};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::load_weights;
+use tachyon::format::random::{self, Shape};
+use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
@@ -58,7 +58,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         ProgressStyle::with_template("quantizing {bar:40} {pos}/{len} tensors")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = quantize_to_gguf(&config, &weights, source.as_ref(), mix, &output, |i, n| {
+    let report = quantize_to_gguf(&config, &weights, source.as_ref(), mix, output, |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
     })

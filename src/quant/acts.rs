@@ -10,7 +10,7 @@
 //! Codes are symmetric in -127..=127 (never -128) so that the kernels may negate them.
 
 use super::blocks::QK;
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// The in-memory layout of one [`QuantizedActs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl QuantizedActs {
 pub fn quantize_acts(wty: GgmlType, x: &[f32], out: &mut QuantizedActs) {
     let bl = wty.block_len();
     assert!(
-        x.len() % bl == 0,
+        x.len().is_multiple_of(bl),
         "quantize_acts: {} activations are not a whole number of {bl}-element {wty} blocks",
         x.len()
     );

@@ -1,5 +1,14 @@
-//! Weight block formats: the GGUF type table, CPU dequantize references, and the
-//! quantized dot products the CPU backend runs on (weights stay quantized in memory).
+//! Weight block formats over `format`'s GGUF type table: CPU dequantize references, the
+//! quantized dot products the CPU backend runs on (weights stay quantized in memory), and the
+//! two quantizers built on the block encoders.
+//!
+//! The path through it: a matrix's bytes in a block format ([`crate::format::Weight`]) are
+//! either dotted directly against int8-quantized activations ([`matvec_rows`], the decode hot
+//! path), or widened to f32 by [`dequantize`] (the reference every fast path and GPU kernel
+//! is checked against; [`DequantizeWeight`] does it for a whole `Weight`). Going the other
+//! way, [`quantize`] (`quantize_blocks.rs`) encodes f32 rows into blocks, which
+//! [`model_quantizer`] uses to write a quantized GGUF (`tachyon quantize`) and [`at_load`]
+//! to quantize an unquantized checkpoint in memory (`--quant int8|int4`).
 //!
 //! - [`dequantize`] / [`quantize`]: reference conversions, GGML-exact layouts.
 //! - [`quantize_acts`] + [`dot_row`] / [`matvec_rows`]: the fast path. Activations are
@@ -8,6 +17,7 @@
 //! - [`dot_row_exact`]: f32 reference dot on dequantized weights (`--precise`).
 
 mod acts;
+pub mod at_load;
 mod blocks;
 mod dequant;
 mod dot;
@@ -15,15 +25,14 @@ mod dot;
 mod dot_avx2;
 mod dot_scalar;
 mod error;
-mod quantize;
-mod types;
+pub mod model_quantizer;
+mod quantize_blocks;
 
 #[cfg(test)]
 mod tests;
 
 pub use acts::{QuantizedActs, quantize_acts};
-pub use dequant::dequantize;
+pub use dequant::{DequantizeWeight, dequantize};
 pub use dot::{dot_row, dot_row_exact, kernel_isa, matvec_rows};
 pub use error::QuantError;
-pub use quantize::quantize;
-pub use types::{GgmlType, QK_K};
+pub use quantize_blocks::quantize;

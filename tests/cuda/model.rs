@@ -4,9 +4,9 @@
 //! covered.
 
 use serde_json::{Value, json};
-use tachyon::engine::{SessionOptions, cpu_session, cuda_session};
-use tachyon::model::random::{Shape, random_weights};
-use tachyon::quant::GgmlType;
+use tachyon::engine::{Pick, Rows, SessionOptions, StepInput, cpu_session, cuda_session};
+use tachyon::format::GgmlType;
+use tachyon::format::random::{Shape, random_weights};
 
 use super::Rng;
 use super::ops::rel;
@@ -48,9 +48,18 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
     // Prefill in batches of up to 16 (the last one partial), then 6 single-token steps.
     let mut pos = 0;
     for chunk in prompt.chunks(16) {
-        cpu.forward(chunk, pos, &mut lc).unwrap();
-        gpu.forward(chunk, pos, &mut lg)
-            .unwrap_or_else(|e| panic!("{e}"));
+        cpu.step(
+            StepInput { tokens: chunk, pos },
+            Pick::Logits(&mut lc),
+            Rows::Last,
+        )
+        .unwrap();
+        gpu.step(
+            StepInput { tokens: chunk, pos },
+            Pick::Logits(&mut lg),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         pos += chunk.len();
     }
     let mut step = 0;
@@ -66,9 +75,24 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
         }
         let next = tachyon::engine::sampler::argmax(&lc);
         lg.fill(f32::NAN);
-        cpu.forward(&[next], pos, &mut lc).unwrap();
-        gpu.forward(&[next], pos, &mut lg)
-            .unwrap_or_else(|e| panic!("{e}"));
+        cpu.step(
+            StepInput {
+                tokens: &[next],
+                pos,
+            },
+            Pick::Logits(&mut lc),
+            Rows::Last,
+        )
+        .unwrap();
+        gpu.step(
+            StepInput {
+                tokens: &[next],
+                pos,
+            },
+            Pick::Logits(&mut lg),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         pos += 1;
         step += 1;
     }
@@ -121,7 +145,7 @@ fn hf_reference_logits_match() {
         .map(|t| t.as_u64().unwrap_or_else(|| panic!("bad token")) as u32)
         .collect();
     let (config, weights, _src) =
-        tachyon::model::load_weights(&dir).unwrap_or_else(|e| panic!("{e}"));
+        tachyon::format::load_weights(&dir).unwrap_or_else(|e| panic!("{e}"));
     let opts = SessionOptions {
         ctx: tokens.len() + 8,
         max_batch: 16,
@@ -134,8 +158,12 @@ fn hf_reference_logits_match() {
     let mut logits = vec![f32::NAN; config.vocab_size];
     for (pos, &t) in tokens.iter().enumerate() {
         logits.fill(f32::NAN);
-        gpu.forward(&[t], pos, &mut logits)
-            .unwrap_or_else(|e| panic!("{e}"));
+        gpu.step(
+            StepInput { tokens: &[t], pos },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let Some(want) = reference["logits"].get(pos.to_string()) else {
             continue;
         };
@@ -200,16 +228,34 @@ fn greedy_on_device_matches_greedy_on_host_logits() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut s = session();
     let mut logits = vec![0f32; vocab];
-    s.forward(&prompt[..16], 0, &mut logits)
-        .unwrap_or_else(|e| panic!("{e}"));
-    s.forward(&prompt[16..], 16, &mut logits)
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.step(
+        StepInput {
+            tokens: &prompt[..16],
+            pos: 0,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    s.step(
+        StepInput {
+            tokens: &prompt[16..],
+            pos: 16,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut on_host = Vec::new();
     for pos in prompt.len()..prompt.len() + 24 {
         let t = tachyon::engine::sampler::argmax(&logits);
         on_host.push(t);
-        s.forward(&[t], pos, &mut logits)
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.step(
+            StepInput { tokens: &[t], pos },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     assert_eq!(on_device, on_host);
 }
@@ -288,14 +334,14 @@ fn sampled_decoding_on_device_is_seeded() {
 }
 
 /// Greedy speculation on the GPU: the verify pass picks each row's argmax on the device
-/// (`forward_rows_argmax`), which must equal the host's argmax of the same pass's logits;
+/// (`Pick::Argmax` over `Rows::All`), which must equal the host's argmax of the same pass's logits;
 /// and speculative greedy output must be plain greedy output, token for token, with a draft
 /// that always agrees (the target itself) and one that rarely does (other random weights).
 #[test]
 #[ignore = "needs a GPU"]
 fn speculative_greedy_on_device_matches_plain_greedy() {
-    use tachyon::engine::draft::DraftModel;
-    use tachyon::engine::speculative::PromptLookup;
+    use tachyon::engine::spec::DraftModel;
+    use tachyon::engine::spec::PromptLookup;
     use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Speculation};
     let mut rng = Rng::from_env_or_clock("speculative_greedy_on_device_matches_plain_greedy");
     let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
@@ -322,17 +368,29 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
     let mut logits = vec![0f32; vocab];
     // A forward pass takes at most max_batch (16) rows: the 19-token prompt in two.
     for (i, chunk) in prompt.chunks(16).enumerate() {
-        s.forward(chunk, i * 16, &mut logits)
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.step(
+            StepInput {
+                tokens: chunk,
+                pos: i * 16,
+            },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     let rows: Vec<u32> = (0..9).map(|i| prompt[i]).collect();
-    let mut picks = vec![u32::MAX; rows.len()];
-    assert!(
-        s.forward_rows_argmax(&rows, prompt.len(), &mut picks)
-            .unwrap_or_else(|e| panic!("{e}"))
-    );
+    let verify = StepInput {
+        tokens: &rows,
+        pos: prompt.len(),
+    };
+    let picks = s
+        .step(verify, Pick::Argmax, Rows::All)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tokens()
+        .to_vec();
+    assert_eq!(picks.len(), rows.len(), "one device pick per verify row");
     let mut all = vec![f32::NAN; rows.len() * vocab];
-    s.forward_rows(&rows, prompt.len(), &mut all)
+    s.step(verify, Pick::Logits(&mut all), Rows::All)
         .unwrap_or_else(|e| panic!("{e}"));
     let host: Vec<u32> = all
         .chunks_exact(vocab)
@@ -363,13 +421,12 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
         let mut e = Engine::new(session(&weights));
         let draft =
             DraftModel::new(session(draft_weights), vocab).unwrap_or_else(|e| panic!("{e}"));
-        e.set_speculation(Some(Speculation {
-            draft: Some(draft),
-            lookup: lookup.then(PromptLookup::default),
-            max_len: 6,
-            adaptive: true,
-            replay: None,
-        }));
+        e.set_speculation(Some(Speculation::new(
+            Some(draft),
+            lookup.then(PromptLookup::default),
+            6,
+            true,
+        )));
         assert_eq!(run(&mut e), want, "{name}");
     }
 }
@@ -380,48 +437,60 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
 #[test]
 #[ignore = "needs a GPU"]
 fn smollm2_greedy_on_device_equals_cpu_precise_greedy() {
-    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
-    use tachyon::model::Model;
+    use tachyon::engine::spec::SpeculationOptions;
+    use tachyon::engine::{
+        BackendChoice, EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams, build,
+    };
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let model = Model::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let prompt = model
-        .tokenizer
-        .encode("Once upon a time", true)
-        .unwrap_or_else(|e| panic!("{e}"));
     let params = GenerateParams {
         max_tokens: 16,
         sampling: SamplingParams::greedy(),
         stop_ids: vec![],
     };
-    let opts = SessionOptions {
-        ctx: 128,
-        precise: true,
-        ..Default::default()
-    };
-    let run = |mut engine: Engine| {
+    // Built as `generate --backend cpu|cuda --precise --ctx 128` builds it.
+    let run = |backend: BackendChoice| {
+        let opts = EngineOptions {
+            backend,
+            session: SessionOptions {
+                ctx: 128,
+                precise: true,
+                ..Default::default()
+            },
+            tokenizer: true,
+            ..Default::default()
+        };
+        let mut built = build(
+            &ModelSpec::File(path.clone()),
+            &opts,
+            &SpeculationOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let tokenizer = built
+            .model
+            .tokenizer
+            .take()
+            .unwrap_or_else(|| panic!("no tokenizer in {}", path.display()));
+        let prompt = tokenizer
+            .encode("Once upon a time", true)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut out = Vec::new();
-        engine
+        built
+            .engine
             .generate(&prompt, &params, &mut |t| {
                 out.push(t);
                 Flow::Continue
             })
             .unwrap_or_else(|e| panic!("{e}"));
-        out
+        let text = tokenizer.decode(&out).unwrap_or_else(|e| panic!("{e}"));
+        (out, text)
     };
-    let cpu = cpu_session(&model.config, &model.weights, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let want = run(Engine::new(cpu));
-    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
-    let gpu = cuda_session(&model.config, &model.weights, &opts, dev, false)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let got = run(Engine::new(gpu));
-    assert_eq!(want.len(), 16, "the CPU stopped early: {want:?}");
+    let (want, want_text) = run(BackendChoice::Cpu);
+    let (got, got_text) = run(BackendChoice::Cuda);
+    assert_eq!(want.len(), 16, "the CPU stopped early: {want_text:?}");
     assert_eq!(
-        got,
-        want,
-        "GPU greedy {:?} vs CPU precise {:?}",
-        model.tokenizer.decode(&got),
-        model.tokenizer.decode(&want)
+        got, want,
+        "GPU greedy {got_text:?} vs CPU precise {want_text:?}"
     );
 }
 

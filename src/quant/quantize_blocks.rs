@@ -8,14 +8,14 @@
 use half::f16;
 
 use super::blocks::{QK, pack_k4_scales_mins};
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// Reference quantizers (round-to-nearest, simple): `x.len()` must be a multiple of
 /// `ty.block_len()`; panics otherwise.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let bl = ty.block_len();
     assert!(
-        x.len() % bl == 0,
+        x.len().is_multiple_of(bl),
         "quantize: {} {ty} elements are not a whole number of {bl}-element blocks",
         x.len()
     );
