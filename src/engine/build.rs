@@ -89,6 +89,8 @@ pub enum BuildError {
     Quant(#[source] ModelError),
     #[error("--backend cuda")]
     NoGpu(#[source] cuda::CudaUnavailable),
+    #[error("not enough GPU memory")]
+    GpuMemory(#[source] cuda::DoesNotFit),
     #[error("starting the {backend} backend")]
     Backend {
         backend: &'static str,
@@ -325,6 +327,19 @@ impl Placement {
             Placement::Cuda { .. } => {
                 // Every session opens its own handle on the device (the same primary context).
                 let dev = cuda::probe().map_err(BuildError::NoGpu)?;
+                let plan = cuda::MemoryPlan::new(
+                    config,
+                    weights,
+                    opts.session.ctx,
+                    opts.session.max_batch,
+                    crate::graph::llama::MAX_VERIFY_ROWS,
+                );
+                // Refused before the upload, with the sizes; a failed query leaves it to
+                // the allocations themselves.
+                if let Ok((free, total)) = dev.context().mem_get_info() {
+                    plan.check(free as u64, total as u64)
+                        .map_err(BuildError::GpuMemory)?;
+                }
                 (
                     "cuda",
                     cuda_session(config, weights, &opts.session, dev, opts.progress),

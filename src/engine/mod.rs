@@ -35,6 +35,10 @@ pub enum EngineError {
     BadToken { id: u32, vocab: usize },
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    #[error(
+        "the model's logits for generated token {index} are all NaN (a damaged model file or a numerical fault)"
+    )]
+    NanLogits { index: usize },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -174,6 +178,8 @@ pub(crate) struct Emitter<'a, 'b> {
     t0: Instant,
     first: Option<Instant>,
     stats: &'b mut GenerateStats,
+    /// Set when a pick had no token (every logit NaN): generation ends there, as an error.
+    nan_at: Option<usize>,
 }
 
 impl Emitter<'_, '_> {
@@ -183,6 +189,10 @@ impl Emitter<'_, '_> {
 
     /// Emit `step`; `Some(reason)` when generation ends here.
     fn emit_step(&mut self, step: &TokenStep<'_>) -> Option<FinishReason> {
+        if step.id == sampler::NO_TOKEN {
+            self.nan_at = Some(self.stats.generated_tokens);
+            return Some(FinishReason::Stop);
+        }
         if self.first.is_none() {
             let now = Instant::now();
             self.first = Some(now);
@@ -354,6 +364,7 @@ impl Engine {
             t0,
             first: None,
             stats: &mut stats,
+            nan_at: None,
         };
         if params.max_tokens == 0 {
             emit.stats.finish = FinishReason::Length;
@@ -388,6 +399,11 @@ impl Engine {
             emit.stats.finish = end?;
         } else {
             emit.stats.finish = self.decode_plain(params, opts, &mut sampler, &mut emit)?;
+        }
+        if let Some(index) = emit.nan_at {
+            // What the cache holds produced no number: keep none of it for the next request.
+            self.cached.clear();
+            return Err(EngineError::NanLogits { index });
         }
         let t_first = emit.first.unwrap_or(t0);
         stats.decode_time = t_first.elapsed();

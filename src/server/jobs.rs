@@ -231,6 +231,8 @@ pub fn request_error(e: EngineError, max_tokens: usize) -> ApiError {
             ApiError::context_length(prompt, max_tokens.max(1), ctx)
         }
         EngineError::Sampling(why) => ApiError::bad_request(why),
-        EngineError::Backend(_) => ApiError::internal(e.to_string()),
+        EngineError::Backend(_) | EngineError::NanLogits { .. } => {
+            ApiError::internal(e.to_string())
+        }
     }
 }

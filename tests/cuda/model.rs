@@ -572,3 +572,32 @@ fn graph_and_eager_decoding_agree() {
         .unwrap_or_else(|| panic!("no tokens from the eager run:\n{stdout}"));
     assert_eq!(format!("{graph:?}"), eager, "graph vs eager decoding");
 }
+
+/// NaN logits on the device (a NaN embedding row) end that request with an error, and the
+/// next request on the same engine succeeds with the CPU backend's tokens.
+#[test]
+#[ignore = "needs a GPU"]
+fn nan_logits_end_the_request_and_the_next_one_succeeds_on_the_device() {
+    let seed = Rng::from_env_or_clock("nan_logits_on_the_device").next_u64();
+    let opts = SessionOptions {
+        ctx: 64,
+        max_batch: 8,
+        precise: true,
+        ..Default::default()
+    };
+    let cpu = super::common::nan_logits_fail_one_request_only(
+        &|config, weights| cpu_session(config, weights, &opts).unwrap_or_else(|e| panic!("{e}")),
+        seed,
+        6,
+    );
+    let gpu = super::common::nan_logits_fail_one_request_only(
+        &|config, weights| {
+            let dev =
+                tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+            cuda_session(config, weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"))
+        },
+        seed,
+        6,
+    );
+    assert_eq!(gpu, cpu, "greedy tokens after the failed request");
+}
