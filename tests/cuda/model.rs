@@ -27,9 +27,48 @@ fn tiny_qwen2() -> Value {
         "max_position_embeddings": 4096, "tie_word_embeddings": false})
 }
 
-fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
+/// qwen3: per-head q/k RMSNorm, head_dim set apart from hidden / heads, no biases.
+fn tiny_qwen3() -> Value {
+    json!({"model_type": "qwen3", "hidden_size": 192, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 2,
+        "intermediate_size": 512, "vocab_size": 777, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+        "tie_word_embeddings": true})
+}
+
+/// mistral: a sliding window shorter than the test's 43 positions, so it cuts.
+fn tiny_mistral() -> Value {
+    json!({"model_type": "mistral", "hidden_size": 256, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "num_hidden_layers": 2, "intermediate_size": 640,
+        "vocab_size": 1000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 4096, "sliding_window": 24,
+        "tie_word_embeddings": false})
+}
+
+/// The weights `compare` runs: random in a float type, or those quantized at load as
+/// `--quant` does (int8 / int4 matrices, float vectors: the quantized mix).
+#[derive(Clone, Copy, Debug)]
+enum Weights {
+    Float(GgmlType),
+    Quant(tachyon::quant::at_load::LoadQuant),
+}
+
+fn compare(shape: &Shape, kind: Weights, rng: &mut Rng) {
     let name = &shape.name;
-    let weights = random_weights(shape, ty, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let (weights, ty) = match kind {
+        Weights::Float(ty) => (
+            random_weights(shape, ty, rng.next_u64()).unwrap_or_else(|e| panic!("{e}")),
+            format!("{ty}"),
+        ),
+        Weights::Quant(q) => {
+            let w = random_weights(shape, GgmlType::BF16, rng.next_u64())
+                .unwrap_or_else(|e| panic!("{e}"));
+            (
+                tachyon::quant::at_load::quantize_weights(&w, q).unwrap_or_else(|e| panic!("{e}")),
+                format!("{q:?}"),
+            )
+        }
+    };
     let opts = SessionOptions {
         ctx: 256,
         max_batch: 16,
@@ -102,12 +141,26 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
 #[ignore = "needs a GPU"]
 fn whole_model_logits_match_cpu_on_random_weights() {
     let mut rng = Rng::from_env_or_clock("whole_model_logits_match_cpu_on_random_weights");
-    for ty in [GgmlType::BF16, GgmlType::F16] {
-        for (name, cfg) in [("tiny-llama", tiny_llama()), ("tiny-qwen2", tiny_qwen2())] {
-            let shape = Shape::from_json(name, &cfg).unwrap_or_else(|e| panic!("{e}"));
-            compare(&shape, ty, &mut rng);
+    use tachyon::quant::at_load::LoadQuant;
+    let families = [
+        ("tiny-llama", tiny_llama()),
+        ("tiny-qwen2", tiny_qwen2()),
+        ("tiny-qwen3", tiny_qwen3()),
+        ("tiny-mistral", tiny_mistral()),
+    ];
+    for (name, cfg) in families {
+        let shape = Shape::from_json(name, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        for kind in [
+            Weights::Float(GgmlType::BF16),
+            Weights::Quant(LoadQuant::Int8),
+            Weights::Quant(LoadQuant::Int4),
+        ] {
+            compare(&shape, kind, &mut rng);
         }
     }
+    // F16 storage once (its conversion path differs from BF16's).
+    let shape = Shape::from_json("tiny-qwen2", &tiny_qwen2()).unwrap_or_else(|e| panic!("{e}"));
+    compare(&shape, Weights::Float(GgmlType::F16), &mut rng);
 }
 
 /// The real 1B / 1.5B shapes (random weights), a short prompt and a few decode steps.
@@ -117,7 +170,7 @@ fn whole_model_logits_match_cpu_on_real_shapes() {
     let mut rng = Rng::from_env_or_clock("whole_model_logits_match_cpu_on_real_shapes");
     for name in ["llama-3.2-1b", "qwen2.5-1.5b"] {
         let shape = Shape::resolve(name).unwrap_or_else(|e| panic!("{e}"));
-        compare(&shape, GgmlType::BF16, &mut rng);
+        compare(&shape, Weights::Float(GgmlType::BF16), &mut rng);
     }
 }
 
