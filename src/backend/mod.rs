@@ -6,7 +6,9 @@
 //! its block format), to build the rope tables (`format::Rope::fill_angles` on every
 //! backend) and a KV cache, then calls the [`Ops`] methods (embed, rmsnorm, matmul, rope,
 //! attention, SwiGLU, ...) in the order the model family decides; the engine reads the
-//! logits or the picked token back.
+//! logits or the picked token back. A fused op (`add_rmsnorm`, `matmul_bias`,
+//! `gate_up_swiglu`) has a default written in the fine ops, which the CPU backend keeps as
+//! the readable form; a backend with a fused kernel overrides it.
 
 pub mod cpu;
 pub mod cuda;
@@ -159,6 +161,22 @@ pub trait Ops {
         n: usize,
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
+    /// The residual add and the norm after it: `x[i] += y[i]`, then
+    /// `out[i] = rmsnorm(x[i]) * w`, for the first `n` rows. A backend may do both in one
+    /// pass over the row (CUDA does: `kernels/rmsnorm.cu`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm(
+        &mut self,
+        x: &mut Self::Act,
+        y: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.add(x, y, n)?;
+        self.rmsnorm(x, w, eps, n, out)
+    }
     /// RMSNorm over each `head_dim` slice of each row (qwen3's q/k norm).
     fn head_rmsnorm(
         &mut self,
@@ -176,6 +194,19 @@ pub trait Ops {
         n: usize,
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
+    /// `out[i] = W x[i] + b` for the first `n` rows. A backend may add the bias in the
+    /// product's epilogue instead of a second pass (CUDA does).
+    fn matmul_bias(
+        &mut self,
+        x: &Self::Act,
+        w: &Self::Mat,
+        b: &Self::Vector,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.matmul(x, w, n, out)?;
+        self.add_bias(out, b, n)
+    }
     /// The MLP's first half: `gate = silu(W_gate x) * (W_up x)` for the first `n` rows of
     /// `x`; `up` is scratch the default form uses. A backend may fuse the two products
     /// and the SwiGLU into one pass over both matrices (CUDA does).

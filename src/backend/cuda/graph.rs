@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DriverError, sys};
 
-use super::backend::{CudaAct, CudaBackend};
+use super::backend::CudaBackend;
+use super::buffers::CudaAct;
 use crate::backend::{BackendError, Position, TokenIds};
 
 /// How a decode step picks the next token on the device.
