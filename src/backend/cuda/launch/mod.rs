@@ -6,12 +6,12 @@
 //! scratch and only dispatches each `backend::Ops` call to one of these; a new kernel family
 //! is a new file here, its `KernelFns` entry below, and one case in `tests/cuda/ops.rs`.
 //!
-//! - [`norm`]: `rmsnorm.cu` (RMSNorm, the residual add fused in front of it, per-head RMSNorm)
-//! - [`matmul`]: `gemv.cu`, `gemv_quant.cu`, `gemm.cu`, chosen by weight format and row
+//! - [`norm`] runs `rmsnorm.cu` (RMSNorm, the residual add fused in front of it, per head)
+//! - [`matmul`] runs `gemv.cu`, `gemv_quant.cu`, `gemm.cu`, chosen by weight format and row
 //!   count (the bias and the gate/up SwiGLU fused in)
-//! - [`attention`]: `attention.cu` (KV append, flash-decoding splits and their reduction)
-//! - [`rope`]: `rope.cu`; [`embed`]: `embed.cu`; [`elementwise`]: `elementwise.cu`
-//! - [`sample`]: `sample.cu` (argmax and sampling on the device)
+//! - [`attention`] runs `attention.cu` (KV append, flash-decoding splits, their reduction)
+//! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
+//! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
 //!
 //! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
 //! kernel itself hits surfaces at the next synchronization.
