@@ -554,7 +554,7 @@ fn attention_splits_tile_the_visible_positions() {
     ] {
         let s = attn_splits(sms, &shape, visible, n);
         assert!(
-            (1..=tachyon::backend::cuda::backend::MAX_ATTN_SPLITS).contains(&s),
+            (1..=tachyon::backend::cuda::MAX_ATTN_SPLITS).contains(&s),
             "{s}"
         );
         assert!(

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::backend::MAX_ATTN_SPLITS;
+use super::launch::attention::MAX_ATTN_SPLITS;
 use crate::format::{ModelConfig, ModelWeights};
 
 /// Device bytes of one session, by what holds them.
