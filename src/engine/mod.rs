@@ -244,6 +244,16 @@ impl Engine {
         self.session.ctx()
     }
 
+    /// Positions of the KV cache that hold the kept sequence.
+    pub fn cached_len(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Forgets the kept sequence (after a warm-up run), so no request reuses it.
+    pub fn forget_cache(&mut self) {
+        self.cached.clear();
+    }
+
     /// Run the prompt and return the logits after its last token. Reuses the cached prefix.
     fn prefill(&mut self, prompt: &[u32]) -> Result<usize, EngineError> {
         self.prefill_until(prompt, None).map(|(cached, _)| cached)
@@ -391,6 +401,10 @@ impl Engine {
         }
         let t_first = emit.first.unwrap_or(t0);
         stats.decode_time = t_first.elapsed();
+        // What ran (prompt and output) is what a proposer of earlier requests learns from.
+        if let Some(spec) = self.spec.as_mut() {
+            spec.proposer.record(&self.cached);
+        }
         stats.speculation = spec_stats;
         Ok(stats)
     }

@@ -118,6 +118,7 @@ fn run(mut engine: Engine, tok: &Tokenizer, rx: Receiver<Job>, metrics: &Metrics
         }
         metrics.running.set(1);
         run_job(&mut engine, tok, job, metrics);
+        metrics.kv.set(engine.cached_len(), engine.ctx());
         metrics.running.set(0);
     }
 }

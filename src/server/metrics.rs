@@ -30,6 +30,8 @@ pub struct Metrics {
     pub spec_verify_steps: Counter,
     pub spec_proposed: Counter,
     pub spec_accepted: Counter,
+    /// KV positions in use, for the vLLM-named usage gauge (`router_metrics`).
+    pub kv: super::router_metrics::KvUsage,
 }
 
 /// Upper bounds in seconds from `lo` to `hi` on a 1-2-5 ladder (plus 1.5, 2.5, 3, 4 and
@@ -83,6 +85,7 @@ impl Metrics {
             spec_verify_steps: Counter::default(),
             spec_proposed: Counter::default(),
             spec_accepted: Counter::default(),
+            kv: Default::default(),
         };
         registry.register(
             "time_to_first_token_seconds",
