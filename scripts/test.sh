@@ -2,7 +2,8 @@
 # Run the test suite: fetch what the tests need (nvcc from pip so every kernel compiles,
 # the real models, the tokenizer conformance files, a Python venv with the openai client and
 # the gguf package),
-# then `cargo test --release`.
+# then `cargo fmt --check`, `cargo clippy --release --all-targets -- -D warnings` and
+# `cargo test --release`.
 # Extra arguments go to cargo test (e.g. `scripts/test.sh --test golden`).
 # Tests that need a GPU are marked ignored; run them on a GPU machine with
 # `cargo test --release -- --ignored`.
@@ -19,4 +20,7 @@ if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai
   .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4 litellm==1.110.2 -r tools/requirements.txt
 fi
 export PATH="$PWD/.toolchain/cuda/nvidia/cu13/bin:$PATH"
+# Formatting and lints before the tests: both are cheap next to the build the tests need.
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
 cargo test --release "$@"
