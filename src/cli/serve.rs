@@ -30,6 +30,11 @@ pub struct ServeArgs {
     /// KV cache size in tokens (capped at the model's context length).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
+    /// KV caches of this many sequences (slots): a request takes the slot sharing the
+    /// longest prefix with its prompt (default: as many as a quarter of the available memory
+    /// holds, 1 to 4; the CUDA backend keeps one).
+    #[arg(long)]
+    pub slots: Option<usize>,
     /// Requests that may wait for the engine; more are answered 429.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
@@ -87,6 +92,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         session: SessionOptions {
             ctx: a.ctx,
             precise: a.precise,
+            slots: a.slots.unwrap_or(0),
             ..Default::default()
         },
         quant: a.quant.map(Into::into),

@@ -110,6 +110,26 @@ pub trait Session: Send {
         pick: Pick<'_>,
         rows: Rows,
     ) -> Result<StepOutput, BackendError>;
+
+    /// KV caches this session holds (slots), each of [`Session::ctx`] positions.
+    fn slots(&self) -> usize {
+        1
+    }
+
+    /// Makes slot `slot` (below [`Session::slots`]) the KV cache later steps read and
+    /// extend; the others keep their contents.
+    fn use_slot(&mut self, slot: usize) -> Result<(), BackendError> {
+        if slot == 0 {
+            Ok(())
+        } else {
+            Err(shape_err(format!("slot {slot} of a one-slot session")))
+        }
+    }
+
+    /// Bytes of KV cache one position of one slot takes.
+    fn kv_bytes_per_position(&self) -> usize {
+        0
+    }
 }
 
 fn shape_err(msg: String) -> BackendError {
@@ -176,7 +196,9 @@ pub fn pick_on_host(
 struct OpsSession<B: Ops> {
     backend: B,
     model: Llama<B>,
-    state: State<B>,
+    /// One state (KV cache and activations) per slot; `active` is the one steps use.
+    states: Vec<State<B>>,
+    active: usize,
     /// Host logits for picks made here (vocab, or verify rows x vocab).
     logits: Vec<f32>,
     scratch: Vec<(u32, f32)>,
@@ -192,11 +214,31 @@ where
     }
 
     fn ctx(&self) -> usize {
-        self.state.ctx
+        self.states[self.active].ctx
     }
 
     fn max_batch(&self) -> usize {
-        self.state.max_batch
+        self.states[self.active].max_batch
+    }
+
+    fn slots(&self) -> usize {
+        self.states.len()
+    }
+
+    fn use_slot(&mut self, slot: usize) -> Result<(), BackendError> {
+        if slot >= self.states.len() {
+            return Err(shape_err(format!(
+                "slot {slot} of a {}-slot session",
+                self.states.len()
+            )));
+        }
+        self.active = slot;
+        Ok(())
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        let c = &self.model.cfg;
+        2 * c.n_layers * c.kv_dim() * std::mem::size_of::<f32>()
     }
 
     fn vocab_size(&self) -> usize {
@@ -219,7 +261,7 @@ where
                 &mut self.logits
             }
         };
-        let (b, s) = (&mut self.backend, &mut self.state);
+        let (b, s) = (&mut self.backend, &mut self.states[self.active]);
         match rows {
             Rows::Last => self.model.forward(b, s, input.tokens, input.pos, out)?,
             Rows::All => self
@@ -245,6 +287,9 @@ pub struct SessionOptions {
     /// CPU: copy the weights into huge-page memory at load (faster decoding, slower load,
     /// the model's size in resident memory) instead of reading the file mapping.
     pub resident_weights: bool,
+    /// KV caches of this many sequences (slots). 0: as many as a quarter of the available
+    /// memory holds, 1 to 4. Backends without slots keep one.
+    pub slots: usize,
 }
 
 impl Default for SessionOptions {
@@ -254,8 +299,23 @@ impl Default for SessionOptions {
             max_batch: 64,
             precise: false,
             resident_weights: true,
+            slots: 1,
         }
     }
+}
+
+/// Slots for `--slots` left to the default: as many KV caches of `slot_bytes` as a quarter
+/// of the available memory holds, at least 1 and at most 4.
+fn auto_slots(slot_bytes: usize) -> usize {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024));
+    (available / 4 / slot_bytes.max(1)).clamp(1, 4)
 }
 
 /// A CPU session over a model's weights.
@@ -267,11 +327,19 @@ pub fn cpu_session(
     let mut backend = CpuBackend::new(opts.precise, opts.resident_weights);
     let llama = Llama::load(&mut backend, config, weights)?;
     let ctx = opts.ctx.clamp(1, config.max_ctx);
-    let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;
+    let slots = match opts.slots {
+        0 => auto_slots(ctx * 2 * config.n_layers * config.kv_dim() * std::mem::size_of::<f32>()),
+        n => n,
+    };
+    let mut states = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        states.push(llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?);
+    }
     Ok(Box::new(OpsSession {
         backend,
         model: llama,
-        state,
+        states,
+        active: 0,
         logits: Vec::new(),
         scratch: Vec::new(),
     }))

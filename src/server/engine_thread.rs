@@ -118,7 +118,19 @@ fn run(mut engine: Engine, tok: &Tokenizer, rx: Receiver<Job>, metrics: &Metrics
         }
         metrics.running.set(1);
         run_job(&mut engine, tok, job, metrics);
-        metrics.kv.set(engine.cached_len(), engine.ctx());
+        metrics
+            .kv
+            .set(engine.cached_len(), engine.ctx() * engine.slots());
+        if let Some(ev) = engine.last_slot_event() {
+            if ev.hit {
+                metrics.slot_hits.inc();
+            } else {
+                metrics.slot_misses.inc();
+            }
+            if ev.evicted {
+                metrics.slot_evictions.inc();
+            }
+        }
         metrics.running.set(0);
     }
 }

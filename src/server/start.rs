@@ -122,6 +122,18 @@ fn load_and_warm(
     }
     let mut engine = built.engine;
     let ctx = engine.ctx();
+    let kv = engine.kv_bytes_per_position();
+    eprintln!(
+        "KV cache: {} slots x {ctx} positions x {kv} bytes = {:.1} MiB",
+        engine.slots(),
+        (engine.slots() * ctx * kv) as f64 / (1 << 20) as f64
+    );
+    if let Some(tokens) = spec.suffix_cache {
+        eprintln!(
+            "suffix cache: up to {tokens} tokens of earlier requests, at most {:.1} MiB",
+            (tokens * crate::engine::spec::suffix_cache::BYTES_PER_TOKEN) as f64 / (1 << 20) as f64
+        );
+    }
     let tokenizer = Arc::new(built.model.tokenizer.ok_or(ServeError::NoTokenizer)?);
     let chat_template = tokenizer
         .compile_chat_template()
