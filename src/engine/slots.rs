@@ -59,10 +59,10 @@ impl Slots {
     }
 
     /// The slot `prompt` should take (`active_tokens`: what the active slot holds): the
-    /// longest common prefix among the slots it would mostly reuse (at least half of what
-    /// the slot keeps, so a prompt that shares a few opening tokens with another
-    /// conversation does not wipe it), ties to the least recently used; otherwise the least
-    /// recently used slot, an empty one first.
+    /// longest common prefix among the slots it would mostly reuse (a prefix of at least
+    /// half of what the slot keeps or of the prompt, so a prompt that shares a few opening
+    /// tokens with another conversation does not wipe it), ties to the least recently used;
+    /// otherwise the least recently used slot, an empty one first.
     pub fn choose(&mut self, active_tokens: &[u32], prompt: &[u32]) -> (usize, SlotEvent) {
         let kept = |i: usize| -> &[u32] {
             if i == self.active {
@@ -76,7 +76,7 @@ impl Slots {
         for i in 0..self.count() {
             let k = kept(i);
             let l = common_prefix(k, prompt);
-            if l > 0 && l * 2 >= k.len() {
+            if l > 0 && (l * 2 >= k.len() || l * 2 >= prompt.len()) {
                 let better = match hit {
                     None => true,
                     Some((b, bl)) => l > bl || (l == bl && self.used[i] < self.used[b]),
@@ -143,9 +143,15 @@ mod tests {
         let d = run(&mut s, &mut active, &[4, 4]);
         assert_eq!((d.slot, d.hit, d.evicted), (2, false, true));
         // A prompt sharing only its opening tokens with a slot (less than half of what
-        // the slot keeps) does not take it: it goes to the least recently used.
-        let e = run(&mut s, &mut active, &[1, 9]);
+        // the slot keeps and of the prompt) does not take it: it goes to the least
+        // recently used.
+        let e = run(&mut s, &mut active, &[1, 9, 9]);
         assert_eq!((e.slot, e.hit, e.evicted), (0, false, true));
+        // The same prompt again after a long answer reuses its slot.
+        let g = run(&mut s, &mut active, &[7, 8, 5, 6, 6, 6, 6]);
+        assert_eq!((g.slot, g.hit), (1, true));
+        let h = run(&mut s, &mut active, &[7, 8, 5]);
+        assert_eq!((h.slot, h.hit), (1, true));
         let mut s = Slots::new(2);
         let mut active = Vec::new();
         run(&mut s, &mut active, &[1, 2, 3, 4]);
