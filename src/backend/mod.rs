@@ -31,6 +31,89 @@ pub struct AttnShape {
     pub window: Option<usize>,
 }
 
+/// The token ids of a forward call: given by the host, or already in device memory (one
+/// token, what a replayed CUDA graph reads each step, so the graph need not change).
+#[derive(Debug)]
+pub enum TokenIds<'a, D> {
+    Host(&'a [u32]),
+    /// One token id in a backend buffer ([`Ops::DeviceTokens`]).
+    Device(&'a D),
+}
+
+// By hand: both cases are references, so copies whatever `D` is (a derive would ask
+// `D: Copy`).
+impl<D> Clone for TokenIds<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for TokenIds<'_, D> {}
+
+impl<D> Clone for Position<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for Position<'_, D> {}
+
+impl<D> TokenIds<'_, D> {
+    /// How many rows the call runs.
+    pub fn len(&self) -> usize {
+        match self {
+            TokenIds::Host(t) => t.len(),
+            TokenIds::Device(_) => 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a, D> From<&'a [u32]> for TokenIds<'a, D> {
+    fn from(t: &'a [u32]) -> Self {
+        TokenIds::Host(t)
+    }
+}
+
+impl<'a, D> From<&'a Vec<u32>> for TokenIds<'a, D> {
+    fn from(t: &'a Vec<u32>) -> Self {
+        TokenIds::Host(t)
+    }
+}
+
+impl<'a, D, const N: usize> From<&'a [u32; N]> for TokenIds<'a, D> {
+    fn from(t: &'a [u32; N]) -> Self {
+        TokenIds::Host(t)
+    }
+}
+
+/// The position of a forward call's first row: given by the host, or in device memory
+/// (a replayed CUDA graph's step input). A device position is only known on the device, so
+/// the caller that writes it checks it against the context.
+#[derive(Debug)]
+pub enum Position<'a, D> {
+    Host(usize),
+    /// A position in a backend buffer ([`Ops::DevicePos`]).
+    Device(&'a D),
+}
+
+impl<D> From<usize> for Position<'_, D> {
+    fn from(p: usize) -> Self {
+        Position::Host(p)
+    }
+}
+
+impl<D> Position<'_, D> {
+    /// The host position, if the host knows it.
+    pub fn host(&self) -> Option<usize> {
+        match self {
+            Position::Host(p) => Some(*p),
+            Position::Device(_) => None,
+        }
+    }
+}
+
 /// The ops a decoder-only forward pass is made of. Activations are row-major matrices of
 /// `rows` tokens x `width` values; every op works on the first `n` rows.
 pub trait Ops {
@@ -44,6 +127,11 @@ pub trait Ops {
     type Kv;
     /// Precomputed rotary tables.
     type RopeTable;
+    /// A token id in device memory ([`TokenIds::Device`]); a backend without device inputs
+    /// uses `std::convert::Infallible`, so that case cannot be built.
+    type DeviceTokens;
+    /// A position in device memory ([`Position::Device`]); `Infallible` likewise.
+    type DevicePos;
 
     fn name(&self) -> &'static str;
 
@@ -54,12 +142,14 @@ pub trait Ops {
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<Self::RopeTable, BackendError>;
 
     /// `out[i] = table[tokens[i]]`.
-    fn embed(
+    fn embed<'t>(
         &mut self,
         table: &Self::Mat,
-        tokens: &[u32],
+        tokens: impl Into<TokenIds<'t, Self::DeviceTokens>>,
         out: &mut Self::Act,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError>
+    where
+        Self::DeviceTokens: 't;
     /// Row-wise RMSNorm.
     fn rmsnorm(
         &mut self,
@@ -120,28 +210,32 @@ pub trait Ops {
         n: usize,
     ) -> Result<(), BackendError>;
     /// Rotate the `n_heads` heads of each row; row `i` is at position `pos + i`.
-    fn rope(
+    fn rope<'p>(
         &mut self,
         x: &mut Self::Act,
         table: &Self::RopeTable,
         n_heads: usize,
-        pos: usize,
+        pos: impl Into<Position<'p, Self::DevicePos>>,
         n: usize,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError>
+    where
+        Self::DevicePos: 'p;
     /// Append `k`, `v` (rows at positions `pos..pos+n`) to the cache, then causal attention
     /// of each query row over the cache up to its own position.
     #[allow(clippy::too_many_arguments)]
-    fn attention(
+    fn attention<'p>(
         &mut self,
         q: &Self::Act,
         k: &Self::Act,
         v: &Self::Act,
         kv: &mut Self::Kv,
         shape: AttnShape,
-        pos: usize,
+        pos: impl Into<Position<'p, Self::DevicePos>>,
         n: usize,
         out: &mut Self::Act,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError>
+    where
+        Self::DevicePos: 'p;
     /// Copy row `src_row` of `src` into row 0 of `dst`.
     fn copy_row(
         &mut self,

@@ -5,7 +5,7 @@
 //!
 //! Written against `backend::Ops`, so the same graph runs on every backend.
 
-use crate::backend::{AttnShape, BackendError, Ops};
+use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
 
 use crate::format::ModelConfig;
 use crate::format::ModelWeights;
@@ -136,7 +136,7 @@ impl<B: Ops> Llama<B> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
-        self.forward_logits(b, s, tokens, pos)?;
+        self.forward_logits(b, s, TokenIds::Host(tokens), Position::Host(pos))?;
         b.read_row(&s.logits, logits)
     }
 
@@ -180,7 +180,7 @@ impl<B: Ops> Llama<B> {
     ) -> Result<(), BackendError> {
         let (n, c) = (tokens.len(), &self.cfg);
         assert!(n <= MAX_VERIFY_ROWS, "caller checks the verify shape");
-        self.layers_forward(b, s, tokens, pos)?;
+        self.layers_forward(b, s, TokenIds::Host(tokens), Position::Host(pos))?;
         if s.rows_logits.is_none() {
             s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
         }
@@ -197,14 +197,15 @@ impl<B: Ops> Llama<B> {
     }
 
     /// [`Llama::forward`] without reading the logits back: they stay in the backend (see
-    /// [`Llama::logits`]). Queues only device work, so a GPU backend can capture it into a
-    /// CUDA graph.
+    /// [`Llama::logits`]). With the token id and position in device memory it queues only
+    /// device work, so a GPU backend can capture it into a CUDA graph and replay it for
+    /// every later token.
     pub fn forward_logits(
         &self,
         b: &mut B,
         s: &mut State<B>,
-        tokens: &[u32],
-        pos: usize,
+        tokens: TokenIds<'_, B::DeviceTokens>,
+        pos: Position<'_, B::DevicePos>,
     ) -> Result<(), BackendError> {
         let n = tokens.len();
         self.layers_forward(b, s, tokens, pos)?;
@@ -220,13 +221,14 @@ impl<B: Ops> Llama<B> {
         &self,
         b: &mut B,
         s: &mut State<B>,
-        tokens: &[u32],
-        pos: usize,
+        tokens: TokenIds<'_, B::DeviceTokens>,
+        pos: Position<'_, B::DevicePos>,
     ) -> Result<(), BackendError> {
         let c = &self.cfg;
         let n = tokens.len();
+        // A device position is checked by whoever writes it.
         assert!(
-            n > 0 && n <= s.max_batch && pos + n <= s.ctx,
+            n > 0 && n <= s.max_batch && pos.host().is_none_or(|p| p + n <= s.ctx),
             "caller checks batch and context bounds"
         );
         let shape = AttnShape {

@@ -21,7 +21,7 @@ use super::params::{
     TACHYON_EW_SWIGLU,
 };
 use crate::backend::cpu::ops::rope_angles;
-use crate::backend::{AttnShape, BackendError, Ops};
+use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
 use crate::format::GgmlType;
 use crate::format::{Rope, RopeStyle, Weight};
 
@@ -79,10 +79,6 @@ pub struct CudaBackend {
     /// Scratch for the in-place head RMSNorm.
     scratch: Option<CudaSlice<f32>>,
     progress: Option<ProgressBar>,
-    /// Device addresses of a token id (u32) and a position (i32) that `embed`, `rope` and
-    /// `attention` read instead of their host arguments: how a captured CUDA graph gets
-    /// each step's token and position.
-    device_inputs: Option<(u64, u64)>,
 }
 
 /// Maps a driver error to the backend's error, naming what was being done.
@@ -151,7 +147,6 @@ impl CudaBackend {
             part_sum: None,
             scratch: None,
             progress: None,
-            device_inputs: None,
         })
     }
 
@@ -182,13 +177,22 @@ impl CudaBackend {
         )
     }
 
-    /// Makes `embed` read its (single) token id, and `rope` / `attention` their position,
-    /// from these device addresses (a u32 and an i32) instead of the host arguments, which
-    /// then only size and check the work; `None` goes back to host arguments. The caller
-    /// keeps both buffers alive while the mode is on and while any graph captured in it
-    /// can be replayed.
-    pub fn set_device_inputs(&mut self, token_and_pos: Option<(u64, u64)>) {
-        self.device_inputs = token_and_pos;
+    /// A position as the kernels take it: the host value, or 0 and the address of the
+    /// device value (which the kernels then read instead). A device position drives one
+    /// row; the host shape checks then run at position 0, and whoever writes the value
+    /// checks it against the context.
+    fn split_pos(
+        &self,
+        pos: Position<'_, CudaSlice<i32>>,
+        n: usize,
+    ) -> Result<(usize, *const i32), BackendError> {
+        match pos {
+            Position::Host(p) => Ok((p, std::ptr::null())),
+            Position::Device(_) if n > 1 => Err(shape_err(format!(
+                "a device-side position drives one row, not {n}"
+            ))),
+            Position::Device(p) => Ok((0, ptr(p, &self.dev) as *const i32)),
+        }
     }
 
     /// Show a progress bar over `total_bytes` of weight uploads on stderr.
@@ -619,6 +623,10 @@ impl Ops for CudaBackend {
     type Vector = CudaSlice<f32>;
     type Kv = CudaKv;
     type RopeTable = CudaRope;
+    /// A token id and a position in device memory: a captured decode step reads them
+    /// there, so each replay runs the token and position written just before it.
+    type DeviceTokens = CudaSlice<u32>;
+    type DevicePos = CudaSlice<i32>;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -681,12 +689,13 @@ impl Ops for CudaBackend {
         })
     }
 
-    fn embed(
+    fn embed<'t>(
         &mut self,
         table: &CudaMat,
-        tokens: &[u32],
+        tokens: impl Into<TokenIds<'t, CudaSlice<u32>>>,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        let tokens = tokens.into();
         if tokens.len() > out.rows || out.width != table.cols {
             return Err(shape_err(format!(
                 "embedding {} tokens of {} into [{} x {}]",
@@ -699,14 +708,10 @@ impl Ops for CudaBackend {
         if tokens.is_empty() {
             return Ok(());
         }
-        let tok_ptr = match self.device_inputs {
-            Some((tok, _)) if tokens.len() == 1 => tok,
-            Some(_) => {
-                return Err(shape_err(
-                    "device-side token ids take one token per step".into(),
-                ));
-            }
-            None => {
+        let tok_ptr = match tokens {
+            TokenIds::Device(ids) if !ids.is_empty() => ptr(ids, &self.dev),
+            TokenIds::Device(_) => return Err(shape_err("empty device token buffer".into())),
+            TokenIds::Host(tokens) => {
                 ensure(&self.dev, &mut self.tokens, tokens.len(), "token ids")?;
                 let Some(tok_buf) = self.tokens.as_mut() else {
                     return Err(shape_err("token buffer missing".into()));
@@ -846,14 +851,15 @@ impl Ops for CudaBackend {
         self.elementwise(xp, yp, n * gate.width, gate.width, TACHYON_EW_SWIGLU)
     }
 
-    fn rope(
+    fn rope<'p>(
         &mut self,
         x: &mut CudaAct,
         t: &CudaRope,
         n_heads: usize,
-        pos: usize,
+        pos: impl Into<Position<'p, CudaSlice<i32>>>,
         n: usize,
     ) -> Result<(), BackendError> {
+        let (pos, pos_dev) = self.split_pos(pos.into(), n)?;
         if n_heads == 0
             || !x.width.is_multiple_of(n_heads)
             || 2 * t.half > x.width / n_heads
@@ -872,9 +878,7 @@ impl Ops for CudaBackend {
             x: ptr_mut(&mut x.buf, &self.dev) as *mut f32,
             cos: ptr(&t.cos, &self.dev) as *const f32,
             sin: ptr(&t.sin, &self.dev) as *const f32,
-            pos_dev: self
-                .device_inputs
-                .map_or(std::ptr::null(), |(_, p)| p as *const i32),
+            pos_dev,
             pos: i32_of(pos, "position")?,
             n: i32_of(n, "rows")?,
             n_heads: i32_of(n_heads, "heads")?,
@@ -893,17 +897,18 @@ impl Ops for CudaBackend {
         )
     }
 
-    fn attention(
+    fn attention<'p>(
         &mut self,
         q: &CudaAct,
         k: &CudaAct,
         v: &CudaAct,
         kv: &mut CudaKv,
         shape: AttnShape,
-        pos: usize,
+        pos: impl Into<Position<'p, CudaSlice<i32>>>,
         n: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
+        let (pos, pos_dev) = self.split_pos(pos.into(), n)?;
         let hd = shape.head_dim;
         let kvd = shape.n_kv_heads * hd;
         let ok = shape.n_kv_heads > 0
@@ -927,11 +932,7 @@ impl Ops for CudaBackend {
         }
         // With the position on the device (a replayed graph) the visible length is only
         // known there: size the split count for the whole cache; the kernel sizes the chunks.
-        let visible = if self.device_inputs.is_some() {
-            kv.ctx
-        } else {
-            pos + n
-        };
+        let visible = if pos_dev.is_null() { pos + n } else { kv.ctx };
         let splits = self.attn_splits(&shape, visible, n);
         let slots = n * shape.n_heads * splits;
         ensure(
@@ -959,9 +960,7 @@ impl Ops for CudaBackend {
             part_acc: ptr_mut(pa, &self.dev) as *mut f32,
             part_max: ptr_mut(pm, &self.dev) as *mut f32,
             part_sum: ptr_mut(ps, &self.dev) as *mut f32,
-            pos_dev: self
-                .device_inputs
-                .map_or(std::ptr::null(), |(_, p)| p as *const i32),
+            pos_dev,
             pos: i32_of(pos, "position")?,
             n: i32_of(n, "rows")?,
             n_heads: i32_of(shape.n_heads, "heads")?,
