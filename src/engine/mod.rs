@@ -150,7 +150,8 @@ pub struct TokenStep<'a> {
 pub struct StreamOptions<'a> {
     /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
-    /// Checked between prefill chunks and before every decode step; once set, generation
+    /// Checked between the layers of each prefill chunk (on sessions that can; else between
+    /// chunks) and before every decode step; once set, generation
     /// ends at the next check with `FinishReason::Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
 }
@@ -313,8 +314,21 @@ impl Engine {
                 tokens: &prompt[pos..end],
                 pos,
             };
-            self.session
-                .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
+            match cancel {
+                // Checked between layers too: a replacement need not wait for the chunk.
+                Some(c) => {
+                    if !self
+                        .session
+                        .step_until_cancelled(input, &mut self.logits, c)?
+                    {
+                        return Ok((start, false));
+                    }
+                }
+                None => {
+                    self.session
+                        .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
+                }
+            }
             self.cached.extend_from_slice(&prompt[pos..end]);
             pos = end;
         }

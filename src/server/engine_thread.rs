@@ -184,7 +184,7 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     let stats = match result {
         Ok(s) => s,
         Err(e) => {
-            let err = super::jobs::request_error(e, job.params.max_tokens);
+            let err = super::jobs::request_error(e);
             let _ = job.events.send(Event::Error(err));
             return;
         }
