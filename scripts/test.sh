@@ -13,10 +13,11 @@ scripts/install-cuda-toolchain.sh
 scripts/fetch-models.sh
 scripts/fetch-vocab-tests.sh
 # The server tests drive the real server with the official openai client and websockets;
-# the quantizer's output is checked with the `gguf` package (tools/requirements.txt).
-if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai, websockets, gguf, numpy" 2>/dev/null; then
+# the quantizer's output is checked with the `gguf` package (tools/requirements.txt); two
+# replicas are driven through LiteLLM's Router (tests/router.rs; no network at run time).
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai, websockets, gguf, numpy, litellm" 2>/dev/null; then
   python3 -m venv .cache/venv
-  .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4 -r tools/requirements.txt
+  .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4 litellm==1.110.2 -r tools/requirements.txt
 fi
 export PATH="$PWD/.toolchain/cuda/nvidia/cu13/bin:$PATH"
 # Formatting and lints before the tests: both are cheap next to the build the tests need.

@@ -9,6 +9,8 @@
 //! device; the picks the device has no kernel for (a sampled verify, a multi-token
 //! prefill) are made on the host with the sampler's code.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::backend::cuda::{
     CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, StepInputs,
 };
@@ -18,32 +20,66 @@ use crate::graph::llama::{Llama, State};
 
 use super::session::{
     MAX_VERIFY_ROWS, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepOutput,
-    check_step, pick_on_host,
+    check_step, f32_kv_bytes, kv_layout, pick_on_host,
 };
 
-/// A model and its state on the GPU: what one decode step runs.
+/// A model and its states on the GPU, one per slot: a decode step runs the active one.
 struct LlamaOnCuda {
     model: Llama<CudaBackend>,
-    state: State<CudaBackend>,
+    states: Vec<State<CudaBackend>>,
+    active: usize,
+}
+
+impl LlamaOnCuda {
+    fn state(&self) -> &State<CudaBackend> {
+        &self.states[self.active]
+    }
+
+    /// The model and the active state, for eager work.
+    fn parts(&mut self) -> (&Llama<CudaBackend>, &mut State<CudaBackend>) {
+        (&self.model, &mut self.states[self.active])
+    }
 }
 
 impl DecodeStep for LlamaOnCuda {
     fn ctx(&self) -> usize {
-        self.state.ctx
+        self.state().ctx
     }
 
     fn queue(&mut self, b: &mut CudaBackend, inputs: &StepInputs) -> Result<(), BackendError> {
-        let (model, state) = (&self.model, &mut self.state);
+        let (model, state) = self.parts();
         model.forward_logits(b, state, inputs.token_ids(), inputs.position())
     }
 
     fn logits(&self) -> &CudaAct {
-        self.model.logits(&self.state)
+        self.model.logits(self.state())
     }
 
     fn rows_logits(&self) -> Option<&CudaAct> {
-        self.model.rows_logits(&self.state)
+        self.model.rows_logits(self.state())
     }
+}
+
+/// Slots a GPU session keeps when `--slots` is left to the default.
+const GPU_AUTO_SLOTS: usize = 4;
+
+/// The context and slot count of a CUDA session when `free` bytes are left after the
+/// weights: the KV caches may take three quarters of it (activations, the graph and the
+/// driver need the rest). The model's own context (`SessionOptions::MODEL_CTX`) with slots
+/// left to the default is capped so that 4 caches fit; a context given explicitly with slots
+/// left to the default gets as many caches as fit, 1 to 4. The engine builder checks the
+/// same layout against the device's memory before anything is uploaded.
+pub fn cuda_kv_layout(config: &ModelConfig, opts: &SessionOptions, free: u64) -> (usize, usize) {
+    let want = SessionOptions {
+        slots: if opts.slots == 0 && opts.ctx == SessionOptions::MODEL_CTX {
+            GPU_AUTO_SLOTS
+        } else {
+            opts.slots
+        },
+        ..opts.clone()
+    };
+    let budget = usize::try_from(free / 4 * 3).unwrap_or(usize::MAX);
+    kv_layout(config, &want, f32_kv_bytes(config), budget)
 }
 
 pub struct CudaSession {
@@ -70,13 +106,26 @@ pub fn cuda_session(
     let model = Llama::load(&mut backend, config, weights);
     backend.finish_upload_progress();
     let model = model?;
-    let ctx = opts.ctx.clamp(1, config.max_ctx);
+    // The KV caches' share of what the weights left free: see cuda_kv_layout.
+    let free = backend
+        .device()
+        .memory_info()
+        .map_err(|e| BackendError::Device(format!("cuMemGetInfo: {e}")))?
+        .0;
+    let (ctx, slots) = cuda_kv_layout(config, opts, free as u64);
     let max_batch = opts.max_batch.max(1);
-    let state = model.new_state(&mut backend, ctx, max_batch)?;
+    let mut states = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        states.push(model.new_state(&mut backend, ctx, max_batch)?);
+    }
     backend.reserve(max_batch, config.n_heads, config.head_dim)?;
     let decoder = DeviceDecoder::new(
         backend,
-        LlamaOnCuda { model, state },
+        LlamaOnCuda {
+            model,
+            states,
+            active: 0,
+        },
         config.vocab_size,
         MAX_VERIFY_ROWS,
     )?;
@@ -93,15 +142,68 @@ impl Session for CudaSession {
     }
 
     fn ctx(&self) -> usize {
-        self.decoder.model().state.ctx
+        self.decoder.model().state().ctx
     }
 
     fn max_batch(&self) -> usize {
-        self.decoder.model().state.max_batch
+        self.decoder.model().state().max_batch
     }
 
     fn vocab_size(&self) -> usize {
         self.decoder.model().model.cfg.vocab_size
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        f32_kv_bytes(&self.decoder.model().model.cfg)
+    }
+
+    fn slots(&self) -> usize {
+        self.decoder.model().states.len()
+    }
+
+    fn use_slot(&mut self, slot: usize) -> Result<(), BackendError> {
+        let slots = self.slots();
+        if slot >= slots {
+            return Err(BackendError::Device(format!(
+                "session step: slot {slot} of a {slots}-slot session"
+            )));
+        }
+        if slot != self.decoder.model().active {
+            // The captured decode step reads the old slot's buffers: capture anew.
+            self.decoder.forget_capture();
+            self.decoder.parts_mut().1.active = slot;
+        }
+        Ok(())
+    }
+
+    fn step_until_cancelled(
+        &mut self,
+        input: StepInput<'_>,
+        logits: &mut [f32],
+        cancel: &AtomicBool,
+    ) -> Result<bool, BackendError> {
+        if input.tokens.len() == 1 {
+            // One token: the decode graph, checked before.
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            self.step(input, Pick::Logits(logits), Rows::Last)?;
+            return Ok(true);
+        }
+        let limits = (self.ctx(), self.max_batch(), self.vocab_size());
+        check_step(&input, &Pick::Logits(&mut *logits), Rows::Last, limits)?;
+        let (b, m) = self.decoder.parts_mut();
+        let (model, s) = m.parts();
+        let stream = b.device().stream().clone();
+        // The host queues launches ahead of the GPU: waiting for the work queued so far
+        // before each check makes a cancel stop within one layer of GPU work (one stream
+        // sync per layer of a prefill chunk). A failed sync is left to the next launch or
+        // copy, which reports the same error.
+        let stop = || {
+            let _ = stream.synchronize();
+            cancel.load(Ordering::Relaxed)
+        };
+        model.forward_until(b, s, input.tokens, input.pos, logits, &stop)
     }
 
     fn step(
@@ -153,7 +255,7 @@ impl Session for CudaSession {
                     }
                 };
                 let (b, m) = self.decoder.parts_mut();
-                let (model, s) = (&m.model, &mut m.state);
+                let (model, s) = m.parts();
                 match rows {
                     Rows::Last => model.forward(b, s, tokens, pos, out)?,
                     Rows::All => model.forward_rows(b, s, tokens, pos, out)?,
@@ -178,7 +280,8 @@ impl CudaSession {
     fn verify_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<StepOutput, BackendError> {
         let n = tokens.len();
         let (b, m) = self.decoder.parts_mut();
-        m.model.forward_rows_logits(b, &mut m.state, tokens, pos)?;
+        let (model, s) = m.parts();
+        model.forward_rows_logits(b, s, tokens, pos)?;
         let mut out = [0u32; MAX_VERIFY_ROWS];
         self.decoder.argmax_rows(&mut out[..n])?;
         Ok(StepOutput::Tokens(Picked::from_slice(&out[..n])))

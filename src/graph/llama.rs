@@ -148,6 +148,29 @@ impl<B: Ops> Llama<B> {
         b.read_row(&s.logits, logits)
     }
 
+    /// [`Llama::forward`] that asks `stop` before each layer's attention and MLP blocks and
+    /// gives up once it says yes, so a cancelled prefill ends within half a layer instead of
+    /// a whole chunk. Returns false
+    /// then: positions `pos..` of the KV cache hold partial work, which the caller must not
+    /// count as cached (the next forward at those positions overwrites it).
+    pub fn forward_until(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool, BackendError> {
+        let ids = TokenIds::Host(tokens);
+        if !self.layers_forward(b, s, ids, Position::Host(pos), Some(stop))? {
+            return Ok(false);
+        }
+        self.last_logits(b, s, tokens.len())?;
+        b.read_row(&s.logits, logits)?;
+        Ok(true)
+    }
+
     /// The logits [`Llama::forward_logits`] left in the backend (one row, vocab wide).
     pub fn logits<'a>(&self, s: &'a State<B>) -> &'a B::Act {
         &s.logits
@@ -188,7 +211,7 @@ impl<B: Ops> Llama<B> {
     ) -> Result<(), BackendError> {
         let (n, c) = (tokens.len(), &self.cfg);
         assert!(n <= MAX_VERIFY_ROWS, "caller checks the verify shape");
-        self.layers_forward(b, s, TokenIds::Host(tokens), Position::Host(pos))?;
+        self.layers_forward(b, s, TokenIds::Host(tokens), Position::Host(pos), None)?;
         if s.rows_logits.is_none() {
             s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
         }
@@ -216,7 +239,12 @@ impl<B: Ops> Llama<B> {
         pos: Position<'_, B::DevicePos>,
     ) -> Result<(), BackendError> {
         let n = tokens.len();
-        self.layers_forward(b, s, tokens, pos)?;
+        self.layers_forward(b, s, tokens, pos, None)?;
+        self.last_logits(b, s, n)
+    }
+
+    /// The logits of the last of the `n` rows `layers_forward` left in `s.x`, into `s.logits`.
+    fn last_logits(&self, b: &mut B, s: &mut State<B>, n: usize) -> Result<(), BackendError> {
         // Only the last position's logits are needed to pick the next token.
         let c = &self.cfg;
         b.copy_row(&s.x, n - 1, &mut s.last)?;
@@ -225,13 +253,16 @@ impl<B: Ops> Llama<B> {
     }
 
     /// The embedding and every block: leaves the residual stream of `tokens` in `s.x`.
+    /// `stop`, asked before each attention and MLP block: false once it said yes (the rest
+    /// not run).
     fn layers_forward(
         &self,
         b: &mut B,
         s: &mut State<B>,
         tokens: TokenIds<'_, B::DeviceTokens>,
         pos: Position<'_, B::DevicePos>,
-    ) -> Result<(), BackendError> {
+        stop: Option<&dyn Fn() -> bool>,
+    ) -> Result<bool, BackendError> {
         let c = &self.cfg;
         let n = tokens.len();
         // A device position is checked by whoever writes it.
@@ -247,10 +278,13 @@ impl<B: Ops> Llama<B> {
         };
         b.embed(&self.embed, tokens, &mut s.x)?;
         let Some(first) = self.layers.first() else {
-            return Ok(());
+            return Ok(true);
         };
         b.rmsnorm(&s.x, &first.attn_norm, c.rms_eps, n, &mut s.hn)?;
         for (i, (l, kv)) in self.layers.iter().zip(s.kv.iter_mut()).enumerate() {
+            if stop.is_some_and(|stop| stop()) {
+                return Ok(false);
+            }
             // Attention block, on the normalized residual stream in `hn`.
             project(b, &s.hn, &l.wq, l.bq.as_ref(), n, &mut s.q)?;
             project(b, &s.hn, &l.wk, l.bk.as_ref(), n, &mut s.k)?;
@@ -265,6 +299,10 @@ impl<B: Ops> Llama<B> {
             b.matmul(&s.att, &l.wo, n, &mut s.h)?;
             // x += h, and the MLP block's norm of the new x.
             b.add_rmsnorm(&mut s.x, &s.h, &l.ffn_norm, c.rms_eps, n, &mut s.hn)?;
+            // MLP block (about half a layer's work: asked again before it).
+            if stop.is_some_and(|stop| stop()) {
+                return Ok(false);
+            }
             b.gate_up_swiglu(&s.hn, &l.w_gate, &l.w_up, n, &mut s.gate, &mut s.up)?;
             b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
             // x += h, and the next layer's attention norm (the final norm runs on the last
@@ -276,7 +314,7 @@ impl<B: Ops> Llama<B> {
                 None => b.add(&mut s.x, &s.h, n)?,
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -654,3 +654,172 @@ fn nan_logits_end_the_request_and_the_next_one_succeeds_on_the_device() {
     );
     assert_eq!(gpu, cpu, "greedy tokens after the failed request");
 }
+
+/// Slots on the GPU: two sequences interleaved in a two-slot session, each decode after a
+/// switch replaying a graph captured anew over that slot's KV cache, give the logits a
+/// two-slot CPU session gives. A prefill step stopped by its cancel flag (set before, or by
+/// another thread while it runs) leaves the cache usable: the same chunk run again matches
+/// the CPU.
+#[test]
+#[ignore = "needs a GPU"]
+fn slots_keep_each_sequence_and_a_cancelled_prefill_leaves_the_cache_usable() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tachyon::engine::Session;
+    let mut rng = Rng::from_env_or_clock("slots_keep_each_sequence");
+    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 128,
+        max_batch: 16,
+        precise: true,
+        slots: 2,
+        ..Default::default()
+    };
+    let mut cpu = cpu_session(&shape.config, &weights, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let mut gpu =
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((cpu.slots(), gpu.slots()), (2, 2));
+    let vocab = shape.config.vocab_size;
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+            .collect()
+    };
+    let (mut lc, mut lg) = (vec![0f32; vocab], vec![f32::NAN; vocab]);
+    // Runs `ids` at `pos` on both, compares the logits, returns the next greedy token.
+    fn both(
+        (cpu, gpu): (&mut Box<dyn Session>, &mut Box<dyn Session>),
+        (lc, lg): (&mut [f32], &mut [f32]),
+        ids: &[u32],
+        pos: usize,
+        what: &str,
+    ) -> u32 {
+        lg.fill(f32::NAN);
+        cpu.step(StepInput { tokens: ids, pos }, Pick::Logits(lc), Rows::Last)
+            .unwrap_or_else(|e| panic!("{e}"));
+        gpu.step(StepInput { tokens: ids, pos }, Pick::Logits(lg), Rows::Last)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let e = rel(lg, lc);
+        println!("{what} at {pos}: relative logit error {e:e}");
+        assert!(e < 2e-3, "{what} at {pos}: GPU logits differ by {e:e}");
+        tachyon::engine::sampler::argmax(lc)
+    }
+    // Each sequence: its tokens so far and its next token.
+    let mut seqs: Vec<(Vec<u32>, u32)> = Vec::new();
+    for (slot, len) in [(0, 21), (1, 19)] {
+        cpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+        gpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+        let prompt = tokens(len);
+        both(
+            (&mut cpu, &mut gpu),
+            (&mut lc, &mut lg),
+            &prompt[..16],
+            0,
+            "prefill",
+        );
+        let next = both(
+            (&mut cpu, &mut gpu),
+            (&mut lc, &mut lg),
+            &prompt[16..],
+            16,
+            "prefill",
+        );
+        seqs.push((prompt, next));
+    }
+    // Interleave decode steps: every switch makes the GPU capture its step anew.
+    for round in 0..3 {
+        for slot in [0, 1, 0, 1] {
+            cpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+            gpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+            let (seq, next) = &mut seqs[slot];
+            let pos = seq.len();
+            seq.push(*next);
+            let what = format!("slot {slot} decode, round {round}");
+            *next = both(
+                (&mut cpu, &mut gpu),
+                (&mut lc, &mut lg),
+                &[*next],
+                pos,
+                &what,
+            );
+        }
+    }
+    // Cancelled prefill chunks on slot 1, then the same chunk uncancelled.
+    cpu.use_slot(1).unwrap_or_else(|e| panic!("{e}"));
+    gpu.use_slot(1).unwrap_or_else(|e| panic!("{e}"));
+    let pos = seqs[1].0.len();
+    let chunk = tokens(16);
+    let set = AtomicBool::new(true);
+    let ran = gpu
+        .step_until_cancelled(
+            StepInput {
+                tokens: &chunk,
+                pos,
+            },
+            &mut lg,
+            &set,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !ran,
+        "a step whose cancel was set before it ran all the same"
+    );
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            flag.store(true, Ordering::Relaxed);
+        })
+    };
+    let ran = gpu
+        .step_until_cancelled(
+            StepInput {
+                tokens: &chunk,
+                pos,
+            },
+            &mut lg,
+            &flag,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    setter.join().unwrap_or_else(|_| panic!("setter"));
+    println!("a prefill chunk with its cancel set 2 ms in: ran to the end: {ran}");
+    both(
+        (&mut cpu, &mut gpu),
+        (&mut lc, &mut lg),
+        &chunk,
+        pos,
+        "the chunk again after a cancel",
+    );
+    // Uncancelled, the interruptible step gives what `step` gives.
+    let more = tokens(5);
+    let unset = AtomicBool::new(false);
+    lg.fill(f32::NAN);
+    let ran = gpu
+        .step_until_cancelled(
+            StepInput {
+                tokens: &more,
+                pos: pos + 16,
+            },
+            &mut lg,
+            &unset,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    cpu.step(
+        StepInput {
+            tokens: &more,
+            pos: pos + 16,
+        },
+        Pick::Logits(&mut lc),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = rel(&lg, &lc);
+    assert!(
+        ran && e < 2e-3,
+        "uncancelled interruptible step: ran {ran}, error {e:e}"
+    );
+}

@@ -248,6 +248,12 @@ impl CudaDevice {
         self.compute_capability
     }
 
+    /// Free and total device memory in bytes, as the driver reports them now.
+    pub fn memory_info(&self) -> Result<(usize, usize), DriverError> {
+        self.ctx.bind_to_thread()?;
+        result::mem_get_info()
+    }
+
     /// Waits for all work queued on [`CudaDevice::stream`]; returns the first asynchronous
     /// error of that work (an out-of-bounds access in a kernel shows up here).
     pub fn synchronize(&self) -> Result<(), DriverError> {

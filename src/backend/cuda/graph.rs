@@ -153,6 +153,12 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         (&mut self.backend, &mut self.model)
     }
 
+    /// Drops the captured step, so the next decode step captures anew: for a model whose
+    /// step now reads other buffers (another slot's KV cache and activations).
+    pub fn forget_capture(&mut self) {
+        self.graph = None;
+    }
+
     /// The pick a captured step has, if any (a step whose pick is not read can keep it).
     pub fn captured_pick(&self) -> Option<DevicePick> {
         self.graph.as_ref().map(|(p, _)| *p)

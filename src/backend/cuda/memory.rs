@@ -13,19 +13,20 @@ pub struct MemoryPlan {
     /// Every matrix as stored (the embedding and the LM head each once, tied or not: the
     /// session uploads both), the norm and bias vectors.
     pub weights: u64,
-    /// K and V of every layer for `ctx` positions, in f32.
+    /// K and V of every layer for `ctx` positions, in f32, for each of `slots` sequences.
     pub kv_cache: u64,
     /// Activations for `max_batch` rows, the logits of `verify_rows` rows, attention split
     /// partials, rope tables and the step buffers.
     pub working: u64,
     pub ctx: usize,
+    pub slots: usize,
 }
 
 impl MemoryPlan {
     pub fn new(
         config: &ModelConfig,
         weights: &ModelWeights,
-        ctx: usize,
+        (ctx, slots): (usize, usize),
         max_batch: usize,
         verify_rows: usize,
     ) -> Self {
@@ -46,7 +47,10 @@ impl MemoryPlan {
             })
             .sum::<usize>()
             + weights.final_norm.len();
-        let kv_cache = 2 * config.n_layers as u64 * f32s(ctx * config.kv_dim());
+        let kv_cache = (slots as u64)
+            .saturating_mul(2 * config.n_layers as u64)
+            .saturating_mul(f32s(config.kv_dim()))
+            .saturating_mul(ctx as u64);
         // Per row: the residual, the normed input, q / k / v, the attention output and its
         // scratch, gate and up, and the split partials of attention (an accumulator, a max
         // and a sum per split and head). Then the verify rows' logits, the rope tables
@@ -59,18 +63,21 @@ impl MemoryPlan {
             + MAX_ATTN_SPLITS * config.n_heads * (config.head_dim + 2);
         let working = f32s(rows * per_row)
             + f32s((verify_rows.min(rows) + 1) * config.vocab_size)
-            + f32s(ctx * config.head_dim)
+            + f32s(ctx.min(config.max_ctx) * config.head_dim)
             + (4 << 20);
         MemoryPlan {
             weights: matrices + f32s(vectors),
             kv_cache,
             working,
             ctx,
+            slots,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.working
+        self.weights
+            .saturating_add(self.kv_cache)
+            .saturating_add(self.working)
     }
 
     /// Refuses the plan when it needs more than `free` bytes of the device's `total`.
@@ -101,10 +108,14 @@ fn mib(b: u64) -> String {
 impl fmt::Display for DoesNotFit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.plan;
+        let caches = match p.slots {
+            1 => String::new(),
+            n => format!("{n} slots of "),
+        };
         write!(
             f,
-            "the model needs {} of GPU memory (weights {}, KV cache {} for a context of {} \
-             tokens, working buffers {}) but the GPU has {} free of {}",
+            "the model needs {} of GPU memory (weights {}, KV cache {} for {caches}a context of \
+             {} tokens, working buffers {}) but the GPU has {} free of {}",
             mib(p.total()),
             mib(p.weights),
             mib(p.kv_cache),
@@ -113,11 +124,22 @@ impl fmt::Display for DoesNotFit {
             mib(self.free),
             mib(self.total)
         )?;
-        // Say what to change: the KV cache is the part a flag shrinks.
-        if p.weights + p.working <= self.free && p.kv_cache > 0 {
-            let per_token = p.kv_cache / p.ctx.max(1) as u64;
-            let fits = (self.free - p.weights - p.working) / per_token.max(1);
-            write!(f, "; a context of {fits} tokens would fit (--ctx)")
+        // Say what to change: the KV cache is the part a flag shrinks. The context offered
+        // keeps a tenth of the room spare (allocation rounding, what the count misses).
+        let fixed = p.weights + p.working;
+        let per_token = p.kv_cache / (p.ctx.max(1) * p.slots.max(1)) as u64;
+        let fits = if fixed < self.free && per_token > 0 {
+            (self.free - fixed) / 10 * 9 / (per_token * p.slots.max(1) as u64)
+        } else {
+            0
+        };
+        if fits >= 16 {
+            let slots = if p.slots > 1 {
+                " (or fewer --slots)"
+            } else {
+                ""
+            };
+            write!(f, "; a context of {fits} tokens would fit (--ctx){slots}")
         } else {
             write!(
                 f,
@@ -137,6 +159,7 @@ mod tests {
             kv_cache: 400 << 20,
             working: 10 << 20,
             ctx: 4096,
+            slots: 1,
         }
     }
 
@@ -153,9 +176,20 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("310.0 MiB free of 1024.0 MiB"), "{e}");
-        // 200 MiB left for the KV cache at 100 KiB a token: 2048 tokens.
+        // 200 MiB left for the KV cache at 100 KiB a token, nine tenths of it: 1843 tokens.
         assert!(
-            e.contains("a context of 2048 tokens would fit (--ctx)"),
+            e.contains("a context of 1843 tokens would fit (--ctx)"),
+            "{e}"
+        );
+        let two = MemoryPlan {
+            slots: 2,
+            kv_cache: 800 << 20,
+            ..p
+        };
+        let e = two.check(310 << 20, 1 << 30).unwrap_err().to_string();
+        assert!(e.contains("for 2 slots of a context of 4096 tokens"), "{e}");
+        assert!(
+            e.contains("921 tokens would fit (--ctx) (or fewer --slots)"),
             "{e}"
         );
         let e = p.check(50 << 20, 1 << 30).unwrap_err().to_string();
