@@ -18,8 +18,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 const PROMPT: &str = "def fibonacci(n):";
 
+/// A server on SmolLM2, or on the tiny model with its tokenizer that
+/// `TACHYON_TEST_SERVER_MODEL=tiny` asks for (server_harness::server_model).
 fn smollm2(extra: &[&str]) -> Option<Server> {
-    let path = common::model_path(common::SMOLLM2)?;
+    let path = server_harness::server_model()?;
     Some(Server::start(&path, extra))
 }
 
@@ -258,7 +260,11 @@ fn malformed_input_gets_openai_errors_and_the_server_goes_on() {
     assert_eq!(ok["usage"]["completion_tokens"], 4);
     assert_eq!(s.get("/health", &[]).json()["status"], "ok");
     let models = s.get("/v1/models", &[]).json();
-    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    let want_id = match server_harness::tiny_server_model() {
+        true => server_harness::tiny_model::TINY_FILE.trim_end_matches(".gguf"),
+        false => "SmolLM2-135M-Instruct.Q4_1",
+    };
+    assert_eq!(models["data"][0]["id"], want_id);
     let toks = s.post_json("/tokenize", &json!({"prompt": PROMPT}));
     let back = s.post_json("/detokenize", &json!({"tokens": toks["tokens"]}));
     assert_eq!(back["prompt"], PROMPT);
@@ -528,22 +534,29 @@ fn a_thousand_mid_stream_disconnects_stop_generation_and_leak_nothing() {
             .collect();
         clients.into_iter().for_each(|c| c.join().expect("client"));
     };
-    run(200);
+    // A thousand on the CPU; on the emulated device, where a token costs a thousand
+    // times more, forty (the same checks).
+    let (warm_up, measured) = (
+        server_harness::scaled(200, 8),
+        server_harness::scaled(800, 32),
+    );
+    run(warm_up);
     let warm = s.rss_kib();
-    run(800);
+    run(measured);
     // Let the last generations notice their clients are gone.
     std::thread::sleep(Duration::from_millis(500));
     let after = s.rss_kib();
     let requests = s.metric("tachyon_requests_total");
     let tokens = s.metric("tachyon_generation_tokens_total");
+    let total = (warm_up + measured) as f64;
     eprintln!(
-        "1000 disconnects in {:.1} s; RSS {warm} -> {after} KiB; {tokens} tokens over {requests} requests ({:.2} per request)",
+        "{total} disconnects in {:.1} s; RSS {warm} -> {after} KiB; {tokens} tokens over {requests} requests ({:.2} per request)",
         t0.elapsed().as_secs_f64(),
         tokens / requests
     );
-    assert_eq!(requests, 1000.0, "every request ran and finished");
+    assert_eq!(requests, total, "every request ran and finished");
     assert_eq!(s.metric("tachyon_requests_running"), 0.0);
-    assert_eq!(s.metric("tachyon_requests_cancelled_total"), 1000.0);
+    assert_eq!(s.metric("tachyon_requests_cancelled_total"), total);
     // The client reads one token and hangs up; the server sees the EOF at once and
     // the engine stops before its next step: one or two tokens, never the 500 asked for.
     assert!(
@@ -552,7 +565,7 @@ fn a_thousand_mid_stream_disconnects_stop_generation_and_leak_nothing() {
     );
     assert!(
         after <= warm + 16 * 1024,
-        "RSS grew from {warm} KiB to {after} KiB over 800 disconnects"
+        "RSS grew from {warm} KiB to {after} KiB over {measured} disconnects"
     );
     // Still serving.
     let ok = s.post_json(
@@ -723,7 +736,7 @@ fn websocket_cancel_and_replace() {
 
 #[test]
 fn the_context_defaults_to_the_models_so_a_client_default_of_4096_new_tokens_fits() {
-    let Some(path) = common::model_path(common::SMOLLM2) else {
+    let Some(path) = server_harness::server_model() else {
         return;
     };
     let model_ctx = tachyon::format::load_weights(&path)
@@ -798,9 +811,14 @@ fn websocket_replace_mid_prefill_stops_the_long_prompt() {
         loop {
             let f = next_frame(&mut ws).await;
             match (f["type"].as_str().unwrap(), f["id"].as_str().unwrap()) {
-                ("done", "long") => assert_eq!(f["finish_reason"], "cancelled", "{f}"),
-                // A backend fast enough to finish the prefill in the sleep (a GPU) streams
-                // it; the report below then measures no cancel.
+                // Cancelled; or, on a backend fast enough to run the whole request in the
+                // sleep (a GPU, or the CPU on a tiny model), streamed to its natural end:
+                // the report below then measures no cancel.
+                ("done", "long") => assert!(
+                    f["finish_reason"] == "cancelled"
+                        || (long_streamed && f["finish_reason"] == "length"),
+                    "{f}"
+                ),
                 ("token", "long") => long_streamed = true,
                 ("token", "b") => {
                     first_b.get_or_insert_with(|| t_replace.elapsed());
@@ -880,7 +898,7 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
 #[test]
 fn speculation_keeps_the_text_and_reports_acceptance() {
     let Some(plain) = smollm2(&[]) else { return };
-    let Some(path) = common::model_path(common::SMOLLM2) else {
+    let Some(path) = server_harness::server_model() else {
         return;
     };
     let draft = path.to_string_lossy().into_owned();
@@ -920,6 +938,14 @@ fn speculation_keeps_the_text_and_reports_acceptance() {
 
 #[test]
 fn fill_in_the_middle_uses_the_models_fim_tokens() {
+    if server_harness::tiny_server_model() {
+        // Its check is Qwen's trained answer ("a + b"), which no random model gives, and a
+        // Qwen token costs tens of seconds where the tiny model stands in (the emulated
+        // device). How the server builds the FIM prompt from the model's tokens does not
+        // depend on the backend, and the run on the real models checks it.
+        eprintln!("skipping: fill-in-the-middle needs Qwen2.5-Coder, not the tiny model");
+        return;
+    }
     let Some(path) = common::model_path(common::QWEN_05B) else {
         return;
     };
