@@ -367,6 +367,26 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
         full["choices"][0]["finish_reason"].as_str().unwrap()
     );
 
+    // On another backend the greedy text is the CPU reference's on the same file
+    // (`--precise`: f32 dot products), token for token, as tests/cuda/model.rs asks of
+    // SmolLM2's tokens: here through the whole server, chat template included.
+    if server_harness::backend_args()[1] != "cpu" {
+        let path = server_harness::server_model().expect("the model `s` serves");
+        let cpu = Server::start(&path, &["--backend", "cpu", "--precise"]);
+        let want = cpu.post_json("/v1/completions", &base);
+        assert_eq!(
+            want["choices"][0]["text"],
+            text.as_str(),
+            "completion vs the CPU"
+        );
+        let want = cpu.post_json("/v1/chat/completions", &chat);
+        assert_eq!(
+            want["choices"][0]["message"]["content"],
+            msg.as_str(),
+            "chat vs the CPU"
+        );
+    }
+
     // Logprobs: one entry per token, alternatives sorted, the sampled greedy token on top.
     let lp = s.post_json(
         "/v1/completions",
