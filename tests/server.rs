@@ -563,12 +563,18 @@ fn a_thousand_mid_stream_disconnects_stop_generation_and_leak_nothing() {
     run(warm_up);
     let warm = s.rss_kib();
     run(measured);
-    // Let the last generations notice their clients are gone.
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the last generations notice their clients are gone: a step each, half a second
+    // on the CPU, longer on the emulated device.
+    let total = (warm_up + measured) as f64;
+    let t_last = Instant::now();
+    while (s.metric("tachyon_requests_total") < total || s.metric("tachyon_requests_running") > 0.0)
+        && t_last.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let after = s.rss_kib();
     let requests = s.metric("tachyon_requests_total");
     let tokens = s.metric("tachyon_generation_tokens_total");
-    let total = (warm_up + measured) as f64;
     eprintln!(
         "{total} disconnects in {:.1} s; RSS {warm} -> {after} KiB; {tokens} tokens over {requests} requests ({:.2} per request)",
         t0.elapsed().as_secs_f64(),
