@@ -3,6 +3,9 @@
 //! streamed == non-streamed text, stop strings, API keys, 429 under load, mid-stream
 //! disconnects without leaks, WebSocket cancel-and-replace, SIGTERM, fill-in-the-middle on
 //! Qwen2.5-Coder, and the official `openai` Python client (tests/openai_client.py).
+//! `TACHYON_TEST_SERVER_MODEL=tiny` serves a tiny random model with SmolLM2's tokenizer
+//! instead (server_harness::tiny_model): scripts/test.sh runs these tests so on the CUDA
+//! backend under the emulated device.
 
 mod common;
 mod server_harness;
