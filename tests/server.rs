@@ -306,7 +306,12 @@ fn stream(s: &Server, path: &str, body: &Value) -> Vec<Value> {
 #[test]
 fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
     let Some(s) = smollm2(&[]) else { return };
-    let base = json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0});
+    // Half the tokens on the emulated device, where a token costs a thousand times more.
+    let (n, n_chat) = (
+        server_harness::scaled(24, 12),
+        server_harness::scaled(16, 8),
+    );
+    let base = json!({"prompt": PROMPT, "max_tokens": n, "temperature": 0});
     let full = s.post_json("/v1/completions", &base);
     let text = full["choices"][0]["text"].as_str().unwrap().to_string();
     assert!(!text.is_empty());
@@ -323,7 +328,7 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
     assert_eq!(streamed_finish(&events), "length");
     let usage = &events.last().unwrap()["usage"];
     assert_eq!(events.last().unwrap()["choices"], json!([]));
-    assert_eq!(usage["completion_tokens"], 24);
+    assert_eq!(usage["completion_tokens"], n);
     // The same prompt again: all but the last prompt token come from the KV cache.
     let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
     assert_eq!(
@@ -352,7 +357,7 @@ fn sse_matches_non_streamed_text_and_stop_strings_never_leak() {
     assert_eq!(streamed_finish(&events), "stop");
 
     // Chat: the role chunk first, then the same text as the non-streamed message.
-    let chat = json!({"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16, "temperature": 0});
+    let chat = json!({"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": n_chat, "temperature": 0});
     let full = s.post_json("/v1/chat/completions", &chat);
     assert_eq!(full["object"], "chat.completion");
     let msg = full["choices"][0]["message"]["content"]
@@ -936,7 +941,7 @@ fn speculation_keeps_the_text_and_reports_acceptance() {
         &["--draft-model", &draft, "--lookup", "--draft-max", "4"],
     );
     for prompt in ["1, 2, 3, 4, 5, 6, 7,", PROMPT] {
-        let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0});
+        let body = json!({"prompt": prompt, "max_tokens": server_harness::scaled(24, 12), "temperature": 0});
         let a = plain.post_json("/v1/completions", &body);
         let b = spec.post_json("/v1/completions", &body);
         assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{prompt}");
@@ -1028,6 +1033,7 @@ fn the_official_openai_python_client_works_unchanged() {
         .arg(root.join("tests/openai_client.py"))
         .arg(format!("http://{}", s.addr))
         .arg("k")
+        .arg(server_harness::scaled(20, 10).to_string())
         .output()
         .expect("run python");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
