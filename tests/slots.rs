@@ -1,5 +1,6 @@
 //! Slots (`--slots N`): an interleaved agent workload (4 conversations, 6 turns each, on
-//! SmolLM2) reuses each conversation's prefix: every turn after the first has as cached
+//! SmolLM2 or the model `TACHYON_TEST_SERVER_MODEL` names; 3 turns of 3 tokens on the
+//! emulated device, where a token costs a thousand times more) reuses each conversation's prefix: every turn after the first has as cached
 //! tokens everything its previous turn ran (its prompt and all its generated tokens but the
 //! last, which never went through the model), and the outputs equal those of a one-slot
 //! server running one conversation at a time. With fewer slots than conversations, slots
@@ -14,8 +15,16 @@ use server_harness::Server;
 use tokio_tungstenite::tungstenite::Message;
 
 const CONVERSATIONS: usize = 4;
-const TURNS: usize = 6;
-const NEW_TOKENS: usize = 6;
+
+/// Turns per conversation.
+fn turns() -> usize {
+    server_harness::scaled(6, 3)
+}
+
+/// Tokens generated per turn.
+fn new_tokens() -> usize {
+    server_harness::scaled(6, 3)
+}
 
 /// One turn over the WebSocket: the generated ids and the done frame's usage.
 async fn turn(addr: std::net::SocketAddr, prompt: &[u32]) -> (Vec<u32>, Value) {
@@ -23,7 +32,7 @@ async fn turn(addr: std::net::SocketAddr, prompt: &[u32]) -> (Vec<u32>, Value) {
         .await
         .expect("ws connect");
     let req =
-        json!({"prompt": prompt, "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": true});
+        json!({"prompt": prompt, "max_tokens": new_tokens(), "temperature": 0, "ignore_eos": true});
     ws.send(Message::Text(req.to_string().into()))
         .await
         .expect("send");
@@ -74,7 +83,7 @@ fn workload(s: &Server, order: &[(usize, usize)]) -> Vec<Vec<(Vec<u32>, usize, u
         let cached = usage["prompt_tokens_details"]["cached_tokens"]
             .as_u64()
             .expect("cached") as usize;
-        assert_eq!(ids.len(), NEW_TOKENS);
+        assert_eq!(ids.len(), new_tokens());
         out[c].push((ids.clone(), cached, prompt.len()));
         prompt.extend(&ids);
         history[c] = prompt;
@@ -83,20 +92,20 @@ fn workload(s: &Server, order: &[(usize, usize)]) -> Vec<Vec<(Vec<u32>, usize, u
 }
 
 fn interleaved() -> Vec<(usize, usize)> {
-    (0..TURNS)
+    (0..turns())
         .flat_map(|t| (0..CONVERSATIONS).map(move |c| (c, t)))
         .collect()
 }
 
 fn one_at_a_time() -> Vec<(usize, usize)> {
     (0..CONVERSATIONS)
-        .flat_map(|c| (0..TURNS).map(move |t| (c, t)))
+        .flat_map(|c| (0..turns()).map(move |t| (c, t)))
         .collect()
 }
 
 #[test]
 fn interleaved_agents_reuse_their_prefixes_and_answer_as_one_at_a_time() {
-    let Some(path) = common::model_path(common::SMOLLM2) else {
+    let Some(path) = server_harness::server_model() else {
         return;
     };
     let reference = {
@@ -107,14 +116,14 @@ fn interleaved_agents_reuse_their_prefixes_and_answer_as_one_at_a_time() {
     let got = workload(&s, &interleaved());
     let (mut prefilled, mut total) = (0, 0);
     for c in 0..CONVERSATIONS {
-        for t in 0..TURNS {
+        for t in 0..turns() {
             let (ids, cached, prompt_len) = &got[c][t];
             assert_eq!(ids, &reference[c][t].0, "conversation {c} turn {t}");
             if t > 0 {
                 let (_, _, prev_prompt) = &got[c][t - 1];
                 assert_eq!(
                     *cached,
-                    prev_prompt + NEW_TOKENS - 1,
+                    prev_prompt + new_tokens() - 1,
                     "conversation {c} turn {t}"
                 );
             }
@@ -123,18 +132,19 @@ fn interleaved_agents_reuse_their_prefixes_and_answer_as_one_at_a_time() {
         }
     }
     println!(
-        "agent workload ({CONVERSATIONS} x {TURNS} turns): {prefilled} of {total} prompt tokens prefilled with 4 slots"
+        "agent workload ({CONVERSATIONS} x {} turns): {prefilled} of {total} prompt tokens prefilled with 4 slots",
+        turns()
     );
     assert_eq!(
         s.metric("tachyon_slot_hits_total"),
-        ((TURNS - 1) * CONVERSATIONS) as f64
+        ((turns() - 1) * CONVERSATIONS) as f64
     );
     assert_eq!(s.metric("tachyon_slot_evictions_total"), 0.0);
 }
 
 #[test]
 fn eviction_under_memory_pressure_keeps_every_answer() {
-    let Some(path) = common::model_path(common::SMOLLM2) else {
+    let Some(path) = server_harness::server_model() else {
         return;
     };
     let reference = {
@@ -145,7 +155,7 @@ fn eviction_under_memory_pressure_keeps_every_answer() {
     let s = Server::start(&path, &["--slots", "2"]);
     let got = workload(&s, &interleaved());
     for c in 0..CONVERSATIONS {
-        for t in 0..TURNS {
+        for t in 0..turns() {
             assert_eq!(got[c][t].0, reference[c][t].0, "conversation {c} turn {t}");
         }
     }

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod tiny_model;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -20,6 +22,50 @@ pub fn backend_args() -> [String; 2] {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| "cpu".to_string());
     ["--backend".to_string(), backend]
+}
+
+/// Whether `TACHYON_TEST_SERVER_MODEL=tiny` asks the server tests for [`tiny_model`]
+/// instead of SmolLM2 (for the CUDA backend under the emulated device, where a SmolLM2
+/// token costs seconds). Any other non-empty value is refused, so a typo cannot quietly
+/// test the other model. Meant for slow devices: on the CPU a tiny-model token takes tens
+/// of microseconds, less than a hung-up client takes to reach the engine, so the
+/// disconnect test's bound of three tokens a request does not hold there.
+pub fn tiny_server_model() -> bool {
+    match std::env::var("TACHYON_TEST_SERVER_MODEL") {
+        Ok(v) if v.trim() == "tiny" => true,
+        Ok(v) if v.trim().is_empty() => false,
+        Ok(v) => panic!("TACHYON_TEST_SERVER_MODEL={v:?}: only \"tiny\" (or unset) is known"),
+        Err(_) => false,
+    }
+}
+
+/// The model the server tests serve: SmolLM2, or with [`tiny_server_model`] the tiny
+/// random model with SmolLM2's tokenizer, built from SmolLM2's file into the target
+/// directory. None (the test skips) when SmolLM2 is missing and models are not required.
+pub fn server_model() -> Option<PathBuf> {
+    let smollm2 = crate::common::model_path(crate::common::SMOLLM2)?;
+    if !tiny_server_model() {
+        return Some(smollm2);
+    }
+    static TINY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-tests");
+    Some(
+        TINY.get_or_init(|| tiny_model::build(&smollm2, &dir))
+            .clone(),
+    )
+}
+
+/// Whether the servers run the CUDA backend on the emulated device
+/// (`scripts/emulated-gpu.sh` sets `TACHYON_EMULATED_GPU=1`), where a token costs a
+/// thousand times what it does on a GPU: tests that repeat a request many times for
+/// statistics scale their counts down there (with [`scaled`]), keeping every check.
+pub fn emulated_cuda() -> bool {
+    backend_args()[1] == "cuda" && std::env::var("TACHYON_EMULATED_GPU").is_ok_and(|v| v == "1")
+}
+
+/// `n`, or `emulated` on the emulated device ([`emulated_cuda`]).
+pub fn scaled(n: usize, emulated: usize) -> usize {
+    if emulated_cuda() { emulated } else { n }
 }
 
 pub struct Server {
