@@ -21,6 +21,18 @@ pub enum BackendError {
     Device(String),
     #[error("out of memory allocating {what}")]
     OutOfMemory { what: String },
+    /// The device faulted (an illegal address, a failed launch, an uncorrectable ECC
+    /// error, ...): the driver fails every later call in that context, so the session is
+    /// unusable and must be rebuilt on a fresh context.
+    #[error("the GPU faulted: {0}")]
+    DeviceFault(String),
+}
+
+impl BackendError {
+    /// Whether the session that returned this error can no longer run anything.
+    pub fn is_device_fault(&self) -> bool {
+        matches!(self, BackendError::DeviceFault(_))
+    }
 }
 
 /// Shape of the attention of one layer.

@@ -15,10 +15,11 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DriverError, sys};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, sys};
 
 use super::backend::CudaBackend;
 use super::buffers::CudaAct;
+use super::launch::dev_err;
 use crate::backend::{BackendError, Position, TokenIds};
 
 /// How a decode step picks the next token on the device.
@@ -84,10 +85,6 @@ struct PickBuffers {
     /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
     work: CudaSlice<f32>,
     rng: CudaSlice<u64>,
-}
-
-fn dev_err(what: &'static str) -> impl Fn(DriverError) -> BackendError {
-    move |e| BackendError::Device(format!("CUDA: {what}: {e}"))
 }
 
 /// Runs decode steps of `M` as graph replays, and verify rows with on-device picks.
