@@ -35,6 +35,36 @@ impl BackendError {
     }
 }
 
+/// The kernels of one decode step, as a profiling run counted and timed them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StepProfile {
+    /// Nodes of the step's CUDA graph (`None`: no graph was captured yet).
+    pub graph_nodes: Option<usize>,
+    /// Per kernel, in the order each first ran.
+    pub kernels: Vec<KernelTime>,
+}
+
+impl StepProfile {
+    /// Kernel launches per token.
+    pub fn launches(&self) -> usize {
+        self.kernels.iter().map(|k| k.launches).sum()
+    }
+
+    /// The kernels' time per token, microseconds (0 when the run was not timed).
+    pub fn micros(&self) -> f64 {
+        self.kernels.iter().map(|k| k.micros).sum()
+    }
+}
+
+/// One kernel's share of a step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub launches: usize,
+    /// Summed over its launches, from events around each (an eager run of the step).
+    pub micros: f64,
+}
+
 /// Shape of the attention of one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {

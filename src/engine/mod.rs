@@ -370,6 +370,15 @@ impl Engine {
         self.session.kv_bytes_per_position()
     }
 
+    /// The kernels of one decode step (see [`Session::profile_step`]); `None` on a backend
+    /// without kernels, or before any decode step.
+    pub fn profile_step(
+        &mut self,
+        timed: bool,
+    ) -> Result<Option<crate::backend::StepProfile>, EngineError> {
+        self.guarded(|e| Ok(e.session.profile_step(timed)?))
+    }
+
     /// Which slot the last request took, and how (`None` with one slot).
     pub fn last_slot_event(&self) -> Option<SlotEvent> {
         self.slots.last

@@ -158,5 +158,7 @@ pub(crate) fn launch<P: DeviceRepr>(
     // fills its pointers from live buffers of this device, allocated on its one stream
     // (so no free can overtake the kernel), whose sizes it checked against the params'
     // shape fields. The launch copies the params at enqueue time.
-    unsafe { b.launch(cfg) }.map(|_| ()).map_err(dev_err(name))
+    dev.tally
+        .launched(dev.stream(), name, || unsafe { b.launch(cfg) }.map(|_| ()))
+        .map_err(dev_err(name))
 }
