@@ -20,6 +20,8 @@ mod common;
 mod model;
 #[path = "cuda/ops.rs"]
 mod ops;
+#[path = "cuda/profile.rs"]
+mod profile;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError};
 use tachyon::backend::cpu::ops::rmsnorm as cpu_rmsnorm;

@@ -641,6 +641,154 @@ fn a_model_that_does_not_fit_is_refused_with_its_sizes() {
     );
 }
 
+/// The engine of a tiny random llama on the CUDA backend, with a draft (another random
+/// model of the same shape) and prompt lookup, as `engine::build` makes it for every command.
+fn tiny_engine_on_the_device() -> tachyon::engine::Engine {
+    use tachyon::engine::{
+        BackendChoice, EngineOptions, ModelSpec, RandomSpec, SessionOptions, SpeculationOptions,
+    };
+    let shape = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tiny-llama-config.json")
+        .to_string_lossy()
+        .into_owned();
+    let random = |seed| {
+        ModelSpec::Random(RandomSpec {
+            shape: shape.clone(),
+            dtype: tachyon::format::GgmlType::BF16,
+            seed,
+        })
+    };
+    let opts = EngineOptions {
+        backend: BackendChoice::Cuda,
+        session: SessionOptions {
+            ctx: 64,
+            max_batch: 8,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let spec = SpeculationOptions {
+        draft: Some(random(2)),
+        draft_max: 3,
+        lookup: true,
+        ..Default::default()
+    };
+    tachyon::engine::build(&random(1), &opts, &spec)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .engine
+}
+
+/// The same greedy request `n` times: the tokens, or the error's text.
+fn repeated_requests(
+    engine: &mut tachyon::engine::Engine,
+    n: usize,
+) -> Vec<Result<Vec<u32>, String>> {
+    use tachyon::engine::{Flow, GenerateParams, SamplingParams};
+    let params = GenerateParams {
+        max_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    (0..n)
+        .map(|_| {
+            let mut out = Vec::new();
+            engine
+                .generate(&[5, 17, 3, 250, 9], &params, &mut |t| {
+                    out.push(t);
+                    Flow::Continue
+                })
+                .map(|_| out)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// The launch the emulated device fails: past the first request (which gives the expected
+/// tokens), within the few after it.
+const FAULTING_LAUNCH: &str = "900";
+
+/// A GPU fault in the middle of a request ends that request with the fault's error; the
+/// engine drops every handle on the faulted context (the driver then resets it), rebuilds
+/// the target and draft sessions from the host weights, and the next requests give the
+/// tokens of before the fault.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn a_device_fault_ends_its_request_and_the_engine_rebuilds() {
+    let Some(c) = child(
+        "a_device_fault_ends_its_request_and_the_engine_rebuilds",
+        &[("TACHYON_EMU_FAIL_LAUNCH", FAULTING_LAUNCH)],
+        || {
+            let mut engine = tiny_engine_on_the_device();
+            let runs = repeated_requests(&mut engine, 8);
+            let expected = match &runs[0] {
+                Ok(t) => t.clone(),
+                Err(e) => panic!("the first request failed (lower FAULTING_LAUNCH): {e}"),
+            };
+            let failed: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].is_err()).collect();
+            assert_eq!(failed.len(), 1, "one request must fail: {runs:?}");
+            let f = failed[0];
+            assert!(
+                f + 1 < runs.len(),
+                "no request after the fault (raise the count): {runs:?}"
+            );
+            let err = runs[f].as_ref().err().cloned().unwrap_or_default();
+            assert!(
+                err.contains("the GPU faulted") && err.contains("CUDA_ERROR_LAUNCH_FAILED"),
+                "{err}"
+            );
+            for (i, r) in runs.iter().enumerate().filter(|(i, _)| *i != f) {
+                assert_eq!(r.as_ref().ok(), Some(&expected), "request {i}: {runs:?}");
+            }
+            assert_eq!(engine.fault_counts(), (1, 1));
+            assert_eq!(engine.failure(), None);
+        },
+    ) else {
+        return;
+    };
+    assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
+    c.must_contain("launch fails (TACHYON_EMU_FAIL_LAUNCH=");
+    c.must_contain("primary context reset (its last reference was released)");
+}
+
+/// A fault no context reset cures: the request that hit it fails, the rebuild fails, and
+/// every later request is refused at once with what happened.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn a_fault_that_survives_the_reset_fails_the_engine_with_its_reason() {
+    let Some(c) = child(
+        "a_fault_that_survives_the_reset_fails_the_engine_with_its_reason",
+        &[
+            ("TACHYON_EMU_FAIL_LAUNCH", FAULTING_LAUNCH),
+            ("TACHYON_EMU_FAULT_IS_FATAL", "1"),
+        ],
+        || {
+            let mut engine = tiny_engine_on_the_device();
+            let runs = repeated_requests(&mut engine, 8);
+            assert!(runs[0].is_ok(), "{runs:?}");
+            let f = runs
+                .iter()
+                .position(Result::is_err)
+                .expect("a request fails");
+            assert!(f + 1 < runs.len(), "{runs:?}");
+            let first = runs[f].as_ref().err().cloned().unwrap_or_default();
+            assert!(first.contains("CUDA_ERROR_LAUNCH_FAILED"), "{first}");
+            for r in &runs[f + 1..] {
+                let e = r.as_ref().err().cloned().unwrap_or_default();
+                assert!(
+                    e.starts_with("the engine cannot run: the GPU faulted")
+                        && e.contains("rebuilding the session failed"),
+                    "{runs:?}"
+                );
+            }
+            assert_eq!(engine.fault_counts(), (1, 0));
+            assert!(engine.failure().is_some());
+        },
+    ) else {
+        return;
+    };
+    assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
+}
+
 // ---------------------------------------------------------------------------------------
 // Planted bugs (emulator/tests/planted): each fails with its report, each twin passes
 // ---------------------------------------------------------------------------------------

@@ -209,9 +209,23 @@ EMU_API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     EMU_LOCK;
     if (!g_initialized) return CUDA_ERROR_NOT_INITIALIZED;
     if (!device_ok(dev)) return CUDA_ERROR_INVALID_DEVICE;
-    // Like the real driver, the context's resources stay until the process ends: the
-    // emulated device memory is one arena, and nothing here needs tearing down.
     if (g_primary.retains > 0) --g_primary.retains;
+    // The driver resets the primary context once its last reference is released: its
+    // allocations are freed and a sticky error is gone, so a program that dropped every
+    // handle on a faulted context can retain a fresh one. (Modules, streams, events and
+    // graphs are the program's to have dropped; those it kept are stale handles.)
+    // TACHYON_EMU_FAULT_IS_FATAL models a fault no reset cures (a GPU off the bus).
+    if (g_primary.retains == 0) {
+        auto [count, bytes] = release_all_device_memory();
+        CUresult was = faults().fault_is_fatal ? CUDA_SUCCESS : clear_sticky();
+        if (was != CUDA_SUCCESS) {
+            const char* name = "?";
+            cuGetErrorName(was, &name);
+            say("primary context reset (its last reference was released): sticky error " +
+                std::string(name) + " cleared, " + std::to_string(count) +
+                " allocations (" + std::to_string(bytes) + " bytes) freed");
+        }
+    }
     return CUDA_SUCCESS;
 }
 

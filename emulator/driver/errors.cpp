@@ -26,6 +26,11 @@ CUresult sticky() { return g_sticky; }
 void set_sticky(CUresult e) {
     if (g_sticky == CUDA_SUCCESS) g_sticky = e;
 }
+CUresult clear_sticky() {
+    CUresult was = g_sticky;
+    g_sticky = CUDA_SUCCESS;
+    return was;
+}
 
 }  // namespace emu::drv
 

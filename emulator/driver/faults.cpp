@@ -30,6 +30,7 @@ Faults read_faults() {
     f.fail_alloc = env_long("TACHYON_EMU_FAIL_ALLOC", 0);
     f.fail_launch = env_long("TACHYON_EMU_FAIL_LAUNCH", 0);
     f.fail_module = env_long("TACHYON_EMU_FAIL_MODULE", 0) != 0;
+    f.fault_is_fatal = env_long("TACHYON_EMU_FAULT_IS_FATAL", 0) != 0;
     f.driver_version = static_cast<int>(env_long("TACHYON_EMU_DRIVER_VERSION", 13000));
     return f;
 }

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../runtime/runtime.h"
@@ -37,9 +38,12 @@ std::recursive_mutex& lock();
 void say(const std::string& msg);
 
 // The context's sticky error (a kernel fault); 0 when none. Every call that touches the
-// device returns it once it is set, as on a real GPU, until the process ends.
+// device returns it once it is set, as on a real GPU, until the primary context is reset
+// (its last reference released: device.cpp).
 CUresult sticky();
 void set_sticky(CUresult e);
+// Clears the sticky error (a context reset); returns what it was.
+CUresult clear_sticky();
 
 // Returns CUDA_ERROR_NOT_INITIALIZED before cuInit, then the sticky error or success.
 CUresult ready();
@@ -49,6 +53,7 @@ struct Faults {
     long fail_alloc = 0;      // TACHYON_EMU_FAIL_ALLOC: this allocation (1-based) fails
     long fail_launch = 0;     // TACHYON_EMU_FAIL_LAUNCH: this kernel run fails (sticky)
     bool fail_module = false; // TACHYON_EMU_FAIL_MODULE: module loads fail (222)
+    bool fault_is_fatal = false;  // TACHYON_EMU_FAULT_IS_FATAL: a context reset keeps it
     int driver_version = 13000;  // TACHYON_EMU_DRIVER_VERSION
 };
 const Faults& faults();
@@ -172,6 +177,8 @@ CUresult run_node(const Node& n);
 // A buffer [p, p+n) or a module is going away: every live graph that points into it
 // records the problem.
 void buffer_released(const void* p, size_t n, const char* how);
+// A context reset frees every live device allocation; returns {allocations, bytes}.
+std::pair<size_t, size_t> release_all_device_memory();
 void module_released(Module* m);
 
 // ---- Work (memory.cpp, modules.cpp) -------------------------------------------------------

@@ -170,6 +170,23 @@ CUresult do_set(void* dst, unsigned value, unsigned elem, size_t count) {
     return CUDA_SUCCESS;
 }
 
+// A context reset: every live device allocation is freed (graphs that still point into one
+// learn it, as on any free). Returns the number of allocations and their bytes.
+std::pair<size_t, size_t> release_all_device_memory() {
+    size_t count = 0, bytes = 0;
+    while (!g_device.empty()) {
+        auto it = g_device.begin();
+        void* p = reinterpret_cast<void*>(it->first);
+        size_t n = it->second;
+        g_device.erase(it);
+        emu::dev_free(p);
+        buffer_released(p, n, "a context reset");
+        ++count;
+        bytes += n;
+    }
+    return {count, bytes};
+}
+
 }  // namespace emu::drv
 
 // ---- Allocation ------------------------------------------------------------------------------

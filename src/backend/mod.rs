@@ -21,6 +21,48 @@ pub enum BackendError {
     Device(String),
     #[error("out of memory allocating {what}")]
     OutOfMemory { what: String },
+    /// The device faulted (an illegal address, a failed launch, an uncorrectable ECC
+    /// error, ...): the driver fails every later call in that context, so the session is
+    /// unusable and must be rebuilt on a fresh context.
+    #[error("the GPU faulted: {0}")]
+    DeviceFault(String),
+}
+
+impl BackendError {
+    /// Whether the session that returned this error can no longer run anything.
+    pub fn is_device_fault(&self) -> bool {
+        matches!(self, BackendError::DeviceFault(_))
+    }
+}
+
+/// The kernels of one decode step, as a profiling run counted and timed them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StepProfile {
+    /// Nodes of the step's CUDA graph (`None`: no graph was captured yet).
+    pub graph_nodes: Option<usize>,
+    /// Per kernel, in the order each first ran.
+    pub kernels: Vec<KernelTime>,
+}
+
+impl StepProfile {
+    /// Kernel launches per token.
+    pub fn launches(&self) -> usize {
+        self.kernels.iter().map(|k| k.launches).sum()
+    }
+
+    /// The kernels' time per token, microseconds (0 when the run was not timed).
+    pub fn micros(&self) -> f64 {
+        self.kernels.iter().map(|k| k.micros).sum()
+    }
+}
+
+/// One kernel's share of a step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub launches: usize,
+    /// Summed over its launches, from events around each (an eager run of the step).
+    pub micros: f64,
 }
 
 /// Shape of the attention of one layer.

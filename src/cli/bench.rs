@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    /// GPU: time each kernel of one decode step (events around each launch of an eager
+    /// run of the step) and print where the step's time goes. The kernel and graph node
+    /// counts per token are printed without it too.
+    #[arg(long)]
+    pub(super) profile: bool,
     /// Quantize F32/F16/BF16 matrices (random weights included) at load: int8 or int4.
     #[arg(long, value_enum)]
     pub(super) quant: Option<QuantArg>,
@@ -125,7 +130,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         seed: a.seed,
     };
     let timings = bench::measure(&mut engine, model.config.vocab_size, &bopts)?;
-    let report = BenchReport::new(
+    let profile = engine.profile_step(a.profile)?;
+    let mut report = BenchReport::new(
         model.label,
         model.weights_type.to_string(),
         engine.backend_name().to_string(),
@@ -134,6 +140,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         model.bytes_per_token,
         copy_bandwidth(engine.backend_name())?,
     );
+    report.profile = profile;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::sampler::Rng;
 use super::{Engine, EngineError, Flow, GenerateParams, SamplingParams};
+use crate::backend::StepProfile;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -179,6 +180,9 @@ pub struct BenchReport {
     pub copy_gb_s: f64,
     /// `achieved_gb_s` as a percentage of `copy_gb_s`.
     pub percent_of_copy: f64,
+    /// The kernels of one decode step, on a backend that launches kernels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<StepProfile>,
 }
 
 impl BenchReport {
@@ -212,6 +216,7 @@ impl BenchReport {
             } else {
                 0.0
             },
+            profile: None,
         }
     }
 
@@ -241,11 +246,59 @@ impl BenchReport {
                 format!("{:.1} %", self.percent_of_copy),
             ),
         ];
+        let mut rows = rows.to_vec();
+        if let Some(p) = &self.profile {
+            rows.push(("kernels per token", p.launches().to_string()));
+            if let Some(n) = p.graph_nodes {
+                rows.push(("graph nodes per token", n.to_string()));
+            }
+        }
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        rows.iter()
+        let mut out: String = rows
+            .iter()
             .map(|(k, v)| format!("{k:<w$}  {v}\n"))
-            .collect()
+            .collect();
+        if let Some(p) = self.profile.as_ref().filter(|p| p.micros() > 0.0) {
+            out.push_str(&profile_table(p));
+        }
+        out
     }
+}
+
+/// Where a step's kernel time goes: per kernel, launches, microseconds per token and share
+/// of the kernels' total (an eager run: the graph replays the same launches).
+pub fn profile_table(p: &StepProfile) -> String {
+    let total = p.micros();
+    let w = p
+        .kernels
+        .iter()
+        .map(|k| k.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut out = format!(
+        "\n{:<w$}  {:>8}  {:>10}  {:>6}\n",
+        "kernel", "launches", "us/token", "share"
+    );
+    let mut kernels: Vec<_> = p.kernels.iter().collect();
+    kernels.sort_by(|a, b| b.micros.total_cmp(&a.micros));
+    for k in kernels {
+        out.push_str(&format!(
+            "{:<w$}  {:>8}  {:>10.1}  {:>5.1}%\n",
+            k.name,
+            k.launches,
+            k.micros,
+            100.0 * k.micros / total
+        ));
+    }
+    out.push_str(&format!(
+        "{:<w$}  {:>8}  {:>10.1}  {:>5.1}%\n",
+        "total",
+        p.launches(),
+        total,
+        100.0
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use super::cuda_session::cuda_kv_layout;
+use super::recovery::{Rebuilt, Restart};
 use super::session::{Session, SessionOptions, cpu_session, cuda_session};
 use super::spec::{DraftModel, SpeculationError, SpeculationOptions};
 use crate::backend::{BackendError, cuda};
@@ -177,14 +178,20 @@ pub fn build(
     let place = Placement::choose(opts.backend)?;
     let session = place.session(&target.config, &target.weights, opts)?;
     let mut engine = Engine::new(session);
-    let draft = match &draft {
-        Some(d) => {
-            let session = place.session(&d.config, &d.weights, opts)?;
-            Some(DraftModel::new(session, engine.vocab_size()).map_err(SpeculationError::from)?)
-        }
+    let draft_model = match &draft {
+        Some(d) => Some(place.draft(d, opts, engine.vocab_size())?),
         None => None,
     };
-    engine.set_speculation(spec.speculation(draft));
+    engine.set_speculation(spec.speculation(draft_model));
+    if let Placement::Cuda { .. } = place {
+        engine.set_restart(restart_on_the_gpu(
+            &place,
+            &target,
+            draft.as_ref(),
+            opts,
+            spec,
+        ));
+    }
     let device = match &place {
         Placement::Cpu { .. } => format!("{} threads", rayon::current_num_threads()),
         Placement::Cuda { name } => name.clone(),
@@ -211,6 +218,52 @@ pub fn build(
         notice,
         load_time: t0.elapsed(),
     })
+}
+
+/// Rebuilds the GPU sessions as [`build`] made them, after a device fault (see
+/// `engine::recovery`). Holds the host weights (shared with the loaded model, so a mapped
+/// file costs nothing more; weights quantized at load stay in host memory).
+fn restart_on_the_gpu(
+    place: &Placement,
+    target: &Loaded,
+    draft: Option<&Loaded>,
+    opts: &EngineOptions,
+    spec: &SpeculationOptions,
+) -> Restart {
+    let place = place.clone();
+    let target = (target.config.clone(), target.weights.clone());
+    let draft = draft.map(Loaded::model_only);
+    let opts = EngineOptions {
+        progress: false,
+        ..opts.clone()
+    };
+    let spec = spec.clone();
+    Box::new(move || {
+        let session = place
+            .session(&target.0, &target.1, &opts)
+            .map_err(|e| error_chain(&e))?;
+        let vocab = session.vocab_size();
+        let draft = match &draft {
+            Some(d) => Some(place.draft(d, &opts, vocab).map_err(|e| error_chain(&e))?),
+            None => None,
+        };
+        Ok(Rebuilt {
+            session,
+            speculation: spec.speculation(draft),
+        })
+    })
+}
+
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Sizes rayon's global pool (the CPU backend's threads). Tolerates a pool already built
@@ -285,7 +338,20 @@ fn load(spec: &ModelSpec, tokenizer: bool, quant: Option<LoadQuant>) -> Result<L
     Ok(loaded)
 }
 
+impl Loaded {
+    /// The config and weights alone (what a session is built from).
+    fn model_only(&self) -> Loaded {
+        Loaded {
+            label: self.label.clone(),
+            config: self.config.clone(),
+            weights: self.weights.clone(),
+            tokenizer: None,
+        }
+    }
+}
+
 /// The backend the sessions are built on, decided once for the target and its draft.
+#[derive(Clone)]
 enum Placement {
     /// `notice`: why `auto` did not take the GPU.
     Cpu {
@@ -315,6 +381,17 @@ impl Placement {
                 },
             }),
         }
+    }
+
+    /// A draft model's session, checked against the target's vocabulary.
+    fn draft(
+        &self,
+        draft: &Loaded,
+        opts: &EngineOptions,
+        vocab: usize,
+    ) -> Result<DraftModel, BuildError> {
+        let session = self.session(&draft.config, &draft.weights, opts)?;
+        Ok(DraftModel::new(session, vocab).map_err(SpeculationError::from)?)
     }
 
     fn session(

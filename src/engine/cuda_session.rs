@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::backend::cuda::{
     CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, StepInputs,
 };
-use crate::backend::{BackendError, Ops};
+use crate::backend::{BackendError, Ops, StepProfile};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
@@ -155,6 +155,10 @@ impl Session for CudaSession {
 
     fn kv_bytes_per_position(&self) -> usize {
         f32_kv_bytes(&self.decoder.model().model.cfg)
+    }
+
+    fn profile_step(&mut self, timed: bool) -> Result<Option<StepProfile>, BackendError> {
+        self.decoder.profile_step(timed).map(Some)
     }
 
     fn slots(&self) -> usize {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build;
 pub mod cuda_session;
 pub mod logprobs;
+pub mod recovery;
 pub mod sampler;
 pub mod session;
 pub mod slots;
@@ -44,6 +45,10 @@ pub enum EngineError {
     NanLogits { index: usize },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The device faulted and the engine could not rebuild its session: nothing more runs
+    /// (see [`recovery`]).
+    #[error("the engine cannot run: {0}")]
+    Failed(String),
 }
 
 /// Why generation ended.
@@ -174,6 +179,13 @@ pub struct Engine {
     top: Vec<(u32, f32)>,
     /// Draft model and/or prompt lookup; `None`: plain decoding.
     spec: Option<Speculation>,
+    /// Rebuilds the sessions after a device fault (`None`: a fault is final).
+    restart: Option<recovery::Restart>,
+    /// Why nothing runs any more: a device fault the engine could not recover from.
+    failure: Option<String>,
+    /// Device faults seen, and sessions rebuilt after them.
+    faults: u64,
+    restarts: u64,
 }
 
 /// Hands generated tokens to the caller and decides when generation ends: a stop token
@@ -236,7 +248,81 @@ impl Engine {
             raw: Vec::new(),
             top: Vec::new(),
             spec: None,
+            restart: None,
+            failure: None,
+            faults: 0,
+            restarts: 0,
         }
+    }
+
+    /// How to rebuild the sessions after a device fault (see [`recovery`]).
+    pub fn set_restart(&mut self, restart: recovery::Restart) {
+        self.restart = Some(restart);
+    }
+
+    /// Why the engine no longer runs anything, once a device fault could not be recovered.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Device faults seen so far, and how many of them the engine recovered from by
+    /// rebuilding its sessions.
+    pub fn fault_counts(&self) -> (u64, u64) {
+        (self.faults, self.restarts)
+    }
+
+    /// After a step failed: the cache may hold half-written positions, so none of it is
+    /// kept. A device fault also leaves the session unusable: rebuild it, or fail.
+    fn after_backend_error(&mut self, err: &BackendError) {
+        self.cached.clear();
+        if !err.is_device_fault() {
+            return;
+        }
+        self.faults += 1;
+        self.slots.forget();
+        // Every handle on the faulted context goes before the rebuild opens a fresh one.
+        let why = err.to_string();
+        self.session = Box::new(recovery::FailedSession::replacing(
+            &*self.session,
+            why.clone(),
+        ));
+        self.spec = None;
+        let Some(restart) = self.restart.as_mut() else {
+            self.failure = Some(format!("{why} (this engine cannot rebuild its session)"));
+            return;
+        };
+        match restart() {
+            Ok(rebuilt) if rebuilt.session.vocab_size() == self.vocab_size() => {
+                self.slots = Slots::new(rebuilt.session.slots());
+                self.session = rebuilt.session;
+                self.spec = rebuilt.speculation;
+                self.restarts += 1;
+            }
+            Ok(rebuilt) => {
+                self.failure = Some(format!(
+                    "{why}; the rebuilt session has {} logits, not {}",
+                    rebuilt.session.vocab_size(),
+                    self.vocab_size()
+                ));
+            }
+            Err(e) => self.failure = Some(format!("{why}; rebuilding the session failed: {e}")),
+        }
+    }
+
+    /// Runs `run`, then the clean-up a backend error needs; refused at once when the engine
+    /// has failed.
+    fn guarded<T>(
+        &mut self,
+        run: impl FnOnce(&mut Self) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        if let Some(why) = &self.failure {
+            return Err(EngineError::Failed(why.clone()));
+        }
+        let r = run(self);
+        if let Err(EngineError::Backend(e)) = &r {
+            self.after_backend_error(e);
+        }
+        r
     }
 
     /// Decode with speculation (a draft model, prompt lookup or both) from now on; `None`
@@ -282,6 +368,15 @@ impl Engine {
     /// Bytes of KV cache one position of one slot takes (0 when the backend does not say).
     pub fn kv_bytes_per_position(&self) -> usize {
         self.session.kv_bytes_per_position()
+    }
+
+    /// The kernels of one decode step (see [`Session::profile_step`]); `None` on a backend
+    /// without kernels, or before any decode step.
+    pub fn profile_step(
+        &mut self,
+        timed: bool,
+    ) -> Result<Option<crate::backend::StepProfile>, EngineError> {
+        self.guarded(|e| Ok(e.session.profile_step(timed)?))
     }
 
     /// Which slot the last request took, and how (`None` with one slot).
@@ -358,7 +453,7 @@ impl Engine {
             stop_ids: Vec::new(),
         };
         self.limits().check(prompt, &greedy)?;
-        self.prefill(prompt)?;
+        self.guarded(|e| e.prefill(prompt))?;
         Ok(&self.logits)
     }
 
@@ -383,8 +478,20 @@ impl Engine {
         })
     }
 
-    /// `generate` with log-probabilities and cancellation (see [`StreamOptions`]).
+    /// `generate` with log-probabilities and cancellation (see [`StreamOptions`]). A
+    /// backend error ends this request; a device fault also rebuilds the sessions for the
+    /// next one (see [`recovery`]).
     pub fn generate_stream(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        opts: &StreamOptions<'_>,
+        on_token: &mut dyn FnMut(&TokenStep<'_>) -> Flow,
+    ) -> Result<GenerateStats, EngineError> {
+        self.guarded(|e| e.generate_unguarded(prompt, params, opts, on_token))
+    }
+
+    fn generate_unguarded(
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{BackendError, Ops};
+use crate::backend::{BackendError, Ops, StepProfile};
 pub use crate::graph::llama::MAX_VERIFY_ROWS;
 use crate::graph::llama::{Llama, State};
 
@@ -149,6 +149,12 @@ pub trait Session: Send {
     /// Bytes of KV cache one position of one slot takes.
     fn kv_bytes_per_position(&self) -> usize {
         0
+    }
+
+    /// The kernels of one decode step, counted (and timed with `timed`) on a session that
+    /// launches kernels, after at least one decode step; `None` elsewhere.
+    fn profile_step(&mut self, _timed: bool) -> Result<Option<StepProfile>, BackendError> {
+        Ok(None)
     }
 }
 

@@ -3,11 +3,13 @@
 //! channel: a token event per generated token, then one `Done`. Detokenizing and stop-string
 //! matching happen here, next to the token, so a stop string ends generation at once; a
 //! job's cancel flag (set when its client goes away or replaces it) is checked before every
-//! decode step.
+//! decode step. After a device fault the engine rebuilds its sessions before the next job
+//! (`engine::recovery`); if it cannot, the handle refuses every job with 503 and `/health`
+//! reports the failure.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -72,11 +74,16 @@ pub enum Event {
 pub struct EngineHandle {
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
+    /// Set once the engine runs no more: why.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl EngineHandle {
-    /// Queues a job; a full queue is a 429, a stopped engine a 503.
+    /// Queues a job; a full queue is a 429, a stopped or failed engine a 503.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        if let Some(why) = self.failure() {
+            return Err(ApiError::engine_failed(why));
+        }
         self.metrics.queue_depth.inc();
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
@@ -92,6 +99,11 @@ impl EngineHandle {
             }
         }
     }
+
+    /// Why the engine runs no more, once a device fault could not be recovered from.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
 }
 
 /// Starts the engine thread with room for `queue` waiting jobs (at least one).
@@ -103,13 +115,26 @@ pub fn spawn(
 ) -> std::io::Result<EngineHandle> {
     let (tx, rx) = sync_channel(queue.max(1));
     let m = metrics.clone();
+    let failure = Arc::new(OnceLock::new());
+    let failed = failure.clone();
     std::thread::Builder::new()
         .name("tachyon-engine".into())
-        .spawn(move || run(engine, &tokenizer, rx, &m))?;
-    Ok(EngineHandle { tx, metrics })
+        .spawn(move || run(engine, &tokenizer, rx, &m, &failed))?;
+    Ok(EngineHandle {
+        tx,
+        metrics,
+        failure,
+    })
 }
 
-fn run(mut engine: Engine, tok: &Tokenizer, rx: Receiver<Job>, metrics: &Metrics) {
+fn run(
+    mut engine: Engine,
+    tok: &Tokenizer,
+    rx: Receiver<Job>,
+    metrics: &Metrics,
+    failure: &OnceLock<String>,
+) {
+    let mut faults = (0, 0);
     while let Ok(job) = rx.recv() {
         metrics.queue_depth.dec();
         if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
@@ -132,6 +157,18 @@ fn run(mut engine: Engine, tok: &Tokenizer, rx: Receiver<Job>, metrics: &Metrics
             }
         }
         metrics.running.set(0);
+        let now = engine.fault_counts();
+        if now.1 > faults.1 {
+            tracing::warn!("GPU fault: the request ended with an error; sessions rebuilt");
+        }
+        metrics.device_faults.inc_by(now.0 - faults.0);
+        metrics.device_restarts.inc_by(now.1 - faults.1);
+        faults = now;
+        if let Some(why) = engine.failure() {
+            tracing::error!("the engine cannot run any more: {why}");
+            let _ = failure.set(why.to_string());
+            metrics.engine_failed.set(1);
+        }
     }
 }
 

@@ -131,6 +131,15 @@ impl ApiError {
         )
     }
 
+    /// 503: the engine runs no more (a device fault it could not recover from).
+    pub fn engine_failed(why: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("the engine cannot run: {why}"),
+        )
+    }
+
     /// The JSON body, `{"error": {...}}`.
     pub fn to_json(&self) -> String {
         let body = Body {

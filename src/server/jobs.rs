@@ -229,5 +229,6 @@ pub fn request_error(e: EngineError) -> ApiError {
         EngineError::Backend(_) | EngineError::NanLogits { .. } => {
             ApiError::internal(e.to_string())
         }
+        EngineError::Failed(why) => ApiError::engine_failed(&why),
     }
 }

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub slot_hits: Counter,
     pub slot_misses: Counter,
     pub slot_evictions: Counter,
+    /// GPU faults, and the rebuilds of the sessions after them (`engine::recovery`).
+    pub device_faults: Counter,
+    pub device_restarts: Counter,
+    /// 1 once the engine runs no more (a fault it could not recover from).
+    pub engine_failed: Gauge,
 }
 
 /// Upper bounds in seconds from `lo` to `hi` on a 1-2-5 ladder (plus 1.5, 2.5, 3, 4 and
@@ -92,7 +97,25 @@ impl Metrics {
             slot_hits: Counter::default(),
             slot_misses: Counter::default(),
             slot_evictions: Counter::default(),
+            device_faults: Counter::default(),
+            device_restarts: Counter::default(),
+            engine_failed: Gauge::default(),
         };
+        registry.register(
+            "device_faults",
+            "GPU faults (each ends the request that hit it)",
+            m.device_faults.clone(),
+        );
+        registry.register(
+            "device_restarts",
+            "Sessions rebuilt on a fresh GPU context after a fault",
+            m.device_restarts.clone(),
+        );
+        registry.register(
+            "engine_failed",
+            "1 once the engine could not recover from a GPU fault (every request gets 503)",
+            m.engine_failed.clone(),
+        );
         registry.register(
             "slot_hits",
             "Requests that took a slot whose kept tokens share a prefix with the prompt",

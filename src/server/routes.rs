@@ -130,8 +130,17 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     }))
 }
 
-pub async fn health() -> Response {
-    json_response(json!({"status": "ok"}))
+/// Liveness: 200 while the engine runs; 503 with the reason once it failed (a GPU fault
+/// it could not recover from), so an orchestrator restarts the server.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.failure() {
+        None => json_response(json!({"status": "ok"})),
+        Some(why) => {
+            let mut r = json_response(json!({"status": "failed", "reason": why}));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    }
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {

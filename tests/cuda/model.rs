@@ -11,7 +11,7 @@ use tachyon::format::random::{Shape, random_weights};
 use super::Rng;
 use super::ops::rel;
 
-fn tiny_llama() -> Value {
+pub(super) fn tiny_llama() -> Value {
     json!({"model_type": "llama", "hidden_size": 256, "num_attention_heads": 8,
         "num_key_value_heads": 2, "num_hidden_layers": 3, "intermediate_size": 688,
         "vocab_size": 1000, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
@@ -20,7 +20,7 @@ fn tiny_llama() -> Value {
             "original_max_position_embeddings": 64, "rope_type": "llama3"}})
 }
 
-fn tiny_qwen2() -> Value {
+pub(super) fn tiny_qwen2() -> Value {
     json!({"model_type": "qwen2", "hidden_size": 448, "num_attention_heads": 7,
         "num_key_value_heads": 1, "num_hidden_layers": 2, "intermediate_size": 1200,
         "vocab_size": 1537, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
@@ -28,7 +28,7 @@ fn tiny_qwen2() -> Value {
 }
 
 /// qwen3: per-head q/k RMSNorm, head_dim set apart from hidden / heads, no biases.
-fn tiny_qwen3() -> Value {
+pub(super) fn tiny_qwen3() -> Value {
     json!({"model_type": "qwen3", "hidden_size": 192, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 2,
         "intermediate_size": 512, "vocab_size": 777, "rms_norm_eps": 1e-6,

@@ -6,6 +6,7 @@ use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, result, s
 use cudarc::nvrtc::Ptx;
 
 use super::launch::KernelFns;
+use super::profile::KernelTally;
 use super::{
     KERNELS_FATBIN, KERNELS_MIN_DRIVER_CUDA, NVCC_VERSION, kernels_absent_reason, kernels_built,
 };
@@ -123,6 +124,8 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     pub(crate) kernels: KernelFns,
+    /// Notes launches while a profile runs (`profile`).
+    pub(crate) tally: KernelTally,
     name: String,
     compute_capability: (i32, i32),
 }
@@ -217,6 +220,7 @@ fn open_device(ordinal: usize) -> Result<CudaDevice, CudaUnavailable> {
         stream,
         module,
         kernels,
+        tally: KernelTally::default(),
         name,
         compute_capability: (major, minor),
     })

@@ -15,11 +15,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DriverError, sys};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, sys};
 
 use super::backend::CudaBackend;
 use super::buffers::CudaAct;
-use crate::backend::{BackendError, Position, TokenIds};
+use super::launch::dev_err;
+use crate::backend::{BackendError, Position, StepProfile, TokenIds};
 
 /// How a decode step picks the next token on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,8 +87,14 @@ struct PickBuffers {
     rng: CudaSlice<u64>,
 }
 
-fn dev_err(what: &'static str) -> impl Fn(DriverError) -> BackendError {
-    move |e| BackendError::Device(format!("CUDA: {what}: {e}"))
+/// Nodes of a captured graph (kernels, and any copy or memset it recorded).
+fn graph_node_count(g: &CudaGraph) -> Result<usize, BackendError> {
+    let mut n = 0usize;
+    // SAFETY: asks only for the count (a null node array); the graph is alive, owned by `g`.
+    unsafe { sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n) }
+        .result()
+        .map_err(dev_err("counting the graph's nodes"))?;
+    Ok(n)
 }
 
 /// Runs decode steps of `M` as graph replays, and verify rows with on-device picks.
@@ -208,6 +215,28 @@ impl<M: DecodeStep> DeviceDecoder<M> {
             }
         }
         Ok(())
+    }
+
+    /// Counts (and with `timed`, times) the kernels of one decode step: the last step
+    /// again, run eagerly with the pick the graph was captured with (it rewrites the same
+    /// KV position with the same values and picks the same token), and the nodes of the
+    /// captured graph.
+    pub fn profile_step(&mut self, timed: bool) -> Result<StepProfile, BackendError> {
+        let pick = self.captured_pick().unwrap_or(DevicePick::Argmax);
+        let graph_nodes = match &self.graph {
+            Some((_, g)) => Some(graph_node_count(&g.0)?),
+            None => None,
+        };
+        self.backend.device().tally.start(timed);
+        let queued = self.queue_step(pick);
+        let synced = self.stream().synchronize();
+        let kernels = self.backend.device().tally.finish();
+        queued?;
+        synced.map_err(dev_err("running the profiled step"))?;
+        Ok(StepProfile {
+            graph_nodes,
+            kernels: kernels?,
+        })
     }
 
     /// The token the last decode step picked (a 4-byte copy, after the step finished).

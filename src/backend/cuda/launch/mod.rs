@@ -79,10 +79,34 @@ pub(crate) fn dev_err(what: &'static str) -> impl Fn(DriverError) -> BackendErro
             BackendError::OutOfMemory {
                 what: format!("{what} on the GPU"),
             }
+        } else if is_sticky(e.0) {
+            BackendError::DeviceFault(format!("CUDA: {what}: {e}"))
         } else {
             BackendError::Device(format!("CUDA: {what}: {e}"))
         }
     }
+}
+
+/// The errors after which the driver fails every call in the context ("sticky" errors:
+/// the CUDA documentation says the process is left in an inconsistent state). The only way
+/// on is a fresh context, which the driver makes once every reference to the faulted
+/// primary context is released.
+pub(crate) fn is_sticky(code: sys::CUresult) -> bool {
+    use sys::CUresult as R;
+    matches!(
+        code,
+        R::CUDA_ERROR_ILLEGAL_ADDRESS
+            | R::CUDA_ERROR_LAUNCH_TIMEOUT
+            | R::CUDA_ERROR_ASSERT
+            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | R::CUDA_ERROR_MISALIGNED_ADDRESS
+            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | R::CUDA_ERROR_INVALID_PC
+            | R::CUDA_ERROR_LAUNCH_FAILED
+            | R::CUDA_ERROR_ECC_UNCORRECTABLE
+            | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
+    )
 }
 
 /// A refused call: the shapes or arguments do not fit the kernel; nothing was launched.
@@ -134,5 +158,7 @@ pub(crate) fn launch<P: DeviceRepr>(
     // fills its pointers from live buffers of this device, allocated on its one stream
     // (so no free can overtake the kernel), whose sizes it checked against the params'
     // shape fields. The launch copies the params at enqueue time.
-    unsafe { b.launch(cfg) }.map(|_| ()).map_err(dev_err(name))
+    dev.tally
+        .launched(dev.stream(), name, || unsafe { b.launch(cfg) }.map(|_| ()))
+        .map_err(dev_err(name))
 }

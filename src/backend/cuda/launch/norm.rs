@@ -332,8 +332,10 @@ fn launch_rmsnorm(
     // the params at enqueue time; the buffers are freed stream-ordered on the stream they
     // were allocated on, which CudaDevice requires to be this one, so no free can overtake
     // the kernel.
-    unsafe { launch.launch(cfg) }
-        .map(|_| ())
+    dev.tally
+        .launched(dev.stream(), kernel, || {
+            unsafe { launch.launch(cfg) }.map(|_| ())
+        })
         .map_err(|source| KernelError::Launch { kernel, source })
 }
 
