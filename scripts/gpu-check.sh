@@ -10,7 +10,7 @@ nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
 "$bin/cuda_kernels_test" --ignored --test-threads 1 --nocapture > "$logs/tests.txt" 2>&1
 echo "tests: exit $?" | tee -a "$logs/summary.txt"
 for shape in llama-3.2-1b llama-3.1-8b qwen2.5-1.5b; do
-    "$bin/tachyon" bench --backend cuda --random-weights "$shape" --json > "$logs/bench-$shape.json" 2> "$logs/bench-$shape.err"
+    "$bin/tachyon" bench --backend cuda --random-weights "$shape" --json --profile > "$logs/bench-$shape.json" 2> "$logs/bench-$shape.err"
     echo "bench $shape: exit $?" | tee -a "$logs/summary.txt"
 done
 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 512 --new-tokens 2 --json \

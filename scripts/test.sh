@@ -34,6 +34,8 @@ if [[ $# -eq 0 && "${TACHYON_SKIP_EMULATED:-}" != 1 ]]; then
   emulator/build.sh --selftest target/emulated-gpu
   scripts/emulated-gpu.sh cargo test --release --test emulated_device --test cuda_kernels -- \
     --ignored --skip hf_reference_logits_match --skip whole_model_logits_match_cpu_on_real_shapes
-  # The server and slot tests (openai client, SSE, WebSocket, speculation) on the CUDA backend, serving a tiny random model with SmolLM2's tokenizer (tests/server_harness/tiny_model.rs).
-  TACHYON_TEST_BACKEND=cuda TACHYON_TEST_SERVER_MODEL=tiny scripts/emulated-gpu.sh cargo test --release --test server --test slots
+  # The server, slot and fault tests (openai client, SSE, WebSocket, speculation, NaN
+  # logits) on the CUDA backend, serving a tiny random model with SmolLM2's tokenizer
+  # (tests/server_harness/tiny_model.rs).
+  TACHYON_TEST_BACKEND=cuda TACHYON_TEST_SERVER_MODEL=tiny scripts/emulated-gpu.sh cargo test --release --test server --test slots --test server_faults
 fi

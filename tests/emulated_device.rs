@@ -13,6 +13,9 @@
 //! sticky), run in a child process: this test binary re-run on the one test, with
 //! `TACHYON_EMU_CHILD` naming it; the parent checks the child's exit status and stderr.
 
+mod common;
+mod server_harness;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -787,6 +790,122 @@ fn a_fault_that_survives_the_reset_fails_the_engine_with_its_reason() {
         return;
     };
     assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
+}
+
+/// The launch the emulated device fails while `tachyon serve` runs the tiny model: past
+/// the warm-up and the first request, within the few after it.
+const FAULTING_SERVER_LAUNCH: &str = "700";
+
+/// `tachyon serve --backend cuda` (the tiny model with SmolLM2's tokenizer) with a GPU fault
+/// injected part-way; `fatal`: one no context reset cures. Returns the server, the text of
+/// the requests before the fault, and the fault's response.
+fn serve_until_a_gpu_fault(
+    fatal: bool,
+) -> Option<(server_harness::Server, String, server_harness::Response)> {
+    require_emulator();
+    let model = server_harness::tiny_model_file()?;
+    let mut env = vec![("TACHYON_EMU_FAIL_LAUNCH", FAULTING_SERVER_LAUNCH)];
+    if fatal {
+        env.push(("TACHYON_EMU_FAULT_IS_FATAL", "1"));
+    }
+    let server = server_harness::Server::start_with_env(
+        &model,
+        &["--backend", "cuda", "--ctx", "128"],
+        &env,
+    );
+    let mut before: Option<String> = None;
+    for i in 0..10 {
+        let r = ask_the_sky(&server);
+        if r.status != 200 {
+            let Some(text) = before else {
+                panic!(
+                    "request {i} failed before any succeeded (raise FAULTING_SERVER_LAUNCH): {}",
+                    r.text()
+                );
+            };
+            return Some((server, text, r));
+        }
+        let text = completion_text(&r);
+        if let Some(b) = &before {
+            assert_eq!(&text, b, "request {i}: the same greedy request");
+        }
+        before = Some(text);
+    }
+    panic!("no request failed (lower FAULTING_SERVER_LAUNCH)");
+}
+
+fn ask_the_sky(server: &server_harness::Server) -> server_harness::Response {
+    let body = serde_json::json!({"model": "m", "prompt": "The sky is", "max_tokens": 4,
+        "temperature": 0});
+    server.post("/v1/completions", &body.to_string())
+}
+
+fn completion_text(r: &server_harness::Response) -> String {
+    r.json()["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no completion text: {}", r.text()))
+        .to_string()
+}
+
+/// A GPU fault while serving: that request gets a 500 naming the fault, the server rebuilds
+/// its sessions on a fresh context, and the next requests answer as before the fault.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn a_gpu_fault_while_serving_ends_that_request_and_the_server_lives_on() {
+    let Some((server, before, fault)) = serve_until_a_gpu_fault(false) else {
+        return;
+    };
+    assert_eq!(fault.status, 500, "{}", fault.text());
+    let msg = fault.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("the GPU faulted") && msg.contains("CUDA_ERROR_LAUNCH_FAILED"),
+        "{msg}"
+    );
+    for _ in 0..2 {
+        let r = ask_the_sky(&server);
+        assert_eq!(r.status, 200, "after the fault: {}", r.text());
+        assert_eq!(completion_text(&r), before, "after the fault");
+    }
+    let h = server.get("/health", &[]);
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert_eq!(server.metric("tachyon_device_faults_total"), 1.0);
+    assert_eq!(server.metric("tachyon_device_restarts_total"), 1.0);
+    assert_eq!(server.metric("tachyon_engine_failed"), 0.0);
+}
+
+/// A fault no reset cures: that request gets its 500, then every request a 503 saying why,
+/// and `/health` reports the failure, so an orchestrator replaces the server.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn a_gpu_fault_the_server_cannot_recover_from_is_reported_by_health() {
+    let Some((server, _, fault)) = serve_until_a_gpu_fault(true) else {
+        return;
+    };
+    assert_eq!(fault.status, 500, "{}", fault.text());
+    let r = ask_the_sky(&server);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.starts_with("the engine cannot run: the GPU faulted"),
+        "{msg}"
+    );
+    let h = server.get("/health", &[]);
+    assert_eq!(h.status, 503, "{}", h.text());
+    let v = h.json();
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|m| m.contains("rebuilding the session failed")),
+        "{v}"
+    );
+    assert_eq!(server.metric("tachyon_engine_failed"), 1.0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -181,6 +181,8 @@ pub struct Engine {
     spec: Option<Speculation>,
     /// Rebuilds the sessions after a device fault (`None`: a fault is final).
     restart: Option<recovery::Restart>,
+    /// A device fault whose sessions are not rebuilt yet (see [`Engine::recover`]).
+    lost: Option<String>,
     /// Why nothing runs any more: a device fault the engine could not recover from.
     failure: Option<String>,
     /// Device faults seen, and sessions rebuilt after them.
@@ -249,6 +251,7 @@ impl Engine {
             top: Vec::new(),
             spec: None,
             restart: None,
+            lost: None,
             failure: None,
             faults: 0,
             restarts: 0,
@@ -272,7 +275,9 @@ impl Engine {
     }
 
     /// After a step failed: the cache may hold half-written positions, so none of it is
-    /// kept. A device fault also leaves the session unusable: rebuild it, or fail.
+    /// kept. A device fault also leaves the sessions unusable: every handle on the faulted
+    /// context is dropped now (the driver resets a primary context once its last reference
+    /// is released), and [`Engine::recover`] rebuilds them.
     fn after_backend_error(&mut self, err: &BackendError) {
         self.cached.clear();
         if !err.is_device_fault() {
@@ -280,13 +285,23 @@ impl Engine {
         }
         self.faults += 1;
         self.slots.forget();
-        // Every handle on the faulted context goes before the rebuild opens a fresh one.
         let why = err.to_string();
         self.session = Box::new(recovery::FailedSession::replacing(
             &*self.session,
             why.clone(),
         ));
         self.spec = None;
+        self.lost = Some(why);
+    }
+
+    /// After a device fault: rebuilds the sessions (or, when that cannot be done, leaves
+    /// the engine failed with the reason). Runs by itself before the next request; the
+    /// server calls it as soon as the faulted request has its error, so the rebuild does
+    /// not delay that answer. Does nothing when no fault is pending.
+    pub fn recover(&mut self) {
+        let Some(why) = self.lost.take() else {
+            return;
+        };
         let Some(restart) = self.restart.as_mut() else {
             self.failure = Some(format!("{why} (this engine cannot rebuild its session)"));
             return;
@@ -315,6 +330,7 @@ impl Engine {
         &mut self,
         run: impl FnOnce(&mut Self) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
+        self.recover();
         if let Some(why) = &self.failure {
             return Err(EngineError::Failed(why.clone()));
         }

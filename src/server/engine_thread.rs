@@ -157,6 +157,8 @@ fn run(
             }
         }
         metrics.running.set(0);
+        // After a GPU fault: the faulted request has its error; rebuild before the next.
+        engine.recover();
         let now = engine.fault_counts();
         if now.1 > faults.1 {
             tracing::warn!("GPU fault: the request ended with an error; sessions rebuilt");

@@ -43,10 +43,17 @@ pub fn tiny_server_model() -> bool {
 /// random model with SmolLM2's tokenizer, built from SmolLM2's file into the target
 /// directory. None (the test skips) when SmolLM2 is missing and models are not required.
 pub fn server_model() -> Option<PathBuf> {
-    let smollm2 = crate::common::model_path(crate::common::SMOLLM2)?;
     if !tiny_server_model() {
-        return Some(smollm2);
+        return crate::common::model_path(crate::common::SMOLLM2);
     }
+    tiny_model_file()
+}
+
+/// The tiny random model with SmolLM2's tokenizer ([`tiny_model`]), built from SmolLM2's
+/// file into the target directory once per test binary. None (the test skips) when
+/// SmolLM2 is missing and models are not required.
+pub fn tiny_model_file() -> Option<PathBuf> {
+    let smollm2 = crate::common::model_path(crate::common::SMOLLM2)?;
     static TINY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-tests");
     Some(
@@ -78,6 +85,12 @@ impl Server {
     /// says otherwise, so parallel tests do not fight over the cores; the backend of
     /// [`backend_args`] unless EXTRA names one) and waits for its ready line.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(model, extra, &[])
+    }
+
+    /// [`Server::start`] with `env` set for the server process (e.g. the emulated
+    /// device's fault injection).
+    pub fn start_with_env(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let threads: &[&str] = if extra.contains(&"--threads") {
             &[]
         } else {
@@ -96,6 +109,7 @@ impl Server {
             .args(threads)
             .args(&backend)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
