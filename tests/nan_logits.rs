@@ -18,3 +18,55 @@ fn nan_logits_end_the_request_and_the_next_one_succeeds() {
         6,
     );
 }
+
+/// A draft model whose logits are NaN proposes nothing (it has no token to propose), so
+/// speculative greedy decoding gives the target's own tokens instead of feeding the target
+/// an id past its vocabulary.
+#[test]
+fn a_draft_with_nan_logits_proposes_nothing_and_the_output_is_the_targets() {
+    use tachyon::engine::spec::DraftModel;
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Speculation};
+    use tachyon::format::GgmlType;
+    use tachyon::format::random::{Shape, random_weights};
+    let shape = Shape::from_json(
+        "tiny-qwen2",
+        &serde_json::json!({"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 320,
+            "vocab_size": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "max_position_embeddings": 4096, "tie_word_embeddings": false}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let weights = random_weights(&shape, GgmlType::BF16, 0x5eed).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 64,
+        max_batch: 8,
+        ..Default::default()
+    };
+    let session = |w| cpu_session(&shape.config, w, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let poison = 7u32;
+    let prompt = [3, 11, poison, 20];
+    let params = GenerateParams {
+        max_tokens: 6,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let generate = |engine: &mut Engine| {
+        let mut out = Vec::new();
+        engine
+            .generate(&prompt, &params, &mut |t| {
+                out.push(t);
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    };
+    let plain = generate(&mut Engine::new(session(&weights)));
+    let mut engine = Engine::new(session(&weights));
+    let draft = DraftModel::new(
+        session(&common::with_nan_embedding_row(&weights, poison)),
+        engine.vocab_size(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    engine.set_speculation(Some(Speculation::new(Some(draft), None, 4, false)));
+    assert_eq!(generate(&mut engine), plain);
+}

@@ -141,8 +141,15 @@ impl Ops for CpuBackend {
         };
         let d = out.width;
         for (i, &t) in tokens.iter().enumerate() {
+            let row = &mut out.data[i * d..(i + 1) * d];
+            // As kernels/embed.cu: an id past the table is a NaN row (loud, never a read
+            // out of bounds), so its logits end the request as NaN logits do.
+            if t as usize >= table.rows {
+                row.fill(f32::NAN);
+                continue;
+            }
             table
-                .dequantize_row(t as usize, &mut out.data[i * d..(i + 1) * d])
+                .dequantize_row(t as usize, row)
                 .map_err(|e| BackendError::Device(e.to_string()))?;
         }
         Ok(())

@@ -5,7 +5,7 @@
 
 use super::rejection::draw;
 use crate::backend::BackendError;
-use crate::engine::sampler::{Rng, SamplingParams, argmax, distribution};
+use crate::engine::sampler::{NO_TOKEN, Rng, SamplingParams, argmax, distribution};
 use crate::engine::session::{Pick, Rows, Session, StepInput};
 
 pub struct DraftModel {
@@ -100,6 +100,10 @@ impl DraftModel {
                     t
                 }
             };
+            // All-NaN draft logits give no token: the draft has nothing more to propose.
+            if token == NO_TOKEN {
+                return Ok(());
+            }
             out.push(token);
             if out.len() == k {
                 return Ok(());
