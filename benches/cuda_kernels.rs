@@ -14,9 +14,9 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use tachyon::backend::cuda::{self, CudaBackend};
 use tachyon::backend::{AttnShape, Ops};
-use tachyon::model::Weight;
-use tachyon::model::weights::HostBytes;
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::Weight;
+use tachyon::format::weights::HostBytes;
 
 /// Deterministic small values (timing on zeros can flatter a kernel).
 fn values(n: usize, salt: u32) -> Vec<f32> {

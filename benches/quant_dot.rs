@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput};
-use tachyon::quant::{GgmlType, QuantizedActs, matvec_rows, quantize, quantize_acts};
+use tachyon::format::GgmlType;
+use tachyon::quant::{QuantizedActs, matvec_rows, quantize, quantize_acts};
 
 const SHAPES: [(usize, usize); 2] = [(8960, 1536), (1536, 8960)];
 const STREAM_BYTES: usize = 256 << 20;

@@ -13,8 +13,9 @@ use tachyon::engine::draft::DraftModel;
 use tachyon::engine::{
     Engine, Flow, GenerateParams, SamplingParams, SessionOptions, SpeculationArgs,
 };
-use tachyon::model::load_quant::{LoadQuant, quantize_weights};
-use tachyon::model::{Model, ModelSource, gguf_type_counts};
+use tachyon::format::{ModelSource, gguf_type_counts};
+use tachyon::graph::Model;
+use tachyon::quant::at_load::{LoadQuant, quantize_weights};
 
 use cli::backend::{BackendChoice, make_session};
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};

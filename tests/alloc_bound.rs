@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use tachyon::model::load_weights;
+use tachyon::format::load_weights;
 
 struct Counting;
 

@@ -7,10 +7,10 @@ mod fuzz_seeds;
 use std::sync::Arc;
 
 use fuzz_seeds::{DIM, TinyGguf, hf_tensors, st_file, st_input};
+use tachyon::format::GgmlType;
+use tachyon::format::gguf::{GgufFile, MetaValue};
+use tachyon::format::gguf_weights;
 use tachyon::fuzzing;
-use tachyon::model::gguf::{GgufFile, MetaValue};
-use tachyon::model::gguf_weights;
-use tachyon::quant::GgmlType;
 
 fn gguf_error(model: TinyGguf) -> String {
     let file =

@@ -14,7 +14,7 @@ use tachyon::engine::constraint::{
     Constraint, ConstraintError, ConstraintLimits, ConstraintSpec, ConstraintVocab, Tag,
     ToolSchema, mask_allows,
 };
-use tachyon::model::gguf::GgufFile;
+use tachyon::format::gguf::GgufFile;
 use tachyon::tokenizer::Tokenizer;
 
 fn load(name: &str) -> Option<(Tokenizer, ConstraintVocab)> {

@@ -551,9 +551,9 @@ fn rope_angles_are_the_cpu_backend_table() {
     use tachyon::backend::Ops;
     use tachyon::backend::cpu::ops::{rope_angles, rope_head};
     use tachyon::backend::cpu::{CpuAct, CpuBackend};
-    use tachyon::model::{Rope, RopeStyle};
+    use tachyon::format::{Rope, RopeStyle};
     let mut rng = Rng::from_env_or_clock("rope_angles_are_the_cpu_backend_table");
-    let ff = tachyon::model::config::llama3_freq_factors(500_000.0, 64, 32.0, 1.0, 4.0, 8192.0);
+    let ff = tachyon::format::config::llama3_freq_factors(500_000.0, 64, 32.0, 1.0, 4.0, 8192.0);
     for (style, freq_factors, linear) in [
         (RopeStyle::Neox, Some(ff), 1.0f32),
         (RopeStyle::Interleaved, None, 4.0),

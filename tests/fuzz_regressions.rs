@@ -10,8 +10,8 @@ mod fuzz_seeds;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use tachyon::format::gguf::GgufFile;
 use tachyon::fuzzing::{TARGETS, target};
-use tachyon::model::gguf::GgufFile;
 use tachyon::tokenizer::{ChatMessage, Tokenizer};
 
 fn root() -> PathBuf {

@@ -6,7 +6,7 @@ mod common;
 use tachyon::engine::{
     Engine, EngineError, Flow, GenerateParams, SamplingParams, SessionOptions, cpu_session,
 };
-use tachyon::model::Model;
+use tachyon::graph::Model;
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
 fn engine(model: &Model, ctx: usize) -> Engine {

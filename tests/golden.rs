@@ -7,7 +7,7 @@ mod common;
 
 use serde::Deserialize;
 use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, SessionOptions, cpu_session};
-use tachyon::model::Model;
+use tachyon::graph::Model;
 
 #[derive(Deserialize)]
 struct Golden {

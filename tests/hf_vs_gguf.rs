@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use tachyon::engine::{SessionOptions, cpu_session};
-use tachyon::model::gguf::{GgufBuilder, MetaValue};
-use tachyon::model::load_weights;
-use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
+use tachyon::format::gguf::{GgufBuilder, MetaValue};
+use tachyon::format::load_weights;
+use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
 
 struct Shape {
     family: &'static str,
@@ -293,7 +293,7 @@ fn quantized_from_hf(hf: &Path, out: &Path) -> std::path::PathBuf {
         &cfg,
         &w,
         Some(&src),
-        QuantMix::Uniform(tachyon::quant::GgmlType::F32),
+        QuantMix::Uniform(tachyon::format::GgmlType::F32),
         &q,
         |_, _| {},
     )

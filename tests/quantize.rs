@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use tachyon::engine::{Engine, SessionOptions, cpu_session};
-use tachyon::model::gguf::GgufFile;
-use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
-use tachyon::model::{Model, load_weights};
-use tachyon::quant::{self, GgmlType};
+use tachyon::format::GgmlType;
+use tachyon::format::gguf::GgufFile;
+use tachyon::format::load_weights;
+use tachyon::graph::Model;
+use tachyon::quant;
+use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
 
 /// Largest relative RMS error allowed when re-quantizing already-quantized weights.
 fn bound(ty: GgmlType) -> f64 {
@@ -213,9 +215,9 @@ fn log_softmax(x: &[f32], scale: f64) -> Vec<f64> {
 /// CPU backend, exact f32 dot products, so only the weights' rounding differs.
 fn quality_report(
     label: &str,
-    cfg: &tachyon::model::ModelConfig,
-    w: &tachyon::model::ModelWeights,
-    source: Option<&tachyon::model::ModelSource>,
+    cfg: &tachyon::format::ModelConfig,
+    w: &tachyon::format::ModelWeights,
+    source: Option<&tachyon::format::ModelSource>,
     prompt: &[u32],
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -227,8 +229,8 @@ fn quality_report(
     };
     let vocab = cfg.vocab_size;
     let steps = 32;
-    let run = |cfg: &tachyon::model::ModelConfig,
-               w: &tachyon::model::ModelWeights,
+    let run = |cfg: &tachyon::format::ModelConfig,
+               w: &tachyon::format::ModelWeights,
                forced: &[u32]|
      -> Vec<Vec<f32>> {
         let mut s = cpu_session(cfg, w, &opts).unwrap();
@@ -316,11 +318,11 @@ fn quality_report(
 #[test]
 #[ignore = "report for BENCHMARKS.md: run with --ignored --nocapture"]
 fn quality_of_quant_mixes() {
-    use tachyon::model::random::{Shape, random_weights};
+    use tachyon::format::random::{Shape, random_weights};
     let spec = std::env::var("TACHYON_QUALITY_SHAPE").unwrap_or_else(|_| "qwen2.5-0.5b".into());
     let shape = Shape::resolve(&spec).unwrap();
     let w = random_weights(&shape, GgmlType::BF16, 11).unwrap();
-    let prompt = tachyon::bench::random_prompt(32, shape.config.vocab_size, 5, None);
+    let prompt = tachyon::engine::bench::random_prompt(32, shape.config.vocab_size, 5, None);
     quality_report(
         &format!("random BF16 weights of the {spec} shape"),
         &shape.config,

@@ -13,10 +13,11 @@ use tachyon::engine::{
     Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats,
     Speculation, SpeculationArgs, cpu_session,
 };
-use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
-use tachyon::model::random::{Shape, random_weights};
-use tachyon::model::{Model, ModelConfig, ModelWeights, load_weights};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::random::{Shape, random_weights};
+use tachyon::format::{ModelConfig, ModelWeights, load_weights};
+use tachyon::graph::Model;
+use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
 
 fn opts(ctx: usize) -> SessionOptions {
     SessionOptions {

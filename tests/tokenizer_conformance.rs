@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tachyon::model::gguf::GgufFile;
+use tachyon::format::gguf::GgufFile;
 use tachyon::tokenizer::{ChatMessage, Tokenizer};
 
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";

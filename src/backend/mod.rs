@@ -1,11 +1,11 @@
 //! Backends: where the ops of a forward pass run. The model family decides the graph
-//! (`model::llama`); a backend decides how each op runs. `cpu` is the readable reference every
+//! (`graph::llama`); a backend decides how each op runs. `cpu` is the readable reference every
 //! GPU kernel is checked against; `cuda` runs on NVIDIA GPUs.
 
 pub mod cpu;
 pub mod cuda;
 
-use crate::model::{Rope, Weight};
+use crate::format::{Rope, Weight};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 use tachyon::backend::cuda;
 use tachyon::engine::{Session, SessionOptions, cpu_session, cuda_session};
-use tachyon::model::{ModelConfig, ModelWeights};
+use tachyon::format::{ModelConfig, ModelWeights};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
@@ -50,7 +50,9 @@ pub fn make_session(
         None => Ok(Placed {
             session: cpu_session(config, weights, opts)?,
             device: format!("{} threads", rayon::current_num_threads()),
-            copy_bandwidth: Box::new(|| Ok(tachyon::bench::host_copy_bandwidth(256 << 20, 5))),
+            copy_bandwidth: Box::new(|| {
+                Ok(tachyon::engine::bench::host_copy_bandwidth(256 << 20, 5))
+            }),
         }),
         Some(dev) => {
             let name = dev.name().to_string();

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
-use tachyon::bench::{self, BenchOptions, BenchReport};
+use tachyon::engine::bench::{self, BenchOptions, BenchReport};
 use tachyon::engine::{Engine, SessionOptions, SpeculationArgs};
-use tachyon::model::load_quant::{LoadQuant, quantize_weights};
-use tachyon::model::random::{self, Shape};
-use tachyon::model::{ModelConfig, ModelWeights, load_weights};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::random::{self, Shape};
+use tachyon::format::{ModelConfig, ModelWeights, load_weights};
+use tachyon::quant::at_load::{LoadQuant, quantize_weights};
 
 use super::backend::{BackendChoice, make_session};
 

@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use tachyon::model::load_weights;
-use tachyon::model::quantize::{QuantMix, quantize_to_gguf};
-use tachyon::model::random::{self, Shape};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::load_weights;
+use tachyon::format::random::{self, Shape};
+use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {

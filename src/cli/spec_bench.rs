@@ -18,13 +18,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use tachyon::bench::random_prompt;
+use tachyon::engine::bench::random_prompt;
 use tachyon::engine::draft::DraftModel;
 use tachyon::engine::{
     Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats,
 };
-use tachyon::model::Model;
-use tachyon::model::random::{self, Shape};
+use tachyon::format::random::{self, Shape};
+use tachyon::graph::Model;
 
 use super::backend::make_session;
 use super::bench::BenchArgs;
@@ -291,8 +291,7 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
             let shape = Shape::resolve(spec)?;
             let mut w = random::random_weights(&shape, a.random_dtype.ggml(), a.seed ^ 0xD4AF)?;
             if let Some(q) = a.quant {
-                w = tachyon::model::load_quant::quantize_weights(&w, q)
-                    .context("--quant (draft)")?;
+                w = tachyon::quant::at_load::quantize_weights(&w, q).context("--quant (draft)")?;
             }
             Some((shape.config, w))
         }

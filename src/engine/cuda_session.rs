@@ -15,8 +15,8 @@ use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, sys};
 
 use crate::backend::cuda::{CudaBackend, CudaDevice};
 use crate::backend::{BackendError, Ops};
-use crate::model::llama::{Llama, State};
-use crate::model::{ModelConfig, ModelWeights};
+use crate::format::{ModelConfig, ModelWeights};
+use crate::graph::llama::{Llama, State};
 
 use super::SamplingParams;
 use super::session::{MAX_VERIFY_ROWS, Session, SessionOptions};

@@ -1,6 +1,7 @@
 //! The single-stream generation loop: prefill the prompt (reusing the cached prefix), then
 //! decode one token at a time until a stop token, the token budget or the context ends.
 
+pub mod bench;
 pub mod constraint;
 pub mod cuda_session;
 pub mod draft;

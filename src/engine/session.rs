@@ -3,11 +3,11 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
-pub use crate::model::llama::MAX_VERIFY_ROWS;
-use crate::model::llama::{Llama, State};
+pub use crate::graph::llama::MAX_VERIFY_ROWS;
+use crate::graph::llama::{Llama, State};
 
 pub use super::cuda_session::cuda_session;
-use crate::model::{ModelConfig, ModelWeights};
+use crate::format::{ModelConfig, ModelWeights};
 
 pub trait Session: Send {
     fn backend_name(&self) -> &'static str;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use super::draft::DraftModel;
 use super::spec_decode::Speculation;
 use super::speculative::PromptLookup;
-use crate::model::{Model, ModelError};
+use crate::format::ModelError;
+use crate::graph::Model;
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SpeculationArgs {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{Outcome, Rejected};
-use crate::model::gguf::GgufFile;
+use crate::format::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
 pub fn run(data: &[u8]) -> Outcome {
@@ -15,7 +15,7 @@ pub fn run(data: &[u8]) -> Outcome {
     let file = Arc::new(file);
     // Each later stage reads the file independently, so run them all and report the first
     // refusal: a broken config must not hide a panic in the tokenizer.
-    let weights = crate::model::gguf_weights(&file).map(|(cfg, w)| check_weights(&cfg, &w));
+    let weights = crate::format::gguf_weights(&file).map(|(cfg, w)| check_weights(&cfg, &w));
     let tokenizer = Tokenizer::from_gguf(&file)
         .map(|t| super::tokenizer::exercise(&t, "Hello, world! 123 <|im_start|>"));
     weights.map_err(Rejected::from)?;
@@ -51,7 +51,7 @@ fn check_layout(f: &GgufFile) {
 }
 
 /// Every accepted weight has the config's shape and its bytes are all inside the file.
-fn check_weights(cfg: &crate::model::ModelConfig, w: &crate::model::ModelWeights) {
+fn check_weights(cfg: &crate::format::ModelConfig, w: &crate::format::ModelWeights) {
     assert_eq!((w.embed.rows, w.embed.cols), (cfg.vocab_size, cfg.dim));
     assert_eq!(w.layers.len(), cfg.n_layers);
     assert_eq!(w.final_norm.len(), cfg.dim);

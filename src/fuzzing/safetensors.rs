@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use super::bytes::Bytes;
 use super::{Outcome, Rejected};
-use crate::model::safetensors::{SafetensorsDir, shard_names};
-use crate::model::weights::ByteSource;
-use crate::model::{ModelConfig, ModelWeights};
+use crate::format::safetensors::{SafetensorsDir, shard_names};
+use crate::format::weights::ByteSource;
+use crate::format::{ModelConfig, ModelWeights};
 
 pub fn run(data: &[u8]) -> Outcome {
     let mut b = Bytes::new(data);

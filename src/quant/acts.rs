@@ -10,7 +10,7 @@
 //! Codes are symmetric in -127..=127 (never -128) so that the kernels may negate them.
 
 use super::blocks::QK;
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// The in-memory layout of one [`QuantizedActs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 
 use super::blocks::{self, QK, f16_at, k4_scales_mins, u32_at};
 use super::error::QuantError;
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// Reference dequantizer: `src` must hold exactly `ty.bytes_for(dst.len())` bytes.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {

@@ -4,7 +4,7 @@
 use super::acts::QuantizedActs;
 use super::dequant::dequantize_into;
 use super::dot_scalar::{self, RowFn};
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// An instruction-set family of dot kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};
 use super::dot_scalar::RowFn;
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// Proof that this CPU runs AVX2, FMA and F16C: only [`Avx2::detect`] makes one.
 #[derive(Clone, Copy, Debug)]

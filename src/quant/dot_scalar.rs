@@ -10,7 +10,7 @@
 
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_at, k4_scales_mins, u32_at};
-use super::types::QK_K;
+use crate::format::ggml_type::QK_K;
 
 pub(super) type RowFn = fn(&[u8], &QuantizedActs) -> f32;
 

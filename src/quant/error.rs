@@ -1,6 +1,6 @@
 //! The one error type of the quant module: buffers whose sizes do not match a format.
 
-use super::types::GgmlType;
+use crate::format::ggml_type::GgmlType;
 
 /// A buffer handed to a quant function does not fit the format it was asked to read.
 #[derive(Debug, thiserror::Error)]

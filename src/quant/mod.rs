@@ -8,6 +8,7 @@
 //! - [`dot_row_exact`]: f32 reference dot on dequantized weights (`--precise`).
 
 mod acts;
+pub mod at_load;
 mod blocks;
 mod dequant;
 mod dot;
@@ -15,8 +16,8 @@ mod dot;
 mod dot_avx2;
 mod dot_scalar;
 mod error;
-mod quantize;
-mod types;
+pub mod model_quantizer;
+mod quantize_blocks;
 
 #[cfg(test)]
 mod tests;
@@ -25,5 +26,4 @@ pub use acts::{QuantizedActs, quantize_acts};
 pub use dequant::dequantize;
 pub use dot::{dot_row, dot_row_exact, kernel_isa, matvec_rows};
 pub use error::QuantError;
-pub use quantize::quantize;
-pub use types::{GgmlType, QK_K};
+pub use quantize_blocks::quantize;

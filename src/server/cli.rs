@@ -13,8 +13,9 @@ use super::{AppState, serve, shutdown_signal};
 use crate::engine::draft::{DraftModel, VocabMismatch};
 use crate::engine::spec_args::SpeculationError;
 use crate::engine::{Engine, SessionOptions, SpeculationArgs, cpu_session};
-use crate::model::load_quant::{LoadQuant, quantize_weights};
-use crate::model::{Model, ModelError};
+use crate::format::ModelError;
+use crate::graph::Model;
+use crate::quant::at_load::{LoadQuant, quantize_weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -5,7 +5,7 @@
 //! itself (see `from_vocab`) works from this struct only, so it can be tested without files.
 
 use super::error::TokenizerError;
-use crate::model::gguf::GgufFile;
+use crate::format::gguf::GgufFile;
 
 /// Upper bound on vocabulary and merge-list sizes; real vocabularies stay below 300k.
 pub const MAX_TOKENS: usize = 1 << 22;

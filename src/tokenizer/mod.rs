@@ -67,7 +67,7 @@ pub(crate) struct Parts {
 
 impl Tokenizer {
     /// Builds the tokenizer stored in a GGUF file's `tokenizer.*` metadata.
-    pub fn from_gguf(g: &crate::model::gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
+    pub fn from_gguf(g: &crate::format::gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
         Tokenizer::from_vocab(&GgufVocab::from_gguf(g)?)
     }
 

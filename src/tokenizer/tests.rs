@@ -362,7 +362,7 @@ fn hostile_templates_fail_cleanly() {
 
 mod from_gguf_file {
     use super::*;
-    use crate::model::gguf::{GgufBuilder, MetaValue};
+    use crate::format::gguf::{GgufBuilder, MetaValue};
 
     fn strings(items: &[&str]) -> MetaValue {
         MetaValue::Array(

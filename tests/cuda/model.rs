@@ -5,8 +5,8 @@
 
 use serde_json::{Value, json};
 use tachyon::engine::{SessionOptions, cpu_session, cuda_session};
-use tachyon::model::random::{Shape, random_weights};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::random::{Shape, random_weights};
 
 use super::Rng;
 use super::ops::rel;
@@ -121,7 +121,7 @@ fn hf_reference_logits_match() {
         .map(|t| t.as_u64().unwrap_or_else(|| panic!("bad token")) as u32)
         .collect();
     let (config, weights, _src) =
-        tachyon::model::load_weights(&dir).unwrap_or_else(|e| panic!("{e}"));
+        tachyon::format::load_weights(&dir).unwrap_or_else(|e| panic!("{e}"));
     let opts = SessionOptions {
         ctx: tokens.len() + 8,
         max_batch: 16,

@@ -9,9 +9,9 @@ use tachyon::backend::cpu::attention::KvCache;
 use tachyon::backend::cpu::{CpuAct, CpuBackend};
 use tachyon::backend::cuda::{self, CudaAct, CudaBackend};
 use tachyon::backend::{AttnShape, Ops};
-use tachyon::model::weights::HostBytes;
-use tachyon::model::{Rope, RopeStyle, Weight};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::weights::HostBytes;
+use tachyon::format::{Rope, RopeStyle, Weight};
 
 use super::Rng;
 
@@ -332,7 +332,7 @@ fn elementwise_and_norms_match_cpu() {
 
 fn rope(style: RopeStyle, head_dim: usize, rope_dim: usize, llama3: bool) -> Rope {
     let freq_factors = llama3.then(|| {
-        tachyon::model::config::llama3_freq_factors(500_000.0, rope_dim, 32.0, 1.0, 4.0, 8192.0)
+        tachyon::format::config::llama3_freq_factors(500_000.0, rope_dim, 32.0, 1.0, 4.0, 8192.0)
     });
     Rope {
         style,

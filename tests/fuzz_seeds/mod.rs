@@ -8,8 +8,8 @@
 
 #![allow(dead_code)]
 
-use tachyon::model::gguf::{GgufBuilder, MetaValue};
-use tachyon::quant::GgmlType;
+use tachyon::format::GgmlType;
+use tachyon::format::gguf::{GgufBuilder, MetaValue};
 
 /// (target, file name, bytes).
 pub type Seed = (&'static str, String, Vec<u8>);

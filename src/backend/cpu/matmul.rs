@@ -3,7 +3,7 @@
 //! thread streams a band of weight rows against every activation row, so a weight row is
 //! read from memory once per call however many tokens the batch has.
 
-use crate::model::Weight;
+use crate::format::Weight;
 use crate::quant::{self, QuantizedActs};
 
 use super::pool;

@@ -9,7 +9,7 @@ pub mod pool;
 pub mod resident;
 
 use super::{AttnShape, BackendError, Ops};
-use crate::model::{Rope, RopeStyle, Weight};
+use crate::format::{Rope, RopeStyle, Weight};
 use attention::KvCache;
 use matmul::MatmulScratch;
 

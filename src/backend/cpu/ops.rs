@@ -91,7 +91,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// `sin[p * half + i]` of `p / linear_factor * inv_freq[i]`, computed in f64 and rounded
 /// once. Returns (cos, sin, half). The CPU backend's `rope_table` and the CUDA backend's
 /// device tables are both this, so the two backends rotate by identical angles.
-pub fn rope_angles(rope: &crate::model::Rope, ctx: usize) -> (Vec<f32>, Vec<f32>, usize) {
+pub fn rope_angles(rope: &crate::format::Rope, ctx: usize) -> (Vec<f32>, Vec<f32>, usize) {
     let inv = rope.inv_freqs();
     let half = inv.len();
     let mut cos = vec![0.0; ctx * half];

@@ -14,7 +14,7 @@ use memmap2::{Advice, MmapMut};
 
 use super::pool;
 use crate::backend::BackendError;
-use crate::model::Weight;
+use crate::format::Weight;
 
 /// Matrices below this size stay in the file mapping: they cannot fill a huge page.
 const MIN_BYTES: usize = 2 << 20;

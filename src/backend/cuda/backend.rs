@@ -22,8 +22,8 @@ use super::params::{
 };
 use crate::backend::cpu::ops::rope_angles;
 use crate::backend::{AttnShape, BackendError, Ops};
-use crate::model::{Rope, RopeStyle, Weight};
-use crate::quant::GgmlType;
+use crate::format::GgmlType;
+use crate::format::{Rope, RopeStyle, Weight};
 
 /// An activation matrix: `rows x width` f32 on the device.
 pub struct CudaAct {

@@ -21,8 +21,9 @@
 use super::super::acts::{ActLayout, QuantizedActs, quantize_acts};
 use super::super::dequant::dequantize_into;
 use super::super::dot::{Isa, dot_row_with, matvec_rows_with};
-use super::super::{GgmlType, dot_row_exact};
+use super::super::dot_row_exact;
 use super::{Rng, random_acts, random_row};
+use crate::format::GgmlType;
 
 fn isas() -> Vec<Isa> {
     let isas: Vec<Isa> = [Isa::Scalar, Isa::Avx2]

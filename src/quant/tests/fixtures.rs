@@ -1,7 +1,8 @@
 //! `dequantize` against fixtures made by `tools/make_quant_fixtures.py` with the `gguf`
 //! Python package, an implementation independent of this one.
 
-use super::super::{GgmlType, QuantError, dequantize};
+use super::super::{QuantError, dequantize};
+use crate::format::GgmlType;
 
 fn read(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/data/quant/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -9,7 +9,7 @@ mod roundtrip;
 use half::f16;
 
 use super::blocks;
-use super::types::GgmlType;
+use crate::format::ggml_type::GgmlType;
 
 /// Small deterministic generator (SplitMix64), enough for test data.
 pub(super) struct Rng(u64);

@@ -14,8 +14,9 @@
 //!
 //! The bounds carry a small margin for f16 rounding of the super-block scales.
 
-use super::super::{GgmlType, dequantize, quantize};
+use super::super::{dequantize, quantize};
 use super::Rng;
+use crate::format::GgmlType;
 
 fn bound(ty: GgmlType) -> f32 {
     match ty {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::ModelError;
 use super::config::ModelConfig;
 use super::weights::{ByteSource, LayerWeights, ModelWeights, Weight};
-use crate::quant::GgmlType;
+use crate::format::GgmlType;
 
 /// The built-in shapes, as the fields of their HF `config.json` that tachyon reads.
 const BUILTIN: &[(&str, &str)] = &[

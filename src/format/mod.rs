@@ -1,12 +1,15 @@
-//! Model files and families: the GGUF and safetensors readers, the config every family maps
-//! to, the weight set, and the forward pass (`llama.rs`, shared by all supported families).
+//! File formats and weights, the bottom layer: the GGUF reader and writer, the safetensors
+//! reader, the GGUF type table, the config every family maps to (with its `Rope`), the
+//! weight set (`Weight`: a view into the mapped file) and random weights of a real shape.
+//!
+//! The path through it: [`load_weights`] opens a `.gguf` file ([`gguf`]) or an HF directory
+//! ([`safetensors`] + config.json), maps it to a [`ModelConfig`] ([`config`]) and finds every
+//! tensor the config calls for ([`weights`]), checking shapes before anything is converted.
+//! Nothing here knows a backend, a quantizer or the engine.
 
 pub mod config;
+pub mod ggml_type;
 pub mod gguf;
-pub mod gguf_writer;
-pub mod llama;
-pub mod load_quant;
-pub mod quantize;
 pub mod random;
 pub mod safetensors;
 pub mod weights;
@@ -15,10 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{Family, ModelConfig, Rope, RopeStyle};
+pub use ggml_type::{GgmlType, QK_K};
 pub use weights::{ModelWeights, Weight};
 
-use crate::quant::GgmlType;
-use crate::tokenizer::{Tokenizer, TokenizerError};
 use gguf::GgufFile;
 use weights::{ByteSource, TensorLookup};
 
@@ -41,8 +43,10 @@ pub enum ModelError {
     MissingTensor(String),
     #[error("tensor {name}: {msg}")]
     Tensor { name: String, msg: String },
+    /// The tokenizer stored with the weights could not be read (the tokenizer sits above
+    /// this layer, so its error travels boxed).
     #[error("tokenizer: {0}")]
-    Tokenizer(#[from] TokenizerError),
+    Tokenizer(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ModelError {
@@ -58,45 +62,6 @@ impl ModelError {
 pub enum ModelSource {
     Gguf(Arc<GgufFile>),
     Safetensors(safetensors::SafetensorsDir),
-}
-
-/// A loaded model: config, weights (views into the mapped file), tokenizer.
-pub struct Model {
-    pub path: PathBuf,
-    pub config: ModelConfig,
-    pub weights: ModelWeights,
-    pub tokenizer: Tokenizer,
-    pub source: ModelSource,
-}
-
-impl Model {
-    /// Load a `.gguf` file or an HF directory (config.json + safetensors + tokenizer.json).
-    pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let (config, weights, source) = load_weights(path)?;
-        let tokenizer = match &source {
-            ModelSource::Gguf(file) => Tokenizer::from_gguf(file)?,
-            ModelSource::Safetensors(_) => Tokenizer::from_hf_dir(path)?,
-        };
-        if tokenizer.vocab_size() > config.vocab_size {
-            return Err(ModelError::Config(format!(
-                "the tokenizer has {} tokens but the model only {} embeddings",
-                tokenizer.vocab_size(),
-                config.vocab_size
-            )));
-        }
-        Ok(Model {
-            path: path.to_path_buf(),
-            config,
-            weights,
-            tokenizer,
-            source,
-        })
-    }
-
-    /// Bytes of weights read per decoded token (every matrix once, the embedding row aside).
-    pub fn weight_bytes_per_token(&self) -> u64 {
-        self.weights.bytes_per_token()
-    }
 }
 
 /// Load only the config and weights of a `.gguf` file or an HF directory (no tokenizer).

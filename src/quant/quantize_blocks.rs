@@ -8,7 +8,7 @@
 use half::f16;
 
 use super::blocks::{QK, pack_k4_scales_mins};
-use super::types::{GgmlType, QK_K};
+use crate::format::ggml_type::{GgmlType, QK_K};
 
 /// Reference quantizers (round-to-nearest, simple): `x.len()` must be a multiple of
 /// `ty.block_len()`; panics otherwise.

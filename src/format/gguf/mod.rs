@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::quant::GgmlType;
+pub mod writer;
+
+use crate::format::GgmlType;
 
 /// The alignment of the data section when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -925,7 +927,7 @@ fn unknown_type(ty: u32, at: u64) -> GgufError {
 /// layout is `general.alignment` when set to a valid `U32`, else 32.
 ///
 /// ```
-/// use tachyon::model::gguf::{GgufBuilder, GgufFile, MetaValue};
+/// use tachyon::format::gguf::{GgufBuilder, GgufFile, MetaValue};
 /// let bytes = GgufBuilder::new()
 ///     .meta("general.architecture", MetaValue::String("llama".into()))
 ///     .tensor_f32("w", &[2, 2], &[1.0, 2.0, 3.0, 4.0])

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::engine::sampler::Rng;
-use crate::engine::{Engine, EngineError, Flow, GenerateParams, SamplingParams};
+use super::sampler::Rng;
+use super::{Engine, EngineError, Flow, GenerateParams, SamplingParams};
 
 /// What to run.
 #[derive(Clone, Debug)]

@@ -7,8 +7,8 @@
 
 use std::io::{self, Write};
 
-use super::gguf::{MetaValue, write_str, write_value};
-use crate::quant::GgmlType;
+use super::{MetaValue, write_str, write_value};
+use crate::format::GgmlType;
 
 /// The alignment written (GGUF's default, so no `general.alignment` key is needed).
 const ALIGNMENT: u64 = 32;
@@ -100,7 +100,7 @@ pub fn write_gguf<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::GgufFile;
+    use crate::format::gguf::GgufFile;
     use crate::quant;
 
     #[test]

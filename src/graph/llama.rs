@@ -7,8 +7,8 @@
 
 use crate::backend::{AttnShape, BackendError, Ops};
 
-use super::config::ModelConfig;
-use super::weights::ModelWeights;
+use crate::format::ModelConfig;
+use crate::format::ModelWeights;
 
 struct Layer<B: Ops> {
     attn_norm: B::Vector,

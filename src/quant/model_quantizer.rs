@@ -16,12 +16,13 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::config::{Family, ModelConfig, RopeStyle};
-use super::gguf::MetaValue;
-use super::gguf_writer::{TensorSpec, write_gguf};
-use super::weights::{ModelWeights, Weight};
-use super::{ModelError, ModelSource};
-use crate::quant::{self, GgmlType};
+use crate::format::GgmlType;
+use crate::format::config::{Family, ModelConfig, RopeStyle};
+use crate::format::gguf::MetaValue;
+use crate::format::gguf::writer::{TensorSpec, write_gguf};
+use crate::format::weights::{ModelWeights, Weight};
+use crate::format::{ModelError, ModelSource};
+use crate::quant;
 
 /// How to pick each tensor's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::ModelError;
-use super::weights::{HostBytes, ModelWeights, Weight};
-use crate::quant::{self, GgmlType};
+use crate::format::GgmlType;
+use crate::format::ModelError;
+use crate::format::weights::{HostBytes, ModelWeights, Weight};
+use crate::quant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoadQuant {
@@ -103,7 +104,7 @@ pub fn quantize_weights(w: &ModelWeights, q: LoadQuant) -> Result<ModelWeights, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::random::{Shape, random_weights};
+    use crate::format::random::{Shape, random_weights};
 
     fn tiny() -> Shape {
         let cfg = serde_json::json!({"model_type": "llama", "hidden_size": 256, "num_attention_heads": 4,

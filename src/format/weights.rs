@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::quant::{self, GgmlType};
+use crate::format::GgmlType;
+use crate::quant;
 
 use super::ModelError;
 use super::config::ModelConfig;

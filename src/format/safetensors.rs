@@ -16,7 +16,7 @@ use super::ModelError;
 use super::weights::{ByteSource, TensorLookup, Weight};
 
 mod header_check;
-use crate::quant::GgmlType;
+use crate::format::GgmlType;
 
 /// Where one tensor's bytes are.
 struct Entry {
