@@ -34,6 +34,9 @@ pub enum EngineError {
     BadToken { id: u32, vocab: usize },
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    /// The request's constraint left no token to choose, or refused one.
+    #[error("constrained decoding: {0}")]
+    Constraint(#[from] constraint::ConstraintError),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -116,6 +119,11 @@ pub struct StreamOptions<'a> {
     /// Checked between prefill chunks and before every decode step; once set, generation
     /// ends at the next check with `FinishReason::Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
+    /// The output must follow this constraint (a fresh one: generation works on a copy).
+    /// Each step's logits are masked to the allowed tokens before sampling.
+    pub constraint: Option<&'a constraint::Constraint>,
+    /// OpenAI's `logit_bias`, added to the logits before the mask and the sampler.
+    pub logit_bias: &'a [(u32, f32)],
 }
 
 /// Owns a session and remembers which tokens its KV cache holds, so a prompt sharing a
@@ -329,7 +337,9 @@ impl Engine {
             // as they come (no penalties, which depend on the tokens being verified) and
             // no per-token log-probabilities.
             let sst = spec_stats.get_or_insert_with(SpecStats::default);
-            let blocker = if !params.sampling.has_no_penalties() {
+            let blocker = if opts.constraint.is_some() || !opts.logit_bias.is_empty() {
+                Some("a constraint or logit_bias turns speculation off")
+            } else if !params.sampling.has_no_penalties() {
                 Some("repetition, presence and frequency penalties turn speculation off")
             } else if opts.logprobs.is_some() {
                 Some("log-probabilities turn speculation off")
@@ -371,9 +381,14 @@ impl Engine {
         emit: &mut Emitter<'_, '_>,
     ) -> Result<FinishReason, EngineError> {
         let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+        let mut constraint = opts.constraint.cloned();
         // Without penalties the session may pick the token where the logits are.
-        // Log-probabilities need the logits on the host, so they rule it out.
-        let device_pick = params.sampling.has_no_penalties() && opts.logprobs.is_none();
+        // Log-probabilities, a constraint's mask and logit_bias need the logits on the
+        // host (the logits path, also on CUDA), so they rule it out.
+        let device_pick = params.sampling.has_no_penalties()
+            && opts.logprobs.is_none()
+            && constraint.is_none()
+            && opts.logit_bias.is_empty();
         let mut next: Option<u32> = None;
         loop {
             let token = match next.take() {
@@ -382,6 +397,12 @@ impl Engine {
                     if opts.logprobs.is_some() {
                         self.raw.clear();
                         self.raw.extend_from_slice(&self.logits);
+                    }
+                    constraint::apply_logit_bias(&mut self.logits, opts.logit_bias);
+                    if let Some(c) = constraint.as_mut()
+                        && let Some(mask) = c.compute_mask()?
+                    {
+                        constraint::apply_mask(&mut self.logits, mask);
                     }
                     sampler.sample(&mut self.logits)
                 }
@@ -396,6 +417,9 @@ impl Engine {
             };
             if let Some(end) = emit.emit_step(&step) {
                 return Ok(end);
+            }
+            if let Some(c) = constraint.as_mut() {
+                c.commit(token)?;
             }
             sampler.accept(token);
             let pos = self.cached.len();

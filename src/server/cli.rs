@@ -157,6 +157,7 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
             .map(str::to_string)
             .unwrap_or(name)
     });
+    let logits_vocab = engine.vocab_size();
     let metrics = Arc::new(Metrics::new());
     let handle = engine_thread::spawn(engine, tokenizer.clone(), a.queue, metrics.clone())?;
     let state = Arc::new(AppState {
@@ -179,6 +180,8 @@ pub fn run(a: ServeArgs) -> Result<(), ServeError> {
             }
         },
         created: unix_time(),
+        constraints: std::sync::OnceLock::new(),
+        logits_vocab,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
