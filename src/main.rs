@@ -109,7 +109,7 @@ struct GenerateArgs {
     ignore_eos: bool,
     /// Quantize F32/F16/BF16 matrices at load: int8 (Q8_0) or int4 (Q4_K, Q4_0 where rows
     /// are not whole 256-blocks). Block-format weights are kept as they are.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = cli::load_quant_parser())]
     quant: Option<LoadQuant>,
     #[command(flatten)]
     spec: SpeculationArgs,

@@ -72,7 +72,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(super) json: bool,
     /// Quantize F32/F16/BF16 matrices (random weights included) at load: int8 or int4.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::load_quant_parser())]
     pub(super) quant: Option<LoadQuant>,
     #[command(flatten)]
     pub(super) spec: SpeculationArgs,

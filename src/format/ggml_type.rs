@@ -80,6 +80,33 @@ impl GgmlType {
         (n / bl).checked_mul(self.block_bytes() as u64)
     }
 
+    /// Widen `dst.len()` elements of a float format (F32, F16, BF16) from `src` into `dst`;
+    /// `false` for a block format, which needs the quantizer's `quant::dequantize`. The
+    /// caller guarantees `src` holds `dst.len()` elements (a short `src` only leaves the tail
+    /// of `dst` untouched).
+    pub fn widen_floats(self, src: &[u8], dst: &mut [f32]) -> bool {
+        match self {
+            GgmlType::F32 => {
+                for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            GgmlType::F16 => {
+                for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *y = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            GgmlType::BF16 => {
+                // bf16 is the top half of an f32, so widening is a shift.
+                for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *y = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
     pub const fn is_quantized(self) -> bool {
         !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     }

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::format::GgmlType;
-use crate::quant;
 
 use super::ModelError;
 use super::config::ModelConfig;
@@ -145,21 +144,17 @@ impl Weight {
         &self.bytes()[r * rb..(r + 1) * rb]
     }
 
-    /// Dequantize one row into `out` (`cols` long).
-    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        quant::dequantize(self.ty, self.row(r), out).map_err(|e| ModelError::Tensor {
-            name: self.name.clone(),
-            msg: e.to_string(),
-        })
-    }
-
-    /// The whole tensor as f32 (used for small vectors: norms, biases).
-    pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
+    /// The whole tensor as f32, for a float format (F32, F16, BF16: norms, biases, rope
+    /// factors); a block format is an error here (`quant::DequantizeWeight` reads those).
+    pub fn float_values(&self) -> Result<Vec<f32>, ModelError> {
+        // `Weight::new` checked the byte length against the shape.
         let mut out = vec![0.0; self.rows * self.cols];
-        quant::dequantize(self.ty, self.bytes(), &mut out).map_err(|e| ModelError::Tensor {
-            name: self.name.clone(),
-            msg: e.to_string(),
-        })?;
+        if !self.ty.widen_floats(self.bytes(), &mut out) {
+            return Err(ModelError::Tensor {
+                name: self.name.clone(),
+                msg: format!("is {}; expected F32, F16 or BF16", self.ty),
+            });
+        }
         Ok(out)
     }
 }
@@ -210,7 +205,7 @@ pub fn rope_freq_factors(
             ),
         });
     }
-    w.to_f32().map(Some)
+    w.float_values().map(Some)
 }
 
 /// GGUF name of the rope frequency factors tensor.
@@ -291,7 +286,7 @@ impl ModelWeights {
                     msg: format!("is {}; vectors must be F32, F16 or BF16", w.ty),
                 });
             }
-            let v = w.to_f32()?;
+            let v = w.float_values()?;
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(ModelError::Tensor {
                     name: w.name.clone(),

@@ -18,15 +18,37 @@ use rayon::prelude::*;
 use crate::format::GgmlType;
 use crate::format::ModelError;
 use crate::format::weights::{HostBytes, ModelWeights, Weight};
-use crate::quant;
+use crate::quant::{self, DequantizeWeight};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The `--quant` choices. Parsed from their names (`int8`, `int4`) with `FromStr`; the
+/// command line lists [`LoadQuant::NAMES`] as the possible values (clap lives in the CLI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadQuant {
     Int8,
     Int4,
 }
 
+/// A `--quant` value that is not one of [`LoadQuant::NAMES`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown quantization {0:?}: expected int8 or int4")]
+pub struct UnknownLoadQuant(pub String);
+
+impl std::str::FromStr for LoadQuant {
+    type Err = UnknownLoadQuant;
+
+    fn from_str(s: &str) -> Result<LoadQuant, UnknownLoadQuant> {
+        match s {
+            "int8" => Ok(LoadQuant::Int8),
+            "int4" => Ok(LoadQuant::Int4),
+            _ => Err(UnknownLoadQuant(s.to_string())),
+        }
+    }
+}
+
 impl LoadQuant {
+    /// The names `FromStr` accepts, in the order the help lists them.
+    pub const NAMES: [&'static str; 2] = ["int8", "int4"];
+
     /// The block format for a matrix with rows of `cols` elements.
     pub fn format_for(self, cols: usize) -> GgmlType {
         match self {

@@ -8,6 +8,7 @@
 use super::blocks::{self, QK, f16_at, k4_scales_mins, u32_at};
 use super::error::QuantError;
 use crate::format::ggml_type::{GgmlType, QK_K};
+use crate::format::{ModelError, Weight};
 
 /// Reference dequantizer: `src` must hold exactly `ty.bytes_for(dst.len())` bytes.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
@@ -31,21 +32,9 @@ pub(super) fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     debug_assert_eq!(ty.bytes_for(dst.len() as u64), Some(src.len() as u64));
     let bb = ty.block_bytes();
     match ty {
-        GgmlType::F32 => {
-            for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        GgmlType::F16 => {
-            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *y = f16_at(b, 0);
-            }
-        }
-        GgmlType::BF16 => {
-            // bf16 is the top half of an f32, so widening is a shift.
-            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *y = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-            }
+        // The float formats are the file format's own business.
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            ty.widen_floats(src, dst);
         }
         GgmlType::Q4_0 => for_blocks::<QK>(src, bb, dst, q4_0),
         GgmlType::Q4_1 => for_blocks::<QK>(src, bb, dst, q4_1),
@@ -182,5 +171,31 @@ fn q6_k(b: &[u8], y: &mut [f32; QK_K]) {
                 y[e] = d * sc * q as f32;
             }
         }
+    }
+}
+
+/// Dequantizing a [`Weight`] of any format (the file layer only widens float formats).
+pub trait DequantizeWeight {
+    /// Dequantize one row into `out` (`cols` long).
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError>;
+    /// The whole tensor as f32.
+    fn to_f32(&self) -> Result<Vec<f32>, ModelError>;
+}
+
+impl DequantizeWeight for Weight {
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        dequantize(self.ty, self.row(r), out).map_err(|e| ModelError::Tensor {
+            name: self.name.clone(),
+            msg: e.to_string(),
+        })
+    }
+
+    fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        dequantize(self.ty, self.bytes(), &mut out).map_err(|e| ModelError::Tensor {
+            name: self.name.clone(),
+            msg: e.to_string(),
+        })?;
+        Ok(out)
     }
 }

@@ -23,7 +23,7 @@ mod quantize_blocks;
 mod tests;
 
 pub use acts::{QuantizedActs, quantize_acts};
-pub use dequant::dequantize;
+pub use dequant::{DequantizeWeight, dequantize};
 pub use dot::{dot_row, dot_row_exact, kernel_isa, matvec_rows};
 pub use error::QuantError;
 pub use quantize_blocks::quantize;

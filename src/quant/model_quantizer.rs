@@ -22,7 +22,7 @@ use crate::format::gguf::MetaValue;
 use crate::format::gguf::writer::{TensorSpec, write_gguf};
 use crate::format::weights::{ModelWeights, Weight};
 use crate::format::{ModelError, ModelSource};
-use crate::quant;
+use crate::quant::{self, DequantizeWeight};
 
 /// How to pick each tensor's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

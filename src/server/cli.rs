@@ -81,7 +81,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = BusyPoll::Auto)]
     pub busy_poll: BusyPoll,
     /// Quantize F32/F16/BF16 matrices at load: int8 (Q8_0) or int4 (Q4_K / Q4_0).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::builder::TypedValueParser::try_map(
+        clap::builder::PossibleValuesParser::new(LoadQuant::NAMES),
+        |s| s.parse::<LoadQuant>(),
+    ))]
     pub quant: Option<LoadQuant>,
     #[command(flatten)]
     pub spec: SpeculationArgs,

@@ -10,6 +10,7 @@ pub mod resident;
 
 use super::{AttnShape, BackendError, Ops};
 use crate::format::{Rope, RopeStyle, Weight};
+use crate::quant::DequantizeWeight;
 use attention::KvCache;
 use matmul::MatmulScratch;
 
