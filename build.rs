@@ -1,10 +1,12 @@
 //! Build script: compiles the CUDA kernels and generates the Rust side of their parameter
 //! structs.
 //!
-//! 1. Every `kernels/*.cu` is compiled by nvcc into ONE fatbin (sm_80 and sm_90a machine code
-//!    plus compute_80 PTX for any newer card), written to `OUT_DIR/kernels.fatbin` and
-//!    embedded through `OUT_DIR/kernels.rs`. Without nvcc the crate still builds, with an
-//!    empty fatbin and `KERNELS_BUILT = false`, so the CPU backend works anywhere.
+//! 1. Every `kernels/*.cu` is compiled into ONE fatbin (sm_80 and sm_90a machine code plus
+//!    compute_80 PTX for any newer card), written to `OUT_DIR/kernels.fatbin` and embedded
+//!    through `OUT_DIR/kernels.rs`. nvcc 13 is the front end; CUDA 12.2's ptxas assembles the
+//!    machine code and the PTX declares ISA 8.2, so the fatbin loads on R535 and newer drivers
+//!    (see `build_for_old_drivers`). Without nvcc the crate still builds, with an empty
+//!    fatbin and `KERNELS_BUILT = false`, so the CPU backend works anywhere.
 //! 2. bindgen turns `kernels/tachyon_kernels.h` into `OUT_DIR/kernel_params.rs`. Without
 //!    libclang the committed snapshot `src/backend/cuda/kernel_params_snapshot.rs` is used.
 //!
@@ -12,8 +14,10 @@
 //! - `NVCC`: the nvcc to use (if set, no other place is searched). Otherwise
 //!   `$CUDA_HOME/bin/nvcc`, then `.toolchain/cuda/nvidia/cu13/bin/nvcc` (what
 //!   `scripts/install-cuda-toolchain.sh` installs), then `nvcc` on `PATH`.
-//! - `TACHYON_REQUIRE_CUDA=1`: a missing or failing nvcc, or a missing libclang, fails the
-//!   build instead of degrading to a CPU-only one (for release builds and GPU test runs).
+//! - `PTXAS12`: CUDA 12.2's ptxas (default `.toolchain/cuda12/nvidia/cuda_nvcc/bin/ptxas`).
+//!   Without it the kernels are built by nvcc alone and need an R580 driver.
+//! - `TACHYON_REQUIRE_CUDA=1`: a missing or failing nvcc or ptxas 12.2, or a missing
+//!   libclang, fails the build instead of degrading (for release builds and GPU test runs).
 //! - `TACHYON_NO_CUDA=1`: build without kernels even if nvcc is there (tests the CPU-only
 //!   build on a machine that has the toolchain).
 //! - `TACHYON_NO_BINDGEN=1`: use the committed bindings snapshot even if libclang is there
@@ -35,6 +39,8 @@ use std::process::Command;
 
 /// Where `scripts/install-cuda-toolchain.sh` puts nvcc, relative to the crate root.
 const TOOLCHAIN_NVCC: &str = ".toolchain/cuda/nvidia/cu13/bin/nvcc";
+/// CUDA 12.2's ptxas, which assembles machine code that R535 drivers load.
+const TOOLCHAIN_PTXAS12: &str = ".toolchain/cuda12/nvidia/cuda_nvcc/bin/ptxas";
 const KERNEL_DIR: &str = "kernels";
 const PARAMS_HEADER: &str = "kernels/tachyon_kernels.h";
 const BINDINGS_SNAPSHOT: &str = "src/backend/cuda/kernel_params_snapshot.rs";
@@ -59,6 +65,7 @@ const WATCHED_ENV: &[&str] = &[
     "TACHYON_NVCC_FLAGS",
     "TACHYON_UPDATE_BINDINGS_SNAPSHOT",
     "LIBCLANG_PATH",
+    "PTXAS12",
 ];
 
 fn main() {
@@ -111,13 +118,15 @@ fn write_if_changed(path: &Path, contents: &[u8]) {
 fn build_kernels(root: &Path, out_dir: &Path, require: bool) {
     let outcome = compile_kernels(root, out_dir);
     let generated = match outcome {
-        Ok((fatbin, nvcc_version)) => format!(
+        Ok((fatbin, nvcc_version, min_driver)) => format!(
             "/// True: this build embedded the CUDA kernels.\n\
              pub const KERNELS_BUILT: bool = true;\n\
              /// Why the kernels are absent (empty: they are not).\n\
              pub const KERNELS_ABSENT_REASON: &str = \"\";\n\
              /// `nvcc --version` of the compiler that built `FATBIN`.\n\
              pub const NVCC_VERSION: &str = {nvcc_version:?};\n\
+             /// The oldest driver CUDA version that loads `FATBIN` (1000 * major + 10 * minor).\n\
+             pub const KERNELS_MIN_DRIVER_CUDA: i32 = {min_driver};\n\
              /// Every kernel in kernels/, as one fatbin (sm_80, sm_90a SASS; compute_80 PTX).\n\
              pub const FATBIN: &[u8] = include_bytes!({fatbin:?});\n",
             fatbin = fatbin.display().to_string(),
@@ -149,6 +158,8 @@ fn build_kernels(root: &Path, out_dir: &Path, require: bool) {
                  pub const KERNELS_ABSENT_REASON: &str = {reason:?};\n\
                  /// No nvcc was used.\n\
                  pub const NVCC_VERSION: &str = \"\";\n\
+                 /// No kernels, no driver requirement.\n\
+                 pub const KERNELS_MIN_DRIVER_CUDA: i32 = 0;\n\
                  /// Empty: no kernels were built.\n\
                  pub const FATBIN: &[u8] = &[];\n"
             )
@@ -159,7 +170,7 @@ fn build_kernels(root: &Path, out_dir: &Path, require: bool) {
 
 /// Returns the fatbin path and nvcc's version line, or why there are no kernels (the reason
 /// ends up in `CudaUnavailable`'s message, so it reads as "... at build time").
-fn compile_kernels(root: &Path, out_dir: &Path) -> Result<(PathBuf, String), String> {
+fn compile_kernels(root: &Path, out_dir: &Path) -> Result<(PathBuf, String, i32), String> {
     if env_flag("TACHYON_NO_CUDA") {
         return Err("TACHYON_NO_CUDA was set at build time".into());
     }
@@ -188,65 +199,39 @@ fn compile_kernels(root: &Path, out_dir: &Path) -> Result<(PathBuf, String), Str
     write_if_changed(&unity_path, unity.as_bytes());
 
     let fatbin = out_dir.join("kernels.fatbin");
-    let mut cmd = Command::new(&nvcc);
-    cmd.arg("-fatbin")
-        // No --use_fast_math: it would flush denormals and swap IEEE division/sqrt for
-        // approximations everywhere; the kernels ask for fast intrinsics (rsqrtf) where
-        // they want them, and the CPU reference stays comparable at f32 tolerances.
-        .args(["-O3", "-std=c++17"])
-        .arg("-I")
-        .arg(root.join(KERNEL_DIR))
-        // Ampere machine code, Hopper machine code with the sm_90a-only instructions
-        // (wgmma, TMA) allowed, and compute_80 PTX so any later GPU can JIT-compile it.
-        .args(["-gencode", "arch=compute_80,code=sm_80"])
-        .args(["-gencode", "arch=compute_90a,code=sm_90a"])
-        .args(["-gencode", "arch=compute_80,code=compute_80"])
-        // Registers, spills and shared memory per kernel, kept in OUT_DIR/nvcc.log: the
-        // first thing to read when a kernel is slower than its byte count says.
-        .arg("--resource-usage")
-        .arg("-o")
-        .arg(&fatbin)
-        .arg(&unity_path);
-    if let Ok(extra) = env::var("TACHYON_NVCC_FLAGS") {
-        cmd.args(extra.split_whitespace());
-    }
-
-    let output = cmd.output().map_err(|e| {
-        format!(
-            "nvcc failed at build time (could not run {}: {e})",
-            nvcc.display()
-        )
-    })?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let log = format!("$ {cmd:?}\n{stdout}{stderr}");
-    write_if_changed(&out_dir.join("nvcc.log"), log.as_bytes());
-    if !output.status.success() {
-        // Show the compiler's own words: a kernel syntax error must be readable without
-        // digging in OUT_DIR.
-        let diag: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.starts_with("ptxas info"))
-            .take(40)
-            .collect();
-        warn(&format!(
-            "nvcc ({}) failed:\n{}",
-            nvcc.display(),
-            diag.join("\n")
-        ));
-        return Err(format!(
-            "nvcc failed at build time ({}, see the build warnings or {})",
-            output.status,
-            out_dir.join("nvcc.log").display()
-        ));
-    }
-    // Compiler warnings are surfaced; the resource report is not (it is in nvcc.log).
-    for line in stderr.lines() {
-        let report =
-            line.starts_with("ptxas info") || line.starts_with("    ") || line.trim().is_empty();
-        if !report {
-            println!("cargo::warning=nvcc: {line}");
+    let log_path = out_dir.join("nvcc.log");
+    let mut log = String::new();
+    let mut min_driver = OLD_DRIVER_CUDA;
+    let result = match find_ptxas12(root) {
+        Some(ptxas) => {
+            build_for_old_drivers(&nvcc, &ptxas, root, out_dir, &unity_path, &fatbin, &mut log)
         }
+        None => {
+            if env_flag("TACHYON_REQUIRE_CUDA") {
+                write_if_changed(&log_path, log.as_bytes());
+                return Err(format!(
+                    "ptxas 12.2 not found at build time (looked for {TOOLCHAIN_PTXAS12} and \
+                     $PTXAS12): without it the kernels would need an R580 driver"
+                ));
+            }
+            warn(
+                "CUDA 12.2's ptxas not found (scripts/install-cuda-toolchain.sh installs it): \
+                 building the kernels with nvcc alone, which needs an R580 (CUDA 13.0) or newer \
+                 driver to load",
+            );
+            min_driver = NVCC_DRIVER_CUDA;
+            run_logged(
+                nvcc_fatbin_command(&nvcc, root, &unity_path, &fatbin),
+                &mut log,
+            )
+        }
+    };
+    write_if_changed(&log_path, log.as_bytes());
+    if let Err(step) = result {
+        return Err(format!(
+            "nvcc failed at build time ({step}, see the build warnings or {})",
+            log_path.display()
+        ));
     }
 
     let bytes = fs::read(&fatbin)
@@ -260,7 +245,162 @@ fn compile_kernels(root: &Path, out_dir: &Path) -> Result<(PathBuf, String), Str
             fatbin.display()
         ));
     }
-    Ok((fatbin, nvcc_version(&nvcc)))
+    Ok((fatbin, nvcc_version(&nvcc), min_driver))
+}
+
+/// The PTX ISA the embedded PTX declares, and the CUDA release whose ptxas assembles the
+/// machine code: CUDA 12.2, the newest that R535 drivers (the oldest in wide use on H100/H200
+/// hosts) load.
+const OLD_DRIVER_PTX_ISA: &str = "8.2";
+/// The driver CUDA version ([`OLD_DRIVER_PTX_ISA`]'s release) that loads that fatbin.
+const OLD_DRIVER_CUDA: i32 = 12020;
+/// The driver CUDA version that loads nvcc 13.0's own output.
+const NVCC_DRIVER_CUDA: i32 = 13000;
+
+/// Common nvcc flags. No --use_fast_math: it would flush denormals and swap IEEE
+/// division/sqrt for approximations everywhere; the kernels ask for fast intrinsics (rsqrtf)
+/// where they want them, and the CPU reference stays comparable at f32 tolerances.
+fn nvcc_base(nvcc: &Path, root: &Path) -> Command {
+    let mut cmd = Command::new(nvcc);
+    cmd.args(["-O3", "-std=c++17"])
+        .arg("-I")
+        .arg(root.join(KERNEL_DIR));
+    if let Ok(extra) = env::var("TACHYON_NVCC_FLAGS") {
+        cmd.args(extra.split_whitespace());
+    }
+    cmd
+}
+
+/// nvcc alone: Ampere and Hopper (sm_90a: wgmma, TMA allowed) machine code plus compute_80
+/// PTX, in one fatbin. Its output needs a driver as new as nvcc (R580 for CUDA 13.0).
+fn nvcc_fatbin_command(nvcc: &Path, root: &Path, unity: &Path, fatbin: &Path) -> Command {
+    let mut cmd = nvcc_base(nvcc, root);
+    cmd.arg("-fatbin")
+        .args(["-gencode", "arch=compute_80,code=sm_80"])
+        .args(["-gencode", "arch=compute_90a,code=sm_90a"])
+        .args(["-gencode", "arch=compute_80,code=compute_80"])
+        // Registers, spills and shared memory per kernel, kept in OUT_DIR/nvcc.log: the
+        // first thing to read when a kernel is slower than its byte count says.
+        .arg("--resource-usage")
+        .arg("-o")
+        .arg(fatbin)
+        .arg(unity);
+    cmd
+}
+
+/// The fatbin that loads on R535 and newer drivers. CUDA 13's nvcc stays the front end (the
+/// CUDA 12 wheels carry no nvcc), but its output is repackaged for older drivers:
+/// 1. nvcc emits PTX for compute_80 and compute_90a;
+/// 2. the PTX is declared as ISA 8.2 (CUDA 12.2) instead of nvcc's 9.0. This is safe because
+///    step 3 checks it: CUDA 12.2's ptxas refuses any instruction ISA 8.2 does not have, so a
+///    kernel that needs a newer ISA fails the build instead of a user's module load;
+/// 3. CUDA 12.2's ptxas assembles sm_80 and sm_90a machine code, which R535 loads;
+/// 4. nvcc's fatbinary packs both cubins and the compute_80 PTX (uncompressed: compressed
+///    images need a newer driver), which any later GPU JIT-compiles.
+fn build_for_old_drivers(
+    nvcc: &Path,
+    ptxas: &Path,
+    root: &Path,
+    out_dir: &Path,
+    unity: &Path,
+    fatbin: &Path,
+    log: &mut String,
+) -> Result<(), String> {
+    let fatbinary = nvcc.with_file_name("fatbinary");
+    let mut images = Vec::new();
+    for (virt, sm) in [("compute_80", "sm_80"), ("compute_90a", "sm_90a")] {
+        let ptx = out_dir.join(format!("kernels_{virt}.ptx"));
+        let mut cmd = nvcc_base(nvcc, root);
+        cmd.arg("-ptx")
+            .arg(format!("-arch={virt}"))
+            .arg("-o")
+            .arg(&ptx)
+            .arg(unity);
+        run_logged(cmd, log)?;
+        let text = fs::read_to_string(&ptx)
+            .map_err(|e| format!("nvcc wrote no PTX at {}: {e}", ptx.display()))?;
+        let lowered = lower_ptx_isa(&text)?;
+        write_if_changed(&ptx, lowered.as_bytes());
+
+        let cubin = out_dir.join(format!("kernels_{sm}.cubin"));
+        let mut cmd = Command::new(ptxas);
+        // -v: registers, spills and shared memory per kernel, kept in OUT_DIR/nvcc.log: the
+        // first thing to read when a kernel is slower than its byte count says.
+        cmd.args(["-O3", "-v"])
+            .arg(format!("-arch={sm}"))
+            .arg("-o")
+            .arg(&cubin)
+            .arg(&ptx);
+        run_logged(cmd, log)?;
+        let sm_number = sm.trim_start_matches("sm_");
+        images.push(format!(
+            "--image3=kind=elf,sm={sm_number},file={}",
+            cubin.display()
+        ));
+        if virt == "compute_80" {
+            images.push(format!("--image3=kind=ptx,sm=80,file={}", ptx.display()));
+        }
+    }
+    let mut cmd = Command::new(&fatbinary);
+    cmd.arg("-64")
+        .arg("-compress=false")
+        .arg(format!("--create={}", fatbin.display()))
+        .args(&images);
+    run_logged(cmd, log)
+}
+
+/// Rewrites the `.version` directive of nvcc's PTX to [`OLD_DRIVER_PTX_ISA`].
+fn lower_ptx_isa(ptx: &str) -> Result<String, String> {
+    let mut found = false;
+    let lowered: Vec<String> = ptx
+        .lines()
+        .map(|line| {
+            if !found && line.trim_start().starts_with(".version ") {
+                found = true;
+                format!(".version {OLD_DRIVER_PTX_ISA}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    if !found {
+        return Err("nvcc's PTX has no .version directive".into());
+    }
+    Ok(lowered.join("\n") + "\n")
+}
+
+/// Runs one toolchain step, appending its command line and output to `log`. Compiler
+/// warnings are surfaced as cargo warnings (the resource report is not: it is in the log); on
+/// failure the compiler's own words are shown, so a kernel syntax error is readable without
+/// digging in OUT_DIR.
+fn run_logged(mut cmd: Command, log: &mut String) -> Result<(), String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let output = cmd
+        .output()
+        .map_err(|e| format!("could not run {program}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    log.push_str(&format!("$ {cmd:?}\n{stdout}{stderr}\n"));
+    let is_report =
+        |l: &str| l.starts_with("ptxas info") || l.starts_with("    ") || l.trim().is_empty();
+    if !output.status.success() {
+        let diag: Vec<&str> = stderr.lines().filter(|l| !is_report(l)).take(40).collect();
+        warn(&format!("{program} failed:\n{}", diag.join("\n")));
+        return Err(format!("{program}: {}", output.status));
+    }
+    for line in stderr.lines().filter(|l| !is_report(l)) {
+        println!("cargo::warning={program}: {line}");
+    }
+    Ok(())
+}
+
+/// `PTXAS12` if set, else what `scripts/install-cuda-toolchain.sh` installs.
+fn find_ptxas12(root: &Path) -> Option<PathBuf> {
+    let path = env::var_os("PTXAS12")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(TOOLCHAIN_PTXAS12));
+    println!("cargo::rerun-if-changed={}", path.display());
+    is_executable(&path).then_some(path)
 }
 
 /// The lookup order documented at the top of this file.

@@ -4,21 +4,18 @@ mod cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use tachyon::engine::draft::DraftModel;
 use tachyon::engine::{
-    Engine, Flow, GenerateParams, SamplingParams, SessionOptions, SpeculationArgs,
+    EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams, SessionOptions, build,
 };
 use tachyon::format::{ModelSource, gguf_type_counts};
 use tachyon::graph::Model;
-use tachyon::quant::at_load::{LoadQuant, quantize_weights};
-
-use cli::backend::{BackendChoice, make_session};
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
+
+use cli::engine_args::{BackendArg, QuantArg, SpeculationArgs};
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +33,7 @@ enum Command {
     /// Generate a completion and stream it to stdout (stats go to stderr).
     Generate(GenerateArgs),
     /// Serve the OpenAI API (HTTP + SSE) and a WebSocket token stream.
-    Serve(tachyon::server::ServeArgs),
+    Serve(cli::serve::ServeArgs),
     /// Measure time to first token and decode speed (table, or --json).
     Bench(cli::bench::BenchArgs),
     /// Write a model as a GGUF in a quant mix (q4_k_m, q8_0, ...), from a GGUF, an HF
@@ -93,8 +90,8 @@ struct GenerateArgs {
     /// Random seed (default: from the clock; printed on stderr).
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    backend: BackendChoice,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// KV cache size in tokens (capped at the model's context length).
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
@@ -109,8 +106,8 @@ struct GenerateArgs {
     ignore_eos: bool,
     /// Quantize F32/F16/BF16 matrices at load: int8 (Q8_0) or int4 (Q4_K, Q4_0 where rows
     /// are not whole 256-blocks). Block-format weights are kept as they are.
-    #[arg(long, value_parser = cli::load_quant_parser())]
-    quant: Option<LoadQuant>,
+    #[arg(long, value_enum)]
+    quant: Option<QuantArg>,
     #[command(flatten)]
     spec: SpeculationArgs,
     /// Write the run's statistics (tokens, timings, speculation counts) to this JSON file.
@@ -124,7 +121,7 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", cli::errors::one_line(&e));
         std::process::exit(1);
     }
 }
@@ -135,7 +132,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => cli::bench::run(args),
         Command::Quantize(args) => cli::quantize::run(args),
         Command::Info { model } => info(&model),
-        Command::Serve(args) => Ok(tachyon::server::cli::run(args)?),
+        Command::Serve(args) => cli::serve::run(args),
     }
 }
 
@@ -144,12 +141,6 @@ fn load(path: &Path) -> Result<Model> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .context("--threads")?;
-    }
     let prompt_text = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => {
@@ -157,13 +148,29 @@ fn generate(a: GenerateArgs) -> Result<()> {
         }
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
-    let t_load = Instant::now();
-    let mut model = load(&a.model)?;
-    if let Some(q) = a.quant {
-        model.weights = quantize_weights(&model.weights, q).context("--quant")?;
+    let opts = EngineOptions {
+        backend: a.backend.into(),
+        session: SessionOptions {
+            ctx: a.ctx,
+            precise: a.precise,
+            ..Default::default()
+        },
+        quant: a.quant.map(Into::into),
+        threads: a.threads,
+        tokenizer: true,
+        progress: true,
+    };
+    let built = build(&ModelSpec::File(a.model.clone()), &opts, &a.spec.options())?;
+    if let Some(n) = &built.notice {
+        eprintln!("{n}");
     }
-    let draft_model = a.spec.load_draft(&model)?;
-    let tok = &model.tokenizer;
+    let mut engine = built.engine;
+    let load_time = built.load_time;
+    let tok = built
+        .model
+        .tokenizer
+        .as_ref()
+        .context("the model has no tokenizer")?;
     let text = if a.chat {
         let src = tok
             .chat_template()
@@ -190,22 +197,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     // A chat template writes its own BOS when the model wants one.
     let prompt = tok.encode(&text, !a.chat)?;
-    let opts = SessionOptions {
-        ctx: a.ctx,
-        precise: a.precise,
-        ..Default::default()
-    };
-    let placed = make_session(a.backend, &model.config, &model.weights, &opts)?;
-    let mut engine = Engine::new(placed.session);
-    let draft = match &draft_model {
-        Some(d) => {
-            let session = make_session(a.backend, &d.config, &d.weights, &opts)?.session;
-            Some(DraftModel::new(session, engine.vocab_size())?)
-        }
-        None => None,
-    };
-    engine.set_speculation(a.spec.speculation(draft));
-    let load_time = t_load.elapsed();
 
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

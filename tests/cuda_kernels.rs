@@ -467,6 +467,18 @@ fn fatbin_is_embedded_with_the_requested_architectures() {
     ] {
         assert!(entries.contains(&want), "missing {want:?} in {entries:?}");
     }
+    // Built for old drivers (CUDA 12.2's ptxas, see build.rs): the PTX is stored uncompressed
+    // and declares ISA 8.2, which an R535 driver JIT-compiles; nvcc 13's 9.0 it would refuse.
+    if cuda::KERNELS_MIN_DRIVER_CUDA == 12020 {
+        let has = |needle: &[u8]| bin.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            has(b"\n.version 8.2\n"),
+            "the PTX does not declare ISA 8.2 in the clear"
+        );
+        assert!(!has(b"\n.version 9."), "a PTX image still declares ISA 9.x");
+    } else {
+        assert_eq!(cuda::KERNELS_MIN_DRIVER_CUDA, 13000);
+    }
 }
 
 /// The committed snapshot (used where libclang is missing) must equal what bindgen makes of

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tachyon::engine::{SessionOptions, cpu_session};
+use tachyon::engine::{Pick, Rows, SessionOptions, StepInput, cpu_session};
 use tachyon::format::gguf::{GgufBuilder, MetaValue};
 use tachyon::format::load_weights;
 use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
@@ -275,11 +275,26 @@ fn logits_of(path: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
     // A batched prefill of all but the last token, then one decode step, to cover both paths.
     let mut l = vec![f32::NAN; cfg.vocab_size];
-    s.forward(&tokens[..tokens.len() - 1], 0, &mut l).unwrap();
+    s.step(
+        StepInput {
+            tokens: &tokens[..tokens.len() - 1],
+            pos: 0,
+        },
+        Pick::Logits(&mut l),
+        Rows::Last,
+    )
+    .unwrap();
     out.push(l.clone());
     l.fill(f32::NAN);
-    s.forward(&tokens[tokens.len() - 1..], tokens.len() - 1, &mut l)
-        .unwrap();
+    s.step(
+        StepInput {
+            tokens: &tokens[tokens.len() - 1..],
+            pos: tokens.len() - 1,
+        },
+        Pick::Logits(&mut l),
+        Rows::Last,
+    )
+    .unwrap();
     out.push(l);
     out
 }

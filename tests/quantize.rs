@@ -8,13 +8,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tachyon::engine::{Engine, SessionOptions, cpu_session};
-use tachyon::format::GgmlType;
+use tachyon::engine::{Engine, Pick, Rows, SessionOptions, StepInput, cpu_session};
 use tachyon::format::gguf::GgufFile;
 use tachyon::format::load_weights;
 use tachyon::graph::Model;
-use tachyon::quant;
 use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
+use tachyon::quant::{self, GgmlType};
 
 /// Largest relative RMS error allowed when re-quantizing already-quantized weights.
 fn bound(ty: GgmlType) -> f64 {
@@ -235,10 +234,26 @@ fn quality_report(
      -> Vec<Vec<f32>> {
         let mut s = cpu_session(cfg, w, &opts).unwrap();
         let mut logits = vec![0f32; vocab];
-        s.forward(prompt, 0, &mut logits).unwrap();
+        s.step(
+            StepInput {
+                tokens: prompt,
+                pos: 0,
+            },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap();
         let mut out = vec![logits.clone()];
         for (i, &t) in forced.iter().enumerate() {
-            s.forward(&[t], prompt.len() + i, &mut logits).unwrap();
+            s.step(
+                StepInput {
+                    tokens: &[t],
+                    pos: prompt.len() + i,
+                },
+                Pick::Logits(&mut logits),
+                Rows::Last,
+            )
+            .unwrap();
             out.push(logits.clone());
         }
         out
@@ -247,11 +262,27 @@ fn quality_report(
     {
         let mut s = cpu_session(cfg, w, &opts).unwrap();
         let mut logits = vec![0f32; vocab];
-        s.forward(prompt, 0, &mut logits).unwrap();
+        s.step(
+            StepInput {
+                tokens: prompt,
+                pos: 0,
+            },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap();
         for i in 0..steps {
             let t = tachyon::engine::sampler::argmax(&logits);
             forced.push(t);
-            s.forward(&[t], prompt.len() + i, &mut logits).unwrap();
+            s.step(
+                StepInput {
+                    tokens: &[t],
+                    pos: prompt.len() + i,
+                },
+                Pick::Logits(&mut logits),
+                Rows::Last,
+            )
+            .unwrap();
         }
     }
     let reference = run(cfg, w, &forced[..steps - 1]);

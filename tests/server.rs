@@ -1,4 +1,5 @@
-//! The real `tachyon serve` binary on SmolLM2 (CPU): malformed input, SSE framing and
+//! The real `tachyon serve` binary on SmolLM2 (the CPU, or the backend
+//! `TACHYON_TEST_BACKEND` names): start-up checks before the model loads, malformed input, SSE framing and
 //! streamed == non-streamed text, stop strings, API keys, 429 under load, mid-stream
 //! disconnects without leaks, WebSocket cancel-and-replace, SIGTERM, fill-in-the-middle on
 //! Qwen2.5-Coder, and the official `openai` Python client (tests/openai_client.py).
@@ -33,6 +34,111 @@ fn assert_openai_error(r: &server_harness::Response, status: u16, what: &str) ->
     );
     assert!(v["error"]["type"].is_string(), "{what}: {v}");
     v
+}
+
+/// Runs `tachyon ARGS...` to its end; returns whether it succeeded, its stderr and how long
+/// it took.
+fn run_tachyon(args: &[&str]) -> (bool, String, Duration) {
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tachyon"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), err, t.elapsed())
+}
+
+/// Options that would make every request fail are refused before the model loads: the
+/// model path does not exist, so an error about the option (and none about loading) shows
+/// the check ran first.
+#[test]
+fn bad_options_are_refused_before_the_model_loads() {
+    let missing = "no-such-dir/no-such-model.gguf";
+    for (flag, value) in [
+        ("--ctx", "0"),
+        ("--threads", "0"),
+        ("--max-body", "0"),
+        ("--draft-max", "0"),
+        ("--draft-max", "16"),
+    ] {
+        let backend = server_harness::backend_args();
+        let (ok, err, _) = run_tachyon(&[
+            "serve",
+            "--port",
+            "0",
+            &backend[0],
+            &backend[1],
+            "--model",
+            missing,
+            flag,
+            value,
+        ]);
+        assert!(!ok, "serve {flag} {value} started");
+        assert!(err.contains(flag), "serve {flag} {value}: {err}");
+        assert!(
+            !err.contains("no-such-model"),
+            "serve {flag} {value} tried to load the model first: {err}"
+        );
+    }
+    for cmd in [
+        &["generate", "--prompt", "x", "--ctx", "0"][..],
+        &["generate", "--prompt", "x", "--threads", "0"][..],
+        &["bench", "--threads", "0"][..],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["--model", missing]);
+        let (ok, err, _) = run_tachyon(&args);
+        assert!(!ok, "{cmd:?} ran");
+        let flag = cmd[cmd.len() - 2];
+        assert!(err.contains(flag), "{cmd:?}: {err}");
+        assert!(
+            !err.contains("no-such-model"),
+            "{cmd:?} loaded first: {err}"
+        );
+    }
+}
+
+/// The port is bound before the model loads: a port in use is reported at once (the model
+/// path does not even exist), with the operating system's reason printed once.
+#[test]
+fn a_port_clash_is_reported_at_once_and_only_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = taken
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port()
+        .to_string();
+    let backend = server_harness::backend_args();
+    let (ok, err, took) = run_tachyon(&[
+        "serve",
+        &backend[0],
+        &backend[1],
+        "--model",
+        "no-such-dir/no-such-model.gguf",
+        "--port",
+        &port,
+    ]);
+    assert!(!ok, "a second server started on port {port}");
+    assert!(
+        err.contains(&format!("binding 127.0.0.1:{port}")),
+        "no binding error: {err}"
+    );
+    assert!(
+        !err.contains("no-such-model"),
+        "loaded before binding: {err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    let reason = line.rsplit(": ").next().unwrap_or_else(|| panic!("{line}"));
+    assert!(!reason.is_empty(), "{line}");
+    assert_eq!(line.matches(reason).count(), 1, "the cause repeats: {line}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the clash took {took:?} to report"
+    );
+    drop(taken);
 }
 
 #[test]
@@ -690,7 +796,9 @@ fn speculation_keeps_the_text_and_reports_acceptance() {
 
     if let Some(qwen) = common::model_path(common::QWEN_05B) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tachyon"))
-            .args(["serve", "--port", "0", "--model"])
+            .args(["serve", "--port", "0"])
+            .args(server_harness::backend_args())
+            .arg("--model")
             .arg(&qwen)
             .arg("--draft-model")
             .arg(&path)

@@ -7,11 +7,11 @@ mod common;
 
 use serde_json::json;
 
-use tachyon::engine::draft::DraftModel;
-use tachyon::engine::speculative::PromptLookup;
+use tachyon::engine::spec::DraftModel;
+use tachyon::engine::spec::PromptLookup;
 use tachyon::engine::{
-    Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats,
-    Speculation, SpeculationArgs, cpu_session,
+    Engine, Flow, GenerateParams, GenerateStats, ModelSpec, SamplingParams, SessionOptions,
+    SpecStats, Speculation, SpeculationOptions, cpu_session,
 };
 use tachyon::format::GgmlType;
 use tachyon::format::random::{Shape, random_weights};
@@ -56,13 +56,12 @@ fn spec(
     max_len: usize,
     adaptive: bool,
 ) -> Option<Speculation> {
-    Some(Speculation {
+    Some(Speculation::new(
         draft,
-        lookup: lookup.then(PromptLookup::default),
+        lookup.then(PromptLookup::default),
         max_len,
         adaptive,
-        replay: None,
-    })
+    ))
 }
 
 /// A draft made of random weights with the target's vocabulary: it proposes nonsense, so
@@ -228,8 +227,8 @@ fn greedy_speculation_reproduces_plain_greedy_qwen_pair() {
         return;
     };
     let target = Model::load(&target).unwrap_or_else(|e| panic!("{e}"));
-    let args = SpeculationArgs {
-        draft_model: Some(draft),
+    let args = SpeculationOptions {
+        draft: Some(ModelSpec::File(draft)),
         draft_max: 6,
         lookup: true,
         ..Default::default()
@@ -272,8 +271,8 @@ fn a_draft_with_another_vocabulary_is_refused() {
         return;
     };
     let target = Model::load(&target).unwrap_or_else(|e| panic!("{e}"));
-    let args = SpeculationArgs {
-        draft_model: Some(draft),
+    let args = SpeculationOptions {
+        draft: Some(ModelSpec::File(draft)),
         ..Default::default()
     };
     let err = args

@@ -3,17 +3,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::ValueEnum;
 
+use tachyon::backend::cuda;
 use tachyon::engine::bench::{self, BenchOptions, BenchReport};
-use tachyon::engine::{Engine, SessionOptions, SpeculationArgs};
+use tachyon::engine::{Built, EngineOptions, ModelSpec, RandomSpec, SessionOptions};
 use tachyon::format::GgmlType;
-use tachyon::format::random::{self, Shape};
-use tachyon::format::{ModelConfig, ModelWeights, load_weights};
-use tachyon::quant::at_load::{LoadQuant, quantize_weights};
 
-use super::backend::{BackendChoice, make_session};
+use super::engine_args::{BackendArg, QuantArg, SpeculationArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RandomDtype {
@@ -57,8 +55,8 @@ pub struct BenchArgs {
     /// Seed of the random weights and prompt.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub(super) backend: BackendChoice,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub(super) backend: BackendArg,
     /// KV cache size in tokens (default: prompt + new tokens).
     #[arg(long)]
     pub(super) ctx: Option<usize>,
@@ -72,8 +70,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(super) json: bool,
     /// Quantize F32/F16/BF16 matrices (random weights included) at load: int8 or int4.
-    #[arg(long, value_parser = super::load_quant_parser())]
-    pub(super) quant: Option<LoadQuant>,
+    #[arg(long, value_enum)]
+    pub(super) quant: Option<QuantArg>,
     #[command(flatten)]
     pub(super) spec: SpeculationArgs,
     /// Speculation on random weights: the draft's shape (as --random-weights).
@@ -93,53 +91,48 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .context("--threads")?;
-    }
     if super::spec_bench::wanted(&a) {
         return super::spec_bench::bench(&a);
     }
     if a.prompt_tokens == 0 || a.new_tokens < 2 {
         bail!("--prompt-tokens must be at least 1 and --new-tokens at least 2");
     }
-    let (label, config, weights) = load(&a)?;
-    let weights_ty = weights
-        .layers
-        .first()
-        .map_or(weights.output.ty, |l| l.wq.ty);
     let need = a.prompt_tokens + a.new_tokens;
     let ctx = a.ctx.unwrap_or(need);
-    if ctx < need || need > config.max_ctx {
+    if ctx < need {
+        bail!("the run needs {need} positions; --ctx is {ctx}");
+    }
+    let built = tachyon::engine::build(&a.target(), &a.engine_options(ctx), &Default::default())?;
+    if let Some(n) = &built.notice {
+        eprintln!("{n}");
+    }
+    let Built {
+        mut engine,
+        model,
+        device,
+        ..
+    } = built;
+    if need > engine.ctx() {
         bail!(
-            "the run needs {need} positions; --ctx is {ctx} and the model holds {}",
-            config.max_ctx
+            "the run needs {need} positions; the model holds {}",
+            model.config.max_ctx
         );
     }
-    let opts = SessionOptions {
-        ctx,
-        precise: a.precise,
-        ..Default::default()
-    };
-    let placed = make_session(a.backend, &config, &weights, &opts)?;
-    let mut engine = Engine::new(placed.session);
     let bopts = BenchOptions {
         prompt_tokens: a.prompt_tokens,
         new_tokens: a.new_tokens,
         warmup_tokens: a.warmup_tokens,
         seed: a.seed,
     };
-    let timings = bench::measure(&mut engine, config.vocab_size, &bopts)?;
+    let timings = bench::measure(&mut engine, model.config.vocab_size, &bopts)?;
     let report = BenchReport::new(
-        label,
-        weights_ty.to_string(),
+        model.label,
+        model.weights_type.to_string(),
         engine.backend_name().to_string(),
-        placed.device,
+        device,
         &timings,
-        weights.bytes_per_token(),
-        (placed.copy_bandwidth)()?,
+        model.bytes_per_token,
+        copy_bandwidth(engine.backend_name())?,
     );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -149,29 +142,42 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn load(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
-    let (label, config, weights) = load_unquantized(a)?;
-    match a.quant {
-        Some(q) => {
-            let w = quantize_weights(&weights, q).context("--quant")?;
-            Ok((format!("{label} --quant {q:?}").to_lowercase(), config, w))
-        }
-        None => Ok((label, config, weights)),
+/// The memory copy bandwidth of the device `backend` runs on, in GB/s (read + written).
+pub(super) fn copy_bandwidth(backend: &str) -> Result<f64> {
+    if backend == "cuda" {
+        let dev = cuda::probe()?;
+        Ok(cuda::device_copy_bandwidth(&dev, 1 << 30, 10)?)
+    } else {
+        Ok(bench::host_copy_bandwidth(256 << 20, 5))
     }
 }
 
-fn load_unquantized(a: &BenchArgs) -> Result<(String, ModelConfig, ModelWeights)> {
-    match (&a.model, &a.random_weights) {
-        (Some(path), _) => {
-            let (config, weights, _source) =
-                load_weights(path).with_context(|| format!("loading {}", path.display()))?;
-            Ok((path.display().to_string(), config, weights))
+impl BenchArgs {
+    /// The model `--model` or `--random-weights` names.
+    pub(super) fn target(&self) -> ModelSpec {
+        match (&self.model, &self.random_weights) {
+            (Some(path), _) => ModelSpec::File(path.clone()),
+            // clap's "source" group requires one of the two.
+            (None, shape) => ModelSpec::Random(RandomSpec {
+                shape: shape.clone().unwrap_or_default(),
+                dtype: self.random_dtype.ggml(),
+                seed: self.seed,
+            }),
         }
-        (None, Some(spec)) => {
-            let shape = Shape::resolve(spec)?;
-            let weights = random::random_weights(&shape, a.random_dtype.ggml(), a.seed)?;
-            Ok((format!("random:{}", shape.name), shape.config, weights))
+    }
+
+    pub(super) fn engine_options(&self, ctx: usize) -> EngineOptions {
+        EngineOptions {
+            backend: self.backend.into(),
+            session: SessionOptions {
+                ctx,
+                precise: self.precise,
+                ..Default::default()
+            },
+            quant: self.quant.map(Into::into),
+            threads: self.threads,
+            tokenizer: false,
+            progress: true,
         }
-        (None, None) => bail!("give --model or --random-weights"),
     }
 }

@@ -19,15 +19,13 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use tachyon::engine::bench::random_prompt;
-use tachyon::engine::draft::DraftModel;
 use tachyon::engine::{
-    Engine, Flow, GenerateParams, GenerateStats, SamplingParams, SessionOptions, SpecStats,
+    Engine, EngineOptions, Flow, GenerateParams, GenerateStats, ModelSpec, RandomSpec,
+    SamplingParams, SpecStats, Speculation, build,
 };
-use tachyon::format::random::{self, Shape};
-use tachyon::graph::Model;
 
-use super::backend::make_session;
 use super::bench::BenchArgs;
+use super::replay::ReplayProposer;
 
 /// One line of a prompts file.
 #[derive(Deserialize)]
@@ -192,25 +190,19 @@ fn measure(a: &BenchArgs) -> Result<()> {
             serde_json::from_str(l).with_context(|| format!("{}:{}", prompts_path.display(), i + 1))
         })
         .collect::<Result<_>>()?;
-    let model =
-        Model::load(model_path).with_context(|| format!("loading {}", model_path.display()))?;
-    let draft_model = a.spec.load_draft(&model)?;
-    let opts = SessionOptions {
-        ctx: a.ctx.unwrap_or(4096),
-        precise: a.precise,
-        ..Default::default()
+    let opts = EngineOptions {
+        tokenizer: true,
+        ..a.engine_options(a.ctx.unwrap_or(4096))
     };
-    let mut engine =
-        Engine::new(make_session(a.backend, &model.config, &model.weights, &opts)?.session);
-    let draft = match &draft_model {
-        Some(d) => Some(DraftModel::new(
-            make_session(a.backend, &d.config, &d.weights, &opts)?.session,
-            engine.vocab_size(),
-        )?),
-        None => None,
+    let built = build(&a.target(), &opts, &a.spec.options())?;
+    if let Some(n) = &built.notice {
+        eprintln!("{n}");
+    }
+    let mut engine = built.engine;
+    let mut spec = engine.take_speculation();
+    let Some(tok) = built.model.tokenizer.as_ref() else {
+        bail!("{} has no tokenizer", model_path.display());
     };
-    let mut spec = a.spec.speculation(draft);
-    let tok = &model.tokenizer;
     let mut record = AcceptanceRecord {
         target: model_path.display().to_string(),
         draft: a.spec.draft_model.as_ref().map(|p| p.display().to_string()),
@@ -285,20 +277,13 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
         &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;
-    let (label, config, weights) = super::bench::load(a)?;
-    let draft_weights = match (&a.draft_random_weights, &a.spec.draft_model) {
-        (Some(spec), _) => {
-            let shape = Shape::resolve(spec)?;
-            let mut w = random::random_weights(&shape, a.random_dtype.ggml(), a.seed ^ 0xD4AF)?;
-            if let Some(q) = a.quant {
-                w = tachyon::quant::at_load::quantize_weights(&w, q).context("--quant (draft)")?;
-            }
-            Some((shape.config, w))
-        }
-        (None, Some(p)) => {
-            let m = Model::load(p).with_context(|| format!("loading {}", p.display()))?;
-            Some((m.config, m.weights))
-        }
+    let draft = match (&a.draft_random_weights, &a.spec.draft_model) {
+        (Some(shape), _) => Some(ModelSpec::Random(RandomSpec {
+            shape: shape.clone(),
+            dtype: a.random_dtype.ggml(),
+            seed: a.seed ^ 0xD4AF,
+        })),
+        (None, Some(p)) => Some(ModelSpec::File(p.clone())),
         (None, None) if record.draft.is_some() => {
             bail!(
                 "the record was made with a draft model: give --draft-random-weights SHAPE or --draft-model"
@@ -306,45 +291,34 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
         }
         (None, None) => None,
     };
-    if let Some((dconfig, _)) = &draft_weights
-        && dconfig.vocab_size != config.vocab_size
-    {
-        bail!(
-            "the draft's vocabulary ({}) differs from the target's ({})",
-            dconfig.vocab_size,
-            config.vocab_size
-        );
-    }
     let longest = record
         .prompts
         .iter()
         .map(|p| p.prompt_tokens + p.generated + 16)
         .max()
         .unwrap_or(0);
-    let opts = SessionOptions {
-        ctx: a.ctx.unwrap_or(longest.max(64)),
-        precise: a.precise,
-        ..Default::default()
+    // With a draft, the draft proposes every step (a step lookup proposed in the
+    // recording costs a draft run here); a lookup-only record replays through lookup.
+    let spec_opts = tachyon::engine::SpeculationOptions {
+        lookup: draft.is_none(),
+        ..a.spec.options_with(draft.clone())
     };
-    let placed = make_session(a.backend, &config, &weights, &opts)?;
-    let mut engine = Engine::new(placed.session);
-    let draft = match &draft_weights {
-        Some((dconfig, dweights)) => Some(DraftModel::new(
-            make_session(a.backend, dconfig, dweights, &opts)?.session,
-            engine.vocab_size(),
-        )?),
-        None => None,
-    };
-    // A lookup-only record replays through lookup's slot (whatever --lookup says).
-    let lookup_args = tachyon::engine::SpeculationArgs {
-        lookup: true,
-        ..a.spec.clone()
-    };
-    let mut spec = if draft.is_some() {
-        a.spec.speculation(draft)
-    } else {
-        lookup_args.speculation(None)
-    };
+    let built = build(
+        &a.target(),
+        &a.engine_options(a.ctx.unwrap_or(longest.max(64))),
+        &spec_opts,
+    )?;
+    if let Some(n) = &built.notice {
+        eprintln!("{n}");
+    }
+    let (label, device) = (built.model.label, built.device);
+    let vocab = built.model.config.vocab_size;
+    let mut engine = built.engine;
+    let steps = super::replay::Steps::default();
+    let mut spec = engine.take_speculation().map(|s| Speculation {
+        proposer: Box::new(ReplayProposer::new(s.proposer, steps.clone())),
+        ..s
+    });
     let mut totals = Totals::default();
     for (i, p) in record.prompts.iter().enumerate() {
         if p.generated < 2 {
@@ -352,14 +326,14 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
         }
         let ids = random_prompt(
             p.prompt_tokens.max(1),
-            config.vocab_size,
+            vocab,
             a.seed.wrapping_add(i as u64),
             None,
         );
         let params = greedy(p.generated, Vec::new());
         let (_, plain) = run(&mut engine, &ids, &params)?;
-        if let Some(s) = spec.as_mut() {
-            s.replay = Some(p.trace.iter().copied().collect::<VecDeque<_>>());
+        if let Ok(mut s) = steps.lock() {
+            *s = p.trace.iter().copied().collect::<VecDeque<_>>();
         }
         engine.set_speculation(spec.take());
         let r = run(&mut engine, &ids, &params);
@@ -372,7 +346,7 @@ fn replay(a: &BenchArgs, path: &PathBuf) -> Result<()> {
             "replay of {} on {label}, {} backend, {}:",
             display(path),
             engine.backend_name(),
-            placed.device
+            device
         ),
         a.json,
     );

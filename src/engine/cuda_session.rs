@@ -4,9 +4,12 @@
 //! memory (so every scratch buffer exists and the step itself is done), then the same
 //! step is captured (recorded, not run) into a graph together with the on-device argmax.
 //! Every later step writes the token id and position (8 bytes host to device), replays the
-//! graph, and copies back either the 4-byte token the graph picked (`forward_argmax` for
-//! plain greedy decoding, `forward_sample` for top-k / temperature / min-p / top-p without
-//! penalties) or the logits (`forward`, when the host samples, e.g. with penalties).
+//! graph, and copies back either the 4-byte token the graph picked (`Pick::Argmax` for
+//! plain greedy decoding, `Pick::Sample` for top-k / temperature / min-p / top-p) or the
+//! logits (`Pick::Logits`, when the host samples, e.g. with penalties). A verify pass
+//! (`Rows::All`) runs eagerly and picks each row's argmax on the device; the picks the
+//! device has no kernel for (a sampled verify, a multi-token prefill) are made on the host
+//! with the sampler's code.
 //!
 //! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps eagerly (same kernels, one launch
 //! each), e.g. to tell a graph problem from a kernel problem.
@@ -18,12 +21,14 @@ use crate::backend::{BackendError, Ops};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
-use super::SamplingParams;
-use super::session::{MAX_VERIFY_ROWS, Session, SessionOptions};
+use super::session::{
+    MAX_VERIFY_ROWS, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepOutput,
+    check_step, pick_on_host,
+};
 
 /// How a decode step picks the next token on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Pick {
+enum DevicePick {
     Argmax,
     Sample {
         temperature: f32,
@@ -46,6 +51,12 @@ fn dev_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Backen
 }
 
 pub struct CudaSession {
+    /// The captured step and the pick it was captured with (the kernels' parameters are
+    /// baked into a graph, so another pick means another capture). First field on
+    /// purpose: fields drop in declaration order, and the graph holds the addresses of the
+    /// buffers, weights and kernel module below, so it must be destroyed before any of
+    /// them is freed.
+    graph: Option<(DevicePick, Graph)>,
     backend: CudaBackend,
     model: Llama<CudaBackend>,
     state: State<CudaBackend>,
@@ -60,10 +71,10 @@ pub struct CudaSession {
     /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
     work: CudaSlice<f32>,
     rng: CudaSlice<u64>,
-    /// The captured step and the pick it was captured with (the kernels' parameters are
-    /// baked into a graph, so another pick means another capture).
-    graph: Option<(Pick, Graph)>,
     use_graph: bool,
+    /// Host logits and sampler scratch for the picks made on the host.
+    logits: Vec<f32>,
+    scratch: Vec<(u32, f32)>,
 }
 
 /// A CUDA session over a model's weights on `dev`: uploads every matrix once (with a
@@ -113,13 +124,15 @@ pub fn cuda_session(
         state,
         graph: None,
         use_graph,
+        logits: Vec::new(),
+        scratch: Vec::new(),
     }))
 }
 
 impl CudaSession {
     /// Everything a decode step queues: the forward pass with device-side token and
     /// position, then the pick of the next token into `next`.
-    fn queue_step(&mut self, pos: usize, pick: Pick) -> Result<(), BackendError> {
+    fn queue_step(&mut self, pos: usize, pick: DevicePick) -> Result<(), BackendError> {
         let s = self.backend.device().stream().clone();
         let (tok, _g1) = self.token.device_ptr(&s);
         let (p, _g2) = self.pos.device_ptr(&s);
@@ -131,13 +144,13 @@ impl CudaSession {
             .and_then(|()| {
                 let logits = self.model.logits(&self.state);
                 match pick {
-                    Pick::Argmax => self.backend.argmax(
+                    DevicePick::Argmax => self.backend.argmax(
                         logits,
                         &mut self.next,
                         &mut self.part_val,
                         &mut self.part_idx,
                     ),
-                    Pick::Sample {
+                    DevicePick::Sample {
                         temperature,
                         top_k,
                         top_p,
@@ -159,11 +172,11 @@ impl CudaSession {
     }
 
     /// Runs one decode step (token and position written to the device first).
-    fn step(
+    fn decode_step(
         &mut self,
         token: u32,
         pos: usize,
-        pick: Pick,
+        pick: DevicePick,
         draw_seed: u64,
     ) -> Result<(), BackendError> {
         if pos >= self.state.ctx {
@@ -177,7 +190,7 @@ impl CudaSession {
             .map_err(dev_err("writing the token id"))?;
         s.memcpy_htod(&[pos as i32][..], &mut self.pos)
             .map_err(dev_err("writing the position"))?;
-        if matches!(pick, Pick::Sample { .. }) {
+        if matches!(pick, DevicePick::Sample { .. }) {
             s.memcpy_htod(&[draw_seed][..], &mut self.rng)
                 .map_err(dev_err("writing the random seed"))?;
         }
@@ -202,7 +215,7 @@ impl CudaSession {
         Ok(())
     }
 
-    fn capture(&mut self, pos: usize, pick: Pick) -> Result<CudaGraph, BackendError> {
+    fn capture(&mut self, pos: usize, pick: DevicePick) -> Result<CudaGraph, BackendError> {
         let s = self.backend.device().stream().clone();
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(dev_err("starting graph capture"))?;
@@ -237,49 +250,85 @@ impl Session for CudaSession {
         self.model.cfg.vocab_size
     }
 
-    fn forward(
+    fn step(
         &mut self,
-        tokens: &[u32],
-        pos: usize,
-        logits: &mut [f32],
-    ) -> Result<(), BackendError> {
-        if let [token] = tokens {
-            // Keep whatever pick the captured step has (its result is simply not read).
-            let pick = self.graph.as_ref().map_or(Pick::Argmax, |(p, _)| *p);
-            self.step(*token, pos, pick, 0)?;
-            let out = self.model.logits(&self.state);
-            return self.backend.read_row(out, logits);
+        input: StepInput<'_>,
+        mut pick: Pick<'_>,
+        rows: Rows,
+    ) -> Result<StepOutput, BackendError> {
+        let vocab = self.vocab_size();
+        let limits = (self.ctx(), self.max_batch(), vocab);
+        let n_rows = check_step(&input, &pick, rows, limits)?;
+        let StepInput { tokens, pos } = input;
+        match (rows, tokens) {
+            // A decode step: one graph replay, picked on the device.
+            (Rows::Last, &[token]) => {
+                let device_pick = match &pick {
+                    Pick::Argmax => DevicePick::Argmax,
+                    Pick::Sample { params, .. } if params.temperature == 0.0 => DevicePick::Argmax,
+                    Pick::Sample { params, .. } => DevicePick::Sample {
+                        temperature: params.temperature,
+                        top_k: params.top_k,
+                        top_p: params.top_p,
+                        min_p: params.min_p,
+                    },
+                    // Keep whatever pick the captured step has (its result is not read).
+                    Pick::Logits(_) => self.graph.as_ref().map_or(DevicePick::Argmax, |(p, _)| *p),
+                };
+                let seed = match pick {
+                    Pick::Sample { seed, .. } => seed,
+                    _ => 0,
+                };
+                self.decode_step(token, pos, device_pick, seed)?;
+                if let Pick::Logits(out) = pick {
+                    let logits = self.model.logits(&self.state);
+                    self.backend.read_row(logits, out)?;
+                    return Ok(StepOutput::Logits);
+                }
+                Ok(StepOutput::Tokens(Picked::from_slice(&[self.read_next()?])))
+            }
+            // The greedy verify pass: every row's argmax on the device.
+            (Rows::All, _) if matches!(pick, Pick::Argmax) => self.verify_argmax(tokens, pos),
+            // Prefill and the sampled verify: the logits, then the host picks if asked.
+            _ => {
+                let out: &mut [f32] = match &mut pick {
+                    Pick::Logits(out) => out,
+                    _ => {
+                        self.logits.resize(n_rows * vocab, 0.0);
+                        &mut self.logits
+                    }
+                };
+                let (b, s) = (&mut self.backend, &mut self.state);
+                match rows {
+                    Rows::Last => self.model.forward(b, s, tokens, pos, out)?,
+                    Rows::All => self.model.forward_rows(b, s, tokens, pos, out)?,
+                }
+                Ok(match pick {
+                    Pick::Logits(_) => StepOutput::Logits,
+                    pick => StepOutput::Tokens(pick_on_host(
+                        &self.logits,
+                        vocab,
+                        &pick,
+                        &mut self.scratch,
+                    )),
+                })
+            }
         }
-        self.model
-            .forward(&mut self.backend, &mut self.state, tokens, pos, logits)
     }
+}
 
-    fn forward_rows(
-        &mut self,
-        tokens: &[u32],
-        pos: usize,
-        logits: &mut [f32],
-    ) -> Result<(), BackendError> {
-        self.model
-            .forward_rows(&mut self.backend, &mut self.state, tokens, pos, logits)
-    }
-
-    fn forward_rows_argmax(
-        &mut self,
-        tokens: &[u32],
-        pos: usize,
-        out: &mut [u32],
-    ) -> Result<bool, BackendError> {
+impl CudaSession {
+    /// Runs the verify rows eagerly (their shape changes with K, so no graph) and picks
+    /// each row's argmax on the device: K+1 ids come back instead of K+1 rows of logits.
+    fn verify_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<StepOutput, BackendError> {
         let n = tokens.len();
-        if n != out.len() || n > self.rows_next.len() {
-            return Ok(false);
-        }
-        // The verify pass runs eagerly (not from a graph): its shape changes with K.
         self.backend.set_device_inputs(None);
         self.model
             .forward_rows_logits(&mut self.backend, &mut self.state, tokens, pos)?;
         let Some(logits) = self.model.rows_logits(&self.state) else {
-            return Ok(false);
+            return Err(BackendError::Device(
+                "CUDA: the verify pass left no logits".into(),
+            ));
         };
         for row in 0..n {
             self.backend.argmax_row(
@@ -291,37 +340,13 @@ impl Session for CudaSession {
                 &mut self.part_idx,
             )?;
         }
+        let mut out = [0u32; MAX_VERIFY_ROWS];
         let s = self.backend.device().stream().clone();
-        s.memcpy_dtoh(&self.rows_next.slice(..n), out)
+        s.memcpy_dtoh(&self.rows_next.slice(..n), &mut out[..n])
             .map_err(dev_err("reading the verify picks"))?;
         s.synchronize()
             .map_err(dev_err("running the verify pass"))?;
-        Ok(true)
-    }
-
-    fn forward_argmax(&mut self, token: u32, pos: usize) -> Result<Option<u32>, BackendError> {
-        self.step(token, pos, Pick::Argmax, 0)?;
-        self.read_next().map(Some)
-    }
-
-    fn forward_sample(
-        &mut self,
-        token: u32,
-        pos: usize,
-        params: &SamplingParams,
-        draw_seed: u64,
-    ) -> Result<Option<u32>, BackendError> {
-        if !(params.has_no_penalties() && params.temperature > 0.0) {
-            return Ok(None);
-        }
-        let pick = Pick::Sample {
-            temperature: params.temperature,
-            top_k: params.top_k,
-            top_p: params.top_p,
-            min_p: params.min_p,
-        };
-        self.step(token, pos, pick, draw_seed)?;
-        self.read_next().map(Some)
+        Ok(StepOutput::Tokens(Picked::from_slice(&out[..n])))
     }
 }
 

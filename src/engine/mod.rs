@@ -2,23 +2,25 @@
 //! decode one token at a time until a stop token, the token budget or the context ends.
 
 pub mod bench;
+pub mod build;
 pub mod constraint;
 pub mod cuda_session;
-pub mod draft;
 pub mod logprobs;
 pub mod sampler;
 pub mod session;
-pub mod spec_args;
-pub mod spec_decode;
-pub mod speculative;
+pub mod spec;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use build::{
+    BackendChoice, BuildError, Built, EngineOptions, ModelInfo, ModelSpec, RandomSpec, build,
+};
 pub use sampler::{Sampler, SamplingParams};
-pub use session::{Session, SessionOptions, cpu_session, cuda_session};
-pub use spec_args::SpeculationArgs;
-pub use spec_decode::{SpecStats, Speculation};
+pub use session::{
+    Pick, Rows, Session, SessionOptions, StepInput, StepOutput, cpu_session, cuda_session,
+};
+pub use spec::{SpecStats, Speculation, SpeculationError, SpeculationOptions};
 
 use crate::backend::BackendError;
 
@@ -93,6 +95,39 @@ impl GenerateStats {
         } else {
             n as f64 / self.decode_time.as_secs_f64()
         }
+    }
+}
+
+/// What a request is checked against: the one place a prompt and its sampling settings
+/// are validated. The engine checks every request with its own limits; the server checks
+/// with the same function before queueing (with the tokenizer's vocabulary when it is
+/// smaller), so a bad request is refused at once and never reaches the engine thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Token ids must be below this.
+    pub vocab: usize,
+    /// KV cache positions: the prompt must leave room for one token.
+    pub ctx: usize,
+}
+
+impl Limits {
+    pub fn check(&self, prompt: &[u32], params: &GenerateParams) -> Result<(), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(EngineError::BadToken {
+                id,
+                vocab: self.vocab,
+            });
+        }
+        if prompt.len() >= self.ctx {
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                ctx: self.ctx,
+            });
+        }
+        params.sampling.validate().map_err(EngineError::Sampling)
     }
 }
 
@@ -246,8 +281,12 @@ impl Engine {
                 return Ok((start, false));
             }
             let end = (pos + batch).min(prompt.len());
+            let input = StepInput {
+                tokens: &prompt[pos..end],
+                pos,
+            };
             self.session
-                .forward(&prompt[pos..end], pos, &mut self.logits)?;
+                .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
             self.cached.extend_from_slice(&prompt[pos..end]);
             pos = end;
         }
@@ -261,26 +300,22 @@ impl Engine {
 
     /// Prefill `prompt` and return the logits of its last position (used by tests).
     pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<&[f32], EngineError> {
-        self.check_prompt(prompt)?;
+        let greedy = GenerateParams {
+            max_tokens: 0,
+            sampling: SamplingParams::greedy(),
+            stop_ids: Vec::new(),
+        };
+        self.limits().check(prompt, &greedy)?;
         self.prefill(prompt)?;
         Ok(&self.logits)
     }
 
-    fn check_prompt(&self, prompt: &[u32]) -> Result<(), EngineError> {
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
+    /// The limits this engine checks every request against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            vocab: self.session.vocab_size(),
+            ctx: self.ctx(),
         }
-        let vocab = self.session.vocab_size();
-        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::BadToken { id, vocab });
-        }
-        if prompt.len() >= self.ctx() {
-            return Err(EngineError::PromptTooLong {
-                prompt: prompt.len(),
-                ctx: self.ctx(),
-            });
-        }
-        Ok(())
     }
 
     /// Generate from `prompt`, calling `on_token` with each new token as soon as it is
@@ -304,8 +339,7 @@ impl Engine {
         opts: &StreamOptions<'_>,
         on_token: &mut dyn FnMut(&TokenStep<'_>) -> Flow,
     ) -> Result<GenerateStats, EngineError> {
-        self.check_prompt(prompt)?;
-        params.sampling.validate().map_err(EngineError::Sampling)?;
+        self.limits().check(prompt, params)?;
         let t0 = Instant::now();
         let (cached_tokens, complete) = self.prefill_until(prompt, opts.cancel)?;
         let mut stats = GenerateStats {
@@ -382,10 +416,11 @@ impl Engine {
     ) -> Result<FinishReason, EngineError> {
         let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let mut constraint = opts.constraint.cloned();
-        // Without penalties the session may pick the token where the logits are.
-        // Log-probabilities, a constraint's mask and logit_bias need the logits on the
-        // host (the logits path, also on CUDA), so they rule it out.
-        let device_pick = params.sampling.has_no_penalties()
+        // Without penalties the session picks the token where the logits are (on a GPU,
+        // on the device). Penalties need the token history, log-probabilities the raw
+        // logits, and a constraint's mask or logit_bias must change the logits before
+        // the pick: all on the host, so then the logits come back and the sampler picks.
+        let session_pick = params.sampling.has_no_penalties()
             && opts.logprobs.is_none()
             && constraint.is_none()
             && opts.logit_bias.is_empty();
@@ -429,18 +464,23 @@ impl Engine {
             if cancelled() {
                 return Ok(FinishReason::Cancelled);
             }
-            if device_pick {
+            let input = StepInput {
+                tokens: &[token],
+                pos,
+            };
+            if session_pick {
                 let sp = &params.sampling;
-                next = if sp.temperature == 0.0 {
-                    self.session.forward_argmax(token, pos)?
+                let pick = if sp.temperature == 0.0 {
+                    Pick::Argmax
                 } else {
                     // A fresh, reproducible random stream per position and seed.
-                    let draw_seed = sp.seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    self.session.forward_sample(token, pos, sp, draw_seed)?
+                    let seed = sp.seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    Pick::Sample { params: sp, seed }
                 };
-            }
-            if next.is_none() {
-                self.session.forward(&[token], pos, &mut self.logits)?;
+                next = self.session.step(input, pick, Rows::Last)?.token();
+            } else {
+                self.session
+                    .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
             }
             self.cached.push(token);
         }

@@ -206,6 +206,38 @@ pub fn distribution(p: &SamplingParams, logits: &[f32], c: &mut Vec<(u32, f32)>)
     }
 }
 
+/// One draw from `c` (a [`distribution`]) with the next number of `rng`; 0 when empty.
+fn draw_candidate(c: &[(u32, f32)], rng: &mut Rng) -> u32 {
+    if c.is_empty() {
+        return 0;
+    }
+    let total: f64 = c.iter().map(|(_, v)| *v as f64).sum();
+    let mut r = rng.next_f64() * total;
+    for (id, v) in c.iter() {
+        r -= *v as f64;
+        if r < 0.0 {
+            return *id;
+        }
+    }
+    c[c.len() - 1].0
+}
+
+/// A token drawn from `logits` with `p`'s top-k, temperature, min-p and top-p (no
+/// penalties) and a fresh random stream seeded by `seed`: the pick a session makes for
+/// `Pick::Sample`, a function of the logits and the seed alone. Temperature 0 is the argmax.
+pub fn sample_filtered(
+    p: &SamplingParams,
+    logits: &[f32],
+    seed: u64,
+    scratch: &mut Vec<(u32, f32)>,
+) -> u32 {
+    if p.temperature == 0.0 {
+        return argmax(logits);
+    }
+    distribution(p, logits, scratch);
+    draw_candidate(scratch, &mut Rng::new(seed))
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
         let rng = Rng::new(params.seed);
@@ -238,19 +270,7 @@ impl Sampler {
             return argmax(logits);
         }
         distribution(p, logits, &mut self.candidates);
-        let c = &self.candidates;
-        if c.is_empty() {
-            return 0;
-        }
-        let total: f64 = c.iter().map(|(_, v)| *v as f64).sum();
-        let mut r = self.rng.next_f64() * total;
-        for (id, v) in c.iter() {
-            r -= *v as f64;
-            if r < 0.0 {
-                return *id;
-            }
-        }
-        c[c.len() - 1].0
+        draw_candidate(&self.candidates, &mut self.rng)
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {

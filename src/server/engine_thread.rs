@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::stop::StopMatcher;
 use crate::engine::constraint::Constraint;
-use crate::engine::{Engine, EngineError, FinishReason, Flow, GenerateParams, StreamOptions};
+use crate::engine::{Engine, FinishReason, Flow, GenerateParams, StreamOptions};
 use crate::tokenizer::Tokenizer;
 
 /// One request, tokenized and validated, ready to run.
@@ -177,14 +177,7 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     let stats = match result {
         Ok(s) => s,
         Err(e) => {
-            let err = match e {
-                EngineError::PromptTooLong { .. }
-                | EngineError::EmptyPrompt
-                | EngineError::BadToken { .. }
-                | EngineError::Sampling(_)
-                | EngineError::Constraint(_) => ApiError::bad_request(e.to_string()),
-                EngineError::Backend(_) => ApiError::internal(e.to_string()),
-            };
+            let err = super::jobs::request_error(e, job.params.max_tokens);
             let _ = job.events.send(Event::Error(err));
             return;
         }

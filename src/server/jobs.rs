@@ -15,10 +15,10 @@ use super::error::ApiError;
 use super::openai::{ChatRequest, CompletionRequest, Options, Prompt};
 use super::tool_calls;
 use super::tools::ToolChoice;
-use crate::engine::GenerateParams;
 use crate::engine::constraint::{
     Constraint, ConstraintLimits, ConstraintSpec, ConstraintVocab, Tag,
 };
+use crate::engine::{EngineError, GenerateParams, Limits};
 
 /// Raises the cancel flag when dropped: the response body, the waiting handler or the
 /// WebSocket's current request going away stops the generation at the next step.
@@ -229,27 +229,9 @@ impl AppState {
         default_max: Option<usize>,
         received: Instant,
     ) -> Result<Submitted, ApiError> {
-        if prompt.is_empty() {
-            return Err(ApiError::invalid("prompt", "the prompt is empty"));
-        }
-        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= self.vocab) {
-            return Err(ApiError::invalid(
-                "prompt",
-                format!(
-                    "token id {id} is outside the vocabulary of {} tokens",
-                    self.vocab
-                ),
-            ));
-        }
         let room = self.ctx.saturating_sub(prompt.len());
-        let max_tokens = match o.max_tokens.or(default_max) {
-            Some(m) => m,
-            None if room > 0 => room,
-            None => return Err(ApiError::context_length(prompt.len(), 1, self.ctx)),
-        };
-        if prompt.len().saturating_add(max_tokens) > self.ctx {
-            return Err(ApiError::context_length(prompt.len(), max_tokens, self.ctx));
-        }
+        // Without max_tokens the completion may fill the context (one token at least).
+        let max_tokens = o.max_tokens.or(default_max).unwrap_or(room.max(1));
         let seed = o.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -264,7 +246,18 @@ impl AppState {
                 self.tokenizer.stop_ids().to_vec()
             },
         };
-        params.sampling.validate().map_err(ApiError::bad_request)?;
+        // The engine's own check (prompt, vocabulary, context, sampling), then the
+        // server's rule that the whole completion must fit the context.
+        let limits = Limits {
+            vocab: self.vocab,
+            ctx: self.ctx,
+        };
+        limits
+            .check(&prompt, &params)
+            .map_err(|e| request_error(e, max_tokens))?;
+        if prompt.len().saturating_add(max_tokens) > self.ctx {
+            return Err(ApiError::context_length(prompt.len(), max_tokens, self.ctx));
+        }
         if let Some(&(id, _)) = o
             .logit_bias
             .iter()
@@ -305,5 +298,24 @@ impl AppState {
             hot: false,
             spinning_since: None,
         })
+    }
+}
+
+/// The API error of an engine error: a refused request is the client's (400), a backend
+/// failure the server's (500). `max_tokens`: what the request asked for, for the context
+/// message.
+pub fn request_error(e: EngineError, max_tokens: usize) -> ApiError {
+    match e {
+        EngineError::EmptyPrompt => ApiError::invalid("prompt", "the prompt is empty"),
+        EngineError::BadToken { id, vocab } => ApiError::invalid(
+            "prompt",
+            format!("token id {id} is outside the vocabulary of {vocab} tokens"),
+        ),
+        EngineError::PromptTooLong { prompt, ctx } => {
+            ApiError::context_length(prompt, max_tokens.max(1), ctx)
+        }
+        EngineError::Sampling(why) => ApiError::bad_request(why),
+        EngineError::Constraint(_) => ApiError::bad_request(e.to_string()),
+        EngineError::Backend(_) => ApiError::internal(e.to_string()),
     }
 }

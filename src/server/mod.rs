@@ -6,9 +6,8 @@
 //! thread owning the model: generate, detokenize, `stop` strings) -> per-request events ->
 //! `sse` / `ws` (write chunks) -> `conn` (the socket, where per-token overhead is measured).
 //! `responses` shapes the JSON, `error` the OpenAI-style errors, `metrics` the Prometheus
-//! page, `cli` the `tachyon serve` command.
+//! page, `start` the `tachyon serve` start-up (options, port, engine, engine thread).
 
-pub mod cli;
 pub mod conn;
 pub mod engine_thread;
 pub mod error;
@@ -19,6 +18,7 @@ pub mod openai;
 pub mod responses;
 pub mod routes;
 pub mod sse;
+pub mod start;
 pub mod stop;
 pub mod structured;
 pub mod tool_calls;
@@ -39,8 +39,8 @@ use engine_thread::EngineHandle;
 use jobs::FimTokens;
 use metrics::Metrics;
 
-pub use cli::ServeArgs;
 pub use error::ApiError;
+pub use start::{BusyPoll, ServeError, ServeOptions};
 
 /// What every handler shares.
 pub struct AppState {

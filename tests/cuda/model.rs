@@ -4,7 +4,7 @@
 //! covered.
 
 use serde_json::{Value, json};
-use tachyon::engine::{SessionOptions, cpu_session, cuda_session};
+use tachyon::engine::{Pick, Rows, SessionOptions, StepInput, cpu_session, cuda_session};
 use tachyon::format::GgmlType;
 use tachyon::format::random::{Shape, random_weights};
 
@@ -48,9 +48,18 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
     // Prefill in batches of up to 16 (the last one partial), then 6 single-token steps.
     let mut pos = 0;
     for chunk in prompt.chunks(16) {
-        cpu.forward(chunk, pos, &mut lc).unwrap();
-        gpu.forward(chunk, pos, &mut lg)
-            .unwrap_or_else(|e| panic!("{e}"));
+        cpu.step(
+            StepInput { tokens: chunk, pos },
+            Pick::Logits(&mut lc),
+            Rows::Last,
+        )
+        .unwrap();
+        gpu.step(
+            StepInput { tokens: chunk, pos },
+            Pick::Logits(&mut lg),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         pos += chunk.len();
     }
     let mut step = 0;
@@ -66,9 +75,24 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
         }
         let next = tachyon::engine::sampler::argmax(&lc);
         lg.fill(f32::NAN);
-        cpu.forward(&[next], pos, &mut lc).unwrap();
-        gpu.forward(&[next], pos, &mut lg)
-            .unwrap_or_else(|e| panic!("{e}"));
+        cpu.step(
+            StepInput {
+                tokens: &[next],
+                pos,
+            },
+            Pick::Logits(&mut lc),
+            Rows::Last,
+        )
+        .unwrap();
+        gpu.step(
+            StepInput {
+                tokens: &[next],
+                pos,
+            },
+            Pick::Logits(&mut lg),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         pos += 1;
         step += 1;
     }
@@ -134,8 +158,12 @@ fn hf_reference_logits_match() {
     let mut logits = vec![f32::NAN; config.vocab_size];
     for (pos, &t) in tokens.iter().enumerate() {
         logits.fill(f32::NAN);
-        gpu.forward(&[t], pos, &mut logits)
-            .unwrap_or_else(|e| panic!("{e}"));
+        gpu.step(
+            StepInput { tokens: &[t], pos },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let Some(want) = reference["logits"].get(pos.to_string()) else {
             continue;
         };
@@ -200,16 +228,34 @@ fn greedy_on_device_matches_greedy_on_host_logits() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut s = session();
     let mut logits = vec![0f32; vocab];
-    s.forward(&prompt[..16], 0, &mut logits)
-        .unwrap_or_else(|e| panic!("{e}"));
-    s.forward(&prompt[16..], 16, &mut logits)
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.step(
+        StepInput {
+            tokens: &prompt[..16],
+            pos: 0,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    s.step(
+        StepInput {
+            tokens: &prompt[16..],
+            pos: 16,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut on_host = Vec::new();
     for pos in prompt.len()..prompt.len() + 24 {
         let t = tachyon::engine::sampler::argmax(&logits);
         on_host.push(t);
-        s.forward(&[t], pos, &mut logits)
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.step(
+            StepInput { tokens: &[t], pos },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     assert_eq!(on_device, on_host);
 }
@@ -284,14 +330,14 @@ fn sampled_decoding_on_device_is_seeded() {
 }
 
 /// Greedy speculation on the GPU: the verify pass picks each row's argmax on the device
-/// (`forward_rows_argmax`), which must equal the host's argmax of the same pass's logits;
+/// (`Pick::Argmax` over `Rows::All`), which must equal the host's argmax of the same pass's logits;
 /// and speculative greedy output must be plain greedy output, token for token, with a draft
 /// that always agrees (the target itself) and one that rarely does (other random weights).
 #[test]
 #[ignore = "needs a GPU"]
 fn speculative_greedy_on_device_matches_plain_greedy() {
-    use tachyon::engine::draft::DraftModel;
-    use tachyon::engine::speculative::PromptLookup;
+    use tachyon::engine::spec::DraftModel;
+    use tachyon::engine::spec::PromptLookup;
     use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Speculation};
     let mut rng = Rng::from_env_or_clock("speculative_greedy_on_device_matches_plain_greedy");
     let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
@@ -316,16 +362,28 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
     // Device picks against host picks of one verify pass.
     let mut s = session(&weights);
     let mut logits = vec![0f32; vocab];
-    s.forward(&prompt, 0, &mut logits)
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.step(
+        StepInput {
+            tokens: &prompt,
+            pos: 0,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let rows: Vec<u32> = (0..9).map(|i| prompt[i]).collect();
-    let mut picks = vec![u32::MAX; rows.len()];
-    assert!(
-        s.forward_rows_argmax(&rows, prompt.len(), &mut picks)
-            .unwrap_or_else(|e| panic!("{e}"))
-    );
+    let verify = StepInput {
+        tokens: &rows,
+        pos: prompt.len(),
+    };
+    let picks = s
+        .step(verify, Pick::Argmax, Rows::All)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tokens()
+        .to_vec();
+    assert_eq!(picks.len(), rows.len(), "one device pick per verify row");
     let mut all = vec![f32::NAN; rows.len() * vocab];
-    s.forward_rows(&rows, prompt.len(), &mut all)
+    s.step(verify, Pick::Logits(&mut all), Rows::All)
         .unwrap_or_else(|e| panic!("{e}"));
     let host: Vec<u32> = all
         .chunks_exact(vocab)
@@ -356,13 +414,12 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
         let mut e = Engine::new(session(&weights));
         let draft =
             DraftModel::new(session(draft_weights), vocab).unwrap_or_else(|e| panic!("{e}"));
-        e.set_speculation(Some(Speculation {
-            draft: Some(draft),
-            lookup: lookup.then(PromptLookup::default),
-            max_len: 6,
-            adaptive: true,
-            replay: None,
-        }));
+        e.set_speculation(Some(Speculation::new(
+            Some(draft),
+            lookup.then(PromptLookup::default),
+            6,
+            true,
+        )));
         assert_eq!(run(&mut e), want, "{name}");
     }
 }

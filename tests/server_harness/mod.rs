@@ -10,6 +10,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// `--backend BACKEND` for every server a test starts: the CPU unless
+/// `TACHYON_TEST_BACKEND` names another (`cuda`, e.g. under the emulated GPU), so the same
+/// tests run on either backend.
+pub fn backend_args() -> [String; 2] {
+    let backend = std::env::var("TACHYON_TEST_BACKEND")
+        .ok()
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "cpu".to_string());
+    ["--backend".to_string(), backend]
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
@@ -17,13 +29,18 @@ pub struct Server {
 
 impl Server {
     /// Starts `tachyon serve --model MODEL --port 0 EXTRA...` (one CPU thread unless EXTRA
-    /// says otherwise, so parallel tests do not fight over the cores) and waits for its
-    /// ready line.
+    /// says otherwise, so parallel tests do not fight over the cores; the backend of
+    /// [`backend_args`] unless EXTRA names one) and waits for its ready line.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
         let threads: &[&str] = if extra.contains(&"--threads") {
             &[]
         } else {
             &["--threads", "1"]
+        };
+        let backend: Vec<String> = if extra.contains(&"--backend") {
+            Vec::new()
+        } else {
+            backend_args().to_vec()
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tachyon"))
             .arg("serve")
@@ -31,6 +48,7 @@ impl Server {
             .arg(model)
             .args(["--port", "0"])
             .args(threads)
+            .args(&backend)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

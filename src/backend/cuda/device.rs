@@ -6,7 +6,9 @@ use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, result, s
 use cudarc::nvrtc::Ptx;
 
 use super::kernels::KernelFns;
-use super::{KERNELS_FATBIN, NVCC_VERSION, kernels_absent_reason, kernels_built};
+use super::{
+    KERNELS_FATBIN, KERNELS_MIN_DRIVER_CUDA, NVCC_VERSION, kernels_absent_reason, kernels_built,
+};
 
 /// The oldest GPU the fatbin can run on: it carries sm_80 machine code and compute_80 PTX,
 /// and PTX only JIT-compiles forward, so anything before Ampere has no code to load.
@@ -40,10 +42,19 @@ pub enum CudaUnavailable {
         major: i32,
         minor: i32,
     },
-    /// The driver refused to load the embedded fatbin.
-    #[error("the CUDA driver could not load tachyon's kernels (built by {nvcc}): {source}")]
+    /// The driver refused to load the embedded fatbin. An old driver is the usual cause, so
+    /// the message says which driver was found and which one the kernels need.
+    #[error(
+        "the CUDA driver could not load tachyon's kernels: {source}. This driver supports CUDA \
+         {}; the kernels (built by {nvcc}) need a driver for CUDA {} or newer{}",
+        cuda_version_text(*driver),
+        cuda_version_text(KERNELS_MIN_DRIVER_CUDA),
+        driver_hint(*driver)
+    )]
     ModuleLoad {
         nvcc: &'static str,
+        /// What `cuDriverGetVersion` reported (0 if it failed).
+        driver: i32,
         #[source]
         source: DriverError,
     },
@@ -58,6 +69,40 @@ pub enum CudaUnavailable {
         #[source]
         source: DriverError,
     },
+}
+
+/// The CUDA version the installed driver supports, 0 if it cannot say.
+fn driver_cuda_version() -> i32 {
+    let mut version = 0;
+    // SAFETY: cuDriverGetVersion writes one int through a valid pointer; the driver is
+    // initialized (cuInit succeeded before any module load).
+    let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+    if status == sys::CUresult::CUDA_SUCCESS {
+        version
+    } else {
+        0
+    }
+}
+
+/// 12020 -> "12.2".
+fn cuda_version_text(v: i32) -> String {
+    if v <= 0 {
+        return "unknown".into();
+    }
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// Names the driver branch to install when the found one is too old.
+fn driver_hint(found: i32) -> &'static str {
+    if found > 0 && found < KERNELS_MIN_DRIVER_CUDA {
+        if KERNELS_MIN_DRIVER_CUDA <= 12020 {
+            " (an R535 or newer NVIDIA driver)"
+        } else {
+            " (an R580 or newer NVIDIA driver)"
+        }
+    } else {
+        ""
+    }
 }
 
 fn driver_err(during: &'static str) -> impl FnOnce(DriverError) -> CudaUnavailable {
@@ -159,6 +204,7 @@ fn open_device(ordinal: usize) -> Result<CudaDevice, CudaUnavailable> {
         .load_module(Ptx::from_binary(KERNELS_FATBIN.to_vec()))
         .map_err(|source| CudaUnavailable::ModuleLoad {
             nvcc: NVCC_VERSION,
+            driver: driver_cuda_version(),
             source,
         })?;
     // Looking every kernel up now turns a fatbin/wrapper name mismatch into a probe error

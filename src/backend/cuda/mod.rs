@@ -38,6 +38,11 @@ pub const KERNELS_FATBIN: &[u8] = build_info::FATBIN;
 /// kernels).
 pub const NVCC_VERSION: &str = build_info::NVCC_VERSION;
 
+/// The oldest driver that loads [`KERNELS_FATBIN`], as the CUDA version it supports
+/// (`1000 * major + 10 * minor`, what `cuDriverGetVersion` reports): 12020 (R535) when CUDA
+/// 12.2's ptxas built the machine code, 13000 (R580) when nvcc 13 built it alone.
+pub const KERNELS_MIN_DRIVER_CUDA: i32 = build_info::KERNELS_MIN_DRIVER_CUDA;
+
 /// Whether this build embedded the CUDA kernels (nvcc was found and succeeded at build time).
 pub fn kernels_built() -> bool {
     build_info::KERNELS_BUILT

@@ -1,7 +1,6 @@
-//! The arithmetic of speculative decoding, free of any model: who proposes tokens (prompt
-//! lookup here; a draft model proposes by decoding), and how the target's verdict over the
-//! proposed positions turns into accepted tokens without changing what the target alone
-//! would produce.
+//! The arithmetic of speculative decoding, free of any model: how the target's verdict
+//! over the proposed positions turns into accepted tokens without changing what the target
+//! alone would produce.
 //!
 //! Greedy: accept the longest prefix of the proposal that equals the target's argmax at
 //! each position, then take the target's argmax after it. The output is the target's own
@@ -14,7 +13,7 @@
 //! Each emitted token is then distributed exactly as p given the tokens before it. A
 //! proposer without a distribution (prompt lookup) is a point mass on its token.
 
-use super::sampler::Rng;
+use crate::engine::sampler::Rng;
 
 /// A probability distribution over token ids, as (id, probability) pairs; ids not listed
 /// have probability 0. The probabilities sum to 1 (up to rounding).
@@ -111,85 +110,6 @@ pub fn verify_sampled(
     Verdict {
         accepted: proposed.len(),
         next: draw(last, rng).unwrap_or(0),
-    }
-}
-
-/// Prompt-lookup proposals: when the last `n` tokens of the text so far occurred earlier
-/// in it, propose the tokens that followed that earlier occurrence. Code edits and agent
-/// loops repeat their context, so this often proposes long, correct runs for free.
-#[derive(Clone, Debug)]
-pub struct PromptLookup {
-    /// Longest n-gram tried first (longer matches predict better).
-    pub max_ngram: usize,
-    /// Shortest n-gram accepted.
-    pub min_ngram: usize,
-}
-
-impl Default for PromptLookup {
-    fn default() -> Self {
-        PromptLookup {
-            max_ngram: 4,
-            min_ngram: 2,
-        }
-    }
-}
-
-impl PromptLookup {
-    /// Up to `max` proposed tokens continuing `history` (empty when nothing matches). The
-    /// most recent earlier occurrence of the longest matching n-gram wins.
-    pub fn propose(&self, history: &[u32], max: usize, out: &mut Vec<u32>) {
-        out.clear();
-        if max == 0 {
-            return;
-        }
-        let len = history.len();
-        for n in (self.min_ngram.max(1)..=self.max_ngram).rev() {
-            if n >= len {
-                continue;
-            }
-            let key = &history[len - n..];
-            // Occurrences ending before the key itself, latest first.
-            let found = (0..len - n).rev().find(|&j| &history[j..j + n] == key);
-            if let Some(j) = found {
-                let from = j + n;
-                let to = (from + max).min(len);
-                out.extend_from_slice(&history[from..to]);
-                return;
-            }
-        }
-    }
-}
-
-/// Proposal length that follows the running acceptance: grows by one after a step that
-/// accepted everything, shrinks after steps that accepted little, within `[1, max]`.
-#[derive(Clone, Debug)]
-pub struct AdaptiveLength {
-    pub max: usize,
-    current: usize,
-}
-
-impl AdaptiveLength {
-    pub fn new(max: usize) -> AdaptiveLength {
-        AdaptiveLength {
-            max: max.max(1),
-            current: max.max(1),
-        }
-    }
-
-    pub fn current(&self) -> usize {
-        self.current
-    }
-
-    /// Record a step that proposed `proposed` tokens and kept `accepted`.
-    pub fn update(&mut self, proposed: usize, accepted: usize) {
-        if proposed == 0 {
-            return;
-        }
-        if accepted == proposed {
-            self.current = (self.current + 1).min(self.max);
-        } else if accepted * 2 < proposed {
-            self.current = (accepted + 1).max(1);
-        }
     }
 }
 
@@ -327,45 +247,5 @@ mod tests {
                 next: 9
             }
         );
-    }
-
-    #[test]
-    fn lookup_proposes_what_followed_the_latest_match() {
-        let l = PromptLookup::default();
-        let mut out = Vec::new();
-        // "1 2 3 4 5 ... 1 2 3" -> "4 5 ..."
-        l.propose(&[1, 2, 3, 4, 5, 6, 7, 1, 2, 3], 3, &mut out);
-        assert_eq!(out, [4, 5, 6]);
-        // The latest earlier occurrence wins.
-        l.propose(&[1, 2, 8, 9, 1, 2, 7, 1, 2], 2, &mut out);
-        assert_eq!(out, [7, 1]);
-        // A proposal stops at the end of the history.
-        l.propose(&[5, 6, 5, 6], 8, &mut out);
-        assert_eq!(out, [5, 6]);
-        // No match, or a match shorter than min_ngram: nothing.
-        l.propose(&[1, 2, 3, 4], 4, &mut out);
-        assert!(out.is_empty());
-        l.propose(&[7, 1, 2, 7], 4, &mut out);
-        assert!(out.is_empty());
-        l.propose(&[], 4, &mut out);
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn adaptive_length_tracks_acceptance() {
-        let mut a = AdaptiveLength::new(6);
-        assert_eq!(a.current(), 6);
-        a.update(6, 1);
-        assert_eq!(a.current(), 2);
-        a.update(2, 2);
-        assert_eq!(a.current(), 3);
-        a.update(3, 2);
-        assert_eq!(a.current(), 3);
-        for _ in 0..10 {
-            a.update(a.current(), a.current());
-        }
-        assert_eq!(a.current(), 6);
-        a.update(6, 0);
-        assert_eq!(a.current(), 1);
     }
 }

@@ -3,10 +3,10 @@
 //! text: before each proposal it runs only the tokens it has not seen (usually the one the
 //! target just picked), and proposals the target kept stay in its cache.
 
-use super::sampler::{Rng, SamplingParams, argmax, distribution};
-use super::session::Session;
-use super::speculative::draw;
+use super::rejection::draw;
 use crate::backend::BackendError;
+use crate::engine::sampler::{Rng, SamplingParams, argmax, distribution};
+use crate::engine::session::{Pick, Rows, Session, StepInput};
 
 pub struct DraftModel {
     session: Box<dyn Session>,
@@ -77,22 +77,15 @@ impl DraftModel {
             .count();
         let start = common.min(history.len() - 1);
         self.cached.truncate(start);
+        let greedy = sampling.is_none();
+        // Catch up in chunks; the last chunk's pick (greedy) is the first proposal.
+        let batch = self.session.max_batch();
         let mut pos = start;
         let mut next = None;
-        if history.len() - start == 1 && sampling.is_none() {
-            next = self.session.forward_argmax(history[start], start)?;
-            if next.is_some() {
-                pos += 1;
-            }
-        }
-        if next.is_none() {
-            let batch = self.session.max_batch();
-            while pos < history.len() {
-                let end = (pos + batch).min(history.len());
-                self.session
-                    .forward(&history[pos..end], pos, &mut self.logits)?;
-                pos = end;
-            }
+        while pos < history.len() {
+            let end = (pos + batch).min(history.len());
+            next = self.run(&history[pos..end], pos, greedy && end == history.len())?;
+            pos = end;
         }
         self.cached.extend_from_slice(&history[start..]);
         loop {
@@ -113,13 +106,25 @@ impl DraftModel {
             }
             // The last proposal need not run: the next call catches up if it was kept.
             let at = self.cached.len();
-            if sampling.is_none() {
-                next = self.session.forward_argmax(token, at)?;
-            }
-            if next.is_none() {
-                self.session.forward(&[token], at, &mut self.logits)?;
-            }
+            next = self.run(&[token], at, greedy)?;
             self.cached.push(token);
         }
+    }
+
+    /// Runs `tokens` at `pos`: greedy, the session's argmax of the last row; sampled, the
+    /// logits into `self.logits` for the host's draw.
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        argmax: bool,
+    ) -> Result<Option<u32>, BackendError> {
+        let input = StepInput { tokens, pos };
+        if argmax {
+            return Ok(self.session.step(input, Pick::Argmax, Rows::Last)?.token());
+        }
+        self.session
+            .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
+        Ok(None)
     }
 }

@@ -1,0 +1,366 @@
+//! One way to build an engine, used by every command (`generate`, `serve`, `bench` and the
+//! speculative bench): check the options, size the CPU thread pool, load the model (a file
+//! or random weights of a real shape), quantize it at load when asked, decide where it
+//! runs, build the session there, then the draft model and the speculation.
+//!
+//! The options are plain structs: the command line converts its arguments into them, and
+//! [`EngineOptions::validate`] refuses bad values before anything is loaded, so a bad flag
+//! fails at once instead of on every request.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use super::session::{Session, SessionOptions, cpu_session, cuda_session};
+use super::spec::{DraftModel, SpeculationError, SpeculationOptions};
+use crate::backend::{BackendError, cuda};
+use crate::format::GgmlType;
+use crate::format::random::{Shape, random_weights};
+use crate::format::{ModelConfig, ModelError, ModelWeights, load_weights};
+use crate::graph::Model;
+use crate::quant::at_load::{LoadQuant, quantize_weights};
+use crate::tokenizer::Tokenizer;
+
+/// Where a model's weights come from.
+#[derive(Clone, Debug)]
+pub enum ModelSpec {
+    /// A `.gguf` file or an HF directory.
+    File(PathBuf),
+    /// Random weights of a real shape (no tokenizer).
+    Random(RandomSpec),
+}
+
+/// Random weights: a shape name (`llama-3.2-1b`, ...) or the path of an HF `config.json`,
+/// the format of the matrices and the seed.
+#[derive(Clone, Debug)]
+pub struct RandomSpec {
+    pub shape: String,
+    pub dtype: GgmlType,
+    pub seed: u64,
+}
+
+/// Where the engine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// CUDA when a GPU and the kernels are there, else the CPU (with a notice saying why).
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// How to build the engine (the speculation aside).
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub backend: BackendChoice,
+    pub session: SessionOptions,
+    /// Quantize unquantized matrices at load (the draft's too).
+    pub quant: Option<LoadQuant>,
+    /// CPU threads (`None`: all cores). Sizes the process-wide pool, once.
+    pub threads: Option<usize>,
+    /// Load the model's tokenizer with its weights (a file source only; the bench of
+    /// weights alone does without).
+    pub tokenizer: bool,
+    /// Show a progress bar on stderr while weights are uploaded to a GPU.
+    pub progress: bool,
+}
+
+/// Why an engine could not be built. Each variant names what failed; the underlying error
+/// is its `source` (printed once by the caller's error chain, not repeated here).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{option}: {why}")]
+    Invalid { option: &'static str, why: String },
+    #[error("--threads")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+    #[error("loading {path}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("random weights {shape}")]
+    Random {
+        shape: String,
+        #[source]
+        source: ModelError,
+    },
+    #[error("--quant")]
+    Quant(#[source] ModelError),
+    #[error("--backend cuda")]
+    NoGpu(#[source] cuda::CudaUnavailable),
+    #[error("starting the {backend} backend")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: BackendError,
+    },
+    #[error(transparent)]
+    Speculation(#[from] SpeculationError),
+}
+
+fn invalid(option: &'static str, why: impl Into<String>) -> BuildError {
+    BuildError::Invalid {
+        option,
+        why: why.into(),
+    }
+}
+
+impl EngineOptions {
+    /// Refuses values that could only fail later (every request failing instead of start-up).
+    pub fn validate(&self) -> Result<(), BuildError> {
+        if self.session.ctx == 0 {
+            return Err(invalid("--ctx", "must be at least 1 token"));
+        }
+        if self.session.max_batch == 0 {
+            return Err(invalid("max batch", "must be at least 1 token"));
+        }
+        if self.threads == Some(0) {
+            return Err(invalid("--threads", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// What the engine was built from, for the commands' reports.
+pub struct ModelInfo {
+    /// The file path, or `random:SHAPE`, with ` --quant ...` when quantized at load.
+    pub label: String,
+    pub config: ModelConfig,
+    /// Present when [`EngineOptions::tokenizer`] was asked for (file sources only).
+    pub tokenizer: Option<Tokenizer>,
+    /// The format of the first layer's query matrix (the LM head's without layers).
+    pub weights_type: GgmlType,
+    /// Weight bytes read per decoded token.
+    pub bytes_per_token: u64,
+}
+
+/// An engine ready to generate, and what it was built from.
+pub struct Built {
+    pub engine: Engine,
+    pub model: ModelInfo,
+    /// The CPU thread count or the GPU's name.
+    pub device: String,
+    /// Set when `auto` fell back to the CPU: one line saying why, for stderr.
+    pub notice: Option<String>,
+    /// Time spent loading and building everything.
+    pub load_time: Duration,
+}
+
+/// Builds the engine `model` describes on the backend `opts` chooses, with the speculation
+/// `spec` asks for (a draft model sharing the target's vocabulary, prompt lookup, both, or
+/// neither).
+pub fn build(
+    model: &ModelSpec,
+    opts: &EngineOptions,
+    spec: &SpeculationOptions,
+) -> Result<Built, BuildError> {
+    opts.validate()?;
+    spec.validate()?;
+    let t0 = Instant::now();
+    configure_threads(opts.threads)?;
+    let target = load(model, opts.tokenizer, opts.quant)?;
+    let draft = match &spec.draft {
+        Some(d) => {
+            let draft = load(d, target.tokenizer.is_some(), opts.quant).map_err(|e| match e {
+                BuildError::Load { path, source } => SpeculationError::Load { path, source }.into(),
+                e => e,
+            })?;
+            spec.check_vocabulary(d, &draft.config, draft.tokenizer.as_ref(), &target)?;
+            Some(draft)
+        }
+        None => None,
+    };
+    let place = Placement::choose(opts.backend)?;
+    let session = place.session(&target.config, &target.weights, opts)?;
+    let mut engine = Engine::new(session);
+    let draft = match &draft {
+        Some(d) => {
+            let session = place.session(&d.config, &d.weights, opts)?;
+            Some(DraftModel::new(session, engine.vocab_size()).map_err(SpeculationError::from)?)
+        }
+        None => None,
+    };
+    engine.set_speculation(spec.speculation(draft));
+    let device = match &place {
+        Placement::Cpu { .. } => format!("{} threads", rayon::current_num_threads()),
+        Placement::Cuda { name } => name.clone(),
+    };
+    let notice = match place {
+        Placement::Cpu { notice } => notice,
+        Placement::Cuda { .. } => None,
+    };
+    let weights_type = target
+        .weights
+        .layers
+        .first()
+        .map_or(target.weights.output.ty, |l| l.wq.ty);
+    Ok(Built {
+        engine,
+        model: ModelInfo {
+            label: target.label,
+            bytes_per_token: target.weights.bytes_per_token(),
+            config: target.config,
+            tokenizer: target.tokenizer,
+            weights_type,
+        },
+        device,
+        notice,
+        load_time: t0.elapsed(),
+    })
+}
+
+/// Sizes rayon's global pool (the CPU backend's threads). Tolerates a pool already built
+/// with that size (a second engine in the same process).
+fn configure_threads(threads: Option<usize>) -> Result<(), BuildError> {
+    let Some(n) = threads else {
+        return Ok(());
+    };
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
+        Ok(()) => Ok(()),
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(e) => Err(BuildError::Threads(e)),
+    }
+}
+
+/// A model's config, weights (quantized when asked) and maybe its tokenizer.
+pub(crate) struct Loaded {
+    pub label: String,
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+fn load(spec: &ModelSpec, tokenizer: bool, quant: Option<LoadQuant>) -> Result<Loaded, BuildError> {
+    let mut loaded = match spec {
+        ModelSpec::File(path) => {
+            let failed = |source| BuildError::Load {
+                path: path.clone(),
+                source,
+            };
+            let label = path.display().to_string();
+            if tokenizer {
+                let m = Model::load(path).map_err(failed)?;
+                Loaded {
+                    label,
+                    config: m.config,
+                    weights: m.weights,
+                    tokenizer: Some(m.tokenizer),
+                }
+            } else {
+                let (config, weights, _source) = load_weights(path).map_err(failed)?;
+                Loaded {
+                    label,
+                    config,
+                    weights,
+                    tokenizer: None,
+                }
+            }
+        }
+        ModelSpec::Random(r) => {
+            let failed = |source| BuildError::Random {
+                shape: r.shape.clone(),
+                source,
+            };
+            let shape = Shape::resolve(&r.shape).map_err(failed)?;
+            let weights = random_weights(&shape, r.dtype, r.seed).map_err(failed)?;
+            Loaded {
+                label: format!("random:{}", shape.name),
+                config: shape.config,
+                weights,
+                tokenizer: None,
+            }
+        }
+    };
+    if let Some(q) = quant {
+        loaded.weights = quantize_weights(&loaded.weights, q).map_err(BuildError::Quant)?;
+        loaded.label = format!("{} --quant {q:?}", loaded.label).to_lowercase();
+    }
+    Ok(loaded)
+}
+
+/// The backend the sessions are built on, decided once for the target and its draft.
+enum Placement {
+    /// `notice`: why `auto` did not take the GPU.
+    Cpu {
+        notice: Option<String>,
+    },
+    Cuda {
+        name: String,
+    },
+}
+
+impl Placement {
+    fn choose(choice: BackendChoice) -> Result<Placement, BuildError> {
+        match choice {
+            BackendChoice::Cpu => Ok(Placement::Cpu { notice: None }),
+            BackendChoice::Cuda => {
+                let dev = cuda::probe().map_err(BuildError::NoGpu)?;
+                Ok(Placement::Cuda {
+                    name: dev.name().to_string(),
+                })
+            }
+            BackendChoice::Auto => Ok(match cuda::probe() {
+                Ok(dev) => Placement::Cuda {
+                    name: dev.name().to_string(),
+                },
+                Err(why) => Placement::Cpu {
+                    notice: Some(format!("notice: using the CPU backend ({why})")),
+                },
+            }),
+        }
+    }
+
+    fn session(
+        &self,
+        config: &ModelConfig,
+        weights: &ModelWeights,
+        opts: &EngineOptions,
+    ) -> Result<Box<dyn Session>, BuildError> {
+        let (backend, made) = match self {
+            Placement::Cpu { .. } => ("cpu", cpu_session(config, weights, &opts.session)),
+            Placement::Cuda { .. } => {
+                // Every session opens its own handle on the device (the same primary context).
+                let dev = cuda::probe().map_err(BuildError::NoGpu)?;
+                (
+                    "cuda",
+                    cuda_session(config, weights, &opts.session, dev, opts.progress),
+                )
+            }
+        };
+        made.map_err(|source| BuildError::Backend { backend, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_would_fail_every_request_are_refused() {
+        let bad = |o: EngineOptions| o.validate().err().map(|e| e.to_string());
+        let ctx0 = EngineOptions {
+            session: SessionOptions {
+                ctx: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            bad(ctx0).as_deref(),
+            Some("--ctx: must be at least 1 token")
+        );
+        let threads0 = EngineOptions {
+            threads: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad(threads0).as_deref(),
+            Some("--threads: must be at least 1")
+        );
+        assert!(EngineOptions::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,168 @@
+//! The decode loop with speculation: each step, prompt lookup or the draft model proposes
+//! up to K tokens after the pending one; the target runs the pending token and the proposal
+//! in one forward pass over K+1 positions and keeps the longest prefix it agrees with
+//! (greedy) or what rejection sampling keeps (sampled), plus one token of its own. Rejected
+//! positions are rolled back by moving the cache length: their KV is simply overwritten by
+//! the next step. The text is what the target alone would produce (see `rejection.rs`).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::length::AdaptiveLength;
+use super::rejection::{accept_greedy, verify_sampled};
+use super::{Source, SpecStats, Speculation};
+use crate::engine::sampler::{Rng, Sampler, distribution};
+use crate::engine::session::{MAX_VERIFY_ROWS, Pick, Rows, StepInput};
+use crate::engine::{Emitter, Engine, EngineError, FinishReason, GenerateParams, StreamOptions};
+
+/// Mixed into the request's seed for the rejection tests' random stream.
+const VERIFY_SEED: u64 = 0x243F_6A88_85A3_08D3;
+
+impl Engine {
+    /// Decode with `spec` after the prompt ran (its logits are in `self.logits`). Returns
+    /// why generation ended.
+    #[allow(clippy::too_many_arguments)] // the loop's state, passed in from generate_stream
+    pub(in crate::engine) fn decode_speculative(
+        &mut self,
+        spec: &mut Speculation,
+        prompt: &[u32],
+        params: &GenerateParams,
+        opts: &StreamOptions<'_>,
+        sampler: &mut Sampler,
+        emit: &mut Emitter<'_, '_>,
+        stats: &mut SpecStats,
+    ) -> Result<FinishReason, EngineError> {
+        let sp = &params.sampling;
+        let greedy = sp.temperature == 0.0;
+        let vocab = self.session.vocab_size();
+        let ctx = self.ctx();
+        let max_len = spec
+            .max_len
+            .clamp(1, MAX_VERIFY_ROWS - 1)
+            .min(self.session.max_batch().saturating_sub(1));
+        let mut length = AdaptiveLength::new(max_len);
+        let mut rng = Rng::new(sp.seed ^ VERIFY_SEED);
+        let mut history = prompt.to_vec();
+        let (mut proposal, mut q_rows, mut inputs, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut p_rows: Vec<Vec<(u32, f32)>> = Vec::new();
+        let mut argmaxes = Vec::new();
+        let mut token = sampler.sample(&mut self.logits);
+        loop {
+            if let Some(end) = emit.emit(token) {
+                return Ok(end);
+            }
+            history.push(token);
+            let pos = self.cached.len();
+            if pos + 1 > ctx {
+                return Ok(FinishReason::Length);
+            }
+            if opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Ok(FinishReason::Cancelled);
+            }
+            // Room for the proposal: the context, and the tokens still wanted (the target
+            // adds one of its own to what it keeps).
+            let remaining = params.max_tokens - emit.generated();
+            let want = spec.proposer.length(if spec.adaptive {
+                length.current()
+            } else {
+                max_len
+            });
+            let k = want
+                .min(MAX_VERIFY_ROWS - 1)
+                .min(ctx - pos - 1)
+                .min(remaining.saturating_sub(1));
+            proposal.clear();
+            q_rows.clear();
+            let mut source = None;
+            if k > 0 {
+                let t = Instant::now();
+                source = spec.proposer.propose(
+                    &history,
+                    k,
+                    (!greedy).then_some((sp, &mut rng)),
+                    &mut proposal,
+                    &mut q_rows,
+                )?;
+                if source == Some(Source::Draft) {
+                    stats.draft_time += t.elapsed();
+                }
+            }
+            let Some(source) = source else {
+                // Nothing proposed: a plain step.
+                stats.plain_steps += 1;
+                stats.trace.push((0, 0));
+                let input = StepInput {
+                    tokens: &[token],
+                    pos,
+                };
+                let next = if greedy {
+                    self.session.step(input, Pick::Argmax, Rows::Last)?.token()
+                } else {
+                    self.session
+                        .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
+                    None
+                };
+                self.cached.push(token);
+                token = match next {
+                    Some(t) => t,
+                    None => sampler.sample(&mut self.logits),
+                };
+                continue;
+            };
+            // Verify: the pending token and the proposal in one pass.
+            let n = 1 + proposal.len();
+            inputs.clear();
+            inputs.push(token);
+            inputs.extend_from_slice(&proposal);
+            let t = Instant::now();
+            // Greedy needs only each row's argmax, which a GPU session picks on the device;
+            // sampled verification needs every row's distribution on the host.
+            let input = StepInput {
+                tokens: &inputs,
+                pos,
+            };
+            argmaxes.clear();
+            if greedy {
+                let picked = self.session.step(input, Pick::Argmax, Rows::All)?;
+                argmaxes.extend_from_slice(picked.tokens());
+            } else {
+                rows.resize(n * vocab, 0.0);
+                self.session
+                    .step(input, Pick::Logits(&mut rows), Rows::All)?;
+            }
+            stats.verify_time += t.elapsed();
+            self.cached.push(token);
+            let (accepted, next) = if greedy {
+                let agreed = accept_greedy(&proposal, &argmaxes);
+                let a = spec
+                    .proposer
+                    .keep(proposal.len(), agreed)
+                    .min(proposal.len());
+                (a, argmaxes[a])
+            } else {
+                p_rows.resize_with(n, Vec::new);
+                for (row, p) in rows.chunks_exact(vocab).zip(p_rows.iter_mut()) {
+                    distribution(sp, row, p);
+                }
+                let p: Vec<&[(u32, f32)]> = p_rows.iter().map(Vec::as_slice).collect();
+                let q: Vec<Option<&[(u32, f32)]>> = match source {
+                    Source::Draft => q_rows.iter().map(|r| Some(r.as_slice())).collect(),
+                    Source::Lookup => vec![None; proposal.len()],
+                };
+                let v = verify_sampled(&proposal, &p, &q, &mut rng);
+                (v.accepted, v.next)
+            };
+            stats.record(source, proposal.len(), accepted);
+            length.update(proposal.len(), accepted);
+            for &t in &proposal[..accepted] {
+                if let Some(end) = emit.emit(t) {
+                    return Ok(end);
+                }
+                history.push(t);
+                self.cached.push(t);
+            }
+            token = next;
+        }
+    }
+}
