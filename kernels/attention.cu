@@ -48,6 +48,13 @@ __device__ __forceinline__ Range split_range(const AttnParams& p, int pos, int r
 
 constexpr int kMaxD = 8;  // head_dim <= 256
 
+// max that keeps a NaN: fmaxf(-inf, NaN) is -inf, which would let a NaN score vanish
+// (a warp whose only scores are NaN keeps m = -inf and is skipped as "saw no position").
+// A NaN in a score must come out as NaN, as in the CPU backend.
+__device__ __forceinline__ float max_keep_nan(float a, float b) {
+    return (isnan(a) || isnan(b)) ? NAN : fmaxf(a, b);
+}
+
 struct SplitShared {
     float m[kAttnWarps][kHeadsPerBlock];
     float l[kAttnWarps][kHeadsPerBlock];
@@ -110,7 +117,7 @@ __device__ __forceinline__ void attn_split(const AttnParams& p, SplitShared& sm)
 #pragma unroll
                 for (int j = 0; j < D; ++j) s = fmaf(q[g][j], kr[j], s);
                 s = tachyon::warp_sum_f(s);
-                const float m_new = fmaxf(m[g], s);
+                const float m_new = max_keep_nan(m[g], s);
                 const float corr = expf(m[g] - m_new);
                 const float e = expf(s - m_new);
                 l[g] = l[g] * corr + e;
@@ -134,7 +141,7 @@ __device__ __forceinline__ void attn_split(const AttnParams& p, SplitShared& sm)
     __syncthreads();
     for (int g = warp; g < nh; g += kAttnWarps) {
         float mx = -INFINITY;
-        for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm.m[w][g]);
+        for (int w = 0; w < kAttnWarps; ++w) mx = max_keep_nan(mx, sm.m[w][g]);
         const size_t slot = (static_cast<size_t>(row) * p.n_heads + h0 + g) * p.n_splits + split;
         float sum = 0.0f;
         float o[D];
@@ -191,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_decode_reduce(const AttnP
     if (rh >= p.n * p.n_heads) return;
     const size_t base = static_cast<size_t>(rh) * p.n_splits;
     float mx = -INFINITY;
-    for (int s = 0; s < p.n_splits; ++s) mx = fmaxf(mx, p.part_max[base + s]);
+    for (int s = 0; s < p.n_splits; ++s) mx = max_keep_nan(mx, p.part_max[base + s]);
     float sum = 0.0f;
     for (int s = 0; s < p.n_splits; ++s) {
         const float ms = p.part_max[base + s];

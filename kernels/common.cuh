@@ -11,6 +11,12 @@
 
 #include "tachyon_kernels.h"
 
+// Dynamic shared memory (the launch's sharedMemBytes): `extern __shared__` under nvcc; the
+// emulated GPU's prelude defines it first as a pointer to the running block's buffer.
+#ifndef TACHYON_DYNAMIC_SMEM
+#define TACHYON_DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#endif
+
 namespace tachyon {
 
 constexpr int kWarp = 32;

@@ -98,7 +98,12 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_final(const ArgmaxPara
  * values per thread. Thread t owns the contiguous ids [t * seg, (t + 1) * seg), so "lower
  * id first" tie-breaks and the final draw are prefix sums over threads.
  * Thresholds are found by radix selection on the float bit patterns (8 bits per round, 4
- * rounds): exact, with no sort.
+ * rounds): exact, with no sort. The top-p masses are sums of fixed-point weights (integer
+ * atomics, 2^-40 units), so the cut does not depend on the order the atomics land in and a
+ * seeded draw reproduces; the draw's running masses come from one serial scan, whose total
+ * is the one the draw scales by.
+ * No candidate with mass (every logit -inf, or +inf ones making the weights NaN): the
+ * greedy choice, the lowest id of the largest logit, never the token of an earlier call.
  * Bytes: ~8 passes over the n logits (4 bytes each), from L2. Flops: one exp per logit.
  */
 namespace {
@@ -111,11 +116,21 @@ __device__ __forceinline__ unsigned int float_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// Fixed-point unit of the top-p masses: weights are <= 1 (the best token weighs 1), so a
+// vocabulary of up to 2^23 ids sums below 2^63.
+constexpr double kMassUnit = 1099511627776.0;  // 2^40
+
+__device__ __forceinline__ unsigned long long mass_q(float w) {
+    return static_cast<unsigned long long>(static_cast<double>(w) * kMassUnit + 0.5);
+}
+
 struct SampleShared {
     unsigned int hist[256];
-    float mass[256];
+    unsigned long long mass[256];
     float seg_f[kSampleThreads];
     unsigned int seg_u[kSampleThreads];
+    unsigned long long seg_q[kSampleThreads];
+    unsigned long long target_q;
     unsigned int prefix;
     unsigned int remaining;
     float target;
@@ -159,6 +174,21 @@ __device__ void scan_u(SampleShared& sm) {
     __syncthreads();
 }
 
+__device__ void scan_q(SampleShared& sm) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned long long acc = 0;
+        for (int t = 0; t < static_cast<int>(blockDim.x); ++t) {
+            const unsigned long long v = sm.seg_q[t];
+            sm.seg_q[t] = acc;
+            acc += v;
+        }
+    }
+    __syncthreads();
+}
+
+// Also leaves the sum of all values in sm.total: the draw must scale by the same sum its
+// ranges come from (a tree reduction rounds differently and could land past them).
 __device__ void scan_f(SampleShared& sm) {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -168,6 +198,7 @@ __device__ void scan_f(SampleShared& sm) {
             sm.seg_f[t] = acc;
             acc += v;
         }
+        sm.total = acc;
     }
     __syncthreads();
 }
@@ -263,64 +294,82 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
     if (p.top_p < 1.0f && p.top_p * z_all < z_kept) {
         if (threadIdx.x == 0) {
             sm.prefix = 0;
-            sm.target = p.top_p * z_all;  // mass still to reach, above the bins chosen so far
+            // Mass still to reach, above the bins chosen so far (fixed point).
+            sm.target_q = static_cast<unsigned long long>(static_cast<double>(p.top_p) *
+                                                          static_cast<double>(z_all) * kMassUnit);
         }
         // Weights are >= 0, so their bit patterns order like the values.
         for (int shift = 24; shift >= 0; shift -= 8) {
-            for (int b = threadIdx.x; b < 256; b += blockDim.x) sm.mass[b] = 0.0f;
+            for (int b = threadIdx.x; b < 256; b += blockDim.x) sm.mass[b] = 0;
             __syncthreads();
             const unsigned int high_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
             for (int i = lo; i < hi; ++i) {
                 const unsigned int key = __float_as_uint(w[i]);
                 if (w[i] > 0.0f && (key & high_mask) == (sm.prefix & high_mask))
-                    atomicAdd(&sm.mass[(key >> shift) & 255u], w[i]);
+                    atomicAdd(&sm.mass[(key >> shift) & 255u], mass_q(w[i]));
             }
             __syncthreads();
             if (threadIdx.x == 0) {
-                float need = sm.target;
+                unsigned long long need = sm.target_q;
                 int b = 255;
                 for (; b > 0; --b) {
                     if (sm.mass[b] >= need) break;
                     need -= sm.mass[b];
                 }
                 sm.prefix |= static_cast<unsigned int>(b) << shift;
-                sm.target = need;
+                sm.target_q = need;
             }
             __syncthreads();
         }
         const unsigned int cut = sm.prefix;
-        const float need_at_cut = sm.target;
+        const unsigned long long need_at_cut = sm.target_q;
         // Ties at the cut, by lower id, until the mass is reached (the CPU's stopping rule:
         // a token is kept if the mass before it had not reached top_p).
-        float tie_mass = 0.0f;
-        for (int i = lo; i < hi; ++i) tie_mass += (w[i] > 0.0f && __float_as_uint(w[i]) == cut) ? w[i] : 0.0f;
-        sm.seg_f[threadIdx.x] = tie_mass;
-        scan_f(sm);
-        float before = sm.seg_f[threadIdx.x];
+        unsigned long long tie_mass = 0;
+        for (int i = lo; i < hi; ++i)
+            tie_mass += (w[i] > 0.0f && __float_as_uint(w[i]) == cut) ? mass_q(w[i]) : 0ull;
+        sm.seg_q[threadIdx.x] = tie_mass;
+        scan_q(sm);
+        unsigned long long before = sm.seg_q[threadIdx.x];
         for (int i = lo; i < hi; ++i) {
             if (w[i] <= 0.0f) continue;
             const unsigned int key = __float_as_uint(w[i]);
             if (key < cut) {
                 w[i] = 0.0f;
             } else if (key == cut) {
-                if (before >= need_at_cut && before > 0.0f) {
-                    const float wi = w[i];
-                    w[i] = 0.0f;
-                    before += wi;
-                } else {
-                    before += w[i];
-                }
+                const unsigned long long q = mass_q(w[i]);
+                if (before >= need_at_cut && before > 0) w[i] = 0.0f;
+                before += q;
             }
         }
         __syncthreads();
     }
 
     // 6. Draw: r uniform in [0, total), the token where the running mass (by id) passes r.
+    // A weight that is not a finite number >= 0 (+inf logits) counts as no mass.
     float local = 0.0f;
-    for (int i = lo; i < hi; ++i) local += w[i];
+    for (int i = lo; i < hi; ++i) {
+        if (!(w[i] >= 0.0f && w[i] <= 1.0f)) w[i] = 0.0f;
+        local += w[i];
+    }
     sm.seg_f[threadIdx.x] = local;
-    const float total = block_reduce(local, false, red);
     scan_f(sm);
+    const float total = sm.total;
+    if (!(total > 0.0f)) {
+        // No candidate has mass: the greedy choice among the candidates (not NaN).
+        float bv = NAN;
+        int bi = -1;
+        for (int i = lo; i < hi; ++i) {
+            const float v = p.logits[i];
+            if (better(v, i, bv, bi)) {
+                bv = v;
+                bi = i;
+            }
+        }
+        block_best(bv, bi);
+        if (threadIdx.x == 0) *p.out = bi < 0 ? 0u : static_cast<unsigned int>(bi);
+        return;
+    }
     if (threadIdx.x == 0) {
         unsigned long long z = (*p.rng_state += 0x9E3779B97F4A7C15ull);
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

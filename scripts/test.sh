@@ -2,10 +2,11 @@
 # Run the test suite: fetch what the tests need (nvcc from pip so every kernel compiles,
 # the real models, the tokenizer conformance files, a Python venv with the openai client and
 # the gguf package),
-# then `cargo test --release`.
+# then `cargo fmt --check`, `cargo clippy --release --all-targets -- -D warnings` and
+# `cargo test --release`.
 # Extra arguments go to cargo test (e.g. `scripts/test.sh --test golden`).
 # Tests that need a GPU are marked ignored; run them on a GPU machine with
-# `cargo test --release -- --ignored`.
+# `cargo test --release -- --ignored`, and here under the emulated GPU (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-cuda-toolchain.sh
@@ -18,4 +19,21 @@ if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import openai
   .cache/venv/bin/pip install -q openai==3.51.0 websockets==17.4 -r tools/requirements.txt
 fi
 export PATH="$PWD/.toolchain/cuda/nvidia/cu13/bin:$PATH"
+# Formatting and lints before the tests: both are cheap next to the build the tests need.
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
 cargo test --release "$@"
+
+# Every GPU test again under the emulated device (emulator/README.md): the kernels and the
+# CUDA backend run on the CPU against a stand-in driver, with compute-sanitizer-style
+# checks. Only for the whole suite (no cargo arguments); TACHYON_SKIP_EMULATED=1 skips it.
+# Not run here: the HF reference comparison (needs a checkpoint made on a GPU machine) and
+# the 1B / 1.5B real shapes (hours of emulation); both run on a GPU machine with --ignored.
+# Skipped until its fix is merged: the seeded-sampling test draws on tiny-llama, whose tied
+# embeddings make every seed draw the same token under emulation (the fix draws on tiny-qwen2).
+if [[ $# -eq 0 && "${TACHYON_SKIP_EMULATED:-}" != 1 ]]; then
+  emulator/build.sh --selftest target/emulated-gpu
+  scripts/emulated-gpu.sh cargo test --release --test emulated_device --test cuda_kernels -- \
+    --ignored --skip hf_reference_logits_match --skip whole_model_logits_match_cpu_on_real_shapes \
+    --skip sampled_decoding_on_device_is_seeded
+fi

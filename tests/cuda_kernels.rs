@@ -81,6 +81,13 @@ impl Rng {
     }
 }
 
+/// Whether the device is the emulated GPU (scripts/emulated-gpu.sh), where a kernel runs
+/// thousands of times slower: tests shrink their repeat counts there, never their shapes'
+/// odd sizes, GQA ratios or split counts.
+pub fn emulated() -> bool {
+    std::env::var("TACHYON_EMULATED_GPU").as_deref() == Ok("1")
+}
+
 fn gpu() -> CudaDevice {
     cuda::probe().unwrap_or_else(|e| panic!("these tests need a usable CUDA GPU: {e}"))
 }

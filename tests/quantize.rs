@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use tachyon::engine::{Engine, Pick, Rows, SessionOptions, StepInput, cpu_session};
+use tachyon::format::GgmlType;
 use tachyon::format::gguf::GgufFile;
 use tachyon::format::load_weights;
 use tachyon::graph::Model;
+use tachyon::quant;
 use tachyon::quant::model_quantizer::{QuantMix, quantize_to_gguf};
-use tachyon::quant::{self, GgmlType};
 
 /// Largest relative RMS error allowed when re-quantizing already-quantized weights.
 fn bound(ty: GgmlType) -> f64 {

@@ -1,6 +1,12 @@
 //! Backends: where the ops of a forward pass run. The model family decides the graph
 //! (`graph::llama`); a backend decides how each op runs. `cpu` is the readable reference every
 //! GPU kernel is checked against; `cuda` runs on NVIDIA GPUs.
+//!
+//! The path through it: the graph asks a backend to upload each `format::Weight` (kept in
+//! its block format), to build the rope tables (`format::Rope::fill_angles` on every
+//! backend) and a KV cache, then calls the [`Ops`] methods (embed, rmsnorm, matmul, rope,
+//! attention, SwiGLU, ...) in the order the model family decides; the engine reads the
+//! logits or the picked token back.
 
 pub mod cpu;
 pub mod cuda;

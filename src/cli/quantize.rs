@@ -58,7 +58,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         ProgressStyle::with_template("quantizing {bar:40} {pos}/{len} tensors")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = quantize_to_gguf(&config, &weights, source.as_ref(), mix, &output, |i, n| {
+    let report = quantize_to_gguf(&config, &weights, source.as_ref(), mix, output, |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
     })

@@ -62,16 +62,53 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// Rotated pairs per head (`dim / 2`): the width of one row of the angle tables.
+    pub fn half(&self) -> usize {
+        self.dim / 2
+    }
+
     /// The inverse frequency of pair `i`: `theta^(-2i/dim) / freq_factor[i]`.
     pub fn inv_freqs(&self) -> Vec<f32> {
-        (0..self.dim / 2)
+        (0..self.half())
             .map(|i| {
-                let f = (self.theta as f64).powf(-2.0 * i as f64 / self.dim as f64);
+                let f = base_inv_freq(self.theta, self.dim, i);
                 let div = self.freq_factors.as_ref().map_or(1.0, |ff| ff[i] as f64);
                 (f / div) as f32
             })
             .collect()
     }
+
+    /// The rotary angle tables for positions `0..cos.len() / half`: `cos[p * half + i]` and
+    /// `sin[p * half + i]` of `p / linear_factor * inv_freq[i]`, computed in f64 and rounded
+    /// once. Every backend's table is this (the CPU's `rope_table`, the CUDA device tables),
+    /// so all of them rotate by identical angles. `cos` and `sin` are the same length, a
+    /// multiple of [`Rope::half`].
+    pub fn fill_angles(&self, cos: &mut [f32], sin: &mut [f32]) {
+        let inv = self.inv_freqs();
+        let half = inv.len().max(1);
+        for (p, (c, s)) in cos.chunks_mut(half).zip(sin.chunks_mut(half)).enumerate() {
+            let pos = p as f64 / self.linear_factor as f64;
+            for ((c, s), f) in c.iter_mut().zip(s.iter_mut()).zip(&inv) {
+                let a = pos * *f as f64;
+                *c = a.cos() as f32;
+                *s = a.sin() as f32;
+            }
+        }
+    }
+
+    /// [`Rope::fill_angles`] into new tables for positions `0..ctx`: (cos, sin, half).
+    pub fn angles(&self, ctx: usize) -> (Vec<f32>, Vec<f32>, usize) {
+        let half = self.half();
+        let mut cos = vec![0.0; ctx * half];
+        let mut sin = vec![0.0; ctx * half];
+        self.fill_angles(&mut cos, &mut sin);
+        (cos, sin, half)
+    }
+}
+
+/// The unscaled inverse frequency of pair `i` of a `dim`-wide rotation: `theta^(-2i/dim)`.
+fn base_inv_freq(theta: f32, dim: usize, i: usize) -> f64 {
+    (theta as f64).powf(-2.0 * i as f64 / dim as f64)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -320,13 +357,16 @@ impl ModelConfig {
         in_range("ffn size", self.ffn_dim, MAX_DIM * 8)?;
         in_range("vocab size", self.vocab_size, MAX_VOCAB)?;
         in_range("context length", self.max_ctx, MAX_CTX)?;
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.rope.dim % 2 != 0 || self.rope.dim > self.head_dim {
+        if !self.head_dim.is_multiple_of(2)
+            || !self.rope.dim.is_multiple_of(2)
+            || self.rope.dim > self.head_dim
+        {
             return bad(format!(
                 "rope dimension {} must be even and at most the head size {}",
                 self.rope.dim, self.head_dim
@@ -350,14 +390,14 @@ impl ModelConfig {
                 self.rope.linear_factor
             ));
         }
-        if let Some(ff) = &self.rope.freq_factors {
-            if ff.len() != self.rope.dim / 2 || ff.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
-                return bad(format!(
-                    "rope frequency factors: need {} positive values, got {}",
-                    self.rope.dim / 2,
-                    ff.len()
-                ));
-            }
+        if let Some(ff) = &self.rope.freq_factors
+            && (ff.len() != self.rope.dim / 2 || ff.iter().any(|f| !(f.is_finite() && *f > 0.0)))
+        {
+            return bad(format!(
+                "rope frequency factors: need {} positive values, got {}",
+                self.rope.dim / 2,
+                ff.len()
+            ));
         }
         Ok(())
     }
@@ -377,7 +417,7 @@ pub fn llama3_freq_factors(
     let high_wavelen = original_ctx / high_freq_factor;
     (0..head_dim / 2)
         .map(|i| {
-            let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let freq = base_inv_freq(theta, head_dim, i);
             let wavelen = 2.0 * std::f64::consts::PI / freq;
             let scaled = if wavelen < high_wavelen {
                 freq

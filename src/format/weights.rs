@@ -89,7 +89,7 @@ impl Weight {
             name: name.to_string(),
             msg: m,
         };
-        if cols % ty.block_len() != 0 {
+        if !cols.is_multiple_of(ty.block_len()) {
             return Err(bad(format!(
                 "row length {cols} is not a multiple of the {ty} block length {}",
                 ty.block_len()

@@ -98,7 +98,7 @@ impl QuantizedActs {
 pub fn quantize_acts(wty: GgmlType, x: &[f32], out: &mut QuantizedActs) {
     let bl = wty.block_len();
     assert!(
-        x.len() % bl == 0,
+        x.len().is_multiple_of(bl),
         "quantize_acts: {} activations are not a whole number of {bl}-element {wty} blocks",
         x.len()
     );

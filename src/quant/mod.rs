@@ -1,5 +1,14 @@
-//! Weight block formats: the GGUF type table, CPU dequantize references, and the
-//! quantized dot products the CPU backend runs on (weights stay quantized in memory).
+//! Weight block formats over `format`'s GGUF type table: CPU dequantize references, the
+//! quantized dot products the CPU backend runs on (weights stay quantized in memory), and the
+//! two quantizers built on the block encoders.
+//!
+//! The path through it: a matrix's bytes in a block format ([`crate::format::Weight`]) are
+//! either dotted directly against int8-quantized activations ([`matvec_rows`], the decode hot
+//! path), or widened to f32 by [`dequantize`] (the reference every fast path and GPU kernel
+//! is checked against; [`DequantizeWeight`] does it for a whole `Weight`). Going the other
+//! way, [`quantize`] (`quantize_blocks.rs`) encodes f32 rows into blocks, which
+//! [`model_quantizer`] uses to write a quantized GGUF (`tachyon quantize`) and [`at_load`]
+//! to quantize an unquantized checkpoint in memory (`--quant int8|int4`).
 //!
 //! - [`dequantize`] / [`quantize`]: reference conversions, GGML-exact layouts.
 //! - [`quantize_acts`] + [`dot_row`] / [`matvec_rows`]: the fast path. Activations are

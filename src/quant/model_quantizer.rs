@@ -90,15 +90,14 @@ impl QuantMix {
 
 /// llama.cpp's choice of layers that get more bits in the K mixes.
 fn more_bits(layer: usize, n_layers: usize) -> bool {
-    layer < n_layers / 8
-        || layer >= 7 * n_layers / 8
-        || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+    // Past the first clause, `layer >= n_layers / 8`, so the subtraction cannot underflow.
+    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2
 }
 
 /// The type a matrix with rows of `cols` elements can take, falling back as llama.cpp does
 /// when the rows are not whole blocks of the wanted type.
 fn fit(ty: GgmlType, cols: usize) -> GgmlType {
-    if cols % ty.block_len() == 0 {
+    if cols.is_multiple_of(ty.block_len()) {
         return ty;
     }
     let fallback = match ty {
@@ -107,7 +106,7 @@ fn fit(ty: GgmlType, cols: usize) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if cols % fallback.block_len() == 0 {
+    if cols.is_multiple_of(fallback.block_len()) {
         fallback
     } else {
         GgmlType::F16
@@ -158,7 +157,7 @@ fn matrix_values(w: &Weight, permute_heads: Option<usize>) -> Result<Vec<f32>, M
         return Ok(v);
     };
     let hd = w.rows / heads.max(1);
-    if heads == 0 || hd % 2 != 0 || hd * heads != w.rows {
+    if heads == 0 || !hd.is_multiple_of(2) || hd * heads != w.rows {
         return Err(ModelError::Tensor {
             name: w.name.clone(),
             msg: format!(

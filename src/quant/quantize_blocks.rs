@@ -15,7 +15,7 @@ use crate::format::ggml_type::{GgmlType, QK_K};
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let bl = ty.block_len();
     assert!(
-        x.len() % bl == 0,
+        x.len().is_multiple_of(bl),
         "quantize: {} {ty} elements are not a whole number of {bl}-element blocks",
         x.len()
     );

@@ -362,15 +362,18 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
     // Device picks against host picks of one verify pass.
     let mut s = session(&weights);
     let mut logits = vec![0f32; vocab];
-    s.step(
-        StepInput {
-            tokens: &prompt,
-            pos: 0,
-        },
-        Pick::Logits(&mut logits),
-        Rows::Last,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    // A forward pass takes at most max_batch (16) rows: the 19-token prompt in two.
+    for (i, chunk) in prompt.chunks(16).enumerate() {
+        s.step(
+            StepInput {
+                tokens: chunk,
+                pos: i * 16,
+            },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
     let rows: Vec<u32> = (0..9).map(|i| prompt[i]).collect();
     let verify = StepInput {
         tokens: &rows,

@@ -484,6 +484,89 @@ fn attention_matches_cpu_for_every_gqa_ratio_and_context() {
     attention_case(&mut b, &mut cpu, &mut rng, 8, 2, 64, 3, 1, Some(16));
 }
 
+/// A NaN score comes out as NaN, never as a finite answer: one cached key holds a NaN, so
+/// every query head of its kv head that sees that position must give NaN (as the CPU twin
+/// does), and the other kv head's heads match the CPU. With two visible positions, the
+/// warp that sees only the NaN position kept max = fmaxf(-inf, NaN) = -inf and was merged
+/// as "saw nothing", hiding the NaN.
+#[test]
+#[ignore = "needs a GPU"]
+fn attention_keeps_a_nan_score() {
+    let mut b = backend();
+    let mut cpu = CpuBackend::new(true, false);
+    let mut rng = Rng::from_env_or_clock("attention_keeps_a_nan_score");
+    let (heads, kv_heads, hd) = (8usize, 2usize, 64usize);
+    let kvd = kv_heads * hd;
+    let shape = AttnShape {
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        window: None,
+    };
+    // (cached positions, new rows, poisoned position): a short context where one warp sees
+    // only the NaN, a longer one, and one past a split.
+    for (pos, n, bad) in [(1usize, 1usize, 0usize), (9, 2, 4), (3000, 1, 17)] {
+        let ctx = pos + n + 1;
+        let q = rng.vec(n * heads * hd, 3.0);
+        let k = rng.vec(n * kvd, 1.0);
+        let v = rng.vec(n * kvd, 1.0);
+        let mut kc = rng.vec(ctx * kvd, 1.0);
+        let vc = rng.vec(ctx * kvd, 1.0);
+        kc[bad * kvd + 5] = f32::NAN; // kv head 0, one dimension
+        let mut gkv = b.kv_from_host(ctx, kvd, &kc, &vc).unwrap();
+        let mut ckv = KvCache {
+            k: kc,
+            v: vc,
+            kv_dim: kvd,
+        };
+        let (gq, gk, gv) = (
+            up(&mut b, n, heads * hd, &q),
+            up(&mut b, n, kvd, &k),
+            up(&mut b, n, kvd, &v),
+        );
+        let mut gout = poisoned(&mut b, n, heads * hd);
+        b.attention(&gq, &gk, &gv, &mut gkv, shape, pos, n, &mut gout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut cout = cpu_act(heads * hd, &vec![0.0; n * heads * hd]);
+        cpu.attention(
+            &cpu_act(heads * hd, &q),
+            &cpu_act(kvd, &k),
+            &cpu_act(kvd, &v),
+            &mut ckv,
+            shape,
+            pos,
+            n,
+            &mut cout,
+        )
+        .unwrap();
+        let got = down(&mut b, &gout);
+        let what = format!(
+            "pos {pos} n {n} NaN key at {bad} (splits {})",
+            b.attn_splits(&shape, pos + n, n)
+        );
+        let group = heads / kv_heads;
+        for row in 0..n {
+            for h in 0..heads {
+                let at = (row * heads + h) * hd;
+                let (g, c) = (&got[at..at + hd], &cout.data[at..at + hd]);
+                if h < group {
+                    assert!(
+                        c.iter().all(|x| x.is_nan()),
+                        "{what}: the CPU twin hid the NaN"
+                    );
+                    assert!(
+                        g.iter().all(|x| x.is_nan()),
+                        "{what}: row {row} head {h} sees the NaN key but gave {:?}",
+                        &g[..4]
+                    );
+                } else {
+                    check(&format!("{what} row {row} head {h}"), g, c, 5e-5);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn argmax_on_device_matches_the_sampler() {
@@ -573,7 +656,9 @@ fn device_sampling_follows_the_cpu_samplers_distribution() {
     let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
     let mut out = s.alloc_zeros::<u32>(1).unwrap();
     let mut state = s.clone_htod(&vec![rng.next_u64()]).unwrap();
-    let draws = 20_000usize;
+    // Under emulation one draw is a 1024-thread block run on the CPU (~5 ms): fewer draws,
+    // the same 5-sigma bound (it widens with 1/sqrt(draws)).
+    let draws = if super::emulated() { 2_000 } else { 20_000 };
     for &(t, k, p, m) in &[
         (1.0f32, 0usize, 1.0f32, 0.0f32),
         (0.7, 10, 1.0, 0.0),
@@ -643,12 +728,120 @@ fn device_sampling_follows_the_cpu_samplers_distribution() {
     let top: std::collections::HashSet<usize> = order[..40].iter().copied().collect();
     let gl = up(&mut b, 1, big, &logits);
     let mut work = s.alloc_zeros::<f32>(big).unwrap();
-    for _ in 0..500 {
+    for _ in 0..if super::emulated() { 50 } else { 500 } {
         b.sample(&gl, &mut work, &mut out, &mut state, 1.0, 40, 0.95, 0.05)
             .unwrap();
         let id = s.clone_dtoh(&out).unwrap()[0] as usize;
         assert!(top.contains(&id), "drew {id}, outside the top 40");
     }
+}
+
+/// The uniform draw `sample_logits` makes from an rng state (splitmix64, 24 bits): the
+/// kernel adds the golden ratio to the state, mixes, and keeps the top 24 bits.
+fn device_draw_bits(state: u64) -> u64 {
+    let mut z = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z >> 40
+}
+
+/// A draw that lands past every thread's range when the draw is scaled by a total rounded
+/// differently from the ranges: one token of weight 1, then 998 tokens each lighter than
+/// half an ulp of 1 (a serial running sum absorbs them, a tree sum does not), and the rng
+/// state that draws u = 1 - 2^-24. Threads 1000..1023 own no ids; the draw must still be a
+/// token with mass, never id 0 (NaN here).
+#[test]
+#[ignore = "needs a GPU"]
+fn device_sampling_draw_at_the_top_of_the_range_picks_a_token_with_mass() {
+    let mut b = backend();
+    let vocab = 1000;
+    let mut logits = vec![0f32; vocab];
+    logits[0] = f32::NAN;
+    logits[1] = 0.0;
+    // e^-17.43 = 2.7e-8 < 2^-25: absorbed when added to 1.
+    for l in logits.iter_mut().skip(2) {
+        *l = -17.43;
+    }
+    let state = (0u64..)
+        .find(|&s| device_draw_bits(s) == (1 << 24) - 1)
+        .unwrap_or_else(|| panic!("no state draws the top value"));
+    let s = b.device().stream().clone();
+    let gl = up(&mut b, 1, vocab, &logits);
+    let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+    let mut out = s.clone_htod(&[u32::MAX]).unwrap();
+    let mut st = s.clone_htod(&[state]).unwrap();
+    b.sample(&gl, &mut work, &mut out, &mut st, 1.0, 0, 1.0, 0.0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = s.clone_dtoh(&out).unwrap()[0] as usize;
+    let want = sampler_probs(&logits, 1.0, 0, 1.0, 0.0);
+    assert!(
+        id < vocab && want[id] > 0.0,
+        "drew {id}, which has no mass (the draw fell past the last thread's range)"
+    );
+}
+
+/// No candidate with mass: every logit -inf (all equally likely in the limit: the lowest id,
+/// as greedy), or a +inf logit (whose weight would be inf / inf): the greedy token, written
+/// every time, never the previous call's token left in place.
+#[test]
+#[ignore = "needs a GPU"]
+fn device_sampling_without_mass_is_greedy() {
+    let mut b = backend();
+    let s = b.device().stream().clone();
+    let vocab = 300;
+    let all_neg_inf = vec![f32::NEG_INFINITY; vocab];
+    let mut one_inf = vec![0.5f32; vocab];
+    one_inf[7] = f32::INFINITY;
+    let mut two_inf = vec![-1f32; vocab];
+    two_inf[250] = f32::INFINITY;
+    two_inf[251] = f32::INFINITY;
+    for (what, logits) in [
+        ("every logit -inf", &all_neg_inf),
+        ("a +inf logit", &one_inf),
+        ("two +inf logits", &two_inf),
+    ] {
+        let want = tachyon::engine::sampler::argmax(logits);
+        let gl = up(&mut b, 1, vocab, logits);
+        let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+        let mut st = s.clone_htod(&[42u64]).unwrap();
+        for (t, k, p, m) in [(1.0f32, 0usize, 1.0f32, 0.0f32), (0.8, 40, 0.9, 0.05)] {
+            let mut out = s.clone_htod(&[u32::MAX]).unwrap();
+            b.sample(&gl, &mut work, &mut out, &mut st, t, k, p, m)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let got = s.clone_dtoh(&out).unwrap()[0];
+            assert_eq!(got, want, "{what}, T {t} k {k} p {p} min_p {m}");
+        }
+    }
+}
+
+/// The same rng state and logits give the same token, call after call: the top-p cut is
+/// made from integer (fixed-point) masses, whose sums do not depend on the order of the
+/// atomics. Many distinct weights share the top-p bins so float sums would differ by order.
+#[test]
+#[ignore = "needs a GPU"]
+fn device_sampling_is_reproducible_for_a_seed() {
+    let mut b = backend();
+    let mut rng = Rng::from_env_or_clock("device_sampling_is_reproducible_for_a_seed");
+    let s = b.device().stream().clone();
+    let vocab = 4099;
+    let logits = rng.vec(vocab, 2.0);
+    let gl = up(&mut b, 1, vocab, &logits);
+    let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+    let mut out = s.alloc_zeros::<u32>(1).unwrap();
+    let seed = rng.next_u64();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut st = s.clone_htod(&[seed]).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            b.sample(&gl, &mut work, &mut out, &mut st, 1.0, 0, 0.6, 0.0)
+                .unwrap_or_else(|e| panic!("{e}"));
+            ids.push(s.clone_dtoh(&out).unwrap()[0]);
+        }
+        runs.push(ids);
+    }
+    assert_eq!(runs[0], runs[1], "the same seed drew different tokens");
 }
 
 // ---------------------------------------------------------------- GGML block formats

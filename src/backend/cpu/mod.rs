@@ -1,6 +1,12 @@
 //! The CPU backend: the reference every GPU kernel is checked against, and what runs where
 //! there is no GPU. Weights stay in their file format and are dequantized block by block
 //! inside the dot products; activations and the KV cache are f32.
+//!
+//! The path through it: [`CpuBackend`] implements `backend::Ops` here (mod.rs); `matmul`
+//! streams each weight row through `quant::matvec_rows`, `attention` reads the KV cache,
+//! `ops` holds the scalar pieces (norms, rope rotation, softmax) the CUDA kernels are
+//! tested against, `pool` the fork-join workers of the decode step and `resident` the
+//! weights copied into huge-page memory.
 
 pub mod attention;
 pub mod matmul;
@@ -98,18 +104,10 @@ impl Ops for CpuBackend {
     }
 
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<CpuRope, BackendError> {
-        let inv = rope.inv_freqs();
-        let half = inv.len();
+        let half = rope.half();
         let mut cos = alloc(ctx * half, "rope table")?;
         let mut sin = alloc(ctx * half, "rope table")?;
-        for p in 0..ctx {
-            let pos = p as f64 / rope.linear_factor as f64;
-            for (i, f) in inv.iter().enumerate() {
-                let a = pos * *f as f64;
-                cos[p * half + i] = a.cos() as f32;
-                sin[p * half + i] = a.sin() as f32;
-            }
-        }
+        rope.fill_angles(&mut cos, &mut sin);
         Ok(CpuRope {
             cos,
             sin,

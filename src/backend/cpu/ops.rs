@@ -87,24 +87,10 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// The rotary angle tables of `rope` for positions `0..ctx`: `cos[p * half + i]`,
-/// `sin[p * half + i]` of `p / linear_factor * inv_freq[i]`, computed in f64 and rounded
-/// once. Returns (cos, sin, half). The CPU backend's `rope_table` and the CUDA backend's
-/// device tables are both this, so the two backends rotate by identical angles.
+/// The rotary angle tables of `rope` for positions `0..ctx`: (cos, sin, half). Computed by
+/// `Rope::angles`, the one place every backend's rope angles come from.
 pub fn rope_angles(rope: &crate::format::Rope, ctx: usize) -> (Vec<f32>, Vec<f32>, usize) {
-    let inv = rope.inv_freqs();
-    let half = inv.len();
-    let mut cos = vec![0.0; ctx * half];
-    let mut sin = vec![0.0; ctx * half];
-    for p in 0..ctx {
-        let pos = p as f64 / rope.linear_factor as f64;
-        for (i, f) in inv.iter().enumerate() {
-            let a = pos * *f as f64;
-            cos[p * half + i] = a.cos() as f32;
-            sin[p * half + i] = a.sin() as f32;
-        }
-    }
-    (cos, sin, half)
+    rope.angles(ctx)
 }
 
 #[cfg(test)]

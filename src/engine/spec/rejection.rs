@@ -26,7 +26,8 @@ fn prob(d: &Dist, id: u32) -> f32 {
 /// Draw from `d` (weights need not be normalised); None when it has no mass.
 pub(crate) fn draw(d: &[(u32, f32)], rng: &mut Rng) -> Option<u32> {
     let total: f64 = d.iter().map(|(_, p)| f64::from(p.max(0.0))).sum();
-    if !(total > 0.0) {
+    // A NaN total has no mass either.
+    if total.is_nan() || total <= 0.0 {
         return None;
     }
     let mut r = rng.next_f64() * total;

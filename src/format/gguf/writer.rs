@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-use super::{MetaValue, write_str, write_value};
+use super::{MetaValue, T_U8};
 use crate::format::GgmlType;
 
 /// The alignment written (GGUF's default, so no `general.alignment` key is needed).
@@ -38,6 +38,82 @@ impl TensorSpec {
     }
 }
 
+/// One tensor info as it goes into the header: dims innermost first, the type id and the
+/// data offset relative to the data section, all written verbatim.
+#[derive(Clone, Debug)]
+pub struct RawTensorInfo<'a> {
+    pub name: &'a str,
+    pub dims: &'a [u64],
+    pub type_id: u32,
+    pub offset: u64,
+}
+
+/// The header of a GGUF file: magic, `version`, the counts, `metadata` in order, the tensor
+/// `infos` in order, then zero padding to `alignment`. Everything is written as given (the
+/// caller decides whether the file is valid), so the model writer and the test builder
+/// share this one encoder.
+pub fn encode_header(
+    version: u32,
+    metadata: &[(String, MetaValue)],
+    infos: &[RawTensorInfo],
+    alignment: u64,
+) -> Vec<u8> {
+    let mut head = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&version.to_le_bytes());
+    head.extend_from_slice(&(infos.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        write_str(&mut head, k);
+        head.extend_from_slice(&v.type_id().to_le_bytes());
+        write_value(&mut head, v);
+    }
+    for t in infos {
+        write_str(&mut head, t.name);
+        head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in t.dims {
+            head.extend_from_slice(&d.to_le_bytes());
+        }
+        head.extend_from_slice(&t.type_id.to_le_bytes());
+        head.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    head.resize(
+        (head.len() as u64).next_multiple_of(alignment.max(1)) as usize,
+        0,
+    );
+    head
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn write_value(out: &mut Vec<u8>, v: &MetaValue) {
+    match v {
+        MetaValue::U8(x) => out.push(*x),
+        MetaValue::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::Bool(b) => out.push(u8::from(*b)),
+        MetaValue::String(s) => write_str(out, s),
+        MetaValue::Array(items) => {
+            let elem_ty = items.first().map_or(T_U8, MetaValue::type_id);
+            out.extend_from_slice(&elem_ty.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                write_value(out, item);
+            }
+        }
+    }
+}
+
 fn pad_to(n: u64) -> u64 {
     n.div_ceil(ALIGNMENT) * ALIGNMENT
 }
@@ -50,36 +126,32 @@ pub fn write_gguf<W: Write>(
     specs: &[TensorSpec],
     mut data: impl FnMut(usize) -> io::Result<Vec<u8>>,
 ) -> io::Result<()> {
-    let mut head = Vec::new();
-    head.extend_from_slice(b"GGUF");
-    head.extend_from_slice(&3u32.to_le_bytes());
-    head.extend_from_slice(&(specs.len() as u64).to_le_bytes());
-    head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    for (k, v) in metadata {
-        write_str(&mut head, k);
-        head.extend_from_slice(&v.type_id().to_le_bytes());
-        write_value(&mut head, v);
-    }
+    // GGUF lists dimensions innermost first: a [rows, cols] matrix is (cols, rows).
+    let dims: Vec<Vec<u64>> = specs
+        .iter()
+        .map(|s| {
+            if s.vector {
+                vec![s.rows * s.cols]
+            } else {
+                vec![s.cols, s.rows]
+            }
+        })
+        .collect();
     let mut offset = 0u64;
     let mut sizes = Vec::with_capacity(specs.len());
-    for s in specs {
+    let mut infos = Vec::with_capacity(specs.len());
+    for (s, dims) in specs.iter().zip(&dims) {
         let size = s.bytes()?;
-        write_str(&mut head, &s.name);
-        // GGUF lists dimensions innermost first: a [rows, cols] matrix is (cols, rows).
-        if s.vector {
-            head.extend_from_slice(&1u32.to_le_bytes());
-            head.extend_from_slice(&(s.rows * s.cols).to_le_bytes());
-        } else {
-            head.extend_from_slice(&2u32.to_le_bytes());
-            head.extend_from_slice(&s.cols.to_le_bytes());
-            head.extend_from_slice(&s.rows.to_le_bytes());
-        }
-        head.extend_from_slice(&(s.ty as u32).to_le_bytes());
-        head.extend_from_slice(&offset.to_le_bytes());
+        infos.push(RawTensorInfo {
+            name: &s.name,
+            dims,
+            type_id: s.ty as u32,
+            offset,
+        });
         offset = pad_to(offset + size);
         sizes.push(size);
     }
-    head.resize(pad_to(head.len() as u64) as usize, 0);
+    let head = encode_header(3, metadata, &infos, ALIGNMENT);
     out.write_all(&head)?;
     for (i, &size) in sizes.iter().enumerate() {
         let bytes = data(i)?;
@@ -133,7 +205,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(k, s)| {
-                let n = s.ty.bytes_for((s.rows * s.cols) as u64).unwrap() as usize;
+                let n = s.ty.bytes_for(s.rows * s.cols).unwrap() as usize;
                 (0..n).map(|i| (i * 37 + k * 101) as u8).collect()
             })
             .collect();

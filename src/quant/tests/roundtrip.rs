@@ -30,7 +30,9 @@ fn bound(ty: GgmlType) -> f32 {
         GgmlType::Q5_1 => 2.0 / 62.0 * 1.01,
         GgmlType::Q4K => (1.0 / 15.0 + 15.0 * 2.0 / 15.0 / 126.0 + 1.0 / 126.0) * 1.02,
         GgmlType::Q5K => (1.0 / 31.0 + 31.0 * 2.0 / 31.0 / 126.0 + 1.0 / 126.0) * 1.02,
-        GgmlType::Q6K => (1.0 / 32.0 + 32.0 / 32.0 / 254.0) * 1.02,
+        // Half a step of 32 codes, plus the 8-bit sub-block scale's rounding (1/254 of the
+        // largest scale, times the largest code over 32).
+        GgmlType::Q6K => (1.0 / 32.0 + 1.0 / 254.0) * 1.02,
     }
 }
 

@@ -1,0 +1,44 @@
+/*
+ * ptx.cu: the PTX wrappers of emulator/include/ptx_emu.h, exercised by the self test
+ * against a plain matrix product and a plain copy.
+ */
+#include "../../include/ptx_emu.h"
+
+// D = A (16x16 bf16, row-major) x B (16x8 bf16, stored k-major: b[k * 8 + n]) + C (f32).
+// A comes through ldmatrix.x4 from shared memory (the usual recipe: lane l gives row
+// l % 16, column half l / 16); B is gathered by the PTX table's formula.
+extern "C" __global__ void ok_mma_bf16(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+    __shared__ __align__(16) uint16_t as[16 * 16];
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 256; i += 32) as[i] = a[i];
+    __syncthreads();
+    uint32_t af[4];
+    tachyon_ldmatrix_x4(af, &as[(lane % 16) * 16 + (lane / 16) * 8]);
+    const int g = lane / 4, t = lane % 4;
+    uint32_t bf[2];
+    for (int r = 0; r < 2; ++r) {
+        const int k0 = t * 2 + r * 8;
+        bf[r] = uint32_t(b[k0 * 8 + g]) | (uint32_t(b[(k0 + 1) * 8 + g]) << 16);
+    }
+    float cf[4], df[4];
+    for (int i = 0; i < 4; ++i) cf[i] = c[(g + (i >= 2 ? 8 : 0)) * 8 + t * 2 + (i & 1)];
+    tachyon_mma_bf16_16816(df, af, bf, cf);
+    for (int i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 8 + t * 2 + (i & 1)] = df[i];
+}
+
+// 16-byte cp.async copies of n floats through shared memory, two groups; `early` records
+// what shared memory held before the wait (the copies have not landed yet).
+extern "C" __global__ void ok_cp_async(const float* src, float* dst, float* early, int n) {
+    __shared__ __align__(16) float s[256];
+    const int t = threadIdx.x;
+    tachyon_cp_async_16(&s[t * 4], &src[t * 4]);
+    tachyon_cp_async_commit();
+    tachyon_cp_async_16(&s[128 + t * 4], &src[128 + t * 4]);
+    tachyon_cp_async_commit();
+    early[t] = s[t * 4];
+    tachyon_cp_async_wait<1>();  // the first group has landed, the second may not have
+    early[32 + t] = s[128 + t * 4];
+    tachyon_cp_async_wait<0>();
+    __syncthreads();
+    for (int i = t; i < n; i += 32) dst[i] = s[i];
+}
