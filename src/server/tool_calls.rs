@@ -130,11 +130,13 @@ impl CallStream {
                     })
                     .unwrap_or(0);
                 let cut = self.buf.len() - keep;
-                let head = &self.buf[..cut];
-                let ws_start = head.trim_end().len();
+                // Trailing whitespace waits (with any held before it): a call after it
+                // would trim it away. Whitespace alone releases nothing.
                 let mut t = std::mem::take(&mut self.pending_ws);
-                t.push_str(&head[..ws_start]);
-                self.pending_ws = head[ws_start..].to_string();
+                t.push_str(&self.buf[..cut]);
+                let ws_start = t.trim_end().len();
+                self.pending_ws = t[ws_start..].to_string();
+                t.truncate(ws_start);
                 if !t.is_empty() {
                     out.push(Piece::Text(t));
                 }
