@@ -369,11 +369,10 @@ impl Engine {
         } else if let Some(mut spec) = self.spec.take() {
             // Speculation keeps the text exactly the target's; it needs the raw logits
             // as they come (no penalties, which depend on the tokens being verified) and
-            // no per-token log-probabilities.
+            // no per-token log-probabilities. A constraint and logit_bias act on each
+            // verified row (`spec/decode.rs`).
             let sst = spec_stats.get_or_insert_with(SpecStats::default);
-            let blocker = if opts.constraint.is_some() || !opts.logit_bias.is_empty() {
-                Some("a constraint or logit_bias turns speculation off")
-            } else if !params.sampling.has_no_penalties() {
+            let blocker = if !params.sampling.has_no_penalties() {
                 Some("repetition, presence and frequency penalties turn speculation off")
             } else if opts.logprobs.is_some() {
                 Some("log-probabilities turn speculation off")
