@@ -375,6 +375,9 @@ fn hostile_schemas_and_grammars_fail_within_bounded_time() {
         let e = bounded(&vocab, &ConstraintSpec::Lark(g.into()), limit);
         assert!(e.is_err(), "grammar {g:?} compiled");
     }
+    // An empty rule is valid Lark, but its only output is the empty one: refused as such.
+    let e = bounded(&vocab, &ConstraintSpec::Lark("start: ".into()), limit).unwrap_err();
+    assert!(e.to_string().contains("only the empty output"), "{e}");
     // Left recursion is fine for an Earley parser: it compiles and works.
     bounded(
         &vocab,

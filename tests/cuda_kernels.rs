@@ -14,6 +14,7 @@
 //! each GPU test; set `TACHYON_TEST_SEED=<seed>` to replay a failure. Outputs are poisoned
 //! with NaN before every launch, and NaN never passes a comparison.
 
+mod common;
 #[path = "cuda/model.rs"]
 mod model;
 #[path = "cuda/ops.rs"]

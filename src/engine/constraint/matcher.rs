@@ -104,6 +104,22 @@ impl Constraint {
         Ok(Some(&self.mask))
     }
 
+    /// Whether the next step allows stop tokens and nothing else (a grammar that matches
+    /// only the empty output, checked at compile time).
+    pub(super) fn allows_only_stop(&mut self) -> Result<bool, ConstraintError> {
+        let stops = self.stop_ids.clone();
+        let Some(mask) = self.compute_mask()? else {
+            return Ok(false);
+        };
+        Ok(mask.iter().enumerate().all(|(w, &bits)| {
+            let stop_bits = stops
+                .iter()
+                .filter(|&&t| t as usize / 32 == w)
+                .fold(0u32, |acc, &t| acc | 1 << (t % 32));
+            bits & !stop_bits == 0
+        }))
+    }
+
     /// Whether the output may end here (a stop token would be allowed).
     pub fn is_accepting(&mut self) -> bool {
         !self.active || self.matcher.is_accepting().unwrap_or(false)

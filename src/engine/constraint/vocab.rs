@@ -167,12 +167,16 @@ impl ConstraintVocab {
             "constraint compiled in {:.1} ms",
             t0.elapsed().as_secs_f64() * 1e3
         );
-        Ok(Constraint::new(
-            matcher,
-            self.vocab,
-            compiled.trigger,
-            self.stop_ids.clone(),
-        ))
+        let mut constraint =
+            Constraint::new(matcher, self.vocab, compiled.trigger, self.stop_ids.clone());
+        // Such a grammar compiles, but every output would be empty: surely not what the
+        // request meant (`start: ` in Lark, a regex of only anchors).
+        if constraint.allows_only_stop()? {
+            return Err(ConstraintError::Compile(
+                "the grammar matches only the empty output".into(),
+            ));
+        }
+        Ok(constraint)
     }
 }
 
