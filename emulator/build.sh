@@ -25,7 +25,15 @@ tree_stamp() {
 
 abs_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
 
+# make's dependency files name sources by absolute path: an output folder copied from
+# another checkout would be judged against that checkout's sources. Start it afresh then.
+claim_out() {  # OUT
+    if [[ -d "$1/obj" && "$(cat "$1/root" 2>/dev/null)" != "$ROOT" ]]; then rm -rf "$1/obj"; fi
+    mkdir -p "$1" && printf '%s\n' "$ROOT" >"$1/root"
+}
+
 build_runtime() {  # OUT
+    claim_out "$1"
     make -s -f "$MK" -j"$JOBS" ROOT="$ROOT" OUT="$1" runtime
 }
 

@@ -1,6 +1,9 @@
 /*
- * rmsnorm.cu: RMSNorm fused with the residual add, run twice by every decoder layer
- * (before attention and before the MLP).
+ * rmsnorm.cu: RMSNorm, with the residual add fused in front of it: `Ops::add_rmsnorm`
+ * (`x += add`, then the norm of the new x) is what every decoder layer runs before its MLP
+ * and before the next layer's attention; the plain form (add = NULL) is the first layer's
+ * attention norm, the final norm and, per head, qwen3's q/k norm (`Ops::head_rmsnorm`).
+ * Launched from src/backend/cuda/launch/norm.rs.
  *
  * Computes, for each row r of the residual stream x ([n_rows, dim] f32, row-major,
  * contiguous; see RmsNormParams in tachyon_kernels.h):
@@ -31,23 +34,20 @@
  *                row plus the weight once; 5*dim flops + 1 rsqrt.
  * Memory-bound by ~10x on any GPU; for a single row (decode) it is latency-bound: one block
  * on one SM, so the goal there is few dependent round trips (two passes, one barrier).
+ *
+ * Reductions: the warp sum is common.cuh's `warp_sum_f` (the butterfly every kernel file
+ * shares); the block sum below is built on it.
  */
-#include "tachyon_kernels.h"
-
 #include <stdint.h>
+
+#include "common.cuh"
 
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kMaxThreads = 1024;
+using tachyon::kWarp;
+using tachyon::warp_sum_f;
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, offset);
-    }
-    return v;
-}
+constexpr int kMaxThreads = 1024;
 
 // Sum of v over the block, returned to every thread. blockDim.x must be a multiple of 32.
 // Called once per kernel, so the shared array is never reused and one barrier is enough:
@@ -55,14 +55,14 @@ __device__ __forceinline__ float warp_sum(float v) {
 // every warp, so all threads get bit-identical results) instead of paying a second barrier
 // to broadcast warp 0's answer.
 __device__ __forceinline__ float block_sum(float v) {
-    __shared__ float partial[kMaxThreads / kWarpSize];
-    const int lane = threadIdx.x % kWarpSize;
-    const int warp = threadIdx.x / kWarpSize;
-    const int n_warps = blockDim.x / kWarpSize;
-    v = warp_sum(v);
+    __shared__ float partial[kMaxThreads / kWarp];
+    const int lane = threadIdx.x % kWarp;
+    const int warp = threadIdx.x / kWarp;
+    const int n_warps = blockDim.x / kWarp;
+    v = warp_sum_f(v);
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    return warp_sum(lane < n_warps ? partial[lane] : 0.0f);
+    return warp_sum_f(lane < n_warps ? partial[lane] : 0.0f);
 }
 
 __device__ __forceinline__ float4 add4(float4 a, float4 b) {

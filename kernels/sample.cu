@@ -86,7 +86,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_final(const ArgmaxPara
         }
     }
     block_best(bv, bi);
-    if (threadIdx.x == 0) *p.out = bi < 0 ? 0u : static_cast<unsigned int>(bi);
+    if (threadIdx.x == 0) *p.out = bi < 0 ? TACHYON_NO_TOKEN : static_cast<unsigned int>(bi);
 }
 
 /*
@@ -222,8 +222,8 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
         valid += isnan(v) ? 0.0f : 1.0f;
     }
     const float n_valid = block_reduce(valid, false, red);
-    if (n_valid == 0.0f) {
-        if (threadIdx.x == 0) *p.out = 0u;
+    if (n_valid == 0.0f) {  // every logit NaN: nothing to pick
+        if (threadIdx.x == 0) *p.out = TACHYON_NO_TOKEN;
         return;
     }
 
@@ -367,7 +367,7 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
             }
         }
         block_best(bv, bi);
-        if (threadIdx.x == 0) *p.out = bi < 0 ? 0u : static_cast<unsigned int>(bi);
+        if (threadIdx.x == 0) *p.out = bi < 0 ? TACHYON_NO_TOKEN : static_cast<unsigned int>(bi);
         return;
     }
     if (threadIdx.x == 0) {

@@ -193,11 +193,17 @@ typedef struct {
 } ElementwiseParams;
 
 /**
+ * The token id the pick kernels write when there is no token to pick: every logit is NaN
+ * (a damaged model or a numerical fault). The engine ends the request with an error.
+ */
+enum { TACHYON_NO_TOKEN = 0xFFFFFFFFu };
+
+/**
  * Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).
  *
- * The index of the largest of `n` logits (lowest index on ties, NaN never chosen; 0 when
- * all are NaN). The partial kernel's `gridDim.x` blocks each write their best (value,
- * index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them
+ * The index of the largest of `n` logits (lowest index on ties, NaN never chosen;
+ * TACHYON_NO_TOKEN when all are NaN). The partial kernel's `gridDim.x` blocks each write
+ * their best (value, index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them
  * into `*out`.
  */
 typedef struct {
@@ -214,7 +220,7 @@ typedef struct {
  * the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at
  * `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely
  * set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all
- * NaN gives token 0. Penalties are not applied here.
+ * NaN gives TACHYON_NO_TOKEN. Penalties are not applied here.
  */
 typedef struct {
     /** `n` logits, read only. */

@@ -14,6 +14,7 @@
 //! each GPU test; set `TACHYON_TEST_SEED=<seed>` to replay a failure. Outputs are poisoned
 //! with NaN before every launch, and NaN never passes a comparison.
 
+#[path = "common/mod.rs"]
 mod common;
 #[path = "cuda/model.rs"]
 mod model;
@@ -553,7 +554,7 @@ fn attention_splits_tile_the_visible_positions() {
     ] {
         let s = attn_splits(sms, &shape, visible, n);
         assert!(
-            (1..=tachyon::backend::cuda::backend::MAX_ATTN_SPLITS).contains(&s),
+            (1..=tachyon::backend::cuda::MAX_ATTN_SPLITS).contains(&s),
             "{s}"
         );
         assert!(

@@ -569,6 +569,78 @@ fn injected_memory_size_and_driver_version() {
     assert!(c.ok, "child failed:\n{}\n{}", c.stderr, c.stdout);
 }
 
+/// tachyon on a device too small for the model: `generate` and `serve` refuse before
+/// uploading anything, naming what needs the memory, how much, and what to change.
+#[test]
+#[ignore = "needs the emulated device (scripts/emulated-gpu.sh)"]
+fn a_model_that_does_not_fit_is_refused_with_its_sizes() {
+    require_emulator();
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.is_file(),
+        "{} missing (scripts/fetch-models.sh)",
+        model.display()
+    );
+    let model = model.to_string_lossy().into_owned();
+    let run = |memory_mib: u64, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tachyon"))
+            .args(args)
+            .args(["--backend", "cuda", "--model", model.as_str()])
+            .env("TACHYON_EMU_MEMORY_BYTES", (memory_mib << 20).to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("running tachyon: {e}"));
+        assert!(
+            !out.status.success(),
+            "tachyon {args:?} ran on {memory_mib} MiB"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Too small for the weights themselves.
+    let e = run(64, &["generate", "--prompt", "Hi", "--max-tokens", "1"]);
+    for want in [
+        "not enough GPU memory",
+        "weights 120.8 MiB",
+        "KV cache 180.0 MiB for a context of 4096 tokens",
+        "64.0 MiB free of 64.0 MiB",
+        "more quantized model",
+    ] {
+        assert!(e.contains(want), "{want:?} not in:\n{e}");
+    }
+    assert!(!e.contains("panicked"), "{e}");
+    // Room for the weights, not for a 4096-token KV cache: the context that fits is named,
+    // and the server says so at start-up (before listening for requests).
+    let e = run(200, &["serve", "--port", "0", "--ctx", "4096"]);
+    assert!(e.contains("not enough GPU memory"), "{e}");
+    assert!(e.contains("200.0 MiB free of 200.0 MiB"), "{e}");
+    let fits: usize = e
+        .split("a context of ")
+        .nth(2)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no context that fits in:\n{e}"));
+    assert!((1000..4096).contains(&fits), "{fits} tokens:\n{e}");
+    // And that context does fit.
+    let out = Command::new(env!("CARGO_BIN_EXE_tachyon"))
+        .args(["generate", "--backend", "cuda", "--model", model.as_str()])
+        .args([
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "1",
+            "--ctx",
+            &fits.to_string(),
+        ])
+        .env("TACHYON_EMU_MEMORY_BYTES", (200u64 << 20).to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("running tachyon: {e}"));
+    assert!(
+        out.status.success(),
+        "--ctx {fits} on 200 MiB:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Planted bugs (emulator/tests/planted): each fails with its report, each twin passes
 // ---------------------------------------------------------------------------------------

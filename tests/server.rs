@@ -209,6 +209,13 @@ fn malformed_input_gets_openai_errors_and_the_server_goes_on() {
         "context",
     );
     assert_eq!(v["error"]["code"], "context_length_exceeded");
+    // A prompt that alone fills the context is the prompt's fault, whatever max_tokens says.
+    let long = json!({"prompt": vec![1; 200], "max_tokens": 1}).to_string();
+    let v = assert_openai_error(&s.post("/v1/completions", &long), 400, "prompt over ctx");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["error"]["param"], "prompt", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("200") && message.contains("128"), "{v}");
     assert_openai_error(
         &s.post("/v1/chat/completions", r#"{"messages": "hi"}"#),
         400,
@@ -712,6 +719,108 @@ fn websocket_cancel_and_replace() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn the_context_defaults_to_the_models_so_a_client_default_of_4096_new_tokens_fits() {
+    let Some(path) = common::model_path(common::SMOLLM2) else {
+        return;
+    };
+    let model_ctx = tachyon::format::load_weights(&path)
+        .expect("load SmolLM2")
+        .0
+        .max_ctx;
+    assert!(model_ctx > 4096 + 64, "SmolLM2's context is {model_ctx}");
+    // Its KV cache (46 KB a position) fits a quarter of any CI machine's memory.
+    let s = Server::start(&path, &["--slots", "1"]);
+    let models = s.get("/v1/models", &[]).json();
+    assert_eq!(models["data"][0]["max_model_len"], model_ctx, "{models}");
+    // What clients send by default: 4096 new tokens. Accepted; the first token is enough.
+    let body = json!({"prompt": PROMPT, "max_tokens": 4096, "stream": true}).to_string();
+    disconnect_after_first_token(s.addr, &body);
+    // Still refused past the context, and blamed on max_tokens then.
+    let over = json!({"prompt": PROMPT, "max_tokens": model_ctx}).to_string();
+    let v = assert_openai_error(&s.post("/v1/completions", &over), 400, "over the context");
+    assert_eq!(v["error"]["param"], "max_tokens", "{v}");
+}
+
+/// Distinct source-like lines, about 1,000 SmolLM2 tokens in all; `salt` makes another
+/// prompt of the same shape (nothing shared past the first line).
+fn long_prompt(salt: u32) -> String {
+    (0..55)
+        .map(|i| {
+            format!(
+                "let value_{salt}_{i} = compute({}, {});\n",
+                i * 7 + salt,
+                i * 13 % 17
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn websocket_replace_mid_prefill_stops_the_long_prompt() {
+    let Some(s) = smollm2(&[]) else { return };
+    let tokens = s.post_json("/tokenize", &json!({"content": long_prompt(1)}))["tokens"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!((800..1300).contains(&tokens), "{tokens} prompt tokens");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", s.addr))
+            .await
+            .expect("ws connect");
+        let send = |v: Value| Message::Text(v.to_string().into());
+        let short = |id: &str, prompt: &str| {
+            json!({"id": id, "prompt": prompt, "max_tokens": 2, "temperature": 0})
+        };
+        // The replacement's own cost, alone: a short prompt of its shape, cold.
+        let t = Instant::now();
+        ws.send(send(short("alone", "def multiply(x, y):")))
+            .await
+            .unwrap();
+        let f = next_frame(&mut ws).await;
+        assert_eq!((f["type"].as_str(), f["id"].as_str()), (Some("token"), Some("alone")), "{f}");
+        let alone = t.elapsed();
+        while next_frame(&mut ws).await["type"] != "done" {}
+        // The long prompt, replaced while it prefills (a 64-token chunk takes well over
+        // 100 ms on one thread, so this lands mid-prefill).
+        ws.send(send(json!({"id": "long", "prompt": long_prompt(2), "max_tokens": 4, "temperature": 0})))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let t_replace = Instant::now();
+        ws.send(send(short("b", "def subtract(x, y):"))).await.unwrap();
+        let (mut first_b, mut long_streamed) = (None, false);
+        loop {
+            let f = next_frame(&mut ws).await;
+            match (f["type"].as_str().unwrap(), f["id"].as_str().unwrap()) {
+                ("done", "long") => assert_eq!(f["finish_reason"], "cancelled", "{f}"),
+                // A backend fast enough to finish the prefill in the sleep (a GPU) streams
+                // it; the report below then measures no cancel.
+                ("token", "long") => long_streamed = true,
+                ("token", "b") => {
+                    first_b.get_or_insert_with(|| t_replace.elapsed());
+                }
+                ("done", "b") => {
+                    assert_eq!(f["usage"]["completion_tokens"], 2, "{f}");
+                    break;
+                }
+                other => panic!("unexpected frame {other:?}: {f}"),
+            }
+        }
+        let first_b = first_b.expect("b streamed");
+        eprintln!(
+            "replace {} a {tokens}-token prefill -> first token of the replacement: {:.1} ms (the replacement alone: {:.1} ms; the difference is the cancel)",
+            if long_streamed { "after" } else { "during" },
+            first_b.as_secs_f64() * 1e3,
+            alone.as_secs_f64() * 1e3
+        );
+        assert!(first_b < Duration::from_secs(10), "the replacement waited {first_b:?}");
+    });
 }
 
 #[test]

@@ -90,8 +90,11 @@ void note(const std::vector<Node>& nodes, Lifetime& life, uintptr_t p, size_t le
 void note_module(const std::vector<Node>& nodes, Lifetime& life, Module* m) {
     for (const Node& n : nodes)
         if (n.kind == Node::Kernel && n.fn != nullptr && n.fn->module == m) {
-            life.problems.push_back("module " + m->path + " unloaded (kernel " +
-                                    std::string(n.fn->info->name) + ")");
+            std::string what =
+                "module " + m->path + " unloaded (kernel " + std::string(n.fn->info->name) + ")";
+            for (const auto& q : life.problems)
+                if (q == what) return;
+            life.problems.push_back(std::move(what));
             return;
         }
 }

@@ -6,7 +6,9 @@
 //! its block format), to build the rope tables (`format::Rope::fill_angles` on every
 //! backend) and a KV cache, then calls the [`Ops`] methods (embed, rmsnorm, matmul, rope,
 //! attention, SwiGLU, ...) in the order the model family decides; the engine reads the
-//! logits or the picked token back.
+//! logits or the picked token back. A fused op (`add_rmsnorm`, `matmul_bias`,
+//! `gate_up_swiglu`) has a default written in the fine ops, which the CPU backend keeps as
+//! the readable form; a backend with a fused kernel overrides it.
 
 pub mod cpu;
 pub mod cuda;
@@ -31,6 +33,89 @@ pub struct AttnShape {
     pub window: Option<usize>,
 }
 
+/// The token ids of a forward call: given by the host, or already in device memory (one
+/// token, what a replayed CUDA graph reads each step, so the graph need not change).
+#[derive(Debug)]
+pub enum TokenIds<'a, D> {
+    Host(&'a [u32]),
+    /// One token id in a backend buffer ([`Ops::DeviceTokens`]).
+    Device(&'a D),
+}
+
+// By hand: both cases are references, so copies whatever `D` is (a derive would ask
+// `D: Copy`).
+impl<D> Clone for TokenIds<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for TokenIds<'_, D> {}
+
+impl<D> Clone for Position<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for Position<'_, D> {}
+
+impl<D> TokenIds<'_, D> {
+    /// How many rows the call runs.
+    pub fn len(&self) -> usize {
+        match self {
+            TokenIds::Host(t) => t.len(),
+            TokenIds::Device(_) => 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a, D> From<&'a [u32]> for TokenIds<'a, D> {
+    fn from(t: &'a [u32]) -> Self {
+        TokenIds::Host(t)
+    }
+}
+
+impl<'a, D> From<&'a Vec<u32>> for TokenIds<'a, D> {
+    fn from(t: &'a Vec<u32>) -> Self {
+        TokenIds::Host(t)
+    }
+}
+
+impl<'a, D, const N: usize> From<&'a [u32; N]> for TokenIds<'a, D> {
+    fn from(t: &'a [u32; N]) -> Self {
+        TokenIds::Host(t)
+    }
+}
+
+/// The position of a forward call's first row: given by the host, or in device memory
+/// (a replayed CUDA graph's step input). A device position is only known on the device, so
+/// the caller that writes it checks it against the context.
+#[derive(Debug)]
+pub enum Position<'a, D> {
+    Host(usize),
+    /// A position in a backend buffer ([`Ops::DevicePos`]).
+    Device(&'a D),
+}
+
+impl<D> From<usize> for Position<'_, D> {
+    fn from(p: usize) -> Self {
+        Position::Host(p)
+    }
+}
+
+impl<D> Position<'_, D> {
+    /// The host position, if the host knows it.
+    pub fn host(&self) -> Option<usize> {
+        match self {
+            Position::Host(p) => Some(*p),
+            Position::Device(_) => None,
+        }
+    }
+}
+
 /// The ops a decoder-only forward pass is made of. Activations are row-major matrices of
 /// `rows` tokens x `width` values; every op works on the first `n` rows.
 pub trait Ops {
@@ -44,6 +129,11 @@ pub trait Ops {
     type Kv;
     /// Precomputed rotary tables.
     type RopeTable;
+    /// A token id in device memory ([`TokenIds::Device`]); a backend without device inputs
+    /// uses `std::convert::Infallible`, so that case cannot be built.
+    type DeviceTokens;
+    /// A position in device memory ([`Position::Device`]); `Infallible` likewise.
+    type DevicePos;
 
     fn name(&self) -> &'static str;
 
@@ -54,12 +144,14 @@ pub trait Ops {
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<Self::RopeTable, BackendError>;
 
     /// `out[i] = table[tokens[i]]`.
-    fn embed(
+    fn embed<'t>(
         &mut self,
         table: &Self::Mat,
-        tokens: &[u32],
+        tokens: impl Into<TokenIds<'t, Self::DeviceTokens>>,
         out: &mut Self::Act,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError>
+    where
+        Self::DeviceTokens: 't;
     /// Row-wise RMSNorm.
     fn rmsnorm(
         &mut self,
@@ -69,6 +161,22 @@ pub trait Ops {
         n: usize,
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
+    /// The residual add and the norm after it: `x[i] += y[i]`, then
+    /// `out[i] = rmsnorm(x[i]) * w`, for the first `n` rows. A backend may do both in one
+    /// pass over the row (CUDA does: `kernels/rmsnorm.cu`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm(
+        &mut self,
+        x: &mut Self::Act,
+        y: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.add(x, y, n)?;
+        self.rmsnorm(x, w, eps, n, out)
+    }
     /// RMSNorm over each `head_dim` slice of each row (qwen3's q/k norm).
     fn head_rmsnorm(
         &mut self,
@@ -86,6 +194,19 @@ pub trait Ops {
         n: usize,
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
+    /// `out[i] = W x[i] + b` for the first `n` rows. A backend may add the bias in the
+    /// product's epilogue instead of a second pass (CUDA does).
+    fn matmul_bias(
+        &mut self,
+        x: &Self::Act,
+        w: &Self::Mat,
+        b: &Self::Vector,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.matmul(x, w, n, out)?;
+        self.add_bias(out, b, n)
+    }
     /// The MLP's first half: `gate = silu(W_gate x) * (W_up x)` for the first `n` rows of
     /// `x`; `up` is scratch the default form uses. A backend may fuse the two products
     /// and the SwiGLU into one pass over both matrices (CUDA does).
@@ -120,28 +241,32 @@ pub trait Ops {
         n: usize,
     ) -> Result<(), BackendError>;
     /// Rotate the `n_heads` heads of each row; row `i` is at position `pos + i`.
-    fn rope(
+    fn rope<'p>(
         &mut self,
         x: &mut Self::Act,
         table: &Self::RopeTable,
         n_heads: usize,
-        pos: usize,
+        pos: impl Into<Position<'p, Self::DevicePos>>,
         n: usize,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError>
+    where
+        Self::DevicePos: 'p;
     /// Append `k`, `v` (rows at positions `pos..pos+n`) to the cache, then causal attention
     /// of each query row over the cache up to its own position.
     #[allow(clippy::too_many_arguments)]
-    fn attention(
+    fn attention<'p>(
         &mut self,
         q: &Self::Act,
         k: &Self::Act,
         v: &Self::Act,
         kv: &mut Self::Kv,
         shape: AttnShape,
-        pos: usize,
+        pos: impl Into<Position<'p, Self::DevicePos>>,
         n: usize,
         out: &mut Self::Act,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError>
+    where
+        Self::DevicePos: 'p;
     /// Copy row `src_row` of `src` into row 0 of `dst`.
     fn copy_row(
         &mut self,

@@ -59,11 +59,16 @@ pub struct SpeculationArgs {
     /// Always propose --draft-max tokens instead of following the acceptance rate.
     #[arg(long)]
     pub draft_fixed: bool,
+    /// Propose what followed the last few tokens in earlier requests' prompts and outputs
+    /// (a keystroke request gets the previous completion as its draft): an index of the
+    /// most recent TOKENS tokens (default 262144, about 32 MiB). Lossless.
+    #[arg(long, value_name = "TOKENS", num_args = 0..=1, default_missing_value = "262144")]
+    pub suffix_cache: Option<usize>,
 }
 
 impl SpeculationArgs {
     pub fn enabled(&self) -> bool {
-        self.draft_model.is_some() || self.lookup
+        self.draft_model.is_some() || self.lookup || self.suffix_cache.is_some()
     }
 
     /// The library's options, with `draft` as the draft model (from `--draft-model`, or
@@ -74,6 +79,7 @@ impl SpeculationArgs {
             draft_max: usize::from(self.draft_max),
             lookup: self.lookup,
             draft_fixed: self.draft_fixed,
+            suffix_cache: self.suffix_cache,
         }
     }
 

@@ -27,9 +27,16 @@ pub struct ServeArgs {
     /// Where the engine runs: auto takes the GPU when there is one.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
-    /// KV cache size in tokens (capped at the model's context length).
-    #[arg(long, default_value_t = 4096)]
-    pub ctx: usize,
+    /// KV cache size in tokens, capped at the model's context length (default: the model's
+    /// context length, as far as a quarter of the available memory holds with --slots
+    /// caches; on CUDA, three quarters of the device memory the weights leave free).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// KV caches of this many sequences (slots): a request takes the slot sharing the
+    /// longest prefix with its prompt (default: as many as a quarter of the available memory
+    /// holds, 1 to 4, on the CPU; 4 on a GPU).
+    #[arg(long)]
+    pub slots: Option<usize>,
     /// Requests that may wait for the engine; more are answered 429.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
@@ -85,8 +92,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let engine = EngineOptions {
         backend: a.backend.into(),
         session: SessionOptions {
-            ctx: a.ctx,
+            ctx: a.ctx.unwrap_or(SessionOptions::MODEL_CTX),
             precise: a.precise,
+            slots: a.slots.unwrap_or(0),
             ..Default::default()
         },
         quant: a.quant.map(Into::into),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::Engine;
+use super::cuda_session::cuda_kv_layout;
 use super::session::{Session, SessionOptions, cpu_session, cuda_session};
 use super::spec::{DraftModel, SpeculationError, SpeculationOptions};
 use crate::backend::{BackendError, cuda};
@@ -89,6 +90,8 @@ pub enum BuildError {
     Quant(#[source] ModelError),
     #[error("--backend cuda")]
     NoGpu(#[source] cuda::CudaUnavailable),
+    #[error("not enough GPU memory")]
+    GpuMemory(#[source] cuda::DoesNotFit),
     #[error("starting the {backend} backend")]
     Backend {
         backend: &'static str,
@@ -325,6 +328,26 @@ impl Placement {
             Placement::Cuda { .. } => {
                 // Every session opens its own handle on the device (the same primary context).
                 let dev = cuda::probe().map_err(BuildError::NoGpu)?;
+                // Refused before the upload, with the sizes; a failed query leaves it to
+                // the allocations themselves. The KV caches are laid out as the session will
+                // lay them out, from what the weights and working buffers leave free.
+                if let Ok((free, total)) = dev.context().mem_get_info() {
+                    let (free, total) = (free as u64, total as u64);
+                    let plan = |layout| {
+                        cuda::MemoryPlan::new(
+                            config,
+                            weights,
+                            layout,
+                            opts.session.max_batch,
+                            crate::graph::llama::MAX_VERIFY_ROWS,
+                        )
+                    };
+                    let fixed = plan((0, 0));
+                    let left = free.saturating_sub(fixed.weights + fixed.working);
+                    plan(cuda_kv_layout(config, &opts.session, left))
+                        .check(free, total)
+                        .map_err(BuildError::GpuMemory)?;
+                }
                 (
                     "cuda",
                     cuda_session(config, weights, &opts.session, dev, opts.progress),

@@ -1,77 +1,89 @@
 //! The CUDA session: prefill runs op by op; each decode step is one CUDA-graph replay.
 //!
-//! The first decode step runs eagerly with the token id and position read from device
-//! memory (so every scratch buffer exists and the step itself is done), then the same
-//! step is captured (recorded, not run) into a graph together with the on-device argmax.
-//! Every later step writes the token id and position (8 bytes host to device), replays the
-//! graph, and copies back either the 4-byte token the graph picked (`Pick::Argmax` for
-//! plain greedy decoding, `Pick::Sample` for top-k / temperature / min-p / top-p) or the
-//! logits (`Pick::Logits`, when the host samples, e.g. with penalties). A verify pass
-//! (`Rows::All`) runs eagerly and picks each row's argmax on the device; the picks the
-//! device has no kernel for (a sampled verify, a multi-token prefill) are made on the host
-//! with the sampler's code.
-//!
-//! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps eagerly (same kernels, one launch
-//! each), e.g. to tell a graph problem from a kernel problem.
+//! `backend::cuda::DeviceDecoder` owns the graph machinery (capture, replay, the step's
+//! token id and position in device memory, the on-device picks); this session drives
+//! `graph::llama` through it. A decode step picks on the device and copies back the 4-byte
+//! token (`Pick::Argmax` for plain greedy decoding, `Pick::Sample` for top-k / temperature
+//! / min-p / top-p) or the logits (`Pick::Logits`, when the host samples, e.g. with
+//! penalties). A verify pass (`Rows::All`) runs eagerly and picks each row's argmax on the
+//! device; the picks the device has no kernel for (a sampled verify, a multi-token
+//! prefill) are made on the host with the sampler's code.
 
-use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, sys};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::backend::cuda::{CudaBackend, CudaDevice};
+use crate::backend::cuda::{
+    CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, StepInputs,
+};
 use crate::backend::{BackendError, Ops};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
 use super::session::{
     MAX_VERIFY_ROWS, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepOutput,
-    check_step, pick_on_host,
+    check_step, f32_kv_bytes, kv_layout, pick_on_host,
 };
 
-/// How a decode step picks the next token on the device.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum DevicePick {
-    Argmax,
-    Sample {
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-    },
+/// A model and its states on the GPU, one per slot: a decode step runs the active one.
+struct LlamaOnCuda {
+    model: Llama<CudaBackend>,
+    states: Vec<State<CudaBackend>>,
+    active: usize,
 }
 
-/// A replayable decode step.
-struct Graph(CudaGraph);
+impl LlamaOnCuda {
+    fn state(&self) -> &State<CudaBackend> {
+        &self.states[self.active]
+    }
 
-// SAFETY: a CUgraphExec may be launched from any thread once the context is current there
-// (cudarc's `launch` makes it current). The session owning it is used from one thread at a
-// time (`&mut self`), so launches never race.
-unsafe impl Send for Graph {}
+    /// The model and the active state, for eager work.
+    fn parts(&mut self) -> (&Llama<CudaBackend>, &mut State<CudaBackend>) {
+        (&self.model, &mut self.states[self.active])
+    }
+}
 
-fn dev_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> BackendError {
-    move |e| BackendError::Device(format!("CUDA: {what}: {e}"))
+impl DecodeStep for LlamaOnCuda {
+    fn ctx(&self) -> usize {
+        self.state().ctx
+    }
+
+    fn queue(&mut self, b: &mut CudaBackend, inputs: &StepInputs) -> Result<(), BackendError> {
+        let (model, state) = self.parts();
+        model.forward_logits(b, state, inputs.token_ids(), inputs.position())
+    }
+
+    fn logits(&self) -> &CudaAct {
+        self.model.logits(self.state())
+    }
+
+    fn rows_logits(&self) -> Option<&CudaAct> {
+        self.model.rows_logits(self.state())
+    }
+}
+
+/// Slots a GPU session keeps when `--slots` is left to the default.
+const GPU_AUTO_SLOTS: usize = 4;
+
+/// The context and slot count of a CUDA session when `free` bytes are left after the
+/// weights: the KV caches may take three quarters of it (activations, the graph and the
+/// driver need the rest). The model's own context (`SessionOptions::MODEL_CTX`) with slots
+/// left to the default is capped so that 4 caches fit; a context given explicitly with slots
+/// left to the default gets as many caches as fit, 1 to 4. The engine builder checks the
+/// same layout against the device's memory before anything is uploaded.
+pub fn cuda_kv_layout(config: &ModelConfig, opts: &SessionOptions, free: u64) -> (usize, usize) {
+    let want = SessionOptions {
+        slots: if opts.slots == 0 && opts.ctx == SessionOptions::MODEL_CTX {
+            GPU_AUTO_SLOTS
+        } else {
+            opts.slots
+        },
+        ..opts.clone()
+    };
+    let budget = usize::try_from(free / 4 * 3).unwrap_or(usize::MAX);
+    kv_layout(config, &want, f32_kv_bytes(config), budget)
 }
 
 pub struct CudaSession {
-    /// The captured step and the pick it was captured with (the kernels' parameters are
-    /// baked into a graph, so another pick means another capture). First field on
-    /// purpose: fields drop in declaration order, and the graph holds the addresses of the
-    /// buffers, weights and kernel module below, so it must be destroyed before any of
-    /// them is freed.
-    graph: Option<(DevicePick, Graph)>,
-    backend: CudaBackend,
-    model: Llama<CudaBackend>,
-    state: State<CudaBackend>,
-    /// The decode step's inputs and output on the device.
-    token: CudaSlice<u32>,
-    pos: CudaSlice<i32>,
-    next: CudaSlice<u32>,
-    /// The argmax of each row of a verify pass.
-    rows_next: CudaSlice<u32>,
-    part_val: CudaSlice<f32>,
-    part_idx: CudaSlice<i32>,
-    /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
-    work: CudaSlice<f32>,
-    rng: CudaSlice<u64>,
-    use_graph: bool,
+    decoder: DeviceDecoder<LlamaOnCuda>,
     /// Host logits and sampler scratch for the picks made on the host.
     logits: Vec<f32>,
     scratch: Vec<(u32, f32)>,
@@ -94,160 +106,104 @@ pub fn cuda_session(
     let model = Llama::load(&mut backend, config, weights);
     backend.finish_upload_progress();
     let model = model?;
-    let ctx = opts.ctx.clamp(1, config.max_ctx);
+    // The KV caches' share of what the weights left free: see cuda_kv_layout.
+    let free = backend
+        .device()
+        .memory_info()
+        .map_err(|e| BackendError::Device(format!("cuMemGetInfo: {e}")))?
+        .0;
+    let (ctx, slots) = cuda_kv_layout(config, opts, free as u64);
     let max_batch = opts.max_batch.max(1);
-    let state = model.new_state(&mut backend, ctx, max_batch)?;
+    let mut states = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        states.push(model.new_state(&mut backend, ctx, max_batch)?);
+    }
     backend.reserve(max_batch, config.n_heads, config.head_dim)?;
-    let s = backend.device().stream().clone();
-    let parts = CudaBackend::argmax_parts(config.vocab_size);
-    let use_graph =
-        !std::env::var("TACHYON_NO_CUDA_GRAPH").is_ok_and(|v| !matches!(v.trim(), "" | "0"));
-    Ok(Box::new(CudaSession {
-        token: s.alloc_zeros::<u32>(1).map_err(dev_err("step buffers"))?,
-        pos: s.alloc_zeros::<i32>(1).map_err(dev_err("step buffers"))?,
-        next: s.alloc_zeros::<u32>(1).map_err(dev_err("step buffers"))?,
-        rows_next: s
-            .alloc_zeros::<u32>(MAX_VERIFY_ROWS)
-            .map_err(dev_err("step buffers"))?,
-        part_val: s
-            .alloc_zeros::<f32>(parts)
-            .map_err(dev_err("step buffers"))?,
-        part_idx: s
-            .alloc_zeros::<i32>(parts)
-            .map_err(dev_err("step buffers"))?,
-        work: s
-            .alloc_zeros::<f32>(config.vocab_size)
-            .map_err(dev_err("step buffers"))?,
-        rng: s.alloc_zeros::<u64>(1).map_err(dev_err("step buffers"))?,
+    let decoder = DeviceDecoder::new(
         backend,
-        model,
-        state,
-        graph: None,
-        use_graph,
+        LlamaOnCuda {
+            model,
+            states,
+            active: 0,
+        },
+        config.vocab_size,
+        MAX_VERIFY_ROWS,
+    )?;
+    Ok(Box::new(CudaSession {
+        decoder,
         logits: Vec::new(),
         scratch: Vec::new(),
     }))
 }
 
-impl CudaSession {
-    /// Everything a decode step queues: the forward pass with device-side token and
-    /// position, then the pick of the next token into `next`.
-    fn queue_step(&mut self, pos: usize, pick: DevicePick) -> Result<(), BackendError> {
-        let s = self.backend.device().stream().clone();
-        let (tok, _g1) = self.token.device_ptr(&s);
-        let (p, _g2) = self.pos.device_ptr(&s);
-        self.backend.set_device_inputs(Some((tok, p)));
-        // The host token is only a shape: the kernels read the id from `token`.
-        let queued = self
-            .model
-            .forward_logits(&mut self.backend, &mut self.state, &[0], pos)
-            .and_then(|()| {
-                let logits = self.model.logits(&self.state);
-                match pick {
-                    DevicePick::Argmax => self.backend.argmax(
-                        logits,
-                        &mut self.next,
-                        &mut self.part_val,
-                        &mut self.part_idx,
-                    ),
-                    DevicePick::Sample {
-                        temperature,
-                        top_k,
-                        top_p,
-                        min_p,
-                    } => self.backend.sample(
-                        logits,
-                        &mut self.work,
-                        &mut self.next,
-                        &mut self.rng,
-                        temperature,
-                        top_k,
-                        top_p,
-                        min_p,
-                    ),
-                }
-            });
-        self.backend.set_device_inputs(None);
-        queued
+impl Session for CudaSession {
+    fn backend_name(&self) -> &'static str {
+        self.decoder.backend().name()
     }
 
-    /// Runs one decode step (token and position written to the device first).
-    fn decode_step(
-        &mut self,
-        token: u32,
-        pos: usize,
-        pick: DevicePick,
-        draw_seed: u64,
-    ) -> Result<(), BackendError> {
-        if pos >= self.state.ctx {
+    fn ctx(&self) -> usize {
+        self.decoder.model().state().ctx
+    }
+
+    fn max_batch(&self) -> usize {
+        self.decoder.model().state().max_batch
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.decoder.model().model.cfg.vocab_size
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        f32_kv_bytes(&self.decoder.model().model.cfg)
+    }
+
+    fn slots(&self) -> usize {
+        self.decoder.model().states.len()
+    }
+
+    fn use_slot(&mut self, slot: usize) -> Result<(), BackendError> {
+        let slots = self.slots();
+        if slot >= slots {
             return Err(BackendError::Device(format!(
-                "position {pos} is past the context of {}",
-                self.state.ctx
+                "session step: slot {slot} of a {slots}-slot session"
             )));
         }
-        let s = self.backend.device().stream().clone();
-        s.memcpy_htod(&[token][..], &mut self.token)
-            .map_err(dev_err("writing the token id"))?;
-        s.memcpy_htod(&[pos as i32][..], &mut self.pos)
-            .map_err(dev_err("writing the position"))?;
-        if matches!(pick, DevicePick::Sample { .. }) {
-            s.memcpy_htod(&[draw_seed][..], &mut self.rng)
-                .map_err(dev_err("writing the random seed"))?;
-        }
-        match &self.graph {
-            Some((p, g)) if *p == pick => {
-                return g.0.launch().map_err(dev_err("replaying the decode step"));
-            }
-            _ => self.graph = None,
-        }
-        self.queue_step(pos, pick)?;
-        if self.use_graph {
-            // Capture the step just run (recording queues no work). A failure leaves the
-            // session eager rather than broken.
-            match self.capture(pos, pick) {
-                Ok(g) => self.graph = Some((pick, Graph(g))),
-                Err(e) => {
-                    tracing::warn!("CUDA graph capture failed, decoding without graphs: {e}");
-                    self.use_graph = false;
-                }
-            }
+        if slot != self.decoder.model().active {
+            // The captured decode step reads the old slot's buffers: capture anew.
+            self.decoder.forget_capture();
+            self.decoder.parts_mut().1.active = slot;
         }
         Ok(())
     }
 
-    fn capture(&mut self, pos: usize, pick: DevicePick) -> Result<CudaGraph, BackendError> {
-        let s = self.backend.device().stream().clone();
-        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(dev_err("starting graph capture"))?;
-        let queued = self.queue_step(pos, pick);
-        // End the capture whatever happened, so the stream is usable again.
-        let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
-        queued?;
-        let graph = ended.map_err(dev_err("instantiating the decode graph"))?;
-        let graph = graph
-            .ok_or_else(|| BackendError::Device("CUDA graph capture recorded nothing".into()))?;
-        graph
-            .upload()
-            .map_err(dev_err("uploading the decode graph"))?;
-        Ok(graph)
-    }
-}
-
-impl Session for CudaSession {
-    fn backend_name(&self) -> &'static str {
-        self.backend.name()
-    }
-
-    fn ctx(&self) -> usize {
-        self.state.ctx
-    }
-
-    fn max_batch(&self) -> usize {
-        self.state.max_batch
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.model.cfg.vocab_size
+    fn step_until_cancelled(
+        &mut self,
+        input: StepInput<'_>,
+        logits: &mut [f32],
+        cancel: &AtomicBool,
+    ) -> Result<bool, BackendError> {
+        if input.tokens.len() == 1 {
+            // One token: the decode graph, checked before.
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            self.step(input, Pick::Logits(logits), Rows::Last)?;
+            return Ok(true);
+        }
+        let limits = (self.ctx(), self.max_batch(), self.vocab_size());
+        check_step(&input, &Pick::Logits(&mut *logits), Rows::Last, limits)?;
+        let (b, m) = self.decoder.parts_mut();
+        let (model, s) = m.parts();
+        let stream = b.device().stream().clone();
+        // The host queues launches ahead of the GPU: waiting for the work queued so far
+        // before each check makes a cancel stop within one layer of GPU work (one stream
+        // sync per layer of a prefill chunk). A failed sync is left to the next launch or
+        // copy, which reports the same error.
+        let stop = || {
+            let _ = stream.synchronize();
+            cancel.load(Ordering::Relaxed)
+        };
+        model.forward_until(b, s, input.tokens, input.pos, logits, &stop)
     }
 
     fn step(
@@ -273,19 +229,19 @@ impl Session for CudaSession {
                         min_p: params.min_p,
                     },
                     // Keep whatever pick the captured step has (its result is not read).
-                    Pick::Logits(_) => self.graph.as_ref().map_or(DevicePick::Argmax, |(p, _)| *p),
+                    Pick::Logits(_) => self.decoder.captured_pick().unwrap_or(DevicePick::Argmax),
                 };
                 let seed = match pick {
                     Pick::Sample { seed, .. } => seed,
                     _ => 0,
                 };
-                self.decode_step(token, pos, device_pick, seed)?;
+                self.decoder.decode(token, pos, device_pick, seed)?;
                 if let Pick::Logits(out) = pick {
-                    let logits = self.model.logits(&self.state);
-                    self.backend.read_row(logits, out)?;
+                    self.decoder.read_logits(out)?;
                     return Ok(StepOutput::Logits);
                 }
-                Ok(StepOutput::Tokens(Picked::from_slice(&[self.read_next()?])))
+                let next = self.decoder.read_next()?;
+                Ok(StepOutput::Tokens(Picked::from_slice(&[next])))
             }
             // The greedy verify pass: every row's argmax on the device.
             (Rows::All, _) if matches!(pick, Pick::Argmax) => self.verify_argmax(tokens, pos),
@@ -298,10 +254,11 @@ impl Session for CudaSession {
                         &mut self.logits
                     }
                 };
-                let (b, s) = (&mut self.backend, &mut self.state);
+                let (b, m) = self.decoder.parts_mut();
+                let (model, s) = m.parts();
                 match rows {
-                    Rows::Last => self.model.forward(b, s, tokens, pos, out)?,
-                    Rows::All => self.model.forward_rows(b, s, tokens, pos, out)?,
+                    Rows::Last => model.forward(b, s, tokens, pos, out)?,
+                    Rows::All => model.forward_rows(b, s, tokens, pos, out)?,
                 }
                 Ok(match pick {
                     Pick::Logits(_) => StepOutput::Logits,
@@ -322,43 +279,11 @@ impl CudaSession {
     /// each row's argmax on the device: K+1 ids come back instead of K+1 rows of logits.
     fn verify_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<StepOutput, BackendError> {
         let n = tokens.len();
-        self.backend.set_device_inputs(None);
-        self.model
-            .forward_rows_logits(&mut self.backend, &mut self.state, tokens, pos)?;
-        let Some(logits) = self.model.rows_logits(&self.state) else {
-            return Err(BackendError::Device(
-                "CUDA: the verify pass left no logits".into(),
-            ));
-        };
-        for row in 0..n {
-            self.backend.argmax_row(
-                logits,
-                row,
-                &mut self.rows_next,
-                row,
-                &mut self.part_val,
-                &mut self.part_idx,
-            )?;
-        }
+        let (b, m) = self.decoder.parts_mut();
+        let (model, s) = m.parts();
+        model.forward_rows_logits(b, s, tokens, pos)?;
         let mut out = [0u32; MAX_VERIFY_ROWS];
-        let s = self.backend.device().stream().clone();
-        s.memcpy_dtoh(&self.rows_next.slice(..n), &mut out[..n])
-            .map_err(dev_err("reading the verify picks"))?;
-        s.synchronize()
-            .map_err(dev_err("running the verify pass"))?;
+        self.decoder.argmax_rows(&mut out[..n])?;
         Ok(StepOutput::Tokens(Picked::from_slice(&out[..n])))
-    }
-}
-
-impl CudaSession {
-    /// The token the last step picked (a 4-byte copy, after the step finished).
-    fn read_next(&mut self) -> Result<u32, BackendError> {
-        let s = self.backend.device().stream().clone();
-        let mut next = [0u32];
-        s.memcpy_dtoh(&self.next, &mut next[..])
-            .map_err(dev_err("reading the token"))?;
-        s.synchronize()
-            .map_err(dev_err("running the decode step"))?;
-        Ok(next[0])
     }
 }

@@ -8,6 +8,7 @@ pub mod cuda_session;
 pub mod logprobs;
 pub mod sampler;
 pub mod session;
+pub mod slots;
 pub mod spec;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,8 @@ pub use sampler::{Sampler, SamplingParams};
 pub use session::{
     Pick, Rows, Session, SessionOptions, StepInput, StepOutput, cpu_session, cuda_session,
 };
+pub use slots::SlotEvent;
+use slots::Slots;
 pub use spec::{SpecStats, Speculation, SpeculationError, SpeculationOptions};
 
 use crate::backend::BackendError;
@@ -39,6 +42,10 @@ pub enum EngineError {
     /// The request's constraint left no token to choose, or refused one.
     #[error("constrained decoding: {0}")]
     Constraint(#[from] constraint::ConstraintError),
+    #[error(
+        "the model's logits for generated token {index} are all NaN (a damaged model file or a numerical fault)"
+    )]
+    NanLogits { index: usize },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -151,7 +158,8 @@ pub struct TokenStep<'a> {
 pub struct StreamOptions<'a> {
     /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
-    /// Checked between prefill chunks and before every decode step; once set, generation
+    /// Checked between the layers of each prefill chunk (on sessions that can; else between
+    /// chunks) and before every decode step; once set, generation
     /// ends at the next check with `FinishReason::Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
     /// The output must follow this constraint (a fresh one: generation works on a copy).
@@ -165,7 +173,10 @@ pub struct StreamOptions<'a> {
 /// prefix with the previous sequence only prefills the new suffix.
 pub struct Engine {
     session: Box<dyn Session>,
+    /// The tokens the active slot's KV cache holds.
     cached: Vec<u32>,
+    /// Slots (KV caches of several sequences, when the session has more than one).
+    slots: Slots,
     logits: Vec<f32>,
     /// Copy of the raw logits for log-probabilities (the sampler edits `logits` in place).
     raw: Vec<f32>,
@@ -183,6 +194,8 @@ pub(crate) struct Emitter<'a, 'b> {
     t0: Instant,
     first: Option<Instant>,
     stats: &'b mut GenerateStats,
+    /// Set when a pick had no token (every logit NaN): generation ends there, as an error.
+    nan_at: Option<usize>,
 }
 
 impl Emitter<'_, '_> {
@@ -192,6 +205,10 @@ impl Emitter<'_, '_> {
 
     /// Emit `step`; `Some(reason)` when generation ends here.
     fn emit_step(&mut self, step: &TokenStep<'_>) -> Option<FinishReason> {
+        if step.id == sampler::NO_TOKEN {
+            self.nan_at = Some(self.stats.generated_tokens);
+            return Some(FinishReason::Stop);
+        }
         if self.first.is_none() {
             let now = Instant::now();
             self.first = Some(now);
@@ -219,9 +236,11 @@ impl Emitter<'_, '_> {
 impl Engine {
     pub fn new(session: Box<dyn Session>) -> Engine {
         let vocab = session.vocab_size();
+        let slots = Slots::new(session.slots());
         Engine {
             session,
             cached: Vec::new(),
+            slots,
             logits: vec![0.0; vocab],
             raw: Vec::new(),
             top: Vec::new(),
@@ -253,6 +272,32 @@ impl Engine {
         self.session.ctx()
     }
 
+    /// Positions of the KV caches (every slot) that hold kept sequences.
+    pub fn cached_len(&self) -> usize {
+        self.cached.len() + self.slots.parked_tokens()
+    }
+
+    /// Forgets the kept sequences (after a warm-up run), so no request reuses them.
+    pub fn forget_cache(&mut self) {
+        self.cached.clear();
+        self.slots.forget();
+    }
+
+    /// KV caches of this many sequences are kept (see [`slots`]).
+    pub fn slots(&self) -> usize {
+        self.slots.count()
+    }
+
+    /// Bytes of KV cache one position of one slot takes (0 when the backend does not say).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.session.kv_bytes_per_position()
+    }
+
+    /// Which slot the last request took, and how (`None` with one slot).
+    pub fn last_slot_event(&self) -> Option<SlotEvent> {
+        self.slots.last
+    }
+
     /// Run the prompt and return the logits after its last token. Reuses the cached prefix.
     fn prefill(&mut self, prompt: &[u32]) -> Result<usize, EngineError> {
         self.prefill_until(prompt, None).map(|(cached, _)| cached)
@@ -265,12 +310,15 @@ impl Engine {
         prompt: &[u32],
         cancel: Option<&AtomicBool>,
     ) -> Result<(usize, bool), EngineError> {
-        let common = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
+        if self.slots.count() > 1 {
+            let (slot, event) = self.slots.choose(&self.cached, prompt);
+            if slot != self.slots.active {
+                self.session.use_slot(slot)?;
+                self.slots.switch(&mut self.cached, slot);
+            }
+            self.slots.last = Some(event);
+        }
+        let common = slots::common_prefix(&self.cached, prompt);
         // At least one token must run to produce logits.
         let start = common.min(prompt.len() - 1);
         self.cached.truncate(start);
@@ -285,8 +333,21 @@ impl Engine {
                 tokens: &prompt[pos..end],
                 pos,
             };
-            self.session
-                .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
+            match cancel {
+                // Checked between layers too: a replacement need not wait for the chunk.
+                Some(c) => {
+                    if !self
+                        .session
+                        .step_until_cancelled(input, &mut self.logits, c)?
+                    {
+                        return Ok((start, false));
+                    }
+                }
+                None => {
+                    self.session
+                        .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;
+                }
+            }
             self.cached.extend_from_slice(&prompt[pos..end]);
             pos = end;
         }
@@ -363,6 +424,7 @@ impl Engine {
             t0,
             first: None,
             stats: &mut stats,
+            nan_at: None,
         };
         if params.max_tokens == 0 {
             emit.stats.finish = FinishReason::Length;
@@ -399,8 +461,17 @@ impl Engine {
         } else {
             emit.stats.finish = self.decode_plain(params, opts, &mut sampler, &mut emit)?;
         }
+        if let Some(index) = emit.nan_at {
+            // What the cache holds produced no number: keep none of it for the next request.
+            self.cached.clear();
+            return Err(EngineError::NanLogits { index });
+        }
         let t_first = emit.first.unwrap_or(t0);
         stats.decode_time = t_first.elapsed();
+        // What ran (prompt and output) is what a proposer of earlier requests learns from.
+        if let Some(spec) = self.spec.as_mut() {
+            spec.proposer.record(&self.cached);
+        }
         stats.speculation = spec_stats;
         Ok(stats)
     }

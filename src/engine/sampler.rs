@@ -133,17 +133,27 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
 }
 
-/// Index of the largest value; the lowest index wins ties. NaN is never picked.
+/// The token a pick returns when there is none to pick: every logit is NaN (a damaged
+/// model or a numerical fault). The engine ends the request with
+/// [`EngineError::NanLogits`](super::EngineError::NanLogits). The device kernels write the
+/// same value (`TACHYON_NO_TOKEN` in kernels/tachyon_kernels.h).
+pub const NO_TOKEN: u32 = u32::MAX;
+
+/// Index of the largest value; the lowest index wins ties. NaN is never picked; when every
+/// value is NaN, [`NO_TOKEN`].
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best = None;
     let mut best_v = f32::NEG_INFINITY;
     for (i, &v) in x.iter().enumerate() {
-        if v > best_v {
+        if v.is_nan() {
+            continue;
+        }
+        if best.is_none() || v > best_v {
             best_v = v;
-            best = i;
+            best = Some(i);
         }
     }
-    best as u32
+    best.map_or(NO_TOKEN, |i| i as u32)
 }
 
 /// The distribution temperature sampling draws from: the candidates that survive top-k,
@@ -209,7 +219,7 @@ pub fn distribution(p: &SamplingParams, logits: &[f32], c: &mut Vec<(u32, f32)>)
 /// One draw from `c` (a [`distribution`]) with the next number of `rng`; 0 when empty.
 fn draw_candidate(c: &[(u32, f32)], rng: &mut Rng) -> u32 {
     if c.is_empty() {
-        return 0;
+        return NO_TOKEN; // every logit NaN
     }
     let total: f64 = c.iter().map(|(_, v)| *v as f64).sum();
     let mut r = rng.next_f64() * total;

@@ -8,6 +8,8 @@
 //! code ([`pick_on_host`]); the CUDA session picks on the device where it can, so a decode
 //! step copies back 4 bytes instead of a vocabulary of logits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{BackendError, Ops};
 pub use crate::graph::llama::MAX_VERIFY_ROWS;
@@ -110,6 +112,44 @@ pub trait Session: Send {
         pick: Pick<'_>,
         rows: Rows,
     ) -> Result<StepOutput, BackendError>;
+
+    /// A prefill step (`Rows::Last`, the logits into `logits`) that stops early once
+    /// `cancel` is set: `Ok(false)` then, with positions `input.pos..` of the cache holding
+    /// partial work that the caller must not count as cached. Sessions that can check
+    /// between layers do (a cancel then waits for one layer, not a whole chunk); this
+    /// default checks only before the step.
+    fn step_until_cancelled(
+        &mut self,
+        input: StepInput<'_>,
+        logits: &mut [f32],
+        cancel: &AtomicBool,
+    ) -> Result<bool, BackendError> {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.step(input, Pick::Logits(logits), Rows::Last)?;
+        Ok(true)
+    }
+
+    /// KV caches this session holds (slots), each of [`Session::ctx`] positions.
+    fn slots(&self) -> usize {
+        1
+    }
+
+    /// Makes slot `slot` (below [`Session::slots`]) the KV cache later steps read and
+    /// extend; the others keep their contents.
+    fn use_slot(&mut self, slot: usize) -> Result<(), BackendError> {
+        if slot == 0 {
+            Ok(())
+        } else {
+            Err(shape_err(format!("slot {slot} of a one-slot session")))
+        }
+    }
+
+    /// Bytes of KV cache one position of one slot takes.
+    fn kv_bytes_per_position(&self) -> usize {
+        0
+    }
 }
 
 fn shape_err(msg: String) -> BackendError {
@@ -176,7 +216,9 @@ pub fn pick_on_host(
 struct OpsSession<B: Ops> {
     backend: B,
     model: Llama<B>,
-    state: State<B>,
+    /// One state (KV cache and activations) per slot; `active` is the one steps use.
+    states: Vec<State<B>>,
+    active: usize,
     /// Host logits for picks made here (vocab, or verify rows x vocab).
     logits: Vec<f32>,
     scratch: Vec<(u32, f32)>,
@@ -192,15 +234,49 @@ where
     }
 
     fn ctx(&self) -> usize {
-        self.state.ctx
+        self.states[self.active].ctx
     }
 
     fn max_batch(&self) -> usize {
-        self.state.max_batch
+        self.states[self.active].max_batch
+    }
+
+    fn slots(&self) -> usize {
+        self.states.len()
+    }
+
+    fn use_slot(&mut self, slot: usize) -> Result<(), BackendError> {
+        if slot >= self.states.len() {
+            return Err(shape_err(format!(
+                "slot {slot} of a {}-slot session",
+                self.states.len()
+            )));
+        }
+        self.active = slot;
+        Ok(())
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        f32_kv_bytes(&self.model.cfg)
     }
 
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
+    }
+
+    fn step_until_cancelled(
+        &mut self,
+        input: StepInput<'_>,
+        logits: &mut [f32],
+        cancel: &AtomicBool,
+    ) -> Result<bool, BackendError> {
+        let vocab = self.vocab_size();
+        let limits = (self.ctx(), self.max_batch(), vocab);
+        check_step(&input, &Pick::Logits(&mut *logits), Rows::Last, limits)?;
+        let (b, s) = (&mut self.backend, &mut self.states[self.active]);
+        let stop = || cancel.load(Ordering::Relaxed);
+        self.model
+            .forward_until(b, s, input.tokens, input.pos, logits, &stop)
     }
 
     fn step(
@@ -219,7 +295,7 @@ where
                 &mut self.logits
             }
         };
-        let (b, s) = (&mut self.backend, &mut self.state);
+        let (b, s) = (&mut self.backend, &mut self.states[self.active]);
         match rows {
             Rows::Last => self.model.forward(b, s, input.tokens, input.pos, out)?,
             Rows::All => self
@@ -237,6 +313,8 @@ where
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     /// KV cache positions (clamped to the model's context length).
+    /// [`SessionOptions::MODEL_CTX`]: the model's own context length, capped so that the
+    /// slots' KV caches fit the memory budget (see [`kv_layout`]).
     pub ctx: usize,
     /// Prompt tokens per forward call during prefill.
     pub max_batch: usize,
@@ -245,6 +323,9 @@ pub struct SessionOptions {
     /// CPU: copy the weights into huge-page memory at load (faster decoding, slower load,
     /// the model's size in resident memory) instead of reading the file mapping.
     pub resident_weights: bool,
+    /// KV caches of this many sequences (slots). 0: as many as a quarter of the available
+    /// memory holds, 1 to 4 (the CUDA session: 4, see `cuda_session`).
+    pub slots: usize,
 }
 
 impl Default for SessionOptions {
@@ -254,8 +335,65 @@ impl Default for SessionOptions {
             max_batch: 64,
             precise: false,
             resident_weights: true,
+            slots: 1,
         }
     }
+}
+
+impl SessionOptions {
+    /// `ctx` for "the model's context length, as far as memory allows".
+    pub const MODEL_CTX: usize = usize::MAX;
+}
+
+/// The fewest positions [`SessionOptions::MODEL_CTX`] shrinks to under a small budget (the
+/// model's own length when shorter): below it most requests would fail.
+const MIN_AUTO_CTX: usize = 256;
+
+/// Slots left to the default take at most this many.
+const MAX_AUTO_SLOTS: usize = 4;
+
+/// The positions of each KV cache and the number of caches (slots) a session gets:
+/// `opts.ctx` clamped to the model's length, or for [`SessionOptions::MODEL_CTX`] the
+/// model's length capped so that the slots asked for (one when left to the default) fit in
+/// `budget` bytes; then `opts.slots`, or when 0 as many caches as `budget` holds (1 to 4).
+/// `kv_bytes`: bytes one position of one cache takes.
+pub fn kv_layout(
+    config: &ModelConfig,
+    opts: &SessionOptions,
+    kv_bytes: usize,
+    budget: usize,
+) -> (usize, usize) {
+    let kv_bytes = kv_bytes.max(1);
+    let ctx = if opts.ctx == SessionOptions::MODEL_CTX {
+        let fits = budget / (opts.slots.max(1) * kv_bytes);
+        fits.max(MIN_AUTO_CTX).min(config.max_ctx).max(1)
+    } else {
+        opts.ctx.clamp(1, config.max_ctx)
+    };
+    let slots = match opts.slots {
+        0 => (budget / (ctx * kv_bytes)).clamp(1, MAX_AUTO_SLOTS),
+        n => n,
+    };
+    (ctx, slots)
+}
+
+/// The host memory the CPU session's KV caches may take: a quarter of what the kernel says
+/// is available (the weights, the other processes and the page cache keep the rest).
+fn host_kv_budget() -> usize {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024));
+    available / 4
+}
+
+/// Bytes one position of one f32 KV cache takes (keys and values of every layer).
+pub fn f32_kv_bytes(config: &ModelConfig) -> usize {
+    2 * config.n_layers * config.kv_dim() * std::mem::size_of::<f32>()
 }
 
 /// A CPU session over a model's weights.
@@ -266,13 +404,85 @@ pub fn cpu_session(
 ) -> Result<Box<dyn Session>, BackendError> {
     let mut backend = CpuBackend::new(opts.precise, opts.resident_weights);
     let llama = Llama::load(&mut backend, config, weights)?;
-    let ctx = opts.ctx.clamp(1, config.max_ctx);
-    let state = llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?;
+    let (ctx, slots) = kv_layout(config, opts, f32_kv_bytes(config), host_kv_budget());
+    let mut states = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        states.push(llama.new_state(&mut backend, ctx, opts.max_batch.max(1))?);
+    }
     Ok(Box::new(OpsSession {
         backend,
         model: llama,
-        state,
+        states,
+        active: 0,
         logits: Vec::new(),
         scratch: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::random::Shape;
+
+    fn qwen_05b() -> ModelConfig {
+        let Ok(shape) = Shape::resolve("qwen2.5-0.5b") else {
+            panic!("built-in shape")
+        };
+        shape.config
+    }
+
+    fn opts(ctx: usize, slots: usize) -> SessionOptions {
+        SessionOptions {
+            ctx,
+            slots,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_model_context_is_taken_when_the_budget_holds_it() {
+        let c = qwen_05b();
+        let kv = f32_kv_bytes(&c);
+        // 24 layers x 2 x 128 wide x 4 bytes.
+        assert_eq!(kv, 24 * 2 * 128 * 4);
+        let whole = c.max_ctx * kv;
+        assert_eq!(
+            kv_layout(&c, &opts(SessionOptions::MODEL_CTX, 0), kv, 8 * whole),
+            (c.max_ctx, 4),
+            "auto slots stop at 4"
+        );
+        assert_eq!(
+            kv_layout(&c, &opts(SessionOptions::MODEL_CTX, 0), kv, 2 * whole + 1),
+            (c.max_ctx, 2)
+        );
+        assert_eq!(
+            kv_layout(&c, &opts(SessionOptions::MODEL_CTX, 3), kv, 3 * whole),
+            (c.max_ctx, 3)
+        );
+    }
+
+    #[test]
+    fn a_small_budget_caps_the_model_context_but_not_an_asked_one() {
+        let c = qwen_05b();
+        let kv = f32_kv_bytes(&c);
+        // Room for 10,000 positions: one slot takes them all, two slots half each.
+        let budget = 10_000 * kv;
+        assert_eq!(
+            kv_layout(&c, &opts(SessionOptions::MODEL_CTX, 0), kv, budget),
+            (10_000, 1)
+        );
+        assert_eq!(
+            kv_layout(&c, &opts(SessionOptions::MODEL_CTX, 2), kv, budget),
+            (5_000, 2)
+        );
+        // Next to nothing: the floor, not a context no request fits.
+        assert_eq!(
+            kv_layout(&c, &opts(SessionOptions::MODEL_CTX, 1), kv, 10),
+            (MIN_AUTO_CTX, 1)
+        );
+        // --ctx as given (clamped to the model's only), whatever the budget.
+        assert_eq!(kv_layout(&c, &opts(20_000, 1), kv, budget), (20_000, 1));
+        assert_eq!(kv_layout(&c, &opts(1 << 30, 1), kv, budget), (c.max_ctx, 1));
+        assert_eq!(kv_layout(&c, &opts(4096, 0), kv, 0), (4096, 1));
+    }
 }

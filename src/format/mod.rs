@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 pub use config::{Family, ModelConfig, Rope, RopeStyle};
 pub use ggml_type::{GgmlType, QK_K};
-pub use weights::{ModelWeights, Weight};
+pub use weights::{ByteSource, HostBytes, ModelWeights, Weight};
 
 use gguf::GgufFile;
-use weights::{ByteSource, TensorLookup};
+use weights::TensorLookup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -231,6 +231,7 @@ pub struct LayerWeights {
 }
 
 /// All weights of a decoder-only model.
+#[derive(Clone)]
 pub struct ModelWeights {
     pub embed: Weight,
     pub layers: Vec<LayerWeights>,

@@ -3,9 +3,12 @@
 //! are flags on the config: q/k/v biases (qwen2), per-head q/k RMSNorm (qwen3), sliding
 //! window (mistral), rope style and scaling.
 //!
-//! Written against `backend::Ops`, so the same graph runs on every backend.
+//! Written against `backend::Ops`, so the same graph runs on every backend. The residual
+//! add and the norm after it are one `Ops::add_rmsnorm`, a projection with a bias one
+//! `Ops::matmul_bias`, the MLP's gate/up products and SwiGLU one `Ops::gate_up_swiglu`:
+//! a backend with fused kernels runs each as one (CUDA does), the CPU as its fine ops.
 
-use crate::backend::{AttnShape, BackendError, Ops};
+use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
 
 use crate::format::ModelConfig;
 use crate::format::ModelWeights;
@@ -43,7 +46,11 @@ pub struct State<B: Ops> {
     pub max_batch: usize,
     kv: Vec<B::Kv>,
     rope: B::RopeTable,
+    /// The residual stream.
     x: B::Act,
+    /// The normalized input of the block being run.
+    hn: B::Act,
+    /// A block's output before it is added to the residual stream.
     h: B::Act,
     q: B::Act,
     k: B::Act,
@@ -112,6 +119,7 @@ impl<B: Ops> Llama<B> {
             kv,
             rope: b.rope_table(&c.rope, ctx)?,
             x: b.alloc_act(max_batch, c.dim)?,
+            hn: b.alloc_act(max_batch, c.dim)?,
             h: b.alloc_act(max_batch, c.dim)?,
             q: b.alloc_act(max_batch, c.q_dim())?,
             k: b.alloc_act(max_batch, c.kv_dim())?,
@@ -136,8 +144,31 @@ impl<B: Ops> Llama<B> {
         pos: usize,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
-        self.forward_logits(b, s, tokens, pos)?;
+        self.forward_logits(b, s, TokenIds::Host(tokens), Position::Host(pos))?;
         b.read_row(&s.logits, logits)
+    }
+
+    /// [`Llama::forward`] that asks `stop` before each layer's attention and MLP blocks and
+    /// gives up once it says yes, so a cancelled prefill ends within half a layer instead of
+    /// a whole chunk. Returns false
+    /// then: positions `pos..` of the KV cache hold partial work, which the caller must not
+    /// count as cached (the next forward at those positions overwrites it).
+    pub fn forward_until(
+        &self,
+        b: &mut B,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+        logits: &mut [f32],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool, BackendError> {
+        let ids = TokenIds::Host(tokens);
+        if !self.layers_forward(b, s, ids, Position::Host(pos), Some(stop))? {
+            return Ok(false);
+        }
+        self.last_logits(b, s, tokens.len())?;
+        b.read_row(&s.logits, logits)?;
+        Ok(true)
     }
 
     /// The logits [`Llama::forward_logits`] left in the backend (one row, vocab wide).
@@ -180,7 +211,7 @@ impl<B: Ops> Llama<B> {
     ) -> Result<(), BackendError> {
         let (n, c) = (tokens.len(), &self.cfg);
         assert!(n <= MAX_VERIFY_ROWS, "caller checks the verify shape");
-        self.layers_forward(b, s, tokens, pos)?;
+        self.layers_forward(b, s, TokenIds::Host(tokens), Position::Host(pos), None)?;
         if s.rows_logits.is_none() {
             s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
         }
@@ -197,17 +228,23 @@ impl<B: Ops> Llama<B> {
     }
 
     /// [`Llama::forward`] without reading the logits back: they stay in the backend (see
-    /// [`Llama::logits`]). Queues only device work, so a GPU backend can capture it into a
-    /// CUDA graph.
+    /// [`Llama::logits`]). With the token id and position in device memory it queues only
+    /// device work, so a GPU backend can capture it into a CUDA graph and replay it for
+    /// every later token.
     pub fn forward_logits(
         &self,
         b: &mut B,
         s: &mut State<B>,
-        tokens: &[u32],
-        pos: usize,
+        tokens: TokenIds<'_, B::DeviceTokens>,
+        pos: Position<'_, B::DevicePos>,
     ) -> Result<(), BackendError> {
         let n = tokens.len();
-        self.layers_forward(b, s, tokens, pos)?;
+        self.layers_forward(b, s, tokens, pos, None)?;
+        self.last_logits(b, s, n)
+    }
+
+    /// The logits of the last of the `n` rows `layers_forward` left in `s.x`, into `s.logits`.
+    fn last_logits(&self, b: &mut B, s: &mut State<B>, n: usize) -> Result<(), BackendError> {
         // Only the last position's logits are needed to pick the next token.
         let c = &self.cfg;
         b.copy_row(&s.x, n - 1, &mut s.last)?;
@@ -216,17 +253,21 @@ impl<B: Ops> Llama<B> {
     }
 
     /// The embedding and every block: leaves the residual stream of `tokens` in `s.x`.
+    /// `stop`, asked before each attention and MLP block: false once it said yes (the rest
+    /// not run).
     fn layers_forward(
         &self,
         b: &mut B,
         s: &mut State<B>,
-        tokens: &[u32],
-        pos: usize,
-    ) -> Result<(), BackendError> {
+        tokens: TokenIds<'_, B::DeviceTokens>,
+        pos: Position<'_, B::DevicePos>,
+        stop: Option<&dyn Fn() -> bool>,
+    ) -> Result<bool, BackendError> {
         let c = &self.cfg;
         let n = tokens.len();
+        // A device position is checked by whoever writes it.
         assert!(
-            n > 0 && n <= s.max_batch && pos + n <= s.ctx,
+            n > 0 && n <= s.max_batch && pos.host().is_none_or(|p| p + n <= s.ctx),
             "caller checks batch and context bounds"
         );
         let shape = AttnShape {
@@ -236,17 +277,18 @@ impl<B: Ops> Llama<B> {
             window: c.sliding_window,
         };
         b.embed(&self.embed, tokens, &mut s.x)?;
-        for (l, kv) in self.layers.iter().zip(s.kv.iter_mut()) {
-            // Attention block.
-            b.rmsnorm(&s.x, &l.attn_norm, c.rms_eps, n, &mut s.h)?;
-            b.matmul(&s.h, &l.wq, n, &mut s.q)?;
-            b.matmul(&s.h, &l.wk, n, &mut s.k)?;
-            b.matmul(&s.h, &l.wv, n, &mut s.v)?;
-            if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
-                b.add_bias(&mut s.q, bq, n)?;
-                b.add_bias(&mut s.k, bk, n)?;
-                b.add_bias(&mut s.v, bv, n)?;
+        let Some(first) = self.layers.first() else {
+            return Ok(true);
+        };
+        b.rmsnorm(&s.x, &first.attn_norm, c.rms_eps, n, &mut s.hn)?;
+        for (i, (l, kv)) in self.layers.iter().zip(s.kv.iter_mut()).enumerate() {
+            if stop.is_some_and(|stop| stop()) {
+                return Ok(false);
             }
+            // Attention block, on the normalized residual stream in `hn`.
+            project(b, &s.hn, &l.wq, l.bq.as_ref(), n, &mut s.q)?;
+            project(b, &s.hn, &l.wk, l.bk.as_ref(), n, &mut s.k)?;
+            project(b, &s.hn, &l.wv, l.bv.as_ref(), n, &mut s.v)?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 b.head_rmsnorm(&mut s.q, qn, c.head_dim, c.rms_eps, n)?;
                 b.head_rmsnorm(&mut s.k, kn, c.head_dim, c.rms_eps, n)?;
@@ -255,13 +297,38 @@ impl<B: Ops> Llama<B> {
             b.rope(&mut s.k, &s.rope, c.n_kv_heads, pos, n)?;
             b.attention(&s.q, &s.k, &s.v, kv, shape, pos, n, &mut s.att)?;
             b.matmul(&s.att, &l.wo, n, &mut s.h)?;
-            b.add(&mut s.x, &s.h, n)?;
-            // MLP block.
-            b.rmsnorm(&s.x, &l.ffn_norm, c.rms_eps, n, &mut s.h)?;
-            b.gate_up_swiglu(&s.h, &l.w_gate, &l.w_up, n, &mut s.gate, &mut s.up)?;
+            // x += h, and the MLP block's norm of the new x.
+            b.add_rmsnorm(&mut s.x, &s.h, &l.ffn_norm, c.rms_eps, n, &mut s.hn)?;
+            // MLP block (about half a layer's work: asked again before it).
+            if stop.is_some_and(|stop| stop()) {
+                return Ok(false);
+            }
+            b.gate_up_swiglu(&s.hn, &l.w_gate, &l.w_up, n, &mut s.gate, &mut s.up)?;
             b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
-            b.add(&mut s.x, &s.h, n)?;
+            // x += h, and the next layer's attention norm (the final norm runs on the last
+            // row only, in the caller).
+            match self.layers.get(i + 1) {
+                Some(next) => {
+                    b.add_rmsnorm(&mut s.x, &s.h, &next.attn_norm, c.rms_eps, n, &mut s.hn)?
+                }
+                None => b.add(&mut s.x, &s.h, n)?,
+            }
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// `out = W x` (+ the bias, when the projection has one) for the first `n` rows.
+fn project<B: Ops>(
+    b: &mut B,
+    x: &B::Act,
+    w: &B::Mat,
+    bias: Option<&B::Vector>,
+    n: usize,
+    out: &mut B::Act,
+) -> Result<(), BackendError> {
+    match bias {
+        Some(bias) => b.matmul_bias(x, w, bias, n, out),
+        None => b.matmul(x, w, n, out),
     }
 }

@@ -122,6 +122,19 @@ fn run(mut engine: Engine, tok: &Tokenizer, rx: Receiver<Job>, metrics: &Metrics
         }
         metrics.running.set(1);
         run_job(&mut engine, tok, job, metrics);
+        metrics
+            .kv
+            .set(engine.cached_len(), engine.ctx() * engine.slots());
+        if let Some(ev) = engine.last_slot_event() {
+            if ev.hit {
+                metrics.slot_hits.inc();
+            } else {
+                metrics.slot_misses.inc();
+            }
+            if ev.evicted {
+                metrics.slot_evictions.inc();
+            }
+        }
         metrics.running.set(0);
     }
 }
@@ -177,7 +190,7 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     let stats = match result {
         Ok(s) => s,
         Err(e) => {
-            let err = super::jobs::request_error(e, job.params.max_tokens);
+            let err = super::jobs::request_error(e);
             let _ = job.events.send(Event::Error(err));
             return;
         }

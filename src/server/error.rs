@@ -79,6 +79,20 @@ impl ApiError {
         }
     }
 
+    /// 400 for a prompt that alone fills the context: no `max_tokens` could make it fit, so
+    /// the prompt is the field at fault.
+    pub fn prompt_too_long(prompt: usize, ctx: usize) -> ApiError {
+        ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                "prompt",
+                format!(
+                    "This model's maximum context length is {ctx} tokens. However, your prompt is {prompt} tokens, which leaves no room for a completion. Please reduce the length of the prompt."
+                ),
+            )
+        }
+    }
+
     pub fn payload_too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -252,9 +252,7 @@ impl AppState {
             vocab: self.vocab,
             ctx: self.ctx,
         };
-        limits
-            .check(&prompt, &params)
-            .map_err(|e| request_error(e, max_tokens))?;
+        limits.check(&prompt, &params).map_err(request_error)?;
         if prompt.len().saturating_add(max_tokens) > self.ctx {
             return Err(ApiError::context_length(prompt.len(), max_tokens, self.ctx));
         }
@@ -302,20 +300,19 @@ impl AppState {
 }
 
 /// The API error of an engine error: a refused request is the client's (400), a backend
-/// failure the server's (500). `max_tokens`: what the request asked for, for the context
-/// message.
-pub fn request_error(e: EngineError, max_tokens: usize) -> ApiError {
+/// failure the server's (500).
+pub fn request_error(e: EngineError) -> ApiError {
     match e {
         EngineError::EmptyPrompt => ApiError::invalid("prompt", "the prompt is empty"),
         EngineError::BadToken { id, vocab } => ApiError::invalid(
             "prompt",
             format!("token id {id} is outside the vocabulary of {vocab} tokens"),
         ),
-        EngineError::PromptTooLong { prompt, ctx } => {
-            ApiError::context_length(prompt, max_tokens.max(1), ctx)
-        }
+        EngineError::PromptTooLong { prompt, ctx } => ApiError::prompt_too_long(prompt, ctx),
         EngineError::Sampling(why) => ApiError::bad_request(why),
         EngineError::Constraint(_) => ApiError::bad_request(e.to_string()),
-        EngineError::Backend(_) => ApiError::internal(e.to_string()),
+        EngineError::Backend(_) | EngineError::NanLogits { .. } => {
+            ApiError::internal(e.to_string())
+        }
     }
 }

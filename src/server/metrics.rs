@@ -30,6 +30,11 @@ pub struct Metrics {
     pub spec_verify_steps: Counter,
     pub spec_proposed: Counter,
     pub spec_accepted: Counter,
+    /// KV positions in use, for the vLLM-named usage gauge (`router_metrics`).
+    pub kv: super::router_metrics::KvUsage,
+    pub slot_hits: Counter,
+    pub slot_misses: Counter,
+    pub slot_evictions: Counter,
 }
 
 /// Upper bounds in seconds from `lo` to `hi` on a 1-2-5 ladder (plus 1.5, 2.5, 3, 4 and
@@ -83,7 +88,26 @@ impl Metrics {
             spec_verify_steps: Counter::default(),
             spec_proposed: Counter::default(),
             spec_accepted: Counter::default(),
+            kv: Default::default(),
+            slot_hits: Counter::default(),
+            slot_misses: Counter::default(),
+            slot_evictions: Counter::default(),
         };
+        registry.register(
+            "slot_hits",
+            "Requests that took a slot whose kept tokens share a prefix with the prompt",
+            m.slot_hits.clone(),
+        );
+        registry.register(
+            "slot_misses",
+            "Requests whose prompt shares no prefix with any slot",
+            m.slot_misses.clone(),
+        );
+        registry.register(
+            "slot_evictions",
+            "Misses that took a slot holding another sequence (least recently used)",
+            m.slot_evictions.clone(),
+        );
         registry.register(
             "time_to_first_token_seconds",
             "Request arrival to first generated token (queue wait and prefill included)",

@@ -6,16 +6,20 @@
 //! thread owning the model: generate, detokenize, `stop` strings) -> per-request events ->
 //! `sse` / `ws` (write chunks) -> `conn` (the socket, where per-token overhead is measured).
 //! `responses` shapes the JSON, `error` the OpenAI-style errors, `metrics` the Prometheus
-//! page, `start` the `tachyon serve` start-up (options, port, engine, engine thread).
+//! page (`router_metrics` the vLLM-named gauges routers read), `ready` liveness before
+//! readiness, `llama_compat` llama.cpp's `/infill`, `/tokenize` and `/detokenize` shapes, `start` the `tachyon serve` start-up (options, port, engine, engine thread).
 
 pub mod conn;
 pub mod engine_thread;
 pub mod error;
 pub mod fields;
 pub mod jobs;
+pub mod llama_compat;
 pub mod metrics;
 pub mod openai;
+pub mod ready;
 pub mod responses;
+pub mod router_metrics;
 pub mod routes;
 pub mod sse;
 pub mod start;
@@ -74,8 +78,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/stream", get(routes::stream))
-        .route("/tokenize", post(routes::tokenize))
-        .route("/detokenize", post(routes::detokenize))
+        .route("/infill", post(llama_compat::infill))
+        .route("/tokenize", post(llama_compat::tokenize))
+        .route("/detokenize", post(llama_compat::detokenize))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

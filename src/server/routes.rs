@@ -1,4 +1,4 @@
-//! HTTP handlers: the OpenAI endpoints, tokenize / detokenize, models, health, metrics,
+//! HTTP handlers: the OpenAI endpoints, models, health, metrics,
 //! the WebSocket upgrade, and the API-key check in front of all but `/health`.
 
 use std::sync::Arc;
@@ -15,9 +15,7 @@ use serde_json::json;
 use super::AppState;
 use super::conn::ConnInfo;
 use super::error::ApiError;
-use super::openai::{
-    parse_chat_request, parse_completion_request, parse_detokenize_request, parse_tokenize_request,
-};
+use super::openai::{parse_chat_request, parse_completion_request};
 use super::responses::{Header, Kind};
 use super::sse::{SseBody, collect};
 use super::ws::serve_socket;
@@ -130,40 +128,6 @@ pub async fn chat_completions(
     }
 }
 
-pub async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> AppResult {
-    let bytes = read_body(&state, body).await?;
-    let (text, special) = parse_tokenize_request(&bytes)?;
-    let ids = state
-        .tokenizer
-        .encode(&text, special)
-        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
-    Ok(json_response(
-        json!({"tokens": ids, "count": ids.len(), "max_model_len": state.ctx}),
-    ))
-}
-
-pub async fn detokenize(State(state): State<Arc<AppState>>, body: Body) -> AppResult {
-    let bytes = read_body(&state, body).await?;
-    let ids = parse_detokenize_request(&bytes)?;
-    if let Some(&id) = ids
-        .iter()
-        .find(|&&t| t as usize >= state.tokenizer.vocab_size())
-    {
-        return Err(ApiError::invalid(
-            "tokens",
-            format!(
-                "token id {id} is outside the vocabulary of {} tokens",
-                state.tokenizer.vocab_size()
-            ),
-        ));
-    }
-    let text = state
-        .tokenizer
-        .decode(&ids)
-        .map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
-    Ok(json_response(json!({"prompt": text})))
-}
-
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     json_response(json!({
         "object": "list",
@@ -181,7 +145,18 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        {
+            let m = &state.metrics;
+            let mut page = m.render();
+            super::router_metrics::append_vllm_gauges(
+                &mut page,
+                &state.model_id,
+                m.running.get(),
+                m.queue_depth.get(),
+                m.kv.fraction(),
+            );
+            page
+        },
     )
         .into_response()
 }

@@ -1,6 +1,8 @@
 //! `tachyon serve`: check the options, bind the port, build the engine, start the engine
 //! thread, serve until SIGTERM. The port is bound before the model loads, so a clash is
-//! reported at once; `listening on http://ADDR` goes to stderr once `/health` answers.
+//! reported at once; `alive on http://ADDR` goes to stderr when `/health` answers
+//! (liveness), `listening on http://ADDR` once the model is loaded and warmed up and
+//! `/v1/models` answers (readiness; see `ready`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +12,13 @@ use std::time::Duration;
 use super::engine_thread;
 use super::jobs::{FimTokens, unix_time};
 use super::metrics::Metrics;
-use super::{AppState, serve, shutdown_signal};
-use crate::engine::{BuildError, EngineOptions, ModelSpec, SpeculationOptions, build};
+use super::ready::{ReadyGate, serve_gated};
+use super::{AppState, router, shutdown_signal};
+use crate::engine::{
+    BuildError, Engine, EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams,
+    SpeculationOptions, build,
+};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -29,6 +36,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("warming the model up: {0}")]
+    WarmUp(String),
     #[error("starting the server")]
     Io(#[source] std::io::Error),
 }
@@ -92,6 +101,107 @@ fn model_id(path: &Path) -> String {
         .unwrap_or(name)
 }
 
+/// Builds the engine, runs a short generation so the first request pays no one-time
+/// costs (page faults on the weights, the GPU's graph capture), starts the engine thread and
+/// returns the routes' shared state.
+fn load_and_warm(
+    o: &ServeOptions,
+    model: &ModelSpec,
+    engine: &EngineOptions,
+    spec: &SpeculationOptions,
+    model_id: String,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<AppState>, ServeError> {
+    let engine_opts = EngineOptions {
+        tokenizer: true,
+        ..engine.clone()
+    };
+    let built = build(model, &engine_opts, spec)?;
+    if let Some(n) = &built.notice {
+        eprintln!("{n}");
+    }
+    let mut engine = built.engine;
+    let ctx = engine.ctx();
+    let kv = engine.kv_bytes_per_position();
+    eprintln!(
+        "KV cache: {} slots x {ctx} positions x {kv} bytes = {:.1} MiB",
+        engine.slots(),
+        (engine.slots() * ctx * kv) as f64 / (1 << 20) as f64
+    );
+    if let Some(tokens) = spec.suffix_cache {
+        eprintln!(
+            "suffix cache: up to {tokens} tokens of earlier requests, at most {:.1} MiB",
+            (tokens * crate::engine::spec::suffix_cache::BYTES_PER_TOKEN) as f64 / (1 << 20) as f64
+        );
+    }
+    let tokenizer = Arc::new(built.model.tokenizer.ok_or(ServeError::NoTokenizer)?);
+    let chat_template = tokenizer
+        .compile_chat_template()
+        .transpose()
+        .map_err(ServeError::Template)?;
+    let fim = match (
+        tokenizer.token_id("<|fim_prefix|>"),
+        tokenizer.token_id("<|fim_suffix|>"),
+        tokenizer.token_id("<|fim_middle|>"),
+    ) {
+        (Some(prefix), Some(suffix), Some(middle)) => Some(FimTokens {
+            prefix,
+            suffix,
+            middle,
+        }),
+        _ => None,
+    };
+    let vocab = built.model.config.vocab_size.min(tokenizer.vocab_size());
+    warm_up(&mut engine, &tokenizer, vocab)?;
+    let logits_vocab = engine.vocab_size();
+    let handle = engine_thread::spawn(engine, tokenizer.clone(), o.queue, metrics.clone())
+        .map_err(ServeError::Io)?;
+    Ok(Arc::new(AppState {
+        engine: handle,
+        tokenizer,
+        chat_template,
+        fim,
+        model_id,
+        ctx,
+        vocab,
+        metrics,
+        api_key: o.api_key.clone().filter(|k| !k.is_empty()),
+        max_body: o.max_body,
+        busy_poll: match o.busy_poll {
+            BusyPoll::On => true,
+            BusyPoll::Off => false,
+            BusyPoll::Auto => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+                    > rayon::current_num_threads()
+            }
+        },
+        created: unix_time(),
+        constraints: std::sync::OnceLock::new(),
+        logits_vocab,
+    }))
+}
+
+/// A few greedy tokens after a short prompt, then the kept sequence is forgotten so no
+/// request reports it as cached.
+fn warm_up(engine: &mut Engine, tokenizer: &Tokenizer, vocab: usize) -> Result<(), ServeError> {
+    let mut prompt = tokenizer.encode("def warm_up():", true).unwrap_or_default();
+    prompt.retain(|&t| (t as usize) < vocab);
+    prompt.truncate(engine.ctx().saturating_sub(5));
+    if prompt.is_empty() {
+        prompt.push(0);
+    }
+    let params = GenerateParams {
+        max_tokens: 4.min(engine.ctx().saturating_sub(prompt.len())),
+        sampling: SamplingParams::greedy(),
+        stop_ids: Vec::new(),
+    };
+    engine
+        .generate(&prompt, &params, &mut |_| Flow::Continue)
+        .map_err(|e| ServeError::WarmUp(e.to_string()))?;
+    engine.forget_cache();
+    Ok(())
+}
+
 pub fn run(
     o: &ServeOptions,
     model: &ModelSpec,
@@ -116,70 +226,51 @@ pub fn run(
             source,
         })?;
     let local: SocketAddr = listener.local_addr().map_err(ServeError::Io)?;
-
-    let engine_opts = EngineOptions {
-        tokenizer: true,
-        ..engine.clone()
-    };
-    let built = build(model, &engine_opts, spec)?;
-    if let Some(n) = &built.notice {
-        eprintln!("{n}");
-    }
-    let engine = built.engine;
-    let ctx = engine.ctx();
-    let tokenizer = Arc::new(built.model.tokenizer.ok_or(ServeError::NoTokenizer)?);
-    let chat_template = tokenizer
-        .compile_chat_template()
-        .transpose()
-        .map_err(ServeError::Template)?;
-    let fim = match (
-        tokenizer.token_id("<|fim_prefix|>"),
-        tokenizer.token_id("<|fim_suffix|>"),
-        tokenizer.token_id("<|fim_middle|>"),
-    ) {
-        (Some(prefix), Some(suffix), Some(middle)) => Some(FimTokens {
-            prefix,
-            suffix,
-            middle,
-        }),
-        _ => None,
-    };
-    let vocab = built.model.config.vocab_size.min(tokenizer.vocab_size());
     let model_id = o.served_model_name.clone().unwrap_or_else(|| match model {
         ModelSpec::File(p) => model_id(p),
         ModelSpec::Random(r) => format!("random-{}", r.shape),
     });
-    let logits_vocab = engine.vocab_size();
     let metrics = Arc::new(Metrics::new());
-    let handle = engine_thread::spawn(engine, tokenizer.clone(), o.queue, metrics.clone())
-        .map_err(ServeError::Io)?;
-    let state = Arc::new(AppState {
-        engine: handle,
-        tokenizer,
-        chat_template,
-        fim,
-        model_id,
-        ctx,
-        vocab,
-        metrics,
-        api_key: o.api_key.clone().filter(|k| !k.is_empty()),
-        max_body: o.max_body,
-        busy_poll: match o.busy_poll {
-            BusyPoll::On => true,
-            BusyPoll::Off => false,
-            BusyPoll::Auto => {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-                    > rayon::current_num_threads()
-            }
-        },
-        created: unix_time(),
-        constraints: std::sync::OnceLock::new(),
-        logits_vocab,
-    });
+    let gate = Arc::new(ReadyGate::default());
     rt.block_on(async {
-        eprintln!("listening on http://{local}");
-        serve(listener, state, shutdown_signal(), o.shutdown_timeout)
+        // Alive from here (liveness: /health), ready once the model is loaded and warmed
+        // up (readiness: /v1/models and every other route).
+        eprintln!("alive on http://{local}; loading the model");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stop_rx => {}
+            }
+        };
+        let server = tokio::spawn(serve_gated(
+            listener,
+            gate.clone(),
+            metrics.clone(),
+            shutdown,
+            o.shutdown_timeout,
+        ));
+        let (o2, model2, engine2, spec2) = (o.clone(), model.clone(), engine.clone(), spec.clone());
+        let m2 = metrics.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_and_warm(&o2, &model2, &engine2, &spec2, model_id, m2)
+        })
+        .await
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)));
+        match loaded.and_then(|r| r) {
+            Ok(state) => {
+                gate.open(router(state));
+                eprintln!("listening on http://{local}");
+            }
+            Err(e) => {
+                let _ = stop_tx.send(());
+                let _ = server.await;
+                return Err(e);
+            }
+        }
+        server
             .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
             .map_err(ServeError::Io)?;
         eprintln!("shut down");
         Ok::<(), ServeError>(())

@@ -4,7 +4,8 @@
 //! at once (cancel-and-replace, one request per keystroke); `{"type": "cancel"}` stops it.
 //!
 //! Frames: `{"type":"token","id":..,"index":n,"text":"..","token":123,"t_us":..}` (`t_us`:
-//! microseconds since the request arrived), then `{"type":"done","id":..,"text":"..",
+//! microseconds since the request arrived; with `logprobs: N` also `logprob` and
+//! `top_logprobs: [{id, token, logprob}]`), then `{"type":"done","id":..,"text":"..",
 //! "finish_reason":"stop"|"length"|"cancelled","usage":{..},"timing":{..}}` (its `text` is
 //! held-back text released at the end), or `{"type":"error","id":..,"error":{..}}`.
 
@@ -39,6 +40,16 @@ struct TokenFrame<'a> {
     t_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     logprob: Option<f32>,
+    /// With `logprobs: N`: the N most likely tokens at this position, best first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<Vec<TopEntry>>,
+}
+
+#[derive(Serialize)]
+struct TopEntry {
+    id: u32,
+    token: String,
+    logprob: f32,
 }
 
 #[derive(Serialize)]
@@ -139,6 +150,17 @@ pub async fn serve_socket(
                             token: t.id,
                             t_us: t.produced_at.saturating_duration_since(r.sub.received).as_micros() as u64,
                             logprob: t.logprobs.as_ref().map(|l| l.logprob),
+                            top_logprobs: t.logprobs.as_ref().map(|l| {
+                                l.top
+                                    .iter()
+                                    .map(|&(id, logprob)| TopEntry {
+                                        id,
+                                        token: state.tokenizer.decode(&[id]).unwrap_or_default(),
+                                        // JSON has no -inf.
+                                        logprob: if logprob.is_finite() { logprob } else { -9999.0 },
+                                    })
+                                    .collect()
+                            }),
                         };
                         r.index += 1;
                         if let Some(s) = &stamp {

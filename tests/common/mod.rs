@@ -27,3 +27,97 @@ pub fn model_path(name: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// `weights` with the embedding row of `token` made NaN (BF16, F16 or F32 weights): any
+/// sequence holding that token gets NaN hidden states from there on, so every logit after
+/// it is NaN, while a sequence without it is untouched. The model a damaged file makes.
+pub fn with_nan_embedding_row(
+    weights: &tachyon::format::ModelWeights,
+    token: u32,
+) -> tachyon::format::ModelWeights {
+    use tachyon::format::{GgmlType, HostBytes, Weight};
+    let e = &weights.embed;
+    let mut bytes = e.bytes().to_vec();
+    let nan: &[u8] = match e.ty {
+        GgmlType::BF16 => &[0xC0, 0x7F],
+        GgmlType::F16 => &[0x00, 0x7E],
+        GgmlType::F32 => &[0x00, 0x00, 0xC0, 0x7F],
+        other => panic!("with_nan_embedding_row: {other} embeddings"),
+    };
+    let row = e.row_bytes();
+    for v in bytes[token as usize * row..(token as usize + 1) * row].chunks_exact_mut(nan.len()) {
+        v.copy_from_slice(nan);
+    }
+    let len = bytes.len();
+    let mut out = weights.clone();
+    out.embed = Weight::new(
+        &e.name,
+        e.ty,
+        e.rows,
+        e.cols,
+        std::sync::Arc::new(HostBytes(bytes)),
+        0,
+        len,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    out
+}
+
+/// On a tiny random model whose embedding row `poison` is NaN, made into a session by
+/// `session`: a prompt holding the poisoned token ends with `EngineError::NanLogits` (no
+/// token emitted, no panic), and then a prompt without it, on the same engine, generates
+/// `max_tokens` tokens. Returns those tokens.
+pub fn nan_logits_fail_one_request_only(
+    session: &dyn Fn(
+        &tachyon::format::ModelConfig,
+        &tachyon::format::ModelWeights,
+    ) -> Box<dyn tachyon::engine::Session>,
+    seed: u64,
+    max_tokens: usize,
+) -> Vec<u32> {
+    use tachyon::engine::{Engine, EngineError, Flow, GenerateParams, SamplingParams};
+    use tachyon::format::GgmlType;
+    use tachyon::format::random::{Shape, random_weights};
+    let shape = Shape::from_json(
+        "tiny-qwen2",
+        &serde_json::json!({"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 320,
+            "vocab_size": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "max_position_embeddings": 4096, "tie_word_embeddings": false}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let weights = random_weights(&shape, GgmlType::BF16, seed).unwrap_or_else(|e| panic!("{e}"));
+    let poison = 7u32;
+    let mut engine = Engine::new(session(
+        &shape.config,
+        &with_nan_embedding_row(&weights, poison),
+    ));
+    let params = GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let mut run = |prompt: &[u32]| {
+        let mut out = Vec::new();
+        let r = engine.generate(prompt, &params, &mut |t| {
+            out.push(t);
+            Flow::Continue
+        });
+        (r, out)
+    };
+    let (r, out) = run(&[3, 11, poison, 20]);
+    assert!(
+        matches!(r, Err(EngineError::NanLogits { index: 0 })),
+        "a NaN model should end the request: {:?}",
+        r.map(|s| s.finish)
+    );
+    assert!(out.is_empty(), "tokens emitted from NaN logits: {out:?}");
+    let (r, out) = run(&[3, 11, 20, 21]);
+    let stats = r.unwrap_or_else(|e| panic!("the next request failed: {e}"));
+    assert_eq!(stats.generated_tokens, max_tokens);
+    assert!(
+        !out.contains(&poison),
+        "the clean request met the poisoned token: {out:?}"
+    );
+    out
+}

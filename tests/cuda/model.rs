@@ -27,9 +27,48 @@ fn tiny_qwen2() -> Value {
         "max_position_embeddings": 4096, "tie_word_embeddings": false})
 }
 
-fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
+/// qwen3: per-head q/k RMSNorm, head_dim set apart from hidden / heads, no biases.
+fn tiny_qwen3() -> Value {
+    json!({"model_type": "qwen3", "hidden_size": 192, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 2,
+        "intermediate_size": 512, "vocab_size": 777, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+        "tie_word_embeddings": true})
+}
+
+/// mistral: a sliding window shorter than the test's 43 positions, so it cuts.
+fn tiny_mistral() -> Value {
+    json!({"model_type": "mistral", "hidden_size": 256, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "num_hidden_layers": 2, "intermediate_size": 640,
+        "vocab_size": 1000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 4096, "sliding_window": 24,
+        "tie_word_embeddings": false})
+}
+
+/// The weights `compare` runs: random in a float type, or those quantized at load as
+/// `--quant` does (int8 / int4 matrices, float vectors: the quantized mix).
+#[derive(Clone, Copy, Debug)]
+enum Weights {
+    Float(GgmlType),
+    Quant(tachyon::quant::at_load::LoadQuant),
+}
+
+fn compare(shape: &Shape, kind: Weights, rng: &mut Rng) {
     let name = &shape.name;
-    let weights = random_weights(shape, ty, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let (weights, ty) = match kind {
+        Weights::Float(ty) => (
+            random_weights(shape, ty, rng.next_u64()).unwrap_or_else(|e| panic!("{e}")),
+            format!("{ty}"),
+        ),
+        Weights::Quant(q) => {
+            let w = random_weights(shape, GgmlType::BF16, rng.next_u64())
+                .unwrap_or_else(|e| panic!("{e}"));
+            (
+                tachyon::quant::at_load::quantize_weights(&w, q).unwrap_or_else(|e| panic!("{e}")),
+                format!("{q:?}"),
+            )
+        }
+    };
     let opts = SessionOptions {
         ctx: 256,
         max_batch: 16,
@@ -102,12 +141,26 @@ fn compare(shape: &Shape, ty: GgmlType, rng: &mut Rng) {
 #[ignore = "needs a GPU"]
 fn whole_model_logits_match_cpu_on_random_weights() {
     let mut rng = Rng::from_env_or_clock("whole_model_logits_match_cpu_on_random_weights");
-    for ty in [GgmlType::BF16, GgmlType::F16] {
-        for (name, cfg) in [("tiny-llama", tiny_llama()), ("tiny-qwen2", tiny_qwen2())] {
-            let shape = Shape::from_json(name, &cfg).unwrap_or_else(|e| panic!("{e}"));
-            compare(&shape, ty, &mut rng);
+    use tachyon::quant::at_load::LoadQuant;
+    let families = [
+        ("tiny-llama", tiny_llama()),
+        ("tiny-qwen2", tiny_qwen2()),
+        ("tiny-qwen3", tiny_qwen3()),
+        ("tiny-mistral", tiny_mistral()),
+    ];
+    for (name, cfg) in families {
+        let shape = Shape::from_json(name, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        for kind in [
+            Weights::Float(GgmlType::BF16),
+            Weights::Quant(LoadQuant::Int8),
+            Weights::Quant(LoadQuant::Int4),
+        ] {
+            compare(&shape, kind, &mut rng);
         }
     }
+    // F16 storage once (its conversion path differs from BF16's).
+    let shape = Shape::from_json("tiny-qwen2", &tiny_qwen2()).unwrap_or_else(|e| panic!("{e}"));
+    compare(&shape, Weights::Float(GgmlType::F16), &mut rng);
 }
 
 /// The real 1B / 1.5B shapes (random weights), a short prompt and a few decode steps.
@@ -117,7 +170,7 @@ fn whole_model_logits_match_cpu_on_real_shapes() {
     let mut rng = Rng::from_env_or_clock("whole_model_logits_match_cpu_on_real_shapes");
     for name in ["llama-3.2-1b", "qwen2.5-1.5b"] {
         let shape = Shape::resolve(name).unwrap_or_else(|e| panic!("{e}"));
-        compare(&shape, GgmlType::BF16, &mut rng);
+        compare(&shape, Weights::Float(GgmlType::BF16), &mut rng);
     }
 }
 
@@ -268,7 +321,9 @@ fn greedy_on_device_matches_greedy_on_host_logits() {
 fn sampled_decoding_on_device_is_seeded() {
     use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
     let mut rng = Rng::from_env_or_clock("sampled_decoding_on_device_is_seeded");
-    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    // Untied output weights: tiny-llama ties them to the embedding, so its logits favour
+    // repeating the input token by ~80 nats and every seed draws the same (one-hot) token.
+    let shape = Shape::from_json("tiny-qwen2", &tiny_qwen2()).unwrap_or_else(|e| panic!("{e}"));
     let weights =
         random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
     let opts = SessionOptions {
@@ -288,9 +343,11 @@ fn sampled_decoding_on_device_is_seeded() {
     let prompt: Vec<u32> = (0..9)
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
         .collect();
+    // Six generations: fewer tokens each under emulation (still well past one graph replay).
+    let max_tokens = if super::emulated() { 10 } else { 24 };
     let run = |e: &mut Engine, sampling: SamplingParams| {
         let params = GenerateParams {
-            max_tokens: 24,
+            max_tokens,
             sampling,
             stop_ids: vec![],
         };
@@ -501,4 +558,344 @@ fn constrained_greedy_on_device_matches_the_cpu() {
     assert!(text(&on_cpu).starts_with('{'), "{:?}", text(&on_cpu));
     assert_eq!(text(&on_device), text(&on_cpu));
     assert_eq!(on_device, on_cpu);
+}
+
+/// The real SmolLM2-135M (Q4_1 GGUF) through the CUDA backend, greedy for 16 tokens: the
+/// same tokens as the CPU backend's precise path (`generate --precise`), which accumulates
+/// matrix products in the order the kernels do.
+#[test]
+#[ignore = "needs a GPU"]
+fn smollm2_greedy_on_device_equals_cpu_precise_greedy() {
+    use tachyon::engine::spec::SpeculationOptions;
+    use tachyon::engine::{
+        BackendChoice, EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams, build,
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let params = GenerateParams {
+        max_tokens: 16,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    // Built as `generate --backend cpu|cuda --precise --ctx 128` builds it.
+    let run = |backend: BackendChoice| {
+        let opts = EngineOptions {
+            backend,
+            session: SessionOptions {
+                ctx: 128,
+                precise: true,
+                ..Default::default()
+            },
+            tokenizer: true,
+            ..Default::default()
+        };
+        let mut built = build(
+            &ModelSpec::File(path.clone()),
+            &opts,
+            &SpeculationOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let tokenizer = built
+            .model
+            .tokenizer
+            .take()
+            .unwrap_or_else(|| panic!("no tokenizer in {}", path.display()));
+        let prompt = tokenizer
+            .encode("Once upon a time", true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        built
+            .engine
+            .generate(&prompt, &params, &mut |t| {
+                out.push(t);
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = tokenizer.decode(&out).unwrap_or_else(|e| panic!("{e}"));
+        (out, text)
+    };
+    let (want, want_text) = run(BackendChoice::Cpu);
+    let (got, got_text) = run(BackendChoice::Cuda);
+    assert_eq!(want.len(), 16, "the CPU stopped early: {want_text:?}");
+    assert_eq!(
+        got, want,
+        "GPU greedy {got_text:?} vs CPU precise {want_text:?}"
+    );
+}
+
+/// Greedy tokens of a tiny random llama from `seed`, decoded through a CUDA session.
+fn tiny_greedy_tokens(seed: u64) -> Vec<u32> {
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
+    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    let weights = random_weights(&shape, GgmlType::BF16, seed).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 128,
+        max_batch: 16,
+        ..Default::default()
+    };
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let session =
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"));
+    let vocab = shape.config.vocab_size as u64;
+    let prompt: Vec<u32> = (0..11u64)
+        .map(|i| ((seed ^ (i * 0x9E37_79B9)) % vocab) as u32)
+        .collect();
+    let params = GenerateParams {
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let mut out = Vec::new();
+    Engine::new(session)
+        .generate(&prompt, &params, &mut |t| {
+            out.push(t);
+            Flow::Continue
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// The CUDA-graph decode path and the eager one (`TACHYON_NO_CUDA_GRAPH=1`: the same
+/// kernels, one launch each) give the same greedy tokens. The variable is read when a
+/// session is made, so the eager run is this test binary re-run on this test with it set,
+/// printing its tokens.
+#[test]
+#[ignore = "needs a GPU"]
+fn graph_and_eager_decoding_agree() {
+    const CHILD: &str = "TACHYON_TEST_EAGER_CHILD_SEED";
+    if let Ok(seed) = std::env::var(CHILD) {
+        let seed: u64 = seed.parse().unwrap_or_else(|e| panic!("{CHILD}: {e}"));
+        println!("EAGER_TOKENS {:?}", tiny_greedy_tokens(seed));
+        return;
+    }
+    assert!(
+        std::env::var_os("TACHYON_NO_CUDA_GRAPH").is_none(),
+        "run without TACHYON_NO_CUDA_GRAPH: this test compares both paths itself"
+    );
+    let seed = Rng::from_env_or_clock("graph_and_eager_decoding_agree").next_u64();
+    let graph = tiny_greedy_tokens(seed);
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(exe)
+        .args([
+            "model::graph_and_eager_decoding_agree",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD, seed.to_string())
+        .env("TACHYON_NO_CUDA_GRAPH", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("re-running the test binary: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "eager run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eager = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("EAGER_TOKENS ")
+                .map(|(_, t)| t.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no tokens from the eager run:\n{stdout}"));
+    assert_eq!(format!("{graph:?}"), eager, "graph vs eager decoding");
+}
+
+/// NaN logits on the device (a NaN embedding row) end that request with an error, and the
+/// next request on the same engine succeeds with the CPU backend's tokens.
+#[test]
+#[ignore = "needs a GPU"]
+fn nan_logits_end_the_request_and_the_next_one_succeeds_on_the_device() {
+    let seed = Rng::from_env_or_clock("nan_logits_on_the_device").next_u64();
+    let opts = SessionOptions {
+        ctx: 64,
+        max_batch: 8,
+        precise: true,
+        ..Default::default()
+    };
+    let cpu = super::common::nan_logits_fail_one_request_only(
+        &|config, weights| cpu_session(config, weights, &opts).unwrap_or_else(|e| panic!("{e}")),
+        seed,
+        6,
+    );
+    let gpu = super::common::nan_logits_fail_one_request_only(
+        &|config, weights| {
+            let dev =
+                tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+            cuda_session(config, weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"))
+        },
+        seed,
+        6,
+    );
+    assert_eq!(gpu, cpu, "greedy tokens after the failed request");
+}
+
+/// Slots on the GPU: two sequences interleaved in a two-slot session, each decode after a
+/// switch replaying a graph captured anew over that slot's KV cache, give the logits a
+/// two-slot CPU session gives. A prefill step stopped by its cancel flag (set before, or by
+/// another thread while it runs) leaves the cache usable: the same chunk run again matches
+/// the CPU.
+#[test]
+#[ignore = "needs a GPU"]
+fn slots_keep_each_sequence_and_a_cancelled_prefill_leaves_the_cache_usable() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tachyon::engine::Session;
+    let mut rng = Rng::from_env_or_clock("slots_keep_each_sequence");
+    let shape = Shape::from_json("tiny-llama", &tiny_llama()).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 128,
+        max_batch: 16,
+        precise: true,
+        slots: 2,
+        ..Default::default()
+    };
+    let mut cpu = cpu_session(&shape.config, &weights, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let mut gpu =
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((cpu.slots(), gpu.slots()), (2, 2));
+    let vocab = shape.config.vocab_size;
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+            .collect()
+    };
+    let (mut lc, mut lg) = (vec![0f32; vocab], vec![f32::NAN; vocab]);
+    // Runs `ids` at `pos` on both, compares the logits, returns the next greedy token.
+    fn both(
+        (cpu, gpu): (&mut Box<dyn Session>, &mut Box<dyn Session>),
+        (lc, lg): (&mut [f32], &mut [f32]),
+        ids: &[u32],
+        pos: usize,
+        what: &str,
+    ) -> u32 {
+        lg.fill(f32::NAN);
+        cpu.step(StepInput { tokens: ids, pos }, Pick::Logits(lc), Rows::Last)
+            .unwrap_or_else(|e| panic!("{e}"));
+        gpu.step(StepInput { tokens: ids, pos }, Pick::Logits(lg), Rows::Last)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let e = rel(lg, lc);
+        println!("{what} at {pos}: relative logit error {e:e}");
+        assert!(e < 2e-3, "{what} at {pos}: GPU logits differ by {e:e}");
+        tachyon::engine::sampler::argmax(lc)
+    }
+    // Each sequence: its tokens so far and its next token.
+    let mut seqs: Vec<(Vec<u32>, u32)> = Vec::new();
+    for (slot, len) in [(0, 21), (1, 19)] {
+        cpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+        gpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+        let prompt = tokens(len);
+        both(
+            (&mut cpu, &mut gpu),
+            (&mut lc, &mut lg),
+            &prompt[..16],
+            0,
+            "prefill",
+        );
+        let next = both(
+            (&mut cpu, &mut gpu),
+            (&mut lc, &mut lg),
+            &prompt[16..],
+            16,
+            "prefill",
+        );
+        seqs.push((prompt, next));
+    }
+    // Interleave decode steps: every switch makes the GPU capture its step anew.
+    for round in 0..3 {
+        for slot in [0, 1, 0, 1] {
+            cpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+            gpu.use_slot(slot).unwrap_or_else(|e| panic!("{e}"));
+            let (seq, next) = &mut seqs[slot];
+            let pos = seq.len();
+            seq.push(*next);
+            let what = format!("slot {slot} decode, round {round}");
+            *next = both(
+                (&mut cpu, &mut gpu),
+                (&mut lc, &mut lg),
+                &[*next],
+                pos,
+                &what,
+            );
+        }
+    }
+    // Cancelled prefill chunks on slot 1, then the same chunk uncancelled.
+    cpu.use_slot(1).unwrap_or_else(|e| panic!("{e}"));
+    gpu.use_slot(1).unwrap_or_else(|e| panic!("{e}"));
+    let pos = seqs[1].0.len();
+    let chunk = tokens(16);
+    let set = AtomicBool::new(true);
+    let ran = gpu
+        .step_until_cancelled(
+            StepInput {
+                tokens: &chunk,
+                pos,
+            },
+            &mut lg,
+            &set,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !ran,
+        "a step whose cancel was set before it ran all the same"
+    );
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            flag.store(true, Ordering::Relaxed);
+        })
+    };
+    let ran = gpu
+        .step_until_cancelled(
+            StepInput {
+                tokens: &chunk,
+                pos,
+            },
+            &mut lg,
+            &flag,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    setter.join().unwrap_or_else(|_| panic!("setter"));
+    println!("a prefill chunk with its cancel set 2 ms in: ran to the end: {ran}");
+    both(
+        (&mut cpu, &mut gpu),
+        (&mut lc, &mut lg),
+        &chunk,
+        pos,
+        "the chunk again after a cancel",
+    );
+    // Uncancelled, the interruptible step gives what `step` gives.
+    let more = tokens(5);
+    let unset = AtomicBool::new(false);
+    lg.fill(f32::NAN);
+    let ran = gpu
+        .step_until_cancelled(
+            StepInput {
+                tokens: &more,
+                pos: pos + 16,
+            },
+            &mut lg,
+            &unset,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    cpu.step(
+        StepInput {
+            tokens: &more,
+            pos: pos + 16,
+        },
+        Pick::Logits(&mut lc),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = rel(&lg, &lc);
+    assert!(
+        ran && e < 2e-3,
+        "uncancelled interruptible step: ran {ran}, error {e:e}"
+    );
 }

@@ -1,7 +1,15 @@
-//! Every op of `CudaBackend` against its CPU twin (`CpuBackend`, the same `Ops` call) and,
-//! where cheap, a float64 reference, on fresh random inputs: odd sizes, every GQA ratio of
-//! the supported families, contexts from 1 to 32k. Outputs are poisoned with NaN before
-//! each launch, and NaN never passes.
+//! Every op of `CudaBackend` against its CPU twin, table-driven as llama.cpp's
+//! test-backend-ops is: [`cases`] is the one list of (op, shape, weight format) cases, and
+//! [`Case::run`] runs a case's `Ops` call on both backends from the same fresh random
+//! inputs, with every output poisoned with NaN first on both sides, and compares each
+//! output by relative error against a threshold set by the op and its precision
+//! ([`Case::tolerance`]); NaN never passes. A new op is a new [`Case`] variant, its arm in
+//! `run`, and its entries in `cases`. The list keeps odd sizes, every GQA ratio of the
+//! supported families, contexts past one flash-decoding split, the GEMV/GEMM boundary and
+//! every weight format.
+//!
+//! The device picks (argmax, sampling) are not `Ops` and are checked against the CPU
+//! sampler by their own tests at the end, as is the NaN-propagation case of attention.
 
 use std::sync::Arc;
 
@@ -25,8 +33,9 @@ pub fn backend() -> CudaBackend {
     CudaBackend::new(dev).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A `rows x cols` matrix of values uniform in ±scale, stored as `ty`; also returned as the
-/// f32 values the stored elements round to.
+/// A `rows x cols` matrix of values uniform in ±scale, stored as `ty` (block formats through
+/// the CPU quantizer); also returned as the f32 values the stored elements hold (the CPU
+/// reference dequantizer's reading).
 pub fn weight(
     rng: &mut Rng,
     ty: GgmlType,
@@ -54,7 +63,18 @@ pub fn weight(
                 h.iter().map(|v| v.to_f32()).collect(),
             )
         }
-        other => panic!("no test weights in {other}"),
+        block => {
+            let mut bytes = Vec::new();
+            for r in 0..rows {
+                bytes.extend(tachyon::quant::quantize(
+                    block,
+                    &vals[r * cols..(r + 1) * cols],
+                ));
+            }
+            let mut exact = vec![0f32; rows * cols];
+            tachyon::quant::dequantize(block, &bytes, &mut exact).unwrap_or_else(|e| panic!("{e}"));
+            (bytes, exact)
+        }
     };
     let len = bytes.len();
     let w = Weight::new("test", ty, rows, cols, Arc::new(HostBytes(bytes)), 0, len)
@@ -110,40 +130,16 @@ fn check(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
-const DTYPES: [GgmlType; 3] = [GgmlType::BF16, GgmlType::F16, GgmlType::F32];
-
-#[test]
-#[ignore = "needs a GPU"]
-fn embed_matches_cpu_and_poisons_bad_ids() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("embed_matches_cpu_and_poisons_bad_ids");
-    for ty in DTYPES {
-        for &(vocab, dim) in &[(1usize, 1usize), (1001, 17), (300, 896), (50, 2048)] {
-            let (w, _) = weight(&mut rng, ty, vocab, dim, 1.0);
-            let tokens: Vec<u32> = (0..5)
-                .map(|_| (rng.next_u64() % vocab as u64) as u32)
-                .collect();
-            let table = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
-            let mut out = poisoned(&mut b, 5, dim);
-            b.embed(&table, &tokens, &mut out)
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut want = cpu_act(dim, &vec![0.0; 5 * dim]);
-            cpu.embed(&w, &tokens, &mut want)
-                .unwrap_or_else(|e| panic!("{e}"));
-            let got = down(&mut b, &out);
-            assert!(
-                got.iter()
-                    .zip(&want.data)
-                    .all(|(g, w)| g.to_bits() == w.to_bits()),
-                "{ty} vocab {vocab} dim {dim}: embedding rows differ"
-            );
-            // An id past the table gives a NaN row, not an out-of-bounds read.
-            let mut out = up(&mut b, 1, dim, &vec![0.0; dim]);
-            b.embed(&table, &[vocab as u32], &mut out)
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert!(down(&mut b, &out).iter().all(|v| v.is_nan()));
-        }
+/// Bit for bit (what a copy or a single f32 operation per value gives); a NaN matches only
+/// a NaN (of any payload: the device's NaN constant is not the host's).
+fn check_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let same = |g: f32, w: f32| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+    if let Some(i) = (0..got.len()).find(|&i| !same(got[i], want[i])) {
+        panic!(
+            "{what}: value {i} is {}, the CPU twin's {}",
+            got[i], want[i]
+        );
     }
 }
 
@@ -182,155 +178,7 @@ fn check_matvec(what: &str, got: &[f32], want: &[f64], abs: &[f64], cols: usize)
     }
 }
 
-#[test]
-#[ignore = "needs a GPU"]
-fn matmul_matches_f64_and_cpu_on_odd_shapes() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("matmul_matches_f64_and_cpu_on_odd_shapes");
-    let shapes = [
-        (1usize, 8usize),
-        (3, 17),
-        (64, 64),
-        (7, 4104),
-        (896, 4864),
-        (4097, 136),
-        (151, 2048),
-        (512, 2048),
-    ];
-    for ty in DTYPES {
-        for &(rows, cols) in &shapes {
-            // 1-4 rows run the GEMV, more the tiled GEMM (33 and 64: partial and full tiles).
-            for n in [1usize, 3, 4, 5, 9, 33, 64] {
-                let (w, wf) = weight(&mut rng, ty, rows, cols, 1.0 / (cols as f32).sqrt());
-                let x = rng.vec(n * cols, 1.0);
-                let m = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
-                let xd = up(&mut b, n, cols, &x);
-                let mut out = poisoned(&mut b, n, rows);
-                b.matmul(&xd, &m, n, &mut out)
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let got = down(&mut b, &out);
-                let mut want_cpu = cpu_act(rows, &vec![0.0; n * rows]);
-                cpu.matmul(&cpu_act(cols, &x), &w, n, &mut want_cpu)
-                    .unwrap_or_else(|e| panic!("{e}"));
-                for t in 0..n {
-                    let (want, abs) = matvec_f64(&wf, rows, cols, &x[t * cols..(t + 1) * cols]);
-                    let what = format!("{ty} [{rows}, {cols}] row {t} of {n}");
-                    check_matvec(&what, &got[t * rows..(t + 1) * rows], &want, &abs, cols);
-                    check_matvec(
-                        &format!("{what} (cpu twin)"),
-                        &want_cpu.data[t * rows..(t + 1) * rows],
-                        &want,
-                        &abs,
-                        cols,
-                    );
-                }
-            }
-        }
-    }
-}
-
-#[test]
-#[ignore = "needs a GPU"]
-fn fused_bias_and_swiglu_match_the_separate_ops() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("fused_bias_and_swiglu_match_the_separate_ops");
-    for ty in [GgmlType::BF16, GgmlType::F16] {
-        for &(rows, cols, n) in &[
-            (17usize, 24usize, 1usize),
-            (4864, 896, 1),
-            (8960, 1536, 3),
-            (33, 23, 2),
-            (100, 72, 17),
-        ] {
-            let (wg, _) = weight(&mut rng, ty, rows, cols, 2.0 / (cols as f32).sqrt());
-            let (wu, _) = weight(&mut rng, ty, rows, cols, 2.0 / (cols as f32).sqrt());
-            let x = rng.vec(n * cols, 1.0);
-            let bias = rng.vec(rows, 0.5);
-            let (mg, mu) = (b.upload_matrix(&wg).unwrap(), b.upload_matrix(&wu).unwrap());
-            let xd = up(&mut b, n, cols, &x);
-            // SwiGLU fused vs the CPU's matmul, matmul, swiglu.
-            let mut gate = poisoned(&mut b, n, rows);
-            let mut scratch = poisoned(&mut b, n, rows);
-            b.gate_up_swiglu(&xd, &mg, &mu, n, &mut gate, &mut scratch)
-                .unwrap_or_else(|e| panic!("{e}"));
-            let (mut cg, mut cu) = (
-                cpu_act(rows, &vec![0.0; n * rows]),
-                cpu_act(rows, &vec![0.0; n * rows]),
-            );
-            cpu.gate_up_swiglu(&cpu_act(cols, &x), &wg, &wu, n, &mut cg, &mut cu)
-                .unwrap();
-            check(
-                &format!("{ty} swiglu [{rows}, {cols}] x {n}"),
-                &down(&mut b, &gate),
-                &cg.data,
-                2e-5,
-            );
-            // Bias fused into the GEMV vs matmul then add_bias.
-            let bd = b.upload_vector(&bias).unwrap();
-            let mut out = poisoned(&mut b, n, rows);
-            b.matmul_bias(&xd, &mg, &bd, n, &mut out)
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut want = cpu_act(rows, &vec![0.0; n * rows]);
-            cpu.matmul(&cpu_act(cols, &x), &wg, n, &mut want).unwrap();
-            cpu.add_bias(&mut want, &bias, n).unwrap();
-            check(
-                &format!("{ty} bias [{rows}, {cols}] x {n}"),
-                &down(&mut b, &out),
-                &want.data,
-                2e-5,
-            );
-            // And the unfused Ops path on the GPU.
-            let mut bx = up(&mut b, n, rows, &want.data);
-            let mut cx = cpu_act(rows, &want.data);
-            b.add_bias(&mut bx, &bd, n).unwrap();
-            cpu.add_bias(&mut cx, &bias, n).unwrap();
-            check("add_bias", &down(&mut b, &bx), &cx.data, 1e-6);
-        }
-    }
-}
-
-#[test]
-#[ignore = "needs a GPU"]
-fn elementwise_and_norms_match_cpu() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("elementwise_and_norms_match_cpu");
-    for &(n, width) in &[(1usize, 1usize), (3, 17), (5, 896), (2, 8960)] {
-        let (x, y) = (rng.vec(n * width, 3.0), rng.vec(n * width, 3.0));
-        let mut gx = up(&mut b, n, width, &x);
-        let gy = up(&mut b, n, width, &y);
-        let mut cx = cpu_act(width, &x);
-        let cy = cpu_act(width, &y);
-        b.add(&mut gx, &gy, n).unwrap();
-        cpu.add(&mut cx, &cy, n).unwrap();
-        check("add", &down(&mut b, &gx), &cx.data, 0.0);
-        b.swiglu(&mut gx, &gy, n).unwrap();
-        cpu.swiglu(&mut cx, &cy, n).unwrap();
-        check("swiglu", &down(&mut b, &gx), &cx.data, 1e-6);
-        let w = rng.vec(width, 2.0);
-        let wd = b.upload_vector(&w).unwrap();
-        let mut out = poisoned(&mut b, n, width);
-        b.rmsnorm(&gx, &wd, 1e-5, n, &mut out).unwrap();
-        let mut cout = cpu_act(width, &vec![0.0; n * width]);
-        cpu.rmsnorm(&cx, &w, 1e-5, n, &mut cout).unwrap();
-        check("rmsnorm", &down(&mut b, &out), &cout.data, 1e-5);
-    }
-    // Per-head RMSNorm (qwen3's q/k norm), in place.
-    for &(n, heads, hd) in &[(1usize, 16usize, 128usize), (3, 2, 64), (2, 7, 18)] {
-        let x = rng.vec(n * heads * hd, 2.0);
-        let w = rng.vec(hd, 1.5);
-        let mut gx = up(&mut b, n, heads * hd, &x);
-        let mut cx = cpu_act(heads * hd, &x);
-        let wd = b.upload_vector(&w).unwrap();
-        b.head_rmsnorm(&mut gx, &wd, hd, 1e-6, n).unwrap();
-        cpu.head_rmsnorm(&mut cx, &w, hd, 1e-6, n).unwrap();
-        check("head_rmsnorm", &down(&mut b, &gx), &cx.data, 1e-5);
-    }
-}
-
-fn rope(style: RopeStyle, head_dim: usize, rope_dim: usize, llama3: bool) -> Rope {
+fn rope_config(style: RopeStyle, head_dim: usize, rope_dim: usize, llama3: bool) -> Rope {
     let freq_factors = llama3.then(|| {
         tachyon::format::config::llama3_freq_factors(500_000.0, rope_dim, 32.0, 1.0, 4.0, 8192.0)
     });
@@ -343,54 +191,544 @@ fn rope(style: RopeStyle, head_dim: usize, rope_dim: usize, llama3: bool) -> Rop
     }
 }
 
-#[test]
-#[ignore = "needs a GPU"]
-fn rope_matches_cpu_both_styles_and_scalings() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("rope_matches_cpu_both_styles_and_scalings");
+// ---------------------------------------------------------------------------- the cases
+
+/// One `Ops` call on one shape. `n` is the number of rows the call runs.
+#[derive(Clone, Debug)]
+pub enum Case {
+    Embed {
+        ty: GgmlType,
+        vocab: usize,
+        dim: usize,
+        n: usize,
+    },
+    /// `Ops::matmul`, also checked against a float64 product.
+    Matmul {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
+    MatmulBias {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
+    GateUpSwiglu {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
+    Add {
+        n: usize,
+        width: usize,
+    },
+    AddBias {
+        n: usize,
+        width: usize,
+    },
+    Swiglu {
+        n: usize,
+        width: usize,
+    },
+    Rmsnorm {
+        n: usize,
+        width: usize,
+    },
+    AddRmsnorm {
+        n: usize,
+        width: usize,
+    },
+    HeadRmsnorm {
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+    },
+    Rope {
+        style: RopeStyle,
+        heads: usize,
+        head_dim: usize,
+        rope_dim: usize,
+        llama3: bool,
+        ctx: usize,
+        pos: usize,
+        n: usize,
+    },
+    /// `Ops::attention` after `pos` random cached positions; the cache is compared too.
+    Attention {
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        n: usize,
+        window: Option<usize>,
+    },
+    CopyRow {
+        rows: usize,
+        width: usize,
+        row: usize,
+    },
+}
+
+/// The F32/F16/BF16 weight formats.
+const DTYPES: [GgmlType; 3] = [GgmlType::BF16, GgmlType::F16, GgmlType::F32];
+
+/// The GGML block formats.
+const BLOCK_TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// The case list: every op, every shape it is checked on.
+pub fn cases() -> Vec<Case> {
+    use Case::*;
+    let mut c = Vec::new();
+    // Embedding gather, every weight format; odd widths and a one-entry table.
+    for ty in DTYPES {
+        for &(vocab, dim) in &[(1usize, 1usize), (1001, 17), (300, 896), (50, 2048)] {
+            c.push(Embed {
+                ty,
+                vocab,
+                dim,
+                n: 5,
+            });
+        }
+    }
+    for ty in BLOCK_TYPES {
+        c.push(Embed {
+            ty,
+            vocab: 300,
+            dim: 3 * ty.block_len(),
+            n: 5,
+        });
+    }
+    // Matrix products: 1-4 rows run the GEMV, more the tiled GEMM (33 and 64: partial and
+    // full tiles); block formats the quantized GEMV at any row count.
+    for ty in DTYPES {
+        for &(rows, cols) in &[
+            (1usize, 8usize),
+            (3, 17),
+            (64, 64),
+            (7, 4104),
+            (896, 4864),
+            (4097, 136),
+            (151, 2048),
+            (512, 2048),
+        ] {
+            for n in [1usize, 3, 4, 5, 9, 33, 64] {
+                c.push(Matmul { ty, rows, cols, n });
+            }
+        }
+    }
+    for ty in BLOCK_TYPES {
+        let qk = ty.block_len();
+        for &(rows, cols) in &[
+            (1usize, qk),
+            (3, 2 * qk),
+            (7, 4096),
+            (151, 2048),
+            (896, 4864),
+            (4097, qk),
+        ] {
+            for n in [1usize, 3, 4, 5, 9, 33] {
+                c.push(Matmul { ty, rows, cols, n });
+            }
+        }
+    }
+    // The fused products: decode (fused kernels) and prefill (the separate ops) row counts.
+    for ty in [GgmlType::BF16, GgmlType::F16] {
+        for &(rows, cols, n) in &[
+            (17usize, 24usize, 1usize),
+            (4864, 896, 1),
+            (8960, 1536, 3),
+            (33, 23, 2),
+            (100, 72, 17),
+        ] {
+            c.push(MatmulBias { ty, rows, cols, n });
+            c.push(GateUpSwiglu { ty, rows, cols, n });
+        }
+    }
+    for ty in BLOCK_TYPES {
+        let (rows, cols) = (67, 4 * ty.block_len());
+        for n in [3, 9] {
+            c.push(MatmulBias { ty, rows, cols, n });
+            c.push(GateUpSwiglu { ty, rows, cols, n });
+        }
+    }
+    // Elementwise and norms.
+    for &(n, width) in &[(1usize, 1usize), (3, 17), (5, 896), (2, 8960)] {
+        c.push(Add { n, width });
+        c.push(AddBias { n, width });
+        c.push(Swiglu { n, width });
+        c.push(Rmsnorm { n, width });
+        c.push(AddRmsnorm { n, width });
+    }
+    // RMSNorm's scalar and float4 paths at model widths, and many rows.
+    for &(n, width) in &[(1usize, 576usize), (5, 4097), (1, 8192), (33, 1536)] {
+        c.push(Rmsnorm { n, width });
+        c.push(AddRmsnorm { n, width });
+    }
+    for &(n, heads, head_dim) in &[(1usize, 16usize, 128usize), (3, 2, 64), (2, 7, 18)] {
+        c.push(HeadRmsnorm { n, heads, head_dim });
+    }
+    // Rope: both pairings, llama3 scaling, partial rotation, the end of a 32k table.
     let ctx = 32_768;
     for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
-        for &(heads, hd, rd, llama3) in &[
+        for &(heads, head_dim, rope_dim, llama3) in &[
             (32usize, 64usize, 64usize, true),
             (2, 128, 128, false),
             (3, 18, 10, false),
             (14, 64, 64, false),
         ] {
-            let r = rope(style, hd, rd, llama3);
-            let gt = b.rope_table(&r, ctx).unwrap();
-            let ct = cpu.rope_table(&r, ctx).unwrap();
             for &(pos, n) in &[(0usize, 1usize), (5, 7), (ctx - 1, 1), (ctx - 64, 64)] {
-                let x = rng.vec(n * heads * hd, 2.0);
-                let mut gx = up(&mut b, n, heads * hd, &x);
-                let mut cx = cpu_act(heads * hd, &x);
-                b.rope(&mut gx, &gt, heads, pos, n).unwrap();
-                cpu.rope(&mut cx, &ct, heads, pos, n).unwrap();
-                check(
-                    &format!("rope {style:?} heads {heads} hd {hd} dim {rd} pos {pos} n {n}"),
-                    &down(&mut b, &gx),
-                    &cx.data,
-                    1e-6,
-                );
+                c.push(Rope {
+                    style,
+                    heads,
+                    head_dim,
+                    rope_dim,
+                    llama3,
+                    ctx,
+                    pos,
+                    n,
+                });
+            }
+        }
+    }
+    // Attention: (heads, kv heads) with GQA ratios 1, 4, 6, 7, 8 and 16 (two head groups
+    // per kv head); contexts from the first position to past one split; verify rows.
+    for &(heads, kv_heads) in &[
+        (4usize, 4usize),
+        (32, 8),
+        (12, 2),
+        (14, 2),
+        (32, 4),
+        (16, 1),
+    ] {
+        for head_dim in [64usize, 128] {
+            for pos in [0usize, 1, 15, 16, 127, 1000, 4095] {
+                c.push(Attention {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    pos,
+                    n: 1,
+                    window: None,
+                });
+            }
+            c.push(Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                pos: 37,
+                n: 9,
+                window: None,
+            });
+        }
+    }
+    // Odd head sizes take the partial-lane paths; long contexts the most splits; windows.
+    for &(heads, kv_heads, head_dim, pos, n, window) in &[
+        (6usize, 3usize, 18usize, 300usize, 2usize, None),
+        (8, 8, 256, 77, 1, None),
+        (32, 8, 64, 32_767, 1, None),
+        (12, 2, 128, 20_000, 3, None),
+        (8, 2, 64, 100, 4, Some(7usize)),
+        (8, 2, 64, 3, 1, Some(16)),
+    ] {
+        c.push(Attention {
+            heads,
+            kv_heads,
+            head_dim,
+            pos,
+            n,
+            window,
+        });
+    }
+    for &(rows, width, row) in &[(1usize, 1usize, 0usize), (5, 896, 4), (16, 17, 9)] {
+        c.push(CopyRow { rows, width, row });
+    }
+    c
+}
+
+/// One output of a case: the GPU's values and the CPU twin's.
+struct Output {
+    what: &'static str,
+    gpu: Vec<f32>,
+    cpu: Vec<f32>,
+}
+
+/// Both backends, and the inputs of a case made once and given to each.
+struct Twins<'a> {
+    gpu: &'a mut CudaBackend,
+    cpu: &'a mut CpuBackend,
+    rng: &'a mut Rng,
+}
+
+impl Twins<'_> {
+    /// Random activations, the same on both backends.
+    fn act(&mut self, rows: usize, width: usize, scale: f32) -> (CudaAct, CpuAct, Vec<f32>) {
+        let data = self.rng.vec(rows * width, scale);
+        (
+            up(self.gpu, rows, width, &data),
+            cpu_act(width, &data),
+            data,
+        )
+    }
+
+    /// An output buffer poisoned with NaN on both backends.
+    fn poisoned(&mut self, rows: usize, width: usize) -> (CudaAct, CpuAct) {
+        (
+            poisoned(self.gpu, rows, width),
+            cpu_act(width, &vec![f32::NAN; rows * width]),
+        )
+    }
+
+    /// A random matrix uploaded to the GPU, and the CPU's (the weight itself).
+    fn mat(
+        &mut self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    ) -> (cuda::CudaMat, Weight, Vec<f32>) {
+        let (w, exact) = weight(self.rng, ty, rows, cols, scale);
+        let m = self.gpu.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
+        (m, w, exact)
+    }
+
+    fn vector(&mut self, len: usize, scale: f32) -> (cudarc::driver::CudaSlice<f32>, Vec<f32>) {
+        let v = self.rng.vec(len, scale);
+        let g = self.gpu.upload_vector(&v).unwrap_or_else(|e| panic!("{e}"));
+        (g, v)
+    }
+
+    /// The first `n` rows of an output on both backends.
+    fn out(&mut self, what: &'static str, g: &CudaAct, c: &CpuAct, n: usize) -> Output {
+        let len = n * c.width;
+        let mut gpu = down(self.gpu, g);
+        gpu.truncate(len);
+        Output {
+            what,
+            gpu,
+            cpu: c.data[..len].to_vec(),
+        }
+    }
+}
+
+fn ok<T>(r: Result<T, tachyon::backend::BackendError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Case {
+    /// The family a test runs: one test per family, so they run in parallel and can be
+    /// picked by name.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Case::Embed { .. } | Case::CopyRow { .. } => "embed",
+            Case::Matmul { ty, .. } if BLOCK_TYPES.contains(ty) => "matmul_quant",
+            Case::Matmul { .. } => "matmul",
+            Case::MatmulBias { .. } | Case::GateUpSwiglu { .. } => "fused_matmul",
+            Case::Add { .. }
+            | Case::AddBias { .. }
+            | Case::Swiglu { .. }
+            | Case::Rmsnorm { .. }
+            | Case::AddRmsnorm { .. }
+            | Case::HeadRmsnorm { .. } => "elementwise_norm",
+            Case::Rope { .. } => "rope",
+            Case::Attention { .. } => "attention",
+        }
+    }
+
+    /// Largest accepted relative error (max |gpu - cpu| / max |cpu|) of the case's outputs;
+    /// 0 means bit for bit. Activations are f32 on both sides and 16-bit or block weights
+    /// are widened to the same f32 values on both, so what differs is the order of the f32
+    /// sums (and the host's vs the device's `expf`/`rsqrtf`): each threshold is a few times
+    /// the worst seen over random inputs and well below what one dropped or doubled term
+    /// moves the result (about 1 / the summed length).
+    pub fn tolerance(&self) -> f64 {
+        match self {
+            // A copy, or one f32 add per value.
+            Case::Embed { .. } | Case::CopyRow { .. } | Case::Add { .. } | Case::AddBias { .. } => {
+                0.0
+            }
+            Case::Swiglu { .. } | Case::Rope { .. } => 1e-6,
+            Case::Rmsnorm { .. } | Case::AddRmsnorm { .. } | Case::HeadRmsnorm { .. } => 1e-5,
+            // Dot products of up to 8960 terms in another order.
+            Case::Matmul { .. } | Case::MatmulBias { .. } | Case::GateUpSwiglu { .. } => 2e-5,
+            // Softmax over up to 32k positions, merged across splits.
+            Case::Attention { .. } => 5e-5,
+        }
+    }
+
+    /// Runs the case on both backends and returns each output.
+    fn run(&self, t: &mut Twins<'_>) -> Vec<Output> {
+        match *self {
+            Case::Embed { ty, vocab, dim, n } => {
+                let (table, w, _) = t.mat(ty, vocab, dim, 1.0);
+                let ids: Vec<u32> = (0..n)
+                    .map(|_| (t.rng.next_u64() % vocab as u64) as u32)
+                    .collect();
+                let (mut g, mut c) = t.poisoned(n, dim);
+                ok(t.gpu.embed(&table, &ids, &mut g));
+                ok(t.cpu.embed(&w, &ids, &mut c));
+                let mut outs = vec![t.out("rows", &g, &c, n)];
+                // An id past the table gives a NaN row, not an out-of-bounds read.
+                let mut g = up(t.gpu, 1, dim, &vec![0.0; dim]);
+                ok(t.gpu.embed(&table, &[vocab as u32], &mut g));
+                outs.push(Output {
+                    what: "an id past the table",
+                    gpu: down(t.gpu, &g),
+                    cpu: vec![f32::NAN; dim],
+                });
+                outs
+            }
+            Case::Matmul { ty, rows, cols, n } => {
+                let (m, w, exact) = t.mat(ty, rows, cols, 1.0 / (cols as f32).sqrt());
+                let (gx, cx, x) = t.act(n, cols, 1.0);
+                let (mut g, mut c) = t.poisoned(n, rows);
+                ok(t.gpu.matmul(&gx, &m, n, &mut g));
+                ok(t.cpu.matmul(&cx, &w, n, &mut c));
+                let out = t.out("out", &g, &c, n);
+                // Both against float64 over the values the weights hold.
+                for r in 0..n {
+                    let (want, abs) = matvec_f64(&exact, rows, cols, &x[r * cols..(r + 1) * cols]);
+                    let row = r * rows..(r + 1) * rows;
+                    let what = format!("{self:?}: row {r}");
+                    check_matvec(&what, &out.gpu[row.clone()], &want, &abs, cols);
+                    check_matvec(
+                        &format!("{what} (cpu twin)"),
+                        &out.cpu[row],
+                        &want,
+                        &abs,
+                        cols,
+                    );
+                }
+                vec![out]
+            }
+            Case::MatmulBias { ty, rows, cols, n } => {
+                let (m, w, _) = t.mat(ty, rows, cols, 2.0 / (cols as f32).sqrt());
+                let (gb, cb) = t.vector(rows, 0.5);
+                let (gx, cx, _) = t.act(n, cols, 1.0);
+                let (mut g, mut c) = t.poisoned(n, rows);
+                ok(t.gpu.matmul_bias(&gx, &m, &gb, n, &mut g));
+                ok(t.cpu.matmul_bias(&cx, &w, &cb, n, &mut c));
+                vec![t.out("out", &g, &c, n)]
+            }
+            Case::GateUpSwiglu { ty, rows, cols, n } => {
+                let scale = 2.0 / (cols as f32).sqrt();
+                let (mg, wg, _) = t.mat(ty, rows, cols, scale);
+                let (mu, wu, _) = t.mat(ty, rows, cols, scale);
+                let (gx, cx, _) = t.act(n, cols, 1.0);
+                let (mut gg, mut cg) = t.poisoned(n, rows);
+                let (mut gu, mut cu) = t.poisoned(n, rows);
+                ok(t.gpu.gate_up_swiglu(&gx, &mg, &mu, n, &mut gg, &mut gu));
+                ok(t.cpu.gate_up_swiglu(&cx, &wg, &wu, n, &mut cg, &mut cu));
+                // `up` is scratch: only the gate rows are the op's output.
+                vec![t.out("gate", &gg, &cg, n)]
+            }
+            Case::Add { n, width } => {
+                let (mut gx, mut cx, _) = t.act(n, width, 3.0);
+                let (gy, cy, _) = t.act(n, width, 3.0);
+                ok(t.gpu.add(&mut gx, &gy, n));
+                ok(t.cpu.add(&mut cx, &cy, n));
+                vec![t.out("x", &gx, &cx, n)]
+            }
+            Case::AddBias { n, width } => {
+                let (mut gx, mut cx, _) = t.act(n, width, 3.0);
+                let (gb, cb) = t.vector(width, 1.0);
+                ok(t.gpu.add_bias(&mut gx, &gb, n));
+                ok(t.cpu.add_bias(&mut cx, &cb, n));
+                vec![t.out("x", &gx, &cx, n)]
+            }
+            Case::Swiglu { n, width } => {
+                let (mut gx, mut cx, _) = t.act(n, width, 6.0);
+                let (gy, cy, _) = t.act(n, width, 3.0);
+                ok(t.gpu.swiglu(&mut gx, &gy, n));
+                ok(t.cpu.swiglu(&mut cx, &cy, n));
+                vec![t.out("gate", &gx, &cx, n)]
+            }
+            Case::Rmsnorm { n, width } => {
+                let scale = t.rng.log_uniform(-3.0, 3.0);
+                let (gx, cx, _) = t.act(n, width, scale);
+                let (gw, cw) = t.vector(width, 2.0);
+                let (mut g, mut c) = t.poisoned(n, width);
+                ok(t.gpu.rmsnorm(&gx, &gw, 1e-5, n, &mut g));
+                ok(t.cpu.rmsnorm(&cx, &cw, 1e-5, n, &mut c));
+                vec![t.out("out", &g, &c, n)]
+            }
+            Case::AddRmsnorm { n, width } => {
+                let scale = t.rng.log_uniform(-3.0, 3.0);
+                let (mut gx, mut cx, _) = t.act(n, width, scale);
+                let (gy, cy, _) = t.act(n, width, scale);
+                let (gw, cw) = t.vector(width, 2.0);
+                let (mut g, mut c) = t.poisoned(n, width);
+                ok(t.gpu.add_rmsnorm(&mut gx, &gy, &gw, 1e-5, n, &mut g));
+                ok(t.cpu.add_rmsnorm(&mut cx, &cy, &cw, 1e-5, n, &mut c));
+                // The residual stream is one f32 add per value: checked bit for bit below.
+                vec![t.out("out", &g, &c, n), t.out("x (exact)", &gx, &cx, n)]
+            }
+            Case::HeadRmsnorm { n, heads, head_dim } => {
+                let (mut gx, mut cx, _) = t.act(n, heads * head_dim, 2.0);
+                let (gw, cw) = t.vector(head_dim, 1.5);
+                ok(t.gpu.head_rmsnorm(&mut gx, &gw, head_dim, 1e-6, n));
+                ok(t.cpu.head_rmsnorm(&mut cx, &cw, head_dim, 1e-6, n));
+                vec![t.out("x", &gx, &cx, n)]
+            }
+            Case::Rope {
+                style,
+                heads,
+                head_dim,
+                rope_dim,
+                llama3,
+                ctx,
+                pos,
+                n,
+            } => {
+                let r = rope_config(style, head_dim, rope_dim, llama3);
+                let gt = ok(t.gpu.rope_table(&r, ctx));
+                let ct = ok(t.cpu.rope_table(&r, ctx));
+                let (mut gx, mut cx, _) = t.act(n, heads * head_dim, 2.0);
+                ok(t.gpu.rope(&mut gx, &gt, heads, pos, n));
+                ok(t.cpu.rope(&mut cx, &ct, heads, pos, n));
+                vec![t.out("x", &gx, &cx, n)]
+            }
+            Case::Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                pos,
+                n,
+                window,
+            } => attention_outputs(t, heads, kv_heads, head_dim, pos, n, window),
+            Case::CopyRow { rows, width, row } => {
+                let (gx, cx, _) = t.act(rows, width, 1.0);
+                let (mut g, mut c) = t.poisoned(1, width);
+                ok(t.gpu.copy_row(&gx, row, &mut g));
+                ok(t.cpu.copy_row(&cx, row, &mut c));
+                vec![t.out("row", &g, &c, 1)]
             }
         }
     }
 }
 
 /// Attention after writing `n` new rows at `pos` into caches already holding `pos` random
-/// positions: GPU vs CPU twin, output and cache contents.
-#[allow(clippy::too_many_arguments)]
-fn attention_case(
-    b: &mut CudaBackend,
-    cpu: &mut CpuBackend,
-    rng: &mut Rng,
+/// positions: the output and the caches' live positions.
+fn attention_outputs(
+    t: &mut Twins<'_>,
     heads: usize,
     kv_heads: usize,
     hd: usize,
     pos: usize,
     n: usize,
     window: Option<usize>,
-) {
+) -> Vec<Output> {
     let ctx = pos + n + 3;
     let kvd = kv_heads * hd;
     let shape = AttnShape {
@@ -401,88 +739,136 @@ fn attention_case(
     };
     // Scores (q.k / sqrt(hd)) with a standard deviation of about 1: softmax neither flat
     // nor one-hot.
-    let q = rng.vec(n * heads * hd, 3.0);
-    let k = rng.vec(n * kvd, 1.0);
-    let v = rng.vec(n * kvd, 1.0);
-    let mut kc = rng.vec(ctx * kvd, 1.0);
-    let mut vc = rng.vec(ctx * kvd, 1.0);
+    let (gq, cq, _) = t.act(n, heads * hd, 3.0);
+    let (gk, ck, _) = t.act(n, kvd, 1.0);
+    let (gv, cv, _) = t.act(n, kvd, 1.0);
+    let mut kc = t.rng.vec(ctx * kvd, 1.0);
+    let mut vc = t.rng.vec(ctx * kvd, 1.0);
     // Positions past the new rows hold NaN: reading them would poison the output.
     for c in [&mut kc, &mut vc] {
         c[(pos + n) * kvd..].fill(f32::NAN);
     }
-    let mut gkv = b.kv_from_host(ctx, kvd, &kc, &vc).unwrap();
+    let mut gkv = ok(t.gpu.kv_from_host(ctx, kvd, &kc, &vc));
     let mut ckv = KvCache {
         k: kc,
         v: vc,
         kv_dim: kvd,
     };
-    let (gq, gk, gv) = (
-        up(b, n, heads * hd, &q),
-        up(b, n, kvd, &k),
-        up(b, n, kvd, &v),
-    );
-    let mut gout = poisoned(b, n, heads * hd);
-    b.attention(&gq, &gk, &gv, &mut gkv, shape, pos, n, &mut gout)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut cout = cpu_act(heads * hd, &vec![0.0; n * heads * hd]);
-    cpu.attention(
-        &cpu_act(heads * hd, &q),
-        &cpu_act(kvd, &k),
-        &cpu_act(kvd, &v),
-        &mut ckv,
-        shape,
-        pos,
-        n,
-        &mut cout,
-    )
-    .unwrap();
-    let what = format!(
-        "attention heads {heads}/{kv_heads} hd {hd} pos {pos} n {n} window {window:?} (splits {})",
-        b.attn_splits(&shape, pos + n, n)
-    );
-    check(&what, &down(b, &gout), &cout.data, 5e-5);
-    let (gk_all, gv_all) = b.kv_to_host(&gkv).unwrap();
-    let bits = |s: &[f32]| s.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (mut g, mut c) = t.poisoned(n, heads * hd);
+    ok(t.gpu
+        .attention(&gq, &gk, &gv, &mut gkv, shape, pos, n, &mut g));
+    ok(t.cpu
+        .attention(&cq, &ck, &cv, &mut ckv, shape, pos, n, &mut c));
+    let out = t.out("out", &g, &c, n);
+    let (gk_all, gv_all) = ok(t.gpu.kv_to_host(&gkv));
     let live = (pos + n) * kvd;
-    assert!(
-        bits(&gk_all[..live]) == bits(&ckv.k[..live])
-            && bits(&gv_all[..live]) == bits(&ckv.v[..live]),
-        "{what}: caches differ"
-    );
+    vec![
+        out,
+        Output {
+            what: "k cache (exact)",
+            gpu: gk_all[..live].to_vec(),
+            cpu: ckv.k[..live].to_vec(),
+        },
+        Output {
+            what: "v cache (exact)",
+            gpu: gv_all[..live].to_vec(),
+            cpu: ckv.v[..live].to_vec(),
+        },
+    ]
+}
+
+/// Runs every case of `family` on a fresh backend pair.
+fn run_family(family: &str) {
+    let mut gpu = backend();
+    let mut cpu = CpuBackend::new(true, false);
+    let mut rng = Rng::from_env_or_clock(&format!("ops {family}"));
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| c.family() == family)
+        .collect();
+    assert!(!cases.is_empty(), "no cases in family {family}");
+    for case in &cases {
+        let mut twins = Twins {
+            gpu: &mut gpu,
+            cpu: &mut cpu,
+            rng: &mut rng,
+        };
+        let tol = case.tolerance();
+        for out in case.run(&mut twins) {
+            let what = format!("{case:?}: {}", out.what);
+            // A NaN on the CPU side is only expected where the case asks for NaN.
+            if tol == 0.0 || out.what.ends_with("(exact)") || out.cpu.iter().all(|v| v.is_nan()) {
+                check_bits(&what, &out.gpu, &out.cpu);
+            } else {
+                assert!(
+                    out.cpu.iter().all(|v| v.is_finite()),
+                    "{what}: the CPU twin gave a non-finite value"
+                );
+                check(&what, &out.gpu, &out.cpu, tol);
+            }
+        }
+    }
+    println!("ops {family}: {} cases", cases.len());
+}
+
+#[test]
+fn the_case_list_covers_every_family() {
+    let families: std::collections::BTreeSet<&str> = cases().iter().map(Case::family).collect();
+    let tested = [
+        "attention",
+        "elementwise_norm",
+        "embed",
+        "fused_matmul",
+        "matmul",
+        "matmul_quant",
+        "rope",
+    ];
+    assert_eq!(families.into_iter().collect::<Vec<_>>(), tested);
 }
 
 #[test]
 #[ignore = "needs a GPU"]
-fn attention_matches_cpu_for_every_gqa_ratio_and_context() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng = Rng::from_env_or_clock("attention_matches_cpu_for_every_gqa_ratio_and_context");
-    // (heads, kv heads): ratios 1, 4, 6, 7, 8, and 16 (two head groups per kv head).
-    let heads = [
-        (4usize, 4usize),
-        (32, 8),
-        (12, 2),
-        (14, 2),
-        (32, 4),
-        (16, 1),
-    ];
-    for &(h, kvh) in &heads {
-        for hd in [64usize, 128] {
-            for pos in [0usize, 1, 15, 16, 127, 1000, 4095] {
-                attention_case(&mut b, &mut cpu, &mut rng, h, kvh, hd, pos, 1, None);
-            }
-            attention_case(&mut b, &mut cpu, &mut rng, h, kvh, hd, 37, 9, None);
-        }
-    }
-    // Odd head sizes take the partial-lane paths; long contexts the most splits.
-    attention_case(&mut b, &mut cpu, &mut rng, 6, 3, 18, 300, 2, None);
-    attention_case(&mut b, &mut cpu, &mut rng, 8, 8, 256, 77, 1, None);
-    attention_case(&mut b, &mut cpu, &mut rng, 32, 8, 64, 32_767, 1, None);
-    attention_case(&mut b, &mut cpu, &mut rng, 12, 2, 128, 20_000, 3, None);
-    // Sliding window.
-    attention_case(&mut b, &mut cpu, &mut rng, 8, 2, 64, 100, 4, Some(7));
-    attention_case(&mut b, &mut cpu, &mut rng, 8, 2, 64, 3, 1, Some(16));
+fn ops_embed_and_copy_match_cpu() {
+    run_family("embed");
 }
+
+#[test]
+#[ignore = "needs a GPU"]
+fn ops_matmul_matches_cpu_and_f64() {
+    run_family("matmul");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn ops_quantized_matmul_matches_cpu_and_f64() {
+    run_family("matmul_quant");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn ops_fused_matmul_match_cpu_default_forms() {
+    run_family("fused_matmul");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn ops_elementwise_and_norms_match_cpu() {
+    run_family("elementwise_norm");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn ops_rope_matches_cpu() {
+    run_family("rope");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn ops_attention_matches_cpu() {
+    run_family("attention");
+}
+
+// ------------------------------------------------------------------- beyond the table
 
 /// A NaN score comes out as NaN, never as a finite answer: one cached key holds a NaN, so
 /// every query head of its kv head that sees that position must give NaN (as the CPU twin
@@ -842,140 +1228,4 @@ fn device_sampling_is_reproducible_for_a_seed() {
         runs.push(ids);
     }
     assert_eq!(runs[0], runs[1], "the same seed drew different tokens");
-}
-
-// ---------------------------------------------------------------- GGML block formats
-
-const BLOCK_TYPES: [GgmlType; 8] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
-
-/// A `rows x cols` matrix quantized to `ty` by the CPU quantizer from values uniform in
-/// ±scale, and the values its blocks hold (the CPU reference dequantizer's reading).
-fn quant_weight(
-    rng: &mut Rng,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    scale: f32,
-) -> (Weight, Vec<f32>) {
-    let vals = rng.vec(rows * cols, scale);
-    let mut bytes = Vec::new();
-    for r in 0..rows {
-        bytes.extend(tachyon::quant::quantize(
-            ty,
-            &vals[r * cols..(r + 1) * cols],
-        ));
-    }
-    let mut exact = vec![0f32; rows * cols];
-    tachyon::quant::dequantize(ty, &bytes, &mut exact).unwrap_or_else(|e| panic!("{e}"));
-    let len = bytes.len();
-    let w = Weight::new("test", ty, rows, cols, Arc::new(HostBytes(bytes)), 0, len)
-        .unwrap_or_else(|e| panic!("{e}"));
-    (w, exact)
-}
-
-/// The quantized GEMV (dequantizing in registers) against a float64 dot product over the
-/// values the blocks hold and against the CPU backend's exact path, for every block format,
-/// odd row counts and 1 to 33 activation rows; the fused SwiGLU and bias forms; and the
-/// embedding gather from a quantized table, bit for bit against the CPU dequantizer.
-#[test]
-#[ignore = "needs a GPU"]
-fn quantized_matmul_and_embed_match_the_reference_dequantizer() {
-    let mut b = backend();
-    let mut cpu = CpuBackend::new(true, false);
-    let mut rng =
-        Rng::from_env_or_clock("quantized_matmul_and_embed_match_the_reference_dequantizer");
-    for ty in BLOCK_TYPES {
-        let qk = ty.block_len();
-        let shapes = [
-            (1usize, qk),
-            (3, 2 * qk),
-            (7, 4096),
-            (151, 2048),
-            (896, 4864),
-            (4097, qk),
-        ];
-        for &(rows, cols) in &shapes {
-            for n in [1usize, 3, 4, 5, 9, 33] {
-                let (w, wf) = quant_weight(&mut rng, ty, rows, cols, 1.0 / (cols as f32).sqrt());
-                let x = rng.vec(n * cols, 1.0);
-                let m = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
-                let xd = up(&mut b, n, cols, &x);
-                let mut out = poisoned(&mut b, n, rows);
-                b.matmul(&xd, &m, n, &mut out)
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let got = down(&mut b, &out);
-                let mut want_cpu = cpu_act(rows, &vec![0.0; n * rows]);
-                cpu.matmul(&cpu_act(cols, &x), &w, n, &mut want_cpu)
-                    .unwrap_or_else(|e| panic!("{e}"));
-                for t in 0..n {
-                    let (want, abs) = matvec_f64(&wf, rows, cols, &x[t * cols..(t + 1) * cols]);
-                    let what = format!("{ty} [{rows}, {cols}] row {t} of {n}");
-                    check_matvec(&what, &got[t * rows..(t + 1) * rows], &want, &abs, cols);
-                    check_matvec(
-                        &format!("{what} (cpu twin)"),
-                        &want_cpu.data[t * rows..(t + 1) * rows],
-                        &want,
-                        &abs,
-                        cols,
-                    );
-                }
-            }
-        }
-        // Fused gate/up SwiGLU and bias on a quantized pair, against the separate products.
-        let (rows, cols, n) = (67usize, 4 * qk, 3usize);
-        let (wg, _) = quant_weight(&mut rng, ty, rows, cols, 0.2);
-        let (wu, _) = quant_weight(&mut rng, ty, rows, cols, 0.2);
-        let x = rng.vec(n * cols, 1.0);
-        let (mg, mu) = (
-            b.upload_matrix(&wg).unwrap_or_else(|e| panic!("{e}")),
-            b.upload_matrix(&wu).unwrap_or_else(|e| panic!("{e}")),
-        );
-        let xd = up(&mut b, n, cols, &x);
-        let (mut gate, mut upo) = (poisoned(&mut b, n, rows), poisoned(&mut b, n, rows));
-        b.gate_up_swiglu(&xd, &mg, &mu, n, &mut gate, &mut upo)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let fused = down(&mut b, &gate);
-        let (mut g2, mut u2) = (poisoned(&mut b, n, rows), poisoned(&mut b, n, rows));
-        b.matmul(&xd, &mg, n, &mut g2)
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.matmul(&xd, &mu, n, &mut u2)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (g2, u2) = (down(&mut b, &g2), down(&mut b, &u2));
-        let want: Vec<f32> = g2
-            .iter()
-            .zip(&u2)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        check(&format!("{ty} fused SwiGLU"), &fused, &want, 1e-5);
-
-        // Embedding rows from a quantized table: the same values as the CPU dequantizer.
-        let (vocab, dim) = (300usize, 3 * qk);
-        let (w, _) = quant_weight(&mut rng, ty, vocab, dim, 1.0);
-        let tokens: Vec<u32> = (0..5)
-            .map(|_| (rng.next_u64() % vocab as u64) as u32)
-            .collect();
-        let table = b.upload_matrix(&w).unwrap_or_else(|e| panic!("{e}"));
-        let mut out = poisoned(&mut b, 5, dim);
-        b.embed(&table, &tokens, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut want = cpu_act(dim, &vec![0.0; 5 * dim]);
-        cpu.embed(&w, &tokens, &mut want)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let got = down(&mut b, &out);
-        assert!(
-            got.iter()
-                .zip(&want.data)
-                .all(|(g, w)| g.to_bits() == w.to_bits()),
-            "{ty}: quantized embedding rows differ from the CPU dequantizer"
-        );
-    }
 }

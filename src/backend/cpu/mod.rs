@@ -14,7 +14,9 @@ pub mod ops;
 pub mod pool;
 pub mod resident;
 
-use super::{AttnShape, BackendError, Ops};
+use std::convert::Infallible;
+
+use super::{AttnShape, BackendError, Ops, Position, TokenIds};
 use crate::format::{Rope, RopeStyle, Weight};
 use crate::quant::DequantizeWeight;
 use attention::KvCache;
@@ -66,12 +68,23 @@ fn alloc(len: usize, what: &str) -> Result<Vec<f32>, BackendError> {
     Ok(v)
 }
 
+/// The position of a CPU call (always on the host).
+fn host_pos(pos: Position<'_, Infallible>) -> usize {
+    match pos {
+        Position::Host(p) => p,
+        Position::Device(never) => match *never {},
+    }
+}
+
 impl Ops for CpuBackend {
     type Act = CpuAct;
     type Mat = Weight;
     type Vector = Vec<f32>;
     type Kv = KvCache;
     type RopeTable = CpuRope;
+    /// Every input of the CPU backend is in host memory.
+    type DeviceTokens = Infallible;
+    type DevicePos = Infallible;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -116,12 +129,16 @@ impl Ops for CpuBackend {
         })
     }
 
-    fn embed(
+    fn embed<'t>(
         &mut self,
         table: &Weight,
-        tokens: &[u32],
+        tokens: impl Into<TokenIds<'t, Infallible>>,
         out: &mut CpuAct,
     ) -> Result<(), BackendError> {
+        let tokens = match tokens.into() {
+            TokenIds::Host(t) => t,
+            TokenIds::Device(never) => match *never {},
+        };
         let d = out.width;
         for (i, &t) in tokens.iter().enumerate() {
             table
@@ -206,14 +223,15 @@ impl Ops for CpuBackend {
         Ok(())
     }
 
-    fn rope(
+    fn rope<'p>(
         &mut self,
         x: &mut CpuAct,
         t: &CpuRope,
         n_heads: usize,
-        pos: usize,
+        pos: impl Into<Position<'p, Infallible>>,
         n: usize,
     ) -> Result<(), BackendError> {
+        let pos = host_pos(pos.into());
         let hd = x.width / n_heads;
         for i in 0..n {
             let p = pos + i;
@@ -228,17 +246,18 @@ impl Ops for CpuBackend {
         Ok(())
     }
 
-    fn attention(
+    fn attention<'p>(
         &mut self,
         q: &CpuAct,
         k: &CpuAct,
         v: &CpuAct,
         kv: &mut KvCache,
         shape: AttnShape,
-        pos: usize,
+        pos: impl Into<Position<'p, Infallible>>,
         n: usize,
         out: &mut CpuAct,
     ) -> Result<(), BackendError> {
+        let pos = host_pos(pos.into());
         attention::attention(&q.data, &k.data, &v.data, kv, shape, pos, n, &mut out.data);
         Ok(())
     }

@@ -1,71 +1,24 @@
-//! `CudaBackend`: the `backend::Ops` of the forward pass on an NVIDIA GPU. Weights are
-//! uploaded once in their F32/F16/BF16 form; activations and the KV cache are f32 device
-//! buffers in the CPU backend's layouts, so every op has the CPU op as its twin.
+//! `CudaBackend`: the `backend::Ops` of the forward pass on an NVIDIA GPU. It owns the
+//! device, the scratch the kernels share (token ids, flash-decoding partials, the per-head
+//! norm's scratch) and the upload progress bar; each op is one call into a launcher of
+//! `launch/` (shape checks, params, launch), whose buffers it passes.
 //!
 //! Every launch goes on the device's one stream; nothing here synchronizes except
-//! `read_row` (the logits copy back to the host).
+//! `read_row` and the `*_to_host` helpers (copies back to the host).
 
-use cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg, sys,
-};
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits, sys};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of};
 use super::device::CudaDevice;
-use super::kernels;
-use super::params::{
-    ArgmaxParams, AttnParams, ElementwiseParams, EmbedParams, GemvParams, RopeParams, SampleParams,
-    TACHYON_DTYPE_BF16, TACHYON_DTYPE_F16, TACHYON_DTYPE_F32, TACHYON_DTYPE_Q4_0,
-    TACHYON_DTYPE_Q4_1, TACHYON_DTYPE_Q4_K, TACHYON_DTYPE_Q5_0, TACHYON_DTYPE_Q5_1,
-    TACHYON_DTYPE_Q5_K, TACHYON_DTYPE_Q6_K, TACHYON_DTYPE_Q8_0, TACHYON_EW_ADD, TACHYON_EW_ADD_ROW,
-    TACHYON_EW_SWIGLU,
+use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
+use super::launch::matmul::{Fused, GEMV_MAX_ROWS};
+use super::launch::sample::SampleFilters;
+use super::launch::{
+    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, sample, shape_err,
 };
-use crate::backend::cpu::ops::rope_angles;
-use crate::backend::{AttnShape, BackendError, Ops};
-use crate::format::GgmlType;
+use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
 use crate::format::{Rope, RopeStyle, Weight};
-
-/// An activation matrix: `rows x width` f32 on the device.
-pub struct CudaAct {
-    pub buf: CudaSlice<f32>,
-    pub rows: usize,
-    pub width: usize,
-}
-
-/// A weight matrix on the device, elements as in the file (F32, F16 or BF16).
-pub struct CudaMat {
-    pub buf: CudaSlice<u8>,
-    pub rows: usize,
-    pub cols: usize,
-    /// A `TACHYON_DTYPE_*` value.
-    pub dtype: i32,
-}
-
-/// One layer's KV cache: `ctx x kv_dim` f32 for K and for V.
-pub struct CudaKv {
-    pub k: CudaSlice<f32>,
-    pub v: CudaSlice<f32>,
-    pub ctx: usize,
-    pub kv_dim: usize,
-}
-
-/// The CPU backend's rope angle tables, on the device.
-pub struct CudaRope {
-    pub cos: CudaSlice<f32>,
-    pub sin: CudaSlice<f32>,
-    pub half: usize,
-    pub ctx: usize,
-    pub interleaved: bool,
-}
-
-/// Most activation rows a matrix product runs as GEMV (weights streamed once per 4 rows);
-/// more rows run as the tiled GEMM.
-pub const GEMV_MAX_ROWS: usize = 4;
-
-/// Most splits of the sequence in flash-decoding.
-pub const MAX_ATTN_SPLITS: usize = 64;
-/// Most argmax partial blocks.
-const ARGMAX_PARTS: usize = 264;
 
 pub struct CudaBackend {
     dev: CudaDevice,
@@ -79,61 +32,25 @@ pub struct CudaBackend {
     /// Scratch for the in-place head RMSNorm.
     scratch: Option<CudaSlice<f32>>,
     progress: Option<ProgressBar>,
-    /// Device addresses of a token id (u32) and a position (i32) that `embed`, `rope` and
-    /// `attention` read instead of their host arguments: how a captured CUDA graph gets
-    /// each step's token and position.
-    device_inputs: Option<(u64, u64)>,
 }
 
-/// Maps a driver error to the backend's error, naming what was being done.
-fn dev_err(what: &'static str) -> impl Fn(DriverError) -> BackendError {
-    move |e| {
-        if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-            BackendError::OutOfMemory {
-                what: format!("{what} on the GPU"),
-            }
-        } else {
-            BackendError::Device(format!("CUDA: {what}: {e}"))
-        }
-    }
-}
-
-fn shape_err(msg: String) -> BackendError {
-    BackendError::Device(format!("CUDA backend: {msg}"))
-}
-
-/// A value that must fit the kernels' 32-bit ints.
-fn i32_of(v: usize, what: &str) -> Result<i32, BackendError> {
-    i32::try_from(v).map_err(|_| shape_err(format!("{what} = {v} does not fit a 32-bit int")))
-}
-
-/// The raw device address of a buffer. Event tracking is off on a `CudaDevice`, so the
-/// guard cudarc returns records nothing and may be dropped at once.
-fn ptr<T, S: DevicePtr<T>>(s: &S, dev: &CudaDevice) -> u64 {
-    let (p, _guard) = s.device_ptr(dev.stream());
-    p
-}
-
-fn ptr_mut<T, S: DevicePtrMut<T>>(s: &mut S, dev: &CudaDevice) -> u64 {
-    let (p, _guard) = s.device_ptr_mut(dev.stream());
-    p
-}
-
-/// Makes sure `slot` holds at least `len` elements (contents are scratch).
-fn ensure<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+/// Makes sure `slot` holds at least `len` elements (contents are scratch) and returns it.
+fn ensure<'a, T: DeviceRepr + ValidAsZeroBits>(
     dev: &CudaDevice,
-    slot: &mut Option<CudaSlice<T>>,
+    slot: &'a mut Option<CudaSlice<T>>,
     len: usize,
     what: &'static str,
-) -> Result<(), BackendError> {
+) -> Result<&'a mut CudaSlice<T>, BackendError> {
     if slot.as_ref().is_none_or(|s| s.len() < len) {
+        *slot = None;
         *slot = Some(
             dev.stream()
                 .alloc_zeros::<T>(len.max(1))
                 .map_err(dev_err(what))?,
         );
     }
-    Ok(())
+    slot.as_mut()
+        .ok_or_else(|| shape_err(format!("{what} missing")))
 }
 
 impl CudaBackend {
@@ -151,7 +68,6 @@ impl CudaBackend {
             part_sum: None,
             scratch: None,
             progress: None,
-            device_inputs: None,
         })
     }
 
@@ -166,29 +82,39 @@ impl CudaBackend {
     ) -> Result<(), BackendError> {
         let slots = max_batch * n_heads * MAX_ATTN_SPLITS;
         ensure(&self.dev, &mut self.tokens, max_batch, "token ids")?;
-        ensure(
-            &self.dev,
-            &mut self.part_acc,
-            slots * head_dim,
-            "attention partials",
-        )?;
-        ensure(&self.dev, &mut self.part_max, slots, "attention partials")?;
-        ensure(&self.dev, &mut self.part_sum, slots, "attention partials")?;
+        self.reserve_partials(slots, slots * head_dim)?;
         ensure(
             &self.dev,
             &mut self.scratch,
             max_batch * n_heads * head_dim,
             "scratch",
-        )
+        )?;
+        Ok(())
     }
 
-    /// Makes `embed` read its (single) token id, and `rope` / `attention` their position,
-    /// from these device addresses (a u32 and an i32) instead of the host arguments, which
-    /// then only size and check the work; `None` goes back to host arguments. The caller
-    /// keeps both buffers alive while the mode is on and while any graph captured in it
-    /// can be replayed.
-    pub fn set_device_inputs(&mut self, token_and_pos: Option<(u64, u64)>) {
-        self.device_inputs = token_and_pos;
+    fn reserve_partials(&mut self, slots: usize, acc: usize) -> Result<(), BackendError> {
+        ensure(&self.dev, &mut self.part_acc, acc, "attention partials")?;
+        ensure(&self.dev, &mut self.part_max, slots, "attention partials")?;
+        ensure(&self.dev, &mut self.part_sum, slots, "attention partials")?;
+        Ok(())
+    }
+
+    /// A position as the kernels take it: the host value, or 0 and the address of the
+    /// device value (which the kernels then read instead). A device position drives one
+    /// row; the host shape checks then run at position 0, and whoever writes the value
+    /// checks it against the context.
+    fn split_pos(
+        &self,
+        pos: Position<'_, CudaSlice<i32>>,
+        n: usize,
+    ) -> Result<(usize, *const i32), BackendError> {
+        match pos {
+            Position::Host(p) => Ok((p, std::ptr::null())),
+            Position::Device(_) if n > 1 => Err(shape_err(format!(
+                "a device-side position drives one row, not {n}"
+            ))),
+            Position::Device(p) => Ok((0, ptr(p, &self.dev) as *const i32)),
+        }
     }
 
     /// Show a progress bar over `total_bytes` of weight uploads on stderr.
@@ -211,29 +137,6 @@ impl CudaBackend {
 
     pub fn device(&self) -> &CudaDevice {
         &self.dev
-    }
-
-    /// Queues a kernel taking one params struct by value.
-    fn launch<P: DeviceRepr>(
-        &self,
-        f: &CudaFunction,
-        grid: u32,
-        block: (u32, u32, u32),
-        grid_yz: (u32, u32),
-        p: &P,
-        name: &'static str,
-    ) -> Result<(), BackendError> {
-        let cfg = LaunchConfig {
-            grid_dim: (grid.max(1), grid_yz.0.max(1), grid_yz.1.max(1)),
-            block_dim: block,
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.dev.stream().launch_builder(f);
-        b.arg(p);
-        // SAFETY: every kernel of kernels/ takes exactly one params struct by value, the one
-        // generated from the same header; each caller fills its pointers from live buffers
-        // of this device whose sizes it checked against the params' shape fields.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(dev_err(name))
     }
 
     /// Index of the largest of the `n` first values of `logits` row 0, on the device: the
@@ -259,39 +162,7 @@ impl CudaBackend {
         part_val: &mut CudaSlice<f32>,
         part_idx: &mut CudaSlice<i32>,
     ) -> Result<(), BackendError> {
-        let n = logits.width;
-        let parts = ARGMAX_PARTS.min(n.div_ceil(256)).max(1);
-        if slot >= out.len()
-            || row >= logits.rows
-            || part_val.len() < parts
-            || part_idx.len() < parts
-        {
-            return Err(shape_err(format!(
-                "argmax of row {row} of {} into slot {slot} of {} needs {parts} partial slots",
-                logits.rows,
-                out.len()
-            )));
-        }
-        let row_bytes = (n * std::mem::size_of::<f32>()) as u64;
-        let slot_bytes = (slot * std::mem::size_of::<u32>()) as u64;
-        let p = ArgmaxParams {
-            logits: (ptr(&logits.buf, &self.dev) + row as u64 * row_bytes) as *const f32,
-            part_val: ptr_mut(part_val, &self.dev) as *mut f32,
-            part_idx: ptr_mut(part_idx, &self.dev) as *mut i32,
-            out: (ptr_mut(out, &self.dev) + slot_bytes) as *mut u32,
-            n: i32_of(n, "vocabulary")?,
-            n_parts: parts as i32,
-        };
-        let k = &self.dev.kernels;
-        self.launch(
-            &k.argmax_partial,
-            parts as u32,
-            (256, 1, 1),
-            (1, 1),
-            &p,
-            "argmax_partial",
-        )?;
-        self.launch(&k.argmax_final, 1, (1024, 1, 1), (1, 1), &p, "argmax_final")
+        sample::argmax_row(&self.dev, logits, row, out, slot, part_val, part_idx)
     }
 
     /// Draws a token from row 0 of `logits` into `out[0]` with the CPU sampler's filters
@@ -310,74 +181,18 @@ impl CudaBackend {
         top_p: f32,
         min_p: f32,
     ) -> Result<(), BackendError> {
-        let n = logits.width;
-        let ok = temperature.is_finite()
-            && temperature > 0.0
-            && top_p > 0.0
-            && top_p <= 1.0
-            && (0.0..=1.0).contains(&min_p)
-            && work.len() >= n
-            && !out.is_empty()
-            && !rng.is_empty();
-        if !ok {
-            return Err(shape_err(format!(
-                "sample: temperature {temperature}, top_p {top_p}, min_p {min_p}, scratch {} for {n} logits",
-                work.len()
-            )));
-        }
-        let p = SampleParams {
-            logits: ptr(&logits.buf, &self.dev) as *const f32,
-            work: ptr_mut(work, &self.dev) as *mut f32,
-            out: ptr_mut(out, &self.dev) as *mut u32,
-            rng_state: ptr_mut(rng, &self.dev) as *mut u64,
-            n: i32_of(n, "vocabulary")?,
-            top_k: i32_of(top_k.min(n), "top_k")?,
+        let filters = SampleFilters {
             temperature,
+            top_k,
             top_p,
             min_p,
         };
-        self.launch(
-            &self.dev.kernels.sample_logits,
-            1,
-            (1024, 1, 1),
-            (1, 1),
-            &p,
-            "sample_logits",
-        )
+        sample::sample(&self.dev, logits, work, out, rng, filters)
     }
 
     /// Partial slots `argmax` needs for a vocabulary of `n`.
     pub fn argmax_parts(n: usize) -> usize {
-        ARGMAX_PARTS.min(n.div_ceil(256)).max(1)
-    }
-
-    fn elementwise(
-        &mut self,
-        x: u64,
-        y: u64,
-        len: usize,
-        width: usize,
-        op: u32,
-    ) -> Result<(), BackendError> {
-        if len == 0 {
-            return Ok(());
-        }
-        let p = ElementwiseParams {
-            x: x as *mut f32,
-            y: y as *const f32,
-            len: len as i64,
-            width: i32_of(width.max(1), "width")?,
-            op: op as i32,
-        };
-        let blocks = len.div_ceil(256).min(self.sm_count * 16) as u32;
-        self.launch(
-            &self.dev.kernels.elementwise_f32,
-            blocks,
-            (256, 1, 1),
-            (1, 1),
-            &p,
-            "elementwise_f32",
-        )
+        sample::argmax_parts(n)
     }
 
     /// An activation matrix holding `data` (`rows * width` values).
@@ -445,172 +260,6 @@ impl CudaBackend {
     pub fn attn_splits(&self, s: &AttnShape, visible: usize, n: usize) -> usize {
         attn_splits(self.sm_count, s, visible, n)
     }
-
-    /// Warps per output row for a GEMV with `rows` rows: enough blocks to fill the SMs.
-    fn warps_per_row(&self, rows: usize) -> i32 {
-        let mut wpr = 1;
-        while wpr < 8 && rows * wpr / 8 < 4 * self.sm_count {
-            wpr *= 2;
-        }
-        wpr as i32
-    }
-
-    /// The GEMV, with an optional second matrix for the fused SwiGLU form.
-    fn gemv(
-        &mut self,
-        x: &CudaAct,
-        w: &CudaMat,
-        w2: Option<&CudaMat>,
-        bias: Option<u64>,
-        n: usize,
-        out: &mut CudaAct,
-    ) -> Result<(), BackendError> {
-        if x.width != w.cols || out.width != w.rows || n > x.rows || n > out.rows {
-            return Err(shape_err(format!(
-                "matmul of [{} x {}] by [{}, {}] into [{} x {}] for {n} rows",
-                x.rows, x.width, w.rows, w.cols, out.rows, out.width
-            )));
-        }
-        if w2.is_some_and(|w2| (w2.rows, w2.cols, w2.dtype) != (w.rows, w.cols, w.dtype)) {
-            return Err(shape_err(
-                "the fused gate/up matrices differ in shape or format".into(),
-            ));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let wpr = self.warps_per_row(w.rows);
-        let p = GemvParams {
-            w: ptr(&w.buf, &self.dev) as *const std::ffi::c_void,
-            w2: w2.map_or(std::ptr::null(), |m| {
-                ptr(&m.buf, &self.dev) as *const std::ffi::c_void
-            }),
-            bias: bias.map_or(std::ptr::null(), |b| b as *const f32),
-            x: ptr(&x.buf, &self.dev) as *const f32,
-            out: ptr_mut(&mut out.buf, &self.dev) as *mut f32,
-            rows: i32_of(w.rows, "matrix rows")?,
-            cols: i32_of(w.cols, "matrix columns")?,
-            n: i32_of(n, "rows")?,
-            dtype: w.dtype,
-            warps_per_row: wpr,
-        };
-        let rows_per_block = 8 / wpr as usize;
-        let grid = u32::try_from(w.rows.div_ceil(rows_per_block))
-            .map_err(|_| shape_err("too many matrix rows".into()))?;
-        if is_block_format(w.dtype) {
-            // Block formats dequantize in registers, whatever the number of rows (a
-            // tensor-core prefill path for them is not written yet).
-            return self.launch(
-                &self.dev.kernels.gemv_quant_f32out,
-                grid,
-                (32, 8, 1),
-                (1, 1),
-                &p,
-                "gemv_quant_f32out",
-            );
-        }
-        if n > GEMV_MAX_ROWS && w2.is_none() {
-            // Many activation rows (prefill): the tiled GEMM reads each weight once per 32
-            // rows instead of once per 4.
-            let grid = u32::try_from(w.rows.div_ceil(64))
-                .map_err(|_| shape_err("too many matrix rows".into()))?;
-            return self.launch(
-                &self.dev.kernels.gemm_f32out,
-                grid,
-                (256, 1, 1),
-                (n.div_ceil(32) as u32, 1),
-                &p,
-                "gemm_f32out",
-            );
-        }
-        self.launch(
-            &self.dev.kernels.gemv_f32out,
-            grid,
-            (32, 8, 1),
-            (1, 1),
-            &p,
-            "gemv_f32out",
-        )
-    }
-
-    /// `out[t] = W x[t] + bias` in one launch (the bias fused into the GEMV epilogue).
-    pub fn matmul_bias(
-        &mut self,
-        x: &CudaAct,
-        w: &CudaMat,
-        bias: &CudaSlice<f32>,
-        n: usize,
-        out: &mut CudaAct,
-    ) -> Result<(), BackendError> {
-        if bias.len() < w.rows {
-            return Err(shape_err(format!(
-                "bias of {} for {} rows",
-                bias.len(),
-                w.rows
-            )));
-        }
-        let b = ptr(bias, &self.dev);
-        self.gemv(x, w, None, Some(b), n, out)
-    }
-}
-
-/// Splits of the sequence for flash-decoding: enough blocks for two waves over `sm_count`
-/// SMs, at most one split per 16 visible positions, between 1 and `MAX_ATTN_SPLITS`.
-pub fn attn_splits(sm_count: usize, s: &AttnShape, visible: usize, n: usize) -> usize {
-    let group = s.n_heads / s.n_kv_heads.max(1);
-    let head_blocks = s.n_kv_heads * group.div_ceil(8) * n.max(1);
-    let for_sms = (2 * sm_count).div_ceil(head_blocks.max(1));
-    for_sms.min(visible.div_ceil(16)).clamp(1, MAX_ATTN_SPLITS)
-}
-
-/// The positions split `split` of `n_splits` covers for a query at `query_pos` that sees
-/// from `first` on: the same arithmetic as `split_range` in kernels/attention.cu, kept here
-/// so a CPU test can check that the splits tile the visible range exactly.
-pub fn split_range(
-    first: usize,
-    query_pos: usize,
-    n_splits: usize,
-    split: usize,
-) -> std::ops::Range<usize> {
-    let len = query_pos + 1 - first;
-    let chunk = len.div_ceil(n_splits);
-    let c0 = first + split * chunk;
-    c0..(c0 + chunk).min(query_pos + 1)
-}
-
-/// The kernels' code for a weight format (`TACHYON_DTYPE_*`). Every format tachyon reads
-/// runs on the device as stored: F32/F16/BF16 elements or GGML blocks (kernels/quant.cuh).
-pub fn dtype_code(ty: GgmlType) -> i32 {
-    (match ty {
-        GgmlType::F32 => TACHYON_DTYPE_F32,
-        GgmlType::F16 => TACHYON_DTYPE_F16,
-        GgmlType::BF16 => TACHYON_DTYPE_BF16,
-        GgmlType::Q4_0 => TACHYON_DTYPE_Q4_0,
-        GgmlType::Q4_1 => TACHYON_DTYPE_Q4_1,
-        GgmlType::Q5_0 => TACHYON_DTYPE_Q5_0,
-        GgmlType::Q5_1 => TACHYON_DTYPE_Q5_1,
-        GgmlType::Q8_0 => TACHYON_DTYPE_Q8_0,
-        GgmlType::Q4K => TACHYON_DTYPE_Q4_K,
-        GgmlType::Q5K => TACHYON_DTYPE_Q5_K,
-        GgmlType::Q6K => TACHYON_DTYPE_Q6_K,
-    }) as i32
-}
-
-/// Whether a `TACHYON_DTYPE_*` code is a GGML block format.
-fn is_block_format(dtype: i32) -> bool {
-    dtype >= TACHYON_DTYPE_Q4_0 as i32
-}
-
-fn dtype_of(w: &Weight) -> Result<i32, BackendError> {
-    // Rows of whole blocks: the kernels index blocks by `cols / block_elems`.
-    let qk = w.ty.block_len();
-    if !w.cols.is_multiple_of(qk) {
-        return Err(BackendError::Device(format!(
-            "{}: rows of {} elements are not whole {}-element {} blocks",
-            w.name, w.cols, qk, w.ty
-        )));
-    }
-    Ok(dtype_code(w.ty))
 }
 
 impl Ops for CudaBackend {
@@ -619,6 +268,10 @@ impl Ops for CudaBackend {
     type Vector = CudaSlice<f32>;
     type Kv = CudaKv;
     type RopeTable = CudaRope;
+    /// A token id and a position in device memory: a captured decode step reads them
+    /// there, so each replay runs the token and position written just before it.
+    type DeviceTokens = CudaSlice<u32>;
+    type DevicePos = CudaSlice<i32>;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -670,7 +323,7 @@ impl Ops for CudaBackend {
     }
 
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<CudaRope, BackendError> {
-        let (cos, sin, half) = rope_angles(rope, ctx);
+        let (cos, sin, half) = rope.angles(ctx);
         let s = self.dev.stream();
         Ok(CudaRope {
             cos: s.clone_htod(&cos).map_err(dev_err("rope table"))?,
@@ -681,60 +334,26 @@ impl Ops for CudaBackend {
         })
     }
 
-    fn embed(
+    fn embed<'t>(
         &mut self,
         table: &CudaMat,
-        tokens: &[u32],
+        tokens: impl Into<TokenIds<'t, CudaSlice<u32>>>,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        if tokens.len() > out.rows || out.width != table.cols {
-            return Err(shape_err(format!(
-                "embedding {} tokens of {} into [{} x {}]",
-                tokens.len(),
-                table.cols,
-                out.rows,
-                out.width
-            )));
-        }
-        if tokens.is_empty() {
-            return Ok(());
-        }
-        let tok_ptr = match self.device_inputs {
-            Some((tok, _)) if tokens.len() == 1 => tok,
-            Some(_) => {
-                return Err(shape_err(
-                    "device-side token ids take one token per step".into(),
-                ));
-            }
-            None => {
-                ensure(&self.dev, &mut self.tokens, tokens.len(), "token ids")?;
-                let Some(tok_buf) = self.tokens.as_mut() else {
-                    return Err(shape_err("token buffer missing".into()));
-                };
+        match tokens.into() {
+            TokenIds::Device(ids) => embed::embed(&self.dev, table, ids, 1, out),
+            TokenIds::Host(tokens) => {
+                if tokens.is_empty() {
+                    return Ok(());
+                }
+                let ids = ensure(&self.dev, &mut self.tokens, tokens.len(), "token ids")?;
                 self.dev
                     .stream()
-                    .memcpy_htod(tokens, &mut tok_buf.slice_mut(..tokens.len()))
+                    .memcpy_htod(tokens, &mut ids.slice_mut(..tokens.len()))
                     .map_err(dev_err("uploading token ids"))?;
-                ptr(tok_buf, &self.dev)
+                embed::embed(&self.dev, table, ids, tokens.len(), out)
             }
-        };
-        let p = EmbedParams {
-            table: ptr(&table.buf, &self.dev) as *const std::ffi::c_void,
-            tokens: tok_ptr as *const u32,
-            out: ptr_mut(&mut out.buf, &self.dev) as *mut f32,
-            n_tokens: i32_of(tokens.len(), "tokens")?,
-            dim: i32_of(table.cols, "embedding width")?,
-            vocab: i32_of(table.rows, "vocabulary")?,
-            dtype: table.dtype,
-        };
-        self.launch(
-            &self.dev.kernels.embed_gather,
-            tokens.len() as u32,
-            (256, 1, 1),
-            (1, 1),
-            &p,
-            "embed_gather",
-        )
+        }
     }
 
     fn rmsnorm(
@@ -745,18 +364,19 @@ impl Ops for CudaBackend {
         n: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        if x.width != out.width || n > x.rows || n > out.rows {
-            return Err(shape_err("rmsnorm shapes differ".into()));
-        }
-        let len = n * x.width;
-        kernels::rmsnorm(
-            &self.dev,
-            &x.buf.slice(..len),
-            &w.slice(..x.width.min(w.len())),
-            eps,
-            &mut out.buf.slice_mut(..len),
-        )
-        .map_err(|e| BackendError::Device(e.to_string()))
+        norm::rows(&self.dev, x, w, eps, n, out)
+    }
+
+    fn add_rmsnorm(
+        &mut self,
+        x: &mut CudaAct,
+        y: &CudaAct,
+        w: &CudaSlice<f32>,
+        eps: f32,
+        n: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        norm::add_rows(&self.dev, x, y, w, eps, n, out)
     }
 
     fn head_rmsnorm(
@@ -767,26 +387,8 @@ impl Ops for CudaBackend {
         eps: f32,
         n: usize,
     ) -> Result<(), BackendError> {
-        let len = n * x.width;
-        if head_dim == 0 || !x.width.is_multiple_of(head_dim) || w.len() < head_dim || n > x.rows {
-            return Err(shape_err("head rmsnorm shapes differ".into()));
-        }
-        ensure(&self.dev, &mut self.scratch, len, "scratch")?;
-        let Some(scratch) = self.scratch.as_mut() else {
-            return Err(shape_err("scratch missing".into()));
-        };
-        kernels::rmsnorm(
-            &self.dev,
-            &x.buf.slice(..len),
-            &w.slice(..head_dim),
-            eps,
-            &mut scratch.slice_mut(..len),
-        )
-        .map_err(|e| BackendError::Device(e.to_string()))?;
-        self.dev
-            .stream()
-            .memcpy_dtod(&scratch.slice(..len), &mut x.buf.slice_mut(..len))
-            .map_err(dev_err("copy"))
+        let scratch = ensure(&self.dev, &mut self.scratch, n * x.width, "scratch")?;
+        norm::heads(&self.dev, x, w, head_dim, eps, n, scratch)
     }
 
     fn matmul(
@@ -796,7 +398,22 @@ impl Ops for CudaBackend {
         n: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        self.gemv(x, w, None, None, n, out)
+        matmul::matmul(&self.dev, self.sm_count, x, w, Fused::default(), n, out)
+    }
+
+    fn matmul_bias(
+        &mut self,
+        x: &CudaAct,
+        w: &CudaMat,
+        b: &CudaSlice<f32>,
+        n: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let fused = Fused {
+            bias: Some(b),
+            ..Fused::default()
+        };
+        matmul::matmul(&self.dev, self.sm_count, x, w, fused, n, out)
     }
 
     fn gate_up_swiglu(
@@ -810,11 +427,15 @@ impl Ops for CudaBackend {
     ) -> Result<(), BackendError> {
         if n > GEMV_MAX_ROWS {
             // Prefill: two tiled GEMMs and the elementwise SwiGLU.
-            self.gemv(x, w_gate, None, None, n, gate)?;
-            self.gemv(x, w_up, None, None, n, up)?;
+            self.matmul(x, w_gate, n, gate)?;
+            self.matmul(x, w_up, n, up)?;
             return self.swiglu(gate, up, n);
         }
-        self.gemv(x, w_gate, Some(w_up), None, n, gate)
+        let fused = Fused {
+            swiglu_up: Some(w_up),
+            ..Fused::default()
+        };
+        matmul::matmul(&self.dev, self.sm_count, x, w_gate, fused, n, gate)
     }
 
     fn add_bias(
@@ -823,180 +444,67 @@ impl Ops for CudaBackend {
         b: &CudaSlice<f32>,
         n: usize,
     ) -> Result<(), BackendError> {
-        if b.len() < x.width || n > x.rows {
-            return Err(shape_err("bias shorter than the row".into()));
-        }
-        let (xp, bp) = (ptr_mut(&mut x.buf, &self.dev), ptr(b, &self.dev));
-        self.elementwise(xp, bp, n * x.width, x.width, TACHYON_EW_ADD_ROW)
+        elementwise::add_bias(&self.dev, self.sm_count, x, b, n)
     }
 
     fn add(&mut self, x: &mut CudaAct, y: &CudaAct, n: usize) -> Result<(), BackendError> {
-        if x.width != y.width || n > x.rows || n > y.rows {
-            return Err(shape_err("add shapes differ".into()));
-        }
-        let (xp, yp) = (ptr_mut(&mut x.buf, &self.dev), ptr(&y.buf, &self.dev));
-        self.elementwise(xp, yp, n * x.width, x.width, TACHYON_EW_ADD)
+        elementwise::add(&self.dev, self.sm_count, x, y, n)
     }
 
     fn swiglu(&mut self, gate: &mut CudaAct, up: &CudaAct, n: usize) -> Result<(), BackendError> {
-        if gate.width != up.width || n > gate.rows || n > up.rows {
-            return Err(shape_err("swiglu shapes differ".into()));
-        }
-        let (xp, yp) = (ptr_mut(&mut gate.buf, &self.dev), ptr(&up.buf, &self.dev));
-        self.elementwise(xp, yp, n * gate.width, gate.width, TACHYON_EW_SWIGLU)
+        elementwise::swiglu(&self.dev, self.sm_count, gate, up, n)
     }
 
-    fn rope(
+    fn rope<'p>(
         &mut self,
         x: &mut CudaAct,
         t: &CudaRope,
         n_heads: usize,
-        pos: usize,
+        pos: impl Into<Position<'p, CudaSlice<i32>>>,
         n: usize,
     ) -> Result<(), BackendError> {
-        if n_heads == 0
-            || !x.width.is_multiple_of(n_heads)
-            || 2 * t.half > x.width / n_heads
-            || n > x.rows
-            || pos + n > t.ctx
-        {
-            return Err(shape_err(format!(
-                "rope of {n} rows at {pos} over {n_heads} heads of a [{} x {}] matrix",
-                x.rows, x.width
-            )));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let p = RopeParams {
-            x: ptr_mut(&mut x.buf, &self.dev) as *mut f32,
-            cos: ptr(&t.cos, &self.dev) as *const f32,
-            sin: ptr(&t.sin, &self.dev) as *const f32,
-            pos_dev: self
-                .device_inputs
-                .map_or(std::ptr::null(), |(_, p)| p as *const i32),
-            pos: i32_of(pos, "position")?,
-            n: i32_of(n, "rows")?,
-            n_heads: i32_of(n_heads, "heads")?,
-            head_dim: i32_of(x.width / n_heads, "head size")?,
-            half: i32_of(t.half, "rope pairs")?,
-            interleaved: i32::from(t.interleaved),
-            ctx: i32_of(t.ctx, "context")?,
-        };
-        self.launch(
-            &self.dev.kernels.rope_f32,
-            n as u32,
-            (256, 1, 1),
-            (1, 1),
-            &p,
-            "rope_f32",
-        )
+        let pos = self.split_pos(pos.into(), n)?;
+        rope::rope(&self.dev, x, t, n_heads, pos, n)
     }
 
-    fn attention(
+    fn attention<'p>(
         &mut self,
         q: &CudaAct,
         k: &CudaAct,
         v: &CudaAct,
         kv: &mut CudaKv,
         shape: AttnShape,
-        pos: usize,
+        pos: impl Into<Position<'p, CudaSlice<i32>>>,
         n: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let hd = shape.head_dim;
-        let kvd = shape.n_kv_heads * hd;
-        let ok = shape.n_kv_heads > 0
-            && shape.n_heads.is_multiple_of(shape.n_kv_heads)
-            && (1..=256).contains(&hd)
-            && q.width == shape.n_heads * hd
-            && out.width == q.width
-            && k.width == kvd
-            && v.width == kvd
-            && kv.kv_dim == kvd
-            && n <= q.rows.min(k.rows).min(v.rows).min(out.rows)
-            && pos + n <= kv.ctx;
-        if !ok {
-            return Err(shape_err(format!(
-                "attention shapes disagree ({shape:?}, {n} rows at {pos}, cache of {})",
-                kv.ctx
-            )));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        // With the position on the device (a replayed graph) the visible length is only
-        // known there: size the split count for the whole cache; the kernel sizes the chunks.
-        let visible = if self.device_inputs.is_some() {
-            kv.ctx
-        } else {
-            pos + n
-        };
+        let pos = self.split_pos(pos.into(), n)?;
+        // Partials for the split count the launcher will choose (for a device position it
+        // sizes the splits for the whole cache).
+        let visible = if pos.1.is_null() { pos.0 + n } else { kv.ctx };
         let splits = self.attn_splits(&shape, visible, n);
-        let slots = n * shape.n_heads * splits;
-        ensure(
-            &self.dev,
-            &mut self.part_acc,
-            slots * hd,
-            "attention partials",
-        )?;
-        ensure(&self.dev, &mut self.part_max, slots, "attention partials")?;
-        ensure(&self.dev, &mut self.part_sum, slots, "attention partials")?;
-        let (Some(pa), Some(pm), Some(ps)) = (
+        let (slots, acc) = partial_slots(&shape, n, splits);
+        self.reserve_partials(slots, acc)?;
+        let (Some(acc), Some(max), Some(sum)) = (
             self.part_acc.as_mut(),
             self.part_max.as_mut(),
             self.part_sum.as_mut(),
         ) else {
             return Err(shape_err("attention partials missing".into()));
         };
-        let p = AttnParams {
-            q: ptr(&q.buf, &self.dev) as *const f32,
-            k: ptr(&k.buf, &self.dev) as *const f32,
-            v: ptr(&v.buf, &self.dev) as *const f32,
-            k_cache: ptr_mut(&mut kv.k, &self.dev) as *mut f32,
-            v_cache: ptr_mut(&mut kv.v, &self.dev) as *mut f32,
-            out: ptr_mut(&mut out.buf, &self.dev) as *mut f32,
-            part_acc: ptr_mut(pa, &self.dev) as *mut f32,
-            part_max: ptr_mut(pm, &self.dev) as *mut f32,
-            part_sum: ptr_mut(ps, &self.dev) as *mut f32,
-            pos_dev: self
-                .device_inputs
-                .map_or(std::ptr::null(), |(_, p)| p as *const i32),
-            pos: i32_of(pos, "position")?,
-            n: i32_of(n, "rows")?,
-            n_heads: i32_of(shape.n_heads, "heads")?,
-            n_kv_heads: i32_of(shape.n_kv_heads, "kv heads")?,
-            head_dim: i32_of(hd, "head size")?,
-            window: i32_of(shape.window.unwrap_or(0), "window")?,
-            n_splits: splits as i32,
-            ctx: i32_of(kv.ctx, "context")?,
-        };
-        let group = shape.n_heads / shape.n_kv_heads;
-        let head_blocks = (shape.n_kv_heads * group.div_ceil(8)) as u32;
-        let kern = &self.dev.kernels;
-        self.launch(
-            &kern.attn_kv_append,
-            n as u32,
-            (256, 1, 1),
-            (1, 1),
-            &p,
-            "attn_kv_append",
-        )?;
-        self.launch(
-            &kern.attn_decode_split,
-            head_blocks,
-            (128, 1, 1),
-            (splits as u32, n as u32),
-            &p,
-            "attn_decode_split",
-        )?;
-        self.launch(
-            &kern.attn_decode_reduce,
-            (n * shape.n_heads) as u32,
-            (128, 1, 1),
-            (1, 1),
-            &p,
-            "attn_decode_reduce",
+        let parts = Partials { acc, max, sum };
+        attention::attention(
+            &self.dev,
+            self.sm_count,
+            q,
+            k,
+            v,
+            kv,
+            shape,
+            pos,
+            n,
+            parts,
+            out,
         )
     }
 
@@ -1031,36 +539,4 @@ impl Ops for CudaBackend {
             .synchronize()
             .map_err(dev_err("running the forward pass"))
     }
-}
-
-/// Device-to-device copy bandwidth in GB/s (bytes read + written), the median of `reps`
-/// copies of `bytes` after one untimed copy, timed on the host after synchronizing.
-pub fn device_copy_bandwidth(
-    dev: &CudaDevice,
-    bytes: usize,
-    reps: usize,
-) -> Result<f64, BackendError> {
-    let s = dev.stream();
-    let src = s
-        .alloc_zeros::<u8>(bytes.max(1))
-        .map_err(dev_err("copy buffer"))?;
-    let mut dst = s
-        .alloc_zeros::<u8>(bytes.max(1))
-        .map_err(dev_err("copy buffer"))?;
-    s.memcpy_dtod(&src, &mut dst).map_err(dev_err("copy"))?;
-    dev.synchronize().map_err(dev_err("copy"))?;
-    let mut secs = Vec::with_capacity(reps.max(1));
-    for _ in 0..reps.max(1) {
-        let t = std::time::Instant::now();
-        s.memcpy_dtod(&src, &mut dst).map_err(dev_err("copy"))?;
-        dev.synchronize().map_err(dev_err("copy"))?;
-        secs.push(t.elapsed().as_secs_f64());
-    }
-    secs.sort_by(f64::total_cmp);
-    let median = secs[secs.len() / 2];
-    Ok(if median > 0.0 {
-        2.0 * bytes as f64 / median / 1e9
-    } else {
-        0.0
-    })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, result, sys};
 use cudarc::nvrtc::Ptx;
 
-use super::kernels::KernelFns;
+use super::launch::KernelFns;
 use super::{
     KERNELS_FATBIN, KERNELS_MIN_DRIVER_CUDA, NVCC_VERSION, kernels_absent_reason, kernels_built,
 };
@@ -248,9 +248,49 @@ impl CudaDevice {
         self.compute_capability
     }
 
+    /// Free and total device memory in bytes, as the driver reports them now.
+    pub fn memory_info(&self) -> Result<(usize, usize), DriverError> {
+        self.ctx.bind_to_thread()?;
+        result::mem_get_info()
+    }
+
     /// Waits for all work queued on [`CudaDevice::stream`]; returns the first asynchronous
     /// error of that work (an out-of-bounds access in a kernel shows up here).
     pub fn synchronize(&self) -> Result<(), DriverError> {
         self.stream.synchronize()
     }
+}
+
+/// Device-to-device copy bandwidth in GB/s (bytes read + written), the median of `reps`
+/// copies of `bytes` after one untimed copy, timed on the host after synchronizing: the
+/// yardstick the kernel benchmarks report their bandwidth against.
+pub fn device_copy_bandwidth(
+    dev: &CudaDevice,
+    bytes: usize,
+    reps: usize,
+) -> Result<f64, crate::backend::BackendError> {
+    use super::launch::dev_err;
+    let s = dev.stream();
+    let src = s
+        .alloc_zeros::<u8>(bytes.max(1))
+        .map_err(dev_err("copy buffer"))?;
+    let mut dst = s
+        .alloc_zeros::<u8>(bytes.max(1))
+        .map_err(dev_err("copy buffer"))?;
+    s.memcpy_dtod(&src, &mut dst).map_err(dev_err("copy"))?;
+    dev.synchronize().map_err(dev_err("copy"))?;
+    let mut secs = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        s.memcpy_dtod(&src, &mut dst).map_err(dev_err("copy"))?;
+        dev.synchronize().map_err(dev_err("copy"))?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    secs.sort_by(f64::total_cmp);
+    let median = secs[secs.len() / 2];
+    Ok(if median > 0.0 {
+        2.0 * bytes as f64 / median / 1e9
+    } else {
+        0.0
+    })
 }

@@ -242,7 +242,10 @@ const _: () = {
     ["Offset of field: ElementwiseParams::op"]
         [::std::mem::offset_of!(ElementwiseParams, op) - 28usize];
 };
-#[doc = " Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).\n\n The index of the largest of `n` logits (lowest index on ties, NaN never chosen; 0 when\n all are NaN). The partial kernel's `gridDim.x` blocks each write their best (value,\n index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them\n into `*out`."]
+pub const TACHYON_NO_TOKEN: _bindgen_ty_3 = 4294967295;
+#[doc = " The token id the pick kernels write when there is no token to pick: every logit is NaN\n (a damaged model or a numerical fault). The engine ends the request with an error."]
+pub type _bindgen_ty_3 = ::std::os::raw::c_uint;
+#[doc = " Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).\n\n The index of the largest of `n` logits (lowest index on ties, NaN never chosen;\n TACHYON_NO_TOKEN when all are NaN). The partial kernel's `gridDim.x` blocks each write\n their best (value, index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them\n into `*out`."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct ArgmaxParams {
@@ -268,7 +271,7 @@ const _: () = {
     ["Offset of field: ArgmaxParams::n_parts"]
         [::std::mem::offset_of!(ArgmaxParams, n_parts) - 36usize];
 };
-#[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives token 0. Penalties are not applied here."]
+#[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives TACHYON_NO_TOKEN. Penalties are not applied here."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SampleParams {

@@ -2,7 +2,8 @@
 //! in one forward pass over K+1 positions, and the text stays exactly the target's.
 //!
 //! The path of a step: `decode` (the loop: ask the [`Proposer`], verify, keep, roll back)
-//! -> a proposer: `lookup` (prompt lookup, free) and/or `draft` (a small model decoding)
+//! -> a proposer: `lookup` (prompt lookup, free), `suffix_cache` (earlier requests'
+//! streams, free) and/or `draft` (a small model decoding)
 //! -> the target's verify pass (`Session::step` over K+1 rows) -> `rejection` (what is
 //! kept: the greedy prefix, or rejection sampling) -> `length` (the next proposal's
 //! length). `options` holds the options every command shares and the draft's vocabulary
@@ -15,11 +16,13 @@ pub mod lookup;
 pub mod options;
 pub mod rejection;
 pub mod stats;
+pub mod suffix_cache;
 
 pub use draft::{DraftModel, VocabMismatch};
 pub use lookup::PromptLookup;
 pub use options::{MAX_DRAFT, SpeculationError, SpeculationOptions};
 pub use stats::SpecStats;
+pub use suffix_cache::SuffixCache;
 
 use crate::backend::BackendError;
 use crate::engine::sampler::{Rng, SamplingParams};
@@ -60,12 +63,20 @@ pub trait Proposer: Send {
         let _ = proposed;
         agreed
     }
+
+    /// A request ended; `stream` is its prompt and what was generated (a proposer that
+    /// learns from earlier requests indexes it).
+    fn record(&mut self, stream: &[u32]) {
+        let _ = stream;
+    }
 }
 
-/// Prompt lookup and/or a draft model: lookup goes first (it costs nothing), the draft
-/// proposes when lookup finds nothing.
+/// Prompt lookup, earlier requests (the suffix cache) and/or a draft model, the free ones
+/// first: a long (4+ token) match in earlier requests, then prompt lookup, then a short
+/// match in earlier requests, then the draft when nothing matched.
 pub struct Proposers {
     pub lookup: Option<PromptLookup>,
+    pub suffix: Option<SuffixCache>,
     pub draft: Option<DraftModel>,
 }
 
@@ -80,11 +91,21 @@ impl Proposer for Proposers {
     ) -> Result<Option<Source>, BackendError> {
         out.clear();
         q.clear();
+        if let Some(s) = &self.suffix
+            && s.propose(history, k, 4, out) > 0
+        {
+            return Ok(Some(Source::Lookup));
+        }
         if let Some(lookup) = &self.lookup {
             lookup.propose(history, k, out);
             if !out.is_empty() {
                 return Ok(Some(Source::Lookup));
             }
+        }
+        if let Some(s) = &self.suffix
+            && s.propose(history, k, 1, out) > 0
+        {
+            return Ok(Some(Source::Lookup));
         }
         if let Some(draft) = self.draft.as_mut() {
             draft.propose(history, k, sampling, out, q)?;
@@ -93,6 +114,12 @@ impl Proposer for Proposers {
             }
         }
         Ok(None)
+    }
+
+    fn record(&mut self, stream: &[u32]) {
+        if let Some(s) = self.suffix.as_mut() {
+            s.record(stream);
+        }
     }
 }
 
@@ -114,7 +141,20 @@ impl Speculation {
         adaptive: bool,
     ) -> Speculation {
         Speculation {
-            proposer: Box::new(Proposers { lookup, draft }),
+            proposer: Box::new(Proposers {
+                lookup,
+                suffix: None,
+                draft,
+            }),
+            max_len,
+            adaptive,
+        }
+    }
+
+    /// Speculation by any of the proposers (see [`Proposers`]).
+    pub fn with_proposers(proposers: Proposers, max_len: usize, adaptive: bool) -> Speculation {
+        Speculation {
+            proposer: Box::new(proposers),
             max_len,
             adaptive,
         }

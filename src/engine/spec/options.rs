@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::Speculation;
 use super::draft::{DraftModel, VocabMismatch};
 use super::lookup::PromptLookup;
+use super::suffix_cache::SuffixCache;
+use super::{Proposers, Speculation};
 use crate::engine::build::{Loaded, ModelSpec};
 use crate::format::{ModelConfig, ModelError};
 use crate::graph::Model;
@@ -26,6 +27,9 @@ pub struct SpeculationOptions {
     pub lookup: bool,
     /// Always propose `draft_max` tokens instead of following the acceptance rate.
     pub draft_fixed: bool,
+    /// Propose what followed the text's last tokens in earlier requests' prompts and
+    /// outputs (an index of at most this many recent tokens; see `suffix_cache`).
+    pub suffix_cache: Option<usize>,
 }
 
 impl Default for SpeculationOptions {
@@ -35,6 +39,7 @@ impl Default for SpeculationOptions {
             draft_max: 8,
             lookup: false,
             draft_fixed: false,
+            suffix_cache: None,
         }
     }
 }
@@ -60,7 +65,7 @@ pub enum SpeculationError {
 impl SpeculationOptions {
     /// Whether any speculation was asked for.
     pub fn enabled(&self) -> bool {
-        self.draft.is_some() || self.lookup
+        self.draft.is_some() || self.lookup || self.suffix_cache.is_some()
     }
 
     pub fn validate(&self) -> Result<(), SpeculationError> {
@@ -117,12 +122,15 @@ impl SpeculationOptions {
     /// The engine's speculation from these options and the draft; `None` when nothing was
     /// asked for.
     pub fn speculation(&self, draft: Option<DraftModel>) -> Option<Speculation> {
-        if draft.is_none() && !self.lookup {
+        if !self.enabled() && draft.is_none() {
             return None;
         }
-        Some(Speculation::new(
-            draft,
-            self.lookup.then(PromptLookup::default),
+        Some(Speculation::with_proposers(
+            Proposers {
+                lookup: self.lookup.then(PromptLookup::default),
+                suffix: self.suffix_cache.map(SuffixCache::new),
+                draft,
+            },
             self.draft_max,
             !self.draft_fixed,
         ))

@@ -1,5 +1,6 @@
-//! GGUF reader: parses the header (metadata key/values and tensor infos) of a GGUF v2/v3
-//! file and hands out bounds-checked slices of tensor data from a read-only memory map.
+//! GGUF, the model file format, read and written. The reader parses the header (metadata
+//! key/values and tensor infos) of a GGUF v2/v3 file and hands out bounds-checked slices of
+//! tensor data from a read-only memory map.
 //!
 //! Threat model: the file's *contents* are hostile. Every count, length, offset and shape is
 //! validated before use; a malformed file yields a [`GgufError`] naming what is wrong, never a

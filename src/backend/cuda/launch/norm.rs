@@ -1,22 +1,19 @@
-//! Typed launch wrappers: one safe function per kernel, checking shapes and buffer
-//! ownership before building the kernel's parameter struct and launching it on the
-//! device's stream.
-//!
-//! Buffers are anything cudarc can hand a device pointer for ([`CudaSlice`], and views into
-//! one), all holding `f32`. Launches are asynchronous: a wrapper returns once the kernel is
-//! queued; errors the kernel itself hits surface at the next synchronization
-//! ([`CudaDevice::synchronize`] or a device-to-host copy).
-//!
-//! [`CudaSlice`]: cudarc::driver::CudaSlice
+//! Launches of `kernels/rmsnorm.cu`: RMSNorm row by row, with the residual add fused in
+//! front of it (`x += add`, then the norm of the new `x`), and the per-head form (qwen3's
+//! q/k norm). The public [`rmsnorm`] and [`add_rmsnorm`] take any cudarc buffers (views
+//! included); [`rows`], [`add_rows`] and [`heads`] are what `CudaBackend` dispatches to.
 
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaFunction, CudaModule, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
+    CudaSlice, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
 };
 
-use super::device::CudaDevice;
-use super::params::RmsNormParams;
+use super::{dev_err, shape_err};
+use crate::backend::BackendError;
+use crate::backend::cuda::buffers::CudaAct;
+use crate::backend::cuda::device::CudaDevice;
+use crate::backend::cuda::params::RmsNormParams;
 
 /// Threads per block of the RMSNorm kernel. 256 = 8 warps: at dim 4096 each thread moves
 /// 4 float4s per pass, enough loads in flight per thread for one block (a decode step has a
@@ -47,41 +44,12 @@ pub enum KernelError {
     },
 }
 
-/// Every kernel function of the module, looked up once when the device is probed.
-#[derive(Debug)]
-pub(crate) struct KernelFns {
-    rmsnorm_residual_f32: CudaFunction,
-    pub(crate) embed_gather: CudaFunction,
-    pub(crate) gemv_f32out: CudaFunction,
-    pub(crate) gemv_quant_f32out: CudaFunction,
-    pub(crate) gemm_f32out: CudaFunction,
-    pub(crate) rope_f32: CudaFunction,
-    pub(crate) attn_kv_append: CudaFunction,
-    pub(crate) attn_decode_split: CudaFunction,
-    pub(crate) attn_decode_reduce: CudaFunction,
-    pub(crate) elementwise_f32: CudaFunction,
-    pub(crate) argmax_partial: CudaFunction,
-    pub(crate) argmax_final: CudaFunction,
-    pub(crate) sample_logits: CudaFunction,
-}
-
-impl KernelFns {
-    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self, DriverError> {
-        Ok(Self {
-            rmsnorm_residual_f32: module.load_function("rmsnorm_residual_f32")?,
-            embed_gather: module.load_function("embed_gather")?,
-            gemv_f32out: module.load_function("gemv_f32out")?,
-            gemv_quant_f32out: module.load_function("gemv_quant_f32out")?,
-            gemm_f32out: module.load_function("gemm_f32out")?,
-            rope_f32: module.load_function("rope_f32")?,
-            attn_kv_append: module.load_function("attn_kv_append")?,
-            attn_decode_split: module.load_function("attn_decode_split")?,
-            attn_decode_reduce: module.load_function("attn_decode_reduce")?,
-            elementwise_f32: module.load_function("elementwise_f32")?,
-            argmax_partial: module.load_function("argmax_partial")?,
-            argmax_final: module.load_function("argmax_final")?,
-            sample_logits: module.load_function("sample_logits")?,
-        })
+impl From<KernelError> for BackendError {
+    fn from(e: KernelError) -> Self {
+        match e {
+            KernelError::Launch { source, .. } => dev_err("rmsnorm_residual_f32")(source),
+            other => BackendError::Device(other.to_string()),
+        }
     }
 }
 
@@ -135,8 +103,8 @@ where
     launch_rmsnorm(KERNEL, dev, &params)
 }
 
-/// The residual form run by every decoder layer: `x += add` (written back to `x`, the
-/// residual stream), then `out = x * rsqrt(mean(x^2) + eps) * weight`, row by row.
+/// The residual form: `x += add` (written back to `x`, the residual stream), then
+/// `out = x * rsqrt(mean(x^2) + eps) * weight`, row by row.
 ///
 /// Shapes as in [`rmsnorm`]; `add` has the shape of `x`. The borrows make `out` distinct
 /// from `x` and `add`, as the kernel requires.
@@ -184,6 +152,111 @@ where
         eps,
     };
     launch_rmsnorm(KERNEL, dev, &params)
+}
+
+/// `Ops::rmsnorm`: the first `n` rows of `x` into `out`.
+pub fn rows(
+    dev: &CudaDevice,
+    x: &CudaAct,
+    w: &CudaSlice<f32>,
+    eps: f32,
+    n: usize,
+    out: &mut CudaAct,
+) -> Result<(), BackendError> {
+    if x.width != out.width || n > x.rows || n > out.rows || w.len() < x.width {
+        return Err(shape_err(format!(
+            "rmsnorm of {n} rows of [{} x {}] into [{} x {}] with {} weights",
+            x.rows,
+            x.width,
+            out.rows,
+            out.width,
+            w.len()
+        )));
+    }
+    let len = n * x.width;
+    Ok(rmsnorm(
+        dev,
+        &x.buf.slice(..len),
+        &w.slice(..x.width),
+        eps,
+        &mut out.buf.slice_mut(..len),
+    )?)
+}
+
+/// `Ops::add_rmsnorm`: `x += y`, then the norm of the first `n` rows of `x` into `out`, in
+/// one launch.
+pub fn add_rows(
+    dev: &CudaDevice,
+    x: &mut CudaAct,
+    y: &CudaAct,
+    w: &CudaSlice<f32>,
+    eps: f32,
+    n: usize,
+    out: &mut CudaAct,
+) -> Result<(), BackendError> {
+    if x.width != out.width
+        || y.width != x.width
+        || n > x.rows.min(y.rows).min(out.rows)
+        || w.len() < x.width
+    {
+        return Err(shape_err(format!(
+            "add_rmsnorm of {n} rows of [{} x {}] + [{} x {}] into [{} x {}] with {} weights",
+            x.rows,
+            x.width,
+            y.rows,
+            y.width,
+            out.rows,
+            out.width,
+            w.len()
+        )));
+    }
+    let len = n * x.width;
+    Ok(add_rmsnorm(
+        dev,
+        &mut x.buf.slice_mut(..len),
+        &y.buf.slice(..len),
+        &w.slice(..x.width),
+        eps,
+        &mut out.buf.slice_mut(..len),
+    )?)
+}
+
+/// `Ops::head_rmsnorm`: each `head_dim` slice of the first `n` rows of `x`, in place. The
+/// kernel's output must not alias its input, so it writes `scratch` (at least `n` rows of
+/// `x`) and the rows are copied back.
+pub fn heads(
+    dev: &CudaDevice,
+    x: &mut CudaAct,
+    w: &CudaSlice<f32>,
+    head_dim: usize,
+    eps: f32,
+    n: usize,
+    scratch: &mut CudaSlice<f32>,
+) -> Result<(), BackendError> {
+    let len = n * x.width;
+    if head_dim == 0
+        || !x.width.is_multiple_of(head_dim)
+        || w.len() < head_dim
+        || n > x.rows
+        || scratch.len() < len
+    {
+        return Err(shape_err(format!(
+            "head rmsnorm of {n} rows of [{} x {}] by heads of {head_dim} with {} weights",
+            x.rows,
+            x.width,
+            w.len()
+        )));
+    }
+    rmsnorm(
+        dev,
+        &x.buf.slice(..len),
+        &w.slice(..head_dim),
+        eps,
+        &mut scratch.slice_mut(..len),
+    )?;
+    dev.stream()
+        .memcpy_dtod(&scratch.slice(..len), &mut x.buf.slice_mut(..len))
+        .map_err(dev_err("copy"))
 }
 
 /// Checks the RMSNorm buffer lengths and returns (n_rows, dim) as the kernel's `int`s.

@@ -1,0 +1,155 @@
+//! Launches of `kernels/attention.cu`: the new K/V rows appended to the cache
+//! (`attn_kv_append`), then flash-decoding: the visible positions of each query row cut
+//! into splits, each split's online softmax (`attn_decode_split`), the splits merged
+//! (`attn_decode_reduce`). The split count is chosen here ([`attn_splits`]); the partials
+//! live in scratch the backend owns ([`Partials`]).
+
+use cudarc::driver::CudaSlice;
+
+use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
+use crate::backend::cuda::buffers::{CudaAct, CudaKv};
+use crate::backend::cuda::device::CudaDevice;
+use crate::backend::cuda::params::AttnParams;
+use crate::backend::{AttnShape, BackendError};
+
+/// Most splits of the sequence in flash-decoding.
+pub const MAX_ATTN_SPLITS: usize = 64;
+
+/// Splits of the sequence for flash-decoding: enough blocks for two waves over `sm_count`
+/// SMs, at most one split per 16 visible positions, between 1 and `MAX_ATTN_SPLITS`.
+pub fn attn_splits(sm_count: usize, s: &AttnShape, visible: usize, n: usize) -> usize {
+    let group = s.n_heads / s.n_kv_heads.max(1);
+    let head_blocks = s.n_kv_heads * group.div_ceil(8) * n.max(1);
+    let for_sms = (2 * sm_count).div_ceil(head_blocks.max(1));
+    for_sms.min(visible.div_ceil(16)).clamp(1, MAX_ATTN_SPLITS)
+}
+
+/// The positions split `split` of `n_splits` covers for a query at `query_pos` that sees
+/// from `first` on: the same arithmetic as `split_range` in kernels/attention.cu, kept here
+/// so a CPU test can check that the splits tile the visible range exactly.
+pub fn split_range(
+    first: usize,
+    query_pos: usize,
+    n_splits: usize,
+    split: usize,
+) -> std::ops::Range<usize> {
+    let len = query_pos + 1 - first;
+    let chunk = len.div_ceil(n_splits);
+    let c0 = first + split * chunk;
+    c0..(c0 + chunk).min(query_pos + 1)
+}
+
+/// Flash-decoding partials: per (row, head, split) the unnormalized output (`head_dim`
+/// values), the running max and the exp-sum.
+pub struct Partials<'a> {
+    pub acc: &'a mut CudaSlice<f32>,
+    pub max: &'a mut CudaSlice<f32>,
+    pub sum: &'a mut CudaSlice<f32>,
+}
+
+/// Partial slots an attention call of `n` rows over `splits` splits needs: (for `max` and
+/// `sum`, for `acc`).
+pub fn partial_slots(shape: &AttnShape, n: usize, splits: usize) -> (usize, usize) {
+    let slots = n * shape.n_heads * splits;
+    (slots, slots * shape.head_dim)
+}
+
+/// `Ops::attention`: append `k`, `v` (the first `n` rows, at positions `pos..pos + n`) to
+/// the cache, then causal attention of each query row over the cache up to its position.
+/// `pos_dev` (when not null) is the device address of the position, which the kernels read
+/// instead of `pos` (then 0, and `n` is 1); `visible` sizes the split count.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    dev: &CudaDevice,
+    sm_count: usize,
+    q: &CudaAct,
+    k: &CudaAct,
+    v: &CudaAct,
+    kv: &mut CudaKv,
+    shape: AttnShape,
+    (pos, pos_dev): (usize, *const i32),
+    n: usize,
+    parts: Partials<'_>,
+    out: &mut CudaAct,
+) -> Result<(), BackendError> {
+    let hd = shape.head_dim;
+    let kvd = shape.n_kv_heads * hd;
+    let ok = shape.n_kv_heads > 0
+        && shape.n_heads.is_multiple_of(shape.n_kv_heads)
+        && (1..=256).contains(&hd)
+        && q.width == shape.n_heads * hd
+        && out.width == q.width
+        && k.width == kvd
+        && v.width == kvd
+        && kv.kv_dim == kvd
+        && n <= q.rows.min(k.rows).min(v.rows).min(out.rows)
+        && pos + n <= kv.ctx;
+    if !ok {
+        return Err(shape_err(format!(
+            "attention shapes disagree ({shape:?}, {n} rows at {pos}, cache of {})",
+            kv.ctx
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    // With the position on the device (a replayed graph) the visible length is only
+    // known there: size the split count for the whole cache; the kernel sizes the chunks.
+    let visible = if pos_dev.is_null() { pos + n } else { kv.ctx };
+    let splits = attn_splits(sm_count, &shape, visible, n);
+    let (slots, acc_len) = partial_slots(&shape, n, splits);
+    if parts.acc.len() < acc_len || parts.max.len() < slots || parts.sum.len() < slots {
+        return Err(shape_err(format!(
+            "attention partials hold {} slots, {slots} needed",
+            parts.max.len().min(parts.sum.len())
+        )));
+    }
+    let p = AttnParams {
+        q: ptr(&q.buf, dev) as *const f32,
+        k: ptr(&k.buf, dev) as *const f32,
+        v: ptr(&v.buf, dev) as *const f32,
+        k_cache: ptr_mut(&mut kv.k, dev) as *mut f32,
+        v_cache: ptr_mut(&mut kv.v, dev) as *mut f32,
+        out: ptr_mut(&mut out.buf, dev) as *mut f32,
+        part_acc: ptr_mut(parts.acc, dev) as *mut f32,
+        part_max: ptr_mut(parts.max, dev) as *mut f32,
+        part_sum: ptr_mut(parts.sum, dev) as *mut f32,
+        pos_dev,
+        pos: i32_of(pos, "position")?,
+        n: i32_of(n, "rows")?,
+        n_heads: i32_of(shape.n_heads, "heads")?,
+        n_kv_heads: i32_of(shape.n_kv_heads, "kv heads")?,
+        head_dim: i32_of(hd, "head size")?,
+        window: i32_of(shape.window.unwrap_or(0), "window")?,
+        n_splits: splits as i32,
+        ctx: i32_of(kv.ctx, "context")?,
+    };
+    let group = shape.n_heads / shape.n_kv_heads;
+    let head_blocks = u32_of(shape.n_kv_heads * group.div_ceil(8), "head groups")?;
+    let rows = u32_of(n, "rows")?;
+    let k = &dev.kernels;
+    launch(
+        dev,
+        &k.attn_kv_append,
+        (rows, 1, 1),
+        (256, 1, 1),
+        &p,
+        "attn_kv_append",
+    )?;
+    launch(
+        dev,
+        &k.attn_decode_split,
+        (head_blocks, splits as u32, rows),
+        (128, 1, 1),
+        &p,
+        "attn_decode_split",
+    )?;
+    launch(
+        dev,
+        &k.attn_decode_reduce,
+        (u32_of(n * shape.n_heads, "rows x heads")?, 1, 1),
+        (128, 1, 1),
+        &p,
+        "attn_decode_reduce",
+    )
+}

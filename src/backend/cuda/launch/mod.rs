@@ -1,0 +1,138 @@
+//! The kernel launchers: one file per kernel family of `kernels/`, each holding all that
+//! launching that family takes and nothing else: the shape checks (a refused call launches
+//! nothing and says why), the params struct (`params.rs`, generated from
+//! `kernels/tachyon_kernels.h`) filled from live buffers of the device, the grid and block,
+//! and the launch on the device's one stream. [`super::CudaBackend`] owns the buffers and
+//! scratch and only dispatches each `backend::Ops` call to one of these; a new kernel family
+//! is a new file here, its `KernelFns` entry below, and one case in `tests/cuda/ops.rs`.
+//!
+//! - [`norm`] runs `rmsnorm.cu` (RMSNorm, the residual add fused in front of it, per head)
+//! - [`matmul`] runs `gemv.cu`, `gemv_quant.cu`, `gemm.cu`, chosen by weight format and row
+//!   count (the bias and the gate/up SwiGLU fused in)
+//! - [`attention`] runs `attention.cu` (KV append, flash-decoding splits, their reduction)
+//! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
+//! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
+//!
+//! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
+//! kernel itself hits surfaces at the next synchronization.
+
+pub mod attention;
+pub mod elementwise;
+pub mod embed;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod sample;
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
+    PushKernelArg, sys,
+};
+
+use super::device::CudaDevice;
+use crate::backend::BackendError;
+
+/// Every kernel function of the module, looked up once when the device is probed.
+#[derive(Debug)]
+pub(crate) struct KernelFns {
+    pub(crate) rmsnorm_residual_f32: CudaFunction,
+    pub(crate) embed_gather: CudaFunction,
+    pub(crate) gemv_f32out: CudaFunction,
+    pub(crate) gemv_quant_f32out: CudaFunction,
+    pub(crate) gemm_f32out: CudaFunction,
+    pub(crate) rope_f32: CudaFunction,
+    pub(crate) attn_kv_append: CudaFunction,
+    pub(crate) attn_decode_split: CudaFunction,
+    pub(crate) attn_decode_reduce: CudaFunction,
+    pub(crate) elementwise_f32: CudaFunction,
+    pub(crate) argmax_partial: CudaFunction,
+    pub(crate) argmax_final: CudaFunction,
+    pub(crate) sample_logits: CudaFunction,
+}
+
+impl KernelFns {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self, DriverError> {
+        Ok(Self {
+            rmsnorm_residual_f32: module.load_function("rmsnorm_residual_f32")?,
+            embed_gather: module.load_function("embed_gather")?,
+            gemv_f32out: module.load_function("gemv_f32out")?,
+            gemv_quant_f32out: module.load_function("gemv_quant_f32out")?,
+            gemm_f32out: module.load_function("gemm_f32out")?,
+            rope_f32: module.load_function("rope_f32")?,
+            attn_kv_append: module.load_function("attn_kv_append")?,
+            attn_decode_split: module.load_function("attn_decode_split")?,
+            attn_decode_reduce: module.load_function("attn_decode_reduce")?,
+            elementwise_f32: module.load_function("elementwise_f32")?,
+            argmax_partial: module.load_function("argmax_partial")?,
+            argmax_final: module.load_function("argmax_final")?,
+            sample_logits: module.load_function("sample_logits")?,
+        })
+    }
+}
+
+/// Maps a driver error to the backend's error, naming what was being done.
+pub(crate) fn dev_err(what: &'static str) -> impl Fn(DriverError) -> BackendError {
+    move |e| {
+        if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            BackendError::OutOfMemory {
+                what: format!("{what} on the GPU"),
+            }
+        } else {
+            BackendError::Device(format!("CUDA: {what}: {e}"))
+        }
+    }
+}
+
+/// A refused call: the shapes or arguments do not fit the kernel; nothing was launched.
+pub(crate) fn shape_err(msg: String) -> BackendError {
+    BackendError::Device(format!("CUDA backend: {msg}"))
+}
+
+/// A value that must fit the kernels' 32-bit ints.
+pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32, BackendError> {
+    i32::try_from(v).map_err(|_| shape_err(format!("{what} = {v} does not fit a 32-bit int")))
+}
+
+/// A grid extent, which must fit the driver's `u32`.
+pub(crate) fn u32_of(v: usize, what: &str) -> Result<u32, BackendError> {
+    u32::try_from(v).map_err(|_| shape_err(format!("{what} = {v} does not fit a grid extent")))
+}
+
+/// The raw device address of a buffer. Event tracking is off on a `CudaDevice`, so the
+/// guard cudarc returns records nothing and may be dropped at once.
+pub(crate) fn ptr<T, S: DevicePtr<T>>(s: &S, dev: &CudaDevice) -> u64 {
+    let (p, _guard) = s.device_ptr(dev.stream());
+    p
+}
+
+pub(crate) fn ptr_mut<T, S: DevicePtrMut<T>>(s: &mut S, dev: &CudaDevice) -> u64 {
+    let (p, _guard) = s.device_ptr_mut(dev.stream());
+    p
+}
+
+/// Queues kernel `f` taking one params struct by value, on a grid of `grid` blocks of
+/// `block` threads (an extent of 0 is raised to 1; callers return before launching nothing).
+pub(crate) fn launch<P: DeviceRepr>(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    p: &P,
+    name: &'static str,
+) -> Result<(), BackendError> {
+    let cfg = LaunchConfig {
+        grid_dim: (grid.0.max(1), grid.1.max(1), grid.2.max(1)),
+        block_dim: block,
+        shared_mem_bytes: 0,
+    };
+    let mut b = dev.stream().launch_builder(f);
+    b.arg(p);
+    // SAFETY: every kernel of kernels/ takes exactly one params struct by value, the one
+    // generated from the same header (bindgen's layout assertions check it); each launcher
+    // fills its pointers from live buffers of this device, allocated on its one stream
+    // (so no free can overtake the kernel), whose sizes it checked against the params'
+    // shape fields. The launch copies the params at enqueue time.
+    unsafe { b.launch(cfg) }.map(|_| ()).map_err(dev_err(name))
+}

@@ -1,0 +1,132 @@
+//! Launches of `kernels/sample.cu`: the next token picked on the device from a row of
+//! logits, so the logits never leave it: the argmax (a partial pass over many blocks, then
+//! one block merging them) and a draw with the CPU sampler's filters (top-k, temperature,
+//! min-p, top-p).
+
+use cudarc::driver::CudaSlice;
+
+use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
+use crate::backend::BackendError;
+use crate::backend::cuda::buffers::CudaAct;
+use crate::backend::cuda::device::CudaDevice;
+use crate::backend::cuda::params::{ArgmaxParams, SampleParams};
+
+/// Most argmax partial blocks.
+const ARGMAX_PARTS: usize = 264;
+
+/// Partial slots the argmax needs for a vocabulary of `n`.
+pub fn argmax_parts(n: usize) -> usize {
+    ARGMAX_PARTS.min(n.div_ceil(256)).max(1)
+}
+
+/// The index of the largest value of row `row` of `logits` into `out[slot]` (lowest index
+/// on ties, NaN never chosen). Rows picked one after another on the stream may share the
+/// partial buffers.
+pub fn argmax_row(
+    dev: &CudaDevice,
+    logits: &CudaAct,
+    row: usize,
+    out: &mut CudaSlice<u32>,
+    slot: usize,
+    part_val: &mut CudaSlice<f32>,
+    part_idx: &mut CudaSlice<i32>,
+) -> Result<(), BackendError> {
+    let n = logits.width;
+    let parts = argmax_parts(n);
+    if slot >= out.len() || row >= logits.rows || part_val.len() < parts || part_idx.len() < parts {
+        return Err(shape_err(format!(
+            "argmax of row {row} of {} into slot {slot} of {} needs {parts} partial slots",
+            logits.rows,
+            out.len()
+        )));
+    }
+    let row_bytes = (n * std::mem::size_of::<f32>()) as u64;
+    let slot_bytes = (slot * std::mem::size_of::<u32>()) as u64;
+    let p = ArgmaxParams {
+        logits: (ptr(&logits.buf, dev) + row as u64 * row_bytes) as *const f32,
+        part_val: ptr_mut(part_val, dev) as *mut f32,
+        part_idx: ptr_mut(part_idx, dev) as *mut i32,
+        out: (ptr_mut(out, dev) + slot_bytes) as *mut u32,
+        n: i32_of(n, "vocabulary")?,
+        n_parts: parts as i32,
+    };
+    let k = &dev.kernels;
+    launch(
+        dev,
+        &k.argmax_partial,
+        (u32_of(parts, "argmax parts")?, 1, 1),
+        (256, 1, 1),
+        &p,
+        "argmax_partial",
+    )?;
+    launch(
+        dev,
+        &k.argmax_final,
+        (1, 1, 1),
+        (1024, 1, 1),
+        &p,
+        "argmax_final",
+    )
+}
+
+/// The filters of a device draw (see `SampleParams`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleFilters {
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: usize,
+    /// In (0, 1]; 1: off.
+    pub top_p: f32,
+    /// In [0, 1]; 0: off.
+    pub min_p: f32,
+}
+
+/// Draws a token from row 0 of `logits` into `out[0]`, the uniform number coming from the
+/// SplitMix64 state in `rng[0]`, which the draw advances. `work` is scratch of at least the
+/// vocabulary size. Penalties are not applied.
+pub fn sample(
+    dev: &CudaDevice,
+    logits: &CudaAct,
+    work: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<u32>,
+    rng: &mut CudaSlice<u64>,
+    f: SampleFilters,
+) -> Result<(), BackendError> {
+    let n = logits.width;
+    let ok = f.temperature.is_finite()
+        && f.temperature > 0.0
+        && f.top_p > 0.0
+        && f.top_p <= 1.0
+        && (0.0..=1.0).contains(&f.min_p)
+        && work.len() >= n
+        && !out.is_empty()
+        && !rng.is_empty();
+    if !ok {
+        return Err(shape_err(format!(
+            "sample: temperature {}, top_p {}, min_p {}, scratch {} for {n} logits",
+            f.temperature,
+            f.top_p,
+            f.min_p,
+            work.len()
+        )));
+    }
+    let p = SampleParams {
+        logits: ptr(&logits.buf, dev) as *const f32,
+        work: ptr_mut(work, dev) as *mut f32,
+        out: ptr_mut(out, dev) as *mut u32,
+        rng_state: ptr_mut(rng, dev) as *mut u64,
+        n: i32_of(n, "vocabulary")?,
+        top_k: i32_of(f.top_k.min(n), "top_k")?,
+        temperature: f.temperature,
+        top_p: f.top_p,
+        min_p: f.min_p,
+    };
+    launch(
+        dev,
+        &dev.kernels.sample_logits,
+        (1, 1, 1),
+        (1024, 1, 1),
+        &p,
+        "sample_logits",
+    )
+}
