@@ -86,6 +86,25 @@ fn valid_json_is_allowed_token_by_token_and_invalid_json_is_refused() {
             stop_allowed(&mut c, &vocab),
             "{name}: cannot stop after a whole object"
         );
+        assert!(c.is_complete(), "{name}: nothing can follow the object");
+        // One line, with `: ` and `, ` as separators: a pretty-printed layout, a missing or
+        // doubled space is refused where it departs from that.
+        for (spaced, at) in [
+            ("{\n  \"name\": \"Ada\"}", "{"),
+            (r#"{"name":"Ada"}"#, r#"{"name":"#),
+            (r#"{"name": "Ada",  "age": 1}"#, r#"{"name": "Ada", "#),
+            (r#"{ "name": "Ada"}"#, "{"),
+        ] {
+            let mut c = vocab.compile(&schema_spec()).unwrap();
+            let ok = force(&mut c, &tok, spaced);
+            let ids = tok.encode(spaced, false).unwrap();
+            assert!(ok < ids.len(), "{name}: {spaced:?} allowed");
+            let kept = tok.decode(&ids[..ok]).unwrap();
+            assert!(
+                at.starts_with(&kept),
+                "{name}: {spaced:?} allowed past its whitespace: {kept:?}"
+            );
+        }
         // Not finished: no stop token.
         let mut c = vocab.compile(&schema_spec()).unwrap();
         force(&mut c, &tok, r#"{"name": "Ada""#);

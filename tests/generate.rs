@@ -269,6 +269,7 @@ fn generate_follows_a_json_schema_with_and_without_speculation() {
     assert_eq!(stats["finish"], "stop", "{stats}");
     let v: serde_json::Value =
         serde_json::from_str(plain.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {plain:?}"));
+    assert!(!plain.trim().contains('\n'), "not on one line: {plain:?}");
     let obj = v
         .as_object()
         .unwrap_or_else(|| panic!("not an object: {v}"));

@@ -310,7 +310,7 @@ fn constrained_speculation_reproduces_constrained_plain_decoding_smollm2() {
             "Dates: 1912-06-23 alan turing was born. 1815-12-10 ada lovelace was born.\n",
         ),
     ];
-    let mut accepted = 0;
+    let (mut accepted, mut completed) = (0, 0);
     for (what, spec_, text) in cases {
         let constraint = vocab.compile(&spec_).unwrap_or_else(|e| panic!("{e}"));
         let prompt = tok.encode(text, false).unwrap_or_else(|e| panic!("{e}"));
@@ -321,6 +321,25 @@ fn constrained_speculation_reproduces_constrained_plain_decoding_smollm2() {
             follows(&constraint, &want, want_stats.finish == FinishReason::Stop),
             "{what}: plain output outside the constraint"
         );
+        // The grammar ends the output on its last token: given exactly that many tokens,
+        // generation still stops there (it is not cut by the budget), plain and with
+        // lookup proposals.
+        if want_stats.finish == FinishReason::Stop {
+            completed += 1;
+            let exact = greedy(want.len(), tok.stop_ids());
+            for s in [None, spec(None, true, 8, true)] {
+                let mut e = engine(cfg, w, 512);
+                let speculating = s.is_some();
+                e.set_speculation(s);
+                let (got, stats) = run_constrained(&mut e, &prompt, &exact, &constraint);
+                assert_eq!(got, want, "{what}, exact budget, speculating {speculating}");
+                assert_eq!(
+                    stats.finish,
+                    FinishReason::Stop,
+                    "{what}, exact budget, speculating {speculating}"
+                );
+            }
+        }
         let configs: [(&str, Option<Speculation>); 4] = [
             ("lookup", spec(None, true, 8, true)),
             ("self draft", spec(Some(draft(false)), false, 6, false)),
@@ -372,6 +391,10 @@ fn constrained_speculation_reproduces_constrained_plain_decoding_smollm2() {
         }
     }
     assert!(accepted > 10, "the self draft kept only {accepted} tokens");
+    assert!(
+        completed > 0,
+        "no constrained output ended within 48 tokens"
+    );
 }
 
 /// The real draft/target pair: Qwen2.5-Coder 0.5B proposing for 1.5B on a code prompt.

@@ -520,11 +520,17 @@ impl Engine {
                 logprob,
                 top: if logprob.is_some() { &self.top } else { &[] },
             };
-            if let Some(end) = emit.emit_step(&step) {
-                return Ok(end);
-            }
-            if let Some(c) = constraint.as_mut() {
+            let end = emit.emit_step(&step);
+            if let Some(c) = constraint.as_mut()
+                && matches!(end, None | Some(FinishReason::Length))
+            {
                 c.commit(token)?;
+                if c.is_complete() {
+                    return Ok(FinishReason::Stop);
+                }
+            }
+            if let Some(end) = end {
+                return Ok(end);
             }
             sampler.accept(token);
             let pos = self.cached.len();

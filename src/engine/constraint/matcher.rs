@@ -2,6 +2,7 @@
 //! output has taken so far (committed, and rolled back when speculation rejects them).
 
 use llguidance::Matcher;
+use llguidance::api::StopReason;
 
 use super::ConstraintError;
 
@@ -123,6 +124,16 @@ impl Constraint {
     /// Whether the output may end here (a stop token would be allowed).
     pub fn is_accepting(&mut self) -> bool {
         !self.active || self.matcher.is_accepting().unwrap_or(false)
+    }
+
+    /// Whether the output is complete: the grammar allows no token but a stop token now, so
+    /// generation ends here without running a step only to sample that stop token.
+    pub fn is_complete(&self) -> bool {
+        self.active
+            && matches!(
+                self.matcher.stop_reason(),
+                StopReason::NoExtension | StopReason::NoExtensionBias
+            )
     }
 
     /// Takes the sampled `token` into the state. Stop tokens end the output and are not

@@ -94,9 +94,10 @@ impl ConstraintSpec {
             trigger: None,
         };
         Ok(match self {
-            ConstraintSpec::JsonObject => {
-                plain(TopLevelGrammar::from_json_schema(json!({"type": "object"})))
-            }
+            ConstraintSpec::JsonObject => plain(TopLevelGrammar::from_json_schema(with_options(
+                json!({"type": "object"}),
+                false,
+            )?)),
             ConstraintSpec::JsonSchema { schema, strict } => {
                 check("JSON schema", json_len(schema))?;
                 nesting("JSON schema", json_depth(schema))?;
@@ -192,8 +193,23 @@ fn json_len(v: &Value) -> usize {
     serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
 }
 
-/// The schema with llguidance's compile options: flexible whitespace (models write JSON
-/// with spaces and newlines), and unenforceable keywords ignored unless `strict`.
+/// llguidance's JSON compile options: JSON on one line with `, ` and `: ` as separators,
+/// the layout of Python's `json.dumps` (and of the tool calls in Qwen2.5's chat template),
+/// and schema keywords the engine cannot enforce ignored when `lenient`. Free whitespace
+/// would let a model pretty-print (a newline and indentation before every key spends the
+/// token budget on layout, and blank lines can run on forever); separators without their
+/// space push a model trained on spaced JSON to put the space inside the next string
+/// (`"country":" Nigeria"`).
+fn json_options(lenient: bool) -> Value {
+    json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+        "lenient": lenient,
+    })
+}
+
+/// The schema with [`json_options`] (unenforceable keywords an error only when `strict`).
 fn with_options(mut schema: Value, strict: bool) -> Result<Value, ConstraintError> {
     match &mut schema {
         Value::Object(map) => {
@@ -202,10 +218,7 @@ fn with_options(mut schema: Value, strict: bool) -> Result<Value, ConstraintErro
                     "the schema may not carry engine options (\"x-guidance\")".into(),
                 ));
             }
-            map.insert(
-                "x-guidance".into(),
-                json!({"whitespace_flexible": true, "lenient": !strict}),
-            );
+            map.insert("x-guidance".into(), json_options(!strict));
             Ok(schema)
         }
         // `true` accepts any JSON value, `false` none: both are valid schemas.
@@ -249,10 +262,7 @@ fn tool_grammar(
         json!({"anyOf": variants})
     };
     if let Value::Object(map) = &mut schema {
-        map.insert(
-            "x-guidance".into(),
-            json!({"whitespace_flexible": true, "lenient": true}),
-        );
+        map.insert("x-guidance".into(), json_options(true));
     }
     let schema = serde_json::to_string(&schema)
         .map_err(|e| ConstraintError::Compile(format!("tool schema: {e}")))?;

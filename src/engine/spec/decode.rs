@@ -77,10 +77,16 @@ impl Engine {
         shape(&mut self.logits, &mut constraint)?;
         let mut token = sampler.sample(&mut self.logits);
         loop {
-            if let Some(end) = emit.emit(token) {
+            let end = emit.emit(token);
+            if matches!(end, None | Some(FinishReason::Length)) {
+                commit(&mut constraint, token)?;
+                if constraint.as_ref().is_some_and(Constraint::is_complete) {
+                    return Ok(FinishReason::Stop);
+                }
+            }
+            if let Some(end) = end {
                 return Ok(end);
             }
-            commit(&mut constraint, token)?;
             history.push(token);
             let pos = self.cached.len();
             if pos + 1 > ctx {
@@ -243,8 +249,17 @@ impl Engine {
             };
             stats.record(source, proposal.len(), accepted);
             length.update(proposal.len(), accepted);
-            for &t in &proposal[..accepted] {
-                if let Some(end) = emit.emit(t) {
+            for (i, &t) in proposal[..accepted].iter().enumerate() {
+                let end = emit.emit(t);
+                // The constraint is in the state after the last kept token: it is complete
+                // there or not at all (a complete grammar accepts no further proposal).
+                if i + 1 == accepted
+                    && matches!(end, None | Some(FinishReason::Length))
+                    && constraint.as_ref().is_some_and(Constraint::is_complete)
+                {
+                    return Ok(FinishReason::Stop);
+                }
+                if let Some(end) = end {
                     return Ok(end);
                 }
                 history.push(t);
