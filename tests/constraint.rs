@@ -425,33 +425,73 @@ fn hostile_schemas_and_grammars_fail_within_bounded_time() {
 #[ignore]
 fn mask_cost_per_token() {
     // Every real vocabulary: SmolLM2's and both Qwen2.5 models' (same tokenizer, one
-    // logits row count each as the GGUF declares it).
+    // logits row count each as the GGUF declares it). Per vocabulary: the compile time of
+    // the schema, and the time of each step's mask (llguidance's mask computation and the
+    // copy into the logits-row bitmask) while the tokens of a valid object are committed
+    // one by one, over 20 runs; on Qwen also the masks of a tool call after its opening tag.
     let all = [common::SMOLLM2, common::QWEN_05B, common::QWEN_15B];
+    let quantiles = |times: &mut Vec<Duration>| {
+        times.sort();
+        let q = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+        (q(0.5), q(0.99))
+    };
     for (name, tok, vocab) in all
         .into_iter()
         .filter_map(|n| load(n).map(|(t, v)| (n, t, v)))
     {
-        let text = r#"{"name": "Ada Lovelace", "age": 36, "tags": ["a", "b", "a", "b"]}"#;
-        let ids = tok.encode(text, false).unwrap();
-        let mut times = Vec::new();
-        for _ in 0..20 {
-            let mut c = vocab.compile(&schema_spec()).unwrap();
-            for &t in &ids {
-                let t0 = Instant::now();
-                let m = c.compute_mask().unwrap();
-                std::hint::black_box(&m);
-                times.push(t0.elapsed());
-                c.commit(t).unwrap();
-            }
+        let mut cases = vec![(
+            "schema",
+            schema_spec(),
+            None,
+            r#"{"name": "Ada Lovelace", "age": 36, "tags": ["a", "b", "a", "b"]}"#,
+        )];
+        if let (Some(open), Some(close)) =
+            (tok.token_id("<tool_call>"), tok.token_id("</tool_call>"))
+        {
+            cases.push((
+                "tool call",
+                ConstraintSpec::ToolCalls {
+                    tools: tools(),
+                    parallel: false,
+                    open: Tag::Token(open),
+                    close: Tag::Token(close),
+                    lazy: true,
+                },
+                Some(open),
+                "\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n",
+            ));
         }
-        times.sort();
-        let q = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
-        println!(
-            "{name}: vocab {} tokens, {} masks: median {:.0} us, p99 {:.0} us",
-            vocab.vocab_size(),
-            times.len(),
-            q(0.5),
-            q(0.99)
-        );
+        for (what, spec, trigger, text) in cases {
+            let ids = tok.encode(text, false).unwrap();
+            let (mut compile, mut masks) = (Vec::new(), Vec::new());
+            for _ in 0..20 {
+                let t0 = Instant::now();
+                let mut c = vocab.compile(&spec).unwrap();
+                compile.push(t0.elapsed());
+                if let Some(t) = trigger {
+                    c.commit(t).unwrap();
+                }
+                for &t in &ids {
+                    let t0 = Instant::now();
+                    let m = c.compute_mask().unwrap();
+                    std::hint::black_box(&m);
+                    masks.push(t0.elapsed());
+                    assert!(
+                        m.is_some_and(|m| mask_allows(m, t)),
+                        "{name}, {what}: refused"
+                    );
+                    c.commit(t).unwrap();
+                }
+            }
+            let n = masks.len();
+            let mean = masks.iter().sum::<Duration>().as_secs_f64() * 1e6 / n as f64;
+            let (c50, c99) = quantiles(&mut compile);
+            let (m50, m99) = quantiles(&mut masks);
+            println!(
+                "{name}: vocab {} tokens, {what}: compile median {c50:.0} us (p99 {c99:.0}); \
+                 {n} masks: median {m50:.0} us, mean {mean:.0} us, p99 {m99:.0} us",
+                vocab.vocab_size(),
+            );
+        }
     }
 }
