@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use tachyon::engine::constraint::{ConstraintLimits, ConstraintSpec, ConstraintVocab};
 use tachyon::engine::{
-    EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams, SessionOptions, build,
+    EngineOptions, Flow, GenerateParams, ModelSpec, SamplingParams, SessionOptions, StreamOptions,
+    build,
 };
 use tachyon::format::{ModelSource, gguf_type_counts};
 use tachyon::graph::Model;
@@ -113,6 +115,18 @@ struct GenerateArgs {
     /// Write the run's statistics (tokens, timings, speculation counts) to this JSON file.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// Constrain the output to JSON matching the JSON Schema in this file (the same
+    /// constrained decoding as the server's `response_format`); `{}` allows any JSON.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output to a Lark-style grammar read from this file (llguidance's
+    /// dialect, as the server's `grammar` field: `start: ...`, /regex/ terminals, %json).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    grammar: Option<PathBuf>,
+    /// Constrain the output to match this regular expression (Rust `regex` syntax), given
+    /// on the command line.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    grammar_regex: Option<String>,
 }
 
 fn main() {
@@ -138,6 +152,25 @@ fn run(cli: Cli) -> Result<()> {
 
 fn load(path: &Path) -> Result<Model> {
     Model::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+/// The constraint `--json-schema`, `--grammar` or `--grammar-regex` asks for (at most one:
+/// clap's `constraint` group).
+fn constraint_spec(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    if let Some(p) = &a.json_schema {
+        let schema = serde_json::from_str(&read(p)?)
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+        return Ok(Some(ConstraintSpec::JsonSchema {
+            schema,
+            strict: true,
+        }));
+    }
+    if let Some(p) = &a.grammar {
+        return Ok(Some(ConstraintSpec::Lark(read(p)?)));
+    }
+    Ok(a.grammar_regex.clone().map(ConstraintSpec::Regex))
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -222,10 +255,23 @@ fn generate(a: GenerateArgs) -> Result<()> {
             tok.stop_ids().to_vec()
         },
     };
+    let constraint = match constraint_spec(&a)? {
+        Some(spec) => {
+            let vocab = ConstraintVocab::new(tok, engine.vocab_size(), ConstraintLimits::default())
+                .context("building the constraint vocabulary")?;
+            Some(vocab.compile(&spec).context("compiling the constraint")?)
+        }
+        None => None,
+    };
+    let stream_opts = StreamOptions {
+        constraint: constraint.as_ref(),
+        ..Default::default()
+    };
     let mut stdout = std::io::stdout().lock();
     let mut decoder = tok.stream_decoder();
     let mut write_err = None;
-    let stats = engine.generate(&prompt, &params, &mut |id| {
+    let stats = engine.generate_stream(&prompt, &params, &stream_opts, &mut |step| {
+        let id = step.id;
         let piece = match decoder.push(id) {
             Ok(p) => p,
             Err(e) => {

@@ -1,5 +1,6 @@
 //! End-to-end generation on the real SmolLM2 model (CPU): reproducible sampling, chat,
-//! prompts over the context, and KV prefix reuse giving the same result as a cold start.
+//! prompts over the context, KV prefix reuse giving the same result as a cold start, and
+//! `tachyon generate` under a JSON schema, a regex and a grammar.
 
 mod common;
 
@@ -217,4 +218,96 @@ fn chat_answers_a_simple_question() {
             assert!(answer.contains("Paris"), "{file}: {answer:?}");
         }
     }
+}
+
+/// `tachyon generate --json-schema FILE` on the command line: greedy output is JSON matching
+/// the schema, and `--lookup` or `--draft-model` (SmolLM2 drafting for itself) give the same
+/// bytes with speculation on. A regex and a Lark grammar constrain alike; a bad schema is a
+/// clear error.
+#[test]
+fn generate_follows_a_json_schema_with_and_without_speculation() {
+    let Some(path) = common::model_path(common::SMOLLM2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+            "country": {"type": "string", "maxLength": 20}},
+            "required": ["city", "country"], "additionalProperties": false}"#,
+    )
+    .expect("write schema");
+    let grammar = dir.path().join("yes_no.lark");
+    std::fs::write(&grammar, "start: (\"yes\" | \"no\") \".\"\n").expect("write grammar");
+    let model = path.to_string_lossy().into_owned();
+    let run = |extra: &[&str]| -> (bool, String, String, serde_json::Value) {
+        let stats = dir.path().join("stats.json");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tachyon"))
+            .args(["generate", "--backend", "cpu", "--model", &model, "--chat"])
+            .args(["--prompt", "Name a big city and its country, as JSON."])
+            .args(["--temperature", "0", "--max-tokens", "48", "--ctx", "512"])
+            .arg("--stats-json")
+            .arg(&stats)
+            .args(extra)
+            .output()
+            .expect("run tachyon");
+        let stats = std::fs::read_to_string(&stats)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            stats,
+        )
+    };
+    let schema_arg = schema.to_string_lossy().into_owned();
+    let (ok, plain, err, stats) = run(&["--json-schema", &schema_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(stats["finish"], "stop", "{stats}");
+    let v: serde_json::Value =
+        serde_json::from_str(plain.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {plain:?}"));
+    assert!(!plain.trim().contains('\n'), "not on one line: {plain:?}");
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
+    assert_eq!(obj.len(), 2, "{v}");
+    assert!(obj["city"].is_string() && obj["country"].is_string(), "{v}");
+    for extra in [
+        &["--lookup"][..],
+        &["--draft-model", &model, "--draft-max", "4"][..],
+    ] {
+        let mut args = vec!["--json-schema", schema_arg.as_str()];
+        args.extend_from_slice(extra);
+        let (ok, got, err, stats) = run(&args);
+        assert!(ok, "{extra:?}: {err}");
+        assert_eq!(got, plain, "{extra:?}");
+        assert!(stats["speculation"]["off"].is_null(), "{extra:?}: {stats}");
+    }
+    let (_, with_draft, _, stats) = run(&["--json-schema", &schema_arg, "--draft-model", &model]);
+    assert_eq!(with_draft, plain);
+    assert!(
+        stats["speculation"]["accepted"].as_u64().unwrap_or(0) > 0,
+        "the draft kept nothing: {stats}"
+    );
+    let (ok, out, err, _) = run(&["--grammar-regex", "[A-Z][a-z]{1,15}, [A-Z][a-z]{1,15}"]);
+    assert!(ok, "{err}");
+    let words: Vec<&str> = out.trim_end_matches('\n').split(", ").collect();
+    let capitalized = |w: &&str| {
+        let mut c = w.chars();
+        c.next().is_some_and(|f| f.is_ascii_uppercase())
+            && c.clone().count() > 0
+            && c.all(|x| x.is_ascii_lowercase())
+    };
+    assert!(words.len() == 2 && words.iter().all(capitalized), "{out:?}");
+    let grammar_arg = grammar.to_string_lossy().into_owned();
+    let (ok, out, err, _) = run(&["--grammar", &grammar_arg]);
+    assert!(ok, "{err}");
+    assert!(["yes.", "no."].contains(&out.trim_end()), "{out:?}");
+    std::fs::write(&schema, r#"{"type": "nonsense"}"#).expect("write schema");
+    let (ok, _, err, _) = run(&["--json-schema", &schema_arg]);
+    assert!(!ok, "a bad schema was accepted");
+    assert!(err.contains("constraint"), "{err}");
 }

@@ -1,17 +1,22 @@
 //! Speculative decoding is lossless: greedy output with a draft model and/or prompt lookup
 //! is token for token the target's plain greedy output (real models, CPU), and sampled
 //! output follows the target's distribution (chi-square over many seeded runs of tiny
-//! random-weight models). A draft with another vocabulary is refused.
+//! random-weight models). A draft with another vocabulary is refused. Under a constraint,
+//! greedy output with speculation is token for token the constrained plain output, and
+//! sampled output stays inside the constraint.
 
 mod common;
 
 use serde_json::json;
 
+use tachyon::engine::constraint::{
+    Constraint, ConstraintLimits, ConstraintSpec, ConstraintVocab, mask_allows,
+};
 use tachyon::engine::spec::DraftModel;
 use tachyon::engine::spec::PromptLookup;
 use tachyon::engine::{
-    Engine, Flow, GenerateParams, GenerateStats, ModelSpec, SamplingParams, SessionOptions,
-    SpecStats, Speculation, SpeculationOptions, cpu_session,
+    Engine, FinishReason, Flow, GenerateParams, GenerateStats, ModelSpec, SamplingParams,
+    SessionOptions, SpecStats, Speculation, SpeculationOptions, StreamOptions, cpu_session,
 };
 use tachyon::format::GgmlType;
 use tachyon::format::random::{Shape, random_weights};
@@ -215,6 +220,181 @@ fn greedy_speculation_reproduces_plain_greedy_smollm2() {
     );
     let (want, _) = run(&mut engine(cfg, w, 512), &second, &greedy(24, &[]));
     assert_eq!(got, want, "second turn");
+}
+
+fn run_constrained(
+    engine: &mut Engine,
+    prompt: &[u32],
+    params: &GenerateParams,
+    constraint: &Constraint,
+) -> (Vec<u32>, GenerateStats) {
+    let mut out = Vec::new();
+    let opts = StreamOptions {
+        constraint: Some(constraint),
+        ..Default::default()
+    };
+    let stats = engine
+        .generate_stream(prompt, params, &opts, &mut |step| {
+            out.push(step.id);
+            Flow::Continue
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stats.generated_tokens, out.len());
+    (out, stats)
+}
+
+/// Whether a fresh copy of `constraint` takes every token of `out` under its mask, and
+/// (when the output stopped) may end after them.
+fn follows(constraint: &Constraint, out: &[u32], stopped: bool) -> bool {
+    let mut c = constraint.clone();
+    for &t in out {
+        let allowed = match c.compute_mask().unwrap_or_else(|e| panic!("{e}")) {
+            Some(m) => mask_allows(m, t),
+            None => true,
+        };
+        if !allowed || c.commit(t).is_err() {
+            return false;
+        }
+    }
+    !stopped || c.is_accepting()
+}
+
+/// Speculation stays lossless under a constraint: constrained greedy output with prompt
+/// lookup, a draft that agrees almost always (SmolLM2 itself: its proposals run into the
+/// constraint and are cut), a draft that agrees almost never, and both proposers, is
+/// token for token the constrained plain greedy output, for a JSON schema and a regex.
+/// Sampled constrained output with speculation stays inside the constraint.
+#[test]
+fn constrained_speculation_reproduces_constrained_plain_decoding_smollm2() {
+    let Some(path) = common::model_path(common::SMOLLM2) else {
+        return;
+    };
+    let model = Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (cfg, w) = (&model.config, &model.weights);
+    let tok = &model.tokenizer;
+    let vocab = ConstraintVocab::new(tok, cfg.vocab_size, ConstraintLimits::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ncfg, nw) = nonsense_draft(cfg.vocab_size);
+    let draft = |nonsense: bool| -> DraftModel {
+        let s = if nonsense {
+            cpu_session(&ncfg, &nw, &opts(512))
+        } else {
+            cpu_session(cfg, w, &opts(512))
+        };
+        DraftModel::new(s.unwrap_or_else(|e| panic!("{e}")), cfg.vocab_size)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let schema = ConstraintSpec::JsonSchema {
+        schema: json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": "integer"},
+                "languages": {"type": "array", "items": {"type": "string"}}
+            },
+            "required": ["name", "age", "languages"],
+            "additionalProperties": false
+        }),
+        strict: true,
+    };
+    let regex = ConstraintSpec::Regex("(19|20)[0-9]{2}-[0-9]{2}-[0-9]{2}( [a-z]+)+\\.".into());
+    let cases = [
+        (
+            "schema",
+            schema,
+            "<|im_start|>user\nDescribe Ada as JSON like {\"name\": \"Alan\", \"age\": 41, \"languages\": [\"English\"]}.<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            "regex",
+            regex,
+            "Dates: 1912-06-23 alan turing was born. 1815-12-10 ada lovelace was born.\n",
+        ),
+    ];
+    let (mut accepted, mut completed) = (0, 0);
+    for (what, spec_, text) in cases {
+        let constraint = vocab.compile(&spec_).unwrap_or_else(|e| panic!("{e}"));
+        let prompt = tok.encode(text, false).unwrap_or_else(|e| panic!("{e}"));
+        let params = greedy(48, tok.stop_ids());
+        let (want, want_stats) =
+            run_constrained(&mut engine(cfg, w, 512), &prompt, &params, &constraint);
+        assert!(
+            follows(&constraint, &want, want_stats.finish == FinishReason::Stop),
+            "{what}: plain output outside the constraint"
+        );
+        // The grammar ends the output on its last token: given exactly that many tokens,
+        // generation still stops there (it is not cut by the budget), plain and with
+        // lookup proposals.
+        if want_stats.finish == FinishReason::Stop {
+            completed += 1;
+            let exact = greedy(want.len(), tok.stop_ids());
+            for s in [None, spec(None, true, 8, true)] {
+                let mut e = engine(cfg, w, 512);
+                let speculating = s.is_some();
+                e.set_speculation(s);
+                let (got, stats) = run_constrained(&mut e, &prompt, &exact, &constraint);
+                assert_eq!(got, want, "{what}, exact budget, speculating {speculating}");
+                assert_eq!(
+                    stats.finish,
+                    FinishReason::Stop,
+                    "{what}, exact budget, speculating {speculating}"
+                );
+            }
+        }
+        let configs: [(&str, Option<Speculation>); 4] = [
+            ("lookup", spec(None, true, 8, true)),
+            ("self draft", spec(Some(draft(false)), false, 6, false)),
+            ("nonsense draft", spec(Some(draft(true)), false, 4, false)),
+            (
+                "self draft + lookup",
+                spec(Some(draft(false)), true, 8, true),
+            ),
+        ];
+        for (name, s) in configs {
+            let mut e = engine(cfg, w, 512);
+            e.set_speculation(s);
+            let (got, stats) = run_constrained(&mut e, &prompt, &params, &constraint);
+            assert_eq!(
+                tok.decode(&got).unwrap_or_default(),
+                tok.decode(&want).unwrap_or_default(),
+                "{what}, {name}"
+            );
+            assert_eq!(got, want, "{what}, {name}");
+            assert_eq!(stats.finish, want_stats.finish, "{what}, {name}: finish");
+            let sp = stats
+                .speculation
+                .unwrap_or_else(|| panic!("{name}: no speculation stats"));
+            assert!(sp.off.is_none(), "{what}, {name}: {:?}", sp.off);
+            if name == "self draft" {
+                assert!(sp.verify_steps > 0 && sp.accepted > 0, "{what}: {sp:?}");
+                accepted += sp.accepted;
+            }
+        }
+        // Sampled, with a draft: the kept proposals and each replacement are inside the
+        // constraint (the masked rows are the distributions rejection sampling uses).
+        for seed in 0..3 {
+            let mut params = params.clone();
+            params.sampling = SamplingParams {
+                temperature: 0.9,
+                seed,
+                ..Default::default()
+            };
+            let mut e = engine(cfg, w, 512);
+            e.set_speculation(spec(Some(draft(false)), true, 6, false));
+            let (got, stats) = run_constrained(&mut e, &prompt, &params, &constraint);
+            assert!(
+                follows(&constraint, &got, stats.finish == FinishReason::Stop),
+                "{what}, seed {seed}: sampled output outside the constraint: {:?}",
+                tok.decode(&got)
+            );
+            let sp = stats.speculation.unwrap_or_else(|| panic!("no stats"));
+            assert!(sp.off.is_none() && sp.verify_steps > 0, "{sp:?}");
+        }
+    }
+    assert!(accepted > 10, "the self draft kept only {accepted} tokens");
+    assert!(
+        completed > 0,
+        "no constrained output ended within 48 tokens"
+    );
 }
 
 /// The real draft/target pair: Qwen2.5-Coder 0.5B proposing for 1.5B on a code prompt.

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod constraint;
 pub mod cuda_session;
 pub mod logprobs;
 pub mod recovery;
@@ -39,6 +40,9 @@ pub enum EngineError {
     BadToken { id: u32, vocab: usize },
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    /// The request's constraint left no token to choose, or refused one.
+    #[error("constrained decoding: {0}")]
+    Constraint(#[from] constraint::ConstraintError),
     #[error(
         "the model's logits for generated token {index} are all NaN (a damaged model file or a numerical fault)"
     )]
@@ -163,6 +167,11 @@ pub struct StreamOptions<'a> {
     /// chunks) and before every decode step; once set, generation
     /// ends at the next check with `FinishReason::Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
+    /// The output must follow this constraint (a fresh one: generation works on a copy).
+    /// Each step's logits are masked to the allowed tokens before sampling.
+    pub constraint: Option<&'a constraint::Constraint>,
+    /// OpenAI's `logit_bias`, added to the logits before the mask and the sampler.
+    pub logit_bias: &'a [(u32, f32)],
 }
 
 /// Owns a session and remembers which tokens its KV cache holds, so a prompt sharing a
@@ -545,7 +554,8 @@ impl Engine {
         } else if let Some(mut spec) = self.spec.take() {
             // Speculation keeps the text exactly the target's; it needs the raw logits
             // as they come (no penalties, which depend on the tokens being verified) and
-            // no per-token log-probabilities.
+            // no per-token log-probabilities. A constraint and logit_bias act on each
+            // verified row (`spec/decode.rs`).
             let sst = spec_stats.get_or_insert_with(SpecStats::default);
             let blocker = if !params.sampling.has_no_penalties() {
                 Some("repetition, presence and frequency penalties turn speculation off")
@@ -598,10 +608,15 @@ impl Engine {
         emit: &mut Emitter<'_, '_>,
     ) -> Result<FinishReason, EngineError> {
         let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+        let mut constraint = opts.constraint.cloned();
         // Without penalties the session picks the token where the logits are (on a GPU,
-        // on the device). Penalties need the token history and log-probabilities the raw
-        // logits, both on the host: then the logits come back and the sampler picks.
-        let session_pick = params.sampling.has_no_penalties() && opts.logprobs.is_none();
+        // on the device). Penalties need the token history, log-probabilities the raw
+        // logits, and a constraint's mask or logit_bias must change the logits before
+        // the pick: all on the host, so then the logits come back and the sampler picks.
+        let session_pick = params.sampling.has_no_penalties()
+            && opts.logprobs.is_none()
+            && constraint.is_none()
+            && opts.logit_bias.is_empty();
         let mut next: Option<u32> = None;
         loop {
             let token = match next.take() {
@@ -610,6 +625,12 @@ impl Engine {
                     if opts.logprobs.is_some() {
                         self.raw.clear();
                         self.raw.extend_from_slice(&self.logits);
+                    }
+                    constraint::apply_logit_bias(&mut self.logits, opts.logit_bias);
+                    if let Some(c) = constraint.as_mut()
+                        && let Some(mask) = c.compute_mask()?
+                    {
+                        constraint::apply_mask(&mut self.logits, mask);
                     }
                     sampler.sample(&mut self.logits)
                 }
@@ -622,7 +643,16 @@ impl Engine {
                 logprob,
                 top: if logprob.is_some() { &self.top } else { &[] },
             };
-            if let Some(end) = emit.emit_step(&step) {
+            let end = emit.emit_step(&step);
+            if let Some(c) = constraint.as_mut()
+                && matches!(end, None | Some(FinishReason::Length))
+            {
+                c.commit(token)?;
+                if c.is_complete() {
+                    return Ok(FinishReason::Stop);
+                }
+            }
+            if let Some(end) = end {
                 return Ok(end);
             }
             sampler.accept(token);

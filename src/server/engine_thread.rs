@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::stop::StopMatcher;
+use crate::engine::constraint::Constraint;
 use crate::engine::{Engine, FinishReason, Flow, GenerateParams, StreamOptions};
 use crate::tokenizer::Tokenizer;
 
@@ -26,6 +27,9 @@ pub struct Job {
     pub params: GenerateParams,
     pub stop: Vec<String>,
     pub logprobs: Option<usize>,
+    /// The compiled `response_format` / `grammar` / tool-call constraint.
+    pub constraint: Option<Constraint>,
+    pub logit_bias: Vec<(u32, f32)>,
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
@@ -186,6 +190,8 @@ fn run_job(engine: &mut Engine, tok: &Tokenizer, job: Job, metrics: &Metrics) {
     let opts = StreamOptions {
         logprobs: job.logprobs,
         cancel: Some(&job.cancel),
+        constraint: job.constraint.as_ref(),
+        logit_bias: &job.logit_bias,
     };
     let result = engine.generate_stream(&job.prompt, &job.params, &opts, &mut |step| {
         let now = Instant::now();

@@ -3,6 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -13,7 +15,7 @@ pub struct ApiError {
     /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, ...
     pub kind: &'static str,
     /// The request field at fault, when there is one.
-    pub param: Option<&'static str>,
+    pub param: Option<Cow<'static, str>>,
     pub code: Option<&'static str>,
 }
 
@@ -50,7 +52,15 @@ impl ApiError {
     /// 400 naming the field at fault.
     pub fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
-            param: Some(param),
+            param: Some(Cow::Borrowed(param)),
+            ..ApiError::bad_request(message)
+        }
+    }
+
+    /// 400 naming a field known only at run time (an unknown field's name).
+    pub fn invalid_owned(param: String, message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: Some(Cow::Owned(param)),
             ..ApiError::bad_request(message)
         }
     }
@@ -146,7 +156,7 @@ impl ApiError {
             error: Inner {
                 message: &self.message,
                 kind: self.kind,
-                param: self.param,
+                param: self.param.as_deref(),
                 code: self.code,
             },
         };

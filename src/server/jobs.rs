@@ -13,8 +13,12 @@ use super::AppState;
 use super::engine_thread::{Event, Job};
 use super::error::ApiError;
 use super::openai::{ChatRequest, CompletionRequest, Options, Prompt};
+use super::tool_calls;
+use super::tools::ToolChoice;
+use crate::engine::constraint::{
+    Constraint, ConstraintLimits, ConstraintSpec, ConstraintVocab, Tag,
+};
 use crate::engine::{EngineError, GenerateParams, Limits};
-use crate::tokenizer::ChatMessage;
 
 /// Raises the cancel flag when dropped: the response body, the waiting handler or the
 /// WebSocket's current request going away stops the generation at the next step.
@@ -140,7 +144,8 @@ impl AppState {
         Ok(ids)
     }
 
-    /// The prompt ids of a chat request, through the model's chat template.
+    /// The prompt ids of a chat request, through the model's chat template (with the
+    /// declared tools in its `tools` variable).
     pub fn chat_prompt(&self, req: &ChatRequest) -> Result<Vec<u32>, ApiError> {
         let Some(tmpl) = &self.chat_template else {
             return Err(ApiError::invalid(
@@ -148,12 +153,71 @@ impl AppState {
                 "this model has no chat template; use /v1/completions",
             ));
         };
-        let messages: &[ChatMessage] = &req.messages;
+        let tools = req.tools.template_tools();
+        if !tools.is_empty()
+            && !self
+                .tokenizer
+                .chat_template()
+                .is_some_and(|t| t.contains("tools"))
+        {
+            return Err(ApiError::invalid(
+                "tools",
+                "this model's chat template has no tool section; tools cannot be offered to it",
+            ));
+        }
         let text = tmpl
-            .render(messages, true)
+            .render_with_tools(&req.template_messages, tools, true)
             .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
         // The template writes BOS itself when the model wants one.
         self.encode(&text, false)
+    }
+
+    /// The constraint of a chat request's tools, in the model's `<tool_call>` syntax.
+    pub fn tool_constraint(&self, req: &ChatRequest) -> Result<Option<ConstraintSpec>, ApiError> {
+        if !req.tools.constrains() {
+            return Ok(None);
+        }
+        let tag = |t: &str| match self.tokenizer.token_id(t) {
+            Some(id) => Tag::Token(id),
+            None => Tag::Text(t.to_string()),
+        };
+        let (open, close) = (tag(tool_calls::OPEN), tag(tool_calls::CLOSE));
+        if req.tools.choice == ToolChoice::Auto && !matches!(open, Tag::Token(_)) {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "tool_choice \"auto\" needs a model with a <tool_call> token; use \"required\" or a named function",
+            ));
+        }
+        Ok(req.tools.spec(open, close))
+    }
+
+    /// Compiles a request's constraint against the model's vocabulary (built on first use).
+    /// A schema or grammar that cannot be compiled within the limits is a 400 naming the
+    /// field it came from.
+    pub fn compile_constraint(&self, spec: &ConstraintSpec) -> Result<Constraint, ApiError> {
+        let vocab = self
+            .constraints
+            .get_or_init(|| {
+                ConstraintVocab::new(
+                    &self.tokenizer,
+                    self.logits_vocab,
+                    ConstraintLimits::default(),
+                )
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| {
+                ApiError::bad_request(format!("constrained decoding is unavailable: {e}"))
+            })?;
+        let param = match spec {
+            ConstraintSpec::JsonObject | ConstraintSpec::JsonSchema { .. } => "response_format",
+            ConstraintSpec::Lark(_) | ConstraintSpec::Regex(_) => "grammar",
+            ConstraintSpec::ToolCalls { .. } => "tools",
+        };
+        vocab
+            .compile(spec)
+            .map_err(|e| ApiError::invalid(param, format!("{param}: {e}")))
     }
 
     /// Checks `prompt` against the vocabulary and the context, then queues it.
@@ -192,6 +256,24 @@ impl AppState {
         if prompt.len().saturating_add(max_tokens) > self.ctx {
             return Err(ApiError::context_length(prompt.len(), max_tokens, self.ctx));
         }
+        if let Some(&(id, _)) = o
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= self.vocab)
+        {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!(
+                    "logit_bias token id {id} is outside the vocabulary of {} tokens",
+                    self.vocab
+                ),
+            ));
+        }
+        let constraint = o
+            .constraint
+            .as_ref()
+            .map(|spec| self.compile_constraint(spec))
+            .transpose()?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, events) = unbounded_channel();
         let job = Job {
@@ -199,6 +281,8 @@ impl AppState {
             params,
             stop: o.stop.clone(),
             logprobs: o.logprobs,
+            constraint,
+            logit_bias: o.logit_bias.clone(),
             cancel: cancel.clone(),
             events: tx,
             received,
@@ -226,6 +310,7 @@ pub fn request_error(e: EngineError) -> ApiError {
         ),
         EngineError::PromptTooLong { prompt, ctx } => ApiError::prompt_too_long(prompt, ctx),
         EngineError::Sampling(why) => ApiError::bad_request(why),
+        EngineError::Constraint(_) => ApiError::bad_request(e.to_string()),
         EngineError::Backend(_) | EngineError::NanLogits { .. } => {
             ApiError::internal(e.to_string())
         }

@@ -514,7 +514,7 @@ mod tests {
         ] {
             let e = parse_infill_request(body.as_bytes()).expect_err(body);
             assert_eq!(e.status, 400, "{body}");
-            assert_eq!(e.param, param, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}");
         }
         for body in ["", "[1]", "{"] {
             assert_eq!(
@@ -537,7 +537,10 @@ mod tests {
         assert!(r.add_special && !r.with_pieces);
         let r = parse_tokenize(br#"{"text":"a","add_special_tokens":false}"#).unwrap();
         assert!(!r.add_special);
-        assert_eq!(parse_tokenize(br#"{}"#).unwrap_err().param, Some("content"));
+        assert_eq!(
+            parse_tokenize(br#"{}"#).unwrap_err().param.as_deref(),
+            Some("content")
+        );
         assert_eq!(parse_tokenize(br#"{"content":1}"#).unwrap_err().status, 400);
     }
 }

@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod engine_thread;
 pub mod error;
+pub mod fields;
 pub mod jobs;
 pub mod llama_compat;
 pub mod metrics;
@@ -23,6 +24,9 @@ pub mod routes;
 pub mod sse;
 pub mod start;
 pub mod stop;
+pub mod structured;
+pub mod tool_calls;
+pub mod tools;
 pub mod ws;
 
 use std::future::Future;
@@ -32,6 +36,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::engine::constraint::ConstraintVocab;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use conn::{ConnInfo, StampedListener};
 use engine_thread::EngineHandle;
@@ -60,6 +65,10 @@ pub struct AppState {
     /// Busy-poll the running request's events (`--busy-poll`; see `jobs::Submitted`).
     pub busy_poll: bool,
     pub created: u64,
+    /// The vocabulary's constraint engine, built on the first constrained request.
+    pub constraints: std::sync::OnceLock<Result<Arc<ConstraintVocab>, String>>,
+    /// Logits rows of the model (the constraint masks cover them).
+    pub logits_vocab: usize,
 }
 
 /// The routes over `state`.

@@ -7,7 +7,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::fields::{self, Fields};
+use super::structured;
+use super::tools::{self, Tools};
 use crate::engine::SamplingParams;
+use crate::engine::constraint::ConstraintSpec;
 use crate::engine::logprobs::MAX_TOP_LOGPROBS;
 use crate::tokenizer::ChatMessage;
 
@@ -42,6 +46,12 @@ pub struct Options {
     pub logprobs: Option<usize>,
     /// Keep generating through end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// OpenAI's `logit_bias` (token id, bias in [-100, 100]); ids are checked against the
+    /// vocabulary by the caller that knows it.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `response_format` (JSON) or `grammar` (Lark / regex): compiled by the caller
+    /// against the model's vocabulary.
+    pub constraint: Option<ConstraintSpec>,
 }
 
 impl Options {
@@ -72,34 +82,82 @@ pub struct CompletionRequest {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// The messages as the chat template sees them: `role`, `content`, and for tool use
+    /// `tool_calls` (arguments parsed into objects, as templates expect), `tool_call_id`
+    /// and `name`.
+    pub template_messages: Vec<Value>,
+    pub tools: Tools,
     pub options: Options,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawPrompt {
-    Text(String),
-    Tokens(Vec<i64>),
-    Texts(Vec<String>),
-    Batch(Vec<Vec<i64>>),
+/// The fields of `/v1/completions` (and the WebSocket request message).
+const COMPLETION_FIELDS: [&str; 25] = [
+    "prompt",
+    "suffix",
+    "logprobs",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "n",
+    "best_of",
+    "echo",
+    "ignore_eos",
+    "logit_bias",
+    "response_format",
+    "grammar",
+    // WebSocket envelope fields.
+    "id",
+    "type",
+    "max_completion_tokens",
+];
+
+/// The fields of `/v1/chat/completions`.
+const CHAT_FIELDS: [&str; 24] = [
+    "messages",
+    "logprobs",
+    "top_logprobs",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "n",
+    "ignore_eos",
+    "logit_bias",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "grammar",
+];
+
+fn int(f: &mut Fields, key: &'static str) -> Result<Option<i64>, ApiError> {
+    f.take::<i64>(key, "an integer")
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawStop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize, Default)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
+fn num(f: &mut Fields, key: &'static str) -> Result<Option<f64>, ApiError> {
+    f.take::<f64>(key, "a number")
 }
 
 /// The fields both endpoints share, as sent. Numbers are read wide (f64 / i64) so that
-/// out-of-range values get a clear message instead of a serde type error.
-#[derive(Deserialize, Default)]
+/// out-of-range values get a clear message.
 struct RawOptions {
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
@@ -110,57 +168,83 @@ struct RawOptions {
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
     repetition_penalty: Option<f64>,
-    stop: Option<RawStop>,
+    stop: Option<Vec<String>>,
     seed: Option<i64>,
     stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
+    include_usage: Option<bool>,
     n: Option<i64>,
     best_of: Option<i64>,
     echo: Option<bool>,
     ignore_eos: Option<bool>,
-    /// Accepted for compatibility; one model is served whatever the name.
-    #[allow(dead_code)]
-    model: Option<String>,
+    logit_bias: Vec<(u32, f32)>,
+    constraint: Option<ConstraintSpec>,
 }
 
-#[derive(Deserialize)]
-struct RawCompletion {
-    prompt: Option<RawPrompt>,
-    suffix: Option<String>,
-    logprobs: Option<i64>,
-    #[serde(flatten)]
-    options: RawOptions,
-}
-
-#[derive(Deserialize)]
-struct RawChat {
-    messages: Option<Vec<RawMessage>>,
-    logprobs: Option<bool>,
-    top_logprobs: Option<i64>,
-    #[serde(flatten)]
-    options: RawOptions,
-}
-
-#[derive(Deserialize)]
-struct RawMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<RawContent>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawContent {
-    Text(String),
-    Parts(Vec<RawPart>),
-}
-
-#[derive(Deserialize)]
-struct RawPart {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
+impl RawOptions {
+    fn take(f: &mut Fields) -> Result<RawOptions, ApiError> {
+        let stop = match f.take_value("stop") {
+            None => None,
+            Some(Value::String(s)) => Some(vec![s]),
+            Some(v) => Some(serde_json::from_value::<Vec<String>>(v).map_err(|_| {
+                ApiError::invalid("stop", "stop must be a string or an array of strings")
+            })?),
+        };
+        let include_usage = match f.take_value("stream_options") {
+            None => None,
+            Some(v) => {
+                let m = fields::object(v, "stream_options", "stream_options", &["include_usage"])?;
+                match m.get("include_usage") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(_) => {
+                        return Err(ApiError::invalid(
+                            "stream_options",
+                            "stream_options.include_usage must be true or false",
+                        ));
+                    }
+                }
+            }
+        };
+        let logit_bias = match f.take_value("logit_bias") {
+            None => Vec::new(),
+            Some(v) => structured::logit_bias(v)?,
+        };
+        let response_format = match f.take_value("response_format") {
+            None => None,
+            Some(v) => structured::response_format(v)?,
+        };
+        let grammar = match f.take_value("grammar") {
+            None => None,
+            Some(v) => Some(structured::grammar(v)?),
+        };
+        if response_format.is_some() && grammar.is_some() {
+            return Err(ApiError::invalid(
+                "grammar",
+                "grammar and a JSON response_format cannot be combined; give one",
+            ));
+        }
+        Ok(RawOptions {
+            max_tokens: int(f, "max_tokens")?,
+            max_completion_tokens: int(f, "max_completion_tokens")?,
+            temperature: num(f, "temperature")?,
+            top_p: num(f, "top_p")?,
+            top_k: int(f, "top_k")?,
+            min_p: num(f, "min_p")?,
+            presence_penalty: num(f, "presence_penalty")?,
+            frequency_penalty: num(f, "frequency_penalty")?,
+            repetition_penalty: num(f, "repetition_penalty")?,
+            stop,
+            seed: int(f, "seed")?,
+            stream: f.take("stream", "true or false")?,
+            include_usage,
+            n: int(f, "n")?,
+            best_of: int(f, "best_of")?,
+            echo: f.take("echo", "true or false")?,
+            ignore_eos: f.take("ignore_eos", "true or false")?,
+            logit_bias,
+            constraint: response_format.or(grammar),
+        })
+    }
 }
 
 fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -219,11 +303,7 @@ fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError
             ));
         }
     };
-    let stop = match raw.stop {
-        None => Vec::new(),
-        Some(RawStop::One(s)) => vec![s],
-        Some(RawStop::Many(v)) => v,
-    };
+    let stop = raw.stop.unwrap_or_default();
     if stop.len() > MAX_STOPS {
         return Err(ApiError::invalid(
             "stop",
@@ -299,12 +379,11 @@ fn options(raw: RawOptions, logprobs: Option<usize>) -> Result<Options, ApiError
         stop,
         seed,
         stream: raw.stream.unwrap_or(false),
-        include_usage: raw
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: raw.include_usage.unwrap_or(false),
         logprobs,
         ignore_eos: raw.ignore_eos.unwrap_or(false),
+        logit_bias: raw.logit_bias,
+        constraint: raw.constraint,
     })
 }
 
@@ -323,74 +402,98 @@ fn top_n(name: &'static str, v: i64) -> Result<usize, ApiError> {
 /// Parses and validates a `/v1/completions` body (also the WebSocket request message).
 /// Token ids are checked against the vocabulary later, by the caller that knows it.
 pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest, ApiError> {
-    let raw: RawCompletion = json(body)?;
-    let prompt = match raw.prompt {
+    let mut f = Fields::parse(body)?;
+    f.check_known(&COMPLETION_FIELDS, "a completion request")?;
+    let ids = |v: Vec<i64>| v.into_iter().map(token_id).collect::<Result<Vec<_>, _>>();
+    let prompt = match f.take_value("prompt") {
         None => return Err(ApiError::invalid("prompt", "prompt is required")),
-        Some(RawPrompt::Text(s)) => Prompt::Text(s),
-        Some(RawPrompt::Tokens(ids)) => {
-            Prompt::Tokens(ids.into_iter().map(token_id).collect::<Result<_, _>>()?)
+        Some(Value::String(s)) => Prompt::Text(s),
+        Some(Value::Array(items)) => {
+            if items.iter().all(Value::is_string) {
+                let mut v: Vec<String> = items
+                    .into_iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect();
+                match v.len() {
+                    1 => Prompt::Text(v.remove(0)),
+                    0 => return Err(ApiError::invalid("prompt", "the prompt has no tokens")),
+                    _ => return Err(one_prompt()),
+                }
+            } else if items.iter().all(Value::is_array) {
+                if items.len() != 1 {
+                    return Err(one_prompt());
+                }
+                let inner = serde_json::from_value::<Vec<i64>>(
+                    items.into_iter().next().unwrap_or_default(),
+                )
+                .map_err(|_| prompt_shape())?;
+                Prompt::Tokens(ids(inner)?)
+            } else {
+                let v = serde_json::from_value::<Vec<i64>>(Value::Array(items))
+                    .map_err(|_| prompt_shape())?;
+                Prompt::Tokens(ids(v)?)
+            }
         }
-        Some(RawPrompt::Texts(mut v)) if v.len() == 1 => Prompt::Text(v.remove(0)),
-        Some(RawPrompt::Batch(mut v)) if v.len() == 1 => Prompt::Tokens(
-            v.remove(0)
-                .into_iter()
-                .map(token_id)
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "prompt",
-                "one prompt per request (a batch of prompts is not supported)",
-            ));
-        }
+        Some(_) => return Err(prompt_shape()),
     };
     if matches!(&prompt, Prompt::Tokens(t) if t.is_empty()) {
         return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
     }
-    let logprobs = raw.logprobs.map(|v| top_n("logprobs", v)).transpose()?;
+    let suffix = f.take::<String>("suffix", "a string")?;
+    let logprobs = int(&mut f, "logprobs")?
+        .map(|v| top_n("logprobs", v))
+        .transpose()?;
+    // Envelope fields of the WebSocket message (read by `parse_ws_envelope`).
+    f.take_value("id");
+    f.take_value("type");
+    let raw = RawOptions::take(&mut f)?;
     Ok(CompletionRequest {
         prompt,
-        suffix: raw.suffix,
-        options: options(raw.options, logprobs)?,
+        suffix,
+        options: options(raw, logprobs)?,
     })
+}
+
+fn one_prompt() -> ApiError {
+    ApiError::invalid(
+        "prompt",
+        "one prompt per request (a batch of prompts is not supported)",
+    )
+}
+
+fn prompt_shape() -> ApiError {
+    ApiError::invalid(
+        "prompt",
+        "prompt must be a string, an array of one string, or an array of token ids",
+    )
 }
 
 /// Parses and validates a `/v1/chat/completions` body.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let raw: RawChat = json(body)?;
-    let Some(raw_messages) = raw.messages else {
+    let mut f = Fields::parse(body)?;
+    f.check_known(&CHAT_FIELDS, "a chat completion request")?;
+    let Some(raw_messages) = f.take_value("messages") else {
         return Err(ApiError::invalid("messages", "messages is required"));
+    };
+    let Value::Array(raw_messages) = raw_messages else {
+        return Err(ApiError::invalid(
+            "messages",
+            "messages must be an array of messages",
+        ));
     };
     if raw_messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let mut messages = Vec::with_capacity(raw_messages.len());
-    for m in raw_messages {
-        let content = match m.content {
-            None => String::new(),
-            Some(RawContent::Text(s)) => s,
-            Some(RawContent::Parts(parts)) => {
-                let mut s = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), p.text) {
-                        ("text", Some(t)) => s.push_str(&t),
-                        (kind, _) => {
-                            return Err(ApiError::invalid(
-                                "messages",
-                                format!("content part type {kind:?} is not supported (text only)"),
-                            ));
-                        }
-                    }
-                }
-                s
-            }
-        };
-        messages.push(ChatMessage {
-            role: m.role,
-            content,
-        });
+    let mut template_messages = Vec::with_capacity(raw_messages.len());
+    for (i, m) in raw_messages.into_iter().enumerate() {
+        let (msg, tmpl) = tools::message(m, i)?;
+        messages.push(msg);
+        template_messages.push(tmpl);
     }
-    let logprobs = match (raw.logprobs, raw.top_logprobs) {
+    let lp = f.take::<bool>("logprobs", "true or false")?;
+    let top = int(&mut f, "top_logprobs")?;
+    let logprobs = match (lp, top) {
         (Some(true), n) => Some(
             n.map(|v| top_n("top_logprobs", v))
                 .transpose()?
@@ -404,9 +507,19 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         _ => None,
     };
+    let tools = tools::Tools::take(&mut f)?;
+    let raw = RawOptions::take(&mut f)?;
+    if tools.constrains() && raw.constraint.is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "response_format / grammar cannot be combined with tools unless tool_choice is \"none\"",
+        ));
+    }
     Ok(ChatRequest {
         messages,
-        options: options(raw.options, logprobs)?,
+        template_messages,
+        tools,
+        options: options(raw, logprobs)?,
     })
 }
 
@@ -511,7 +624,7 @@ mod tests {
         ] {
             let e = err(body);
             assert_eq!(e.status, 400, "{body}");
-            assert_eq!(e.param, param, "{body}: {}", e.message);
+            assert_eq!(e.param.as_deref(), param, "{body}: {}", e.message);
         }
         for body in [
             r#"{"prompt":"x","temperature":"hot"}"#,

@@ -131,6 +131,13 @@ impl Header {
         write_event(out, &chunk);
     }
 
+    /// A chat chunk whose delta carries `tool_calls` (OpenAI's streamed tool calls).
+    pub fn tool_chunk(&self, calls: Value) -> Value {
+        json!({"id": self.id, "object": self.chunk_object(), "created": self.created,
+               "model": self.model, "choices": [{"index": 0, "delta": {"tool_calls": calls},
+               "logprobs": null, "finish_reason": null}]})
+    }
+
     /// Appends the final usage chunk (`choices: []`) of `stream_options.include_usage`.
     pub fn write_usage(&self, out: &mut Vec<u8>, usage: &Usage) {
         let chunk = Chunk {

@@ -87,7 +87,7 @@ pub async fn completions(
         )
         .into_response())
     } else {
-        collect(sub, header, &state.tokenizer, o.logprobs.is_some()).await
+        collect(sub, header, &state.tokenizer, o.logprobs.is_some(), false).await
     }
 }
 
@@ -98,8 +98,12 @@ pub async fn chat_completions(
 ) -> AppResult {
     let received = Instant::now();
     let bytes = read_body(&state, body).await?;
-    let req = parse_chat_request(&bytes)?;
+    let mut req = parse_chat_request(&bytes)?;
     let prompt = state.chat_prompt(&req)?;
+    if let Some(spec) = state.tool_constraint(&req)? {
+        req.options.constraint = Some(spec);
+    }
+    let tools = req.tools.constrains();
     let sub = state.submit(prompt, &req.options, None, received)?;
     let header = Header {
         id: super::jobs::response_id("chatcmpl"),
@@ -117,9 +121,10 @@ pub async fn chat_completions(
             o.include_usage,
             stamp(conn),
         )
+        .with_tool_calls(tools)
         .into_response())
     } else {
-        collect(sub, header, &state.tokenizer, o.logprobs.is_some()).await
+        collect(sub, header, &state.tokenizer, o.logprobs.is_some(), tools).await
     }
 }
 

@@ -19,7 +19,9 @@ use super::engine_thread::Event;
 use super::error::ApiError;
 use super::jobs::Submitted;
 use super::responses::{DONE, Header, LogprobsBuilder, Usage, write_event};
+use super::tool_calls::{self, CallStream, Piece};
 use crate::tokenizer::Tokenizer;
+use serde_json::json;
 
 pub struct SseBody {
     sub: Submitted,
@@ -32,6 +34,8 @@ pub struct SseBody {
     role_sent: bool,
     offset: usize,
     finished: bool,
+    /// Chat with tools: the text is parsed for tool calls as it streams.
+    calls: Option<CallStream>,
 }
 
 impl SseBody {
@@ -55,6 +59,33 @@ impl SseBody {
             role_sent,
             offset: 0,
             finished: false,
+            calls: None,
+        }
+    }
+
+    /// Streams tool calls as `delta.tool_calls` chunks (when `on`): text before a call as
+    /// content, each call once its closing tag arrives (its id, name, then its arguments).
+    pub fn with_tool_calls(mut self, on: bool) -> SseBody {
+        if on {
+            self.calls = Some(CallStream::new(&self.header.id));
+        }
+        self
+    }
+
+    /// Writes the pieces the call parser released.
+    fn write_pieces(&mut self, out: &mut Vec<u8>, pieces: Vec<Piece>) {
+        for p in pieces {
+            match p {
+                Piece::Text(t) => self.header.write_chunk(out, &t, false, None, None),
+                Piece::Call(index, c) => {
+                    let first = json!([{"index": index, "id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": ""}}]);
+                    let args = json!([{"index": index, "function": {"arguments": c.arguments}}]);
+                    for calls in [first, args] {
+                        write_event(out, &self.header.tool_chunk(calls));
+                    }
+                }
+            }
         }
     }
 
@@ -104,6 +135,17 @@ impl Stream for SseBody {
                     if t.text.is_empty() && lp.is_none() {
                         continue;
                     }
+                    if let Some(cs) = this.calls.as_mut() {
+                        let pieces = cs.push(&t.text);
+                        if pieces.is_empty() {
+                            continue;
+                        }
+                        this.write_pieces(&mut out, pieces);
+                        if let Some(s) = &this.stamp {
+                            s.mark(t.produced_at);
+                        }
+                        return Poll::Ready(Some(Ok(out.into())));
+                    }
                     this.offset += t.text.len();
                     this.header
                         .write_chunk(&mut out, &t.text, false, lp.as_ref(), None);
@@ -113,12 +155,20 @@ impl Stream for SseBody {
                     return Poll::Ready(Some(Ok(out.into())));
                 }
                 Some(Event::Done(d)) => {
-                    if !d.tail.is_empty() {
+                    let mut finish = d.finish_reason;
+                    if let Some(mut cs) = this.calls.take() {
+                        let mut pieces = cs.push(&d.tail);
+                        pieces.extend(cs.finish());
+                        this.write_pieces(&mut out, pieces);
+                        if cs.calls() > 0 && finish == "stop" {
+                            finish = "tool_calls";
+                        }
+                    } else if !d.tail.is_empty() {
                         this.header
                             .write_chunk(&mut out, &d.tail, false, None, None);
                     }
                     this.header
-                        .write_chunk(&mut out, "", false, None, Some(d.finish_reason));
+                        .write_chunk(&mut out, "", false, None, Some(finish));
                     if this.include_usage {
                         this.header.write_usage(&mut out, &Usage::of(&d));
                     }
@@ -150,6 +200,7 @@ pub async fn collect(
     header: Header,
     tokenizer: &Tokenizer,
     logprobs: bool,
+    tools: bool,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut lps = logprobs.then(|| LogprobsBuilder::new(header.kind));
@@ -164,12 +215,30 @@ pub async fn collect(
             }
             Some(Event::Done(d)) => {
                 text.push_str(&d.tail);
-                let body = header.full(
-                    &text,
+                let (content, calls) = if tools {
+                    tool_calls::parse(&text, &header.id)
+                } else {
+                    (text, Vec::new())
+                };
+                let finish = if !calls.is_empty() && d.finish_reason == "stop" {
+                    "tool_calls"
+                } else {
+                    d.finish_reason
+                };
+                let mut body = header.full(
+                    &content,
                     lps.as_mut().map(LogprobsBuilder::take),
-                    d.finish_reason,
+                    finish,
                     &Usage::of(&d),
                 );
+                if !calls.is_empty() {
+                    let message = &mut body["choices"][0]["message"];
+                    if content.is_empty() {
+                        message["content"] = serde_json::Value::Null;
+                    }
+                    message["tool_calls"] =
+                        serde_json::Value::Array(calls.iter().map(|c| c.to_value()).collect());
+                }
                 return Ok((
                     [(header::CONTENT_TYPE, "application/json")],
                     body.to_string(),

@@ -153,6 +153,7 @@ fn load_and_warm(
     };
     let vocab = built.model.config.vocab_size.min(tokenizer.vocab_size());
     warm_up(&mut engine, &tokenizer, vocab)?;
+    let logits_vocab = engine.vocab_size();
     let handle = engine_thread::spawn(engine, tokenizer.clone(), o.queue, metrics.clone())
         .map_err(ServeError::Io)?;
     Ok(Arc::new(AppState {
@@ -175,6 +176,8 @@ fn load_and_warm(
             }
         },
         created: unix_time(),
+        constraints: std::sync::OnceLock::new(),
+        logits_vocab,
     }))
 }
 

@@ -130,7 +130,7 @@ pub async fn serve_socket(
                         None
                     }
                     Ok(None) => None,
-                    Err((id, e)) => Some(error_frame(&id, &e)),
+                    Err(refused) => Some(error_frame(&refused.0, &refused.1)),
                 };
                 if let Some(frame) = reply
                     && socket.send(Message::Text(frame.into())).await.is_err()
@@ -183,30 +183,31 @@ pub async fn serve_socket(
     }
 }
 
+/// A refused message: the request's `id` (echoed in the error frame) and why. Boxed: the
+/// pair is large and the `Ok` path is the common one.
+type Refusal = Box<(Value, ApiError)>;
+
 /// Handles one client message: `Ok(None)` for a cancel, the running request otherwise.
-fn start(
-    state: &AppState,
-    bytes: &[u8],
-    received: Instant,
-) -> Result<Option<Running>, (Value, ApiError)> {
-    let (kind, id) = parse_ws_envelope(bytes).map_err(|e| (Value::Null, e))?;
+fn start(state: &AppState, bytes: &[u8], received: Instant) -> Result<Option<Running>, Refusal> {
+    let (kind, id) = parse_ws_envelope(bytes).map_err(|e| Box::new((Value::Null, e)))?;
     match kind.as_deref() {
         Some("cancel") => return Ok(None),
         None | Some("completion") => {}
         Some(other) => {
-            return Err((
+            return Err(Box::new((
                 id,
                 ApiError::invalid(
                     "type",
                     format!("unknown message type {other:?} (completion or cancel)"),
                 ),
-            ));
+            )));
         }
     }
-    let req = parse_completion_request(bytes).map_err(|e| (id.clone(), e))?;
-    let prompt = state.completion_prompt(&req).map_err(|e| (id.clone(), e))?;
+    let refuse = |e| Box::new((id.clone(), e));
+    let req = parse_completion_request(bytes).map_err(refuse)?;
+    let prompt = state.completion_prompt(&req).map_err(refuse)?;
     let sub = state
         .submit(prompt, &req.options, Some(16), received)
-        .map_err(|e| (id.clone(), e))?;
+        .map_err(refuse)?;
     Ok(Some(Running { id, sub, index: 0 }))
 }

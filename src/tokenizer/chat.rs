@@ -101,13 +101,35 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let template = self.env.get_template(NAME).map_err(template_error)?;
-        let ctx = context! {
+        self.render_ctx(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-        };
+        })
+    }
+
+    /// Renders messages given as JSON objects (tool use: assistant `tool_calls`, `tool`
+    /// results with `tool_call_id`) with the declared `tools` in the template's `tools`
+    /// variable (left undefined when there are none, as templates test `if tools`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let tools = (!tools.is_empty()).then_some(tools);
+        self.render_ctx(context! {
+            messages => messages,
+            tools => tools,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+    }
+
+    fn render_ctx(&self, ctx: Value) -> Result<String, TokenizerError> {
+        let template = self.env.get_template(NAME).map_err(template_error)?;
         let mut out = LimitedWriter {
             buf: Vec::new(),
             exceeded: false,

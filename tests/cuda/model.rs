@@ -484,6 +484,82 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
     }
 }
 
+/// Constrained greedy decoding on the device gives the CPU's text: a tiny random llama with
+/// SmolLM2's vocabulary (the constraint's token trie is built from a real tokenizer) under a
+/// small JSON schema, the same per-step mask applied to each backend's logits. Few tokens:
+/// under the emulated GPU each step runs the 49k-row LM head on the host.
+#[test]
+#[ignore = "needs a GPU"]
+fn constrained_greedy_on_device_matches_the_cpu() {
+    use tachyon::engine::constraint::{ConstraintLimits, ConstraintSpec, ConstraintVocab};
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, StreamOptions};
+    use tachyon::format::gguf::GgufFile;
+    use tachyon::tokenizer::Tokenizer;
+    let Some(path) = super::common::model_path(super::common::SMOLLM2) else {
+        return;
+    };
+    let tok = GgufFile::open(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|g| Tokenizer::from_gguf(&g).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = Rng::from_env_or_clock("constrained_greedy_on_device_matches_the_cpu");
+    let cfg = json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 128,
+        "vocab_size": tok.vocab_size(), "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 4096, "tie_word_embeddings": true});
+    let shape = Shape::from_json("tiny-smol-vocab", &cfg).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let vocab = ConstraintVocab::new(&tok, shape.config.vocab_size, ConstraintLimits::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let constraint = vocab
+        .compile(&ConstraintSpec::JsonSchema {
+            schema: json!({"type": "object",
+                "properties": {"id": {"type": "integer"}, "ok": {"type": "boolean"}},
+                "required": ["id", "ok"], "additionalProperties": false}),
+            strict: true,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 64,
+        max_batch: 16,
+        precise: true,
+        ..Default::default()
+    };
+    let prompt = tok
+        .encode("A record as JSON:", false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let params = GenerateParams {
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop_ids: tok.stop_ids().to_vec(),
+    };
+    let run = |session| {
+        let mut out = Vec::new();
+        let stream = StreamOptions {
+            constraint: Some(&constraint),
+            ..Default::default()
+        };
+        Engine::new(session)
+            .generate_stream(&prompt, &params, &stream, &mut |step| {
+                out.push(step.id);
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    };
+    let on_cpu = run(cpu_session(&shape.config, &weights, &opts).unwrap_or_else(|e| panic!("{e}")));
+    let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+    let on_device =
+        run(cuda_session(&shape.config, &weights, &opts, dev, false)
+            .unwrap_or_else(|e| panic!("{e}")));
+    let text = |ids: &[u32]| tok.decode(ids).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!on_cpu.is_empty(), "no output");
+    assert!(text(&on_cpu).starts_with('{'), "{:?}", text(&on_cpu));
+    assert_eq!(text(&on_device), text(&on_cpu));
+    assert_eq!(on_device, on_cpu);
+}
+
 /// The real SmolLM2-135M (Q4_1 GGUF) through the CUDA backend, greedy for 16 tokens: the
 /// same tokens as the CPU backend's precise path (`generate --precise`), which accumulates
 /// matrix products in the order the kernels do.

@@ -390,19 +390,26 @@ fn gguf() -> Vec<Seed> {
 
 // ---------------------------------------------------------------- safetensors
 
-/// A safetensors file from (name, dtype, shape, data) entries laid out in order.
+/// A safetensors file from (name, dtype, shape, data) entries laid out in order. The header's
+/// keys are sorted by construction (BTreeMaps): serde_json's `Map` keeps insertion order
+/// when a dependency enables its `preserve_order` feature, and the seeds must not change
+/// with the dependency graph.
 pub fn st_file(entries: &[(&str, &str, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    let mut header = BTreeMap::new();
     let mut data = Vec::new();
     for (name, dtype, shape, bytes) in entries {
         let start = data.len();
         data.extend_from_slice(bytes);
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
-        );
+        let entry = BTreeMap::from([
+            ("data_offsets", json!([start, data.len()])),
+            ("dtype", json!(dtype)),
+            ("shape", json!(shape)),
+        ]);
+        header.insert(name.to_string(), entry);
     }
-    let h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap_or_default();
+    let h = serde_json::to_vec(&header).unwrap_or_default();
     [(h.len() as u64).to_le_bytes().to_vec(), h, data].concat()
 }
 

@@ -4,6 +4,13 @@
 //! (greedy) or what rejection sampling keeps (sampled), plus one token of its own. Rejected
 //! positions are rolled back by moving the cache length: their KV is simply overwritten by
 //! the next step. The text is what the target alone would produce (see `rejection.rs`).
+//!
+//! Under a constraint (or `logit_bias`) the rows' logits come back to the host. The
+//! proposal is first cut to the prefix the matcher accepts; then row i is masked in the
+//! constraint's state after the pending token and `proposal[..i]` (the proposal is committed
+//! as the rows are checked, and rolled back past what is kept), so every verified position
+//! is picked under its own mask: greedy output is token for token the constrained plain
+//! output, and sampled output follows the masked target distribution.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -11,7 +18,8 @@ use std::time::Instant;
 use super::length::AdaptiveLength;
 use super::rejection::{accept_greedy, verify_sampled};
 use super::{Source, SpecStats, Speculation};
-use crate::engine::sampler::{Rng, Sampler, distribution};
+use crate::engine::constraint::{Constraint, apply_logit_bias, apply_mask};
+use crate::engine::sampler::{Rng, Sampler, argmax, distribution};
 use crate::engine::session::{MAX_VERIFY_ROWS, Pick, Rows, StepInput};
 use crate::engine::{Emitter, Engine, EngineError, FinishReason, GenerateParams, StreamOptions};
 
@@ -47,9 +55,36 @@ impl Engine {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut p_rows: Vec<Vec<(u32, f32)>> = Vec::new();
         let mut argmaxes = Vec::new();
+        let mut constraint = opts.constraint.cloned();
+        // A mask or a bias changes the logits before each pick: then every pick is made on
+        // the host, from the logits rows.
+        let host = constraint.is_some() || !opts.logit_bias.is_empty();
+        let shape = |row: &mut [f32], c: &mut Option<Constraint>| -> Result<(), EngineError> {
+            apply_logit_bias(row, opts.logit_bias);
+            if let Some(c) = c.as_mut()
+                && let Some(mask) = c.compute_mask()?
+            {
+                apply_mask(row, mask);
+            }
+            Ok(())
+        };
+        let commit = |c: &mut Option<Constraint>, t: u32| -> Result<(), EngineError> {
+            match c.as_mut() {
+                Some(c) => Ok(c.commit(t)?),
+                None => Ok(()),
+            }
+        };
+        shape(&mut self.logits, &mut constraint)?;
         let mut token = sampler.sample(&mut self.logits);
         loop {
-            if let Some(end) = emit.emit(token) {
+            let end = emit.emit(token);
+            if matches!(end, None | Some(FinishReason::Length)) {
+                commit(&mut constraint, token)?;
+                if constraint.as_ref().is_some_and(Constraint::is_complete) {
+                    return Ok(FinishReason::Stop);
+                }
+            }
+            if let Some(end) = end {
                 return Ok(end);
             }
             history.push(token);
@@ -88,6 +123,15 @@ impl Engine {
                     stats.draft_time += t.elapsed();
                 }
             }
+            // Only the prefix the constraint accepts can be kept: verify no further.
+            if let Some(c) = constraint.as_mut() {
+                let valid = c.validate(&proposal);
+                proposal.truncate(valid);
+                q_rows.truncate(valid);
+                if proposal.is_empty() {
+                    source = None;
+                }
+            }
             let Some(source) = source else {
                 // Nothing proposed: a plain step.
                 stats.plain_steps += 1;
@@ -96,7 +140,7 @@ impl Engine {
                     tokens: &[token],
                     pos,
                 };
-                let next = if greedy {
+                let next = if greedy && !host {
                     self.session.step(input, Pick::Argmax, Rows::Last)?.token()
                 } else {
                     self.session
@@ -106,7 +150,10 @@ impl Engine {
                 self.cached.push(token);
                 token = match next {
                     Some(t) => t,
-                    None => sampler.sample(&mut self.logits),
+                    None => {
+                        shape(&mut self.logits, &mut constraint)?;
+                        sampler.sample(&mut self.logits)
+                    }
                 };
                 continue;
             };
@@ -117,13 +164,13 @@ impl Engine {
             inputs.extend_from_slice(&proposal);
             let t = Instant::now();
             // Greedy needs only each row's argmax, which a GPU session picks on the device;
-            // sampled verification needs every row's distribution on the host.
+            // sampled verification, a mask or a bias needs every row's logits on the host.
             let input = StepInput {
                 tokens: &inputs,
                 pos,
             };
             argmaxes.clear();
-            if greedy {
+            if greedy && !host {
                 let picked = self.session.step(input, Pick::Argmax, Rows::All)?;
                 argmaxes.extend_from_slice(picked.tokens());
             } else {
@@ -133,7 +180,38 @@ impl Engine {
             }
             stats.verify_time += t.elapsed();
             self.cached.push(token);
-            let (accepted, next) = if greedy {
+            let (accepted, next) = if greedy && host {
+                // Row i's pick in the state after proposal[..i], up to the first
+                // disagreement; each agreed token is committed as it is checked.
+                let mut pick_row = |i: usize, c: &mut Option<Constraint>| {
+                    let row = &mut rows[i * vocab..(i + 1) * vocab];
+                    shape(row, c).map(|()| argmax(row))
+                };
+                let mut agreed = 0;
+                loop {
+                    let t = pick_row(agreed, &mut constraint)?;
+                    argmaxes.push(t);
+                    if proposal.get(agreed) != Some(&t) {
+                        break;
+                    }
+                    commit(&mut constraint, t)?;
+                    agreed += 1;
+                }
+                // A proposer may keep other than what was agreed (a replayed benchmark):
+                // the constraint follows what is kept.
+                let a = spec
+                    .proposer
+                    .keep(proposal.len(), agreed)
+                    .min(proposal.len());
+                if let Some(c) = constraint.as_mut() {
+                    c.rollback(agreed.saturating_sub(a))?;
+                }
+                for i in agreed + 1..=a {
+                    commit(&mut constraint, proposal[i - 1])?;
+                    argmaxes.push(pick_row(i, &mut constraint)?);
+                }
+                (a, argmaxes[a])
+            } else if greedy {
                 let agreed = accept_greedy(&proposal, &argmaxes);
                 let a = spec
                     .proposer
@@ -142,7 +220,19 @@ impl Engine {
                 (a, argmaxes[a])
             } else {
                 p_rows.resize_with(n, Vec::new);
-                for (row, p) in rows.chunks_exact(vocab).zip(p_rows.iter_mut()) {
+                // Row i's distribution in the state after proposal[..i] (every proposed
+                // token is valid: the proposal was cut to what the constraint accepts).
+                for (i, (row, p)) in rows
+                    .chunks_exact_mut(vocab)
+                    .zip(p_rows.iter_mut())
+                    .enumerate()
+                {
+                    if host {
+                        if i > 0 {
+                            commit(&mut constraint, proposal[i - 1])?;
+                        }
+                        shape(row, &mut constraint)?;
+                    }
                     distribution(sp, row, p);
                 }
                 let p: Vec<&[(u32, f32)]> = p_rows.iter().map(Vec::as_slice).collect();
@@ -151,12 +241,25 @@ impl Engine {
                     Source::Lookup => vec![None; proposal.len()],
                 };
                 let v = verify_sampled(&proposal, &p, &q, &mut rng);
+                // Back to the state after what is kept.
+                if let Some(c) = constraint.as_mut() {
+                    c.rollback(proposal.len() - v.accepted)?;
+                }
                 (v.accepted, v.next)
             };
             stats.record(source, proposal.len(), accepted);
             length.update(proposal.len(), accepted);
-            for &t in &proposal[..accepted] {
-                if let Some(end) = emit.emit(t) {
+            for (i, &t) in proposal[..accepted].iter().enumerate() {
+                let end = emit.emit(t);
+                // The constraint is in the state after the last kept token: it is complete
+                // there or not at all (a complete grammar accepts no further proposal).
+                if i + 1 == accepted
+                    && matches!(end, None | Some(FinishReason::Length))
+                    && constraint.as_ref().is_some_and(Constraint::is_complete)
+                {
+                    return Ok(FinishReason::Stop);
+                }
+                if let Some(end) = end {
                     return Ok(end);
                 }
                 history.push(t);
