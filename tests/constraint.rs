@@ -422,7 +422,7 @@ fn hostile_schemas_and_grammars_fail_within_bounded_time() {
 /// printed as median and p99 microseconds: `cargo test --release --test constraint --
 /// --ignored --nocapture mask_cost`.
 #[test]
-#[ignore]
+#[ignore = "a measurement for BENCHMARKS.md, not a check"]
 fn mask_cost_per_token() {
     // Every real vocabulary: SmolLM2's and both Qwen2.5 models' (same tokenizer, one
     // logits row count each as the GGUF declares it). Per vocabulary: the compile time of
