@@ -27,15 +27,8 @@ fn a_draft_with_nan_logits_proposes_nothing_and_the_output_is_the_targets() {
     use tachyon::engine::spec::DraftModel;
     use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams, Speculation};
     use tachyon::format::GgmlType;
-    use tachyon::format::random::{Shape, random_weights};
-    let shape = Shape::from_json(
-        "tiny-qwen2",
-        &serde_json::json!({"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 320,
-            "vocab_size": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-            "max_position_embeddings": 4096, "tie_word_embeddings": false}),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    use tachyon::format::random::random_weights;
+    let shape = common::tiny_qwen2();
     let weights = random_weights(&shape, GgmlType::BF16, 0x5eed).unwrap_or_else(|e| panic!("{e}"));
     let opts = SessionOptions {
         ctx: 64,

@@ -63,6 +63,18 @@ pub fn with_nan_embedding_row(
     out
 }
 
+/// A tiny qwen2 shape (untied head, biases) for the NaN-logits tests.
+pub fn tiny_qwen2() -> tachyon::format::random::Shape {
+    tachyon::format::random::Shape::from_json(
+        "tiny-qwen2",
+        &serde_json::json!({"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 320,
+            "vocab_size": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "max_position_embeddings": 4096, "tie_word_embeddings": false}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// On a tiny random model whose embedding row `poison` is NaN, made into a session by
 /// `session`: a prompt holding the poisoned token ends with `EngineError::NanLogits` (no
 /// token emitted, no panic), and then a prompt without it, on the same engine, generates
@@ -77,15 +89,8 @@ pub fn nan_logits_fail_one_request_only(
 ) -> Vec<u32> {
     use tachyon::engine::{Engine, EngineError, Flow, GenerateParams, SamplingParams};
     use tachyon::format::GgmlType;
-    use tachyon::format::random::{Shape, random_weights};
-    let shape = Shape::from_json(
-        "tiny-qwen2",
-        &serde_json::json!({"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 320,
-            "vocab_size": 512, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-            "max_position_embeddings": 4096, "tie_word_embeddings": false}),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    use tachyon::format::random::random_weights;
+    let shape = tiny_qwen2();
     let weights = random_weights(&shape, GgmlType::BF16, seed).unwrap_or_else(|e| panic!("{e}"));
     let poison = 7u32;
     let mut engine = Engine::new(session(
