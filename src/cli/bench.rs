@@ -8,7 +8,9 @@ use clap::ValueEnum;
 
 use tachyon::backend::cuda;
 use tachyon::engine::bench::{self, BenchOptions, BenchReport};
-use tachyon::engine::{Built, EngineOptions, ModelSpec, RandomSpec, SessionOptions};
+use tachyon::engine::{
+    Built, EngineOptions, ModelSpec, RandomSpec, SamplingParams, SessionOptions,
+};
 use tachyon::format::GgmlType;
 
 use super::engine_args::{BackendArg, QuantArg, SpeculationArgs};
@@ -55,6 +57,21 @@ pub struct BenchArgs {
     /// Seed of the random weights and prompt.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
+    /// Sample instead of greedy decoding (0: greedy), to compare the two.
+    #[arg(long, default_value_t = 0.0)]
+    pub(super) temperature: f32,
+    /// With --temperature: keep the k most likely tokens (0 disables).
+    #[arg(long, default_value_t = 0)]
+    pub(super) top_k: usize,
+    /// With --temperature: nucleus mass (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) top_p: f32,
+    /// With --temperature: drop tokens below min-p times the most likely (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    pub(super) min_p: f32,
+    /// With --temperature: repetition penalty over the last 64 tokens (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) repeat_penalty: f32,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub(super) backend: BackendArg,
     /// KV cache size in tokens (default: prompt + new tokens).
@@ -128,6 +145,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         new_tokens: a.new_tokens,
         warmup_tokens: a.warmup_tokens,
         seed: a.seed,
+        sampling: a.sampling(),
     };
     let timings = bench::measure(&mut engine, model.config.vocab_size, &bopts)?;
     let profile = engine.profile_step(a.profile)?;
@@ -140,6 +158,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         model.bytes_per_token,
         copy_bandwidth(engine.backend_name())?,
     );
+    report.sampling = bench::describe_sampling(&bopts.sampling);
     report.profile = profile;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -160,6 +179,22 @@ pub(super) fn copy_bandwidth(backend: &str) -> Result<f64> {
 }
 
 impl BenchArgs {
+    /// Greedy unless --temperature is above 0; the seed of the draw is the bench's seed.
+    fn sampling(&self) -> SamplingParams {
+        if self.temperature <= 0.0 {
+            return SamplingParams::greedy();
+        }
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+
     /// The model `--model` or `--random-weights` names.
     pub(super) fn target(&self) -> ModelSpec {
         match (&self.model, &self.random_weights) {

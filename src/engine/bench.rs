@@ -3,8 +3,9 @@
 //! bandwidth measured in the same run (so a figure reads as "how close to the memory
 //! limit", on any machine).
 //!
-//! It drives the ordinary engine loop (greedy, stop tokens off), timestamping each token as
-//! the engine hands it over, so it measures what `generate` does and nothing else.
+//! It drives the ordinary engine loop (greedy unless sampling parameters are given, stop
+//! tokens off), timestamping each token as the engine hands it over, so it measures what
+//! `generate` does and nothing else.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct BenchOptions {
     pub warmup_tokens: usize,
     /// Seed of the random prompts.
     pub seed: u64,
+    /// How each token is picked (greedy by default; the sampled figure is compared with it).
+    pub sampling: SamplingParams,
 }
 
 impl Default for BenchOptions {
@@ -35,6 +38,7 @@ impl Default for BenchOptions {
             new_tokens: 256,
             warmup_tokens: 8,
             seed: 0,
+            sampling: SamplingParams::greedy(),
         }
     }
 }
@@ -95,9 +99,9 @@ pub fn measure(
     vocab: usize,
     opts: &BenchOptions,
 ) -> Result<Timings, EngineError> {
-    let greedy = |max_tokens| GenerateParams {
+    let run = |max_tokens| GenerateParams {
         max_tokens,
-        sampling: SamplingParams::greedy(),
+        sampling: opts.sampling.clone(),
         stop_ids: Vec::new(),
     };
     let mut avoid = None;
@@ -109,11 +113,11 @@ pub fn measure(
             None,
         );
         avoid = warm.first().copied();
-        engine.generate(&warm, &greedy(opts.warmup_tokens), &mut |_| Flow::Continue)?;
+        engine.generate(&warm, &run(opts.warmup_tokens), &mut |_| Flow::Continue)?;
     }
     let prompt = random_prompt(opts.prompt_tokens, vocab, opts.seed, avoid);
     let mut stamps = Vec::with_capacity(opts.new_tokens);
-    let stats = engine.generate(&prompt, &greedy(opts.new_tokens), &mut |_| {
+    let stats = engine.generate(&prompt, &run(opts.new_tokens), &mut |_| {
         stamps.push(Instant::now());
         Flow::Continue
     })?;
@@ -123,6 +127,30 @@ pub fn measure(
         time_to_first_token: stats.time_to_first_token,
         per_token,
     })
+}
+
+/// How `p` picks tokens, for a report: "greedy", or each parameter that is on.
+pub fn describe_sampling(p: &SamplingParams) -> String {
+    if p.temperature <= 0.0 {
+        return "greedy".into();
+    }
+    let mut parts = vec![format!("temperature {}", p.temperature)];
+    if p.top_k > 0 {
+        parts.push(format!("top-k {}", p.top_k));
+    }
+    if p.top_p < 1.0 {
+        parts.push(format!("top-p {}", p.top_p));
+    }
+    if p.min_p > 0.0 {
+        parts.push(format!("min-p {}", p.min_p));
+    }
+    if p.repetition_penalty != 1.0 {
+        parts.push(format!(
+            "repetition penalty {} (last {})",
+            p.repetition_penalty, p.penalty_last_n
+        ));
+    }
+    parts.join(", ")
 }
 
 /// Host memory copy bandwidth in GB/s (bytes read + written), copying `bytes` with every
@@ -168,6 +196,8 @@ pub struct BenchReport {
     pub device: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
+    /// How tokens were picked: "greedy" or the sampling parameters.
+    pub sampling: String,
     pub ttft_ms: f64,
     pub decode_tok_s: f64,
     pub median_ms_per_token: f64,
@@ -204,6 +234,7 @@ impl BenchReport {
             device,
             prompt_tokens: t.prompt_tokens,
             new_tokens: t.per_token.len() + 1,
+            sampling: "greedy".into(),
             ttft_ms: t.time_to_first_token.as_secs_f64() * 1e3,
             decode_tok_s: tok_s,
             median_ms_per_token: t.quantile_ms(0.5),
@@ -228,6 +259,7 @@ impl BenchReport {
             ("backend", format!("{} ({})", self.backend, self.device)),
             ("prompt tokens", self.prompt_tokens.to_string()),
             ("new tokens", self.new_tokens.to_string()),
+            ("sampling", self.sampling.clone()),
             ("time to first token", format!("{:.2} ms", self.ttft_ms)),
             ("decode", format!("{:.1} tok/s", self.decode_tok_s)),
             (
@@ -338,6 +370,23 @@ mod tests {
         assert_ne!(a[0], b[0]);
         assert_eq!(a[1..], b[1..]);
         assert!(random_prompt(100, 3, 2, None).iter().all(|&t| t < 3));
+    }
+
+    #[test]
+    fn sampling_is_described_by_what_is_on() {
+        assert_eq!(describe_sampling(&SamplingParams::greedy()), "greedy");
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.0,
+            repetition_penalty: 1.1,
+            ..SamplingParams::default()
+        };
+        assert_eq!(
+            describe_sampling(&p),
+            "temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1 (last 64)"
+        );
     }
 
     #[test]
