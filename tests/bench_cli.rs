@@ -49,6 +49,7 @@ fn bench_json_has_sane_fields() {
     );
     assert_eq!(num(&v, "prompt_tokens"), 20.0);
     assert_eq!(num(&v, "new_tokens"), 12.0);
+    assert_eq!(v["sampling"], "greedy");
     // 2 layers of q 64x64, k and v 32x64, o 64x64, gate and up 128x64, down 64x128, plus
     // the tied 256x64 LM head: 90112 BF16 values.
     assert_eq!(num(&v, "weight_bytes_per_token"), 180_224.0);
@@ -70,6 +71,31 @@ fn bench_json_has_sane_fields() {
         (num(&v, "percent_of_copy") - 100.0 * achieved / copy).abs() < 1e-6,
         "{v}"
     );
+}
+
+#[test]
+fn bench_samples_when_given_a_temperature() {
+    let args = [
+        "--prompt-tokens",
+        "8",
+        "--new-tokens",
+        "6",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--repeat-penalty",
+        "1.1",
+    ];
+    let v = bench_json(&args);
+    assert_eq!(
+        v["sampling"],
+        "temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1 (last 64)"
+    );
+    assert_eq!(num(&v, "new_tokens"), 6.0);
+    assert!(num(&v, "decode_tok_s") > 0.0, "{v}");
 }
 
 #[test]
