@@ -1,34 +1,64 @@
 #!/usr/bin/env bash
 # Run the GPU checks from binaries built by scripts/gpu-pack.sh: every ignored GPU test,
-# the end-to-end bench on the 1B and 8B shapes (BF16 random weights) and the kernel
+# the end-to-end bench on the 1B and 8B shapes (BF16 random weights; greedy and sampled;
+# 8k context; quantized forms; speculation at the recorded acceptance) and the kernel
 # benches; then one summary of every figure, a markdown table plus JSON, in
-# LOG_DIR/summary.md (scripts/gpu-summary.py). Usage: scripts/gpu-check.sh [BIN_DIR] [LOG_DIR]
+# LOG_DIR/summary.md (scripts/gpu-summary.py). Each step has a time limit and the whole
+# run a deadline (TACHYON_GPU_CHECK_SECONDS, 450 by default), so it ends within 8 minutes
+# whatever hangs: the steps come in order of what matters most, and those past the deadline
+# are noted as skipped. Usage: scripts/gpu-check.sh [BIN_DIR] [LOG_DIR]
 set -uo pipefail
 bin=${1:-target/gpu-carry}
 logs=${2:-gpu-logs}
+here=$(dirname "$0")
+data="$here/../tests/data"
 mkdir -p "$logs"
 nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
-"$bin/cuda_kernels_test" --ignored --test-threads 1 --nocapture > "$logs/tests.txt" 2>&1
-echo "tests: exit $?" | tee -a "$logs/summary.txt"
+# step NAME SECONDS CMD...: run CMD with its stdout in NAME.json (or NAME.txt for the
+# tests and criterion) and stderr in NAME.err, and note the exit status.
+deadline=${TACHYON_GPU_CHECK_SECONDS:-450}
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((deadline - SECONDS))
+    if ((left < 10)); then
+        echo "$name: skipped (past the run's deadline)" | tee -a "$logs/summary.txt"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    local out="$logs/$name.json"
+    [[ $name == tests || $name == bench-kernels* ]] && out="$logs/$name.txt"
+    timeout "$limit" "$@" > "$out" 2> "$logs/$name.err"
+    echo "$name: exit $?" | tee -a "$logs/summary.txt"
+}
+
+step tests 150 "$bin/cuda_kernels_test" --ignored --test-threads 1
 for shape in llama-3.2-1b llama-3.1-8b qwen2.5-1.5b; do
-    "$bin/tachyon" bench --backend cuda --random-weights "$shape" --json --profile > "$logs/bench-$shape.json" 2> "$logs/bench-$shape.err"
-    echo "bench $shape: exit $?" | tee -a "$logs/summary.txt"
+    step "bench-$shape" 45 "$bin/tachyon" bench --backend cuda --random-weights "$shape" --json --profile
 done
-"$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 512 --new-tokens 2 --json \
-    > "$logs/ttft-512.json" 2> "$logs/ttft-512.err"
+step ttft-512 20 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 512 --new-tokens 2 --json
 # Sampled against greedy (the same shape and prompt), and attention's share at 8k context.
-"$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json --profile \
-    --temperature 0.8 --top-k 40 --top-p 0.95 --repeat-penalty 1.1 \
-    > "$logs/sampled-llama-3.2-1b.json" 2> "$logs/sampled-llama-3.2-1b.err"
-echo "sampled: exit $?" | tee -a "$logs/summary.txt"
-"$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 8000 --new-tokens 64 --json --profile \
-    > "$logs/ctx8k-llama-3.2-1b.json" 2> "$logs/ctx8k-llama-3.2-1b.err"
-echo "8k context: exit $?" | tee -a "$logs/summary.txt"
-TACHYON_NO_CUDA_GRAPH=1 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json \
-    > "$logs/bench-llama-3.2-1b-nograph.json" 2>&1
-"$bin/bench_cuda_kernels" --bench > "$logs/bench-kernels.txt" 2>&1
-"$bin/bench_rmsnorm" --bench > "$logs/bench-rmsnorm.txt" 2>&1
-here=$(dirname "$0")
+step sampled-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json --profile \
+    --temperature 0.8 --top-k 40 --top-p 0.95 --repeat-penalty 1.1
+step ctx8k-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 8000 \
+    --new-tokens 64 --json --profile
+TACHYON_NO_CUDA_GRAPH=1 step nograph-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json
+# Quantized forms of the same shapes, made here from random weights.
+for q in "llama-3.2-1b q4_k_m" "llama-3.1-8b q4_k_m"; do
+    set -- $q
+    file="$logs/../$1-$2.gguf"
+    ((deadline - SECONDS < 60)) && break
+    timeout 40 "$bin/tachyon" quantize --random-weights "$1" "$file" --type "$2" > /dev/null 2>> "$logs/summary.txt"
+    step "bench-$1-$2" 45 "$bin/tachyon" bench --backend cuda --model "$file" --json --profile
+    rm -f "$file"
+done
+# Speculation at the acceptance recorded on the real Qwen2.5-Coder pair, and prompt lookup's.
+step spec-draft 45 "$bin/tachyon" bench --backend cuda --random-weights qwen2.5-1.5b --draft-random-weights qwen2.5-0.5b \
+    --replay-acceptance "$data/acceptance-qwen2.5-coder-0.5b-to-1.5b.json" --json
+step spec-lookup 45 "$bin/tachyon" bench --backend cuda --random-weights qwen2.5-1.5b --lookup \
+    --replay-acceptance "$data/acceptance-lookup-qwen2.5-coder-1.5b-edits.json" --json
+step bench-kernels 60 "$bin/bench_cuda_kernels" --bench
+step bench-kernels-rmsnorm 20 "$bin/bench_rmsnorm" --bench
 if command -v python3 > /dev/null; then
     python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" 2>> "$logs/summary.txt"
 else

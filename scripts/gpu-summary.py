@@ -55,15 +55,26 @@ def criterion(path):
 
 def main():
     logs = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-logs")
-    out = {"tests": test_results(logs / "tests.txt"), "benches": [], "kernels": []}
+    out = {"tests": test_results(logs / "tests.txt"), "benches": [], "speculation": [],
+           "kernels": []}
     gpu = (logs / "nvidia-smi.txt")
     if gpu.exists():
         names = re.findall(r"NVIDIA [A-Z]\w+[^|]*?(?=\s{2,}|\|)", gpu.read_text(errors="replace"))
         out["card"] = names[0].strip() if names else None
     for f in sorted(logs.glob("*.json")):
         r = load(f)
+        if isinstance(r, dict) and "speedup" in r:
+            out["speculation"].append({
+                "run": f.stem, "label": r.get("label"), "tokens": r.get("tokens"),
+                "plain_tok_s": r.get("plain_tokens_per_second"),
+                "speculative_tok_s": r.get("speculative_tokens_per_second"),
+                "speedup": r.get("speedup")})
+            continue
         if not isinstance(r, dict) or "decode_tok_s" not in r:
-            out["benches"].append({"run": f.stem, "error": "no report (see the .err log)"})
+            err = f.with_suffix(".err")
+            lines = [l for l in err.read_text(errors="replace").splitlines() if l.strip()] if err.exists() else []
+            why = lines[-1][:200] if lines else "no output"
+            out["benches"].append({"run": f.stem, "error": f"no report: {why}"})
             continue
         row = {k: r.get(k) for k in (
             "model", "weights", "sampling", "prompt_tokens", "new_tokens", "ttft_ms",
@@ -100,6 +111,10 @@ def main():
               f"| {fmt(b['decode_tok_s'], 1)} | {fmt(b['median_ms_per_token'], 3)} | {fmt(b['p99_ms_per_token'], 3)} "
               f"| {fmt(b['achieved_gb_s'], 0)} | {fmt(b['copy_gb_s'], 0)} | {fmt(b['percent_of_copy'], 1)} "
               f"| {fmt(b['kernels_per_token'])} | {fmt(b['graph_nodes'])} |")
+    if out["speculation"]:
+        print("\n## Speculation at the recorded acceptance\n\n| run | tokens | plain tok/s | speculative tok/s | speed-up |\n|---|---|---|---|---|")
+        for r in out["speculation"]:
+            print(f"| {r['run']} | {r['tokens']} | {fmt(r['plain_tok_s'], 1)} | {fmt(r['speculative_tok_s'], 1)} | {fmt(r['speedup'])} |")
     for b in out["benches"]:
         if b.get("profile"):
             print(f"\n## Profile: {b['run']}\n\n| kernel | launches | us/token | share |\n|---|---|---|---|")
