@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, PinnedHostSlice, sys};
+use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, CudaStream, PinnedHostSlice, sys};
 
 use super::backend::CudaBackend;
 use super::buffers::CudaAct;
@@ -105,6 +105,10 @@ struct PickBuffers {
     mask: CudaSlice<u32>,
     mask_host: PinnedHostSlice<u32>,
     seed_host: PinnedHostSlice<u64>,
+    /// Recorded behind the last upload from the pinned buffers: waited on before they are
+    /// rewritten, so a new mask never overwrites one the copy engine is still reading
+    /// (already done in the usual order, where `read_next` synchronized the step before).
+    uploaded: CudaEvent,
 }
 
 /// Nodes of a captured graph (kernels, and any copy or memset it recorded).
@@ -172,6 +176,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 mask: s.alloc_zeros::<u32>(words).map_err(e())?,
                 mask_host,
                 seed_host,
+                uploaded: ctx.new_event(None).map_err(e())?,
             },
             model,
             backend,
@@ -291,11 +296,12 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         let logits = self.model.logits();
         let p = &mut self.picks;
         let words = p.mask.len();
+        p.uploaded
+            .synchronize()
+            .map_err(dev_err("waiting for the last mask upload"))?;
         let mask = match mask {
             None => None,
             Some(m) if m.len() >= words => {
-                // The stream was synchronized after the last step (`read_next`), so the
-                // previous upload from this buffer is done and it may be rewritten.
                 let host = p
                     .mask_host
                     .as_mut_slice()
@@ -303,6 +309,9 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 host.copy_from_slice(&m[..words]);
                 s.memcpy_htod(&p.mask_host, &mut p.mask)
                     .map_err(dev_err("uploading the token mask"))?;
+                p.uploaded
+                    .record(&s)
+                    .map_err(dev_err("recording the mask upload"))?;
                 Some(&p.mask)
             }
             Some(m) => {
@@ -334,6 +343,9 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 seed[0] = draw_seed;
                 s.memcpy_htod(&p.seed_host, &mut p.rng)
                     .map_err(dev_err("writing the random seed"))?;
+                p.uploaded
+                    .record(&s)
+                    .map_err(dev_err("recording the seed upload"))?;
                 let f = SampleFilters {
                     temperature,
                     top_k,
