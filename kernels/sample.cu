@@ -7,6 +7,13 @@
  * (1), block = (1024): merges the n_parts candidates and writes the token id.
  * Bytes: 4 * n read (600 KB for a 152k vocabulary) + 8 * n_parts; no flops to speak of.
  * Spreading the read over many SMs is the point: one SM alone streams ~100-200 GB/s.
+ *
+ * Masked picks (`argmax_partial_masked`, `sample_logits_masked`): a constrained step's
+ * allowed tokens as a bitmask of ceil(n / 32) words (bit k % 32 of word k / 32 allows token
+ * k), uploaded by the host while the forward pass runs. A refused token is no candidate at
+ * all, as a NaN logit is (not a -inf one: an allowed -inf logit still beats nothing), so a
+ * step whose allowed logits are all NaN picks TACHYON_NO_TOKEN. The mask adds n / 8 bytes
+ * read (19 KB for a 152k vocabulary), each word shared by 32 neighbouring ids.
  */
 #include <math.h>
 
@@ -55,14 +62,17 @@ __device__ __forceinline__ void block_best(float& v, int& i) {
     }
 }
 
-}  // namespace
+// Whether `mask` allows token k (a null mask allows every token).
+__device__ __forceinline__ bool allowed(const unsigned int* mask, int k) {
+    return mask == nullptr || ((mask[k >> 5] >> (k & 31)) & 1u) != 0u;
+}
 
-extern "C" __global__ void __launch_bounds__(1024) argmax_partial(const ArgmaxParams p) {
+__device__ __forceinline__ void argmax_partial_body(const ArgmaxParams& p, const unsigned int* mask) {
     float bv = NAN;
     int bi = -1;
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < p.n; k += gridDim.x * blockDim.x) {
         const float v = p.logits[k];
-        if (better(v, k, bv, bi)) {
+        if (allowed(mask, k) && better(v, k, bv, bi)) {
             bv = v;
             bi = k;
         }
@@ -72,6 +82,17 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_partial(const ArgmaxPa
         p.part_val[blockIdx.x] = bv;
         p.part_idx[blockIdx.x] = bi;
     }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(1024) argmax_partial(const ArgmaxParams p) {
+    argmax_partial_body(p, nullptr);
+}
+
+// The partials of the allowed tokens only; argmax_final merges them as it merges unmasked ones.
+extern "C" __global__ void __launch_bounds__(1024) argmax_partial_masked(const MaskedArgmaxParams p) {
+    argmax_partial_body(p.base, p.mask);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) argmax_final(const ArgmaxParams p) {
@@ -205,7 +226,14 @@ __device__ void scan_f(SampleShared& sm) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const SampleParams p) {
+namespace {
+
+// A token that is no candidate: a NaN logit, or one the mask refuses.
+__device__ __forceinline__ bool excluded(const SampleParams& p, const unsigned int* mask, int i) {
+    return isnan(p.logits[i]) || !allowed(mask, i);
+}
+
+__device__ __forceinline__ void sample_body(const SampleParams& p, const unsigned int* mask) {
     __shared__ SampleShared sm;
     __shared__ float red[32];
     const int n = p.n;
@@ -214,15 +242,15 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
     const int hi = min(n, lo + seg);
     float* w = p.work;
 
-    // 1. Candidates: NaN never. work holds the logit, or -inf when excluded.
+    // 1. Candidates: NaN and refused tokens never. work holds the logit, or -inf when excluded.
     float valid = 0.0f;
     for (int i = lo; i < hi; ++i) {
-        const float v = p.logits[i];
-        w[i] = isnan(v) ? -INFINITY : v;
-        valid += isnan(v) ? 0.0f : 1.0f;
+        const bool out = excluded(p, mask, i);
+        w[i] = out ? -INFINITY : p.logits[i];
+        valid += out ? 0.0f : 1.0f;
     }
     const float n_valid = block_reduce(valid, false, red);
-    if (n_valid == 0.0f) {  // every logit NaN: nothing to pick
+    if (n_valid == 0.0f) {  // every candidate NaN or refused: nothing to pick
         if (threadIdx.x == 0) *p.out = TACHYON_NO_TOKEN;
         return;
     }
@@ -238,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
             __syncthreads();
             const unsigned int high_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
             for (int i = lo; i < hi; ++i) {
-                if (isnan(p.logits[i])) continue;
+                if (excluded(p, mask, i)) continue;
                 const unsigned int key = float_key(w[i]);
                 if ((key & high_mask) == (sm.prefix & high_mask)) atomicAdd(&sm.hist[(key >> shift) & 255u], 1u);
             }
@@ -258,12 +286,12 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
         const unsigned int kth = sm.prefix;
         const unsigned int ties_wanted = sm.remaining;
         unsigned int ties = 0;
-        for (int i = lo; i < hi; ++i) ties += (!isnan(p.logits[i]) && float_key(w[i]) == kth) ? 1u : 0u;
+        for (int i = lo; i < hi; ++i) ties += (!excluded(p, mask, i) && float_key(w[i]) == kth) ? 1u : 0u;
         sm.seg_u[threadIdx.x] = ties;
         scan_u(sm);
         unsigned int rank = sm.seg_u[threadIdx.x];
         for (int i = lo; i < hi; ++i) {
-            if (isnan(p.logits[i])) continue;
+            if (excluded(p, mask, i)) continue;
             const unsigned int key = float_key(w[i]);
             if (key < kth || (key == kth && rank++ >= ties_wanted)) w[i] = -INFINITY;
         }
@@ -356,12 +384,12 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
     scan_f(sm);
     const float total = sm.total;
     if (!(total > 0.0f)) {
-        // No candidate has mass: the greedy choice among the candidates (not NaN).
+        // No candidate has mass: the greedy choice among the candidates (not NaN, allowed).
         float bv = NAN;
         int bi = -1;
         for (int i = lo; i < hi; ++i) {
             const float v = p.logits[i];
-            if (better(v, i, bv, bi)) {
+            if (allowed(mask, i) && better(v, i, bv, bi)) {
                 bv = v;
                 bi = i;
             }
@@ -398,4 +426,16 @@ extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const
         }
         *p.out = static_cast<unsigned int>(pick < 0 ? 0 : pick);
     }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits(const SampleParams p) {
+    sample_body(p, nullptr);
+}
+
+// The same draw among the tokens the mask allows: the CPU sampler's distribution over the
+// allowed tokens, renormalized (refused tokens are excluded before top-k counts them).
+extern "C" __global__ void __launch_bounds__(kSampleThreads) sample_logits_masked(const MaskedSampleParams p) {
+    sample_body(p.base, p.mask);
 }

@@ -243,4 +243,25 @@ typedef struct {
     float min_p;
 } SampleParams;
 
+/**
+ * Parameters of `argmax_partial_masked` (kernels/sample.cu; `argmax_final` then merges its
+ * partials with `base`): the argmax of `base` among the tokens `mask` allows.
+ * `mask` holds ceil(n / 32) words; bit k % 32 of word k / 32 set allows token k. A refused
+ * token is no candidate, as a NaN logit is: TACHYON_NO_TOKEN when no allowed logit is a number.
+ */
+typedef struct {
+    ArgmaxParams base;
+    const unsigned int* mask;
+} MaskedArgmaxParams;
+
+/**
+ * Parameters of `sample_logits_masked` (kernels/sample.cu): the draw of `base` among the
+ * tokens `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no
+ * candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN.
+ */
+typedef struct {
+    SampleParams base;
+    const unsigned int* mask;
+} MaskedSampleParams;
+
 #endif /* TACHYON_KERNELS_H */

@@ -8,6 +8,18 @@
 //! penalties). A verify pass (`Rows::All`) runs eagerly and picks each row's argmax on the
 //! device; the picks the device has no kernel for (a sampled verify, a multi-token
 //! prefill) are made on the host with the sampler's code.
+//!
+//! A constrained decode step (`Pick::Masked`) runs in this order, each part for a reason:
+//! 1. the forward pass is queued: a graph captured without a pick (`DevicePick::Deferred`),
+//!    launched asynchronously, so the GPU is busy from here on;
+//! 2. the host computes the step's mask (llguidance, from the tokens so far) while the GPU
+//!    runs that forward pass: the mask needs no logits, so its cost hides behind the step;
+//! 3. the mask's upload (pinned memory, async) and the masked pick are queued behind the
+//!    forward pass on the stream: the pick reads the mask, so it cannot be part of a graph
+//!    launched before the mask existed;
+//! 4. one synchronization reads the 4-byte token, as for an unconstrained step.
+//!
+//! So a constrained token costs no logits copy and no host sync beyond that one read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,8 +31,8 @@ use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
 use super::session::{
-    MAX_VERIFY_ROWS, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepOutput,
-    check_step, f32_kv_bytes, kv_layout, pick_on_host,
+    MAX_VERIFY_ROWS, MaskedPick, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepMask,
+    StepOutput, check_step, f32_kv_bytes, kv_layout, mask_unavailable, pick_on_host,
 };
 
 /// A model and its states on the GPU, one per slot: a decode step runs the active one.
@@ -87,6 +99,8 @@ pub struct CudaSession {
     /// Host logits and sampler scratch for the picks made on the host.
     logits: Vec<f32>,
     scratch: Vec<(u32, f32)>,
+    /// Rows of logits copied to the host so far (`Session::logits_rows_copied`).
+    rows_copied: u64,
 }
 
 /// A CUDA session over a model's weights on `dev`: uploads every matrix once (with a
@@ -133,6 +147,7 @@ pub fn cuda_session(
         decoder,
         logits: Vec::new(),
         scratch: Vec::new(),
+        rows_copied: 0,
     }))
 }
 
@@ -155,6 +170,10 @@ impl Session for CudaSession {
 
     fn kv_bytes_per_position(&self) -> usize {
         f32_kv_bytes(&self.decoder.model().model.cfg)
+    }
+
+    fn logits_rows_copied(&self) -> u64 {
+        self.rows_copied
     }
 
     fn profile_step(&mut self, timed: bool) -> Result<Option<StepProfile>, BackendError> {
@@ -207,22 +226,28 @@ impl Session for CudaSession {
             let _ = stream.synchronize();
             cancel.load(Ordering::Relaxed)
         };
-        model.forward_until(b, s, input.tokens, input.pos, logits, &stop)
+        let done = model.forward_until(b, s, input.tokens, input.pos, logits, &stop)?;
+        self.rows_copied += u64::from(done);
+        Ok(done)
     }
 
     fn step(
         &mut self,
         input: StepInput<'_>,
-        mut pick: Pick<'_>,
+        pick: Pick<'_>,
         rows: Rows,
     ) -> Result<StepOutput, BackendError> {
         let vocab = self.vocab_size();
         let limits = (self.ctx(), self.max_batch(), vocab);
         let n_rows = check_step(&input, &pick, rows, limits)?;
         let StepInput { tokens, pos } = input;
-        match (rows, tokens) {
+        match (rows, tokens, pick) {
+            // A constrained decode step: the forward pass, the mask meanwhile, the pick.
+            (Rows::Last, &[token], Pick::Masked { mask, pick }) => {
+                self.decode_masked(token, pos, mask, pick)
+            }
             // A decode step: one graph replay, picked on the device.
-            (Rows::Last, &[token]) => {
+            (Rows::Last, &[token], pick) => {
                 let device_pick = match &pick {
                     Pick::Argmax => DevicePick::Argmax,
                     Pick::Sample { params, .. } if params.temperature == 0.0 => DevicePick::Argmax,
@@ -233,7 +258,9 @@ impl Session for CudaSession {
                         min_p: params.min_p,
                     },
                     // Keep whatever pick the captured step has (its result is not read).
-                    Pick::Logits(_) => self.decoder.captured_pick().unwrap_or(DevicePick::Argmax),
+                    Pick::Logits(_) | Pick::Masked { .. } => {
+                        self.decoder.captured_pick().unwrap_or(DevicePick::Argmax)
+                    }
                 };
                 let seed = match pick {
                     Pick::Sample { seed, .. } => seed,
@@ -242,15 +269,16 @@ impl Session for CudaSession {
                 self.decoder.decode(token, pos, device_pick, seed)?;
                 if let Pick::Logits(out) = pick {
                     self.decoder.read_logits(out)?;
+                    self.rows_copied += 1;
                     return Ok(StepOutput::Logits);
                 }
                 let next = self.decoder.read_next()?;
                 Ok(StepOutput::Tokens(Picked::from_slice(&[next])))
             }
             // The greedy verify pass: every row's argmax on the device.
-            (Rows::All, _) if matches!(pick, Pick::Argmax) => self.verify_argmax(tokens, pos),
+            (Rows::All, _, Pick::Argmax) => self.verify_argmax(tokens, pos),
             // Prefill and the sampled verify: the logits, then the host picks if asked.
-            _ => {
+            (_, _, mut pick) => {
                 let out: &mut [f32] = match &mut pick {
                     Pick::Logits(out) => out,
                     _ => {
@@ -264,14 +292,15 @@ impl Session for CudaSession {
                     Rows::Last => model.forward(b, s, tokens, pos, out)?,
                     Rows::All => model.forward_rows(b, s, tokens, pos, out)?,
                 }
+                self.rows_copied += n_rows as u64;
                 Ok(match pick {
                     Pick::Logits(_) => StepOutput::Logits,
-                    pick => StepOutput::Tokens(pick_on_host(
-                        &self.logits,
+                    mut pick => StepOutput::Tokens(pick_on_host(
+                        &mut self.logits,
                         vocab,
-                        &pick,
+                        &mut pick,
                         &mut self.scratch,
-                    )),
+                    )?),
                 })
             }
         }
@@ -279,6 +308,40 @@ impl Session for CudaSession {
 }
 
 impl CudaSession {
+    /// A constrained decode step, in the order the module header explains: the forward
+    /// pass queued first, the mask computed on the host while it runs, then the mask's
+    /// upload and the masked pick behind it on the stream, then the one sync.
+    fn decode_masked(
+        &mut self,
+        token: u32,
+        pos: usize,
+        mask: &mut dyn StepMask,
+        pick: MaskedPick<'_>,
+    ) -> Result<StepOutput, BackendError> {
+        let (device_pick, seed) = match pick {
+            MaskedPick::Sample { params, seed } if params.temperature > 0.0 => (
+                DevicePick::Sample {
+                    temperature: params.temperature,
+                    top_k: params.top_k,
+                    top_p: params.top_p,
+                    min_p: params.min_p,
+                },
+                seed,
+            ),
+            _ => (DevicePick::Argmax, 0),
+        };
+        // 1. Queued, not waited for: on a GPU the forward pass runs from here on.
+        self.decoder.decode(token, pos, DevicePick::Deferred, 0)?;
+        // 2. Host work that overlaps it. A mask that cannot be computed ends the step; the
+        // queued forward pass still completes in stream order, harmlessly.
+        let allowed = mask.allowed().map_err(|_| mask_unavailable())?;
+        // 3. Behind the forward pass on the stream: nothing here waits for the GPU.
+        self.decoder.pick_after_step(allowed, device_pick, seed)?;
+        // 4. The one synchronization of the step.
+        let next = self.decoder.read_next()?;
+        Ok(StepOutput::Tokens(Picked::from_slice(&[next])))
+    }
+
     /// Runs the verify rows eagerly (their shape changes with K, so no graph) and picks
     /// each row's argmax on the device: K+1 ids come back instead of K+1 rows of logits.
     fn verify_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<StepOutput, BackendError> {

@@ -20,7 +20,8 @@ pub use build::{
 };
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{
-    Pick, Rows, Session, SessionOptions, StepInput, StepOutput, cpu_session, cuda_session,
+    MaskedPick, Pick, Rows, Session, SessionOptions, StepInput, StepMask, StepOutput, cpu_session,
+    cuda_session,
 };
 pub use slots::SlotEvent;
 use slots::Slots;
@@ -404,6 +405,12 @@ impl Engine {
         self.guarded(|e| Ok(e.session.profile_step(timed)?))
     }
 
+    /// Rows of logits the session has copied from its device to the host so far (see
+    /// [`Session::logits_rows_copied`]).
+    pub fn logits_rows_copied(&self) -> u64 {
+        self.session.logits_rows_copied()
+    }
+
     /// Which slot the last request took, and how (`None` with one slot).
     pub fn last_slot_event(&self) -> Option<SlotEvent> {
         self.slots.last
@@ -599,6 +606,28 @@ impl Engine {
         Ok(stats)
     }
 
+    /// A decode step whose token the session picks under `c`'s mask for this step (computed
+    /// when the session asks, once the forward pass is queued); a matcher error is returned
+    /// as itself.
+    pub(crate) fn step_masked(
+        &mut self,
+        input: StepInput<'_>,
+        c: &mut constraint::Constraint,
+        pick: MaskedPick<'_>,
+    ) -> Result<Option<u32>, EngineError> {
+        let mut mask = constraint::ConstraintMask::new(c);
+        let masked = Pick::Masked {
+            mask: &mut mask,
+            pick,
+        };
+        let stepped = self.session.step(input, masked, Rows::Last);
+        // The matcher's own error, in place of the session's "no mask".
+        if let Some(e) = mask.take_error() {
+            return Err(e.into());
+        }
+        Ok(stepped?.token())
+    }
+
     /// One target forward pass per token. Returns why generation ended.
     fn decode_plain(
         &mut self,
@@ -610,12 +639,14 @@ impl Engine {
         let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let mut constraint = opts.constraint.cloned();
         // Without penalties the session picks the token where the logits are (on a GPU,
-        // on the device). Penalties need the token history, log-probabilities the raw
-        // logits, and a constraint's mask or logit_bias must change the logits before
-        // the pick: all on the host, so then the logits come back and the sampler picks.
+        // on the device), under the constraint's mask when there is one (`Pick::Masked`:
+        // the session asks for the mask once the step's forward pass is queued, so on a
+        // GPU the matcher runs while the forward pass does, and no logits are copied).
+        // Penalties need the token history, log-probabilities the raw logits, and
+        // logit_bias changes the logits before the pick: all on the host, so then the
+        // logits come back and the sampler picks (the mask applied there too).
         let session_pick = params.sampling.has_no_penalties()
             && opts.logprobs.is_none()
-            && constraint.is_none()
             && opts.logit_bias.is_empty();
         let mut next: Option<u32> = None;
         loop {
@@ -670,13 +701,22 @@ impl Engine {
             if session_pick {
                 let sp = &params.sampling;
                 let pick = if sp.temperature == 0.0 {
-                    Pick::Argmax
+                    MaskedPick::Argmax
                 } else {
                     // A fresh, reproducible random stream per position and seed.
                     let seed = sp.seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    Pick::Sample { params: sp, seed }
+                    MaskedPick::Sample { params: sp, seed }
                 };
-                next = self.session.step(input, pick, Rows::Last)?.token();
+                next = match constraint.as_mut() {
+                    None => {
+                        let pick = match pick {
+                            MaskedPick::Argmax => Pick::Argmax,
+                            MaskedPick::Sample { params, seed } => Pick::Sample { params, seed },
+                        };
+                        self.session.step(input, pick, Rows::Last)?.token()
+                    }
+                    Some(c) => self.step_masked(input, c, pick)?,
+                };
             } else {
                 self.session
                     .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;

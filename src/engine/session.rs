@@ -7,6 +7,11 @@
 //! session implements every pick: the CPU session picks on the host with the sampler's
 //! code ([`pick_on_host`]); the CUDA session picks on the device where it can, so a decode
 //! step copies back 4 bytes instead of a vocabulary of logits.
+//!
+//! A constrained step picks under a token mask ([`Pick::Masked`]) that the session asks
+//! for ([`StepMask`]) only after it has queued the step's forward pass: the mask depends on
+//! the tokens so far alone, so the CUDA session computes it on the host while the GPU runs
+//! the forward pass, uploads it and picks on the device (no logits copy, no extra sync).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,6 +40,33 @@ pub enum Rows {
     All,
 }
 
+/// The allowed tokens of one step's pick, asked for by the session once it has queued the
+/// step's forward pass (a GPU session runs that forward pass meanwhile).
+pub trait StepMask {
+    /// The allowed tokens as a bitmask of at least `vocab.div_ceil(32)` words (bit `i % 32`
+    /// of word `i / 32` allows token `i`), or `None` when every token is allowed (a free
+    /// step, e.g. a tool-call constraint before its trigger). Called once per step. On
+    /// `Err` the step ends without a pick (the session returns an error); the implementor
+    /// keeps why, for its caller.
+    fn allowed(&mut self) -> Result<Option<&[u32]>, MaskUnavailable>;
+}
+
+/// A [`StepMask`] could not say which tokens are allowed (its owner holds the reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskUnavailable;
+
+/// What a [`Pick::Masked`] picks among the allowed tokens.
+#[derive(Clone, Copy, Debug)]
+pub enum MaskedPick<'a> {
+    /// As [`Pick::Argmax`].
+    Argmax,
+    /// As [`Pick::Sample`].
+    Sample {
+        params: &'a SamplingParams,
+        seed: u64,
+    },
+}
+
 /// What to pick from the logits of a step.
 pub enum Pick<'a> {
     /// Copy the logits out: one row (vocab values) for [`Rows::Last`], `tokens.len()` rows
@@ -48,6 +80,14 @@ pub enum Pick<'a> {
     Sample {
         params: &'a SamplingParams,
         seed: u64,
+    },
+    /// [`Rows::Last`] only: `pick` among the tokens `mask` allows, the mask asked for after
+    /// the step's forward pass is queued. A refused token is no candidate at all, as a NaN
+    /// logit is (the argmax and the sampler's distribution over the allowed tokens; top-k
+    /// counts allowed tokens only), so no allowed number gives [`super::sampler::NO_TOKEN`].
+    Masked {
+        mask: &'a mut dyn StepMask,
+        pick: MaskedPick<'a>,
     },
 }
 
@@ -131,6 +171,13 @@ pub trait Session: Send {
         Ok(true)
     }
 
+    /// Rows of logits this session has copied from a device to the host so far (0 for a
+    /// session whose logits are made on the host): how a test tells that a pick stayed on
+    /// the device.
+    fn logits_rows_copied(&self) -> u64 {
+        0
+    }
+
     /// KV caches this session holds (slots), each of [`Session::ctx`] positions.
     fn slots(&self) -> usize {
         1
@@ -178,6 +225,11 @@ pub fn check_step(
     }
     let n_rows = match rows {
         Rows::Last => 1,
+        Rows::All if matches!(pick, Pick::Masked { .. }) => {
+            return Err(shape_err(
+                "a masked pick is made for the last row only".into(),
+            ));
+        }
         Rows::All if n <= MAX_VERIFY_ROWS => n,
         Rows::All => {
             return Err(shape_err(format!(
@@ -198,13 +250,23 @@ pub fn check_step(
 
 /// `pick` (not [`Pick::Logits`]) made on the host from `logits` (rows of `vocab`), with
 /// the sampler's code: what the CPU session does, and the CUDA session where the device
-/// has no kernel for it.
+/// has no kernel for it. A masked pick asks for its mask here (the forward pass is done)
+/// and overwrites the refused logits of its row; an unavailable mask is an error.
 pub fn pick_on_host(
-    logits: &[f32],
+    logits: &mut [f32],
     vocab: usize,
-    pick: &Pick<'_>,
+    pick: &mut Pick<'_>,
     scratch: &mut Vec<(u32, f32)>,
-) -> Picked {
+) -> Result<Picked, BackendError> {
+    if let Pick::Masked { mask, pick } = pick {
+        let n = logits.len();
+        let row = logits
+            .get_mut(..vocab)
+            .ok_or_else(|| shape_err(format!("a masked pick from {n} logits")))?;
+        let allowed = mask.allowed().map_err(|_| mask_unavailable())?;
+        let id = pick_masked_on_host(row, allowed, *pick, scratch)?;
+        return Ok(Picked::from_slice(&[id]));
+    }
     let mut ids = [0u32; MAX_VERIFY_ROWS];
     let mut len = 0;
     for (i, row) in logits.chunks_exact(vocab).take(MAX_VERIFY_ROWS).enumerate() {
@@ -216,7 +278,50 @@ pub fn pick_on_host(
         };
         len = i + 1;
     }
-    Picked { ids, len }
+    Ok(Picked { ids, len })
+}
+
+/// The error of a step whose [`StepMask`] could not give its mask.
+pub fn mask_unavailable() -> BackendError {
+    shape_err("the step's token mask could not be computed".into())
+}
+
+/// `pick` among the tokens `mask` allows (`None`: all) of one row of logits: the CPU twin of
+/// the device's masked picks (`argmax_partial_masked`, `sample_logits_masked`). Refused
+/// logits become NaN in `row`, which the argmax and the sampler never choose, so the pick is
+/// the unmasked pick's code over the allowed tokens alone (the result the engine had by
+/// setting refused logits to -inf and picking, except that no allowed number now gives
+/// [`super::sampler::NO_TOKEN`] rather than a refused token). A mask shorter than the row's
+/// `row.len().div_ceil(32)` words is refused.
+pub fn pick_masked_on_host(
+    row: &mut [f32],
+    mask: Option<&[u32]>,
+    pick: MaskedPick<'_>,
+    scratch: &mut Vec<(u32, f32)>,
+) -> Result<u32, BackendError> {
+    if let Some(mask) = mask {
+        if mask.len() < row.len().div_ceil(32) {
+            return Err(shape_err(format!(
+                "a token mask of {} words for {} logits",
+                mask.len(),
+                row.len()
+            )));
+        }
+        for (chunk, &bits) in row.chunks_mut(32).zip(mask) {
+            if bits == u32::MAX {
+                continue;
+            }
+            for (i, l) in chunk.iter_mut().enumerate() {
+                if bits & (1 << i) == 0 {
+                    *l = f32::NAN;
+                }
+            }
+        }
+    }
+    Ok(match pick {
+        MaskedPick::Sample { params, seed } => sample_filtered(params, row, seed, scratch),
+        MaskedPick::Argmax => argmax(row),
+    })
 }
 
 struct OpsSession<B: Ops> {
@@ -310,7 +415,12 @@ where
         }
         Ok(match pick {
             Pick::Logits(_) => StepOutput::Logits,
-            pick => StepOutput::Tokens(pick_on_host(&self.logits, vocab, &pick, &mut self.scratch)),
+            mut pick => StepOutput::Tokens(pick_on_host(
+                &mut self.logits,
+                vocab,
+                &mut pick,
+                &mut self.scratch,
+            )?),
         })
     }
 }
@@ -443,6 +553,72 @@ mod tests {
             slots,
             ..Default::default()
         }
+    }
+
+    /// The CPU session's masked pick is the pick the engine made before it picked under a
+    /// mask itself (refused logits set to -inf by `apply_mask`, then the sampler's code),
+    /// token for token, for greedy and for seeded draws; and no allowed number gives
+    /// NO_TOKEN where the -inf path would have picked a refused token.
+    #[test]
+    fn the_masked_pick_is_the_host_masked_pick() {
+        use crate::engine::constraint::{apply_mask, mask_allows};
+        use crate::engine::sampler::{NO_TOKEN, Rng};
+        let mut rng = Rng::new(0x5EED);
+        let mut scratch = Vec::new();
+        for vocab in [1usize, 31, 33, 200, 1000] {
+            for round in 0..20 {
+                let logits: Vec<f32> = (0..vocab)
+                    .map(|_| (rng.next_f64() as f32 - 0.5) * 8.0)
+                    .collect();
+                let mut mask = vec![0u32; vocab.div_ceil(32)];
+                let density = [0.02, 0.5, 0.95][round % 3];
+                for t in 0..vocab {
+                    if rng.next_f64() < density {
+                        mask[t / 32] |= 1 << (t % 32);
+                    }
+                }
+                let first = (rng.next_u64() % vocab as u64) as u32;
+                mask[first as usize / 32] |= 1 << (first % 32);
+                let params = SamplingParams {
+                    temperature: 0.9,
+                    top_k: [0, 5, 40][round % 3],
+                    top_p: [1.0, 0.9, 0.5][round % 3],
+                    min_p: [0.0, 0.05, 0.1][round % 3],
+                    ..Default::default()
+                };
+                let seed = rng.next_u64();
+                for pick in [
+                    MaskedPick::Argmax,
+                    MaskedPick::Sample {
+                        params: &params,
+                        seed,
+                    },
+                ] {
+                    let mut old = logits.clone();
+                    apply_mask(&mut old, &mask);
+                    let want = match pick {
+                        MaskedPick::Argmax => argmax(&old),
+                        MaskedPick::Sample { params, seed } => {
+                            sample_filtered(params, &old, seed, &mut scratch)
+                        }
+                    };
+                    let mut row = logits.clone();
+                    let got = pick_masked_on_host(&mut row, Some(&mask), pick, &mut scratch)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(got, want, "vocab {vocab} round {round} {pick:?}");
+                    assert!(mask_allows(&mask, got));
+                }
+            }
+        }
+        // Every allowed logit NaN: NO_TOKEN (the -inf path picked a refused -inf token).
+        let mut row = vec![1.0f32, f32::NAN, 2.0, f32::NAN];
+        let got = pick_masked_on_host(&mut row, Some(&[0b1010]), MaskedPick::Argmax, &mut scratch);
+        assert_eq!(got.ok(), Some(NO_TOKEN));
+        // A mask too short for the row is refused.
+        let mut row = vec![0.0f32; 40];
+        assert!(
+            pick_masked_on_host(&mut row, Some(&[1]), MaskedPick::Argmax, &mut scratch).is_err()
+        );
     }
 
     #[test]

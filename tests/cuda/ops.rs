@@ -984,7 +984,7 @@ fn argmax_on_device_matches_the_sampler() {
 
 /// The CPU sampler's distribution in f64: candidates sorted by logit (lower id first on
 /// ties), top-k, softmax at the temperature, min-p, top-p, renormalized.
-fn sampler_probs(logits: &[f32], t: f32, top_k: usize, top_p: f32, min_p: f32) -> Vec<f64> {
+pub fn sampler_probs(logits: &[f32], t: f32, top_k: usize, top_p: f32, min_p: f32) -> Vec<f64> {
     let mut c: Vec<(usize, f32)> = logits
         .iter()
         .copied()

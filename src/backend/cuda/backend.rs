@@ -162,7 +162,35 @@ impl CudaBackend {
         part_val: &mut CudaSlice<f32>,
         part_idx: &mut CudaSlice<i32>,
     ) -> Result<(), BackendError> {
-        sample::argmax_row(&self.dev, logits, row, out, slot, part_val, part_idx)
+        sample::argmax_row(&self.dev, logits, row, None, out, slot, part_val, part_idx)
+    }
+
+    /// [`CudaBackend::argmax`] among the tokens `mask` allows (vocabulary/32 words in device
+    /// memory, bit `i % 32` of word `i / 32` allows token `i`): a refused token is no
+    /// candidate, so `out[0]` is `TACHYON_NO_TOKEN` when no allowed logit is a number.
+    pub fn argmax_masked(
+        &mut self,
+        logits: &CudaAct,
+        mask: &CudaSlice<u32>,
+        out: &mut CudaSlice<u32>,
+        part_val: &mut CudaSlice<f32>,
+        part_idx: &mut CudaSlice<i32>,
+    ) -> Result<(), BackendError> {
+        sample::argmax_row(&self.dev, logits, 0, Some(mask), out, 0, part_val, part_idx)
+    }
+
+    /// [`CudaBackend::sample`] among the tokens `mask` allows (as
+    /// [`CudaBackend::argmax_masked`]): the CPU sampler's distribution over them.
+    pub fn sample_masked(
+        &mut self,
+        logits: &CudaAct,
+        mask: &CudaSlice<u32>,
+        work: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<u32>,
+        rng: &mut CudaSlice<u64>,
+        filters: SampleFilters,
+    ) -> Result<(), BackendError> {
+        sample::sample(&self.dev, logits, Some(mask), work, out, rng, filters)
     }
 
     /// Draws a token from row 0 of `logits` into `out[0]` with the CPU sampler's filters
@@ -187,7 +215,7 @@ impl CudaBackend {
             top_p,
             min_p,
         };
-        sample::sample(&self.dev, logits, work, out, rng, filters)
+        sample::sample(&self.dev, logits, None, work, out, rng, filters)
     }
 
     /// Partial slots `argmax` needs for a vocabulary of `n`.

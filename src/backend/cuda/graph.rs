@@ -10,16 +10,24 @@
 //! backend and the graph, in an order that destroys the graph before anything it points
 //! into: the buffers, the weights and the kernel module.
 //!
+//! A constrained step captures the forward pass alone ([`DevicePick::Deferred`]): its pick
+//! reads the step's token mask, which the host computes from the tokens so far while the
+//! GPU runs that forward pass, so the pick cannot be inside a graph launched before the mask
+//! exists. [`DeviceDecoder::pick_after_step`] then queues the mask's upload (from pinned
+//! memory, asynchronous) and the masked pick behind the graph on the same stream, and
+//! [`DeviceDecoder::read_next`] is still the step's one synchronization.
+//!
 //! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps eagerly (same kernels, one launch
 //! each), e.g. to tell a graph problem from a kernel problem.
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, sys};
+use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, CudaStream, PinnedHostSlice, sys};
 
 use super::backend::CudaBackend;
 use super::buffers::CudaAct;
 use super::launch::dev_err;
+use super::launch::sample::{self as pick_kernels, SampleFilters};
 use crate::backend::{BackendError, Position, StepProfile, TokenIds};
 
 /// How a decode step picks the next token on the device.
@@ -32,6 +40,10 @@ pub enum DevicePick {
         top_p: f32,
         min_p: f32,
     },
+    /// No pick inside the step: the graph ends with the logits, and the pick is queued after
+    /// it by [`DeviceDecoder::pick_after_step`] (a masked pick, whose mask the host computes
+    /// while the forward pass runs).
+    Deferred,
 }
 
 /// The inputs of a decode step in device memory: one token id and its position.
@@ -85,6 +97,18 @@ struct PickBuffers {
     /// Sampling scratch (vocabulary-sized) and the generator state the draw reads.
     work: CudaSlice<f32>,
     rng: CudaSlice<u64>,
+    /// A deferred pick's token mask (vocabulary/32 words) on the device, and the pinned
+    /// host buffers its upload and the draw's seed are copied from: a copy from pinned
+    /// memory is queued on the stream and returns at once, where one from pageable memory
+    /// may wait for the forward pass in flight (the driver stages it through its own
+    /// pinned buffer).
+    mask: CudaSlice<u32>,
+    mask_host: PinnedHostSlice<u32>,
+    seed_host: PinnedHostSlice<u64>,
+    /// Recorded behind the last upload from the pinned buffers: waited on before they are
+    /// rewritten, so a new mask never overwrites one the copy engine is still reading
+    /// (already done in the usual order, where `read_next` synchronized the step before).
+    uploaded: CudaEvent,
 }
 
 /// Nodes of a captured graph (kernels, and any copy or memset it recorded).
@@ -122,8 +146,18 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         max_rows: usize,
     ) -> Result<Self, BackendError> {
         let s = backend.device().stream().clone();
+        let ctx = backend.device().context().clone();
         let parts = CudaBackend::argmax_parts(vocab);
+        let words = vocab.div_ceil(32).max(1);
         let e = || dev_err("step buffers");
+        // SAFETY: pinned memory starts unset; these buffers are only copied from after
+        // `pick_after_step` has written them in full (every word of the mask, the seed).
+        let (mask_host, seed_host) = unsafe {
+            (
+                ctx.alloc_pinned::<u32>(words).map_err(e())?,
+                ctx.alloc_pinned::<u64>(1).map_err(e())?,
+            )
+        };
         let use_graph =
             !std::env::var("TACHYON_NO_CUDA_GRAPH").is_ok_and(|v| !matches!(v.trim(), "" | "0"));
         Ok(DeviceDecoder {
@@ -139,6 +173,10 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 part_idx: s.alloc_zeros::<i32>(parts).map_err(e())?,
                 work: s.alloc_zeros::<f32>(vocab.max(1)).map_err(e())?,
                 rng: s.alloc_zeros::<u64>(1).map_err(e())?,
+                mask: s.alloc_zeros::<u32>(words).map_err(e())?,
+                mask_host,
+                seed_host,
+                uploaded: ctx.new_event(None).map_err(e())?,
             },
             model,
             backend,
@@ -172,7 +210,9 @@ impl<M: DecodeStep> DeviceDecoder<M> {
     }
 
     /// Runs one decode step of `token` at `pos` and picks the next token on the device
-    /// (read it with [`DeviceDecoder::read_next`]); `draw_seed` seeds a sampled pick.
+    /// (read it with [`DeviceDecoder::read_next`]); `draw_seed` seeds a sampled pick. With
+    /// [`DevicePick::Deferred`] nothing is picked yet: the step is queued (on a GPU it runs
+    /// while this returns) for [`DeviceDecoder::pick_after_step`].
     pub fn decode(
         &mut self,
         token: u32,
@@ -239,6 +279,87 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         })
     }
 
+    /// Queues the pick of the last decode step's token, which ran with
+    /// [`DevicePick::Deferred`]: `pick` (argmax or a draw seeded by `draw_seed`) among the
+    /// tokens `mask` allows (at least vocabulary/32 words, bit `i % 32` of word `i / 32`
+    /// allows token `i`; `None`: every token). The mask is copied into pinned memory and
+    /// uploaded asynchronously, behind the step on the stream, so nothing here waits for
+    /// the GPU: the host may have computed the mask while the step's forward pass ran.
+    pub fn pick_after_step(
+        &mut self,
+        mask: Option<&[u32]>,
+        pick: DevicePick,
+        draw_seed: u64,
+    ) -> Result<(), BackendError> {
+        let s = self.stream();
+        let dev = self.backend.device();
+        let logits = self.model.logits();
+        let p = &mut self.picks;
+        let words = p.mask.len();
+        p.uploaded
+            .synchronize()
+            .map_err(dev_err("waiting for the last mask upload"))?;
+        let mask = match mask {
+            None => None,
+            Some(m) if m.len() >= words => {
+                let host = p
+                    .mask_host
+                    .as_mut_slice()
+                    .map_err(dev_err("the token mask"))?;
+                host.copy_from_slice(&m[..words]);
+                s.memcpy_htod(&p.mask_host, &mut p.mask)
+                    .map_err(dev_err("uploading the token mask"))?;
+                p.uploaded
+                    .record(&s)
+                    .map_err(dev_err("recording the mask upload"))?;
+                Some(&p.mask)
+            }
+            Some(m) => {
+                return Err(BackendError::Device(format!(
+                    "CUDA: a token mask of {} words for a vocabulary of {} words",
+                    m.len(),
+                    words
+                )));
+            }
+        };
+        match pick {
+            DevicePick::Argmax => pick_kernels::argmax_row(
+                dev,
+                logits,
+                0,
+                mask,
+                &mut p.next,
+                0,
+                &mut p.part_val,
+                &mut p.part_idx,
+            ),
+            DevicePick::Sample {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+            } => {
+                let seed = p.seed_host.as_mut_slice().map_err(dev_err("the seed"))?;
+                seed[0] = draw_seed;
+                s.memcpy_htod(&p.seed_host, &mut p.rng)
+                    .map_err(dev_err("writing the random seed"))?;
+                p.uploaded
+                    .record(&s)
+                    .map_err(dev_err("recording the seed upload"))?;
+                let f = SampleFilters {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                };
+                pick_kernels::sample(dev, logits, mask, &mut p.work, &mut p.next, &mut p.rng, f)
+            }
+            DevicePick::Deferred => Err(BackendError::Device(
+                "CUDA: a deferred pick must say what to pick".into(),
+            )),
+        }
+    }
+
     /// The token the last decode step picked (a 4-byte copy, after the step finished).
     pub fn read_next(&mut self) -> Result<u32, BackendError> {
         let s = self.stream();
@@ -299,6 +420,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         let logits = self.model.logits();
         let p = &mut self.picks;
         match pick {
+            DevicePick::Deferred => Ok(()),
             DevicePick::Argmax => {
                 self.backend
                     .argmax(logits, &mut p.next, &mut p.part_val, &mut p.part_idx)

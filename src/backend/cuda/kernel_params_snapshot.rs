@@ -310,3 +310,35 @@ const _: () = {
     ["Offset of field: SampleParams::top_p"][::std::mem::offset_of!(SampleParams, top_p) - 44usize];
     ["Offset of field: SampleParams::min_p"][::std::mem::offset_of!(SampleParams, min_p) - 48usize];
 };
+#[doc = " Parameters of `argmax_partial_masked` (kernels/sample.cu; `argmax_final` then merges its\n partials with `base`): the argmax of `base` among the tokens `mask` allows.\n `mask` holds ceil(n / 32) words; bit k % 32 of word k / 32 set allows token k. A refused\n token is no candidate, as a NaN logit is: TACHYON_NO_TOKEN when no allowed logit is a number."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct MaskedArgmaxParams {
+    pub base: ArgmaxParams,
+    pub mask: *const ::std::os::raw::c_uint,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of MaskedArgmaxParams"][::std::mem::size_of::<MaskedArgmaxParams>() - 48usize];
+    ["Alignment of MaskedArgmaxParams"][::std::mem::align_of::<MaskedArgmaxParams>() - 8usize];
+    ["Offset of field: MaskedArgmaxParams::base"]
+        [::std::mem::offset_of!(MaskedArgmaxParams, base) - 0usize];
+    ["Offset of field: MaskedArgmaxParams::mask"]
+        [::std::mem::offset_of!(MaskedArgmaxParams, mask) - 40usize];
+};
+#[doc = " Parameters of `sample_logits_masked` (kernels/sample.cu): the draw of `base` among the\n tokens `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no\n candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct MaskedSampleParams {
+    pub base: SampleParams,
+    pub mask: *const ::std::os::raw::c_uint,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of MaskedSampleParams"][::std::mem::size_of::<MaskedSampleParams>() - 64usize];
+    ["Alignment of MaskedSampleParams"][::std::mem::align_of::<MaskedSampleParams>() - 8usize];
+    ["Offset of field: MaskedSampleParams::base"]
+        [::std::mem::offset_of!(MaskedSampleParams, base) - 0usize];
+    ["Offset of field: MaskedSampleParams::mask"]
+        [::std::mem::offset_of!(MaskedSampleParams, mask) - 56usize];
+};

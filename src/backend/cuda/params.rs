@@ -30,3 +30,5 @@ unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
 unsafe impl cudarc::driver::DeviceRepr for ElementwiseParams {}
 unsafe impl cudarc::driver::DeviceRepr for ArgmaxParams {}
 unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
+unsafe impl cudarc::driver::DeviceRepr for MaskedArgmaxParams {}
+unsafe impl cudarc::driver::DeviceRepr for MaskedSampleParams {}

@@ -15,16 +15,22 @@
 //!   of tool calls (free text until a trigger token opens the constrained part).
 //! - `logits.rs`: the mask and OpenAI's `logit_bias` applied to a logits row before the
 //!   sampler sees it, so penalties, temperature, top-k and top-p act on the allowed tokens
-//!   only and greedy picks the best allowed token.
+//!   only and greedy picks the best allowed token (the host path: penalties, logprobs,
+//!   `logit_bias`).
+//! - [`ConstraintMask`] (`step_mask.rs`): the constraint as a session's step mask, for the
+//!   picks a session makes itself (on a GPU, on the device, the mask computed while the
+//!   step's forward pass runs).
 
 mod logits;
 mod matcher;
 mod spec;
+mod step_mask;
 mod vocab;
 
 pub use logits::{LogitBias, MAX_LOGIT_BIAS, apply_logit_bias, apply_mask, mask_allows};
 pub use matcher::Constraint;
 pub use spec::{ConstraintSpec, Tag, ToolSchema};
+pub use step_mask::ConstraintMask;
 pub use vocab::{ConstraintLimits, ConstraintVocab};
 
 /// Why a constraint could not be built or followed.

@@ -5,7 +5,10 @@
 //! positions are rolled back by moving the cache length: their KV is simply overwritten by
 //! the next step. The text is what the target alone would produce (see `rejection.rs`).
 //!
-//! Under a constraint (or `logit_bias`) the rows' logits come back to the host. The
+//! Under a constraint (or `logit_bias`) the verify rows' logits come back to the host (one
+//! mask per row, each in the matcher's state after the row before: the device picks take
+//! one mask per step, so verify rows keep this host path; a greedy step with nothing
+//! proposed picks under its mask in the session, as plain decoding does). The
 //! proposal is first cut to the prefix the matcher accepts; then row i is masked in the
 //! constraint's state after the pending token and `proposal[..i]` (the proposal is committed
 //! as the rows are checked, and rolled back past what is kept), so every verified position
@@ -20,7 +23,7 @@ use super::rejection::{accept_greedy, verify_sampled};
 use super::{Source, SpecStats, Speculation};
 use crate::engine::constraint::{Constraint, apply_logit_bias, apply_mask};
 use crate::engine::sampler::{Rng, Sampler, argmax, distribution};
-use crate::engine::session::{MAX_VERIFY_ROWS, Pick, Rows, StepInput};
+use crate::engine::session::{MAX_VERIFY_ROWS, MaskedPick, Pick, Rows, StepInput};
 use crate::engine::{Emitter, Engine, EngineError, FinishReason, GenerateParams, StreamOptions};
 
 /// Mixed into the request's seed for the rejection tests' random stream.
@@ -140,8 +143,13 @@ impl Engine {
                     tokens: &[token],
                     pos,
                 };
-                let next = if greedy && !host {
-                    self.session.step(input, Pick::Argmax, Rows::Last)?.token()
+                // Greedy picks in the session (on a GPU, on the device), under the
+                // constraint's mask when there is one; a bias or a draw needs the logits.
+                let next = if greedy && opts.logit_bias.is_empty() {
+                    match constraint.as_mut() {
+                        None => self.session.step(input, Pick::Argmax, Rows::Last)?.token(),
+                        Some(c) => self.step_masked(input, c, MaskedPick::Argmax)?,
+                    }
                 } else {
                     self.session
                         .step(input, Pick::Logits(&mut self.logits), Rows::Last)?;

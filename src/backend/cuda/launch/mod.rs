@@ -50,6 +50,8 @@ pub(crate) struct KernelFns {
     pub(crate) argmax_partial: CudaFunction,
     pub(crate) argmax_final: CudaFunction,
     pub(crate) sample_logits: CudaFunction,
+    pub(crate) argmax_partial_masked: CudaFunction,
+    pub(crate) sample_logits_masked: CudaFunction,
 }
 
 impl KernelFns {
@@ -68,6 +70,8 @@ impl KernelFns {
             argmax_partial: module.load_function("argmax_partial")?,
             argmax_final: module.load_function("argmax_final")?,
             sample_logits: module.load_function("sample_logits")?,
+            argmax_partial_masked: module.load_function("argmax_partial_masked")?,
+            sample_logits_masked: module.load_function("sample_logits_masked")?,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Launches of `kernels/sample.cu`: the next token picked on the device from a row of
 //! logits, so the logits never leave it: the argmax (a partial pass over many blocks, then
 //! one block merging them) and a draw with the CPU sampler's filters (top-k, temperature,
-//! min-p, top-p).
+//! min-p, top-p). Either may take a constrained step's allowed-token bitmask (`mask`:
+//! vocabulary/32 words in device memory, bit `i % 32` of word `i / 32` allows token `i`),
+//! so a constrained request picks on the device too: refused tokens are no candidates.
 
 use cudarc::driver::CudaSlice;
 
@@ -9,7 +11,9 @@ use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::BackendError;
 use crate::backend::cuda::buffers::CudaAct;
 use crate::backend::cuda::device::CudaDevice;
-use crate::backend::cuda::params::{ArgmaxParams, SampleParams};
+use crate::backend::cuda::params::{
+    ArgmaxParams, MaskedArgmaxParams, MaskedSampleParams, SampleParams,
+};
 
 /// Most argmax partial blocks.
 const ARGMAX_PARTS: usize = 264;
@@ -19,13 +23,34 @@ pub fn argmax_parts(n: usize) -> usize {
     ARGMAX_PARTS.min(n.div_ceil(256)).max(1)
 }
 
+/// The device address of `mask` after checking that it covers a vocabulary of `n`
+/// (`n.div_ceil(32)` words); 0 for no mask.
+fn mask_ptr(
+    dev: &CudaDevice,
+    mask: Option<&CudaSlice<u32>>,
+    n: usize,
+) -> Result<u64, BackendError> {
+    match mask {
+        None => Ok(0),
+        Some(m) if m.len() >= n.div_ceil(32) => Ok(ptr(m, dev)),
+        Some(m) => Err(shape_err(format!(
+            "a token mask of {} words for a vocabulary of {n} (needs {})",
+            m.len(),
+            n.div_ceil(32)
+        ))),
+    }
+}
+
 /// The index of the largest value of row `row` of `logits` into `out[slot]` (lowest index
-/// on ties, NaN never chosen). Rows picked one after another on the stream may share the
-/// partial buffers.
+/// on ties, NaN never chosen), among the tokens `mask` allows when there is one
+/// (`TACHYON_NO_TOKEN` when no allowed value is a number). Rows picked one after another on
+/// the stream may share the partial buffers.
+#[allow(clippy::too_many_arguments)]
 pub fn argmax_row(
     dev: &CudaDevice,
     logits: &CudaAct,
     row: usize,
+    mask: Option<&CudaSlice<u32>>,
     out: &mut CudaSlice<u32>,
     slot: usize,
     part_val: &mut CudaSlice<f32>,
@@ -33,6 +58,7 @@ pub fn argmax_row(
 ) -> Result<(), BackendError> {
     let n = logits.width;
     let parts = argmax_parts(n);
+    let mask = mask_ptr(dev, mask, n)?;
     if slot >= out.len() || row >= logits.rows || part_val.len() < parts || part_idx.len() < parts {
         return Err(shape_err(format!(
             "argmax of row {row} of {} into slot {slot} of {} needs {parts} partial slots",
@@ -51,14 +77,31 @@ pub fn argmax_row(
         n_parts: parts as i32,
     };
     let k = &dev.kernels;
-    launch(
-        dev,
-        &k.argmax_partial,
-        (u32_of(parts, "argmax parts")?, 1, 1),
-        (256, 1, 1),
-        &p,
-        "argmax_partial",
-    )?;
+    let grid = (u32_of(parts, "argmax parts")?, 1, 1);
+    if mask == 0 {
+        launch(
+            dev,
+            &k.argmax_partial,
+            grid,
+            (256, 1, 1),
+            &p,
+            "argmax_partial",
+        )?;
+    } else {
+        let masked = MaskedArgmaxParams {
+            base: p,
+            mask: mask as *const u32,
+        };
+        let name = "argmax_partial_masked";
+        launch(
+            dev,
+            &k.argmax_partial_masked,
+            grid,
+            (256, 1, 1),
+            &masked,
+            name,
+        )?;
+    }
     launch(
         dev,
         &k.argmax_final,
@@ -83,10 +126,13 @@ pub struct SampleFilters {
 
 /// Draws a token from row 0 of `logits` into `out[0]`, the uniform number coming from the
 /// SplitMix64 state in `rng[0]`, which the draw advances. `work` is scratch of at least the
-/// vocabulary size. Penalties are not applied.
+/// vocabulary size. Penalties are not applied. With `mask`, only the tokens it allows are
+/// candidates (the CPU sampler's distribution over them; `TACHYON_NO_TOKEN` when none is a
+/// number).
 pub fn sample(
     dev: &CudaDevice,
     logits: &CudaAct,
+    mask: Option<&CudaSlice<u32>>,
     work: &mut CudaSlice<f32>,
     out: &mut CudaSlice<u32>,
     rng: &mut CudaSlice<u64>,
@@ -110,6 +156,7 @@ pub fn sample(
             work.len()
         )));
     }
+    let mask = mask_ptr(dev, mask, n)?;
     let p = SampleParams {
         logits: ptr(&logits.buf, dev) as *const f32,
         work: ptr_mut(work, dev) as *mut f32,
@@ -121,12 +168,28 @@ pub fn sample(
         top_p: f.top_p,
         min_p: f.min_p,
     };
+    let k = &dev.kernels;
+    if mask == 0 {
+        return launch(
+            dev,
+            &k.sample_logits,
+            (1, 1, 1),
+            (1024, 1, 1),
+            &p,
+            "sample_logits",
+        );
+    }
+    let masked = MaskedSampleParams {
+        base: p,
+        mask: mask as *const u32,
+    };
+    let name = "sample_logits_masked";
     launch(
         dev,
-        &dev.kernels.sample_logits,
+        &k.sample_logits_masked,
         (1, 1, 1),
         (1024, 1, 1),
-        &p,
-        "sample_logits",
+        &masked,
+        name,
     )
 }
