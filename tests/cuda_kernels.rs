@@ -16,6 +16,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "cuda/fused.rs"]
+mod fused;
 #[path = "cuda/model.rs"]
 mod model;
 #[path = "cuda/ops.rs"]
