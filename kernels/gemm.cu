@@ -1,7 +1,8 @@
 /*
  * gemm.cu: the prefill matrix product, `out[t, r] = dot(w[r], x[t]) (+ bias[r])` for many
  * activation rows t at once, weights in F16/BF16/F32, f32 accumulation. Takes GemvParams
- * (`w2` must be NULL, `warps_per_row` is ignored).
+ * (`w2` and `norm_w` must be NULL: the host runs the norm first; `warps_per_row` is
+ * ignored). The epilogue is gemv_fused.cuh's: the residual add and the q/k/v split.
  *
  * A plain shared-memory tiled SIMT GEMM: each block owns 64 weight rows x 32 tokens and
  * walks K in steps of 32, staging a 64x32 weight tile (converted to f32) and a 32x32
@@ -16,7 +17,7 @@
  * Bytes: rows * cols * elem * ceil(n / 32) + n * cols * 4 * ceil(rows / 64) + n * rows * 4.
  * Flops: 2 * n * rows * cols.
  */
-#include "common.cuh"
+#include "gemv_fused.cuh"
 
 namespace {
 
@@ -81,7 +82,7 @@ extern "C" __global__ void __launch_bounds__(kGemmThreads) gemm_f32out(const Gem
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
             const int t = tok0 + t_base + j;
-            if (t < p.n) p.out[static_cast<size_t>(t) * p.rows + r] = acc[i][j] + bias;
+            if (t < p.n) tachyon::gemv_store(p, t, r, acc[i][j] + bias);
         }
     }
 }

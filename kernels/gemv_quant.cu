@@ -2,7 +2,9 @@
  * gemv_quant.cu: the decode-time matrix product for weights in GGML block formats (Q4_0,
  * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), dequantized in registers, never expanded in
  * memory: `out[t, r] = dot(w[r], x[t])` for a handful of activation rows t, f32
- * accumulation; optional bias, and the fused SwiGLU form (w2) of gemv.cu.
+ * accumulation; the fused parts of gemv.cu (gemv_fused.cuh): RMSNorm of the activation
+ * rows in the prologue, bias, SwiGLU (w2), residual add and q/k/v split in the epilogue.
+ * Stacked q/k/v matrices are whole rows of one block type (the host stacks them only then).
  *
  * Layout: w (and w2) `rows` rows of `cols / block_elems` whole blocks, as in the GGUF file
  * (cols is a multiple of the block size: 32, or 256 for the K formats; the host checks);
@@ -16,17 +18,20 @@
  * per 4 rows).
  * Bytes: rows * cols * bits / 8 (4.5 bits for Q4_0 ... 8.5 for Q8_0, x2 with w2) +
  * n * cols * 4 (x) + n * rows * 4 (out). Flops: 2 * n * rows * cols plus the dequantize.
+ * At the 1B shape in Q4_K (4.5 bits): norm+QKV 3.5 MB, o-proj 2.4 MB, norm+gate+up 18.9 MB,
+ * down 9.4 MB per token.
  * This is the correctness-first form (one byte load per element, scales re-read per lane
  * from L1); wide loads and register-level unpacking are the next step once it is measured.
  */
+#include "gemv_fused.cuh"
 #include "quant.cuh"
 
 namespace {
 
 constexpr int kQWarps = 8;
-constexpr int kQBatch = 4;
+constexpr int kQBatch = tachyon::kGemvBatch;
 
-template <bool kTwo>
+template <bool kTwo, bool kNorm>
 __device__ __forceinline__ void qgemv_body(const GemvParams& p) {
     __shared__ float red[kQWarps][2][kQBatch];
     const int lane = threadIdx.x;
@@ -43,6 +48,8 @@ __device__ __forceinline__ void qgemv_body(const GemvParams& p) {
     const int chunks = p.cols / tachyon::kWarp;
     for (int t0 = 0; t0 < p.n; t0 += kQBatch) {
         const int nb = min(kQBatch, p.n - t0);
+        float scale[kQBatch];
+        tachyon::norm_scales(p, t0, nb, scale);
         float acc[kQBatch] = {0.f, 0.f, 0.f, 0.f};
         float acc2[kQBatch] = {0.f, 0.f, 0.f, 0.f};
         if (live) {
@@ -50,10 +57,13 @@ __device__ __forceinline__ void qgemv_body(const GemvParams& p) {
                 const int i = c * tachyon::kWarp + lane;
                 const float wv = tachyon::quant_row_elem(wrow, p.dtype, i);
                 const float wv2 = kTwo ? tachyon::quant_row_elem(wrow2, p.dtype, i) : 0.0f;
+                const float g = kNorm ? p.norm_w[i] : 1.0f;
 #pragma unroll
                 for (int b = 0; b < kQBatch; ++b) {
                     if (b < nb) {
-                        const float xv = p.x[static_cast<size_t>(t0 + b) * p.cols + i];
+                        float xv = p.x[static_cast<size_t>(t0 + b) * p.cols + i];
+                        // The CPU's rmsnorm order: (x * scale) * weight.
+                        if (kNorm) xv = xv * scale[b] * g;
                         acc[b] = fmaf(wv, xv, acc[b]);
                         if (kTwo) acc2[b] = fmaf(wv2, xv, acc2[b]);
                     }
@@ -82,7 +92,7 @@ __device__ __forceinline__ void qgemv_body(const GemvParams& p) {
             }
             if (p.bias != nullptr) y += p.bias[row];
             if (kTwo) y = y / (1.0f + expf(-y)) * y2;
-            p.out[static_cast<size_t>(t0 + lane) * p.rows + row] = y;
+            tachyon::gemv_store(p, t0 + lane, row, y);
         }
         __syncthreads();
     }
@@ -91,9 +101,12 @@ __device__ __forceinline__ void qgemv_body(const GemvParams& p) {
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(256) gemv_quant_f32out(const GemvParams p) {
+    const bool norm = p.norm_w != nullptr;
     if (p.w2 != nullptr) {
-        qgemv_body<true>(p);
+        if (norm) qgemv_body<true, true>(p);
+        else qgemv_body<true, false>(p);
     } else {
-        qgemv_body<false>(p);
+        if (norm) qgemv_body<false, true>(p);
+        else qgemv_body<false, false>(p);
     }
 }

@@ -108,6 +108,21 @@ typedef struct {
     /** Warps that share one output row (1, 2, 4 or 8; the block is 8 warps). More warps
      *  per row keep every SM streaming when the matrix has few rows. */
     int warps_per_row;
+    /** RMSNorm in the prologue (GEMV and quantized GEMV only), or NULL: each activation
+     *  row is read as `x[t] * rsqrt(sum(x[t]^2) / cols + eps) * norm_w` (`cols` floats),
+     *  the CPU's `rmsnorm` of it, every block summing the row's squares itself. */
+    const float* norm_w;
+    float eps;
+    /** Nonzero: the epilogue adds the result to what `out` holds (`x += W a`, the
+     *  residual add) instead of overwriting it. */
+    int accumulate;
+    /** Stacked q/k/v, or NULL: output rows `[0, rows_a)` go to `out` (`n x rows_a`),
+     *  `[rows_a, rows_a + rows_b)` to `out_b` (`n x rows_b`), the rest to `out_c`
+     *  (`n x (rows - rows_a - rows_b)`). With `out_b` NULL every row goes to `out`. */
+    float* out_b;
+    float* out_c;
+    int rows_a;
+    int rows_b;
 } GemvParams;
 
 /**

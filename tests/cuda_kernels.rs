@@ -16,6 +16,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "cuda/fused.rs"]
+mod fused;
 #[path = "cuda/mask.rs"]
 mod mask;
 #[path = "cuda/model.rs"]

@@ -7,8 +7,9 @@
 //! backend) and a KV cache, then calls the [`Ops`] methods (embed, rmsnorm, matmul, rope,
 //! attention, SwiGLU, ...) in the order the model family decides; the engine reads the
 //! logits or the picked token back. A fused op (`add_rmsnorm`, `matmul_bias`,
-//! `gate_up_swiglu`) has a default written in the fine ops, which the CPU backend keeps as
-//! the readable form; a backend with a fused kernel overrides it.
+//! `gate_up_swiglu`, `norm_qkv`, `matmul_add`, `norm_gate_up_swiglu`) has a default written
+//! in the fine ops, which the CPU backend keeps as the readable form; a backend with a
+//! fused kernel overrides it.
 
 pub mod cpu;
 pub mod cuda;
@@ -158,6 +159,44 @@ impl<D> Position<'_, D> {
     }
 }
 
+/// A layer's q, k and v projections in a backend's form ([`Ops::upload_qkv`]).
+pub enum QkvWeights<M, V> {
+    /// Three matrices, each with its bias when the family has one: three products (the
+    /// readable form, and the fallback when the three differ in format).
+    Separate {
+        q: M,
+        k: M,
+        v: M,
+        bias: [Option<V>; 3],
+    },
+    /// The q, k then v rows stacked into one matrix (their biases into one vector, zeros
+    /// where a projection has none): one product whose rows `rows[0]`, `rows[1]`,
+    /// `rows[2]` go to q, k and v. Only the backend that stacked it runs it.
+    Stacked {
+        qkv: M,
+        bias: Option<V>,
+        rows: [usize; 3],
+    },
+}
+
+/// The readable form of [`Ops::upload_qkv`]: each projection uploaded on its own.
+pub fn separate_qkv<B: Ops + ?Sized>(
+    b: &mut B,
+    q: &Weight,
+    k: &Weight,
+    v: &Weight,
+    bias: [Option<&[f32]>; 3],
+) -> Result<QkvWeights<B::Mat, B::Vector>, BackendError> {
+    let mut up = |v: Option<&[f32]>| v.map(|v| b.upload_vector(v)).transpose();
+    let bias = [up(bias[0])?, up(bias[1])?, up(bias[2])?];
+    Ok(QkvWeights::Separate {
+        q: b.upload_matrix(q)?,
+        k: b.upload_matrix(k)?,
+        v: b.upload_matrix(v)?,
+        bias,
+    })
+}
+
 /// The ops a decoder-only forward pass is made of. Activations are row-major matrices of
 /// `rows` tokens x `width` values; every op works on the first `n` rows.
 pub trait Ops {
@@ -265,6 +304,90 @@ pub trait Ops {
         self.matmul(x, w_gate, n, gate)?;
         self.matmul(x, w_up, n, up)?;
         self.swiglu(gate, up, n)
+    }
+    /// Uploads a layer's q, k and v projections and their biases (`bias[i]` for matrix
+    /// i, when the family has one). A backend may stack them into one matrix so that
+    /// [`Ops::norm_qkv`] is one product (CUDA does, when the three share a format).
+    fn upload_qkv(
+        &mut self,
+        q: &Weight,
+        k: &Weight,
+        v: &Weight,
+        bias: [Option<&[f32]>; 3],
+    ) -> Result<QkvWeights<Self::Mat, Self::Vector>, BackendError> {
+        separate_qkv(self, q, k, v, bias)
+    }
+    /// The attention block's input: `hn = rmsnorm(x) * norm`, then `q = Wq hn (+ bq)`,
+    /// `k = Wk hn (+ bk)`, `v = Wv hn (+ bv)` for the first `n` rows; `hn` is scratch the
+    /// default form uses. A backend may fold the norm into the product's prologue and run
+    /// the three projections as one (CUDA does).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_qkv(
+        &mut self,
+        x: &Self::Act,
+        norm: &Self::Vector,
+        eps: f32,
+        w: &QkvWeights<Self::Mat, Self::Vector>,
+        n: usize,
+        hn: &mut Self::Act,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.rmsnorm(x, norm, eps, n, hn)?;
+        let QkvWeights::Separate {
+            q: wq,
+            k: wk,
+            v: wv,
+            bias,
+        } = w
+        else {
+            return Err(BackendError::Device(format!(
+                "{}: stacked q/k/v weights need the backend that stacked them",
+                self.name()
+            )));
+        };
+        for (w, b, out) in [(wq, &bias[0], q), (wk, &bias[1], k), (wv, &bias[2], v)] {
+            match b {
+                Some(b) => self.matmul_bias(hn, w, b, n, out)?,
+                None => self.matmul(hn, w, n, out)?,
+            }
+        }
+        Ok(())
+    }
+    /// The residual add of a block's output projection: `x[i] += W a[i]` for the first
+    /// `n` rows; `scratch` (as wide as `x`) holds `W a` in the default form. A backend may
+    /// add into `x` in the product's epilogue (CUDA does).
+    fn matmul_add(
+        &mut self,
+        a: &Self::Act,
+        w: &Self::Mat,
+        n: usize,
+        x: &mut Self::Act,
+        scratch: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.matmul(a, w, n, scratch)?;
+        self.add(x, scratch, n)
+    }
+    /// The MLP block's input: `hn = rmsnorm(x) * norm`, then
+    /// `gate = silu(W_gate hn) * (W_up hn)` for the first `n` rows; `hn` and `up` are
+    /// scratch the default form uses. A backend may fold the norm into the fused gate/up
+    /// product's prologue (CUDA does).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_gate_up_swiglu(
+        &mut self,
+        x: &Self::Act,
+        norm: &Self::Vector,
+        eps: f32,
+        w_gate: &Self::Mat,
+        w_up: &Self::Mat,
+        n: usize,
+        hn: &mut Self::Act,
+        gate: &mut Self::Act,
+        up: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.rmsnorm(x, norm, eps, n, hn)?;
+        self.gate_up_swiglu(hn, w_gate, w_up, n, gate, up)
     }
     /// `x[i] += b`.
     fn add_bias(

@@ -3,24 +3,21 @@
 //! are flags on the config: q/k/v biases (qwen2), per-head q/k RMSNorm (qwen3), sliding
 //! window (mistral), rope style and scaling.
 //!
-//! Written against `backend::Ops`, so the same graph runs on every backend. The residual
-//! add and the norm after it are one `Ops::add_rmsnorm`, a projection with a bias one
-//! `Ops::matmul_bias`, the MLP's gate/up products and SwiGLU one `Ops::gate_up_swiglu`:
-//! a backend with fused kernels runs each as one (CUDA does), the CPU as its fine ops.
+//! Written against `backend::Ops`, so the same graph runs on every backend. Each block is
+//! two coarse ops: the norm and the q/k/v projections (biases included) are one
+//! `Ops::norm_qkv`, the MLP's norm, gate/up products and SwiGLU one
+//! `Ops::norm_gate_up_swiglu`, and each output projection with the residual add after it
+//! one `Ops::matmul_add`: a backend with fused kernels runs each as one (CUDA does), the
+//! CPU as its fine ops.
 
-use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
+use crate::backend::{AttnShape, BackendError, Ops, Position, QkvWeights, TokenIds};
 
 use crate::format::ModelConfig;
 use crate::format::ModelWeights;
 
 struct Layer<B: Ops> {
     attn_norm: B::Vector,
-    wq: B::Mat,
-    wk: B::Mat,
-    wv: B::Mat,
-    bq: Option<B::Vector>,
-    bk: Option<B::Vector>,
-    bv: Option<B::Vector>,
+    qkv: QkvWeights<B::Mat, B::Vector>,
     q_norm: Option<B::Vector>,
     k_norm: Option<B::Vector>,
     wo: B::Mat,
@@ -48,7 +45,8 @@ pub struct State<B: Ops> {
     rope: B::RopeTable,
     /// The residual stream.
     x: B::Act,
-    /// The normalized input of the block being run.
+    /// The normalized input of the block being run (scratch of the fused ops' default
+    /// forms).
     hn: B::Act,
     /// A block's output before it is added to the residual stream.
     h: B::Act,
@@ -78,12 +76,12 @@ impl<B: Ops> Llama<B> {
         for l in &w.layers {
             layers.push(Layer {
                 attn_norm: b.upload_vector(&l.attn_norm)?,
-                wq: b.upload_matrix(&l.wq)?,
-                wk: b.upload_matrix(&l.wk)?,
-                wv: b.upload_matrix(&l.wv)?,
-                bq: opt(b, &l.bq)?,
-                bk: opt(b, &l.bk)?,
-                bv: opt(b, &l.bv)?,
+                qkv: b.upload_qkv(
+                    &l.wq,
+                    &l.wk,
+                    &l.wv,
+                    [l.bq.as_deref(), l.bk.as_deref(), l.bv.as_deref()],
+                )?,
                 q_norm: opt(b, &l.q_norm)?,
                 k_norm: opt(b, &l.k_norm)?,
                 wo: b.upload_matrix(&l.wo)?,
@@ -277,18 +275,13 @@ impl<B: Ops> Llama<B> {
             window: c.sliding_window,
         };
         b.embed(&self.embed, tokens, &mut s.x)?;
-        let Some(first) = self.layers.first() else {
-            return Ok(true);
-        };
-        b.rmsnorm(&s.x, &first.attn_norm, c.rms_eps, n, &mut s.hn)?;
-        for (i, (l, kv)) in self.layers.iter().zip(s.kv.iter_mut()).enumerate() {
+        for (l, kv) in self.layers.iter().zip(s.kv.iter_mut()) {
             if stop.is_some_and(|stop| stop()) {
                 return Ok(false);
             }
-            // Attention block, on the normalized residual stream in `hn`.
-            project(b, &s.hn, &l.wq, l.bq.as_ref(), n, &mut s.q)?;
-            project(b, &s.hn, &l.wk, l.bk.as_ref(), n, &mut s.k)?;
-            project(b, &s.hn, &l.wv, l.bv.as_ref(), n, &mut s.v)?;
+            // Attention block: q, k, v of the normalized residual stream.
+            let (q, k, v) = (&mut s.q, &mut s.k, &mut s.v);
+            b.norm_qkv(&s.x, &l.attn_norm, c.rms_eps, &l.qkv, n, &mut s.hn, q, k, v)?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 b.head_rmsnorm(&mut s.q, qn, c.head_dim, c.rms_eps, n)?;
                 b.head_rmsnorm(&mut s.k, kn, c.head_dim, c.rms_eps, n)?;
@@ -296,39 +289,27 @@ impl<B: Ops> Llama<B> {
             b.rope(&mut s.q, &s.rope, c.n_heads, pos, n)?;
             b.rope(&mut s.k, &s.rope, c.n_kv_heads, pos, n)?;
             b.attention(&s.q, &s.k, &s.v, kv, shape, pos, n, &mut s.att)?;
-            b.matmul(&s.att, &l.wo, n, &mut s.h)?;
-            // x += h, and the MLP block's norm of the new x.
-            b.add_rmsnorm(&mut s.x, &s.h, &l.ffn_norm, c.rms_eps, n, &mut s.hn)?;
+            // x += Wo att.
+            b.matmul_add(&s.att, &l.wo, n, &mut s.x, &mut s.h)?;
             // MLP block (about half a layer's work: asked again before it).
             if stop.is_some_and(|stop| stop()) {
                 return Ok(false);
             }
-            b.gate_up_swiglu(&s.hn, &l.w_gate, &l.w_up, n, &mut s.gate, &mut s.up)?;
-            b.matmul(&s.gate, &l.w_down, n, &mut s.h)?;
-            // x += h, and the next layer's attention norm (the final norm runs on the last
-            // row only, in the caller).
-            match self.layers.get(i + 1) {
-                Some(next) => {
-                    b.add_rmsnorm(&mut s.x, &s.h, &next.attn_norm, c.rms_eps, n, &mut s.hn)?
-                }
-                None => b.add(&mut s.x, &s.h, n)?,
-            }
+            let (gate, up) = (&mut s.gate, &mut s.up);
+            b.norm_gate_up_swiglu(
+                &s.x,
+                &l.ffn_norm,
+                c.rms_eps,
+                &l.w_gate,
+                &l.w_up,
+                n,
+                &mut s.hn,
+                gate,
+                up,
+            )?;
+            // x += W_down gate (the final norm runs on the last row only, in the caller).
+            b.matmul_add(&s.gate, &l.w_down, n, &mut s.x, &mut s.h)?;
         }
         Ok(true)
-    }
-}
-
-/// `out = W x` (+ the bias, when the projection has one) for the first `n` rows.
-fn project<B: Ops>(
-    b: &mut B,
-    x: &B::Act,
-    w: &B::Mat,
-    bias: Option<&B::Vector>,
-    n: usize,
-    out: &mut B::Act,
-) -> Result<(), BackendError> {
-    match bias {
-        Some(bias) => b.matmul_bias(x, w, bias, n, out),
-        None => b.matmul(x, w, n, out),
     }
 }

@@ -12,12 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of};
 use super::device::CudaDevice;
 use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
-use super::launch::matmul::{Fused, GEMV_MAX_ROWS};
+use super::launch::matmul::{Fused, GEMV_MAX_ROWS, gemv_fits};
 use super::launch::sample::SampleFilters;
 use super::launch::{
     attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, sample, shape_err,
 };
-use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
+use crate::backend::{AttnShape, BackendError, Ops, Position, QkvWeights, TokenIds, separate_qkv};
 use crate::format::{Rope, RopeStyle, Weight};
 
 pub struct CudaBackend {
@@ -323,6 +323,70 @@ impl Ops for CudaBackend {
         })
     }
 
+    /// Stacks q, k and v into one matrix (and their biases into one vector, zeros for a
+    /// projection without one) when the three share a format and a width, so that
+    /// `norm_qkv` is one product; otherwise three matrices.
+    fn upload_qkv(
+        &mut self,
+        q: &Weight,
+        k: &Weight,
+        v: &Weight,
+        bias: [Option<&[f32]>; 3],
+    ) -> Result<QkvWeights<CudaMat, CudaSlice<f32>>, BackendError> {
+        let ws = [q, k, v];
+        if ws.iter().any(|w| (w.ty, w.cols) != (q.ty, q.cols)) {
+            return separate_qkv(self, q, k, v, bias);
+        }
+        let dtype = dtype_of(q)?;
+        for w in [k, v] {
+            dtype_of(w)?;
+        }
+        let rows = [q.rows, k.rows, v.rows];
+        let total: usize = ws.iter().map(|w| w.byte_len()).sum();
+        let s = self.dev.stream();
+        let mut buf = s
+            .alloc_zeros::<u8>(total.max(1))
+            .map_err(dev_err("uploading weights"))?;
+        let mut at = 0;
+        for w in ws {
+            let len = w.byte_len();
+            s.memcpy_htod(w.bytes(), &mut buf.slice_mut(at..at + len))
+                .map_err(dev_err("uploading weights"))?;
+            at += len;
+            if let Some(bar) = &self.progress {
+                bar.inc(len as u64);
+            }
+        }
+        let bias = if bias.iter().any(Option::is_some) {
+            let mut stacked = Vec::with_capacity(rows.iter().sum());
+            for (b, &r) in bias.iter().zip(&rows) {
+                match b {
+                    Some(b) if b.len() == r => stacked.extend_from_slice(b),
+                    Some(b) => {
+                        return Err(shape_err(format!(
+                            "a projection bias of {} values for {r} rows",
+                            b.len()
+                        )));
+                    }
+                    None => stacked.resize(stacked.len() + r, 0.0),
+                }
+            }
+            Some(self.upload_vector(&stacked)?)
+        } else {
+            None
+        };
+        Ok(QkvWeights::Stacked {
+            qkv: CudaMat {
+                buf,
+                rows: rows.iter().sum(),
+                cols: q.cols,
+                dtype,
+            },
+            bias,
+            rows,
+        })
+    }
+
     fn upload_vector(&mut self, v: &[f32]) -> Result<CudaSlice<f32>, BackendError> {
         self.dev
             .stream()
@@ -461,6 +525,106 @@ impl Ops for CudaBackend {
         }
         let fused = Fused {
             swiglu_up: Some(w_up),
+            ..Fused::default()
+        };
+        matmul::matmul(&self.dev, self.sm_count, x, w_gate, fused, n, gate)
+    }
+
+    fn norm_qkv(
+        &mut self,
+        x: &CudaAct,
+        norm: &CudaSlice<f32>,
+        eps: f32,
+        w: &QkvWeights<CudaMat, CudaSlice<f32>>,
+        n: usize,
+        hn: &mut CudaAct,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let sm = self.sm_count;
+        match w {
+            QkvWeights::Stacked { qkv, bias, rows } => {
+                if [q.width, k.width, v.width] != *rows {
+                    return Err(shape_err(format!(
+                        "q/k/v outputs of widths {} {} {} for a stack of {rows:?}",
+                        q.width, k.width, v.width
+                    )));
+                }
+                let mut fused = Fused {
+                    bias: bias.as_ref(),
+                    ..Fused::default()
+                };
+                // The norm in the GEMV's prologue; prefill normalizes first (the GEMM
+                // has no prologue).
+                let input = if gemv_fits(qkv, n) {
+                    fused.norm = Some((norm, eps));
+                    x
+                } else {
+                    self.rmsnorm(x, norm, eps, n, hn)?;
+                    &*hn
+                };
+                matmul::matmul_split(&self.dev, sm, input, qkv, fused, n, [q, k, v])
+            }
+            QkvWeights::Separate {
+                q: wq,
+                k: wk,
+                v: wv,
+                bias,
+            } => {
+                let prologue = [wq, wk, wv].iter().all(|w| gemv_fits(w, n));
+                if !prologue {
+                    self.rmsnorm(x, norm, eps, n, hn)?;
+                }
+                let input = if prologue { x } else { &*hn };
+                for (w, b, out) in [(wq, &bias[0], q), (wk, &bias[1], k), (wv, &bias[2], v)] {
+                    let fused = Fused {
+                        bias: b.as_ref(),
+                        norm: prologue.then_some((norm, eps)),
+                        ..Fused::default()
+                    };
+                    matmul::matmul(&self.dev, sm, input, w, fused, n, out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn matmul_add(
+        &mut self,
+        a: &CudaAct,
+        w: &CudaMat,
+        n: usize,
+        x: &mut CudaAct,
+        _scratch: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let fused = Fused {
+            accumulate: true,
+            ..Fused::default()
+        };
+        matmul::matmul(&self.dev, self.sm_count, a, w, fused, n, x)
+    }
+
+    fn norm_gate_up_swiglu(
+        &mut self,
+        x: &CudaAct,
+        norm: &CudaSlice<f32>,
+        eps: f32,
+        w_gate: &CudaMat,
+        w_up: &CudaMat,
+        n: usize,
+        hn: &mut CudaAct,
+        gate: &mut CudaAct,
+        up: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        if !gemv_fits(w_gate, n) {
+            // Prefill: the norm, then two tiled GEMMs and the elementwise SwiGLU.
+            self.rmsnorm(x, norm, eps, n, hn)?;
+            return self.gate_up_swiglu(hn, w_gate, w_up, n, gate, up);
+        }
+        let fused = Fused {
+            swiglu_up: Some(w_up),
+            norm: Some((norm, eps)),
             ..Fused::default()
         };
         matmul::matmul(&self.dev, self.sm_count, x, w_gate, fused, n, gate)

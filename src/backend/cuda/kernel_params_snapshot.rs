@@ -98,10 +98,20 @@ pub struct GemvParams {
     pub dtype: ::std::os::raw::c_int,
     #[doc = " Warps that share one output row (1, 2, 4 or 8; the block is 8 warps). More warps\n  per row keep every SM streaming when the matrix has few rows."]
     pub warps_per_row: ::std::os::raw::c_int,
+    #[doc = " RMSNorm in the prologue (GEMV and quantized GEMV only), or NULL: each activation\n  row is read as `x[t] * rsqrt(sum(x[t]^2) / cols + eps) * norm_w` (`cols` floats),\n  the CPU's `rmsnorm` of it, every block summing the row's squares itself."]
+    pub norm_w: *const f32,
+    pub eps: f32,
+    #[doc = " Nonzero: the epilogue adds the result to what `out` holds (`x += W a`, the\n  residual add) instead of overwriting it."]
+    pub accumulate: ::std::os::raw::c_int,
+    #[doc = " Stacked q/k/v, or NULL: output rows `[0, rows_a)` go to `out` (`n x rows_a`),\n  `[rows_a, rows_a + rows_b)` to `out_b` (`n x rows_b`), the rest to `out_c`\n  (`n x (rows - rows_a - rows_b)`). With `out_b` NULL every row goes to `out`."]
+    pub out_b: *mut f32,
+    pub out_c: *mut f32,
+    pub rows_a: ::std::os::raw::c_int,
+    pub rows_b: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GemvParams"][::std::mem::size_of::<GemvParams>() - 64usize];
+    ["Size of GemvParams"][::std::mem::size_of::<GemvParams>() - 104usize];
     ["Alignment of GemvParams"][::std::mem::align_of::<GemvParams>() - 8usize];
     ["Offset of field: GemvParams::w"][::std::mem::offset_of!(GemvParams, w) - 0usize];
     ["Offset of field: GemvParams::w2"][::std::mem::offset_of!(GemvParams, w2) - 8usize];
@@ -114,6 +124,14 @@ const _: () = {
     ["Offset of field: GemvParams::dtype"][::std::mem::offset_of!(GemvParams, dtype) - 52usize];
     ["Offset of field: GemvParams::warps_per_row"]
         [::std::mem::offset_of!(GemvParams, warps_per_row) - 56usize];
+    ["Offset of field: GemvParams::norm_w"][::std::mem::offset_of!(GemvParams, norm_w) - 64usize];
+    ["Offset of field: GemvParams::eps"][::std::mem::offset_of!(GemvParams, eps) - 72usize];
+    ["Offset of field: GemvParams::accumulate"]
+        [::std::mem::offset_of!(GemvParams, accumulate) - 76usize];
+    ["Offset of field: GemvParams::out_b"][::std::mem::offset_of!(GemvParams, out_b) - 80usize];
+    ["Offset of field: GemvParams::out_c"][::std::mem::offset_of!(GemvParams, out_c) - 88usize];
+    ["Offset of field: GemvParams::rows_a"][::std::mem::offset_of!(GemvParams, rows_a) - 96usize];
+    ["Offset of field: GemvParams::rows_b"][::std::mem::offset_of!(GemvParams, rows_b) - 100usize];
 };
 #[doc = " Parameters of `rope_f32` (kernels/rope.cu).\n\n Rotates the first `2 * half` values of each of the `n_heads` heads (each `head_dim`\n wide) of each of `n` rows of `x` in place; row i is at position `pos + i`, where `pos`\n is `*pos_dev` when `pos_dev` is set (a CUDA graph replays new positions) else `pos`.\n Pairs are (2j, 2j+1) when `interleaved`, else (j, j + half). The angle tables are those\n of the CPU backend: `cos[p * half + j]`, `sin[p * half + j]` for positions `p < ctx`."]
 #[repr(C)]

@@ -1,9 +1,10 @@
 //! Launches of the matrix products, `out[t] = W x[t]` for the first `n` activation rows:
 //! `gemv.cu` (F32/F16/BF16 weights, up to [`GEMV_MAX_ROWS`] rows), `gemm.cu` (the tiled
 //! prefill product for more rows) and `gemv_quant.cu` (GGML block formats, dequantized in
-//! registers, any number of rows). One [`GemvParams`] drives all three; the bias (added in
-//! the epilogue) and the gate/up SwiGLU form (a second matrix streamed alongside) are
-//! fields of it.
+//! registers, any number of rows). One [`GemvParams`] drives all three; the fused parts are
+//! fields of it: RMSNorm of the activation rows in the prologue (the GEMVs), the bias, the
+//! gate/up SwiGLU form (a second matrix streamed alongside), the residual add (`x += W a`)
+//! and the q/k/v split of a stacked matrix ([`matmul_split`]) in the epilogue.
 
 use cudarc::driver::CudaSlice;
 
@@ -24,6 +25,35 @@ pub struct Fused<'a> {
     pub swiglu_up: Option<&'a CudaMat>,
     /// Added to every output row (at least `W.rows` values).
     pub bias: Option<&'a CudaSlice<f32>>,
+    /// RMSNorm of each activation row in the prologue: the norm weight (at least `W.cols`
+    /// values) and eps (GEMV and quantized GEMV only: at most [`GEMV_MAX_ROWS`] rows for
+    /// F32/F16/BF16 weights).
+    pub norm: Option<(&'a CudaSlice<f32>, f32)>,
+    /// `out += W x` (the residual add) instead of `out = W x`.
+    pub accumulate: bool,
+}
+
+impl Fused<'_> {
+    /// Whether the product can run with these parts for `n` rows of `w`: the norm and the
+    /// SwiGLU form need a GEMV (any row count for block formats).
+    pub fn runs_as_gemv_only(&self) -> bool {
+        self.swiglu_up.is_some() || self.norm.is_some()
+    }
+}
+
+/// Whether a product with GEMV-only parts ([`Fused::runs_as_gemv_only`]) can run for `n`
+/// rows of `w` (else the caller runs the fine ops).
+pub fn gemv_fits(w: &CudaMat, n: usize) -> bool {
+    n <= GEMV_MAX_ROWS || is_block_format(w.dtype)
+}
+
+/// Where a product's output rows go.
+enum Dest<'b> {
+    /// Every row to one activation matrix (`n x W.rows`).
+    One(&'b mut CudaAct),
+    /// Rows `[0, a)` to the first, `[a, a + b)` to the second, the rest to the third (the
+    /// widths of the three).
+    Split([&'b mut CudaAct; 3]),
 }
 
 /// Warps per output row for a GEMV with `rows` rows: enough blocks to fill the SMs.
@@ -45,10 +75,43 @@ pub fn matmul(
     n: usize,
     out: &mut CudaAct,
 ) -> Result<(), BackendError> {
-    if x.width != w.cols || out.width != w.rows || n > x.rows || n > out.rows {
+    product(dev, sm_count, x, w, fused, n, Dest::One(out))
+}
+
+/// [`matmul`] of a stacked matrix whose rows go to `outs[0]`, `outs[1]` and `outs[2]` in
+/// turn (their widths: q, k and v of a stacked QKV projection).
+pub fn matmul_split(
+    dev: &CudaDevice,
+    sm_count: usize,
+    x: &CudaAct,
+    w: &CudaMat,
+    fused: Fused<'_>,
+    n: usize,
+    outs: [&mut CudaAct; 3],
+) -> Result<(), BackendError> {
+    product(dev, sm_count, x, w, fused, n, Dest::Split(outs))
+}
+
+fn product(
+    dev: &CudaDevice,
+    sm_count: usize,
+    x: &CudaAct,
+    w: &CudaMat,
+    fused: Fused<'_>,
+    n: usize,
+    mut dest: Dest<'_>,
+) -> Result<(), BackendError> {
+    let (out_width, out_rows) = match &dest {
+        Dest::One(o) => (o.width, o.rows),
+        Dest::Split(o) => (
+            o[0].width + o[1].width + o[2].width,
+            o.iter().map(|o| o.rows).min().unwrap_or(0),
+        ),
+    };
+    if x.width != w.cols || out_width != w.rows || n > x.rows || n > out_rows {
         return Err(shape_err(format!(
             "matmul of [{} x {}] by [{}, {}] into [{} x {}] for {n} rows",
-            x.rows, x.width, w.rows, w.cols, out.rows, out.width
+            x.rows, x.width, w.rows, w.cols, out_rows, out_width
         )));
     }
     let w2 = fused.swiglu_up;
@@ -57,9 +120,9 @@ pub fn matmul(
             "the fused gate/up matrices differ in shape or format".into(),
         ));
     }
-    if w2.is_some() && n > GEMV_MAX_ROWS && !is_block_format(w.dtype) {
+    if fused.runs_as_gemv_only() && !gemv_fits(w, n) {
         return Err(shape_err(format!(
-            "the fused gate/up product runs as a GEMV, for at most {GEMV_MAX_ROWS} rows, not {n}"
+            "the fused norm and gate/up forms run as a GEMV, for at most {GEMV_MAX_ROWS} rows, not {n}"
         )));
     }
     if let Some(b) = fused.bias
@@ -71,10 +134,30 @@ pub fn matmul(
             w.rows
         )));
     }
+    if let Some((g, _)) = fused.norm
+        && g.len() < w.cols
+    {
+        return Err(shape_err(format!(
+            "norm weight of {} for {} columns",
+            g.len(),
+            w.cols
+        )));
+    }
     if n == 0 {
         return Ok(());
     }
     let wpr = warps_per_row(w.rows, sm_count);
+    let null = std::ptr::null_mut::<f32>();
+    let (out, out_b, out_c, rows_a, rows_b) = match &mut dest {
+        Dest::One(o) => (ptr_mut(&mut o.buf, dev) as *mut f32, null, null, 0, 0),
+        Dest::Split([a, b, c]) => (
+            ptr_mut(&mut a.buf, dev) as *mut f32,
+            ptr_mut(&mut b.buf, dev) as *mut f32,
+            ptr_mut(&mut c.buf, dev) as *mut f32,
+            i32_of(a.width, "rows")?,
+            i32_of(b.width, "rows")?,
+        ),
+    };
     let p = GemvParams {
         w: ptr(&w.buf, dev) as *const std::ffi::c_void,
         w2: w2.map_or(std::ptr::null(), |m| {
@@ -84,12 +167,21 @@ pub fn matmul(
             .bias
             .map_or(std::ptr::null(), |b| ptr(b, dev) as *const f32),
         x: ptr(&x.buf, dev) as *const f32,
-        out: ptr_mut(&mut out.buf, dev) as *mut f32,
+        out,
         rows: i32_of(w.rows, "matrix rows")?,
         cols: i32_of(w.cols, "matrix columns")?,
         n: i32_of(n, "rows")?,
         dtype: w.dtype,
         warps_per_row: wpr,
+        norm_w: fused
+            .norm
+            .map_or(std::ptr::null(), |(g, _)| ptr(g, dev) as *const f32),
+        eps: fused.norm.map_or(0.0, |(_, eps)| eps),
+        accumulate: i32::from(fused.accumulate),
+        out_b,
+        out_c,
+        rows_a,
+        rows_b,
     };
     let k = &dev.kernels;
     let rows_per_block = 8 / wpr as usize;

@@ -8,7 +8,8 @@
 //!
 //! - [`norm`] runs `rmsnorm.cu` (RMSNorm, the residual add fused in front of it, per head)
 //! - [`matmul`] runs `gemv.cu`, `gemv_quant.cu`, `gemm.cu`, chosen by weight format and row
-//!   count (the bias and the gate/up SwiGLU fused in)
+//!   count (the RMSNorm prologue, the bias, the gate/up SwiGLU, the residual add and the
+//!   stacked q/k/v split fused in)
 //! - [`attention`] runs `attention.cu` (KV append, flash-decoding splits, their reduction)
 //! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
 //! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
