@@ -8,7 +8,7 @@
 //! `Ops::matmul_bias`, the MLP's gate/up products and SwiGLU one `Ops::gate_up_swiglu`:
 //! a backend with fused kernels runs each as one (CUDA does), the CPU as its fine ops.
 
-use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
+use crate::backend::{AttnShape, BackendError, HeadNorms, Ops, Position, TokenIds};
 
 use crate::format::ModelConfig;
 use crate::format::ModelWeights;
@@ -289,13 +289,17 @@ impl<B: Ops> Llama<B> {
             project(b, &s.hn, &l.wq, l.bq.as_ref(), n, &mut s.q)?;
             project(b, &s.hn, &l.wk, l.bk.as_ref(), n, &mut s.k)?;
             project(b, &s.hn, &l.wv, l.bv.as_ref(), n, &mut s.v)?;
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                b.head_rmsnorm(&mut s.q, qn, c.head_dim, c.rms_eps, n)?;
-                b.head_rmsnorm(&mut s.k, kn, c.head_dim, c.rms_eps, n)?;
-            }
-            b.rope(&mut s.q, &s.rope, c.n_heads, pos, n)?;
-            b.rope(&mut s.k, &s.rope, c.n_kv_heads, pos, n)?;
-            b.attention(&s.q, &s.k, &s.v, kv, shape, pos, n, &mut s.att)?;
+            // qwen3's q/k norms, rope, KV append and attention: one op (one kernel on CUDA).
+            let norms = match (&l.q_norm, &l.k_norm) {
+                (Some(q), Some(k)) => Some(HeadNorms {
+                    q,
+                    k,
+                    eps: c.rms_eps,
+                }),
+                _ => None,
+            };
+            let (q, k) = (&mut s.q, &mut s.k);
+            b.rope_attention(q, k, &s.v, norms, &s.rope, kv, shape, pos, n, &mut s.att)?;
             b.matmul(&s.att, &l.wo, n, &mut s.h)?;
             // x += h, and the MLP block's norm of the new x.
             b.add_rmsnorm(&mut s.x, &s.h, &l.ffn_norm, c.rms_eps, n, &mut s.hn)?;

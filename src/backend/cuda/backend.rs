@@ -13,11 +13,15 @@ use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of};
 use super::device::CudaDevice;
 use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS};
+use super::launch::rope_attention::{FusedScratch, Norms, head_blocks, head_dim_index, max_splits};
 use super::launch::sample::SampleFilters;
 use super::launch::{
-    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, sample, shape_err,
+    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, rope_attention, sample,
+    shape_err,
 };
-use crate::backend::{AttnShape, BackendError, Ops, Position, TokenIds};
+use crate::backend::{
+    AttnShape, BackendError, HeadNorms, Ops, Position, TokenIds, rope_attention_unfused,
+};
 use crate::format::{Rope, RopeStyle, Weight};
 
 pub struct CudaBackend {
@@ -31,6 +35,9 @@ pub struct CudaBackend {
     part_sum: Option<CudaSlice<f32>>,
     /// Scratch for the in-place head RMSNorm.
     scratch: Option<CudaSlice<f32>>,
+    /// The fused attention kernel's completion counters, one per head block (zero between
+    /// launches).
+    counters: Option<CudaSlice<u32>>,
     progress: Option<ProgressBar>,
 }
 
@@ -67,6 +74,7 @@ impl CudaBackend {
             part_max: None,
             part_sum: None,
             scratch: None,
+            counters: None,
             progress: None,
         })
     }
@@ -74,12 +82,15 @@ impl CudaBackend {
     /// Allocates every scratch buffer the ops need for up to `max_batch` rows of `q_dim`
     /// (`n_heads` heads of `head_dim`), so that no op allocates later: a captured CUDA graph
     /// holds these addresses, and a reallocation would leave it pointing at freed memory.
+    /// A head size the fused decode attention has no kernel for is refused here, at load.
     pub fn reserve(
         &mut self,
         max_batch: usize,
         n_heads: usize,
         head_dim: usize,
     ) -> Result<(), BackendError> {
+        head_dim_index(head_dim)?;
+        ensure(&self.dev, &mut self.counters, n_heads, "attention counters")?;
         let slots = max_batch * n_heads * MAX_ATTN_SPLITS;
         ensure(&self.dev, &mut self.tokens, max_batch, "token ids")?;
         self.reserve_partials(slots, slots * head_dim)?;
@@ -504,6 +515,70 @@ impl Ops for CudaBackend {
             pos,
             n,
             parts,
+            out,
+        )
+    }
+
+    fn rope_attention<'p>(
+        &mut self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        norms: Option<HeadNorms<'_, CudaSlice<f32>>>,
+        t: &CudaRope,
+        kv: &mut CudaKv,
+        shape: AttnShape,
+        pos: impl Into<Position<'p, CudaSlice<i32>>>,
+        n: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let pos = pos.into();
+        if n != 1 {
+            // Prefill chunks and verify rows keep the fine kernels (the split attention
+            // kernel runs every row at once).
+            return rope_attention_unfused(self, q, k, v, norms, t, kv, shape, pos, n, out);
+        }
+        let pos = self.split_pos(pos, n)?;
+        let visible = if pos.1.is_null() { pos.0 + 1 } else { kv.ctx };
+        let slots = shape.n_heads * max_splits(self.sm_count, &shape, visible);
+        self.reserve_partials(slots, slots * shape.head_dim)?;
+        ensure(
+            &self.dev,
+            &mut self.counters,
+            head_blocks(&shape),
+            "attention counters",
+        )?;
+        let (Some(acc), Some(max), Some(sum), Some(counters)) = (
+            self.part_acc.as_mut(),
+            self.part_max.as_mut(),
+            self.part_sum.as_mut(),
+            self.counters.as_mut(),
+        ) else {
+            return Err(shape_err("attention scratch missing".into()));
+        };
+        let scratch = FusedScratch {
+            acc,
+            max,
+            sum,
+            counters,
+        };
+        let norms = norms.map(|nm| Norms {
+            q: nm.q,
+            k: nm.k,
+            eps: nm.eps,
+        });
+        rope_attention::rope_attention(
+            &self.dev,
+            self.sm_count,
+            q,
+            k,
+            v,
+            norms,
+            t,
+            kv,
+            shape,
+            pos,
+            scratch,
             out,
         )
     }

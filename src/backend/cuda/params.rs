@@ -30,3 +30,4 @@ unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
 unsafe impl cudarc::driver::DeviceRepr for ElementwiseParams {}
 unsafe impl cudarc::driver::DeviceRepr for ArgmaxParams {}
 unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
+unsafe impl cudarc::driver::DeviceRepr for RopeAttnParams {}

@@ -10,6 +10,8 @@
 //! - [`matmul`] runs `gemv.cu`, `gemv_quant.cu`, `gemm.cu`, chosen by weight format and row
 //!   count (the bias and the gate/up SwiGLU fused in)
 //! - [`attention`] runs `attention.cu` (KV append, flash-decoding splits, their reduction)
+//! - [`rope_attention`] runs `rope_attention.cu` (a decode row's norms, rope, KV append and
+//!   attention in one kernel)
 //! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
 //! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
 //!
@@ -22,6 +24,7 @@ pub mod embed;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+pub mod rope_attention;
 pub mod sample;
 
 use std::sync::Arc;
@@ -50,6 +53,9 @@ pub(crate) struct KernelFns {
     pub(crate) argmax_partial: CudaFunction,
     pub(crate) argmax_final: CudaFunction,
     pub(crate) sample_logits: CudaFunction,
+    /// `rope_attn_decode_h<HD>_<type>`: by head size ([`rope_attention::FUSED_HEAD_DIMS`]),
+    /// then cache type (f32, bf16, f16).
+    pub(crate) rope_attn_decode: Vec<[CudaFunction; 3]>,
 }
 
 impl KernelFns {
@@ -68,6 +74,16 @@ impl KernelFns {
             argmax_partial: module.load_function("argmax_partial")?,
             argmax_final: module.load_function("argmax_final")?,
             sample_logits: module.load_function("sample_logits")?,
+            rope_attn_decode: rope_attention::kernel_names()
+                .iter()
+                .map(|[a, b, c]| {
+                    Ok([
+                        module.load_function(a)?,
+                        module.load_function(b)?,
+                        module.load_function(c)?,
+                    ])
+                })
+                .collect::<Result<_, DriverError>>()?,
         })
     }
 }
@@ -146,10 +162,23 @@ pub(crate) fn launch<P: DeviceRepr>(
     p: &P,
     name: &'static str,
 ) -> Result<(), BackendError> {
+    launch_smem(dev, f, grid, block, 0, p, name)
+}
+
+/// [`launch`] with `smem` bytes of dynamic shared memory (at most 48 KiB: no opt-in).
+pub(crate) fn launch_smem<P: DeviceRepr>(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem: u32,
+    p: &P,
+    name: &'static str,
+) -> Result<(), BackendError> {
     let cfg = LaunchConfig {
         grid_dim: (grid.0.max(1), grid.1.max(1), grid.2.max(1)),
         block_dim: block,
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
     let mut b = dev.stream().launch_builder(f);
     b.arg(p);
