@@ -142,14 +142,16 @@ typedef struct {
  * when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by
  * 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes
  * each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.
- * `pos` is `*pos_dev` when `pos_dev` is set.
+ * `pos` is `*pos_dev` when `pos_dev` is set. The caches hold `kv_dtype` elements: the
+ * append rounds to that type, the split kernel widens to f32 as it reads.
  */
 typedef struct {
     const float* q;
     const float* k;
     const float* v;
-    float* k_cache;
-    float* v_cache;
+    /** `ctx * n_kv_heads * head_dim` elements each, of type `kv_dtype`. */
+    void* k_cache;
+    void* v_cache;
     /** `n * n_heads * head_dim` floats. */
     float* out;
     /** Scratch: `n * n_heads * n_splits * head_dim` floats. */
@@ -166,6 +168,8 @@ typedef struct {
     int window;
     int n_splits;
     int ctx;
+    /** The caches' element type: TACHYON_DTYPE_F32, _F16 or _BF16. */
+    int kv_dtype;
 } AttnParams;
 
 /** Elementwise ops of `elementwise_f32` (kernels/elementwise.cu). */

@@ -65,6 +65,37 @@ pub struct KernelTime {
     pub micros: f64,
 }
 
+/// The element type of a backend's KV cache. The CPU backend keeps f32 whatever this says;
+/// the CUDA backend stores what it is told (`--kv-dtype`), and its kernels widen each element
+/// to f32 as they read it, so attention arithmetic stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Full precision, 4 bytes per element (what checks against the CPU use).
+    F32,
+    F16,
+    /// Half the bytes of f32 and f32's range: the default.
+    #[default]
+    Bf16,
+}
+
+impl KvDtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Shape of the attention of one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {

@@ -3,15 +3,16 @@
 //! attention), on fresh random inputs: every instantiated head size, GQA ratios 1, 4, 7, 8
 //! and 16 (two head blocks per kv head), contexts from the first position to past many
 //! splits, sliding windows, qwen3's q/k norms, both rope pairings and partial rotation, the
-//! position from the host and from device memory (a replayed graph's). Outputs are poisoned
+//! position from the host and from device memory (a replayed graph's), f32, bf16 and f16
+//! caches (the CPU keeps f32 and reads what the GPU's cache holds). Outputs are poisoned
 //! with NaN first; NaN never passes. Each case runs twice: the second run must give the same
 //! bits (the splits merge in a fixed order, and the completion counters are left at zero).
 
 use cudarc::driver::CudaSlice;
 use tachyon::backend::cpu::attention::KvCache;
 use tachyon::backend::cpu::{CpuAct, CpuBackend};
-use tachyon::backend::cuda::{CudaAct, CudaBackend};
-use tachyon::backend::{AttnShape, HeadNorms, Ops, Position};
+use tachyon::backend::cuda::{CudaAct, CudaBackend, kv_decode, kv_encode};
+use tachyon::backend::{AttnShape, HeadNorms, KvDtype, Ops, Position};
 use tachyon::format::{Rope, RopeStyle};
 
 use super::Rng;
@@ -31,6 +32,8 @@ struct Case {
     style: RopeStyle,
     /// The position read from device memory.
     device_pos: bool,
+    /// The GPU cache's element type (the CPU's is f32).
+    kv: KvDtype,
 }
 
 fn case(heads: usize, kv_heads: usize, head_dim: usize, pos: usize) -> Case {
@@ -48,6 +51,7 @@ fn case(heads: usize, kv_heads: usize, head_dim: usize, pos: usize) -> Case {
             RopeStyle::Interleaved
         },
         device_pos: pos % 3 == 0,
+        kv: KvDtype::F32,
     }
 }
 
@@ -96,7 +100,40 @@ fn cases() -> Vec<Case> {
         rope_dim: 10,
         ..case(2, 1, 16, 5)
     });
+    // The 16-bit caches: every head size once, GQA 4 and 7, a window, the norms.
+    for hd in [16usize, 32, 64, 80, 96, 128, 256] {
+        for kv in [KvDtype::Bf16, KvDtype::F16] {
+            let (h, kvh) = if hd % 32 == 0 { (8, 2) } else { (7, 1) };
+            c.push(Case {
+                kv,
+                ..case(h, kvh, hd, 70 + hd)
+            });
+        }
+    }
+    c.push(Case {
+        kv: KvDtype::Bf16,
+        window: Some(40),
+        norms: true,
+        ..case(8, 2, 128, 301)
+    });
+    c.push(Case {
+        kv: KvDtype::Bf16,
+        ..case(32, 8, 64, 4100)
+    });
     c
+}
+
+/// Largest accepted relative error of the output: the CPU reads the cache the GPU holds
+/// (its elements widened to f32), so what differs is the order of the f32 sums and, with a
+/// 16-bit cache, the new k and v, which the GPU rounds to the cache's type before using
+/// them (2^-9 relative for bf16, 2^-12 for f16, through one score and one value).
+fn tolerance(kv: KvDtype) -> (f64, f64) {
+    // (output, the new k and v against the CPU's f32)
+    match kv {
+        KvDtype::F32 => (5e-5, 1e-5),
+        KvDtype::F16 => (2e-3, 1e-3),
+        KvDtype::Bf16 => (1e-2, 4e-3),
+    }
 }
 
 fn rope(c: &Case) -> Rope {
@@ -158,6 +195,9 @@ fn inputs(rng: &mut Rng, c: &Case, ctx: usize) -> Inputs {
     for cache in [&mut k_cache, &mut v_cache] {
         cache[c.pos * kvd..].fill(f32::NAN);
     }
+    // What the GPU's cache holds, so that both sides read the same cached values.
+    let round = |v: &[f32]| kv_decode(c.kv, &kv_encode(c.kv, v));
+    let (k_cache, v_cache) = (round(&k_cache), round(&v_cache));
     Inputs {
         q: rng.vec(c.heads * hd, q_scale),
         k: rng.vec(kvd, 1.0),
@@ -192,6 +232,7 @@ fn gpu_run(
         k: &kn,
         eps: 1e-6,
     });
+    b.set_kv_dtype(c.kv);
     let mut kv = b
         .kv_from_host(ctx, kvd, &x.k_cache, &x.v_cache)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -276,21 +317,41 @@ fn fused_rope_attention_matches_cpu() {
         let (out, kc, vc) = gpu_run(&mut b, c, &x, ctx, &pos_buf);
         let (want, ckv) = cpu_run(&mut cpu, c, &x, ctx);
         let what = format!("{c:?}");
+        let (tol_out, tol_new) = tolerance(c.kv);
         // Softmax over up to 4k positions merged across splits (as Ops::attention's cases).
-        check(&format!("{what}: out"), &out, &want, 5e-5);
-        let live = (c.pos + 1) * kvd;
+        check(&format!("{what}: out"), &out, &want, tol_out);
+        let (old, live) = (c.pos * kvd, (c.pos + 1) * kvd);
         // The cached rows before the new one are untouched; the new k went through the same
-        // norm and rope arithmetic in another order (rope's own tolerance, the norm's).
+        // norm and rope arithmetic in another order (rope's own tolerance, the norm's), and
+        // the new k and v are rounded to the cache's type.
         assert!(
-            kc[..c.pos * kvd] == ckv.k[..c.pos * kvd] && vc[..live] == ckv.v[..live],
-            "{what}: the caches differ outside the new k"
+            kc[..old] == ckv.k[..old] && vc[..old] == ckv.v[..old],
+            "{what}: the cached positions changed"
         );
+        let tol_k = if c.kv == KvDtype::F32 && !c.norms {
+            1e-6
+        } else {
+            tol_new
+        };
         check(
             &format!("{what}: new k"),
-            &kc[c.pos * kvd..live],
-            &ckv.k[c.pos * kvd..live],
-            if c.norms { 1e-5 } else { 1e-6 },
+            &kc[old..live],
+            &ckv.k[old..live],
+            tol_k,
         );
+        if c.kv == KvDtype::F32 {
+            assert!(
+                vc[old..live] == ckv.v[old..live],
+                "{what}: new v not copied"
+            );
+        } else {
+            check(
+                &format!("{what}: new v"),
+                &vc[old..live],
+                &ckv.v[old..live],
+                tol_new,
+            );
+        }
         assert!(
             kc[live..].iter().chain(&vc[live..]).all(|v| v.is_nan()),
             "{what}: wrote past the new position"

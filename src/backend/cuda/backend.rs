@@ -9,7 +9,7 @@
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits, sys};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of};
+use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of, kv_decode, kv_encode};
 use super::device::CudaDevice;
 use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS};
@@ -20,7 +20,7 @@ use super::launch::{
     shape_err,
 };
 use crate::backend::{
-    AttnShape, BackendError, HeadNorms, Ops, Position, TokenIds, rope_attention_unfused,
+    AttnShape, BackendError, HeadNorms, KvDtype, Ops, Position, TokenIds, rope_attention_unfused,
 };
 use crate::format::{Rope, RopeStyle, Weight};
 
@@ -38,6 +38,8 @@ pub struct CudaBackend {
     /// The fused attention kernel's completion counters, one per head block (zero between
     /// launches).
     counters: Option<CudaSlice<u32>>,
+    /// The element type of the KV caches `alloc_kv` makes.
+    kv_dtype: KvDtype,
     progress: Option<ProgressBar>,
 }
 
@@ -75,6 +77,7 @@ impl CudaBackend {
             part_sum: None,
             scratch: None,
             counters: None,
+            kv_dtype: KvDtype::F32,
             progress: None,
         })
     }
@@ -126,6 +129,12 @@ impl CudaBackend {
             ))),
             Position::Device(p) => Ok((0, ptr(p, &self.dev) as *const i32)),
         }
+    }
+
+    /// The element type of the KV caches made from now on (f32 until set: the op tests
+    /// compare caches with the CPU's).
+    pub fn set_kv_dtype(&mut self, d: KvDtype) {
+        self.kv_dtype = d;
     }
 
     /// Show a progress bar over `total_bytes` of weight uploads on stderr.
@@ -238,7 +247,8 @@ impl CudaBackend {
         Ok(v)
     }
 
-    /// A KV cache holding `k` and `v` (`ctx * kv_dim` values each).
+    /// A KV cache of the backend's element type holding `k` and `v` (`ctx * kv_dim` values
+    /// each, rounded to that type).
     pub fn kv_from_host(
         &mut self,
         ctx: usize,
@@ -250,21 +260,25 @@ impl CudaBackend {
             return Err(shape_err("KV cache contents of the wrong size".into()));
         }
         let s = self.dev.stream();
+        let d = self.kv_dtype;
         Ok(CudaKv {
-            k: s.clone_htod(k).map_err(dev_err("uploading a KV cache"))?,
-            v: s.clone_htod(v).map_err(dev_err("uploading a KV cache"))?,
+            k: s.clone_htod(&kv_encode(d, k))
+                .map_err(dev_err("uploading a KV cache"))?,
+            v: s.clone_htod(&kv_encode(d, v))
+                .map_err(dev_err("uploading a KV cache"))?,
             ctx,
             kv_dim,
+            dtype: d,
         })
     }
 
-    /// The K and V caches' contents, after the queued work finished.
+    /// The K and V caches' contents widened to f32, after the queued work finished.
     pub fn kv_to_host(&mut self, kv: &CudaKv) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
         let s = self.dev.stream();
         let k = s.clone_dtoh(&kv.k).map_err(dev_err("reading a KV cache"))?;
         let v = s.clone_dtoh(&kv.v).map_err(dev_err("reading a KV cache"))?;
         self.dev.synchronize().map_err(dev_err("running kernels"))?;
-        Ok((k, v))
+        Ok((kv_decode(kv.dtype, &k), kv_decode(kv.dtype, &v)))
     }
 
     /// Splits of the sequence for flash-decoding on this device; see [`attn_splits`].
@@ -324,13 +338,17 @@ impl Ops for CudaBackend {
 
     fn alloc_kv(&mut self, ctx: usize, kv_dim: usize) -> Result<CudaKv, BackendError> {
         let s = self.dev.stream();
-        let k = s
-            .alloc_zeros::<f32>((ctx * kv_dim).max(1))
-            .map_err(dev_err("KV cache"))?;
-        let v = s
-            .alloc_zeros::<f32>((ctx * kv_dim).max(1))
-            .map_err(dev_err("KV cache"))?;
-        Ok(CudaKv { k, v, ctx, kv_dim })
+        let dtype = self.kv_dtype;
+        let bytes = (ctx * kv_dim * dtype.bytes()).max(4);
+        let k = s.alloc_zeros::<u8>(bytes).map_err(dev_err("KV cache"))?;
+        let v = s.alloc_zeros::<u8>(bytes).map_err(dev_err("KV cache"))?;
+        Ok(CudaKv {
+            k,
+            v,
+            ctx,
+            kv_dim,
+            dtype,
+        })
     }
 
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<CudaRope, BackendError> {

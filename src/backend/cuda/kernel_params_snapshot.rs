@@ -149,15 +149,16 @@ const _: () = {
         [::std::mem::offset_of!(RopeParams, interleaved) - 52usize];
     ["Offset of field: RopeParams::ctx"][::std::mem::offset_of!(RopeParams, ctx) - 56usize];
 };
-#[doc = " Parameters of `attn_decode_split` and `attn_decode_reduce` (kernels/attention.cu).\n\n First `k`, `v` (`n` rows of `n_kv_heads * head_dim`) are appended at positions\n `pos..pos+n` of the caches (`attn_kv_append`); then query row i (position `pos + i`),\n head h attends to cache positions `first..=pos+i` (first = 0, or `pos + i + 1 - window`\n when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by\n 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes\n each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.\n `pos` is `*pos_dev` when `pos_dev` is set."]
+#[doc = " Parameters of `attn_decode_split` and `attn_decode_reduce` (kernels/attention.cu).\n\n First `k`, `v` (`n` rows of `n_kv_heads * head_dim`) are appended at positions\n `pos..pos+n` of the caches (`attn_kv_append`); then query row i (position `pos + i`),\n head h attends to cache positions `first..=pos+i` (first = 0, or `pos + i + 1 - window`\n when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by\n 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes\n each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.\n `pos` is `*pos_dev` when `pos_dev` is set. The caches hold `kv_dtype` elements: the\n append rounds to that type, the split kernel widens to f32 as it reads."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct AttnParams {
     pub q: *const f32,
     pub k: *const f32,
     pub v: *const f32,
-    pub k_cache: *mut f32,
-    pub v_cache: *mut f32,
+    #[doc = " `ctx * n_kv_heads * head_dim` elements each, of type `kv_dtype`."]
+    pub k_cache: *mut ::std::os::raw::c_void,
+    pub v_cache: *mut ::std::os::raw::c_void,
     #[doc = " `n * n_heads * head_dim` floats."]
     pub out: *mut f32,
     #[doc = " Scratch: `n * n_heads * n_splits * head_dim` floats."]
@@ -174,10 +175,12 @@ pub struct AttnParams {
     pub window: ::std::os::raw::c_int,
     pub n_splits: ::std::os::raw::c_int,
     pub ctx: ::std::os::raw::c_int,
+    #[doc = " The caches' element type: TACHYON_DTYPE_F32, _F16 or _BF16."]
+    pub kv_dtype: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AttnParams"][::std::mem::size_of::<AttnParams>() - 112usize];
+    ["Size of AttnParams"][::std::mem::size_of::<AttnParams>() - 120usize];
     ["Alignment of AttnParams"][::std::mem::align_of::<AttnParams>() - 8usize];
     ["Offset of field: AttnParams::q"][::std::mem::offset_of!(AttnParams, q) - 0usize];
     ["Offset of field: AttnParams::k"][::std::mem::offset_of!(AttnParams, k) - 8usize];
@@ -203,6 +206,8 @@ const _: () = {
     ["Offset of field: AttnParams::n_splits"]
         [::std::mem::offset_of!(AttnParams, n_splits) - 104usize];
     ["Offset of field: AttnParams::ctx"][::std::mem::offset_of!(AttnParams, ctx) - 108usize];
+    ["Offset of field: AttnParams::kv_dtype"]
+        [::std::mem::offset_of!(AttnParams, kv_dtype) - 112usize];
 };
 #[doc = " `x[i] += y[i]`"]
 pub const TACHYON_EW_ADD: _bindgen_ty_2 = 0;

@@ -12,7 +12,7 @@ use super::{i32_of, launch_smem, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::cuda::buffers::{CudaAct, CudaKv, CudaRope};
 use crate::backend::cuda::device::CudaDevice;
 use crate::backend::cuda::params::RopeAttnParams;
-use crate::backend::{AttnShape, BackendError};
+use crate::backend::{AttnShape, BackendError, KvDtype};
 
 /// The head sizes the fused kernel is instantiated for.
 pub const FUSED_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
@@ -22,6 +22,15 @@ pub const KV_F32: usize = 0;
 pub const KV_BF16: usize = 1;
 pub const KV_F16: usize = 2;
 const KV_NAMES: [&str; 3] = ["f32", "bf16", "f16"];
+
+/// The instantiation of a cache element type.
+pub fn kv_index(d: KvDtype) -> usize {
+    match d {
+        KvDtype::F32 => KV_F32,
+        KvDtype::Bf16 => KV_BF16,
+        KvDtype::F16 => KV_F16,
+    }
+}
 
 /// The kernel names of every instantiation, by head size then cache type.
 pub fn kernel_names() -> Vec<[String; 3]> {
@@ -195,7 +204,7 @@ pub fn rope_attention(
     };
     launch_smem(
         dev,
-        &fns[KV_F32],
+        &fns[kv_index(kv.dtype)],
         (u32_of(blocks, "head blocks")?, splits as u32, 1),
         (128, 1, 1),
         smem_bytes(hd),
