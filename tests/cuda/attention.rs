@@ -45,12 +45,12 @@ fn case(heads: usize, kv_heads: usize, head_dim: usize, pos: usize) -> Case {
         pos,
         window: None,
         norms: false,
-        style: if pos % 2 == 0 {
+        style: if pos.is_multiple_of(2) {
             RopeStyle::Neox
         } else {
             RopeStyle::Interleaved
         },
-        device_pos: pos % 3 == 0,
+        device_pos: pos.is_multiple_of(3),
         kv: KvDtype::F32,
     }
 }
@@ -103,7 +103,11 @@ fn cases() -> Vec<Case> {
     // The 16-bit caches: every head size once, GQA 4 and 7, a window, the norms.
     for hd in [16usize, 32, 64, 80, 96, 128, 256] {
         for kv in [KvDtype::Bf16, KvDtype::F16] {
-            let (h, kvh) = if hd % 32 == 0 { (8, 2) } else { (7, 1) };
+            let (h, kvh) = if hd.is_multiple_of(32) {
+                (8, 2)
+            } else {
+                (7, 1)
+            };
             c.push(Case {
                 kv,
                 ..case(h, kvh, hd, 70 + hd)
