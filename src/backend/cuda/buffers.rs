@@ -1,6 +1,7 @@
 //! The device buffers of the CUDA backend's `Ops` types: activations, weight matrices, KV
-//! caches and rope tables, all in the CPU backend's layouts (f32 row-major activations and
-//! caches, weights as stored in the file), so every op has the CPU op as its twin.
+//! caches and rope tables, all in the CPU backend's layouts (f32 row-major activations,
+//! caches of f32 or of a 16-bit type (`KvDtype`), weights as stored in the file), so every
+//! op has the CPU op as its twin.
 
 use cudarc::driver::CudaSlice;
 
