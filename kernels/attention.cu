@@ -15,10 +15,13 @@
  * 3. attn_decode_reduce: per (row, head), merges the n_splits partials:
  *    out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M). grid = (n * n_heads),
  *    block = (128).
- * Layout: q `n x n_heads x head_dim`, k/v `n x n_kv_heads x head_dim`, caches
- * `ctx x n_kv_heads x head_dim`, all f32 (the CPU backend's layout).
- * Bytes per decode step and layer: 2 * 4 * L * kv_dim (K and V of L visible positions, read
- * once) + partials 4 * n_heads * n_splits * (head_dim + 2) written and read back.
+ * Layout: q `n x n_heads x head_dim`, k/v `n x n_kv_heads x head_dim` f32, caches
+ * `ctx x n_kv_heads x head_dim` of f32, f16 or bf16 (`kv_dtype`; the CPU backend's layout,
+ * its f32 type or half the bytes), widened to f32 as read.
+ * Used for prefill chunks and verify rows; a decode row runs kernels/rope_attention.cu.
+ * Bytes per step and layer: 2 * e * L * kv_dim (K and V of L visible positions, read once,
+ * e bytes per element) + partials 4 * n_heads * n_splits * (head_dim + 2) written and read
+ * back.
  * Flops: 4 * L * n_heads * head_dim. Memory-bound; the split keeps all SMs reading when
  * there are few kv heads.
  */
@@ -47,6 +50,17 @@ __device__ __forceinline__ Range split_range(const AttnParams& p, int pos, int r
 }
 
 constexpr int kMaxD = 8;  // head_dim <= 256
+
+// One cache element written from f32 (rounded to nearest for the 16-bit types).
+__device__ __forceinline__ void store_kv(void* base, size_t i, int dtype, float x) {
+    if (dtype == TACHYON_DTYPE_BF16) {
+        static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(x);
+    } else if (dtype == TACHYON_DTYPE_F16) {
+        static_cast<__half*>(base)[i] = __float2half_rn(x);
+    } else {
+        static_cast<float*>(base)[i] = x;
+    }
+}
 
 // max that keeps a NaN: fmaxf(-inf, NaN) is -inf, which would let a NaN score vanish
 // (a warp whose only scores are NaN keeps m = -inf and is skipped as "saw no position").
@@ -101,14 +115,13 @@ __device__ __forceinline__ void attn_split(const AttnParams& p, SplitShared& sm)
     }
 
     for (int t = r.first + warp; t < r.end; t += kAttnWarps) {
-        const float* kt = p.k_cache + static_cast<size_t>(t) * kv_dim + kvh * hd;
-        const float* vt = p.v_cache + static_cast<size_t>(t) * kv_dim + kvh * hd;
+        const size_t row = static_cast<size_t>(t) * kv_dim + kvh * hd;
         float kr[D], vr[D];
 #pragma unroll
         for (int j = 0; j < D; ++j) {
             const int d = lane + j * tachyon::kWarp;
-            kr[j] = d < hd ? kt[d] : 0.0f;
-            vr[j] = d < hd ? vt[d] : 0.0f;
+            kr[j] = d < hd ? tachyon::load_elem(p.k_cache, row + d, p.kv_dtype) : 0.0f;
+            vr[j] = d < hd ? tachyon::load_elem(p.v_cache, row + d, p.kv_dtype) : 0.0f;
         }
 #pragma unroll
         for (int g = 0; g < kHeadsPerBlock; ++g) {
@@ -179,8 +192,8 @@ extern "C" __global__ void __launch_bounds__(256) attn_kv_append(const AttnParam
     const size_t src = static_cast<size_t>(row) * kv_dim;
     const size_t dst = static_cast<size_t>(at) * kv_dim;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        p.k_cache[dst + i] = p.k[src + i];
-        p.v_cache[dst + i] = p.v[src + i];
+        store_kv(p.k_cache, dst + i, p.kv_dtype, p.k[src + i]);
+        store_kv(p.v_cache, dst + i, p.kv_dtype, p.v[src + i]);
     }
 }
 

@@ -157,14 +157,16 @@ typedef struct {
  * when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by
  * 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes
  * each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.
- * `pos` is `*pos_dev` when `pos_dev` is set.
+ * `pos` is `*pos_dev` when `pos_dev` is set. The caches hold `kv_dtype` elements: the
+ * append rounds to that type, the split kernel widens to f32 as it reads.
  */
 typedef struct {
     const float* q;
     const float* k;
     const float* v;
-    float* k_cache;
-    float* v_cache;
+    /** `ctx * n_kv_heads * head_dim` elements each, of type `kv_dtype`. */
+    void* k_cache;
+    void* v_cache;
     /** `n * n_heads * head_dim` floats. */
     float* out;
     /** Scratch: `n * n_heads * n_splits * head_dim` floats. */
@@ -181,6 +183,8 @@ typedef struct {
     int window;
     int n_splits;
     int ctx;
+    /** The caches' element type: TACHYON_DTYPE_F32, _F16 or _BF16. */
+    int kv_dtype;
 } AttnParams;
 
 /** Elementwise ops of `elementwise_f32` (kernels/elementwise.cu). */
@@ -278,5 +282,56 @@ typedef struct {
     SampleParams base;
     const unsigned int* mask;
 } MaskedSampleParams;
+
+/**
+ * Parameters of `rope_attn_decode_h<HD>_<f32|bf16|f16>` (kernels/rope_attention.cu): one
+ * query row's attention block after the projections, in one launch.
+ *
+ * At position p (`*pos_dev` when `pos_dev` is set, else `pos`): each head of `q`
+ * (`n_heads * head_dim` f32) and `k` (`n_kv_heads * head_dim`) is RMS-normed with
+ * `q_norm` / `k_norm` (`head_dim` weights, `eps`) when those are not NULL, then rotated
+ * (the first `2 * half` values; pairs (2j, 2j+1) when `interleaved`, else (j, j + half);
+ * angles `cos[p * half + j]`, `sin[p * half + j]`, `p < rope_ctx`); k and `v` are stored at
+ * cache position p (`ctx` positions of `n_kv_heads * head_dim` elements of the kernel's
+ * type), and head h attends to positions first..=p of kv head `h / (n_heads / n_kv_heads)`
+ * (first = 0, or `p + 1 - window` when `window > 0`), scores scaled by 1/sqrt(head_dim).
+ * `q`, `k`, `v` are read only. The grid's y extent is `max_splits`; a split covers at
+ * least `min_chunk` positions. A position outside the cache or the table gives NaN.
+ */
+typedef struct {
+    const float* q;
+    const float* k;
+    const float* v;
+    /** `head_dim` weights each, or NULL (no per-head norm). */
+    const float* q_norm;
+    const float* k_norm;
+    const float* cos;
+    const float* sin;
+    /** `ctx * n_kv_heads * head_dim` elements each (f32, bf16 or f16: the kernel's type). */
+    void* k_cache;
+    void* v_cache;
+    /** `n_heads * head_dim` floats. */
+    float* out;
+    /** Scratch: `n_heads * max_splits * head_dim` floats. */
+    float* part_acc;
+    /** Scratch: `n_heads * max_splits` floats each. */
+    float* part_max;
+    float* part_sum;
+    /** One per block of the grid's x extent, zero before the launch (and left zero). */
+    unsigned int* counters;
+    const int* pos_dev;
+    int pos;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int window;
+    int max_splits;
+    int min_chunk;
+    int ctx;
+    int rope_ctx;
+    int half;
+    int interleaved;
+    float eps;
+} RopeAttnParams;
 
 #endif /* TACHYON_KERNELS_H */

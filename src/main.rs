@@ -17,7 +17,7 @@ use tachyon::format::{ModelSource, gguf_type_counts};
 use tachyon::graph::Model;
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
-use cli::engine_args::{BackendArg, QuantArg, SpeculationArgs};
+use cli::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs};
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +103,10 @@ struct GenerateArgs {
     /// CPU: exact f32 dot products instead of 8-bit activation quantization (slower).
     #[arg(long)]
     precise: bool,
+    /// GPU: the KV cache's element type (bf16 halves the bytes attention reads; f32 for
+    /// checks against the CPU, which keeps f32).
+    #[arg(long, value_enum, default_value_t = KvDtypeArg::Bf16)]
+    kv_dtype: KvDtypeArg,
     /// Keep generating through end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
@@ -186,6 +190,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         session: SessionOptions {
             ctx: a.ctx,
             precise: a.precise,
+            kv_dtype: a.kv_dtype.into(),
             ..Default::default()
         },
         quant: a.quant.map(Into::into),

@@ -14,6 +14,8 @@
 //! each GPU test; set `TACHYON_TEST_SEED=<seed>` to replay a failure. Outputs are poisoned
 //! with NaN before every launch, and NaN never passes a comparison.
 
+#[path = "cuda/attention.rs"]
+mod attention;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "cuda/fused.rs"]

@@ -66,6 +66,37 @@ pub struct KernelTime {
     pub micros: f64,
 }
 
+/// The element type of a backend's KV cache. The CPU backend keeps f32 whatever this says;
+/// the CUDA backend stores what it is told (`--kv-dtype`), and its kernels widen each element
+/// to f32 as they read it, so attention arithmetic stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Full precision, 4 bytes per element (what checks against the CPU use).
+    F32,
+    F16,
+    /// Half the bytes of f32 and f32's range: the default.
+    #[default]
+    Bf16,
+}
+
+impl KvDtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Shape of the attention of one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
@@ -195,6 +226,45 @@ pub fn separate_qkv<B: Ops + ?Sized>(
         v: b.upload_matrix(v)?,
         bias,
     })
+}
+
+/// qwen3's per-head q/k RMSNorm weights (`head_dim` each) and epsilon.
+pub struct HeadNorms<'a, V> {
+    pub q: &'a V,
+    pub k: &'a V,
+    pub eps: f32,
+}
+
+// By hand, as for `TokenIds`: references only, whatever `V` is.
+impl<V> Clone for HeadNorms<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for HeadNorms<'_, V> {}
+
+/// [`Ops::rope_attention`] in the fine ops: head norms, rope of q, rope of k, attention.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention_unfused<B: Ops>(
+    b: &mut B,
+    q: &mut B::Act,
+    k: &mut B::Act,
+    v: &B::Act,
+    norms: Option<HeadNorms<'_, B::Vector>>,
+    table: &B::RopeTable,
+    kv: &mut B::Kv,
+    shape: AttnShape,
+    pos: Position<'_, B::DevicePos>,
+    n: usize,
+    out: &mut B::Act,
+) -> Result<(), BackendError> {
+    if let Some(nm) = norms {
+        b.head_rmsnorm(q, nm.q, shape.head_dim, nm.eps, n)?;
+        b.head_rmsnorm(k, nm.k, shape.head_dim, nm.eps, n)?;
+    }
+    b.rope(q, table, shape.n_heads, pos, n)?;
+    b.rope(k, table, shape.n_kv_heads, pos, n)?;
+    b.attention(q, k, v, kv, shape, pos, n, out)
 }
 
 /// The ops a decoder-only forward pass is made of. Activations are row-major matrices of
@@ -432,6 +502,31 @@ pub trait Ops {
     ) -> Result<(), BackendError>
     where
         Self::DevicePos: 'p;
+    /// The attention block after the projections: qwen3's per-head RMSNorm of `q` and `k`
+    /// (when `norms` is given), rope of both (row `i` at position `pos + i`), then
+    /// [`Ops::attention`]. Afterwards `q` and `k` are scratch: this default leaves them
+    /// normed and rotated, a backend that fuses it all into one kernel (CUDA does, for one
+    /// row) may leave them as they were. The default is the fused kernel's CPU twin.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention<'p>(
+        &mut self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
+        norms: Option<HeadNorms<'_, Self::Vector>>,
+        table: &Self::RopeTable,
+        kv: &mut Self::Kv,
+        shape: AttnShape,
+        pos: impl Into<Position<'p, Self::DevicePos>>,
+        n: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError>
+    where
+        Self::DevicePos: 'p,
+        Self: Sized,
+    {
+        rope_attention_unfused(self, q, k, v, norms, table, kv, shape, pos.into(), n, out)
+    }
     /// Copy row `src_row` of `src` into row 0 of `dst`.
     fn copy_row(
         &mut self,

@@ -13,7 +13,7 @@ use tachyon::engine::{
 };
 use tachyon::format::GgmlType;
 
-use super::engine_args::{BackendArg, QuantArg, SpeculationArgs};
+use super::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RandomDtype {
@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// CPU: exact f32 dot products instead of 8-bit activation quantization.
     #[arg(long)]
     pub(super) precise: bool,
+    /// GPU: the KV cache's element type (bf16 halves the bytes attention reads; f32 for
+    /// checks against the CPU, which keeps f32).
+    #[arg(long, value_enum, default_value_t = KvDtypeArg::Bf16)]
+    pub(super) kv_dtype: KvDtypeArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
@@ -214,6 +218,7 @@ impl BenchArgs {
             session: SessionOptions {
                 ctx,
                 precise: self.precise,
+                kv_dtype: self.kv_dtype.into(),
                 ..Default::default()
             },
             quant: self.quant.map(Into::into),

@@ -1,11 +1,12 @@
 //! The command-line arguments every engine-building command shares (`--backend`,
-//! `--quant`, the speculation flags), and their conversion into the library's plain
+//! `--quant`, `--kv-dtype`, the speculation flags), and their conversion into the library's plain
 //! option structs: clap types stay here.
 
 use std::path::PathBuf;
 
 use clap::ValueEnum;
 
+use tachyon::backend::KvDtype;
 use tachyon::engine::{BackendChoice, ModelSpec, SpeculationOptions};
 use tachyon::quant::at_load::LoadQuant;
 
@@ -23,6 +24,26 @@ impl From<BackendArg> for BackendChoice {
             BackendArg::Auto => BackendChoice::Auto,
             BackendArg::Cpu => BackendChoice::Cpu,
             BackendArg::Cuda => BackendChoice::Cuda,
+        }
+    }
+}
+
+/// `--kv-dtype`: the KV cache's element type on the GPU (the CPU keeps f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum KvDtypeArg {
+    #[default]
+    Bf16,
+    F16,
+    /// Full precision (for checks against the CPU backend; twice the memory and bytes read).
+    F32,
+}
+
+impl From<KvDtypeArg> for KvDtype {
+    fn from(d: KvDtypeArg) -> KvDtype {
+        match d {
+            KvDtypeArg::Bf16 => KvDtype::Bf16,
+            KvDtypeArg::F16 => KvDtype::F16,
+            KvDtypeArg::F32 => KvDtype::F32,
         }
     }
 }

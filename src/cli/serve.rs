@@ -8,7 +8,7 @@ use anyhow::Result;
 use tachyon::engine::{EngineOptions, ModelSpec, SessionOptions};
 use tachyon::server::{BusyPoll, ServeOptions};
 
-use super::engine_args::{BackendArg, QuantArg, SpeculationArgs};
+use super::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// CPU: exact f32 dot products instead of 8-bit activation quantization (slower).
     #[arg(long)]
     pub precise: bool,
+    /// GPU: the KV cache's element type (bf16 halves the bytes attention reads; f32 for
+    /// checks against the CPU, which keeps f32).
+    #[arg(long, value_enum, default_value_t = KvDtypeArg::Bf16)]
+    pub kv_dtype: KvDtypeArg,
     /// Keep the running request's connection thread polling for tokens instead of
     /// sleeping between them (lowest per-token overhead, one core busy while generating).
     /// auto: on when the machine has a core beyond the engine's threads.
@@ -95,6 +99,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ctx: a.ctx.unwrap_or(SessionOptions::MODEL_CTX),
             precise: a.precise,
             slots: a.slots.unwrap_or(0),
+            kv_dtype: a.kv_dtype.into(),
             ..Default::default()
         },
         quant: a.quant.map(Into::into),

@@ -417,6 +417,7 @@ impl Placement {
                             layout,
                             opts.session.max_batch,
                             crate::graph::llama::MAX_VERIFY_ROWS,
+                            opts.session.kv_dtype,
                         )
                     };
                     let fixed = plan((0, 0));

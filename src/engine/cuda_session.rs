@@ -26,13 +26,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::backend::cuda::{
     CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, StepInputs,
 };
-use crate::backend::{BackendError, Ops, StepProfile};
+use crate::backend::{BackendError, KvDtype, Ops, StepProfile};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
 use super::session::{
     MAX_VERIFY_ROWS, MaskedPick, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepMask,
-    StepOutput, check_step, f32_kv_bytes, kv_layout, mask_unavailable, pick_on_host,
+    StepOutput, check_step, kv_bytes, kv_layout, mask_unavailable, pick_on_host,
 };
 
 /// A model and its states on the GPU, one per slot: a decode step runs the active one.
@@ -91,7 +91,7 @@ pub fn cuda_kv_layout(config: &ModelConfig, opts: &SessionOptions, free: u64) ->
         ..opts.clone()
     };
     let budget = usize::try_from(free / 4 * 3).unwrap_or(usize::MAX);
-    kv_layout(config, &want, f32_kv_bytes(config), budget)
+    kv_layout(config, &want, kv_bytes(config, opts.kv_dtype), budget)
 }
 
 pub struct CudaSession {
@@ -101,6 +101,7 @@ pub struct CudaSession {
     scratch: Vec<(u32, f32)>,
     /// Rows of logits copied to the host so far (`Session::logits_rows_copied`).
     rows_copied: u64,
+    kv_dtype: KvDtype,
 }
 
 /// A CUDA session over a model's weights on `dev`: uploads every matrix once (with a
@@ -113,6 +114,7 @@ pub fn cuda_session(
     progress: bool,
 ) -> Result<Box<dyn Session>, BackendError> {
     let mut backend = CudaBackend::new(dev)?;
+    backend.set_kv_dtype(opts.kv_dtype);
     if progress {
         // Every matrix is uploaded once, the embedding too (twice when tied to the head).
         backend.show_upload_progress(weights.bytes_per_token() + weights.embed.byte_len() as u64);
@@ -148,6 +150,7 @@ pub fn cuda_session(
         logits: Vec::new(),
         scratch: Vec::new(),
         rows_copied: 0,
+        kv_dtype: opts.kv_dtype,
     }))
 }
 
@@ -169,7 +172,7 @@ impl Session for CudaSession {
     }
 
     fn kv_bytes_per_position(&self) -> usize {
-        f32_kv_bytes(&self.decoder.model().model.cfg)
+        kv_bytes(&self.decoder.model().model.cfg, self.kv_dtype)
     }
 
     fn logits_rows_copied(&self) -> u64 {

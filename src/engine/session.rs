@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{BackendError, Ops, StepProfile};
+use crate::backend::{BackendError, KvDtype, Ops, StepProfile};
 pub use crate::graph::llama::MAX_VERIFY_ROWS;
 use crate::graph::llama::{Llama, State};
 
@@ -442,6 +442,8 @@ pub struct SessionOptions {
     /// KV caches of this many sequences (slots). 0: as many as a quarter of the available
     /// memory holds, 1 to 4 (the CUDA session: 4, see `cuda_session`).
     pub slots: usize,
+    /// CUDA: the KV cache's element type (the CPU keeps f32).
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for SessionOptions {
@@ -452,6 +454,7 @@ impl Default for SessionOptions {
             precise: false,
             resident_weights: true,
             slots: 1,
+            kv_dtype: KvDtype::default(),
         }
     }
 }
@@ -509,7 +512,12 @@ fn host_kv_budget() -> usize {
 
 /// Bytes one position of one f32 KV cache takes (keys and values of every layer).
 pub fn f32_kv_bytes(config: &ModelConfig) -> usize {
-    2 * config.n_layers * config.kv_dim() * std::mem::size_of::<f32>()
+    kv_bytes(config, KvDtype::F32)
+}
+
+/// Bytes one position of one KV cache of `dtype` elements takes.
+pub fn kv_bytes(config: &ModelConfig, dtype: KvDtype) -> usize {
+    2 * config.n_layers * config.kv_dim() * dtype.bytes()
 }
 
 /// A CPU session over a model's weights.

@@ -10,7 +10,7 @@
 //! one `Ops::matmul_add`: a backend with fused kernels runs each as one (CUDA does), the
 //! CPU as its fine ops.
 
-use crate::backend::{AttnShape, BackendError, Ops, Position, QkvWeights, TokenIds};
+use crate::backend::{AttnShape, BackendError, HeadNorms, Ops, Position, QkvWeights, TokenIds};
 
 use crate::format::ModelConfig;
 use crate::format::ModelWeights;
@@ -282,13 +282,17 @@ impl<B: Ops> Llama<B> {
             // Attention block: q, k, v of the normalized residual stream.
             let (q, k, v) = (&mut s.q, &mut s.k, &mut s.v);
             b.norm_qkv(&s.x, &l.attn_norm, c.rms_eps, &l.qkv, n, &mut s.hn, q, k, v)?;
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                b.head_rmsnorm(&mut s.q, qn, c.head_dim, c.rms_eps, n)?;
-                b.head_rmsnorm(&mut s.k, kn, c.head_dim, c.rms_eps, n)?;
-            }
-            b.rope(&mut s.q, &s.rope, c.n_heads, pos, n)?;
-            b.rope(&mut s.k, &s.rope, c.n_kv_heads, pos, n)?;
-            b.attention(&s.q, &s.k, &s.v, kv, shape, pos, n, &mut s.att)?;
+            // qwen3's q/k norms, rope, KV append and attention: one op (one kernel on CUDA).
+            let norms = match (&l.q_norm, &l.k_norm) {
+                (Some(q), Some(k)) => Some(HeadNorms {
+                    q,
+                    k,
+                    eps: c.rms_eps,
+                }),
+                _ => None,
+            };
+            let (q, k) = (&mut s.q, &mut s.k);
+            b.rope_attention(q, k, &s.v, norms, &s.rope, kv, shape, pos, n, &mut s.att)?;
             // x += Wo att.
             b.matmul_add(&s.att, &l.wo, n, &mut s.x, &mut s.h)?;
             // MLP block (about half a layer's work: asked again before it).

@@ -66,12 +66,12 @@ fn kernels_per_token_are_counted_and_timed() {
     // (family, its config, kernels per layer, kernels outside the layers). Update these
     // when a fusion lowers them.
     let cases = [
-        // Per layer: norm+QKV(+biases), 2 rope, KV append + attention split + reduce,
-        // o-proj+add, norm+gate+up+SwiGLU, down+add (qwen3: 2 head norms more). Outside:
-        // embed, final norm, LM head, 2 argmax.
-        ("llama", tiny_llama(), 9, 5),
-        ("qwen2 (biases)", tiny_qwen2(), 9, 5),
-        ("qwen3 (q/k norms)", tiny_qwen3(), 11, 5),
+        // Per layer: norm+QKV(+biases); attention (q/k norms, rope, KV append, split and
+        // merge) in one kernel; o-proj+add; norm+gate+up+SwiGLU; down+add. Outside: embed,
+        // final norm, LM head, 2 argmax.
+        ("llama", tiny_llama(), 5, 5),
+        ("qwen2 (biases)", tiny_qwen2(), 5, 5),
+        ("qwen3 (q/k norms)", tiny_qwen3(), 5, 5),
     ];
     for (family, config, want_layer, want_fixed) in cases {
         let (per_layer, fixed, two) = counts(&config);

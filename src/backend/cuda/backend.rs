@@ -9,15 +9,20 @@
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits, sys};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of};
+use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of, kv_decode, kv_encode};
 use super::device::CudaDevice;
 use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS, gemv_fits};
+use super::launch::rope_attention::{FusedScratch, Norms, head_blocks, head_dim_index, max_splits};
 use super::launch::sample::SampleFilters;
 use super::launch::{
-    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, sample, shape_err,
+    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, rope_attention, sample,
+    shape_err,
 };
-use crate::backend::{AttnShape, BackendError, Ops, Position, QkvWeights, TokenIds, separate_qkv};
+use crate::backend::{
+    AttnShape, BackendError, HeadNorms, KvDtype, Ops, Position, QkvWeights, TokenIds,
+    rope_attention_unfused, separate_qkv,
+};
 use crate::format::{Rope, RopeStyle, Weight};
 
 pub struct CudaBackend {
@@ -31,6 +36,11 @@ pub struct CudaBackend {
     part_sum: Option<CudaSlice<f32>>,
     /// Scratch for the in-place head RMSNorm.
     scratch: Option<CudaSlice<f32>>,
+    /// The fused attention kernel's completion counters, one per head block (zero between
+    /// launches).
+    counters: Option<CudaSlice<u32>>,
+    /// The element type of the KV caches `alloc_kv` makes.
+    kv_dtype: KvDtype,
     progress: Option<ProgressBar>,
 }
 
@@ -67,6 +77,8 @@ impl CudaBackend {
             part_max: None,
             part_sum: None,
             scratch: None,
+            counters: None,
+            kv_dtype: KvDtype::F32,
             progress: None,
         })
     }
@@ -74,12 +86,15 @@ impl CudaBackend {
     /// Allocates every scratch buffer the ops need for up to `max_batch` rows of `q_dim`
     /// (`n_heads` heads of `head_dim`), so that no op allocates later: a captured CUDA graph
     /// holds these addresses, and a reallocation would leave it pointing at freed memory.
+    /// A head size the fused decode attention has no kernel for is refused here, at load.
     pub fn reserve(
         &mut self,
         max_batch: usize,
         n_heads: usize,
         head_dim: usize,
     ) -> Result<(), BackendError> {
+        head_dim_index(head_dim)?;
+        ensure(&self.dev, &mut self.counters, n_heads, "attention counters")?;
         let slots = max_batch * n_heads * MAX_ATTN_SPLITS;
         ensure(&self.dev, &mut self.tokens, max_batch, "token ids")?;
         self.reserve_partials(slots, slots * head_dim)?;
@@ -115,6 +130,12 @@ impl CudaBackend {
             ))),
             Position::Device(p) => Ok((0, ptr(p, &self.dev) as *const i32)),
         }
+    }
+
+    /// The element type of the KV caches made from now on (f32 until set: the op tests
+    /// compare caches with the CPU's).
+    pub fn set_kv_dtype(&mut self, d: KvDtype) {
+        self.kv_dtype = d;
     }
 
     /// Show a progress bar over `total_bytes` of weight uploads on stderr.
@@ -255,7 +276,8 @@ impl CudaBackend {
         Ok(v)
     }
 
-    /// A KV cache holding `k` and `v` (`ctx * kv_dim` values each).
+    /// A KV cache of the backend's element type holding `k` and `v` (`ctx * kv_dim` values
+    /// each, rounded to that type).
     pub fn kv_from_host(
         &mut self,
         ctx: usize,
@@ -267,21 +289,25 @@ impl CudaBackend {
             return Err(shape_err("KV cache contents of the wrong size".into()));
         }
         let s = self.dev.stream();
+        let d = self.kv_dtype;
         Ok(CudaKv {
-            k: s.clone_htod(k).map_err(dev_err("uploading a KV cache"))?,
-            v: s.clone_htod(v).map_err(dev_err("uploading a KV cache"))?,
+            k: s.clone_htod(&kv_encode(d, k))
+                .map_err(dev_err("uploading a KV cache"))?,
+            v: s.clone_htod(&kv_encode(d, v))
+                .map_err(dev_err("uploading a KV cache"))?,
             ctx,
             kv_dim,
+            dtype: d,
         })
     }
 
-    /// The K and V caches' contents, after the queued work finished.
+    /// The K and V caches' contents widened to f32, after the queued work finished.
     pub fn kv_to_host(&mut self, kv: &CudaKv) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
         let s = self.dev.stream();
         let k = s.clone_dtoh(&kv.k).map_err(dev_err("reading a KV cache"))?;
         let v = s.clone_dtoh(&kv.v).map_err(dev_err("reading a KV cache"))?;
         self.dev.synchronize().map_err(dev_err("running kernels"))?;
-        Ok((k, v))
+        Ok((kv_decode(kv.dtype, &k), kv_decode(kv.dtype, &v)))
     }
 
     /// Splits of the sequence for flash-decoding on this device; see [`attn_splits`].
@@ -405,13 +431,17 @@ impl Ops for CudaBackend {
 
     fn alloc_kv(&mut self, ctx: usize, kv_dim: usize) -> Result<CudaKv, BackendError> {
         let s = self.dev.stream();
-        let k = s
-            .alloc_zeros::<f32>((ctx * kv_dim).max(1))
-            .map_err(dev_err("KV cache"))?;
-        let v = s
-            .alloc_zeros::<f32>((ctx * kv_dim).max(1))
-            .map_err(dev_err("KV cache"))?;
-        Ok(CudaKv { k, v, ctx, kv_dim })
+        let dtype = self.kv_dtype;
+        let bytes = (ctx * kv_dim * dtype.bytes()).max(4);
+        let k = s.alloc_zeros::<u8>(bytes).map_err(dev_err("KV cache"))?;
+        let v = s.alloc_zeros::<u8>(bytes).map_err(dev_err("KV cache"))?;
+        Ok(CudaKv {
+            k,
+            v,
+            ctx,
+            kv_dim,
+            dtype,
+        })
     }
 
     fn rope_table(&mut self, rope: &Rope, ctx: usize) -> Result<CudaRope, BackendError> {
@@ -696,6 +726,70 @@ impl Ops for CudaBackend {
             pos,
             n,
             parts,
+            out,
+        )
+    }
+
+    fn rope_attention<'p>(
+        &mut self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        norms: Option<HeadNorms<'_, CudaSlice<f32>>>,
+        t: &CudaRope,
+        kv: &mut CudaKv,
+        shape: AttnShape,
+        pos: impl Into<Position<'p, CudaSlice<i32>>>,
+        n: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let pos = pos.into();
+        if n != 1 {
+            // Prefill chunks and verify rows keep the fine kernels (the split attention
+            // kernel runs every row at once).
+            return rope_attention_unfused(self, q, k, v, norms, t, kv, shape, pos, n, out);
+        }
+        let pos = self.split_pos(pos, n)?;
+        let visible = if pos.1.is_null() { pos.0 + 1 } else { kv.ctx };
+        let slots = shape.n_heads * max_splits(self.sm_count, &shape, visible);
+        self.reserve_partials(slots, slots * shape.head_dim)?;
+        ensure(
+            &self.dev,
+            &mut self.counters,
+            head_blocks(&shape),
+            "attention counters",
+        )?;
+        let (Some(acc), Some(max), Some(sum), Some(counters)) = (
+            self.part_acc.as_mut(),
+            self.part_max.as_mut(),
+            self.part_sum.as_mut(),
+            self.counters.as_mut(),
+        ) else {
+            return Err(shape_err("attention scratch missing".into()));
+        };
+        let scratch = FusedScratch {
+            acc,
+            max,
+            sum,
+            counters,
+        };
+        let norms = norms.map(|nm| Norms {
+            q: nm.q,
+            k: nm.k,
+            eps: nm.eps,
+        });
+        rope_attention::rope_attention(
+            &self.dev,
+            self.sm_count,
+            q,
+            k,
+            v,
+            norms,
+            t,
+            kv,
+            shape,
+            pos,
+            scratch,
             out,
         )
     }

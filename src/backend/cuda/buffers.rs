@@ -1,6 +1,7 @@
 //! The device buffers of the CUDA backend's `Ops` types: activations, weight matrices, KV
-//! caches and rope tables, all in the CPU backend's layouts (f32 row-major activations and
-//! caches, weights as stored in the file), so every op has the CPU op as its twin.
+//! caches and rope tables, all in the CPU backend's layouts (f32 row-major activations,
+//! caches of f32 or of a 16-bit type (`KvDtype`), weights as stored in the file), so every
+//! op has the CPU op as its twin.
 
 use cudarc::driver::CudaSlice;
 
@@ -9,7 +10,7 @@ use super::params::{
     TACHYON_DTYPE_Q4_1, TACHYON_DTYPE_Q4_K, TACHYON_DTYPE_Q5_0, TACHYON_DTYPE_Q5_1,
     TACHYON_DTYPE_Q5_K, TACHYON_DTYPE_Q6_K, TACHYON_DTYPE_Q8_0,
 };
-use crate::backend::BackendError;
+use crate::backend::{BackendError, KvDtype};
 use crate::format::{GgmlType, Weight};
 
 /// An activation matrix: `rows x width` f32 on the device.
@@ -29,12 +30,56 @@ pub struct CudaMat {
     pub dtype: i32,
 }
 
-/// One layer's KV cache: `ctx x kv_dim` f32 for K and for V.
+/// One layer's KV cache: `ctx x kv_dim` elements of `dtype` for K and for V (the bytes of
+/// each; the kernels widen every element to f32 as they read it).
 pub struct CudaKv {
-    pub k: CudaSlice<f32>,
-    pub v: CudaSlice<f32>,
+    pub k: CudaSlice<u8>,
+    pub v: CudaSlice<u8>,
     pub ctx: usize,
     pub kv_dim: usize,
+    pub dtype: KvDtype,
+}
+
+/// The kernels' code for a cache element type (`TACHYON_DTYPE_*`).
+pub fn kv_dtype_code(d: KvDtype) -> i32 {
+    (match d {
+        KvDtype::F32 => TACHYON_DTYPE_F32,
+        KvDtype::F16 => TACHYON_DTYPE_F16,
+        KvDtype::Bf16 => TACHYON_DTYPE_BF16,
+    }) as i32
+}
+
+/// f32 values as cache elements of `d` (rounded to nearest, as the kernels store them).
+pub fn kv_encode(d: KvDtype, vals: &[f32]) -> Vec<u8> {
+    match d {
+        KvDtype::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        KvDtype::F16 => vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        KvDtype::Bf16 => vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Cache elements of `d` widened to f32.
+pub fn kv_decode(d: KvDtype, bytes: &[u8]) -> Vec<f32> {
+    match d {
+        KvDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        KvDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        KvDtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
 }
 
 /// The rope angle tables (`format::Rope::fill_angles`), on the device.

@@ -167,15 +167,16 @@ const _: () = {
         [::std::mem::offset_of!(RopeParams, interleaved) - 52usize];
     ["Offset of field: RopeParams::ctx"][::std::mem::offset_of!(RopeParams, ctx) - 56usize];
 };
-#[doc = " Parameters of `attn_decode_split` and `attn_decode_reduce` (kernels/attention.cu).\n\n First `k`, `v` (`n` rows of `n_kv_heads * head_dim`) are appended at positions\n `pos..pos+n` of the caches (`attn_kv_append`); then query row i (position `pos + i`),\n head h attends to cache positions `first..=pos+i` (first = 0, or `pos + i + 1 - window`\n when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by\n 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes\n each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.\n `pos` is `*pos_dev` when `pos_dev` is set."]
+#[doc = " Parameters of `attn_decode_split` and `attn_decode_reduce` (kernels/attention.cu).\n\n First `k`, `v` (`n` rows of `n_kv_heads * head_dim`) are appended at positions\n `pos..pos+n` of the caches (`attn_kv_append`); then query row i (position `pos + i`),\n head h attends to cache positions `first..=pos+i` (first = 0, or `pos + i + 1 - window`\n when `window > 0`) of kv head `h / (n_heads / n_kv_heads)`, scores scaled by\n 1/sqrt(head_dim). The split kernel cuts those positions into `n_splits` chunks and writes\n each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.\n `pos` is `*pos_dev` when `pos_dev` is set. The caches hold `kv_dtype` elements: the\n append rounds to that type, the split kernel widens to f32 as it reads."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct AttnParams {
     pub q: *const f32,
     pub k: *const f32,
     pub v: *const f32,
-    pub k_cache: *mut f32,
-    pub v_cache: *mut f32,
+    #[doc = " `ctx * n_kv_heads * head_dim` elements each, of type `kv_dtype`."]
+    pub k_cache: *mut ::std::os::raw::c_void,
+    pub v_cache: *mut ::std::os::raw::c_void,
     #[doc = " `n * n_heads * head_dim` floats."]
     pub out: *mut f32,
     #[doc = " Scratch: `n * n_heads * n_splits * head_dim` floats."]
@@ -192,10 +193,12 @@ pub struct AttnParams {
     pub window: ::std::os::raw::c_int,
     pub n_splits: ::std::os::raw::c_int,
     pub ctx: ::std::os::raw::c_int,
+    #[doc = " The caches' element type: TACHYON_DTYPE_F32, _F16 or _BF16."]
+    pub kv_dtype: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AttnParams"][::std::mem::size_of::<AttnParams>() - 112usize];
+    ["Size of AttnParams"][::std::mem::size_of::<AttnParams>() - 120usize];
     ["Alignment of AttnParams"][::std::mem::align_of::<AttnParams>() - 8usize];
     ["Offset of field: AttnParams::q"][::std::mem::offset_of!(AttnParams, q) - 0usize];
     ["Offset of field: AttnParams::k"][::std::mem::offset_of!(AttnParams, k) - 8usize];
@@ -221,6 +224,8 @@ const _: () = {
     ["Offset of field: AttnParams::n_splits"]
         [::std::mem::offset_of!(AttnParams, n_splits) - 104usize];
     ["Offset of field: AttnParams::ctx"][::std::mem::offset_of!(AttnParams, ctx) - 108usize];
+    ["Offset of field: AttnParams::kv_dtype"]
+        [::std::mem::offset_of!(AttnParams, kv_dtype) - 112usize];
 };
 #[doc = " `x[i] += y[i]`"]
 pub const TACHYON_EW_ADD: _bindgen_ty_2 = 0;
@@ -359,4 +364,95 @@ const _: () = {
         [::std::mem::offset_of!(MaskedSampleParams, base) - 0usize];
     ["Offset of field: MaskedSampleParams::mask"]
         [::std::mem::offset_of!(MaskedSampleParams, mask) - 56usize];
+};
+#[doc = " Parameters of `rope_attn_decode_h<HD>_<f32|bf16|f16>` (kernels/rope_attention.cu): one\n query row's attention block after the projections, in one launch.\n\n At position p (`*pos_dev` when `pos_dev` is set, else `pos`): each head of `q`\n (`n_heads * head_dim` f32) and `k` (`n_kv_heads * head_dim`) is RMS-normed with\n `q_norm` / `k_norm` (`head_dim` weights, `eps`) when those are not NULL, then rotated\n (the first `2 * half` values; pairs (2j, 2j+1) when `interleaved`, else (j, j + half);\n angles `cos[p * half + j]`, `sin[p * half + j]`, `p < rope_ctx`); k and `v` are stored at\n cache position p (`ctx` positions of `n_kv_heads * head_dim` elements of the kernel's\n type), and head h attends to positions first..=p of kv head `h / (n_heads / n_kv_heads)`\n (first = 0, or `p + 1 - window` when `window > 0`), scores scaled by 1/sqrt(head_dim).\n `q`, `k`, `v` are read only. The grid's y extent is `max_splits`; a split covers at\n least `min_chunk` positions. A position outside the cache or the table gives NaN."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct RopeAttnParams {
+    pub q: *const f32,
+    pub k: *const f32,
+    pub v: *const f32,
+    #[doc = " `head_dim` weights each, or NULL (no per-head norm)."]
+    pub q_norm: *const f32,
+    pub k_norm: *const f32,
+    pub cos: *const f32,
+    pub sin: *const f32,
+    #[doc = " `ctx * n_kv_heads * head_dim` elements each (f32, bf16 or f16: the kernel's type)."]
+    pub k_cache: *mut ::std::os::raw::c_void,
+    pub v_cache: *mut ::std::os::raw::c_void,
+    #[doc = " `n_heads * head_dim` floats."]
+    pub out: *mut f32,
+    #[doc = " Scratch: `n_heads * max_splits * head_dim` floats."]
+    pub part_acc: *mut f32,
+    #[doc = " Scratch: `n_heads * max_splits` floats each."]
+    pub part_max: *mut f32,
+    pub part_sum: *mut f32,
+    #[doc = " One per block of the grid's x extent, zero before the launch (and left zero)."]
+    pub counters: *mut ::std::os::raw::c_uint,
+    pub pos_dev: *const ::std::os::raw::c_int,
+    pub pos: ::std::os::raw::c_int,
+    pub n_heads: ::std::os::raw::c_int,
+    pub n_kv_heads: ::std::os::raw::c_int,
+    pub head_dim: ::std::os::raw::c_int,
+    pub window: ::std::os::raw::c_int,
+    pub max_splits: ::std::os::raw::c_int,
+    pub min_chunk: ::std::os::raw::c_int,
+    pub ctx: ::std::os::raw::c_int,
+    pub rope_ctx: ::std::os::raw::c_int,
+    pub half: ::std::os::raw::c_int,
+    pub interleaved: ::std::os::raw::c_int,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of RopeAttnParams"][::std::mem::size_of::<RopeAttnParams>() - 168usize];
+    ["Alignment of RopeAttnParams"][::std::mem::align_of::<RopeAttnParams>() - 8usize];
+    ["Offset of field: RopeAttnParams::q"][::std::mem::offset_of!(RopeAttnParams, q) - 0usize];
+    ["Offset of field: RopeAttnParams::k"][::std::mem::offset_of!(RopeAttnParams, k) - 8usize];
+    ["Offset of field: RopeAttnParams::v"][::std::mem::offset_of!(RopeAttnParams, v) - 16usize];
+    ["Offset of field: RopeAttnParams::q_norm"]
+        [::std::mem::offset_of!(RopeAttnParams, q_norm) - 24usize];
+    ["Offset of field: RopeAttnParams::k_norm"]
+        [::std::mem::offset_of!(RopeAttnParams, k_norm) - 32usize];
+    ["Offset of field: RopeAttnParams::cos"][::std::mem::offset_of!(RopeAttnParams, cos) - 40usize];
+    ["Offset of field: RopeAttnParams::sin"][::std::mem::offset_of!(RopeAttnParams, sin) - 48usize];
+    ["Offset of field: RopeAttnParams::k_cache"]
+        [::std::mem::offset_of!(RopeAttnParams, k_cache) - 56usize];
+    ["Offset of field: RopeAttnParams::v_cache"]
+        [::std::mem::offset_of!(RopeAttnParams, v_cache) - 64usize];
+    ["Offset of field: RopeAttnParams::out"][::std::mem::offset_of!(RopeAttnParams, out) - 72usize];
+    ["Offset of field: RopeAttnParams::part_acc"]
+        [::std::mem::offset_of!(RopeAttnParams, part_acc) - 80usize];
+    ["Offset of field: RopeAttnParams::part_max"]
+        [::std::mem::offset_of!(RopeAttnParams, part_max) - 88usize];
+    ["Offset of field: RopeAttnParams::part_sum"]
+        [::std::mem::offset_of!(RopeAttnParams, part_sum) - 96usize];
+    ["Offset of field: RopeAttnParams::counters"]
+        [::std::mem::offset_of!(RopeAttnParams, counters) - 104usize];
+    ["Offset of field: RopeAttnParams::pos_dev"]
+        [::std::mem::offset_of!(RopeAttnParams, pos_dev) - 112usize];
+    ["Offset of field: RopeAttnParams::pos"]
+        [::std::mem::offset_of!(RopeAttnParams, pos) - 120usize];
+    ["Offset of field: RopeAttnParams::n_heads"]
+        [::std::mem::offset_of!(RopeAttnParams, n_heads) - 124usize];
+    ["Offset of field: RopeAttnParams::n_kv_heads"]
+        [::std::mem::offset_of!(RopeAttnParams, n_kv_heads) - 128usize];
+    ["Offset of field: RopeAttnParams::head_dim"]
+        [::std::mem::offset_of!(RopeAttnParams, head_dim) - 132usize];
+    ["Offset of field: RopeAttnParams::window"]
+        [::std::mem::offset_of!(RopeAttnParams, window) - 136usize];
+    ["Offset of field: RopeAttnParams::max_splits"]
+        [::std::mem::offset_of!(RopeAttnParams, max_splits) - 140usize];
+    ["Offset of field: RopeAttnParams::min_chunk"]
+        [::std::mem::offset_of!(RopeAttnParams, min_chunk) - 144usize];
+    ["Offset of field: RopeAttnParams::ctx"]
+        [::std::mem::offset_of!(RopeAttnParams, ctx) - 148usize];
+    ["Offset of field: RopeAttnParams::rope_ctx"]
+        [::std::mem::offset_of!(RopeAttnParams, rope_ctx) - 152usize];
+    ["Offset of field: RopeAttnParams::half"]
+        [::std::mem::offset_of!(RopeAttnParams, half) - 156usize];
+    ["Offset of field: RopeAttnParams::interleaved"]
+        [::std::mem::offset_of!(RopeAttnParams, interleaved) - 160usize];
+    ["Offset of field: RopeAttnParams::eps"]
+        [::std::mem::offset_of!(RopeAttnParams, eps) - 164usize];
 };

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::launch::attention::MAX_ATTN_SPLITS;
+use crate::backend::KvDtype;
 use crate::format::{ModelConfig, ModelWeights};
 
 /// Device bytes of one session, by what holds them.
@@ -13,7 +14,8 @@ pub struct MemoryPlan {
     /// Every matrix as stored (the embedding and the LM head each once, tied or not: the
     /// session uploads both), the norm and bias vectors.
     pub weights: u64,
-    /// K and V of every layer for `ctx` positions, in f32, for each of `slots` sequences.
+    /// K and V of every layer for `ctx` positions, in the cache's element type
+    /// (`--kv-dtype`), for each of `slots` sequences.
     pub kv_cache: u64,
     /// Activations for `max_batch` rows, the logits of `verify_rows` rows, attention split
     /// partials, rope tables and the step buffers.
@@ -29,6 +31,7 @@ impl MemoryPlan {
         (ctx, slots): (usize, usize),
         max_batch: usize,
         verify_rows: usize,
+        kv_dtype: KvDtype,
     ) -> Self {
         let f32s = |n: usize| n as u64 * 4;
         let matrices = weights.bytes_per_token() + weights.embed.byte_len() as u64;
@@ -49,7 +52,7 @@ impl MemoryPlan {
             + weights.final_norm.len();
         let kv_cache = (slots as u64)
             .saturating_mul(2 * config.n_layers as u64)
-            .saturating_mul(f32s(config.kv_dim()))
+            .saturating_mul((config.kv_dim() * kv_dtype.bytes()) as u64)
             .saturating_mul(ctx as u64);
         // Per row: the residual, the normed input, q / k / v, the attention output and its
         // scratch, gate and up, and the split partials of attention (an accumulator, a max

@@ -36,7 +36,7 @@ pub mod params;
 pub mod profile;
 
 pub use backend::CudaBackend;
-pub use buffers::{CudaAct, CudaKv, CudaMat, CudaRope};
+pub use buffers::{CudaAct, CudaKv, CudaMat, CudaRope, kv_decode, kv_encode};
 pub use device::{CudaDevice, CudaUnavailable, device_copy_bandwidth, probe, probe_device};
 pub use graph::{DecodeStep, DeviceDecoder, DevicePick, StepInputs};
 pub use launch::attention::{MAX_ATTN_SPLITS, attn_splits, split_range};

@@ -32,3 +32,4 @@ unsafe impl cudarc::driver::DeviceRepr for ArgmaxParams {}
 unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
 unsafe impl cudarc::driver::DeviceRepr for MaskedArgmaxParams {}
 unsafe impl cudarc::driver::DeviceRepr for MaskedSampleParams {}
+unsafe impl cudarc::driver::DeviceRepr for RopeAttnParams {}

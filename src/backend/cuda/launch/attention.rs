@@ -7,7 +7,7 @@
 use cudarc::driver::CudaSlice;
 
 use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
-use crate::backend::cuda::buffers::{CudaAct, CudaKv};
+use crate::backend::cuda::buffers::{CudaAct, CudaKv, kv_dtype_code};
 use crate::backend::cuda::device::CudaDevice;
 use crate::backend::cuda::params::AttnParams;
 use crate::backend::{AttnShape, BackendError};
@@ -108,8 +108,8 @@ pub fn attention(
         q: ptr(&q.buf, dev) as *const f32,
         k: ptr(&k.buf, dev) as *const f32,
         v: ptr(&v.buf, dev) as *const f32,
-        k_cache: ptr_mut(&mut kv.k, dev) as *mut f32,
-        v_cache: ptr_mut(&mut kv.v, dev) as *mut f32,
+        k_cache: ptr_mut(&mut kv.k, dev) as *mut std::ffi::c_void,
+        v_cache: ptr_mut(&mut kv.v, dev) as *mut std::ffi::c_void,
         out: ptr_mut(&mut out.buf, dev) as *mut f32,
         part_acc: ptr_mut(parts.acc, dev) as *mut f32,
         part_max: ptr_mut(parts.max, dev) as *mut f32,
@@ -123,6 +123,7 @@ pub fn attention(
         window: i32_of(shape.window.unwrap_or(0), "window")?,
         n_splits: splits as i32,
         ctx: i32_of(kv.ctx, "context")?,
+        kv_dtype: kv_dtype_code(kv.dtype),
     };
     let group = shape.n_heads / shape.n_kv_heads;
     let head_blocks = u32_of(shape.n_kv_heads * group.div_ceil(8), "head groups")?;

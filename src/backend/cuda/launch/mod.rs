@@ -11,6 +11,8 @@
 //!   count (the RMSNorm prologue, the bias, the gate/up SwiGLU, the residual add and the
 //!   stacked q/k/v split fused in)
 //! - [`attention`] runs `attention.cu` (KV append, flash-decoding splits, their reduction)
+//! - [`rope_attention`] runs `rope_attention.cu` (a decode row's norms, rope, KV append and
+//!   attention in one kernel)
 //! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
 //! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
 //!
@@ -23,6 +25,7 @@ pub mod embed;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+pub mod rope_attention;
 pub mod sample;
 
 use std::sync::Arc;
@@ -53,6 +56,9 @@ pub(crate) struct KernelFns {
     pub(crate) sample_logits: CudaFunction,
     pub(crate) argmax_partial_masked: CudaFunction,
     pub(crate) sample_logits_masked: CudaFunction,
+    /// `rope_attn_decode_h<HD>_<type>`: by head size ([`rope_attention::FUSED_HEAD_DIMS`]),
+    /// then cache type (f32, bf16, f16).
+    pub(crate) rope_attn_decode: Vec<[CudaFunction; 3]>,
 }
 
 impl KernelFns {
@@ -73,6 +79,16 @@ impl KernelFns {
             sample_logits: module.load_function("sample_logits")?,
             argmax_partial_masked: module.load_function("argmax_partial_masked")?,
             sample_logits_masked: module.load_function("sample_logits_masked")?,
+            rope_attn_decode: rope_attention::kernel_names()
+                .iter()
+                .map(|[a, b, c]| {
+                    Ok([
+                        module.load_function(a)?,
+                        module.load_function(b)?,
+                        module.load_function(c)?,
+                    ])
+                })
+                .collect::<Result<_, DriverError>>()?,
         })
     }
 }
@@ -151,10 +167,23 @@ pub(crate) fn launch<P: DeviceRepr>(
     p: &P,
     name: &'static str,
 ) -> Result<(), BackendError> {
+    launch_smem(dev, f, grid, block, 0, p, name)
+}
+
+/// [`launch`] with `smem` bytes of dynamic shared memory (at most 48 KiB: no opt-in).
+pub(crate) fn launch_smem<P: DeviceRepr>(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem: u32,
+    p: &P,
+    name: &'static str,
+) -> Result<(), BackendError> {
     let cfg = LaunchConfig {
         grid_dim: (grid.0.max(1), grid.1.max(1), grid.2.max(1)),
         block_dim: block,
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
     let mut b = dev.stream().launch_builder(f);
     b.arg(p);
