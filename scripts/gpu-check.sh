@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the GPU checks from binaries built by scripts/gpu-pack.sh: every ignored GPU test,
 # the end-to-end bench on the 1B and 8B shapes (BF16 random weights; greedy and sampled;
-# 8k context; quantized forms; speculation at the recorded acceptance) and the kernel
+# 8k context with the bf16 and the f32 KV cache; quantized forms; speculation at the
+# recorded acceptance) and the kernel
 # benches; then one summary of every figure, a markdown table plus JSON, in
 # LOG_DIR/summary.md (scripts/gpu-summary.py). Each step has a time limit and the whole
 # run a deadline (TACHYON_GPU_CHECK_SECONDS, 450 by default), so it ends within 8 minutes
@@ -42,6 +43,9 @@ step sampled-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weight
     --temperature 0.8 --top-k 40 --top-p 0.95 --repeat-penalty 1.1
 step ctx8k-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 8000 \
     --new-tokens 64 --json --profile
+# The KV cache in f32 (the checking type) against the bf16 default, at 8k where it matters.
+step ctx8k-kv-f32-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b \
+    --prompt-tokens 8000 --new-tokens 64 --json --profile --kv-dtype f32
 TACHYON_NO_CUDA_GRAPH=1 step nograph-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json
 # Quantized forms of the same shapes, made here from random weights.
 for q in "llama-3.2-1b q4_k_m" "llama-3.1-8b q4_k_m"; do
@@ -57,6 +61,7 @@ step spec-draft 45 "$bin/tachyon" bench --backend cuda --random-weights qwen2.5-
     --replay-acceptance "$data/acceptance-qwen2.5-coder-0.5b-to-1.5b.json" --json
 step spec-lookup 45 "$bin/tachyon" bench --backend cuda --random-weights qwen2.5-1.5b --lookup \
     --replay-acceptance "$data/acceptance-lookup-qwen2.5-coder-1.5b-edits.json" --json
+step bench-kernels-gemv-fused 45 "$bin/bench_gemv_fused" --bench
 step bench-kernels 60 "$bin/bench_cuda_kernels" --bench
 step bench-kernels-rmsnorm 20 "$bin/bench_rmsnorm" --bench
 if command -v python3 > /dev/null; then

@@ -21,5 +21,6 @@ cp target/release/tachyon "$out/tachyon"
 cp "$(cargo test --release --test cuda_kernels --no-run --message-format=json | exe cuda_kernels)" "$out/cuda_kernels_test"
 cp "$(cargo bench --bench cuda_kernels --no-run --message-format=json | exe cuda_kernels)" "$out/bench_cuda_kernels"
 cp "$(cargo bench --bench rmsnorm --no-run --message-format=json | exe rmsnorm)" "$out/bench_rmsnorm"
+cp "$(cargo bench --bench gemv_fused --no-run --message-format=json | exe gemv_fused)" "$out/bench_gemv_fused"
 strip "$out"/* 2>/dev/null || true
 du -sh "$out"
