@@ -604,7 +604,7 @@ fn a_model_that_does_not_fit_is_refused_with_its_sizes() {
     for want in [
         "not enough GPU memory",
         "weights 120.8 MiB",
-        "KV cache 180.0 MiB for a context of 4096 tokens",
+        "KV cache 90.0 MiB for a context of 4096 tokens",
         "64.0 MiB free of 64.0 MiB",
         "more quantized model",
     ] {
@@ -708,7 +708,7 @@ fn repeated_requests(
 
 /// The launch the emulated device fails: past the first request (which gives the expected
 /// tokens), within the few after it.
-const FAULTING_LAUNCH: &str = "900";
+const FAULTING_LAUNCH: &str = "300";
 
 /// A GPU fault in the middle of a request ends that request with the fault's error; the
 /// engine drops every handle on the faulted context (the driver then resets it), rebuilds
@@ -794,7 +794,7 @@ fn a_fault_that_survives_the_reset_fails_the_engine_with_its_reason() {
 
 /// The launch the emulated device fails while `tachyon serve` runs the tiny model: past
 /// the warm-up and the first request, within the few after it.
-const FAULTING_SERVER_LAUNCH: &str = "700";
+const FAULTING_SERVER_LAUNCH: &str = "250";
 
 /// `tachyon serve --backend cuda` (the tiny model with SmolLM2's tokenizer) with a GPU fault
 /// injected part-way; `fatal`: one no context reset cures. Returns the server, the text of
