@@ -7,9 +7,9 @@
 //! backend) and a KV cache, then calls the [`Ops`] methods (embed, rmsnorm, matmul, rope,
 //! attention, SwiGLU, ...) in the order the model family decides; the engine reads the
 //! logits or the picked token back. A fused op (`add_rmsnorm`, `matmul_bias`,
-//! `gate_up_swiglu`, `norm_qkv`, `matmul_add`, `norm_gate_up_swiglu`) has a default written
-//! in the fine ops, which the CPU backend keeps as the readable form; a backend with a
-//! fused kernel overrides it.
+//! `gate_up_swiglu`, `norm_qkv`, `matmul_add`, `norm_gate_up_swiglu`, `rope_attention`) has a
+//! default written in the fine ops, which the CPU backend keeps as the readable form; a
+//! backend with a fused kernel overrides it.
 
 pub mod cpu;
 pub mod cuda;

@@ -6,9 +6,10 @@
 //! Written against `backend::Ops`, so the same graph runs on every backend. Each block is
 //! two coarse ops: the norm and the q/k/v projections (biases included) are one
 //! `Ops::norm_qkv`, the MLP's norm, gate/up products and SwiGLU one
-//! `Ops::norm_gate_up_swiglu`, and each output projection with the residual add after it
-//! one `Ops::matmul_add`: a backend with fused kernels runs each as one (CUDA does), the
-//! CPU as its fine ops.
+//! `Ops::norm_gate_up_swiglu`, each output projection with the residual add after it one
+//! `Ops::matmul_add`, and qwen3's q/k norms, rope, the KV append and attention one
+//! `Ops::rope_attention`: a backend with fused kernels runs each as one (CUDA does), the CPU
+//! as its fine ops.
 
 use crate::backend::{AttnShape, BackendError, HeadNorms, Ops, Position, QkvWeights, TokenIds};
 
