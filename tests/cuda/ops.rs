@@ -560,7 +560,8 @@ impl Case {
             }
             Case::Swiglu { .. } | Case::Rope { .. } => 1e-6,
             Case::Rmsnorm { .. } | Case::AddRmsnorm { .. } | Case::HeadRmsnorm { .. } => 1e-5,
-            // Dot products of up to 8960 terms in another order.
+            // Dot products of up to 8960 terms in another order (a plain `Matmul`'s output is
+            // bounded against f64 in `run` instead).
             Case::Matmul { .. } | Case::MatmulBias { .. } | Case::GateUpSwiglu { .. } => 2e-5,
             // Softmax over up to 32k positions, merged across splits.
             Case::Attention { .. } => 5e-5,
@@ -595,8 +596,11 @@ impl Case {
                 let (mut g, mut c) = t.poisoned(n, rows);
                 ok(t.gpu.matmul(&gx, &m, n, &mut g));
                 ok(t.cpu.matmul(&cx, &w, n, &mut c));
-                let out = t.out("out", &g, &c, n);
-                // Both against float64 over the values the weights hold.
+                let out = t.out("out (checked against f64)", &g, &c, n);
+                // Both against float64 over the values the weights hold, each output within
+                // a bound scaled by its own sum of |w x|. This replaces the family's
+                // max-relative check: with one to three outputs a dot product that cancels
+                // to near zero makes max |cpu| tiny and that ratio meaningless.
                 for r in 0..n {
                     let (want, abs) = matvec_f64(&exact, rows, cols, &x[r * cols..(r + 1) * cols]);
                     let row = r * rows..(r + 1) * rows;
@@ -797,6 +801,10 @@ fn run_family(family: &str) {
         for out in case.run(&mut twins) {
             let what = format!("{case:?}: {}", out.what);
             // A NaN on the CPU side is only expected where the case asks for NaN.
+            if out.what.ends_with("(checked against f64)") {
+                // `Case::run` has bounded both sides against the f64 reference.
+                continue;
+            }
             if tol == 0.0 || out.what.ends_with("(exact)") || out.cpu.iter().all(|v| v.is_nan()) {
                 check_bits(&what, &out.gpu, &out.cpu);
             } else {
