@@ -48,6 +48,16 @@ __device__ __forceinline__ int read_pos(const int* pos_dev, int pos) {
     return pos_dev != nullptr ? *pos_dev : pos;
 }
 
+// After a decode step's pick `next` is written: the next step's inputs (see StepAdvance in
+// tachyon_kernels.h). One thread calls it, after its own write of the pick.
+__device__ __forceinline__ void advance_step(const StepAdvance& a, unsigned int next) {
+    if (a.token == nullptr) return;
+    if (next != TACHYON_NO_TOKEN) *a.token = next;
+    const int pos = *a.pos + 1;
+    *a.pos = pos;
+    *a.rng_state = a.cfg->seed ^ (static_cast<unsigned long long>(pos) * 0x9E3779B97F4A7C15ull);
+}
+
 }  // namespace tachyon
 
 #endif  // TACHYON_COMMON_CUH

@@ -107,7 +107,11 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_final(const ArgmaxPara
         }
     }
     block_best(bv, bi);
-    if (threadIdx.x == 0) *p.out = bi < 0 ? TACHYON_NO_TOKEN : static_cast<unsigned int>(bi);
+    if (threadIdx.x == 0) {
+        const unsigned int tok = bi < 0 ? TACHYON_NO_TOKEN : static_cast<unsigned int>(bi);
+        *p.out = tok;
+        tachyon::advance_step(p.advance, tok);
+    }
 }
 
 /*
@@ -251,7 +255,10 @@ __device__ __forceinline__ void sample_body(const SampleParams& p, const unsigne
     }
     const float n_valid = block_reduce(valid, false, red);
     if (n_valid == 0.0f) {  // every candidate NaN or refused: nothing to pick
-        if (threadIdx.x == 0) *p.out = TACHYON_NO_TOKEN;
+        if (threadIdx.x == 0) {
+            *p.out = TACHYON_NO_TOKEN;
+            tachyon::advance_step(p.advance, TACHYON_NO_TOKEN);
+        }
         return;
     }
 
@@ -395,7 +402,11 @@ __device__ __forceinline__ void sample_body(const SampleParams& p, const unsigne
             }
         }
         block_best(bv, bi);
-        if (threadIdx.x == 0) *p.out = bi < 0 ? TACHYON_NO_TOKEN : static_cast<unsigned int>(bi);
+        if (threadIdx.x == 0) {
+            const unsigned int tok = bi < 0 ? TACHYON_NO_TOKEN : static_cast<unsigned int>(bi);
+            *p.out = tok;
+            tachyon::advance_step(p.advance, tok);
+        }
         return;
     }
     if (threadIdx.x == 0) {
@@ -424,7 +435,9 @@ __device__ __forceinline__ void sample_body(const SampleParams& p, const unsigne
             acc += w[i];
             if (acc > sm.r) break;
         }
-        *p.out = static_cast<unsigned int>(pick < 0 ? 0 : pick);
+        const unsigned int tok = static_cast<unsigned int>(pick < 0 ? 0 : pick);
+        *p.out = tok;
+        tachyon::advance_step(p.advance, tok);
     }
 }
 

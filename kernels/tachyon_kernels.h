@@ -218,6 +218,42 @@ typedef struct {
 enum { TACHYON_NO_TOKEN = 0xFFFFFFFFu };
 
 /**
+ * A request's sampling settings in device memory (written once when a generation starts),
+ * so a replayed decode step reads them there and changing them re-captures nothing.
+ * The penalties are the CPU sampler's (src/engine/sampler.rs), in its order: the
+ * repetition penalty on each distinct token among the last `last_n` positions (prompt
+ * included; a positive logit divided by it, a negative one multiplied), then presence +
+ * frequency * count on each token generated so far (positions >= `prompt_len`).
+ * `seed`: the draw at position p is seeded with seed ^ (p * 0x9E3779B97F4A7C15).
+ */
+typedef struct {
+    float temperature;
+    float top_p;
+    float min_p;
+    int top_k;
+    float repetition_penalty;
+    float presence_penalty;
+    float frequency_penalty;
+    int last_n;
+    int prompt_len;
+    int pad_;
+    unsigned long long seed;
+} SampleConfig;
+
+/**
+ * The next decode step's inputs, which a decode step's pick writes on the device after the
+ * token (so a replayed step needs no upload from the host): `*token` = the pick (kept when
+ * it is TACHYON_NO_TOKEN), `*pos` + 1, and `*rng_state` = the draw's seed for that
+ * position, cfg->seed ^ (pos * 0x9E3779B97F4A7C15). `token` NULL: no advance.
+ */
+typedef struct {
+    const SampleConfig* cfg;
+    unsigned int* token;
+    int* pos;
+    unsigned long long* rng_state;
+} StepAdvance;
+
+/**
  * Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).
  *
  * The index of the largest of `n` logits (lowest index on ties, NaN never chosen;
@@ -232,6 +268,8 @@ typedef struct {
     unsigned int* out;
     int n;
     int n_parts;
+    /** Written by argmax_final after `*out` (see StepAdvance). */
+    StepAdvance advance;
 } ArgmaxParams;
 
 /**
@@ -260,6 +298,8 @@ typedef struct {
     float top_p;
     /** In [0, 1]; 0 = off. */
     float min_p;
+    /** Written after `*out` (see StepAdvance). */
+    StepAdvance advance;
 } SampleParams;
 
 /**
@@ -333,5 +373,44 @@ typedef struct {
     int interleaved;
     float eps;
 } RopeAttnParams;
+
+
+/**
+ * The token history the device keeps for penalties (kernels/penalty.cu), indexed by
+ * position: `hist[p]` is the token at position p (`ctx` words); `last[t]` is 1 + the latest
+ * position holding token t, 0 for none (`vocab` words); `counts[t]` counts token t at the
+ * generated positions (`vocab` words). `next_pos[0]`: the first position not yet recorded.
+ */
+typedef struct {
+    unsigned int* hist;
+    unsigned int* last;
+    unsigned int* counts;
+    int* next_pos;
+    int ctx;
+    int vocab;
+} PenaltyState;
+
+/**
+ * Parameters of `penalty_seed`: after `last` and `counts` are zeroed and `hist[from..to)`
+ * holds the prompt's last tokens, marks them in `last` and sets `next_pos` to `to`.
+ */
+typedef struct {
+    PenaltyState st;
+    int from;
+    int to;
+} PenaltySeedParams;
+
+/**
+ * Parameters of `penalty_apply`: records the step's token `*token` at `*pos` (once per
+ * position), then applies `cfg`'s penalties to the `vocab` logits in place.
+ */
+typedef struct {
+    PenaltyState st;
+    const SampleConfig* cfg;
+    float* logits;
+    const unsigned int* token;
+    const int* pos;
+} PenaltyApplyParams;
+
 
 #endif /* TACHYON_KERNELS_H */

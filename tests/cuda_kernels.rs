@@ -26,6 +26,8 @@ mod mask;
 mod model;
 #[path = "cuda/ops.rs"]
 mod ops;
+#[path = "cuda/penalty.rs"]
+mod penalty;
 #[path = "cuda/profile.rs"]
 mod profile;
 

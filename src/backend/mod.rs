@@ -107,6 +107,14 @@ pub struct AttnShape {
     pub window: Option<usize>,
 }
 
+/// The random seed of a sampled pick at position `pos` of a generation seeded with `seed`:
+/// a fresh, reproducible stream per position. The engine seeds its picks with it, and a GPU
+/// decode step derives the next position's seed on the device with the same formula
+/// (`step_advance` in kernels/penalty.cu), so a replayed step needs no seed from the host.
+pub fn position_seed(seed: u64, pos: usize) -> u64 {
+    seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// The token ids of a forward call: given by the host, or already in device memory (one
 /// token, what a replayed CUDA graph reads each step, so the graph need not change).
 #[derive(Debug)]

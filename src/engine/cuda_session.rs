@@ -24,15 +24,20 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::cuda::{
-    CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, StepInputs,
+    CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, DeviceSampling,
+    StepInputs,
 };
 use crate::backend::{BackendError, KvDtype, Ops, StepProfile};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
+use super::sampler::SamplingParams;
+use crate::backend::position_seed;
+
 use super::session::{
     MAX_VERIFY_ROWS, MaskedPick, Pick, Picked, Rows, Session, SessionOptions, StepInput, StepMask,
-    StepOutput, check_step, kv_bytes, kv_layout, mask_unavailable, pick_on_host,
+    StepOutput, check_step, decode_step_by_step, kv_bytes, kv_layout, mask_unavailable,
+    pick_on_host,
 };
 
 /// A model and its states on the GPU, one per slot: a decode step runs the active one.
@@ -183,6 +188,68 @@ impl Session for CudaSession {
         self.decoder.profile_step(timed).map(Some)
     }
 
+    /// The settings go to the device once; its decode steps then penalize there (the
+    /// token history on the device, `backend::cuda::history`).
+    fn begin_generation(
+        &mut self,
+        prompt: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<bool, BackendError> {
+        let s = DeviceSampling {
+            temperature: sampling.temperature,
+            top_k: sampling.top_k,
+            top_p: sampling.top_p,
+            min_p: sampling.min_p,
+            repetition_penalty: sampling.repetition_penalty,
+            presence_penalty: sampling.presence_penalty,
+            frequency_penalty: sampling.frequency_penalty,
+            penalty_last_n: sampling.penalty_last_n,
+            seed: sampling.seed,
+        };
+        self.decoder.begin_generation(s, prompt)?;
+        Ok(true)
+    }
+
+    /// The steps queued one ahead of the token read (`DeviceDecoder::decode_run`), when the
+    /// device derives the draws' seeds from these settings (set by `begin_generation`).
+    fn decode_run(
+        &mut self,
+        token: u32,
+        pos: usize,
+        sampling: &SamplingParams,
+        steps: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<usize, BackendError> {
+        let limits = (self.ctx(), self.max_batch(), self.vocab_size());
+        let one = StepInput {
+            tokens: &[token],
+            pos,
+        };
+        check_step(&one, &Pick::Argmax, Rows::Last, limits)?;
+        if steps == 0 || pos + steps > self.ctx() {
+            return Err(BackendError::Device(format!(
+                "session step: {steps} steps at position {pos} within a context of {}",
+                self.ctx()
+            )));
+        }
+        let pick = if sampling.temperature == 0.0 {
+            DevicePick::Argmax
+        } else if self.decoder.history().sampling().seed == sampling.seed {
+            DevicePick::Sample {
+                temperature: sampling.temperature,
+                top_k: sampling.top_k,
+                top_p: sampling.top_p,
+                min_p: sampling.min_p,
+            }
+        } else {
+            // The device would seed the later draws otherwise: one step at a time.
+            return decode_step_by_step(self, token, pos, sampling, steps, on_token);
+        };
+        let seed = position_seed(sampling.seed, pos);
+        self.decoder
+            .decode_run(token, pos, pick, seed, steps, on_token)
+    }
+
     fn slots(&self) -> usize {
         self.decoder.model().states.len()
     }
@@ -260,10 +327,8 @@ impl Session for CudaSession {
                         top_p: params.top_p,
                         min_p: params.min_p,
                     },
-                    // Keep whatever pick the captured step has (its result is not read).
-                    Pick::Logits(_) | Pick::Masked { .. } => {
-                        self.decoder.captured_pick().unwrap_or(DevicePick::Argmax)
-                    }
+                    // The forward pass alone: the logits as they come, unpenalized.
+                    Pick::Logits(_) | Pick::Masked { .. } => DevicePick::Deferred,
                 };
                 let seed = match pick {
                     Pick::Sample { seed, .. } => seed,

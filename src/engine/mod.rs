@@ -547,6 +547,8 @@ impl Engine {
             return Ok(stats);
         }
         let mut sampler = Sampler::new(params.sampling.clone(), prompt);
+        // Every generation tells the session its settings, so none outlives its request.
+        let device_penalties = self.session.begin_generation(prompt, &params.sampling)?;
         let mut spec_stats = self.spec.as_ref().map(|_| SpecStats::default());
         let mut emit = Emitter {
             params,
@@ -583,13 +585,14 @@ impl Engine {
                 ),
                 Some(why) => {
                     sst.off = Some(why);
-                    self.decode_plain(params, opts, &mut sampler, &mut emit)
+                    self.decode_plain(params, opts, &mut sampler, &mut emit, device_penalties)
                 }
             };
             self.spec = Some(spec);
             emit.stats.finish = end?;
         } else {
-            emit.stats.finish = self.decode_plain(params, opts, &mut sampler, &mut emit)?;
+            emit.stats.finish =
+                self.decode_plain(params, opts, &mut sampler, &mut emit, device_penalties)?;
         }
         if let Some(index) = emit.nan_at {
             // What the cache holds produced no number: keep none of it for the next request.
@@ -628,26 +631,72 @@ impl Engine {
         Ok(stepped?.token())
     }
 
-    /// One target forward pass per token. Returns why generation ended.
+    /// The rest of a generation whose tokens no stop rule can end (no stop ids, no
+    /// constraint, picks the session makes): `token`, already emitted and accepted, goes in
+    /// at `pos`, and [`Session::decode_run`] runs the steps after it, each queued on a GPU
+    /// before the token of the one before is read. Returns why generation ended.
+    fn decode_ahead(
+        &mut self,
+        token: u32,
+        pos: usize,
+        params: &GenerateParams,
+        opts: &StreamOptions<'_>,
+        sampler: &mut Sampler,
+        emit: &mut Emitter<'_, '_>,
+    ) -> Result<FinishReason, EngineError> {
+        let steps = params
+            .max_tokens
+            .saturating_sub(emit.generated())
+            .min(self.ctx().saturating_sub(pos));
+        if steps == 0 {
+            return Ok(FinishReason::Length);
+        }
+        let mut end = None;
+        let mut input = token;
+        let (session, cached) = (&mut self.session, &mut self.cached);
+        session.decode_run(token, pos, &params.sampling, steps, &mut |t| {
+            // The step that took `input` ran: its position is cached from here on.
+            cached.push(input);
+            end = emit.emit(t);
+            if end.is_some() {
+                return false;
+            }
+            sampler.accept(t);
+            if opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                end = Some(FinishReason::Cancelled);
+                return false;
+            }
+            input = t;
+            true
+        })?;
+        // A run that ended without a reason ran out of tokens or of context.
+        Ok(end.unwrap_or(FinishReason::Length))
+    }
+
+    /// One target forward pass per token. Returns why generation ended. `device_penalties`:
+    /// the session applies the penalties itself (`Session::begin_generation`).
     fn decode_plain(
         &mut self,
         params: &GenerateParams,
         opts: &StreamOptions<'_>,
         sampler: &mut Sampler,
         emit: &mut Emitter<'_, '_>,
+        device_penalties: bool,
     ) -> Result<FinishReason, EngineError> {
         let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let mut constraint = opts.constraint.cloned();
-        // Without penalties the session picks the token where the logits are (on a GPU,
-        // on the device), under the constraint's mask when there is one (`Pick::Masked`:
-        // the session asks for the mask once the step's forward pass is queued, so on a
-        // GPU the matcher runs while the forward pass does, and no logits are copied).
-        // Penalties need the token history, log-probabilities the raw logits, and
-        // logit_bias changes the logits before the pick: all on the host, so then the
-        // logits come back and the sampler picks (the mask applied there too).
-        let session_pick = params.sampling.has_no_penalties()
-            && opts.logprobs.is_none()
-            && opts.logit_bias.is_empty();
+        // The session picks the token where the logits are (on a GPU, on the device),
+        // under the constraint's mask when there is one (`Pick::Masked`: the session asks
+        // for the mask once the step's forward pass is queued, so on a GPU the matcher
+        // runs while the forward pass does, and no logits are copied), and with the
+        // penalties when it applies them (a GPU session does, from its token history on the
+        // device; not under a mask). Otherwise penalties need the host's token history,
+        // log-probabilities the raw logits, and logit_bias changes the logits before the
+        // pick: all on the host, so then the logits come back and the sampler picks (the
+        // mask applied there too).
+        let penalties_ok =
+            params.sampling.has_no_penalties() || (device_penalties && constraint.is_none());
+        let session_pick = penalties_ok && opts.logprobs.is_none() && opts.logit_bias.is_empty();
         let mut next: Option<u32> = None;
         loop {
             let token = match next.take() {
@@ -698,13 +747,19 @@ impl Engine {
                 tokens: &[token],
                 pos,
             };
+            if session_pick && constraint.is_none() && params.stop_ids.is_empty() {
+                // No stop rule can end the sequence at a token: the session may queue each
+                // step before the last one's token is read.
+                return self.decode_ahead(token, pos, params, opts, sampler, emit);
+            }
             if session_pick {
                 let sp = &params.sampling;
                 let pick = if sp.temperature == 0.0 {
                     MaskedPick::Argmax
                 } else {
-                    // A fresh, reproducible random stream per position and seed.
-                    let seed = sp.seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    // A fresh, reproducible random stream per position and seed (the one a
+                    // GPU session's step also derives on the device).
+                    let seed = crate::backend::position_seed(sp.seed, pos);
                     MaskedPick::Sample { params: sp, seed }
                 };
                 next = match constraint.as_mut() {

@@ -283,7 +283,10 @@ impl Sampler {
         draw_candidate(&self.candidates, &mut self.rng)
     }
 
-    fn apply_penalties(&self, logits: &mut [f32]) {
+    /// The repetition, presence and frequency penalties of the tokens accepted so far (and
+    /// the prompt's last `penalty_last_n`), applied to `logits` in place: what [`Sampler::sample`]
+    /// does first, and the reference the device's penalties are checked against.
+    pub fn apply_penalties(&self, logits: &mut [f32]) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             let start = self.recent.len().saturating_sub(p.penalty_last_n);

@@ -75,7 +75,7 @@ pub enum Pick<'a> {
     /// Each row's argmax (lowest id on ties, NaN never).
     Argmax,
     /// Each row's token drawn with the sampler's top-k, temperature, min-p and top-p
-    /// (penalties are not applied: they need the host's token history) from a random
+    /// (penalties only as [`Session::begin_generation`] says) from a random
     /// stream seeded by `seed` (row `i` by `seed + i`). Temperature 0 is the argmax.
     Sample {
         params: &'a SamplingParams,
@@ -198,11 +198,85 @@ pub trait Session: Send {
         0
     }
 
+    /// Called before a generation's decode steps (after its prompt ran, at positions
+    /// `0..prompt.len()`): a session that can apply `sampling`'s repetition, presence and
+    /// frequency penalties itself, from the prompt and the tokens its later decode steps
+    /// take, keeps what it needs and returns `true`; its [`Pick::Argmax`] and
+    /// [`Pick::Sample`] decode steps then pick after those penalties, until the next call.
+    /// The steps must then take each position once, in order, from `prompt.len()` on.
+    /// This default keeps nothing: penalties stay with the host's sampler.
+    fn begin_generation(
+        &mut self,
+        _prompt: &[u32],
+        _sampling: &SamplingParams,
+    ) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+
+    /// Up to `steps` decode steps from `token` at `pos`, each picking as `sampling` says
+    /// (the argmax at temperature 0, else a draw seeded with
+    /// [`position_seed`](crate::backend::position_seed)`(sampling.seed, position)`;
+    /// penalties only as [`Session::begin_generation`] said), each step taking the token
+    /// the one before picked. `on_token` gets each picked token in order and returns
+    /// whether to go on; a pick of no token ([`super::sampler::NO_TOKEN`]) is passed on and
+    /// ends the run. Returns the tokens passed on. Positions past the last step whose
+    /// token went on may hold work of a step run ahead: not cached. This default runs
+    /// the steps one by one; a GPU session queues each step before reading the last one's
+    /// token.
+    fn decode_run(
+        &mut self,
+        token: u32,
+        pos: usize,
+        sampling: &SamplingParams,
+        steps: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<usize, BackendError> {
+        decode_step_by_step(self, token, pos, sampling, steps, on_token)
+    }
+
     /// The kernels of one decode step, counted (and timed with `timed`) on a session that
     /// launches kernels, after at least one decode step; `None` elsewhere.
     fn profile_step(&mut self, _timed: bool) -> Result<Option<StepProfile>, BackendError> {
         Ok(None)
     }
+}
+
+/// [`Session::decode_run`] one step at a time, each token read before the next step is
+/// queued: the default, and what a session falls back to when it cannot run ahead.
+pub fn decode_step_by_step<S: Session + ?Sized>(
+    session: &mut S,
+    token: u32,
+    pos: usize,
+    sampling: &SamplingParams,
+    steps: usize,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<usize, BackendError> {
+    let mut input = token;
+    for k in 0..steps {
+        let at = pos + k;
+        let pick = if sampling.temperature == 0.0 {
+            Pick::Argmax
+        } else {
+            Pick::Sample {
+                params: sampling,
+                seed: crate::backend::position_seed(sampling.seed, at),
+            }
+        };
+        let step = StepInput {
+            tokens: &[input],
+            pos: at,
+        };
+        let next = session
+            .step(step, pick, Rows::Last)?
+            .token()
+            .unwrap_or(super::sampler::NO_TOKEN);
+        let go_on = on_token(next);
+        if next == super::sampler::NO_TOKEN || !go_on {
+            return Ok(k + 1);
+        }
+        input = next;
+    }
+    Ok(steps)
 }
 
 fn shape_err(msg: String) -> BackendError {

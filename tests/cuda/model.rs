@@ -348,6 +348,100 @@ fn greedy_on_device_matches_greedy_on_host_logits() {
     assert_eq!(on_device, on_host);
 }
 
+/// Greedy decoding with repetition, presence and frequency penalties picks on the device
+/// (the token history kept there, no logits copied per token) exactly what the CPU sampler
+/// picks from the same session's host logits; a request without penalties in the same
+/// session then decodes as plain greedy does (nothing of the last request's penalties left).
+#[test]
+#[ignore = "needs a GPU"]
+fn penalized_greedy_on_device_matches_the_host_sampler() {
+    use tachyon::engine::sampler::Sampler;
+    use tachyon::engine::{Engine, Flow, GenerateParams, SamplingParams};
+    let mut rng = Rng::from_env_or_clock("penalized_greedy_on_device_matches_the_host_sampler");
+    let shape = Shape::from_json("tiny-qwen2", &tiny_qwen2()).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        random_weights(&shape, GgmlType::BF16, rng.next_u64()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions {
+        ctx: 128,
+        max_batch: 16,
+        precise: true,
+        ..Default::default()
+    };
+    let session = || {
+        let dev = tachyon::backend::cuda::probe().unwrap_or_else(|e| panic!("needs a GPU: {e}"));
+        cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let vocab = shape.config.vocab_size;
+    let prompt: Vec<u32> = (0..9)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let max_tokens = if super::emulated() { 12 } else { 24 };
+    let penalized = SamplingParams {
+        repetition_penalty: 1.5,
+        presence_penalty: 2.0,
+        frequency_penalty: 3.0,
+        penalty_last_n: 6,
+        ..SamplingParams::greedy()
+    };
+    let run = |e: &mut Engine, sampling: &SamplingParams| {
+        let params = GenerateParams {
+            max_tokens,
+            sampling: sampling.clone(),
+            stop_ids: vec![],
+        };
+        let before = e.logits_rows_copied();
+        let mut out = Vec::new();
+        e.generate(&prompt, &params, &mut |t| {
+            out.push(t);
+            Flow::Continue
+        })
+        .unwrap_or_else(|err| panic!("{err}"));
+        e.forget_cache();
+        (out, e.logits_rows_copied() - before)
+    };
+    let mut engine = Engine::new(session());
+    let (on_device, copied) = run(&mut engine, &penalized);
+    assert_eq!(copied, 1, "only the prompt's last row of logits comes back");
+    // The host twin: the logits of each step back on the host, the CPU sampler picks.
+    let mut s = session();
+    let mut logits = vec![0f32; vocab];
+    s.step(
+        StepInput {
+            tokens: &prompt,
+            pos: 0,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut sampler = Sampler::new(penalized.clone(), &prompt);
+    let mut on_host = Vec::new();
+    for pos in prompt.len()..prompt.len() + max_tokens {
+        let t = sampler.sample(&mut logits);
+        sampler.accept(t);
+        on_host.push(t);
+        if on_host.len() == max_tokens {
+            break;
+        }
+        s.step(
+            StepInput { tokens: &[t], pos },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(on_device, on_host, "penalized greedy, device and host");
+    let (plain, _) = run(&mut engine, &SamplingParams::greedy());
+    let (fresh, _) = run(&mut Engine::new(session()), &SamplingParams::greedy());
+    assert_eq!(plain, fresh, "plain greedy after a penalized request");
+    assert_ne!(
+        plain, on_device,
+        "the penalties changed nothing: the test shows nothing"
+    );
+    let (again, _) = run(&mut engine, &penalized);
+    assert_eq!(again, on_device, "penalized again, same session");
+}
+
 /// Sampled decoding draws on the device inside the replayed graph: the same seed must give
 /// the same tokens, another seed other tokens, and a switch between greedy and sampled
 /// requests in one session (a new capture) must not disturb either.

@@ -13,6 +13,7 @@ use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of, kv_decode, kv
 use super::device::CudaDevice;
 use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS, gemv_fits};
+use super::launch::penalty::no_advance;
 use super::launch::rope_attention::{FusedScratch, Norms, head_blocks, head_dim_index, max_splits};
 use super::launch::sample::SampleFilters;
 use super::launch::{
@@ -183,7 +184,17 @@ impl CudaBackend {
         part_val: &mut CudaSlice<f32>,
         part_idx: &mut CudaSlice<i32>,
     ) -> Result<(), BackendError> {
-        sample::argmax_row(&self.dev, logits, row, None, out, slot, part_val, part_idx)
+        sample::argmax_row(
+            &self.dev,
+            logits,
+            row,
+            None,
+            out,
+            slot,
+            part_val,
+            part_idx,
+            no_advance(),
+        )
     }
 
     /// [`CudaBackend::argmax`] among the tokens `mask` allows (vocabulary/32 words in device
@@ -197,7 +208,17 @@ impl CudaBackend {
         part_val: &mut CudaSlice<f32>,
         part_idx: &mut CudaSlice<i32>,
     ) -> Result<(), BackendError> {
-        sample::argmax_row(&self.dev, logits, 0, Some(mask), out, 0, part_val, part_idx)
+        sample::argmax_row(
+            &self.dev,
+            logits,
+            0,
+            Some(mask),
+            out,
+            0,
+            part_val,
+            part_idx,
+            no_advance(),
+        )
     }
 
     /// [`CudaBackend::sample`] among the tokens `mask` allows (as
@@ -211,7 +232,16 @@ impl CudaBackend {
         rng: &mut CudaSlice<u64>,
         filters: SampleFilters,
     ) -> Result<(), BackendError> {
-        sample::sample(&self.dev, logits, Some(mask), work, out, rng, filters)
+        sample::sample(
+            &self.dev,
+            logits,
+            Some(mask),
+            work,
+            out,
+            rng,
+            filters,
+            no_advance(),
+        )
     }
 
     /// Draws a token from row 0 of `logits` into `out[0]` with the CPU sampler's filters
@@ -236,7 +266,16 @@ impl CudaBackend {
             top_p,
             min_p,
         };
-        sample::sample(&self.dev, logits, None, work, out, rng, filters)
+        sample::sample(
+            &self.dev,
+            logits,
+            None,
+            work,
+            out,
+            rng,
+            filters,
+            no_advance(),
+        )
     }
 
     /// Partial slots `argmax` needs for a vocabulary of `n`.

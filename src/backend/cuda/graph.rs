@@ -26,9 +26,11 @@ use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, CudaStream, PinnedHostSlic
 
 use super::backend::CudaBackend;
 use super::buffers::CudaAct;
+use super::history::{DeviceHistory, DeviceSampling};
 use super::launch::dev_err;
+use super::launch::penalty;
 use super::launch::sample::{self as pick_kernels, SampleFilters};
-use crate::backend::{BackendError, Position, StepProfile, TokenIds};
+use crate::backend::{BackendError, Position, StepProfile, TokenIds, position_seed};
 
 /// How a decode step picks the next token on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,6 +113,25 @@ struct PickBuffers {
     uploaded: CudaEvent,
 }
 
+/// Pinned host copies of a step's inputs, what their uploads are queued from.
+struct InputsHost {
+    token: PinnedHostSlice<u32>,
+    pos: PinnedHostSlice<i32>,
+    seed: PinnedHostSlice<u64>,
+}
+
+/// What a captured step depends on beyond its buffers: the pick, and whether the
+/// generation's penalties run before it (kernels' parameters are baked into a graph, so
+/// another key means another capture, made once and kept).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct GraphKey {
+    pick: DevicePick,
+    penalties: bool,
+}
+
+/// Most captured steps kept: the picks and penalty settings a session switches between.
+const MAX_GRAPHS: usize = 6;
+
 /// Nodes of a captured graph (kernels, and any copy or memset it recorded).
 fn graph_node_count(g: &CudaGraph) -> Result<usize, BackendError> {
     let mut n = 0usize;
@@ -128,9 +149,26 @@ pub struct DeviceDecoder<M> {
     /// purpose: fields drop in declaration order, and the graph holds the addresses of the
     /// buffers, weights and kernel module below, so it must be destroyed before any of
     /// them is freed.
-    graph: Option<(DevicePick, StepGraph)>,
+    graphs: Vec<(GraphKey, StepGraph)>,
     inputs: StepInputs,
+    /// What `inputs` and `picks.rng` hold once the last step's `step_advance` ran, when
+    /// the host knows it (after reading that step's token): a step whose token, position
+    /// and seed are these uploads nothing.
+    advanced: Option<(u32, usize, u64)>,
+    /// The position the last queued step's `step_advance` moves to, until its token is read.
+    pending: Option<usize>,
+    /// The last decode step's token, position, seed and graph, for [`DeviceDecoder::profile_step`].
+    last_step: Option<(u32, i32, u64, GraphKey)>,
+    /// Pinned staging for the step inputs the host does write.
+    inputs_host: InputsHost,
+    /// Pinned landing place of the step's 4-byte token.
+    /// Two, so a run of steps ([`DeviceDecoder::decode_run`]) copies one step's token
+    /// while the host still reads the last one's.
+    next_host: [PinnedHostSlice<u32>; 2],
+    /// Recorded behind each token's copy into `next_host`: what the host waits on.
+    picked: [CudaEvent; 2],
     picks: PickBuffers,
+    history: DeviceHistory,
     model: M,
     backend: CudaBackend,
     use_graph: bool,
@@ -152,20 +190,41 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         let e = || dev_err("step buffers");
         // SAFETY: pinned memory starts unset; these buffers are only copied from after
         // `pick_after_step` has written them in full (every word of the mask, the seed).
-        let (mask_host, seed_host) = unsafe {
+        // The step inputs' staging and the token's landing place likewise: written in
+        // full before each upload, read only after the copy into them finished.
+        let (mask_host, seed_host, inputs_host, next_host) = unsafe {
             (
                 ctx.alloc_pinned::<u32>(words).map_err(e())?,
                 ctx.alloc_pinned::<u64>(1).map_err(e())?,
+                InputsHost {
+                    token: ctx.alloc_pinned::<u32>(1).map_err(e())?,
+                    pos: ctx.alloc_pinned::<i32>(1).map_err(e())?,
+                    seed: ctx.alloc_pinned::<u64>(1).map_err(e())?,
+                },
+                [
+                    ctx.alloc_pinned::<u32>(1).map_err(e())?,
+                    ctx.alloc_pinned::<u32>(1).map_err(e())?,
+                ],
             )
         };
+        let history = DeviceHistory::new(backend.device(), vocab, model.ctx())?;
         let use_graph =
             !std::env::var("TACHYON_NO_CUDA_GRAPH").is_ok_and(|v| !matches!(v.trim(), "" | "0"));
         Ok(DeviceDecoder {
-            graph: None,
+            graphs: Vec::new(),
             inputs: StepInputs {
                 token: s.alloc_zeros::<u32>(1).map_err(e())?,
                 pos: s.alloc_zeros::<i32>(1).map_err(e())?,
             },
+            advanced: None,
+            pending: None,
+            last_step: None,
+            inputs_host,
+            next_host,
+            picked: [
+                ctx.new_event(None).map_err(e())?,
+                ctx.new_event(None).map_err(e())?,
+            ],
             picks: PickBuffers {
                 next: s.alloc_zeros::<u32>(1).map_err(e())?,
                 rows_next: s.alloc_zeros::<u32>(max_rows.max(1)).map_err(e())?,
@@ -178,6 +237,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 seed_host,
                 uploaded: ctx.new_event(None).map_err(e())?,
             },
+            history,
             model,
             backend,
             use_graph,
@@ -201,12 +261,34 @@ impl<M: DecodeStep> DeviceDecoder<M> {
     /// Drops the captured step, so the next decode step captures anew: for a model whose
     /// step now reads other buffers (another slot's KV cache and activations).
     pub fn forget_capture(&mut self) {
-        self.graph = None;
+        self.graphs.clear();
+        self.advanced = None;
     }
 
-    /// The pick a captured step has, if any (a step whose pick is not read can keep it).
+    /// The pick the last captured step has, if any.
     pub fn captured_pick(&self) -> Option<DevicePick> {
-        self.graph.as_ref().map(|(p, _)| *p)
+        self.graphs.last().map(|(k, _)| k.pick)
+    }
+
+    /// Starts a generation after `prompt` with settings `s` (see [`DeviceHistory::begin`]):
+    /// later steps penalize on the device when `s` has penalties. Settings that equal the
+    /// last ones and have no penalties (whose history would not be read) upload nothing.
+    pub fn begin_generation(
+        &mut self,
+        s: DeviceSampling,
+        prompt: &[u32],
+    ) -> Result<(), BackendError> {
+        if s == *self.history.sampling() && !s.has_penalties() {
+            return Ok(());
+        }
+        // What the device's seed will be is worked out from these settings from now on.
+        self.advanced = None;
+        self.history.begin(self.backend.device(), s, prompt)
+    }
+
+    /// The history and settings the device keeps for penalties and draws.
+    pub fn history(&self) -> &DeviceHistory {
+        &self.history
     }
 
     /// Runs one decode step of `token` at `pos` and picks the next token on the device
@@ -227,34 +309,71 @@ impl<M: DecodeStep> DeviceDecoder<M> {
             .ok_or_else(|| {
                 BackendError::Device(format!("position {pos} is past the context of {ctx}"))
             })?;
-        let s = self.stream();
-        s.memcpy_htod(&[token][..], &mut self.inputs.token)
-            .map_err(dev_err("writing the token id"))?;
-        s.memcpy_htod(&[pos_i32][..], &mut self.inputs.pos)
-            .map_err(dev_err("writing the position"))?;
-        if matches!(pick, DevicePick::Sample { .. }) {
-            s.memcpy_htod(&[draw_seed][..], &mut self.picks.rng)
-                .map_err(dev_err("writing the random seed"))?;
+        // The seed the draw needs; a step that draws nothing keeps whatever the device has.
+        let sampled = matches!(pick, DevicePick::Sample { .. });
+        let seed = if sampled {
+            draw_seed
+        } else {
+            position_seed(self.history.sampling().seed, pos)
+        };
+        let known = self
+            .advanced
+            .is_some_and(|(t, p, r)| t == token && p == pos && (r == seed || !sampled));
+        if !known {
+            self.upload_inputs(token, pos_i32, seed)?;
         }
-        match &self.graph {
-            Some((p, g)) if *p == pick => {
-                return g.0.launch().map_err(dev_err("replaying the decode step"));
-            }
-            _ => self.graph = None,
-        }
-        self.queue_step(pick)?;
-        if self.use_graph {
-            // Capture the step just run (recording queues no work). A failure leaves the
-            // decoder eager rather than broken.
-            match self.capture(pick) {
-                Ok(g) => self.graph = Some((pick, g)),
-                Err(e) => {
-                    tracing::warn!("CUDA graph capture failed, decoding without graphs: {e}");
-                    self.use_graph = false;
+        self.advanced = None;
+        self.pending = None;
+        let key = GraphKey {
+            pick,
+            penalties: pick != DevicePick::Deferred && self.history.sampling().has_penalties(),
+        };
+        self.last_step = Some((token, pos_i32, seed, key));
+        if let Some((_, g)) = self.graphs.iter().find(|(k, _)| *k == key) {
+            g.0.launch().map_err(dev_err("replaying the decode step"))?;
+        } else {
+            self.queue_step(key)?;
+            if self.use_graph {
+                // Capture the step just run (recording queues no work). A failure leaves
+                // the decoder eager rather than broken.
+                match self.capture(key) {
+                    Ok(g) => {
+                        if self.graphs.len() >= MAX_GRAPHS {
+                            self.graphs.remove(0);
+                        }
+                        self.graphs.push((key, g));
+                    }
+                    Err(e) => {
+                        tracing::warn!("CUDA graph capture failed, decoding without graphs: {e}");
+                        self.use_graph = false;
+                    }
                 }
             }
         }
+        if pick != DevicePick::Deferred {
+            self.pending = Some(pos + 1);
+        }
         Ok(())
+    }
+
+    /// Writes a step's token id, position and draw seed from pinned memory (queued, not
+    /// waited for), once the last such upload has left the staging buffer.
+    fn upload_inputs(&mut self, token: u32, pos: i32, seed: u64) -> Result<(), BackendError> {
+        let s = self.stream();
+        let p = &mut self.picks;
+        p.uploaded
+            .synchronize()
+            .map_err(dev_err("waiting for the last input upload"))?;
+        let e = || dev_err("writing the step inputs");
+        let h = &mut self.inputs_host;
+        h.token.as_mut_slice().map_err(e())?[0] = token;
+        h.pos.as_mut_slice().map_err(e())?[0] = pos;
+        h.seed.as_mut_slice().map_err(e())?[0] = seed;
+        s.memcpy_htod(&h.token, &mut self.inputs.token)
+            .map_err(e())?;
+        s.memcpy_htod(&h.pos, &mut self.inputs.pos).map_err(e())?;
+        s.memcpy_htod(&h.seed, &mut p.rng).map_err(e())?;
+        p.uploaded.record(&s).map_err(e())
     }
 
     /// Counts (and with `timed`, times) the kernels of one decode step: the last step
@@ -262,13 +381,23 @@ impl<M: DecodeStep> DeviceDecoder<M> {
     /// KV position with the same values and picks the same token), and the nodes of the
     /// captured graph.
     pub fn profile_step(&mut self, timed: bool) -> Result<StepProfile, BackendError> {
-        let pick = self.captured_pick().unwrap_or(DevicePick::Argmax);
-        let graph_nodes = match &self.graph {
+        let Some((token, pos, seed, key)) = self.last_step else {
+            return Err(BackendError::Device(
+                "CUDA: a decode step must run before it is profiled".into(),
+            ));
+        };
+        let graph_nodes = match self.graphs.iter().find(|(k, _)| *k == key) {
             Some((_, g)) => Some(graph_node_count(&g.0)?),
             None => None,
         };
+        // The step's inputs moved on with its `step_advance`: put them back, and let the
+        // next step write its own (the history records a position once, so the re-run
+        // penalizes as the step did and counts nothing twice).
+        self.upload_inputs(token, pos, seed)?;
+        self.advanced = None;
+        self.pending = None;
         self.backend.device().tally.start(timed);
-        let queued = self.queue_step(pick);
+        let queued = self.queue_step(key);
         let synced = self.stream().synchronize();
         let kernels = self.backend.device().tally.finish();
         queued?;
@@ -322,6 +451,13 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 )));
             }
         };
+        let advance = penalty::advance(
+            dev,
+            self.history.config(),
+            &mut self.inputs.token,
+            &mut self.inputs.pos,
+            &mut p.rng,
+        )?;
         match pick {
             DevicePick::Argmax => pick_kernels::argmax_row(
                 dev,
@@ -332,6 +468,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 0,
                 &mut p.part_val,
                 &mut p.part_idx,
+                advance,
             ),
             DevicePick::Sample {
                 temperature,
@@ -352,23 +489,114 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                     top_p,
                     min_p,
                 };
-                pick_kernels::sample(dev, logits, mask, &mut p.work, &mut p.next, &mut p.rng, f)
+                pick_kernels::sample(
+                    dev,
+                    logits,
+                    mask,
+                    &mut p.work,
+                    &mut p.next,
+                    &mut p.rng,
+                    f,
+                    advance,
+                )
             }
             DevicePick::Deferred => Err(BackendError::Device(
                 "CUDA: a deferred pick must say what to pick".into(),
             )),
+        }?;
+        if let Some((_, pos, _, _)) = self.last_step {
+            self.pending = Some(pos as usize + 1);
         }
+        Ok(())
     }
 
-    /// The token the last decode step picked (a 4-byte copy, after the step finished).
+    /// The token the last decode step picked: a 4-byte copy into pinned memory queued
+    /// behind the step, and a wait for the event recorded after it.
     pub fn read_next(&mut self) -> Result<u32, BackendError> {
+        self.queue_token_copy(0)?;
+        let next = self.wait_token(0)?;
+        // The device's inputs now hold this token at the next position (a step that picked
+        // nothing keeps its old token there: the host does not know it, so uploads anew).
+        self.advanced = match self.pending.take() {
+            Some(pos) if next != super::params::TACHYON_NO_TOKEN => {
+                Some((next, pos, position_seed(self.history.sampling().seed, pos)))
+            }
+            _ => None,
+        };
+        Ok(next)
+    }
+
+    /// Queues the copy of the last step's token into pinned slot `slot`, and its event.
+    fn queue_token_copy(&mut self, slot: usize) -> Result<(), BackendError> {
         let s = self.stream();
-        let mut next = [0u32];
-        s.memcpy_dtoh(&self.picks.next, &mut next[..])
-            .map_err(dev_err("reading the token"))?;
-        s.synchronize()
+        let e = || dev_err("reading the token");
+        s.memcpy_dtoh(&self.picks.next, &mut self.next_host[slot])
+            .map_err(e())?;
+        self.picked[slot].record(&s).map_err(e())
+    }
+
+    /// Waits for slot `slot`'s copy and returns the token it holds.
+    fn wait_token(&mut self, slot: usize) -> Result<u32, BackendError> {
+        self.picked[slot]
+            .synchronize()
             .map_err(dev_err("running the decode step"))?;
-        Ok(next[0])
+        Ok(self.next_host[slot]
+            .as_slice()
+            .map_err(dev_err("reading the token"))?[0])
+    }
+
+    /// Up to `steps` decode steps from `token` at `pos` with `pick` (`draw_seed` seeding
+    /// the first draw; the device seeds the later ones from the generation's settings), each
+    /// picked token passed to `on_token` in order until it returns `false` or a pick of no
+    /// token (passed on too) ends the run. Each step's inputs come from the step before on the device, so the next
+    /// step is queued before this one's token is read: the GPU never waits for the host
+    /// between them. A stop leaves at most one step more run, whose position the caller
+    /// does not count as cached. Returns the steps whose tokens were passed on.
+    pub fn decode_run(
+        &mut self,
+        token: u32,
+        pos: usize,
+        pick: DevicePick,
+        draw_seed: u64,
+        steps: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<usize, BackendError> {
+        if steps == 0 || pick == DevicePick::Deferred || pos + steps > self.model.ctx() {
+            return Err(BackendError::Device(format!(
+                "CUDA: a run of {steps} steps at position {pos} (context {})",
+                self.model.ctx()
+            )));
+        }
+        self.decode(token, pos, pick, draw_seed)?;
+        let key = match self.last_step {
+            Some((_, _, _, key)) => key,
+            None => return Err(BackendError::Device("CUDA: no decode step ran".into())),
+        };
+        self.pending = None;
+        let mut seed = draw_seed;
+        let mut input = token;
+        for k in 0..steps {
+            let slot = k % 2;
+            self.queue_token_copy(slot)?;
+            if k + 1 < steps {
+                match self.graphs.iter().find(|(g, _)| *g == key) {
+                    Some((_, g)) => g.0.launch().map_err(dev_err("replaying the decode step"))?,
+                    None => self.queue_step(key)?,
+                }
+            }
+            let next = self.wait_token(slot)?;
+            self.last_step = Some((input, (pos + k) as i32, seed, key));
+            let go_on = on_token(next);
+            if next == super::params::TACHYON_NO_TOKEN || !go_on || k + 1 == steps {
+                // Whatever ran past the stop is left to finish in stream order; the host
+                // no longer knows what the inputs hold.
+                self.advanced = None;
+                return Ok(k + 1);
+            }
+            input = next;
+            seed = position_seed(self.history.sampling().seed, pos + k + 1);
+        }
+        Ok(steps)
     }
 
     /// The logits of the last decode step, into `out` (vocabulary-sized).
@@ -415,40 +643,70 @@ impl<M: DecodeStep> DeviceDecoder<M> {
 
     /// Everything a decode step queues: the forward pass reading the token id and position
     /// from `inputs`, then the pick of the next token into `picks.next`.
-    fn queue_step(&mut self, pick: DevicePick) -> Result<(), BackendError> {
+    fn queue_step(&mut self, key: GraphKey) -> Result<(), BackendError> {
         self.model.queue(&mut self.backend, &self.inputs)?;
         let logits = self.model.logits();
+        if key.penalties {
+            let dev = self.backend.device();
+            self.history
+                .apply(dev, logits, &self.inputs.token, &self.inputs.pos)?;
+        }
+        let dev = self.backend.device();
         let p = &mut self.picks;
-        match pick {
+        // The pick writes the next step's inputs after its token: a replay needs nothing
+        // from the host.
+        let advance = penalty::advance(
+            dev,
+            self.history.config(),
+            &mut self.inputs.token,
+            &mut self.inputs.pos,
+            &mut p.rng,
+        )?;
+        match key.pick {
             DevicePick::Deferred => Ok(()),
-            DevicePick::Argmax => {
-                self.backend
-                    .argmax(logits, &mut p.next, &mut p.part_val, &mut p.part_idx)
-            }
+            DevicePick::Argmax => pick_kernels::argmax_row(
+                dev,
+                logits,
+                0,
+                None,
+                &mut p.next,
+                0,
+                &mut p.part_val,
+                &mut p.part_idx,
+                advance,
+            ),
             DevicePick::Sample {
                 temperature,
                 top_k,
                 top_p,
                 min_p,
-            } => self.backend.sample(
-                logits,
-                &mut p.work,
-                &mut p.next,
-                &mut p.rng,
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-            ),
+            } => {
+                let f = SampleFilters {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                };
+                pick_kernels::sample(
+                    dev,
+                    logits,
+                    None,
+                    &mut p.work,
+                    &mut p.next,
+                    &mut p.rng,
+                    f,
+                    advance,
+                )
+            }
         }
     }
 
     /// Records the step (begin / end capture on the device stream) into a graph.
-    fn capture(&mut self, pick: DevicePick) -> Result<StepGraph, BackendError> {
+    fn capture(&mut self, key: GraphKey) -> Result<StepGraph, BackendError> {
         let s = self.stream();
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(dev_err("starting graph capture"))?;
-        let queued = self.queue_step(pick);
+        let queued = self.queue_step(key);
         // End the capture whatever happened, so the stream is usable again.
         let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
         queued?;

@@ -268,6 +268,63 @@ const _: () = {
 pub const TACHYON_NO_TOKEN: _bindgen_ty_3 = 4294967295;
 #[doc = " The token id the pick kernels write when there is no token to pick: every logit is NaN\n (a damaged model or a numerical fault). The engine ends the request with an error."]
 pub type _bindgen_ty_3 = ::std::os::raw::c_uint;
+#[doc = " A request's sampling settings in device memory (written once when a generation starts),\n so a replayed decode step reads them there and changing them re-captures nothing.\n The penalties are the CPU sampler's (src/engine/sampler.rs), in its order: the\n repetition penalty on each distinct token among the last `last_n` positions (prompt\n included; a positive logit divided by it, a negative one multiplied), then presence +\n frequency * count on each token generated so far (positions >= `prompt_len`).\n `seed`: the draw at position p is seeded with seed ^ (p * 0x9E3779B97F4A7C15)."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SampleConfig {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub top_k: ::std::os::raw::c_int,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub last_n: ::std::os::raw::c_int,
+    pub prompt_len: ::std::os::raw::c_int,
+    pub pad_: ::std::os::raw::c_int,
+    pub seed: ::std::os::raw::c_ulonglong,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SampleConfig"][::std::mem::size_of::<SampleConfig>() - 48usize];
+    ["Alignment of SampleConfig"][::std::mem::align_of::<SampleConfig>() - 8usize];
+    ["Offset of field: SampleConfig::temperature"]
+        [::std::mem::offset_of!(SampleConfig, temperature) - 0usize];
+    ["Offset of field: SampleConfig::top_p"][::std::mem::offset_of!(SampleConfig, top_p) - 4usize];
+    ["Offset of field: SampleConfig::min_p"][::std::mem::offset_of!(SampleConfig, min_p) - 8usize];
+    ["Offset of field: SampleConfig::top_k"][::std::mem::offset_of!(SampleConfig, top_k) - 12usize];
+    ["Offset of field: SampleConfig::repetition_penalty"]
+        [::std::mem::offset_of!(SampleConfig, repetition_penalty) - 16usize];
+    ["Offset of field: SampleConfig::presence_penalty"]
+        [::std::mem::offset_of!(SampleConfig, presence_penalty) - 20usize];
+    ["Offset of field: SampleConfig::frequency_penalty"]
+        [::std::mem::offset_of!(SampleConfig, frequency_penalty) - 24usize];
+    ["Offset of field: SampleConfig::last_n"]
+        [::std::mem::offset_of!(SampleConfig, last_n) - 28usize];
+    ["Offset of field: SampleConfig::prompt_len"]
+        [::std::mem::offset_of!(SampleConfig, prompt_len) - 32usize];
+    ["Offset of field: SampleConfig::pad_"][::std::mem::offset_of!(SampleConfig, pad_) - 36usize];
+    ["Offset of field: SampleConfig::seed"][::std::mem::offset_of!(SampleConfig, seed) - 40usize];
+};
+#[doc = " The next decode step's inputs, which a decode step's pick writes on the device after the\n token (so a replayed step needs no upload from the host): `*token` = the pick (kept when\n it is TACHYON_NO_TOKEN), `*pos` + 1, and `*rng_state` = the draw's seed for that\n position, cfg->seed ^ (pos * 0x9E3779B97F4A7C15). `token` NULL: no advance."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct StepAdvance {
+    pub cfg: *const SampleConfig,
+    pub token: *mut ::std::os::raw::c_uint,
+    pub pos: *mut ::std::os::raw::c_int,
+    pub rng_state: *mut ::std::os::raw::c_ulonglong,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of StepAdvance"][::std::mem::size_of::<StepAdvance>() - 32usize];
+    ["Alignment of StepAdvance"][::std::mem::align_of::<StepAdvance>() - 8usize];
+    ["Offset of field: StepAdvance::cfg"][::std::mem::offset_of!(StepAdvance, cfg) - 0usize];
+    ["Offset of field: StepAdvance::token"][::std::mem::offset_of!(StepAdvance, token) - 8usize];
+    ["Offset of field: StepAdvance::pos"][::std::mem::offset_of!(StepAdvance, pos) - 16usize];
+    ["Offset of field: StepAdvance::rng_state"]
+        [::std::mem::offset_of!(StepAdvance, rng_state) - 24usize];
+};
 #[doc = " Parameters of `argmax_partial` and `argmax_final` (kernels/sample.cu).\n\n The index of the largest of `n` logits (lowest index on ties, NaN never chosen;\n TACHYON_NO_TOKEN when all are NaN). The partial kernel's `gridDim.x` blocks each write\n their best (value, index) to `part_val` / `part_idx`; the final kernel (one block) merges `n_parts` of them\n into `*out`."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -278,10 +335,12 @@ pub struct ArgmaxParams {
     pub out: *mut ::std::os::raw::c_uint,
     pub n: ::std::os::raw::c_int,
     pub n_parts: ::std::os::raw::c_int,
+    #[doc = " Written by argmax_final after `*out` (see StepAdvance)."]
+    pub advance: StepAdvance,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of ArgmaxParams"][::std::mem::size_of::<ArgmaxParams>() - 40usize];
+    ["Size of ArgmaxParams"][::std::mem::size_of::<ArgmaxParams>() - 72usize];
     ["Alignment of ArgmaxParams"][::std::mem::align_of::<ArgmaxParams>() - 8usize];
     ["Offset of field: ArgmaxParams::logits"]
         [::std::mem::offset_of!(ArgmaxParams, logits) - 0usize];
@@ -293,6 +352,8 @@ const _: () = {
     ["Offset of field: ArgmaxParams::n"][::std::mem::offset_of!(ArgmaxParams, n) - 32usize];
     ["Offset of field: ArgmaxParams::n_parts"]
         [::std::mem::offset_of!(ArgmaxParams, n_parts) - 36usize];
+    ["Offset of field: ArgmaxParams::advance"]
+        [::std::mem::offset_of!(ArgmaxParams, advance) - 40usize];
 };
 #[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives TACHYON_NO_TOKEN. Penalties are not applied here."]
 #[repr(C)]
@@ -315,10 +376,12 @@ pub struct SampleParams {
     pub top_p: f32,
     #[doc = " In [0, 1]; 0 = off."]
     pub min_p: f32,
+    #[doc = " Written after `*out` (see StepAdvance)."]
+    pub advance: StepAdvance,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SampleParams"][::std::mem::size_of::<SampleParams>() - 56usize];
+    ["Size of SampleParams"][::std::mem::size_of::<SampleParams>() - 88usize];
     ["Alignment of SampleParams"][::std::mem::align_of::<SampleParams>() - 8usize];
     ["Offset of field: SampleParams::logits"]
         [::std::mem::offset_of!(SampleParams, logits) - 0usize];
@@ -332,6 +395,8 @@ const _: () = {
         [::std::mem::offset_of!(SampleParams, temperature) - 40usize];
     ["Offset of field: SampleParams::top_p"][::std::mem::offset_of!(SampleParams, top_p) - 44usize];
     ["Offset of field: SampleParams::min_p"][::std::mem::offset_of!(SampleParams, min_p) - 48usize];
+    ["Offset of field: SampleParams::advance"]
+        [::std::mem::offset_of!(SampleParams, advance) - 56usize];
 };
 #[doc = " Parameters of `argmax_partial_masked` (kernels/sample.cu; `argmax_final` then merges its\n partials with `base`): the argmax of `base` among the tokens `mask` allows.\n `mask` holds ceil(n / 32) words; bit k % 32 of word k / 32 set allows token k. A refused\n token is no candidate, as a NaN logit is: TACHYON_NO_TOKEN when no allowed logit is a number."]
 #[repr(C)]
@@ -342,12 +407,12 @@ pub struct MaskedArgmaxParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of MaskedArgmaxParams"][::std::mem::size_of::<MaskedArgmaxParams>() - 48usize];
+    ["Size of MaskedArgmaxParams"][::std::mem::size_of::<MaskedArgmaxParams>() - 80usize];
     ["Alignment of MaskedArgmaxParams"][::std::mem::align_of::<MaskedArgmaxParams>() - 8usize];
     ["Offset of field: MaskedArgmaxParams::base"]
         [::std::mem::offset_of!(MaskedArgmaxParams, base) - 0usize];
     ["Offset of field: MaskedArgmaxParams::mask"]
-        [::std::mem::offset_of!(MaskedArgmaxParams, mask) - 40usize];
+        [::std::mem::offset_of!(MaskedArgmaxParams, mask) - 72usize];
 };
 #[doc = " Parameters of `sample_logits_masked` (kernels/sample.cu): the draw of `base` among the\n tokens `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no\n candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN."]
 #[repr(C)]
@@ -358,12 +423,12 @@ pub struct MaskedSampleParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of MaskedSampleParams"][::std::mem::size_of::<MaskedSampleParams>() - 64usize];
+    ["Size of MaskedSampleParams"][::std::mem::size_of::<MaskedSampleParams>() - 96usize];
     ["Alignment of MaskedSampleParams"][::std::mem::align_of::<MaskedSampleParams>() - 8usize];
     ["Offset of field: MaskedSampleParams::base"]
         [::std::mem::offset_of!(MaskedSampleParams, base) - 0usize];
     ["Offset of field: MaskedSampleParams::mask"]
-        [::std::mem::offset_of!(MaskedSampleParams, mask) - 56usize];
+        [::std::mem::offset_of!(MaskedSampleParams, mask) - 88usize];
 };
 #[doc = " Parameters of `rope_attn_decode_h<HD>_<f32|bf16|f16>` (kernels/rope_attention.cu): one\n query row's attention block after the projections, in one launch.\n\n At position p (`*pos_dev` when `pos_dev` is set, else `pos`): each head of `q`\n (`n_heads * head_dim` f32) and `k` (`n_kv_heads * head_dim`) is RMS-normed with\n `q_norm` / `k_norm` (`head_dim` weights, `eps`) when those are not NULL, then rotated\n (the first `2 * half` values; pairs (2j, 2j+1) when `interleaved`, else (j, j + half);\n angles `cos[p * half + j]`, `sin[p * half + j]`, `p < rope_ctx`); k and `v` are stored at\n cache position p (`ctx` positions of `n_kv_heads * head_dim` elements of the kernel's\n type), and head h attends to positions first..=p of kv head `h / (n_heads / n_kv_heads)`\n (first = 0, or `p + 1 - window` when `window > 0`), scores scaled by 1/sqrt(head_dim).\n `q`, `k`, `v` are read only. The grid's y extent is `max_splits`; a split covers at\n least `min_chunk` positions. A position outside the cache or the table gives NaN."]
 #[repr(C)]
@@ -455,4 +520,72 @@ const _: () = {
         [::std::mem::offset_of!(RopeAttnParams, interleaved) - 160usize];
     ["Offset of field: RopeAttnParams::eps"]
         [::std::mem::offset_of!(RopeAttnParams, eps) - 164usize];
+};
+#[doc = " The token history the device keeps for penalties (kernels/penalty.cu), indexed by\n position: `hist[p]` is the token at position p (`ctx` words); `last[t]` is 1 + the latest\n position holding token t, 0 for none (`vocab` words); `counts[t]` counts token t at the\n generated positions (`vocab` words). `next_pos[0]`: the first position not yet recorded."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct PenaltyState {
+    pub hist: *mut ::std::os::raw::c_uint,
+    pub last: *mut ::std::os::raw::c_uint,
+    pub counts: *mut ::std::os::raw::c_uint,
+    pub next_pos: *mut ::std::os::raw::c_int,
+    pub ctx: ::std::os::raw::c_int,
+    pub vocab: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of PenaltyState"][::std::mem::size_of::<PenaltyState>() - 40usize];
+    ["Alignment of PenaltyState"][::std::mem::align_of::<PenaltyState>() - 8usize];
+    ["Offset of field: PenaltyState::hist"][::std::mem::offset_of!(PenaltyState, hist) - 0usize];
+    ["Offset of field: PenaltyState::last"][::std::mem::offset_of!(PenaltyState, last) - 8usize];
+    ["Offset of field: PenaltyState::counts"]
+        [::std::mem::offset_of!(PenaltyState, counts) - 16usize];
+    ["Offset of field: PenaltyState::next_pos"]
+        [::std::mem::offset_of!(PenaltyState, next_pos) - 24usize];
+    ["Offset of field: PenaltyState::ctx"][::std::mem::offset_of!(PenaltyState, ctx) - 32usize];
+    ["Offset of field: PenaltyState::vocab"][::std::mem::offset_of!(PenaltyState, vocab) - 36usize];
+};
+#[doc = " Parameters of `penalty_seed`: after `last` and `counts` are zeroed and `hist[from..to)`\n holds the prompt's last tokens, marks them in `last` and sets `next_pos` to `to`."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct PenaltySeedParams {
+    pub st: PenaltyState,
+    pub from: ::std::os::raw::c_int,
+    pub to: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of PenaltySeedParams"][::std::mem::size_of::<PenaltySeedParams>() - 48usize];
+    ["Alignment of PenaltySeedParams"][::std::mem::align_of::<PenaltySeedParams>() - 8usize];
+    ["Offset of field: PenaltySeedParams::st"]
+        [::std::mem::offset_of!(PenaltySeedParams, st) - 0usize];
+    ["Offset of field: PenaltySeedParams::from"]
+        [::std::mem::offset_of!(PenaltySeedParams, from) - 40usize];
+    ["Offset of field: PenaltySeedParams::to"]
+        [::std::mem::offset_of!(PenaltySeedParams, to) - 44usize];
+};
+#[doc = " Parameters of `penalty_apply`: records the step's token `*token` at `*pos` (once per\n position), then applies `cfg`'s penalties to the `vocab` logits in place."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct PenaltyApplyParams {
+    pub st: PenaltyState,
+    pub cfg: *const SampleConfig,
+    pub logits: *mut f32,
+    pub token: *const ::std::os::raw::c_uint,
+    pub pos: *const ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of PenaltyApplyParams"][::std::mem::size_of::<PenaltyApplyParams>() - 72usize];
+    ["Alignment of PenaltyApplyParams"][::std::mem::align_of::<PenaltyApplyParams>() - 8usize];
+    ["Offset of field: PenaltyApplyParams::st"]
+        [::std::mem::offset_of!(PenaltyApplyParams, st) - 0usize];
+    ["Offset of field: PenaltyApplyParams::cfg"]
+        [::std::mem::offset_of!(PenaltyApplyParams, cfg) - 40usize];
+    ["Offset of field: PenaltyApplyParams::logits"]
+        [::std::mem::offset_of!(PenaltyApplyParams, logits) - 48usize];
+    ["Offset of field: PenaltyApplyParams::token"]
+        [::std::mem::offset_of!(PenaltyApplyParams, token) - 56usize];
+    ["Offset of field: PenaltyApplyParams::pos"]
+        [::std::mem::offset_of!(PenaltyApplyParams, pos) - 64usize];
 };

@@ -33,3 +33,5 @@ unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
 unsafe impl cudarc::driver::DeviceRepr for MaskedArgmaxParams {}
 unsafe impl cudarc::driver::DeviceRepr for MaskedSampleParams {}
 unsafe impl cudarc::driver::DeviceRepr for RopeAttnParams {}
+unsafe impl cudarc::driver::DeviceRepr for PenaltySeedParams {}
+unsafe impl cudarc::driver::DeviceRepr for PenaltyApplyParams {}

@@ -15,6 +15,7 @@
 //!   attention in one kernel)
 //! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
 //! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
+//! - [`penalty`] runs `penalty.cu` (the penalties' token history, the step's inputs advanced)
 //!
 //! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
 //! kernel itself hits surfaces at the next synchronization.
@@ -24,6 +25,7 @@ pub mod elementwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod penalty;
 pub mod rope;
 pub mod rope_attention;
 pub mod sample;
@@ -56,6 +58,8 @@ pub(crate) struct KernelFns {
     pub(crate) sample_logits: CudaFunction,
     pub(crate) argmax_partial_masked: CudaFunction,
     pub(crate) sample_logits_masked: CudaFunction,
+    pub(crate) penalty_seed: CudaFunction,
+    pub(crate) penalty_apply: CudaFunction,
     /// `rope_attn_decode_h<HD>_<type>`: by head size ([`rope_attention::FUSED_HEAD_DIMS`]),
     /// then cache type (f32, bf16, f16).
     pub(crate) rope_attn_decode: Vec<[CudaFunction; 3]>,
@@ -79,6 +83,8 @@ impl KernelFns {
             sample_logits: module.load_function("sample_logits")?,
             argmax_partial_masked: module.load_function("argmax_partial_masked")?,
             sample_logits_masked: module.load_function("sample_logits_masked")?,
+            penalty_seed: module.load_function("penalty_seed")?,
+            penalty_apply: module.load_function("penalty_apply")?,
             rope_attn_decode: rope_attention::kernel_names()
                 .iter()
                 .map(|[a, b, c]| {

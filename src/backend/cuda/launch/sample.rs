@@ -12,7 +12,7 @@ use crate::backend::BackendError;
 use crate::backend::cuda::buffers::CudaAct;
 use crate::backend::cuda::device::CudaDevice;
 use crate::backend::cuda::params::{
-    ArgmaxParams, MaskedArgmaxParams, MaskedSampleParams, SampleParams,
+    ArgmaxParams, MaskedArgmaxParams, MaskedSampleParams, SampleParams, StepAdvance,
 };
 
 /// Most argmax partial blocks.
@@ -55,6 +55,7 @@ pub fn argmax_row(
     slot: usize,
     part_val: &mut CudaSlice<f32>,
     part_idx: &mut CudaSlice<i32>,
+    advance: StepAdvance,
 ) -> Result<(), BackendError> {
     let n = logits.width;
     let parts = argmax_parts(n);
@@ -75,6 +76,7 @@ pub fn argmax_row(
         out: (ptr_mut(out, dev) + slot_bytes) as *mut u32,
         n: i32_of(n, "vocabulary")?,
         n_parts: parts as i32,
+        advance,
     };
     let k = &dev.kernels;
     let grid = (u32_of(parts, "argmax parts")?, 1, 1);
@@ -129,6 +131,7 @@ pub struct SampleFilters {
 /// vocabulary size. Penalties are not applied. With `mask`, only the tokens it allows are
 /// candidates (the CPU sampler's distribution over them; `TACHYON_NO_TOKEN` when none is a
 /// number).
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     dev: &CudaDevice,
     logits: &CudaAct,
@@ -137,6 +140,7 @@ pub fn sample(
     out: &mut CudaSlice<u32>,
     rng: &mut CudaSlice<u64>,
     f: SampleFilters,
+    advance: StepAdvance,
 ) -> Result<(), BackendError> {
     let n = logits.width;
     let ok = f.temperature.is_finite()
@@ -167,6 +171,7 @@ pub fn sample(
         temperature: f.temperature,
         top_p: f.top_p,
         min_p: f.min_p,
+        advance,
     };
     let k = &dev.kernels;
     if mask == 0 {
