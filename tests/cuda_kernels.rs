@@ -28,6 +28,8 @@ mod model;
 mod ops;
 #[path = "cuda/profile.rs"]
 mod profile;
+#[path = "cuda/sample.rs"]
+mod sample;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError};
 use tachyon::backend::cpu::ops::rmsnorm as cpu_rmsnorm;

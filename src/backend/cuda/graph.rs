@@ -171,7 +171,9 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 rows_next: s.alloc_zeros::<u32>(max_rows.max(1)).map_err(e())?,
                 part_val: s.alloc_zeros::<f32>(parts).map_err(e())?,
                 part_idx: s.alloc_zeros::<i32>(parts).map_err(e())?,
-                work: s.alloc_zeros::<f32>(vocab.max(1)).map_err(e())?,
+                work: s
+                    .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
+                    .map_err(e())?,
                 rng: s.alloc_zeros::<u64>(1).map_err(e())?,
                 mask: s.alloc_zeros::<u32>(words).map_err(e())?,
                 mask_host,

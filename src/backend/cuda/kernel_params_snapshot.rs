@@ -294,13 +294,13 @@ const _: () = {
     ["Offset of field: ArgmaxParams::n_parts"]
         [::std::mem::offset_of!(ArgmaxParams, n_parts) - 36usize];
 };
-#[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives TACHYON_NO_TOKEN. Penalties are not applied here."]
+#[doc = " Parameters of the draw (kernels/sample_logits.cu): `sample_scan`, `sample_refine`,\n `sample_compact` (grid = (n_parts), block = (256)) then `sample_logits` (grid = (1),\n block = (1024)), launched in that order with the same parameters: one token drawn from the\n logits with the CPU sampler's filters, in its order: top-k (ties broken by lower id),\n softmax at `temperature`, min-p (relative to the most likely token), top-p (the smallest\n most-likely set reaching the mass; ties by lower id), then a draw. NaN logits are never\n drawn; all NaN gives TACHYON_NO_TOKEN. Penalties are not applied here. The filter values\n are read by the kernels only: no launch shape depends on them."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SampleParams {
     #[doc = " `n` logits, read only."]
     pub logits: *const f32,
-    #[doc = " `n` floats of scratch."]
+    #[doc = " TACHYON_SAMPLE_SCRATCH_WORDS + `n` words of scratch, all zero before the first draw\n  (the kernels leave their counters zero again for the next one)."]
     pub work: *mut f32,
     #[doc = " The drawn token id."]
     pub out: *mut ::std::os::raw::c_uint,
@@ -315,6 +315,8 @@ pub struct SampleParams {
     pub top_p: f32,
     #[doc = " In [0, 1]; 0 = off."]
     pub min_p: f32,
+    #[doc = " The grid of the three vocabulary passes, in 1..=TACHYON_SAMPLE_MAX_PARTS: block b\n  owns ids [b * chunk, (b + 1) * chunk) with chunk = ceil(n / n_parts) rounded up to 4."]
+    pub n_parts: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -332,7 +334,15 @@ const _: () = {
         [::std::mem::offset_of!(SampleParams, temperature) - 40usize];
     ["Offset of field: SampleParams::top_p"][::std::mem::offset_of!(SampleParams, top_p) - 44usize];
     ["Offset of field: SampleParams::min_p"][::std::mem::offset_of!(SampleParams, min_p) - 48usize];
+    ["Offset of field: SampleParams::n_parts"]
+        [::std::mem::offset_of!(SampleParams, n_parts) - 52usize];
 };
+pub const TACHYON_SAMPLE_MAX_PARTS: _bindgen_ty_4 = 160;
+#[doc = " Most blocks of the draw's vocabulary passes (SampleParams::n_parts)."]
+pub type _bindgen_ty_4 = ::std::os::raw::c_uint;
+pub const TACHYON_SAMPLE_SCRATCH_WORDS: _bindgen_ty_5 = 16736;
+#[doc = " Words of the draw's fixed scratch (counters, histograms, candidates), before the n words\n  the whole-vocabulary fallback uses."]
+pub type _bindgen_ty_5 = ::std::os::raw::c_uint;
 #[doc = " Parameters of `argmax_partial_masked` (kernels/sample.cu; `argmax_final` then merges its\n partials with `base`): the argmax of `base` among the tokens `mask` allows.\n `mask` holds ceil(n / 32) words; bit k % 32 of word k / 32 set allows token k. A refused\n token is no candidate, as a NaN logit is: TACHYON_NO_TOKEN when no allowed logit is a number."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -349,7 +359,7 @@ const _: () = {
     ["Offset of field: MaskedArgmaxParams::mask"]
         [::std::mem::offset_of!(MaskedArgmaxParams, mask) - 40usize];
 };
-#[doc = " Parameters of `sample_logits_masked` (kernels/sample.cu): the draw of `base` among the\n tokens `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no\n candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN."]
+#[doc = " Parameters of `sample_scan_masked`, `sample_refine_masked`, `sample_compact_masked` and\n `sample_logits_masked` (kernels/sample_logits.cu): the draw of `base` among the tokens\n `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no\n candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct MaskedSampleParams {

@@ -53,8 +53,11 @@ pub(crate) struct KernelFns {
     pub(crate) elementwise_f32: CudaFunction,
     pub(crate) argmax_partial: CudaFunction,
     pub(crate) argmax_final: CudaFunction,
+    /// The draw's vocabulary passes: `sample_scan`, `sample_refine`, `sample_compact`.
+    pub(crate) sample_passes: [CudaFunction; 3],
     pub(crate) sample_logits: CudaFunction,
     pub(crate) argmax_partial_masked: CudaFunction,
+    pub(crate) sample_passes_masked: [CudaFunction; 3],
     pub(crate) sample_logits_masked: CudaFunction,
     /// `rope_attn_decode_h<HD>_<type>`: by head size ([`rope_attention::FUSED_HEAD_DIMS`]),
     /// then cache type (f32, bf16, f16).
@@ -76,8 +79,18 @@ impl KernelFns {
             elementwise_f32: module.load_function("elementwise_f32")?,
             argmax_partial: module.load_function("argmax_partial")?,
             argmax_final: module.load_function("argmax_final")?,
+            sample_passes: [
+                module.load_function("sample_scan")?,
+                module.load_function("sample_refine")?,
+                module.load_function("sample_compact")?,
+            ],
             sample_logits: module.load_function("sample_logits")?,
             argmax_partial_masked: module.load_function("argmax_partial_masked")?,
+            sample_passes_masked: [
+                module.load_function("sample_scan_masked")?,
+                module.load_function("sample_refine_masked")?,
+                module.load_function("sample_compact_masked")?,
+            ],
             sample_logits_masked: module.load_function("sample_logits_masked")?,
             rope_attn_decode: rope_attention::kernel_names()
                 .iter()
