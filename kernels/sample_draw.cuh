@@ -21,6 +21,8 @@ constexpr float kNoWeight = -110.0f;               // x below: expf(x) == 0 in f
 
 enum : unsigned int { kModeNone = 0, kModeGreedy = 1, kModeTopK = 2, kModeTopP = 3, kModeById = 4 };
 
+// The scratch at the start of SampleParams::work. tests/cuda/sample.rs reads `mode` (word 8)
+// and `cand_count` (word 3) back to check which path a draw took: keep them there.
 struct SampleScratch {
     // Zero at rest.
     unsigned int done_scan, done_refine, n_valid, cand_count;
@@ -31,7 +33,7 @@ struct SampleScratch {
     unsigned int best_id;
     float mx;
     unsigned long long z_all;
-    unsigned int pad[16];
+    unsigned int pad[16];  // the header is 32 words
     unsigned int count[kBins];        // zero at rest
     unsigned int fine[kBins];         // zero at rest
     unsigned long long mass[kBins];   // zero at rest

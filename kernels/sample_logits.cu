@@ -1,54 +1,68 @@
 /*
  * sample_logits.cu: one token drawn on the device with the CPU sampler's filters (top-k,
  * softmax at the temperature, min-p, top-p; src/engine/sampler.rs `distribution`), in at most
- * 3 coalesced passes over the vocabulary, then a sort and scan among a few candidates.
+ * 3 coalesced passes over the vocabulary (sample_passes.cu), then a sort and scan among a
+ * few candidates in one block (this file).
  *
- * Launches (same SampleParams for all; shapes depend on the vocabulary size n alone, never on
- * the filter values, which every kernel reads from the parameters):
- *   1. sample_scan     grid (n_parts), block (256): per token, valid = a number the mask
- *      allows. The best (key, lowest id) and the count of valid tokens (integer atomics), and
- *      a histogram of the top 11 bits of the float keys. The last block to finish (threadfence
- *      + counter) decides the mode: no token, greedy (the best logit is +-inf: no weight is a
- *      number but the best's), top-k (k < valid count: the coarse bin holding the k-th key),
- *      by-id (no top-k and no top-p), or top-p.
+ * Launches, in this order, with the same SampleParams (shapes depend on the vocabulary size
+ * n alone, never on the filter values, which every kernel reads from the parameters;
+ * n_parts = ceil(n / 4096), at most TACHYON_SAMPLE_MAX_PARTS):
+ *   1. sample_scan     grid (n_parts), block (256), block b reading its contiguous chunk of
+ *      ids with 16-byte loads. Per token, valid = a number the mask allows. The best (key,
+ *      lowest id) and the count of valid tokens (integer atomics), and a histogram of the top
+ *      11 bits of the float keys (shared, then added to L2 bin by bin). The last block to
+ *      finish (threadfence + counter) picks the mode: no token (nothing valid), greedy (the
+ *      best logit is -inf, making every weight NaN, or +inf, making its own weight NaN: no
+ *      candidate has mass, so the lowest id of the best logit, as before), top-k (0 < k <
+ *      valid count: the coarse bin holding the k-th key), by id (no top-k, top_p = 1), top-p.
  *   2. sample_refine   same grid, knowing the max: top-k: a histogram of the next 11 key bits
- *      inside the coarse bin; top-p: each token's fixed-point mass, per coarse bin and in
- *      total; by-id: each block's sum of drawable masses. The last block fixes the candidate
- *      threshold: the fine bin of the k-th key, or the coarse bin where the descending mass
- *      reaches top_p times the total.
- *   3. sample_compact  same grid: top-k / top-p: each valid token at or above the threshold
- *      whose weight can be non-zero appends (key, id) to a buffer of kSampleCap (integer
- *      atomic positions; the order is undone by the sort).
- *   4. sample_logits   grid (1), block (1024): sorts the candidates by (logit desc, id asc),
- *      applies top-k exactly, the weights, min-p, top-p and the draw as scans among them. By-id:
- *      picks the block whose mass range holds the draw from the per-block sums and rescans that
- *      block's ids alone (n / n_parts of them). More than kSampleCap candidates: the
- *      whole-vocabulary one-block fallback (sample_fallback.cuh), correct and slower.
- * Passes over the n logits (4 bytes each, 16-byte loads when aligned; the mask's n / 8 bytes
- * with them): 3, or 2 + 1 / n_parts by id. 152k logits are 600 KB, L2-resident after the
- * LM head wrote them: with n_parts = 38 blocks each pass streams ~16 KB per block, so a pass
- * costs about its launch plus a few microseconds, and the final block's work scales with the
- * candidate count (typically tens to hundreds), not with n. Nothing here was timed on a GPU.
+ *      inside that coarse bin; top-p: each token's fixed-point mass, per coarse bin and in
+ *      total; by id: each block's sum of drawable masses. The last block fixes the candidate
+ *      key threshold: the fine bin holding the k-th key, or the coarse bin where the mass
+ *      (descending) reaches top_p times the total.
+ *   3. sample_compact  same grid: top-k / top-p: each valid token with a key at or above the
+ *      threshold and a weight that can be non-zero appends (key, id) to kSampleCap slots
+ *      (positions from an integer atomic; the sort undoes their order).
+ *   4. sample_logits   grid (1), block (1024): sorts the candidates by (logit desc, id asc)
+ *      (bitonic, in shared memory), applies top-k exactly, the weights, min-p, top-p and the
+ *      draw as block scans among them. By id: the block whose mass range holds the draw is
+ *      found from the per-block sums, and only its chunk (n / n_parts ids) is read again.
+ *      More than kSampleCap candidates (a top-k above 4096, more than 4096 exact ties at the
+ *      k-th logit, a top-p set spread over more than 4096 ids): the one-block radix draw over
+ *      the whole vocabulary (sample_fallback.cuh), correct and ~8 passes slower.
+ * Bytes: each pass reads the 4n bytes of logits once (and n / 8 bytes of mask); pass 1 adds
+ * at most 2048 bin atomics per block, pass 2 as many, pass 3 writes 8 bytes per candidate, the
+ * final block reads those (or 4n / n_parts bytes by id). For a 151,936-id vocabulary: 600 KB
+ * per pass, L2-resident after the LM head wrote it, spread over 38 blocks of 16 KB each, so a
+ * pass should be bound by its launch and one block's latency (a few microseconds in a graph)
+ * rather than by bandwidth, where the single block of the previous kernel streamed ~8 x 600
+ * KB through one SM. Expected, not measured: nothing here has run on a GPU.
  *
- * Why the cut is exact: candidates are always a prefix of the sort order (a key threshold,
+ * Why the cut is exact: the candidates are always a prefix of the sort order (a key threshold,
  * and x = (v - max) / T >= a cut, both monotone in the logit), so ranks among them are global
- * ranks and top-k ties break by id as on the CPU. Tokens dropped by x < -110 have expf(x) = 0
- * in f32 (below 2^-149), so they weigh nothing on either side. Top-p: every token above the
- * coarse bin where the mass reaches the target is in, and no token below it can be kept
- * (before it, the kept mass has reached the target); with min-p the kept set is the prefix of
- * survivors, so min-p only shortens it (candidates then also need x >= ln(min_p) - 0.01, a
- * superset of the survivors). Under top-k the total mass is summed over the top k candidates.
+ * ranks and top-k ties break by id as on the CPU. A token with x < -110 has expf(x) = 0 in f32
+ * (below 2^-149, and 0 for the CPU's exp too): it weighs nothing on either side, so dropping
+ * it changes no mass and no rank that matters. Top-p: every token above the coarse bin where
+ * the mass reaches the target is kept (the mass before it is below the target), and none below
+ * it (the mass before it has reached the target); min-p keeps the prefix of tokens with weight
+ * >= min_p (the CPU's rule), which only shortens that, so top-p candidates also need x >=
+ * ln(min_p) - 0.01 (a superset of those). Top-p's mass is measured against the total before
+ * min-p: over every valid token (pass 2), or over the top k (the final block) under top-k.
+ * By id, min-p drops each token below it (the previous kernel's rule; the same set unless
+ * expf were not monotone).
  *
  * Why a seed reproduces the draw: every decision comes from integer counts and fixed-point
  * masses (2^-40 units) whose sums do not depend on the order atomics land in; the candidates
  * are sorted before use; the draw is r = floor(u * Q) with u the 24-bit SplitMix64 number
- * (state += 0x9E3779B97F4A7C15, mix, top 24 bits) and Q the integer kept mass, and the token
- * is the one whose integer mass range holds r. The state advances once per draw (not on the
- * no-token and greedy paths), as before.
+ * (state += 0x9E3779B97F4A7C15, mix, top 24 bits, as the tests' `device_draw_bits`) and Q the
+ * integer kept mass, and the token is the one whose integer mass range holds r (so r can never
+ * land past the last token with mass). The state advances once per draw, not on the no-token
+ * and greedy paths, as before.
  *
- * Scratch: TACHYON_SAMPLE_SCRATCH_WORDS words (SampleScratch) then n for the fallback. The
- * counters, histograms and masses are zero at rest: the last block of each pass zeroes what
- * it read, and sample_scan's last block zeroes the candidate count before sample_compact.
+ * Scratch: TACHYON_SAMPLE_SCRATCH_WORDS words (SampleScratch) then n for the fallback, zero
+ * before the first draw. The counters, histograms and masses return to zero: the last block of
+ * each pass zeroes what it read, and sample_scan's last block zeroes the candidate count
+ * before sample_compact runs, so a replayed graph needs no host work.
  */
 #include "sample_draw.cuh"
 #include "sample_fallback.cuh"

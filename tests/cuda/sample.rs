@@ -22,8 +22,32 @@ fn filters(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SampleFilt
     }
 }
 
-/// `draws` device draws from `logits` (among the ids `mask` allows) starting at rng `state`;
-/// `out` is poisoned before each.
+/// The path a draw took, read back from its scratch: the mode word and the candidate count
+/// (words 8 and 3 of `SampleScratch`, kernels/sample_draw.cuh).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    TopK,
+    TopP,
+    ById,
+    /// More than the 4096 candidates the final block sorts.
+    Fallback,
+    /// No token or greedy.
+    Other,
+}
+
+fn path_of(work: &[f32]) -> Path {
+    let (count, mode) = (work[3].to_bits(), work[8].to_bits());
+    match mode {
+        2 | 3 if count > 4096 => Path::Fallback,
+        2 => Path::TopK,
+        3 => Path::TopP,
+        4 => Path::ById,
+        _ => Path::Other,
+    }
+}
+
+/// `draws` device draws from `logits` (among the ids `mask` allows) starting at rng `state`,
+/// and the path the last one took; `out` is poisoned before each.
 fn draw(
     b: &mut CudaBackend,
     logits: &[f32],
@@ -31,7 +55,7 @@ fn draw(
     f: SampleFilters,
     state: u64,
     draws: usize,
-) -> Vec<u32> {
+) -> (Vec<u32>, Path) {
     let vocab = logits.len();
     let s = b.device().stream().clone();
     let gl = b
@@ -42,7 +66,7 @@ fn draw(
         .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
         .unwrap();
     let mut st = s.clone_htod(&[state]).unwrap();
-    (0..draws)
+    let ids = (0..draws)
         .map(|i| {
             let poison = if i % 2 == 0 { u32::MAX - 7 } else { 0 };
             let mut out = s.clone_htod(&[poison]).unwrap();
@@ -62,7 +86,8 @@ fn draw(
             r.unwrap_or_else(|e| panic!("{e}"));
             s.clone_dtoh(&out).unwrap()[0]
         })
-        .collect()
+        .collect();
+    (ids, path_of(&s.clone_dtoh(&work).unwrap()))
 }
 
 fn allows(mask: &[u32], t: usize) -> bool {
@@ -72,14 +97,15 @@ fn allows(mask: &[u32], t: usize) -> bool {
 /// Device draws against the CPU distribution: never a token the CPU never draws, and the
 /// frequency of each group of tokens within 5 sigma (+ 2e-3) of its probability. Groups:
 /// the tokens in the CPU's order of likelihood, cut wherever 5% of the mass has gathered, so
-/// every likely token is tested alone and the thousands of unlikely ones together. Then the
-/// same seed again: the same tokens.
+/// every likely token is tested alone and the thousands of unlikely ones together. The draw
+/// must have taken `path`. Then the same seed again: the same tokens.
 fn check(
     b: &mut CudaBackend,
     rng: &mut Rng,
     logits: &[f32],
     mask: Option<&[u32]>,
     f: SampleFilters,
+    path: Path,
     what: &str,
 ) {
     let draws = if super::emulated() { 400 } else { 20_000 };
@@ -93,7 +119,8 @@ fn check(
     }
     let want = sampler_probs(&reference, f.temperature, f.top_k, f.top_p, f.min_p);
     let state = rng.next_u64();
-    let got = draw(b, logits, mask, f, state, draws);
+    let (got, took) = draw(b, logits, mask, f, state, draws);
+    assert_eq!(took, path, "{what} {f:?}: the path taken");
     let mut hist = vec![0usize; logits.len()];
     for &id in &got {
         assert!(
@@ -119,7 +146,7 @@ fn check(
             (p, h, first) = (0.0, 0, i + 1);
         }
     }
-    let again = draw(b, logits, mask, f, state, 24);
+    let (again, _) = draw(b, logits, mask, f, state, 24);
     assert_eq!(
         again,
         got[..24],
@@ -158,18 +185,18 @@ fn device_sampling_paths_follow_the_cpu_distribution() {
     }
     let cases = [
         // top-k among sorted candidates, with the other filters.
-        ("top-k", &spread, filters(1.0, 40, 1.0, 0.0)),
-        ("top-k", &spread, filters(0.7, 25, 0.8, 0.05)),
-        ("top-k ties", &tied, filters(1.0, 25, 1.0, 0.0)),
+        ("top-k", &spread, filters(1.0, 40, 1.0, 0.0), Path::TopK),
+        ("top-k", &spread, filters(0.7, 25, 0.8, 0.05), Path::TopK),
+        ("top-k ties", &tied, filters(1.0, 25, 1.0, 0.0), Path::TopK),
         // top-p (no top-k): the mass cut bounds the candidates.
-        ("top-p", &spread, filters(1.0, 0, 0.9, 0.0)),
-        ("top-p", &spread, filters(1.3, 0, 0.6, 0.02)),
+        ("top-p", &spread, filters(1.0, 0, 0.9, 0.0), Path::TopP),
+        ("top-p", &spread, filters(1.3, 0, 0.6, 0.02), Path::TopP),
         // by id: no top-k, no top-p, with and without min-p.
-        ("by id", &spread, filters(1.0, 0, 1.0, 0.0)),
-        ("by id", &spread, filters(0.9, vocab, 1.0, 0.1)),
+        ("by id", &spread, filters(1.0, 0, 1.0, 0.0), Path::ById),
+        ("by id", &spread, filters(0.9, vocab, 1.0, 0.1), Path::ById),
     ];
-    for (what, logits, f) in cases {
-        check(&mut b, &mut rng, logits, None, f, what);
+    for (what, logits, f, path) in cases {
+        check(&mut b, &mut rng, logits, None, f, path, what);
         let m = mask_for(&mut rng, logits);
         check(
             &mut b,
@@ -177,14 +204,16 @@ fn device_sampling_paths_follow_the_cpu_distribution() {
             logits,
             Some(&m),
             f,
+            path,
             &format!("{what}, masked"),
         );
     }
 }
 
 /// More candidates than the final block sorts (4096): the whole-vocabulary fallback, with
-/// the same distribution. A top-k of 5000, every logit equal (all in one threshold bin), and a
-/// top-p spread over nearly all of a flat vocabulary.
+/// the same distribution. A top-k of 4200 (fewer than the ~4500 ids the masks allow, so it is
+/// a top-k masked too), every logit equal (all in one threshold bin), and a top-p spread over
+/// nearly all of a flat vocabulary.
 #[test]
 #[ignore = "needs a GPU"]
 fn device_sampling_with_too_many_candidates_falls_back() {
@@ -194,14 +223,15 @@ fn device_sampling_with_too_many_candidates_falls_back() {
     let spread = rng.vec(vocab, 6.0);
     let equal = vec![0.25f32; vocab];
     let flat = rng.vec(vocab, 0.2);
-    let big_k = filters(1.0, 5_000, 1.0, 0.0);
+    let big_k = filters(1.0, 4_200, 1.0, 0.0);
     let cases = [
-        ("top-k 5000", &spread, big_k),
+        ("top-k 4200", &spread, big_k),
         ("equal logits, top-k", &equal, filters(1.0, 40, 1.0, 0.0)),
         ("flat, top-p", &flat, filters(1.0, 0, 0.95, 0.0)),
     ];
+    let path = Path::Fallback;
     for (what, logits, f) in cases {
-        check(&mut b, &mut rng, logits, None, f, what);
+        check(&mut b, &mut rng, logits, None, f, path, what);
         let m = mask_for(&mut rng, logits);
         check(
             &mut b,
@@ -209,6 +239,7 @@ fn device_sampling_with_too_many_candidates_falls_back() {
             logits,
             Some(&m),
             f,
+            path,
             &format!("{what}, masked"),
         );
     }
@@ -230,17 +261,17 @@ fn device_sampling_of_nan_logits_picks_no_token() {
         filters(1.0, 0, 0.9, 0.0),
         filters(1.0, 0, 1.0, 0.0),
     ] {
-        assert_eq!(draw(&mut b, &nan, None, f, 3, 2), [NO_TOKEN; 2], "{f:?}");
+        assert_eq!(draw(&mut b, &nan, None, f, 3, 2).0, [NO_TOKEN; 2], "{f:?}");
         assert_eq!(
-            draw(&mut b, &nan, Some(&all), f, 3, 2),
+            draw(&mut b, &nan, Some(&all), f, 3, 2).0,
             [NO_TOKEN; 2],
             "{f:?}"
         );
-        assert_eq!(draw(&mut b, &one, None, f, 3, 2), [4_321; 2], "{f:?}");
+        assert_eq!(draw(&mut b, &one, None, f, 3, 2).0, [4_321; 2], "{f:?}");
         let mut refused = all.clone();
         refused[4_321 / 32] &= !(1 << (4_321 % 32));
         assert_eq!(
-            draw(&mut b, &one, Some(&refused), f, 3, 2),
+            draw(&mut b, &one, Some(&refused), f, 3, 2).0,
             [NO_TOKEN; 2],
             "{f:?}"
         );

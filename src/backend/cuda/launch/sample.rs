@@ -197,8 +197,8 @@ pub fn sample(
         "sample_compact_masked",
     ];
     if mask == 0 {
-        for (f, name) in k.sample_passes.iter().zip(PASSES) {
-            launch(dev, f, grid, (256, 1, 1), &p, name)?;
+        for (func, name) in k.sample_passes.iter().zip(PASSES) {
+            launch(dev, func, grid, (256, 1, 1), &p, name)?;
         }
         return launch(
             dev,
@@ -213,8 +213,8 @@ pub fn sample(
         base: p,
         mask: mask as *const u32,
     };
-    for (f, name) in k.sample_passes_masked.iter().zip(MASKED) {
-        launch(dev, f, grid, (256, 1, 1), &masked, name)?;
+    for (func, name) in k.sample_passes_masked.iter().zip(MASKED) {
+        launch(dev, func, grid, (256, 1, 1), &masked, name)?;
     }
     let name = "sample_logits_masked";
     launch(
