@@ -14,7 +14,8 @@
 //! - [`rope_attention`] runs `rope_attention.cu` (a decode row's norms, rope, KV append and
 //!   attention in one kernel)
 //! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
-//! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
+//! - [`sample`] runs `sample.cu` (argmax) and `sample_passes.cu` + `sample_logits.cu`
+//!   (sampling on the device)
 //!
 //! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
 //! kernel itself hits surfaces at the next synchronization.

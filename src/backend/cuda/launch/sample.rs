@@ -1,4 +1,5 @@
-//! Launches of `kernels/sample.cu`: the next token picked on the device from a row of
+//! Launches of `kernels/sample.cu` (argmax) and `kernels/sample_passes.cu` +
+//! `kernels/sample_logits.cu` (the draw): the next token picked on the device from a row of
 //! logits, so the logits never leave it: the argmax (a partial pass over many blocks, then
 //! one block merging them) and a draw with the CPU sampler's filters (top-k, temperature,
 //! min-p, top-p). Either may take a constrained step's allowed-token bitmask (`mask`:
@@ -144,8 +145,9 @@ pub fn sample_work_len(n: usize) -> usize {
 /// least [`sample_work_len`] words, reused from draw to draw (one draw at a time on the
 /// stream). Penalties are not applied. With `mask`, only the tokens it allows are
 /// candidates (the CPU sampler's distribution over them; `TACHYON_NO_TOKEN` when none is a
-/// number). Four launches (kernels/sample_logits.cu) whose shapes depend on the vocabulary
-/// size alone; the filters travel in the parameters.
+/// number). Four launches (three passes over the vocabulary, then one block: see the header
+/// of kernels/sample_logits.cu) whose shapes depend on the vocabulary size alone; the filters
+/// travel in the parameters.
 pub fn sample(
     dev: &CudaDevice,
     logits: &CudaAct,
