@@ -273,16 +273,20 @@ typedef struct {
 } ArgmaxParams;
 
 /**
- * Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with
- * the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at
- * `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely
- * set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all
- * NaN gives TACHYON_NO_TOKEN. Penalties are not applied here.
+ * Parameters of the draw (kernels/sample_logits.cu): `sample_scan`, `sample_refine`,
+ * `sample_compact` (grid = (n_parts), block = (256)) then `sample_logits` (grid = (1),
+ * block = (1024)), launched in that order with the same parameters: one token drawn from the
+ * logits with the CPU sampler's filters, in its order: top-k (ties broken by lower id),
+ * softmax at `temperature`, min-p (relative to the most likely token), top-p (the smallest
+ * most-likely set reaching the mass; ties by lower id), then a draw. NaN logits are never
+ * drawn; all NaN gives TACHYON_NO_TOKEN. Penalties are not applied here. The filter values
+ * are read by the kernels only: no launch shape depends on them.
  */
 typedef struct {
     /** `n` logits, read only. */
     const float* logits;
-    /** `n` floats of scratch. */
+    /** TACHYON_SAMPLE_SCRATCH_WORDS + `n` words of scratch, all zero before the first draw
+     *  (the kernels leave their counters zero again for the next one). */
     float* work;
     /** The drawn token id. */
     unsigned int* out;
@@ -298,9 +302,22 @@ typedef struct {
     float top_p;
     /** In [0, 1]; 0 = off. */
     float min_p;
+    /** The grid of the three vocabulary passes, in 1..=TACHYON_SAMPLE_MAX_PARTS: block b
+     *  owns ids [b * chunk, (b + 1) * chunk) with chunk = ceil(n / n_parts) rounded up to 4. */
+    int n_parts;
     /** Written after `*out` (see StepAdvance). */
     StepAdvance advance;
+    /** When not NULL, the filters (top_k, at most n; temperature; top_p; min_p) are read
+     *  from here in place of the fields above: a replayed CUDA graph draws with the
+     *  request's settings as the device holds them. */
+    const SampleConfig* cfg;
 } SampleParams;
+
+/** Most blocks of the draw's vocabulary passes (SampleParams::n_parts). */
+enum { TACHYON_SAMPLE_MAX_PARTS = 160 };
+/** Words of the draw's fixed scratch (counters, histograms, candidates), before the n words
+ *  the whole-vocabulary fallback uses. */
+enum { TACHYON_SAMPLE_SCRATCH_WORDS = 16736 };
 
 /**
  * Parameters of `argmax_partial_masked` (kernels/sample.cu; `argmax_final` then merges its
@@ -314,8 +331,9 @@ typedef struct {
 } MaskedArgmaxParams;
 
 /**
- * Parameters of `sample_logits_masked` (kernels/sample.cu): the draw of `base` among the
- * tokens `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no
+ * Parameters of `sample_scan_masked`, `sample_refine_masked`, `sample_compact_masked` and
+ * `sample_logits_masked` (kernels/sample_logits.cu): the draw of `base` among the tokens
+ * `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no
  * candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN.
  */
 typedef struct {

@@ -30,6 +30,8 @@ mod ops;
 mod penalty;
 #[path = "cuda/profile.rs"]
 mod profile;
+#[path = "cuda/sample.rs"]
+mod sample;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError};
 use tachyon::backend::cpu::ops::rmsnorm as cpu_rmsnorm;

@@ -361,7 +361,7 @@ pub fn mask_unavailable() -> BackendError {
 }
 
 /// `pick` among the tokens `mask` allows (`None`: all) of one row of logits: the CPU twin of
-/// the device's masked picks (`argmax_partial_masked`, `sample_logits_masked`). Refused
+/// the device's masked picks (`argmax_partial_masked`, the `sample_*_masked` draw). Refused
 /// logits become NaN in `row`, which the argmax and the sampler never choose, so the pick is
 /// the unmasked pick's code over the allowed tokens alone (the result the engine had by
 /// setting refused logits to -inf and picking, except that no allowed number now gives

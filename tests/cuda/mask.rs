@@ -96,7 +96,7 @@ impl Dev {
             .unwrap_or_else(|e| panic!("{e}"));
         let gm = s.clone_htod(mask).unwrap_or_else(|e| panic!("{e}"));
         let mut work = s
-            .alloc_zeros::<f32>(vocab)
+            .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut st = s.clone_htod(&[state]).unwrap_or_else(|e| panic!("{e}"));
         (0..draws)

@@ -1047,7 +1047,9 @@ fn device_sampling_follows_the_cpu_samplers_distribution() {
     logits[11] = f32::NAN; // never drawn
     let s = b.device().stream().clone();
     let gl = up(&mut b, 1, vocab, &logits);
-    let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+    let mut work = s
+        .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
+        .unwrap();
     let mut out = s.alloc_zeros::<u32>(1).unwrap();
     let mut state = s.clone_htod(&vec![rng.next_u64()]).unwrap();
     // Under emulation one draw is a 1024-thread block run on the CPU (~5 ms): fewer draws,
@@ -1121,7 +1123,9 @@ fn device_sampling_follows_the_cpu_samplers_distribution() {
     order.sort_by(|&a, &c| logits[c].total_cmp(&logits[a]).then(a.cmp(&c)));
     let top: std::collections::HashSet<usize> = order[..40].iter().copied().collect();
     let gl = up(&mut b, 1, big, &logits);
-    let mut work = s.alloc_zeros::<f32>(big).unwrap();
+    let mut work = s
+        .alloc_zeros::<f32>(CudaBackend::sample_work_len(big))
+        .unwrap();
     for _ in 0..if super::emulated() { 50 } else { 500 } {
         b.sample(&gl, &mut work, &mut out, &mut state, 1.0, 40, 0.95, 0.05)
             .unwrap();
@@ -1162,7 +1166,9 @@ fn device_sampling_draw_at_the_top_of_the_range_picks_a_token_with_mass() {
         .unwrap_or_else(|| panic!("no state draws the top value"));
     let s = b.device().stream().clone();
     let gl = up(&mut b, 1, vocab, &logits);
-    let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+    let mut work = s
+        .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
+        .unwrap();
     let mut out = s.clone_htod(&[u32::MAX]).unwrap();
     let mut st = s.clone_htod(&[state]).unwrap();
     b.sample(&gl, &mut work, &mut out, &mut st, 1.0, 0, 1.0, 0.0)
@@ -1197,7 +1203,9 @@ fn device_sampling_without_mass_is_greedy() {
     ] {
         let want = tachyon::engine::sampler::argmax(logits);
         let gl = up(&mut b, 1, vocab, logits);
-        let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+        let mut work = s
+            .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
+            .unwrap();
         let mut st = s.clone_htod(&[42u64]).unwrap();
         for (t, k, p, m) in [(1.0f32, 0usize, 1.0f32, 0.0f32), (0.8, 40, 0.9, 0.05)] {
             let mut out = s.clone_htod(&[u32::MAX]).unwrap();
@@ -1221,7 +1229,9 @@ fn device_sampling_is_reproducible_for_a_seed() {
     let vocab = 4099;
     let logits = rng.vec(vocab, 2.0);
     let gl = up(&mut b, 1, vocab, &logits);
-    let mut work = s.alloc_zeros::<f32>(vocab).unwrap();
+    let mut work = s
+        .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
+        .unwrap();
     let mut out = s.alloc_zeros::<u32>(1).unwrap();
     let seed = rng.next_u64();
     let mut runs = Vec::new();

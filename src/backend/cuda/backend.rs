@@ -241,13 +241,15 @@ impl CudaBackend {
             rng,
             filters,
             no_advance(),
+            None,
         )
     }
 
     /// Draws a token from row 0 of `logits` into `out[0]` with the CPU sampler's filters
     /// (top-k, softmax at `temperature`, min-p, top-p; see `SampleParams`), the uniform
     /// number coming from the SplitMix64 state in `rng[0]`, which the draw advances.
-    /// `work` is scratch of at least the vocabulary size. Penalties are not applied.
+    /// `work` is zeroed scratch of [`Self::sample_work_len`] words, reused from draw to draw.
+    /// Penalties are not applied.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &mut self,
@@ -275,12 +277,18 @@ impl CudaBackend {
             rng,
             filters,
             no_advance(),
+            None,
         )
     }
 
     /// Partial slots `argmax` needs for a vocabulary of `n`.
     pub fn argmax_parts(n: usize) -> usize {
         sample::argmax_parts(n)
+    }
+
+    /// Words of zeroed scratch (`work`) `sample` needs for a vocabulary of `n`.
+    pub fn sample_work_len(n: usize) -> usize {
+        sample::sample_work_len(n)
     }
 
     /// An activation matrix holding `data` (`rows * width` values).

@@ -125,8 +125,26 @@ struct InputsHost {
 /// another key means another capture, made once and kept).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct GraphKey {
-    pick: DevicePick,
+    pick: PickKind,
     penalties: bool,
+}
+
+/// A pick without its settings: a captured draw reads its filters from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PickKind {
+    Argmax,
+    Sample,
+    Deferred,
+}
+
+impl PickKind {
+    fn of(p: DevicePick) -> PickKind {
+        match p {
+            DevicePick::Argmax => PickKind::Argmax,
+            DevicePick::Sample { .. } => PickKind::Sample,
+            DevicePick::Deferred => PickKind::Deferred,
+        }
+    }
 }
 
 /// Most captured steps kept: the picks and penalty settings a session switches between.
@@ -230,7 +248,9 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 rows_next: s.alloc_zeros::<u32>(max_rows.max(1)).map_err(e())?,
                 part_val: s.alloc_zeros::<f32>(parts).map_err(e())?,
                 part_idx: s.alloc_zeros::<i32>(parts).map_err(e())?,
-                work: s.alloc_zeros::<f32>(vocab.max(1)).map_err(e())?,
+                work: s
+                    .alloc_zeros::<f32>(CudaBackend::sample_work_len(vocab))
+                    .map_err(e())?,
                 rng: s.alloc_zeros::<u64>(1).map_err(e())?,
                 mask: s.alloc_zeros::<u32>(words).map_err(e())?,
                 mask_host,
@@ -267,7 +287,20 @@ impl<M: DecodeStep> DeviceDecoder<M> {
 
     /// The pick the last captured step has, if any.
     pub fn captured_pick(&self) -> Option<DevicePick> {
-        self.graphs.last().map(|(k, _)| k.pick)
+        let (k, _) = self.graphs.last()?;
+        Some(match k.pick {
+            PickKind::Argmax => DevicePick::Argmax,
+            PickKind::Deferred => DevicePick::Deferred,
+            PickKind::Sample => {
+                let s = self.history.sampling();
+                DevicePick::Sample {
+                    temperature: s.temperature,
+                    top_k: s.top_k,
+                    top_p: s.top_p,
+                    min_p: s.min_p,
+                }
+            }
+        })
     }
 
     /// Starts a generation after `prompt` with settings `s` (see [`DeviceHistory::begin`]):
@@ -324,8 +357,23 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         }
         self.advanced = None;
         self.pending = None;
+        if let DevicePick::Sample {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+        } = pick
+        {
+            let f = SampleFilters {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+            };
+            self.history.set_filters(self.backend.device(), f)?;
+        }
         let key = GraphKey {
-            pick,
+            pick: PickKind::of(pick),
             penalties: pick != DevicePick::Deferred && self.history.sampling().has_penalties(),
         };
         self.last_step = Some((token, pos_i32, seed, key));
@@ -498,6 +546,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                     &mut p.rng,
                     f,
                     advance,
+                    None,
                 )
             }
             DevicePick::Deferred => Err(BackendError::Device(
@@ -663,8 +712,8 @@ impl<M: DecodeStep> DeviceDecoder<M> {
             &mut p.rng,
         )?;
         match key.pick {
-            DevicePick::Deferred => Ok(()),
-            DevicePick::Argmax => pick_kernels::argmax_row(
+            PickKind::Deferred => Ok(()),
+            PickKind::Argmax => pick_kernels::argmax_row(
                 dev,
                 logits,
                 0,
@@ -675,17 +724,14 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                 &mut p.part_idx,
                 advance,
             ),
-            DevicePick::Sample {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-            } => {
+            // The filters come from the device's settings (`set_filters` checked them).
+            PickKind::Sample => {
+                let st = self.history.sampling();
                 let f = SampleFilters {
-                    temperature,
-                    top_k,
-                    top_p,
-                    min_p,
+                    temperature: st.temperature,
+                    top_k: st.top_k,
+                    top_p: st.top_p,
+                    min_p: st.min_p,
                 };
                 pick_kernels::sample(
                     dev,
@@ -696,6 +742,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
                     &mut p.rng,
                     f,
                     advance,
+                    Some(self.history.config()),
                 )
             }
         }

@@ -15,6 +15,7 @@ use super::buffers::CudaAct;
 use super::device::CudaDevice;
 use super::launch::dev_err;
 use super::launch::penalty::{self, HistoryBufs};
+use super::launch::sample::SampleFilters;
 use super::params::SampleConfig;
 use crate::backend::BackendError;
 
@@ -72,6 +73,7 @@ pub struct DeviceHistory {
     next_pos: CudaSlice<i32>,
     /// What `cfg` holds.
     sampling: DeviceSampling,
+    prompt_len: usize,
 }
 
 impl DeviceHistory {
@@ -89,6 +91,7 @@ impl DeviceHistory {
             counts: s.alloc_zeros::<u32>(vocab.max(1)).map_err(e())?,
             next_pos: s.alloc_zeros::<i32>(1).map_err(e())?,
             sampling: DeviceSampling::GREEDY,
+            prompt_len: 0,
         };
         h.write_config(dev, DeviceSampling::GREEDY, 0)?;
         Ok(h)
@@ -136,7 +139,35 @@ impl DeviceHistory {
             .memcpy_htod(bytes, &mut self.cfg)
             .map_err(dev_err("writing the sampling settings"))?;
         self.sampling = s;
+        self.prompt_len = prompt_len;
         Ok(())
+    }
+
+    /// Makes the device's filters `f` (checked as a draw checks them), keeping the
+    /// penalties, seed and history: what a captured draw reads. Uploads only a change.
+    pub fn set_filters(&mut self, dev: &CudaDevice, f: SampleFilters) -> Result<(), BackendError> {
+        let ok = f.temperature.is_finite()
+            && f.temperature > 0.0
+            && f.top_p > 0.0
+            && f.top_p <= 1.0
+            && (0.0..=1.0).contains(&f.min_p);
+        if !ok {
+            return Err(BackendError::Device(format!(
+                "CUDA: sampling filters temperature {}, top_p {}, min_p {}",
+                f.temperature, f.top_p, f.min_p
+            )));
+        }
+        let s = DeviceSampling {
+            temperature: f.temperature,
+            top_k: f.top_k,
+            top_p: f.top_p,
+            min_p: f.min_p,
+            ..self.sampling
+        };
+        if s == self.sampling {
+            return Ok(());
+        }
+        self.write_config(dev, s, self.prompt_len)
     }
 
     /// Starts a generation after `prompt` (positions `0..prompt.len()`; its first decode

@@ -355,13 +355,13 @@ const _: () = {
     ["Offset of field: ArgmaxParams::advance"]
         [::std::mem::offset_of!(ArgmaxParams, advance) - 40usize];
 };
-#[doc = " Parameters of `sample_logits` (kernels/sample.cu): one token drawn from the logits with\n the CPU sampler's filters, in its order: top-k (ties broken by lower id), softmax at\n `temperature`, min-p (relative to the most likely token), top-p (the smallest most-likely\n set reaching the mass; ties by lower id), then a draw. NaN logits are never drawn; all\n NaN gives TACHYON_NO_TOKEN. Penalties are not applied here."]
+#[doc = " Parameters of the draw (kernels/sample_logits.cu): `sample_scan`, `sample_refine`,\n `sample_compact` (grid = (n_parts), block = (256)) then `sample_logits` (grid = (1),\n block = (1024)), launched in that order with the same parameters: one token drawn from the\n logits with the CPU sampler's filters, in its order: top-k (ties broken by lower id),\n softmax at `temperature`, min-p (relative to the most likely token), top-p (the smallest\n most-likely set reaching the mass; ties by lower id), then a draw. NaN logits are never\n drawn; all NaN gives TACHYON_NO_TOKEN. Penalties are not applied here. The filter values\n are read by the kernels only: no launch shape depends on them."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SampleParams {
     #[doc = " `n` logits, read only."]
     pub logits: *const f32,
-    #[doc = " `n` floats of scratch."]
+    #[doc = " TACHYON_SAMPLE_SCRATCH_WORDS + `n` words of scratch, all zero before the first draw\n  (the kernels leave their counters zero again for the next one)."]
     pub work: *mut f32,
     #[doc = " The drawn token id."]
     pub out: *mut ::std::os::raw::c_uint,
@@ -376,12 +376,16 @@ pub struct SampleParams {
     pub top_p: f32,
     #[doc = " In [0, 1]; 0 = off."]
     pub min_p: f32,
+    #[doc = " The grid of the three vocabulary passes, in 1..=TACHYON_SAMPLE_MAX_PARTS: block b\n  owns ids [b * chunk, (b + 1) * chunk) with chunk = ceil(n / n_parts) rounded up to 4."]
+    pub n_parts: ::std::os::raw::c_int,
     #[doc = " Written after `*out` (see StepAdvance)."]
     pub advance: StepAdvance,
+    #[doc = " When not NULL, the filters (top_k, at most n; temperature; top_p; min_p) are read\n  from here in place of the fields above: a replayed CUDA graph draws with the\n  request's settings as the device holds them."]
+    pub cfg: *const SampleConfig,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SampleParams"][::std::mem::size_of::<SampleParams>() - 88usize];
+    ["Size of SampleParams"][::std::mem::size_of::<SampleParams>() - 96usize];
     ["Alignment of SampleParams"][::std::mem::align_of::<SampleParams>() - 8usize];
     ["Offset of field: SampleParams::logits"]
         [::std::mem::offset_of!(SampleParams, logits) - 0usize];
@@ -395,9 +399,18 @@ const _: () = {
         [::std::mem::offset_of!(SampleParams, temperature) - 40usize];
     ["Offset of field: SampleParams::top_p"][::std::mem::offset_of!(SampleParams, top_p) - 44usize];
     ["Offset of field: SampleParams::min_p"][::std::mem::offset_of!(SampleParams, min_p) - 48usize];
+    ["Offset of field: SampleParams::n_parts"]
+        [::std::mem::offset_of!(SampleParams, n_parts) - 52usize];
     ["Offset of field: SampleParams::advance"]
         [::std::mem::offset_of!(SampleParams, advance) - 56usize];
+    ["Offset of field: SampleParams::cfg"][::std::mem::offset_of!(SampleParams, cfg) - 88usize];
 };
+pub const TACHYON_SAMPLE_MAX_PARTS: _bindgen_ty_4 = 160;
+#[doc = " Most blocks of the draw's vocabulary passes (SampleParams::n_parts)."]
+pub type _bindgen_ty_4 = ::std::os::raw::c_uint;
+pub const TACHYON_SAMPLE_SCRATCH_WORDS: _bindgen_ty_5 = 16736;
+#[doc = " Words of the draw's fixed scratch (counters, histograms, candidates), before the n words\n  the whole-vocabulary fallback uses."]
+pub type _bindgen_ty_5 = ::std::os::raw::c_uint;
 #[doc = " Parameters of `argmax_partial_masked` (kernels/sample.cu; `argmax_final` then merges its\n partials with `base`): the argmax of `base` among the tokens `mask` allows.\n `mask` holds ceil(n / 32) words; bit k % 32 of word k / 32 set allows token k. A refused\n token is no candidate, as a NaN logit is: TACHYON_NO_TOKEN when no allowed logit is a number."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -414,7 +427,7 @@ const _: () = {
     ["Offset of field: MaskedArgmaxParams::mask"]
         [::std::mem::offset_of!(MaskedArgmaxParams, mask) - 72usize];
 };
-#[doc = " Parameters of `sample_logits_masked` (kernels/sample.cu): the draw of `base` among the\n tokens `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no\n candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN."]
+#[doc = " Parameters of `sample_scan_masked`, `sample_refine_masked`, `sample_compact_masked` and\n `sample_logits_masked` (kernels/sample_logits.cu): the draw of `base` among the tokens\n `mask` allows (ceil(n / 32) words, as MaskedArgmaxParams). Refused tokens are no\n candidates (top-k counts allowed tokens only); no allowed number gives TACHYON_NO_TOKEN."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct MaskedSampleParams {
@@ -423,12 +436,12 @@ pub struct MaskedSampleParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of MaskedSampleParams"][::std::mem::size_of::<MaskedSampleParams>() - 96usize];
+    ["Size of MaskedSampleParams"][::std::mem::size_of::<MaskedSampleParams>() - 104usize];
     ["Alignment of MaskedSampleParams"][::std::mem::align_of::<MaskedSampleParams>() - 8usize];
     ["Offset of field: MaskedSampleParams::base"]
         [::std::mem::offset_of!(MaskedSampleParams, base) - 0usize];
     ["Offset of field: MaskedSampleParams::mask"]
-        [::std::mem::offset_of!(MaskedSampleParams, mask) - 88usize];
+        [::std::mem::offset_of!(MaskedSampleParams, mask) - 96usize];
 };
 #[doc = " Parameters of `rope_attn_decode_h<HD>_<f32|bf16|f16>` (kernels/rope_attention.cu): one\n query row's attention block after the projections, in one launch.\n\n At position p (`*pos_dev` when `pos_dev` is set, else `pos`): each head of `q`\n (`n_heads * head_dim` f32) and `k` (`n_kv_heads * head_dim`) is RMS-normed with\n `q_norm` / `k_norm` (`head_dim` weights, `eps`) when those are not NULL, then rotated\n (the first `2 * half` values; pairs (2j, 2j+1) when `interleaved`, else (j, j + half);\n angles `cos[p * half + j]`, `sin[p * half + j]`, `p < rope_ctx`); k and `v` are stored at\n cache position p (`ctx` positions of `n_kv_heads * head_dim` elements of the kernel's\n type), and head h attends to positions first..=p of kv head `h / (n_heads / n_kv_heads)`\n (first = 0, or `p + 1 - window` when `window > 0`), scores scaled by 1/sqrt(head_dim).\n `q`, `k`, `v` are read only. The grid's y extent is `max_splits`; a split covers at\n least `min_chunk` positions. A position outside the cache or the table gives NaN."]
 #[repr(C)]

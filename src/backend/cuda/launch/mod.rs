@@ -14,7 +14,8 @@
 //! - [`rope_attention`] runs `rope_attention.cu` (a decode row's norms, rope, KV append and
 //!   attention in one kernel)
 //! - [`rope`], [`embed`] and [`elementwise`] run `rope.cu`, `embed.cu`, `elementwise.cu`
-//! - [`sample`] runs `sample.cu` (argmax and sampling on the device)
+//! - [`sample`] runs `sample.cu` (argmax) and `sample_passes.cu` + `sample_logits.cu`
+//!   (sampling on the device)
 //! - [`penalty`] runs `penalty.cu` (the penalties' token history, the step's inputs advanced)
 //!
 //! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
@@ -55,8 +56,11 @@ pub(crate) struct KernelFns {
     pub(crate) elementwise_f32: CudaFunction,
     pub(crate) argmax_partial: CudaFunction,
     pub(crate) argmax_final: CudaFunction,
+    /// The draw's vocabulary passes: `sample_scan`, `sample_refine`, `sample_compact`.
+    pub(crate) sample_passes: [CudaFunction; 3],
     pub(crate) sample_logits: CudaFunction,
     pub(crate) argmax_partial_masked: CudaFunction,
+    pub(crate) sample_passes_masked: [CudaFunction; 3],
     pub(crate) sample_logits_masked: CudaFunction,
     pub(crate) penalty_seed: CudaFunction,
     pub(crate) penalty_apply: CudaFunction,
@@ -80,8 +84,18 @@ impl KernelFns {
             elementwise_f32: module.load_function("elementwise_f32")?,
             argmax_partial: module.load_function("argmax_partial")?,
             argmax_final: module.load_function("argmax_final")?,
+            sample_passes: [
+                module.load_function("sample_scan")?,
+                module.load_function("sample_refine")?,
+                module.load_function("sample_compact")?,
+            ],
             sample_logits: module.load_function("sample_logits")?,
             argmax_partial_masked: module.load_function("argmax_partial_masked")?,
+            sample_passes_masked: [
+                module.load_function("sample_scan_masked")?,
+                module.load_function("sample_refine_masked")?,
+                module.load_function("sample_compact_masked")?,
+            ],
             sample_logits_masked: module.load_function("sample_logits_masked")?,
             penalty_seed: module.load_function("penalty_seed")?,
             penalty_apply: module.load_function("penalty_apply")?,

@@ -1,4 +1,5 @@
-//! Launches of `kernels/sample.cu`: the next token picked on the device from a row of
+//! Launches of `kernels/sample.cu` (argmax) and `kernels/sample_passes.cu` +
+//! `kernels/sample_logits.cu` (the draw): the next token picked on the device from a row of
 //! logits, so the logits never leave it: the argmax (a partial pass over many blocks, then
 //! one block merging them) and a draw with the CPU sampler's filters (top-k, temperature,
 //! min-p, top-p). Either may take a constrained step's allowed-token bitmask (`mask`:
@@ -12,7 +13,8 @@ use crate::backend::BackendError;
 use crate::backend::cuda::buffers::CudaAct;
 use crate::backend::cuda::device::CudaDevice;
 use crate::backend::cuda::params::{
-    ArgmaxParams, MaskedArgmaxParams, MaskedSampleParams, SampleParams, StepAdvance,
+    ArgmaxParams, MaskedArgmaxParams, MaskedSampleParams, SampleConfig, SampleParams, StepAdvance,
+    TACHYON_SAMPLE_MAX_PARTS, TACHYON_SAMPLE_SCRATCH_WORDS,
 };
 
 /// Most argmax partial blocks.
@@ -126,11 +128,30 @@ pub struct SampleFilters {
     pub min_p: f32,
 }
 
+/// Blocks of the draw's vocabulary passes for a vocabulary of `n`: about 4096 ids each
+/// (a few 16-byte loads per thread), at most `TACHYON_SAMPLE_MAX_PARTS`. A function of `n`
+/// alone, as every launch shape of the draw.
+fn sample_parts(n: usize) -> usize {
+    n.div_ceil(4096).clamp(1, TACHYON_SAMPLE_MAX_PARTS as usize)
+}
+
+/// Words of scratch (`work`) a draw over a vocabulary of `n` needs: the fixed part
+/// (counters, histograms, candidates) and `n` for the whole-vocabulary fallback. Allocate it
+/// zeroed: the kernels return their counters to zero after each draw.
+pub fn sample_work_len(n: usize) -> usize {
+    TACHYON_SAMPLE_SCRATCH_WORDS as usize + n.max(1)
+}
+
 /// Draws a token from row 0 of `logits` into `out[0]`, the uniform number coming from the
-/// SplitMix64 state in `rng[0]`, which the draw advances. `work` is scratch of at least the
-/// vocabulary size. Penalties are not applied. With `mask`, only the tokens it allows are
+/// SplitMix64 state in `rng[0]`, which the draw advances. `work` is zeroed scratch of at
+/// least [`sample_work_len`] words, reused from draw to draw (one draw at a time on the
+/// stream). Penalties are not applied. With `mask`, only the tokens it allows are
 /// candidates (the CPU sampler's distribution over them; `TACHYON_NO_TOKEN` when none is a
-/// number).
+/// number). Four launches (three passes over the vocabulary, then one block: see the header
+/// of kernels/sample_logits.cu) whose shapes depend on the vocabulary size alone; the filters
+/// travel in the parameters, or with `config` (a `SampleConfig` in device memory, whose
+/// filters the caller checked as `f` is checked here) are read from there, so a captured
+/// draw follows the settings the device holds.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     dev: &CudaDevice,
@@ -141,6 +162,7 @@ pub fn sample(
     rng: &mut CudaSlice<u64>,
     f: SampleFilters,
     advance: StepAdvance,
+    config: Option<&CudaSlice<u8>>,
 ) -> Result<(), BackendError> {
     let n = logits.width;
     let ok = f.temperature.is_finite()
@@ -148,19 +170,21 @@ pub fn sample(
         && f.top_p > 0.0
         && f.top_p <= 1.0
         && (0.0..=1.0).contains(&f.min_p)
-        && work.len() >= n
+        && work.len() >= sample_work_len(n)
         && !out.is_empty()
         && !rng.is_empty();
     if !ok {
         return Err(shape_err(format!(
-            "sample: temperature {}, top_p {}, min_p {}, scratch {} for {n} logits",
+            "sample: temperature {}, top_p {}, min_p {}, scratch {} for {n} logits (needs {})",
             f.temperature,
             f.top_p,
             f.min_p,
-            work.len()
+            work.len(),
+            sample_work_len(n)
         )));
     }
     let mask = mask_ptr(dev, mask, n)?;
+    let parts = sample_parts(n);
     let p = SampleParams {
         logits: ptr(&logits.buf, dev) as *const f32,
         work: ptr_mut(work, dev) as *mut f32,
@@ -171,10 +195,33 @@ pub fn sample(
         temperature: f.temperature,
         top_p: f.top_p,
         min_p: f.min_p,
+        n_parts: parts as i32,
         advance,
+        cfg: match config {
+            Some(c) if c.len() >= std::mem::size_of::<SampleConfig>() => {
+                ptr(c, dev) as *const SampleConfig
+            }
+            Some(c) => {
+                return Err(shape_err(format!(
+                    "sample: settings of {} bytes, not a SampleConfig",
+                    c.len()
+                )));
+            }
+            None => std::ptr::null(),
+        },
     };
     let k = &dev.kernels;
+    let grid = (u32_of(parts, "sample parts")?, 1, 1);
+    const PASSES: [&str; 3] = ["sample_scan", "sample_refine", "sample_compact"];
+    const MASKED: [&str; 3] = [
+        "sample_scan_masked",
+        "sample_refine_masked",
+        "sample_compact_masked",
+    ];
     if mask == 0 {
+        for (func, name) in k.sample_passes.iter().zip(PASSES) {
+            launch(dev, func, grid, (256, 1, 1), &p, name)?;
+        }
         return launch(
             dev,
             &k.sample_logits,
@@ -188,6 +235,9 @@ pub fn sample(
         base: p,
         mask: mask as *const u32,
     };
+    for (func, name) in k.sample_passes_masked.iter().zip(MASKED) {
+        launch(dev, func, grid, (256, 1, 1), &masked, name)?;
+    }
     let name = "sample_logits_masked";
     launch(
         dev,
