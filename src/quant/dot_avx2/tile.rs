@@ -203,9 +203,9 @@ fn q8_0_block(b: &[u8; blocks::q8_0::BYTES]) -> Simple {
 // ---------------------------------------------------------------------------------
 // k-quants.
 
-/// Q4_K / Q5_K: the eight 32-element sub-blocks unpacked to bytes (`q[s]` = sub-block
-/// s, elements 32s..32s + 32) with their scales broadcast as i16, then per token the
-/// same `d * dot - dmin * mins` split as the one-token kernel.
+/// Q4_K / Q5_K: each pair of 32-element sub-blocks unpacked to bytes with their scales
+/// broadcast as i16, then dotted against every token; per token the same
+/// `d * dot - dmin * mins` split as the one-token kernel.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn k45<const FIVE: bool, const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
@@ -230,8 +230,10 @@ fn k45<const FIVE: bool, const T: usize>(row: &[u8], xs: &[QuantizedActs; T], ou
         } else {
             _mm256_setzero_si256()
         };
-        let mut q = [_mm256_setzero_si256(); 8];
-        let mut s = [_mm256_setzero_si256(); 8];
+        // Sub-block pair by pair, each decoded once and then dotted against every token,
+        // so that only the pair and the tile's integer sums need registers.
+        let a: [&[i8; QK_K]; T] = std::array::from_fn(|j| arr(&xs[j].qs, QK_K * bi));
+        let mut sum = [_mm256_setzero_si256(); T];
         for c in 0..4 {
             let v = load_u8x32(arr(qs, 32 * c));
             let mut lo = _mm256_and_si256(v, low4);
@@ -248,22 +250,22 @@ fn k45<const FIVE: bool, const T: usize>(row: &[u8], xs: &[QuantizedActs; T], ou
                 );
                 high = _mm256_srli_epi16::<2>(high);
             }
-            q[2 * c] = lo;
-            q[2 * c + 1] = hi;
-            s[2 * c] = _mm256_shuffle_epi8(sc, pick_i16(2 * c as i16));
-            s[2 * c + 1] = _mm256_shuffle_epi8(sc, pick_i16(2 * c as i16 + 1));
+            let s_lo = _mm256_shuffle_epi8(sc, pick_i16(2 * c as i16));
+            let s_hi = _mm256_shuffle_epi8(sc, pick_i16(2 * c as i16 + 1));
+            for j in 0..T {
+                let p_lo = _mm256_maddubs_epi16(lo, load_i8x32(arr(a[j], 64 * c)));
+                let p_hi = _mm256_maddubs_epi16(hi, load_i8x32(arr(a[j], 64 * c + 32)));
+                let p =
+                    _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi));
+                sum[j] = _mm256_add_epi32(sum[j], p);
+            }
         }
         let dw = f16_to_f32(f16_bits_at(b, D));
         let dminw = f16_to_f32(f16_bits_at(b, DMIN));
         for j in 0..T {
             let x = &xs[j];
-            let a: &[i8; QK_K] = arr(&x.qs, QK_K * bi);
             let dx = x.d[bi];
-            let mut sum = _mm256_setzero_si256();
-            for k in 0..8 {
-                let p = _mm256_maddubs_epi16(q[k], load_i8x32(arr(a, 32 * k)));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, s[k]));
-            }
+            let sum = sum[j];
             let min = k45_mins(mins, arr(&x.bsums, QK_K / 16 * bi));
             acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(sum), acc[j]);
             acc_min[j] = _mm256_fmadd_ps(
@@ -288,9 +290,9 @@ fn q5_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
     k45::<true, T>(row, xs, out)
 }
 
-/// Q6_K: the 256 codes unpacked to eight vectors of 32 (`q[4h + k]` = elements
-/// 128h + 32k..+32) with their pairs of 16-element scales, then per token the same
-/// unsigned dot minus 32 * the scaled activation sums as the one-token kernel.
+/// Q6_K: the codes unpacked 32 at a time (elements 128h + 32k..+32) with their pair of
+/// 16-element scales, each dotted against every token; per token the same unsigned dot
+/// minus 32 * the scaled activation sums as the one-token kernel.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
     use blocks::q6_k::*;
@@ -300,8 +302,8 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
         for l in 0..4 {
             prefetch_ahead(b.as_ptr(), 64 * l);
         }
-        let mut q = [_mm256_setzero_si256(); 8];
-        let mut s = [_mm256_setzero_si256(); 8];
+        let a: [&[i8; QK_K]; T] = std::array::from_fn(|j| arr(&xs[j].qs, QK_K * bi));
+        let mut sum = [_mm256_setzero_si256(); T];
         for h in 0..2 {
             let sc =
                 _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(load_u8x8(arr(b, SCALES + 8 * h))));
@@ -309,39 +311,38 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
             let ql1 = load_u8x32(arr(b, QL + 64 * h + 32));
             let qh = load_u8x32(arr(b, QH + 32 * h));
             let bits = |m: u8| _mm256_and_si256(qh, _mm256_set1_epi8(m as i8));
-            q[4 * h] = _mm256_or_si256(
-                _mm256_and_si256(ql0, low4),
-                _mm256_slli_epi16::<4>(bits(0x03)),
-            );
-            q[4 * h + 1] = _mm256_or_si256(
-                _mm256_and_si256(ql1, low4),
-                _mm256_slli_epi16::<2>(bits(0x0c)),
-            );
-            q[4 * h + 2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                bits(0x30),
-            );
-            q[4 * h + 3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                _mm256_srli_epi16::<2>(bits(0xc0)),
-            );
-            for k in 0..4 {
-                s[4 * h + k] =
-                    _mm256_shuffle_epi8(sc, pick_i16_pair(2 * k as i16, 2 * k as i16 + 1));
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_slli_epi16::<4>(bits(0x03)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low4),
+                    _mm256_slli_epi16::<2>(bits(0x0c)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    bits(0x30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    _mm256_srli_epi16::<2>(bits(0xc0)),
+                ),
+            ];
+            for (k, q) in q.into_iter().enumerate() {
+                let s = _mm256_shuffle_epi8(sc, pick_i16_pair(2 * k as i16, 2 * k as i16 + 1));
+                for j in 0..T {
+                    let p = _mm256_maddubs_epi16(q, load_i8x32(arr(a[j], 128 * h + 32 * k)));
+                    sum[j] = _mm256_add_epi32(sum[j], _mm256_madd_epi16(p, s));
+                }
             }
         }
         let scales = _mm256_cvtepi8_epi16(load_u8x16(arr(b, SCALES)));
         let dw = f16_to_f32(f16_bits_at(b, D));
         for j in 0..T {
             let x = &xs[j];
-            let a: &[i8; QK_K] = arr(&x.qs, QK_K * bi);
-            let mut sum = _mm256_setzero_si256();
-            for k in 0..8 {
-                let p = _mm256_maddubs_epi16(q[k], load_i8x32(arr(a, 32 * k)));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, s[k]));
-            }
             let bias = _mm256_madd_epi16(load_i16x16(arr(&x.bsums, QK_K / 16 * bi)), scales);
-            sum = _mm256_sub_epi32(sum, _mm256_slli_epi32::<5>(bias));
+            let sum = _mm256_sub_epi32(sum[j], _mm256_slli_epi32::<5>(bias));
             acc[j] = _mm256_fmadd_ps(
                 _mm256_set1_ps(dw * x.d[bi]),
                 _mm256_cvtepi32_ps(sum),
