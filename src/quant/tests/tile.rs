@@ -142,8 +142,7 @@ fn empty_tiles_and_rows() {
     for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F32] {
         for isa in isas() {
             matmul_rows_with(isa, ty, &[], 0, &[], &mut []);
-            let xs = vec![QuantizedActs::new(); 3];
-            let mut xs = xs;
+            let mut xs = vec![QuantizedActs::new(); 3];
             for x in &mut xs {
                 quantize_acts(ty, &[], x);
             }
