@@ -29,6 +29,23 @@ impl Isa {
         self == Isa::Scalar || Isa::best() == Isa::Avx2
     }
 
+    /// The tiled kernel of this family for `wty` weights, where it has one (see
+    /// [`matmul_rows`]). Panics when the CPU lacks the family.
+    pub(crate) fn tile_kernel(self, wty: GgmlType) -> Option<TileFn> {
+        match self {
+            // The portable kernels are the fallback and the tests' second opinion, not a
+            // fast path: they run one token at a time.
+            Isa::Scalar => None,
+            Isa::Avx2 => {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(avx2) = super::dot_avx2::Avx2::detect() {
+                    return avx2.tile_kernel(wty);
+                }
+                panic!("AVX2 dot kernels requested on a CPU without avx2, fma and f16c")
+            }
+        }
+    }
+
     /// The row kernel of this family for `wty` weights. Panics when the CPU lacks it.
     pub(crate) fn kernel(self, wty: GgmlType) -> RowFn {
         match self {
@@ -135,6 +152,102 @@ pub(crate) fn matvec_rows_with(
     let kernel = isa.kernel(wty);
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
         *o = kernel(row, x);
+    }
+}
+
+/// The most activation rows [`matmul_rows`] takes in one call: the tile of tokens a
+/// decoded weight block is reused for.
+pub const TILE: usize = 4;
+
+/// A tiled kernel: `out[j]` = dot(`row`, `xs[j]`) for `j < xs.len()`, with
+/// `1 <= xs.len() <= TILE` and `out.len() == xs.len()`. Bit-for-bit the row kernel's
+/// result for each `j`.
+pub(super) type TileFn = fn(&[u8], &[QuantizedActs], &mut [f32]);
+
+/// `out[j * rows + r]` = dot(row r of `w`, `xs[j]`) for `j < xs.len()` (at most
+/// [`TILE`]), where `w` is `rows = out.len() / xs.len()` rows of `row_bytes` each.
+///
+/// Each weight block is decoded once for all the activation rows (where the kernel
+/// family has tiled kernels: AVX2, quantized weights), instead of once per row as
+/// [`matvec_rows`] per token would. The results are bit-for-bit those of
+/// [`matvec_rows`] on each activation row alone. Single-threaded; for more tokens the
+/// caller loops over tiles, keeping its band of `w` in cache across them. Panics when
+/// the sizes do not match `wty` and `xs`.
+pub fn matmul_rows(
+    wty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[QuantizedActs],
+    out: &mut [f32],
+) {
+    matmul_rows_with(Isa::best(), wty, w, row_bytes, xs, out)
+}
+
+pub(crate) fn matmul_rows_with(
+    isa: Isa,
+    wty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[QuantizedActs],
+    out: &mut [f32],
+) {
+    assert!(
+        xs.len() <= TILE,
+        "matmul_rows: {} activation rows, at most {TILE} per call",
+        xs.len()
+    );
+    let Some(x0) = xs.first() else {
+        assert!(out.is_empty(), "matmul_rows: outputs without activations");
+        return;
+    };
+    assert!(
+        out.len().is_multiple_of(xs.len()),
+        "matmul_rows: {} outputs for {} activation rows",
+        out.len(),
+        xs.len()
+    );
+    let rows = out.len() / xs.len();
+    for x in xs {
+        // Each row's layout is checked, and all must be as long as the first.
+        row_bytes_for(wty, x);
+        assert_eq!(
+            x.len(),
+            x0.len(),
+            "matmul_rows: activation rows of unequal length"
+        );
+    }
+    if xs.len() == 1 {
+        return matvec_rows_with(isa, wty, w, row_bytes, x0, out);
+    }
+    let rb = row_bytes_for(wty, x0);
+    assert_eq!(
+        row_bytes,
+        rb,
+        "matmul_rows: a {wty} row of {} elements takes {rb} bytes",
+        x0.len()
+    );
+    assert_eq!(
+        w.len(),
+        rows * rb,
+        "matmul_rows: {rows} rows of {rb} bytes expected"
+    );
+    if rb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let Some(tile) = isa.tile_kernel(wty) else {
+        for (x, o) in xs.iter().zip(out.chunks_exact_mut(rows)) {
+            matvec_rows_with(isa, wty, w, row_bytes, x, o);
+        }
+        return;
+    };
+    let mut buf = [0f32; TILE];
+    let buf = &mut buf[..xs.len()];
+    for (r, row) in w.chunks_exact(rb).enumerate() {
+        tile(row, xs, buf);
+        for (j, v) in buf.iter().enumerate() {
+            out[j * rows + r] = *v;
+        }
     }
 }
 

@@ -19,6 +19,8 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
+mod tile;
+
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};
 use super::dot_scalar::RowFn;

@@ -14,6 +14,8 @@
 //! - [`quantize_acts`] + [`dot_row`] / [`matvec_rows`]: the fast path. Activations are
 //!   quantized to int8 once per mat-vec, then every weight row is dotted against them
 //!   with integer SIMD kernels ([`kernel_isa`] says which family runs).
+//! - [`matmul_rows`]: the same for a tile of up to [`TILE`] activation rows (prefill),
+//!   decoding each weight block once for the whole tile.
 //! - [`dot_row_exact`]: f32 reference dot on dequantized weights (`--precise`).
 
 mod acts;
@@ -33,6 +35,6 @@ mod tests;
 
 pub use acts::{QuantizedActs, quantize_acts};
 pub use dequant::{DequantizeWeight, dequantize};
-pub use dot::{dot_row, dot_row_exact, kernel_isa, matvec_rows};
+pub use dot::{TILE, dot_row, dot_row_exact, kernel_isa, matmul_rows, matvec_rows};
 pub use error::QuantError;
 pub use quantize_blocks::quantize;

@@ -1,7 +1,9 @@
 //! Multithreaded matrix products with weights kept in their file format: the activations
 //! are quantized once per row (to the weight type's companion 8-bit format), then each
 //! thread streams a band of weight rows against every activation row, so a weight row is
-//! read from memory once per call however many tokens the batch has.
+//! read from memory once per call however many tokens the batch has. The tokens go
+//! through in tiles of `quant::TILE`, whose kernels decode each weight block once for
+//! the whole tile; the results are bit-for-bit those of one token at a time.
 
 use crate::format::Weight;
 use crate::quant::{self, QuantizedActs};
@@ -55,23 +57,106 @@ pub fn matmul(
         let r0 = b * band;
         let r1 = (r0 + band).min(rows);
         let wband = &bytes[r0 * row_bytes..r1 * row_bytes];
-        let mut tmp = [0.0f32; 512];
-        for t in 0..n {
-            let dst = &mut tmp[..r1 - r0];
+        // The band (at most 512 rows) stays in L1/L2 while the token tiles stream past
+        // it, and each tile's kernels decode a weight block once for all its tokens.
+        let m = r1 - r0;
+        let mut tmp = [0.0f32; quant::TILE * 512];
+        for t0 in (0..n).step_by(quant::TILE) {
+            let k = (n - t0).min(quant::TILE);
+            let dst = &mut tmp[..k * m];
             if precise {
-                let xt = &x[t * cols..(t + 1) * cols];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = quant::dot_row_exact(w.ty, &wband[i * row_bytes..(i + 1) * row_bytes], xt);
+                for (j, dj) in dst.chunks_exact_mut(m).enumerate() {
+                    let xt = &x[(t0 + j) * cols..(t0 + j + 1) * cols];
+                    for (i, d) in dj.iter_mut().enumerate() {
+                        let row = &wband[i * row_bytes..(i + 1) * row_bytes];
+                        *d = quant::dot_row_exact(w.ty, row, xt);
+                    }
                 }
             } else {
-                quant::matvec_rows(w.ty, wband, row_bytes, &acts[t], dst);
+                quant::matmul_rows(w.ty, wband, row_bytes, &acts[t0..t0 + k], dst);
             }
             let p = out_ptr;
-            for (i, v) in dst.iter().enumerate() {
-                // SAFETY: element (t, r0 + i) belongs to this band alone; in bounds by the
-                // assert above.
-                unsafe { *p.0.add(t * rows + r0 + i) = *v };
+            for (j, dj) in dst.chunks_exact(m).enumerate() {
+                for (i, v) in dj.iter().enumerate() {
+                    // SAFETY: element (t0 + j, r0 + i) belongs to this band alone; in
+                    // bounds by the assert above (t0 + j < n, r0 + i < rows).
+                    unsafe { *p.0.add((t0 + j) * rows + r0 + i) = *v };
+                }
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::format::GgmlType;
+
+    /// Small deterministic values with a rough normal shape.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = |k: u32| ((s >> k) & 0xffff) as f32 / 65536.0;
+                (u(16) + u(32) + u(48) - 1.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// Token counts around the tile size: every remainder, and more than one tile.
+    #[test]
+    fn tiled_matmul_matches_one_token_at_a_time_bit_for_bit() {
+        for ty in [
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::Q8_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5K,
+            GgmlType::F16,
+        ] {
+            // 37 rows: bands of uneven length; 512 columns: two k-quant super-blocks.
+            let (rows, cols) = (37, 512);
+            let bytes = quant::quantize(ty, &values(rows * cols, 3));
+            let len = bytes.len();
+            let w = Weight::new("w", ty, rows, cols, Arc::new(bytes), 0, len)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for n in [1, 2, 3, 4, 5, 7, 9] {
+                let x = values(n * cols, 5 + n as u64);
+                let mut out = vec![f32::NAN; n * rows];
+                matmul(&w, &x, n, &mut out, false, &mut MatmulScratch::default());
+                let mut acts = QuantizedActs::new();
+                for t in 0..n {
+                    quant::quantize_acts(ty, &x[t * cols..(t + 1) * cols], &mut acts);
+                    let mut want = vec![f32::NAN; rows];
+                    quant::matvec_rows(ty, w.bytes(), w.row_bytes(), &acts, &mut want);
+                    for r in 0..rows {
+                        let got = out[t * rows + r];
+                        assert!(!got.is_nan(), "{ty} n={n} token {t} row {r}: NaN");
+                        assert_eq!(
+                            got.to_bits(),
+                            want[r].to_bits(),
+                            "{ty} n={n} token {t} row {r}: {got} vs {}",
+                            want[r]
+                        );
+                    }
+                }
+                // The precise path goes through the same tiles.
+                let mut exact = vec![f32::NAN; n * rows];
+                matmul(&w, &x, n, &mut exact, true, &mut MatmulScratch::default());
+                for t in 0..n {
+                    for r in 0..rows {
+                        let row = &w.bytes()[r * w.row_bytes()..(r + 1) * w.row_bytes()];
+                        let want = quant::dot_row_exact(ty, row, &x[t * cols..(t + 1) * cols]);
+                        assert_eq!(exact[t * rows + r].to_bits(), want.to_bits());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod dot;
 mod fixtures;
 mod roundtrip;
+mod tile;
 
 use half::f16;
 

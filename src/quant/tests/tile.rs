@@ -1,0 +1,164 @@
+//! Tiled kernels (`matmul_rows`) against the one-token kernels and an f64 reference.
+//!
+//! The tiled kernels promise the one-token kernels' results bit for bit, so that is
+//! checked exactly, for every tile size and every (row, token); the outputs start as
+//! NaN, so a slot a kernel forgot fails. As a check independent of the one-token
+//! kernels, each result is also held against an f64 dot of the dequantized weights
+//! with the activations as quantized: both compute the same real number, so they may
+//! differ by f32 rounding only (the bound of `dot.rs`'s second test).
+
+use super::super::acts::{ActLayout, QuantizedActs, quantize_acts};
+use super::super::dequant::dequantize_into;
+use super::super::dot::{Isa, TILE, dot_row_with, matmul_rows_with};
+use super::super::quantize;
+use super::{Rng, random_acts, random_row};
+use crate::format::GgmlType;
+
+fn isas() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.available())
+        .collect()
+}
+
+/// The activations exactly as the fast kernels see them.
+fn dequantized_acts(a: &QuantizedActs) -> Vec<f32> {
+    match a.layout {
+        ActLayout::F32 => a.f.clone(),
+        ActLayout::Q8x32 | ActLayout::Q8K => {
+            let bl = a.n / a.d.len().max(1);
+            a.qs.iter()
+                .enumerate()
+                .map(|(i, &q)| a.d[i / bl] * f32::from(q))
+                .collect()
+        }
+    }
+}
+
+/// Weights of `rows` rows of `n`: random bytes (every code and scale pattern) for some
+/// rows, the project's quantizer on random values for the others.
+fn weights(ty: GgmlType, rows: usize, n: usize, rng: &mut Rng) -> Vec<u8> {
+    (0..rows)
+        .flat_map(|r| {
+            if r % 2 == 0 {
+                random_row(ty, n, rng)
+            } else {
+                quantize(ty, &random_acts(n, rng))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn tiles_of_one_to_four_tokens_match_the_one_token_kernels_bit_for_bit() {
+    let mut rng = Rng::new(17);
+    for isa in isas() {
+        for ty in GgmlType::ALL {
+            let unit = if ty.is_quantized() {
+                ty.block_len()
+            } else {
+                37
+            };
+            for blocks in [1, 2, 3, 5] {
+                let n = blocks * unit;
+                let rows = 3;
+                let w = weights(ty, rows, n, &mut rng);
+                let rb = w.len() / rows;
+                let mut deq = vec![f32::NAN; rows * n];
+                dequantize_into(ty, &w, &mut deq);
+                for t in 1..=TILE {
+                    let xs: Vec<QuantizedActs> = (0..t)
+                        .map(|_| {
+                            let mut a = QuantizedActs::new();
+                            quantize_acts(ty, &random_acts(n, &mut rng), &mut a);
+                            a
+                        })
+                        .collect();
+                    let mut out = vec![f32::NAN; t * rows];
+                    matmul_rows_with(isa, ty, &w, rb, &xs, &mut out);
+                    for (j, x) in xs.iter().enumerate() {
+                        let x_hat = dequantized_acts(x);
+                        for r in 0..rows {
+                            let got = out[j * rows + r];
+                            let want = dot_row_with(isa, ty, &w[r * rb..(r + 1) * rb], x);
+                            let at = format!("{isa:?} {ty} n={n} tile {t}: token {j} row {r}");
+                            assert!(!got.is_nan() && !want.is_nan(), "{at}: NaN");
+                            assert_eq!(got.to_bits(), want.to_bits(), "{at}: {got} vs {want}");
+
+                            let wr = &deq[r * n..(r + 1) * n];
+                            let exact: f64 = wr
+                                .iter()
+                                .zip(&x_hat)
+                                .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                                .sum();
+                            let wmax = wr.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let slack = 1e-4 * wmax * x_hat.iter().map(|v| v.abs()).sum::<f32>();
+                            assert!(
+                                (f64::from(got) - exact).abs() <= f64::from(slack),
+                                "{at}: {got} vs f64 {exact}, bound {slack}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_nan_token_poisons_only_its_own_outputs() {
+    let mut rng = Rng::new(19);
+    for isa in isas() {
+        for ty in GgmlType::ALL {
+            let n = 2 * ty.block_len().max(32);
+            let rows = 2;
+            let w = weights(ty, rows, n, &mut rng);
+            let rb = w.len() / rows;
+            let xs: Vec<QuantizedActs> = (0..TILE)
+                .map(|j| {
+                    let mut x = random_acts(n, &mut rng);
+                    if j == 2 {
+                        x[n - 5] = f32::NAN;
+                    }
+                    let mut a = QuantizedActs::new();
+                    quantize_acts(ty, &x, &mut a);
+                    a
+                })
+                .collect();
+            let mut out = vec![0.0; TILE * rows];
+            matmul_rows_with(isa, ty, &w, rb, &xs, &mut out);
+            for j in 0..TILE {
+                for r in 0..rows {
+                    let v = out[j * rows + r];
+                    assert_eq!(v.is_nan(), j == 2, "{isa:?} {ty} token {j} row {r}: {v}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_tiles_and_rows() {
+    for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F32] {
+        for isa in isas() {
+            matmul_rows_with(isa, ty, &[], 0, &[], &mut []);
+            let mut xs = vec![QuantizedActs::new(); 3];
+            for x in &mut xs {
+                quantize_acts(ty, &[], x);
+            }
+            let mut out = [f32::NAN; 6];
+            matmul_rows_with(isa, ty, &[], 0, &xs, &mut out);
+            assert_eq!(out, [0.0; 6]);
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "at most 4 per call")]
+fn tiles_of_more_than_four_are_refused() {
+    let mut a = QuantizedActs::new();
+    quantize_acts(GgmlType::Q8_0, &[1.0; 32], &mut a);
+    let xs = vec![a; 5];
+    let mut out = [0.0; 5];
+    matmul_rows_with(Isa::best(), GgmlType::Q8_0, &[0; 34], 34, &xs, &mut out);
+}
