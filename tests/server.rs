@@ -920,7 +920,17 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(code.success(), "exit status {code:?}");
+    assert!(
+        code.success(),
+        "exit status {code:?}; the server's last words:\n{}",
+        s.stderr_tail()
+    );
+    // The engine thread ended (and dropped the engine) before the process exited.
+    let said = s.stderr_tail();
+    assert!(
+        said.lines().any(|l| l == "shut down") && !said.contains("did not end"),
+        "the server's last words:\n{said}"
+    );
     assert!(
         TcpStream::connect(s.addr).is_err(),
         "still accepting after shutdown"

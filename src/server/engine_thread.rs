@@ -8,7 +8,7 @@
 //! reports the failure.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,8 @@ pub enum Event {
 /// The front's handle on the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<Job>,
+    /// `None` asks the thread to end (only [`EngineThread::join`] sends it).
+    tx: SyncSender<Option<Job>>,
     metrics: Arc<Metrics>,
     /// Set once the engine runs no more: why.
     failure: Arc<OnceLock<String>>,
@@ -89,7 +90,7 @@ impl EngineHandle {
             return Err(ApiError::engine_failed(why));
         }
         self.metrics.queue_depth.inc();
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Some(job)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.metrics.queue_depth.dec();
@@ -110,36 +111,72 @@ impl EngineHandle {
     }
 }
 
+/// The engine thread itself, kept by whoever shuts the server down: once every
+/// [`EngineHandle`] is gone the thread finishes its job, drops the engine and ends.
+pub struct EngineThread {
+    stop: SyncSender<Option<Job>>,
+    ended: Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EngineThread {
+    /// Waits up to `limit` for the thread to drop the engine and end; whether it did. The
+    /// server waits here before the process exits, so the engine (its memory, its device
+    /// context) is torn down by its own thread and never while the process exits around it.
+    pub fn join(self, limit: Duration) -> bool {
+        // Queued jobs go first: their clients are gone, so each is skipped at once. A full
+        // queue needs no stop message: the thread ends when the last handle is dropped.
+        let _ = self.stop.try_send(None);
+        match self.ended.recv_timeout(limit) {
+            // Ended (or panicked, which drops the sender too): the join is immediate.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => self.thread.join().is_ok(),
+            Err(RecvTimeoutError::Timeout) => false,
+        }
+    }
+}
+
 /// Starts the engine thread with room for `queue` waiting jobs (at least one).
 pub fn spawn(
     engine: Engine,
     tokenizer: Arc<Tokenizer>,
     queue: usize,
     metrics: Arc<Metrics>,
-) -> std::io::Result<EngineHandle> {
+) -> std::io::Result<(EngineHandle, EngineThread)> {
     let (tx, rx) = sync_channel(queue.max(1));
+    let tx2 = tx.clone();
+    let (ended_tx, ended) = sync_channel(1);
     let m = metrics.clone();
     let failure = Arc::new(OnceLock::new());
     let failed = failure.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("tachyon-engine".into())
-        .spawn(move || run(engine, &tokenizer, rx, &m, &failed))?;
-    Ok(EngineHandle {
-        tx,
-        metrics,
-        failure,
-    })
+        .spawn(move || {
+            run(engine, &tokenizer, rx, &m, &failed);
+            let _ = ended_tx.send(());
+        })?;
+    Ok((
+        EngineHandle {
+            tx,
+            metrics,
+            failure,
+        },
+        EngineThread {
+            stop: tx2,
+            ended,
+            thread,
+        },
+    ))
 }
 
 fn run(
     mut engine: Engine,
     tok: &Tokenizer,
-    rx: Receiver<Job>,
+    rx: Receiver<Option<Job>>,
     metrics: &Metrics,
     failure: &OnceLock<String>,
 ) {
     let mut faults = (0, 0);
-    while let Ok(job) = rx.recv() {
+    while let Ok(Some(job)) = rx.recv() {
         metrics.queue_depth.dec();
         if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
             metrics.cancelled.inc();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::engine_thread;
+use super::engine_thread::{self, EngineThread};
 use super::jobs::{FimTokens, unix_time};
 use super::metrics::Metrics;
 use super::ready::{ReadyGate, serve_gated};
@@ -111,7 +111,7 @@ fn load_and_warm(
     spec: &SpeculationOptions,
     model_id: String,
     metrics: Arc<Metrics>,
-) -> Result<Arc<AppState>, ServeError> {
+) -> Result<(Arc<AppState>, EngineThread), ServeError> {
     let engine_opts = EngineOptions {
         tokenizer: true,
         ..engine.clone()
@@ -154,9 +154,10 @@ fn load_and_warm(
     let vocab = built.model.config.vocab_size.min(tokenizer.vocab_size());
     warm_up(&mut engine, &tokenizer, vocab)?;
     let logits_vocab = engine.vocab_size();
-    let handle = engine_thread::spawn(engine, tokenizer.clone(), o.queue, metrics.clone())
-        .map_err(ServeError::Io)?;
-    Ok(Arc::new(AppState {
+    let (handle, thread) =
+        engine_thread::spawn(engine, tokenizer.clone(), o.queue, metrics.clone())
+            .map_err(ServeError::Io)?;
+    let state = Arc::new(AppState {
         engine: handle,
         tokenizer,
         chat_template,
@@ -178,7 +179,8 @@ fn load_and_warm(
         created: unix_time(),
         constraints: std::sync::OnceLock::new(),
         logits_vocab,
-    }))
+    });
+    Ok((state, thread))
 }
 
 /// A few greedy tokens after a short prompt, then the kept sequence is forgotten so no
@@ -201,6 +203,9 @@ fn warm_up(engine: &mut Engine, tokenizer: &Tokenizer, vocab: usize) -> Result<(
     engine.forget_cache();
     Ok(())
 }
+
+/// How long the engine thread may take to end after the server has stopped.
+const ENGINE_STOP: Duration = Duration::from_secs(5);
 
 pub fn run(
     o: &ServeOptions,
@@ -232,7 +237,7 @@ pub fn run(
     });
     let metrics = Arc::new(Metrics::new());
     let gate = Arc::new(ReadyGate::default());
-    rt.block_on(async {
+    let served = rt.block_on(async {
         // Alive from here (liveness: /health), ready once the model is loaded and warmed
         // up (readiness: /v1/models and every other route).
         eprintln!("alive on http://{local}; loading the model");
@@ -257,25 +262,34 @@ pub fn run(
         })
         .await
         .map_err(|e| ServeError::Io(std::io::Error::other(e)));
-        match loaded.and_then(|r| r) {
-            Ok(state) => {
+        let thread = match loaded.and_then(|r| r) {
+            Ok((state, thread)) => {
                 gate.open(router(state));
                 eprintln!("listening on http://{local}");
+                thread
             }
             Err(e) => {
                 let _ = stop_tx.send(());
                 let _ = server.await;
                 return Err(e);
             }
-        }
+        };
         server
             .await
             .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
             .map_err(ServeError::Io)?;
-        eprintln!("shut down");
-        Ok::<(), ServeError>(())
-    })?;
-    // Do not wait for connections that outlived the grace period (WebSockets).
+        Ok::<EngineThread, ServeError>(thread)
+    });
+    // Do not wait for connections that outlived the grace period (WebSockets): dropping
+    // their tasks closes their jobs' event channels, so a job still running stops at its
+    // next token.
     rt.shutdown_timeout(Duration::from_millis(100));
+    let thread = served?;
+    // The routes' state holds the engine's handles; with them gone the engine thread ends.
+    drop(gate);
+    if !thread.join(ENGINE_STOP) {
+        tracing::warn!("the engine thread did not end within {ENGINE_STOP:?}; exiting anyway");
+    }
+    eprintln!("shut down");
     Ok(())
 }

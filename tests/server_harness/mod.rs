@@ -5,11 +5,13 @@
 
 pub mod tiny_model;
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// `--backend BACKEND` for every server a test starts: the CPU unless
@@ -78,7 +80,12 @@ pub fn scaled(n: usize, emulated: usize) -> usize {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The last lines the server wrote to stderr after its ready line.
+    said: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// How many of the server's last stderr lines [`Server::stderr_tail`] keeps.
+const TAIL_LINES: usize = 40;
 
 impl Server {
     /// Starts `tachyon serve --model MODEL --port 0 EXTRA...` (one CPU thread unless EXTRA
@@ -116,12 +123,26 @@ impl Server {
             .expect("start tachyon serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
-        // Keep draining stderr so the server never blocks on a full pipe.
+        let said = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = said.clone();
+        // Keep draining stderr so the server never blocks on a full pipe; what comes after
+        // the ready line is kept (its last lines) for failure messages.
         std::thread::spawn(move || {
             let mut before = Vec::new();
+            let mut ready = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if ready {
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == TAIL_LINES {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                    continue;
+                }
                 match line.strip_prefix("listening on http://") {
                     Some(addr) => {
+                        ready = true;
                         let _ = tx.send(Ok(addr.to_string()));
                     }
                     None => before.push(line),
@@ -138,11 +159,22 @@ impl Server {
                 panic!("the server did not print its ready line within 120 s");
             }
         };
-        Server { child, addr }
+        Server { child, addr, said }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The last lines the server wrote to stderr after its ready line (complete once it
+    /// has exited and the pipe is drained).
+    pub fn stderr_tail(&self) -> String {
+        // The reader thread may still be taking the last lines off the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        self.said
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
     }
 
     /// Resident memory of the server process, in KiB.
