@@ -3,7 +3,8 @@
 # the real models, the tokenizer conformance files, a Python venv with the openai client and
 # the gguf package),
 # then `cargo fmt --check`, `cargo clippy --release --all-targets -- -D warnings` and
-# `cargo test --release`.
+# `cargo test --profile ci` (release without cross-crate LTO: Cargo.toml says why; its
+# binaries land in target/ci/).
 # Extra arguments go to cargo test (e.g. `scripts/test.sh --test golden`).
 # Tests that need a GPU are marked ignored; run them on a GPU machine with
 # `cargo test --release -- --ignored`, and here under the emulated GPU (below).
@@ -23,7 +24,7 @@ export PATH="$PWD/.toolchain/cuda/nvidia/cu13/bin:$PATH"
 # Formatting and lints before the tests: both are cheap next to the build the tests need.
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
-cargo test --release "$@"
+cargo test --profile ci "$@"
 
 # Every GPU test again under the emulated device (emulator/README.md): the kernels and the
 # CUDA backend run on the CPU against a stand-in driver, with compute-sanitizer-style
@@ -32,10 +33,10 @@ cargo test --release "$@"
 # the 1B / 1.5B real shapes (hours of emulation); both run on a GPU machine with --ignored.
 if [[ $# -eq 0 && "${TACHYON_SKIP_EMULATED:-}" != 1 ]]; then
   emulator/build.sh --selftest target/emulated-gpu
-  scripts/emulated-gpu.sh cargo test --release --test emulated_device --test cuda_kernels -- \
+  scripts/emulated-gpu.sh cargo test --profile ci --test emulated_device --test cuda_kernels -- \
     --ignored --skip hf_reference_logits_match --skip whole_model_logits_match_cpu_on_real_shapes
   # The server, slot and fault tests (openai client, SSE, WebSocket, speculation, NaN
   # logits) on the CUDA backend, serving a tiny random model with SmolLM2's tokenizer
   # (tests/server_harness/tiny_model.rs).
-  TACHYON_TEST_BACKEND=cuda TACHYON_TEST_SERVER_MODEL=tiny scripts/emulated-gpu.sh cargo test --release --test server --test slots --test server_faults
+  TACHYON_TEST_BACKEND=cuda TACHYON_TEST_SERVER_MODEL=tiny scripts/emulated-gpu.sh cargo test --profile ci --test server --test slots --test server_faults
 fi
