@@ -447,6 +447,23 @@ pub trait Ops {
         self.matmul(a, w, n, scratch)?;
         self.add(x, scratch, n)
     }
+    /// The logits' product: `hn = rmsnorm(x) * norm`, then `out = W hn` for the first `n`
+    /// rows (the final norm and the LM head); `hn` is scratch the default form uses. A
+    /// backend may fold the norm into the product's prologue (CUDA does, for a decode row).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmul(
+        &mut self,
+        x: &Self::Act,
+        norm: &Self::Vector,
+        eps: f32,
+        w: &Self::Mat,
+        n: usize,
+        hn: &mut Self::Act,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.rmsnorm(x, norm, eps, n, hn)?;
+        self.matmul(hn, w, n, out)
+    }
     /// The MLP block's input: `hn = rmsnorm(x) * norm`, then
     /// `gate = silu(W_gate hn) * (W_up hn)` for the first `n` rows; `hn` and `up` are
     /// scratch the default form uses. A backend may fold the norm into the fused gate/up

@@ -9,7 +9,8 @@
 //! `Ops::norm_gate_up_swiglu`, each output projection with the residual add after it one
 //! `Ops::matmul_add`, and qwen3's q/k norms, rope, the KV append and attention one
 //! `Ops::rope_attention`: a backend with fused kernels runs each as one (CUDA does), the CPU
-//! as its fine ops.
+//! as its fine ops. After the blocks, the final norm and the LM head are one
+//! `Ops::norm_matmul`.
 
 use crate::backend::{AttnShape, BackendError, HeadNorms, Ops, Position, QkvWeights, TokenIds};
 
@@ -217,8 +218,15 @@ impl<B: Ops> Llama<B> {
         let Some(out) = s.rows_logits.as_mut() else {
             unreachable!("allocated above")
         };
-        b.rmsnorm(&s.x, &self.final_norm, c.rms_eps, n, &mut s.h)?;
-        b.matmul(&s.h, &self.output, n, out)
+        b.norm_matmul(
+            &s.x,
+            &self.final_norm,
+            c.rms_eps,
+            &self.output,
+            n,
+            &mut s.h,
+            out,
+        )
     }
 
     /// The logits [`Llama::forward_rows_logits`] left in the backend, if it ran.
@@ -244,11 +252,26 @@ impl<B: Ops> Llama<B> {
 
     /// The logits of the last of the `n` rows `layers_forward` left in `s.x`, into `s.logits`.
     fn last_logits(&self, b: &mut B, s: &mut State<B>, n: usize) -> Result<(), BackendError> {
-        // Only the last position's logits are needed to pick the next token.
+        // Only the last position's logits are needed to pick the next token. A decode step
+        // has one row, already first: no copy (on CUDA the step is then the LM head's GEMV
+        // with the final norm in its prologue, one kernel).
         let c = &self.cfg;
-        b.copy_row(&s.x, n - 1, &mut s.last)?;
-        b.rmsnorm(&s.last, &self.final_norm, c.rms_eps, 1, &mut s.last_norm)?;
-        b.matmul(&s.last_norm, &self.output, 1, &mut s.logits)
+        let last = if n == 1 {
+            &s.x
+        } else {
+            b.copy_row(&s.x, n - 1, &mut s.last)?;
+            &s.last
+        };
+        let (norm, eps) = (&self.final_norm, c.rms_eps);
+        b.norm_matmul(
+            last,
+            norm,
+            eps,
+            &self.output,
+            1,
+            &mut s.last_norm,
+            &mut s.logits,
+        )
     }
 
     /// The embedding and every block: leaves the residual stream of `tokens` in `s.x`.

@@ -1,5 +1,5 @@
 //! The coarse ops a decoder layer is made of on the CUDA backend (`Ops::norm_qkv`,
-//! `Ops::matmul_add`, `Ops::norm_gate_up_swiglu`: RMSNorm in the GEMV's prologue, q/k/v
+//! `Ops::matmul_add`, `Ops::norm_gate_up_swiglu`, and the logits' `Ops::norm_matmul`: RMSNorm in the GEMV's prologue, q/k/v
 //! stacked into one matrix with their biases, the residual add in the epilogue) against
 //! their CPU twins, the `Ops` defaults written in the fine ops, which the CPU backend runs.
 //!
@@ -45,6 +45,13 @@ enum Case {
         n: usize,
     },
     NormGateUpSwiglu {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
+    /// `norm_matmul`: the final norm and the LM head.
+    NormMatmul {
         ty: GgmlType,
         rows: usize,
         cols: usize,
@@ -193,6 +200,26 @@ fn cases() -> Vec<Case> {
             cols: 136,
             n: 6,
         },
+        // Norm + LM head: the decode row (the unrolled step and its tail), a block format
+        // over several rows, verify rows past the GEMV (the norm first, then the GEMM).
+        NormMatmul {
+            ty: BF16,
+            rows: 77,
+            cols: 8200,
+            n: 1,
+        },
+        NormMatmul {
+            ty: Q8_0,
+            rows: 65,
+            cols: 96,
+            n: 3,
+        },
+        NormMatmul {
+            ty: F16,
+            rows: 40,
+            cols: 136,
+            n: 6,
+        },
     ]
 }
 
@@ -319,6 +346,20 @@ impl Case {
                     .norm_gate_up_swiglu(&cx, &norm, eps, &wg, &wu, n, &mut chn, &mut cg, &mut cu));
                 // `hn` and `up` are scratch: only the gate rows are the op's output.
                 t.compare(self, "gate", &gg, &cg, n, tolerance(cols));
+            }
+            Case::NormMatmul { ty, rows, cols, n } => {
+                let (w, _) = weight(&mut t.rng, ty, rows, cols, 2.0 / (cols as f32).sqrt());
+                let gw = ok(t.gpu.upload_matrix(&w));
+                let mag = t.rng.log_uniform(-2.0, 2.0);
+                let (gx, cx) = t.act(n, cols, mag);
+                let norm = t.vector(cols, 2.0);
+                let gn = ok(t.gpu.upload_vector(&norm));
+                let (mut ghn, mut chn) = t.poisoned(n, cols);
+                let (mut go, mut co) = t.poisoned(n, rows);
+                let eps = 1e-5;
+                ok(t.gpu.norm_matmul(&gx, &gn, eps, &gw, n, &mut ghn, &mut go));
+                ok(t.cpu.norm_matmul(&cx, &norm, eps, &w, n, &mut chn, &mut co));
+                t.compare(self, "logits", &go, &co, n, tolerance(cols));
             }
         }
     }

@@ -682,6 +682,28 @@ impl Ops for CudaBackend {
         matmul::matmul(&self.dev, self.sm_count, a, w, fused, n, x)
     }
 
+    fn norm_matmul(
+        &mut self,
+        x: &CudaAct,
+        norm: &CudaSlice<f32>,
+        eps: f32,
+        w: &CudaMat,
+        n: usize,
+        hn: &mut CudaAct,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        if !gemv_fits(w, n) {
+            // Verify rows past the GEMV: the norm, then the tiled product.
+            self.rmsnorm(x, norm, eps, n, hn)?;
+            return self.matmul(hn, w, n, out);
+        }
+        let fused = Fused {
+            norm: Some((norm, eps)),
+            ..Fused::default()
+        };
+        matmul::matmul(&self.dev, self.sm_count, x, w, fused, n, out)
+    }
+
     fn norm_gate_up_swiglu(
         &mut self,
         x: &CudaAct,
