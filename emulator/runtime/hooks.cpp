@@ -66,7 +66,7 @@ inline void check(uintptr_t a, const void* site) {
         if (__builtin_expect(s == 8 && (N <= 8 ? (off & 7) + N <= 8 : true), 1)) {
             if (N <= 8 || g_arena.shadow[(off >> 3) + 1] == 8) {
                 if (W) note_write(off);
-                if (__builtin_expect(g_arena.pdl_guard, 0)) pdl_access(a, N, W, false, site);
+                if (__builtin_expect(g_arena.pdl_guard, 0) && pdl_pre_wait_now()) pdl_access(a, N, W, false, site);
                 return;
             }
         }
@@ -86,7 +86,7 @@ void check_slow(uintptr_t a, size_t n, bool write, bool atomic, const void* site
     if (off < g_arena.size) {
         if (!arena_ok(a, n)) fail_access(a, n, write, atomic, site, arena_explain(a, n));
         if (write || atomic) note_write(off);
-        if (g_arena.pdl_guard) pdl_access(a, n, write || atomic, atomic, site);
+        if (g_arena.pdl_guard && pdl_pre_wait_now()) pdl_access(a, n, write || atomic, atomic, site);
         return;
     }
     const uintptr_t slo = reinterpret_cast<uintptr_t>(w->smem_lo), shi = reinterpret_cast<uintptr_t>(w->smem_hi);
@@ -147,14 +147,14 @@ EMU_HOOKS(16)
 
 extern "C" void __asan_loadN_noabort(uintptr_t a, size_t n) {
     if (!emu::arena_ok(a, n)) emu::check_slow(a, n, false, false, __builtin_return_address(0));
-    else if (emu::g_arena.pdl_guard) emu::pdl_access(a, n, false, false, __builtin_return_address(0));
+    else if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now()) emu::pdl_access(a, n, false, false, __builtin_return_address(0));
 }
 extern "C" void __asan_storeN_noabort(uintptr_t a, size_t n) {
     if (!emu::arena_ok(a, n)) {
         emu::check_slow(a, n, true, false, __builtin_return_address(0));
     } else if (n > 0) {
         emu::note_write(a - emu::g_arena.base);
-        if (emu::g_arena.pdl_guard) emu::pdl_access(a, n, true, false, __builtin_return_address(0));
+        if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now()) emu::pdl_access(a, n, true, false, __builtin_return_address(0));
     }
 }
 extern "C" void __asan_handle_no_return(void) {}
@@ -201,7 +201,7 @@ extern "C" void emu_cp_async(void* dst, const void* src, unsigned n) {
                          emu::kCudaErrorMisalignedAddress);
     // The copy reads its source once issued: before the thread's wait, that read is held to
     // the PDL rule (a weight tile may be prefetched into shared memory there).
-    if (emu::g_arena.pdl_guard && s - emu::g_arena.base < emu::g_arena.size) emu::pdl_access(s, n, false, false, site);
+    if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now() && s - emu::g_arena.base < emu::g_arena.size) emu::pdl_access(s, n, false, false, site);
     emu::Fiber* f = emu::tls_worker->block.current;
     if (f->n_pending == 8) {  // a real copy may land any time before its wait: land the oldest now
         emu::cp_async_do(f->pending[0]);
@@ -271,7 +271,7 @@ extern "C" uint64_t emu_atomic(int op, int ty, void* addr, uint64_t a, uint64_t 
         emu::check_slow(p, n, true, true, site);
     } else {
         emu::note_write(p - emu::g_arena.base);
-        if (emu::g_arena.pdl_guard) emu::pdl_access(p, n, true, true, site);
+        if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now()) emu::pdl_access(p, n, true, true, site);
     }
     switch (ty) {
         case EMU_TY_U32: return rmw<uint32_t>(op, static_cast<uint32_t*>(addr), uint32_t(a), uint32_t(b));

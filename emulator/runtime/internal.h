@@ -217,6 +217,12 @@ inline void note_write(uintptr_t off) {
     const uint32_t now = g_arena.seq_now;
     if (__atomic_load_n(s, __ATOMIC_RELAXED) != now) __atomic_store_n(s, now, __ATOMIC_RELAXED);
 }
+// Whether the running thread is in a programmatic launch and before its wait (only asked
+// while g_arena.pdl_guard is set, i.e. from kernel code on a fiber).
+inline bool pdl_pre_wait_now() {
+    const Worker* w = tls_worker;
+    return w != nullptr && w->block.current != nullptr && w->block.current->pdl_pre_wait;
+}
 // The PDL rule for an in-arena access of the running programmatic launch (pdl.cpp).
 void pdl_access(uintptr_t a, size_t n, bool write, bool atomic, const void* site);
 // A launch begins: its sequence number, and whether it may overlap the kernels before it.

@@ -512,6 +512,13 @@ void timings(const Lib& K, const Lib& P) {
         expect_ok(run(P, "bench_loads", d1(1), d1(1), (const float*)p, n, out), "bench_loads");
         const double t1 = cpu_s();
         printf("timing: %.2f ns CPU per checked global load (hook + load + add)\n", (t1 - t0) * 1e9 / n);
+        emu::LaunchOptions prog;
+        prog.programmatic = true;
+        const double p0 = cpu_s();
+        expect_ok(run_ex(P, "bench_loads_pdl", d1(1), d1(1), 0, prog, (const float*)p, n, out), "bench_loads_pdl");
+        const double p1 = cpu_s();
+        printf("timing: %.2f ns CPU per checked global load in a programmatic launch, after its wait\n",
+               (p1 - p0) * 1e9 / n);
         const int iters = 1000000;
         const double t2 = cpu_s();
         expect_ok(run(P, "bench_barrier", d1(1), d1(2), iters, out), "bench_barrier");

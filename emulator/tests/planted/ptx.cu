@@ -81,3 +81,11 @@ extern "C" __global__ void planted_pdl_prefetch_before_wait(const float* in, flo
     tachyon_grid_dependency_wait();
     out[threadIdx.x] = in[threadIdx.x];
 }
+
+// bench_loads in a programmatic launch: the loads follow the wait (the checks' cost there).
+extern "C" __global__ void bench_loads_pdl(const float* p, int n, float* out) {
+    tachyon_grid_dependency_wait();
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += p[i];
+    out[0] = s;
+}
