@@ -67,49 +67,15 @@ pub(crate) struct KernelFns {
     /// `rope_attn_decode_h<HD>_<type>`: by head size ([`rope_attention::FUSED_HEAD_DIMS`]),
     /// then cache type (f32, bf16, f16).
     pub(crate) rope_attn_decode: Vec<[CudaFunction; 3]>,
-    /// The kernels that call `griddepcontrol.wait` before touching what earlier kernels
-    /// wrote ([`PDL_KERNELS`]), by raw handle: only these may be launched programmatically.
+    /// The kernels written for programmatic dependent launch, by raw handle
+    /// ([`KernelFns::pdl_kernels`]): only these may be launched programmatically.
     pdl: Vec<usize>,
 }
 
-/// The kernels of a decode step written for programmatic dependent launch (kernels/README.md:
-/// each calls `tachyon::pdl_trigger_then_wait` before its first access of activations,
-/// caches or scratch and before any write, and reads only weights before it). Every other
-/// kernel is launched plainly: launched programmatically without that wait it would race
-/// the kernel before it.
-const PDL_KERNELS: &[&str] = &[
-    "embed_gather",
-    "rmsnorm_residual_f32",
-    "gemv_f32out",
-    "gemv_quant_f32out",
-    "argmax_partial",
-    "argmax_partial_masked",
-    "argmax_final",
-    "sample_scan",
-    "sample_refine",
-    "sample_compact",
-    "sample_logits",
-    "sample_scan_masked",
-    "sample_refine_masked",
-    "sample_compact_masked",
-    "sample_logits_masked",
-    "penalty_seed",
-    "penalty_apply",
-];
-
 impl KernelFns {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self, DriverError> {
-        let mut pdl = Vec::new();
-        for name in PDL_KERNELS {
-            pdl.push(module.load_function(name)?.cu_function() as usize);
-        }
-        for names in rope_attention::kernel_names() {
-            for name in &names {
-                pdl.push(module.load_function(name)?.cu_function() as usize);
-            }
-        }
-        Ok(Self {
-            pdl,
+        let mut fns = Self {
+            pdl: Vec::new(),
             rmsnorm_residual_f32: module.load_function("rmsnorm_residual_f32")?,
             embed_gather: module.load_function("embed_gather")?,
             gemv_f32out: module.load_function("gemv_f32out")?,
@@ -147,7 +113,38 @@ impl KernelFns {
                     ])
                 })
                 .collect::<Result<_, DriverError>>()?,
-        })
+        };
+        fns.pdl = fns
+            .pdl_kernels()
+            .map(|f| f.cu_function() as usize)
+            .collect();
+        Ok(fns)
+    }
+
+    /// The kernels of a decode step written for programmatic dependent launch
+    /// (kernels/README.md): each calls `tachyon::pdl_trigger_then_wait` before its first
+    /// access of activations, caches or scratch and before any write, and reads only weights
+    /// before it. Every other kernel (the prefill GEMM, the split attention, rope,
+    /// elementwise) is launched plainly: launched programmatically without that wait it
+    /// would race the kernel before it.
+    fn pdl_kernels(&self) -> impl Iterator<Item = &CudaFunction> {
+        [
+            &self.embed_gather,
+            &self.rmsnorm_residual_f32,
+            &self.gemv_f32out,
+            &self.gemv_quant_f32out,
+            &self.argmax_partial,
+            &self.argmax_partial_masked,
+            &self.argmax_final,
+            &self.sample_logits,
+            &self.sample_logits_masked,
+            &self.penalty_seed,
+            &self.penalty_apply,
+        ]
+        .into_iter()
+        .chain(&self.sample_passes)
+        .chain(&self.sample_passes_masked)
+        .chain(self.rope_attn_decode.iter().flatten())
     }
 
     /// Whether `f` is one of the kernels written for programmatic dependent launch.
