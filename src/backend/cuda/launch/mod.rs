@@ -19,7 +19,9 @@
 //! - [`penalty`] runs `penalty.cu` (the penalties' token history, the step's inputs advanced)
 //!
 //! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
-//! kernel itself hits surfaces at the next synchronization.
+//! kernel itself hits surfaces at the next synchronization. Every launch goes through
+//! [`queue`], which sends the decode step's kernels as programmatic dependent launches where
+//! the device allows it ([`super::device::Pdl`]; kernels/README.md).
 
 pub mod attention;
 pub mod elementwise;
