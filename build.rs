@@ -74,6 +74,8 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     println!("cargo::rerun-if-changed={KERNEL_DIR}");
+    // The inline-PTX wrappers (griddepcontrol, prefetch, ...) that kernels/common.cuh includes.
+    println!("cargo::rerun-if-changed=emulator/include/ptx_emu.h");
     println!("cargo::rerun-if-changed={BINDINGS_SNAPSHOT}");
     for var in WATCHED_ENV {
         println!("cargo::rerun-if-env-changed={var}");

@@ -10,6 +10,9 @@
 #include <stdint.h>
 
 #include "tachyon_kernels.h"
+// One wrapper per inline-PTX instruction (griddepcontrol, prefetch, mma, ...), with the
+// emulated GPU's host versions.
+#include "../emulator/include/ptx_emu.h"
 
 // Dynamic shared memory (the launch's sharedMemBytes): `extern __shared__` under nvcc; the
 // emulated GPU's prelude defines it first as a pointer to the running block's buffer.
@@ -41,6 +44,21 @@ __device__ __forceinline__ float load_elem(const void* base, size_t i, int dtype
         return __half2float(static_cast<const __half*>(base)[i]);
     }
     return static_cast<const float*>(base)[i];
+}
+
+// Programmatic dependent launch (kernels/README.md): lets the next kernel of the stream be
+// scheduled, then waits until every kernel before this one completed and its writes are
+// visible. A decode-step kernel calls it before its first read of anything a kernel writes
+// (activations, the KV cache, scratch, the token and position) and before its first global
+// write; what comes before may read only memory no kernel writes (weights, constants).
+// Triggering first is safe: the dependent does this same wait, which returns only once
+// this grid completed and its memory is flushed; and the trigger fires only when every
+// block of this grid executed it (or exited), so the dependent's blocks start once this
+// grid's last blocks are running and take only the room those leave. Without the launch
+// attribute, on sm_80 and in the compute_80 PTX both are no-ops.
+__device__ __forceinline__ void pdl_trigger_then_wait() {
+    tachyon_launch_dependents();
+    tachyon_grid_dependency_wait();
 }
 
 // The position a kernel runs at: read from device memory when given (graph replay).

@@ -8,10 +8,14 @@
  * Launch: grid = (n_tokens), block = (256). No shared memory.
  * Bytes: dim * elem_size read + 4 * dim written per token; no flops. Latency-bound at
  * decode (one row): a single block, one pass.
+ * Programmatic dependent launch (kernels/README.md): the kernel's first statement triggers
+ * the next kernel and waits for the previous ones (tachyon::pdl_trigger_then_wait); nothing
+ * is read or written before it.
  */
 #include "quant.cuh"
 
 extern "C" __global__ void __launch_bounds__(1024) embed_gather(const EmbedParams p) {
+    tachyon::pdl_trigger_then_wait();
     const int row = blockIdx.x;
     if (row >= p.n_tokens) return;
     const unsigned int tok = p.tokens[row];

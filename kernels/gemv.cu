@@ -26,6 +26,10 @@
  * (sm_90, no spills), so an SM keeps 2 blocks, 16 warps, resident: 32 KB in flight per SM,
  * 64 KB for gate/up (one load per lane, 16 KB, capped a GEMV near 2.2-2.6 TB/s whatever
  * the card). Otherwise a scalar path with the same reduction.
+ * Programmatic dependent launch (kernels/README.md): before its griddepcontrol.wait each
+ * lane only prefetches its first two unrolled steps of weights into L2 (prefetch_weights);
+ * x, the outputs and every write come after the wait. The trigger comes with the wait, at
+ * the start: the next kernel's blocks are scheduled as this grid's last blocks run.
  * Activation rows are processed 4 at a time; a weight chunk is loaded once per 4 rows
  * (n > 4 re-reads the weights, mostly from L2); with the norm each block first sums the
  * squares of those rows (4 x cols floats from L2).
@@ -192,6 +196,34 @@ __device__ __forceinline__ void gemv_rows(const GemvParams& p, int row, int part
     }
 }
 
+// Unrolled steps of weight loads a lane asks L2 for before the programmatic launch's wait.
+constexpr int kPrefetchSteps = 2;
+
+// Before the wait only the weights may be touched (no kernel writes them): each lane
+// prefetches into L2 the chunks of its first kPrefetchSteps steps of gemv_rows's loop, so
+// the row's first bytes stream in while the kernel before this one still finishes. At the
+// 1B shape that is every chunk of o-proj and QKV (2-4 per lane), 8 of gate/up's 16 and 8 of
+// down's 32 (4 KB, 8 KB with w2, per warp).
+template <int kDtype, bool kTwo>
+__device__ __forceinline__ void prefetch_weights(const GemvParams& p, int row, int part, int lane) {
+    constexpr int kE = Per16<kDtype>::kElems;
+    constexpr int kElemBytes = 16 / kE;
+    const int chunks = p.cols / kE;
+    const int step = p.warps_per_row * tachyon::kWarp;
+    const size_t row_bytes_off = static_cast<size_t>(row) * p.cols * kElemBytes;
+    const uint4* w4 = reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(p.w) + row_bytes_off);
+    const uint4* w24 = kTwo ? reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(p.w2) + row_bytes_off)
+                            : nullptr;
+#pragma unroll
+    for (int u = 0; u < kPrefetchSteps * kUnroll; ++u) {
+        const int c = part * tachyon::kWarp + lane + u * step;
+        if (c < chunks) {
+            tachyon_prefetch_l2(w4 + c);
+            if (kTwo) tachyon_prefetch_l2(w24 + c);
+        }
+    }
+}
+
 template <int kDtype, bool kVec, bool kTwo, bool kNorm>
 __device__ __forceinline__ void gemv_body(const GemvParams& p) {
     __shared__ float red[kWarps][2][kBatch];
@@ -202,6 +234,10 @@ __device__ __forceinline__ void gemv_body(const GemvParams& p) {
     const int row = blockIdx.x * rows_per_block + warp / wpr;
     const int part = warp % wpr;
     const bool live = row < p.rows;
+    if (kVec && live) prefetch_weights<kDtype, kTwo>(p, row, part, lane);
+    // x (the norm reads it first), the bias's neighbours in scratch and the outputs all
+    // belong to earlier kernels: the programmatic launch's wait comes before them.
+    tachyon::pdl_trigger_then_wait();
     for (int t0 = 0; t0 < p.n; t0 += kBatch) {
         float scale[kBatch];
         tachyon::norm_scales(p, t0, min(kBatch, p.n - t0), scale);

@@ -20,6 +20,8 @@
  * n * cols * 4 (x) + n * rows * 4 (out). Flops: 2 * n * rows * cols plus the dequantize.
  * At the 1B shape in Q4_K (4.5 bits): norm+QKV 3.5 MB, o-proj 2.4 MB, norm+gate+up 18.9 MB,
  * down 9.4 MB per token.
+ * Programmatic dependent launch (kernels/README.md): before the wait, an L2 prefetch of the
+ * start of each row; everything else after it.
  * This is the correctness-first form (one byte load per element, scales re-read per lane
  * from L1); wide loads and register-level unpacking are the next step once it is measured.
  */
@@ -46,6 +48,17 @@ __device__ __forceinline__ void qgemv_body(const GemvParams& p) {
     const uint8_t* wrow = static_cast<const uint8_t*>(p.w) + (live ? row : 0) * row_bytes;
     const uint8_t* wrow2 = kTwo ? static_cast<const uint8_t*>(p.w2) + (live ? row : 0) * row_bytes : nullptr;
     const int chunks = p.cols / tachyon::kWarp;
+    // Before the programmatic launch's wait only the weights may be touched: the warps of a
+    // row prefetch its first (warps_per_row x 4) KB into L2, one 128-byte line per lane (the
+    // whole row at the 1B shape in Q4_K); x, the outputs and every write come after.
+    if (live) {
+        const size_t line = static_cast<size_t>(part * tachyon::kWarp + lane) * 128;
+        if (line < row_bytes) {
+            tachyon_prefetch_l2(wrow + line);
+            if (kTwo) tachyon_prefetch_l2(wrow2 + line);
+        }
+    }
+    tachyon::pdl_trigger_then_wait();
     for (int t0 = 0; t0 < p.n; t0 += kQBatch) {
         const int nb = min(kQBatch, p.n - t0);
         float scale[kQBatch];

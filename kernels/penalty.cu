@@ -22,10 +22,13 @@
  *
  * The step's inputs move on in the pick itself (`advance_step` in common.cuh, called by
  * argmax_final and the sampler after they write the token): no launch of its own.
+ * Programmatic dependent launch (kernels/README.md): every kernel here triggers the next and
+ * waits for the previous ones first (tachyon::pdl_trigger_then_wait), before any access.
  */
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) penalty_seed(const PenaltySeedParams p) {
+    tachyon::pdl_trigger_then_wait();
     const PenaltyState& st = p.st;
     const int from = max(p.from, 0), to = min(p.to, st.ctx);
     for (int a = from + static_cast<int>(threadIdx.x); a < to; a += blockDim.x) {
@@ -36,6 +39,7 @@ extern "C" __global__ void __launch_bounds__(256) penalty_seed(const PenaltySeed
 }
 
 extern "C" __global__ void __launch_bounds__(1024) penalty_apply(const PenaltyApplyParams p) {
+    tachyon::pdl_trigger_then_wait();
     const PenaltyState& st = p.st;
     const SampleConfig& cfg = *p.cfg;
     const int pos = *p.pos;

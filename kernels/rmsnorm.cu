@@ -24,6 +24,10 @@
  * multiple of 32 and <= 1024 (the wrapper uses 256: dim 4096 is then 4 float4 per thread).
  * No dynamic shared memory (32 floats static for the cross-warp sum).
  *
+ * Programmatic dependent launch (kernels/README.md): the kernel's first statement triggers
+ * the next kernel and waits for the previous ones (tachyon::pdl_trigger_then_wait); nothing
+ * is read or written before it.
+ *
  * Per row, bytes and flops:
  *   without add: reads x (4*dim) + weight (4*dim), writes out (4*dim).
  *                The second pass re-reads x and weight from cache (the row was just read;
@@ -137,6 +141,7 @@ __device__ __forceinline__ void rmsnorm_row(const RmsNormParams& p) {
 
 extern "C" __global__ void __launch_bounds__(kMaxThreads)
     rmsnorm_residual_f32(const RmsNormParams p) {
+    tachyon::pdl_trigger_then_wait();
     // The grid is exactly n_rows blocks; the check only guards a mis-sized launch. It is
     // uniform across the block, so returning here cannot strand a barrier.
     if (static_cast<int>(blockIdx.x) >= p.n_rows) return;

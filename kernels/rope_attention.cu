@@ -27,6 +27,9 @@
  *   splits in split order (deterministic) and resets the counter. No block waits on another.
  *   The new position's k / v are used from shared memory (never read back from the cache
  *   in the same launch); the first head block of the kv head writes them to the cache.
+ * Programmatic dependent launch (kernels/README.md): the trigger and the wait come after
+ *   the block's index arithmetic, before the position is read: everything the kernel reads
+ *   but the norm weights is written by earlier kernels.
  * Bytes on the 1B shape (32 q heads, 8 kv heads, HD 64; kv_dim 512), per layer and token:
  *   K + V read once per kv head: 2 * L * 512 * sizeof(T) = 4k: 16.8 MB f32 / 8.4 MB bf16;
  *   8k: 33.6 MB f32 / 16.8 MB bf16; plus q, k, v (10 KB), partials 32 heads x splits x 66
@@ -161,6 +164,9 @@ __device__ __forceinline__ void rope_attn(const RopeAttnParams& p) {
     const int split = blockIdx.y;
     const int kv_dim = p.n_kv_heads * HD;
 
+    // Everything below reads what earlier kernels wrote (q, k, v, the position, the cache,
+    // the counters): the programmatic launch's wait comes first.
+    tachyon::pdl_trigger_then_wait();
     const int qp = tachyon::read_pos(p.pos_dev, p.pos);
     if (qp < 0 || qp >= p.ctx || qp >= p.rope_ctx) {
         // A position past the cache or the table: NaN out, nothing written to the cache.

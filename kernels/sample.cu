@@ -15,6 +15,8 @@
  * beats nothing), so a step whose allowed logits are all NaN picks TACHYON_NO_TOKEN. The
  * mask adds n / 8 bytes read (19 KB for a 152k vocabulary), each word shared by 32
  * neighbouring ids.
+ * Programmatic dependent launch (kernels/README.md): every kernel here triggers the next and
+ * waits for the previous ones first (tachyon::pdl_trigger_then_wait), before any access.
  */
 #include "pick.cuh"
 
@@ -40,15 +42,18 @@ __device__ __forceinline__ void argmax_partial_body(const ArgmaxParams& p, const
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(1024) argmax_partial(const ArgmaxParams p) {
+    tachyon::pdl_trigger_then_wait();
     argmax_partial_body(p, nullptr);
 }
 
 // The partials of the allowed tokens only; argmax_final merges them as it merges unmasked ones.
 extern "C" __global__ void __launch_bounds__(1024) argmax_partial_masked(const MaskedArgmaxParams p) {
+    tachyon::pdl_trigger_then_wait();
     argmax_partial_body(p.base, p.mask);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) argmax_final(const ArgmaxParams p) {
+    tachyon::pdl_trigger_then_wait();
     float bv = NAN;
     int bi = -1;
     for (int k = threadIdx.x; k < p.n_parts; k += blockDim.x) {

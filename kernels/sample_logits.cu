@@ -63,6 +63,8 @@
  * before the first draw. The counters, histograms and masses return to zero: the last block of
  * each pass zeroes what it read, and sample_scan's last block zeroes the candidate count
  * before sample_compact runs, so a replayed graph needs no host work.
+ * Programmatic dependent launch (kernels/README.md): every kernel here triggers the next and
+ * waits for the previous ones first (tachyon::pdl_trigger_then_wait), before any access.
  */
 #include "sample_draw.cuh"
 #include "sample_fallback.cuh"
@@ -234,10 +236,12 @@ __device__ void final_and_advance(const SampleParams& p, const unsigned int* mas
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kDrawThreads) sample_logits(const SampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     final_and_advance(with_config(p), nullptr);
 }
 
 // The same draw among the tokens the mask allows (the passes read the mask too).
 extern "C" __global__ void __launch_bounds__(kDrawThreads) sample_logits_masked(const MaskedSampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     final_and_advance(with_config(p.base), p.mask);
 }

@@ -4,6 +4,8 @@
  * What they compute, and why the cut and the draw are exact and reproducible: see the
  * header of sample_logits.cu. (A file of its own: the emulated device counts every
  * __shared__ of a file against each of its kernels.)
+ * Programmatic dependent launch (kernels/README.md): every kernel here triggers the next and
+ * waits for the previous ones first (tachyon::pdl_trigger_then_wait), before any access.
  */
 #include "sample_draw.cuh"
 
@@ -232,28 +234,34 @@ __device__ void compact_body(const SampleParams& p, const unsigned int* mask) {
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kPassThreads) sample_scan(const SampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     scan_body(with_config(p), nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(kPassThreads) sample_refine(const SampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     refine_body(with_config(p), nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(kPassThreads) sample_compact(const SampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     compact_body(with_config(p), nullptr);
 }
 
 // The same passes among the tokens the mask allows: the CPU sampler's distribution over the
 // allowed tokens, renormalized (refused tokens are excluded before top-k counts them).
 extern "C" __global__ void __launch_bounds__(kPassThreads) sample_scan_masked(const MaskedSampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     scan_body(with_config(p.base), p.mask);
 }
 
 extern "C" __global__ void __launch_bounds__(kPassThreads) sample_refine_masked(const MaskedSampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     refine_body(with_config(p.base), p.mask);
 }
 
 extern "C" __global__ void __launch_bounds__(kPassThreads) sample_compact_masked(const MaskedSampleParams p) {
+    tachyon::pdl_trigger_then_wait();
     compact_body(with_config(p.base), p.mask);
 }
 

@@ -37,6 +37,9 @@ step tests 150 "$bin/cuda_kernels_test" --ignored --test-threads 1
 for shape in llama-3.2-1b llama-3.1-8b qwen2.5-1.5b; do
     step "bench-$shape" 45 "$bin/tachyon" bench --backend cuda --random-weights "$shape" --json --profile
 done
+# Programmatic dependent launch off (the 1B step above ran with it, where the card and
+# driver allow): the same bench with plain launches, for the summary's on/off line.
+TACHYON_PDL=0 step nopdl-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json --profile
 step ttft-512 20 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --prompt-tokens 512 --new-tokens 2 --json
 # Sampled against greedy (the same shape and prompt), and attention's share at 8k context.
 step sampled-llama-3.2-1b 30 "$bin/tachyon" bench --backend cuda --random-weights llama-3.2-1b --json --profile \

@@ -84,6 +84,8 @@ def main():
         prof = r.get("profile") or {}
         kernels = prof.get("kernels") or []
         row["kernels_per_token"] = sum(k.get("launches", 0) for k in kernels) or None
+        # Launches made with programmatic dependent launch (0: PDL off or unavailable).
+        row["pdl_launches"] = sum(k.get("programmatic", 0) for k in kernels) if kernels else None
         row["graph_nodes"] = prof.get("graph_nodes")
         total = sum(k.get("micros", 0.0) for k in kernels)
         if total > 0:
@@ -100,17 +102,33 @@ def main():
     if t:
         print(f"GPU tests: {t['passed']} passed, {t['failed']} failed, {t['ignored']} ignored"
               + (f"; failing: {', '.join(t['failing'])}" if t["failing"] else "") + "\n")
-    print("| run | sampling | prompt | ttft ms | tok/s | median ms | p99 ms | GB/s | copy GB/s | % copy | kernels | nodes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | sampling | prompt | ttft ms | tok/s | median ms | p99 ms | GB/s | copy GB/s | % copy | kernels | pdl | nodes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v, p=2: "" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
     for b in out["benches"]:
         if "error" in b:
-            print(f"| {b['run']} | {b['error']} |||||||||||")
+            print(f"| {b['run']} | {b['error']} ||||||||||||")
             continue
         print(f"| {b['run']} | {b['sampling'] or 'greedy'} | {b['prompt_tokens']} | {fmt(b['ttft_ms'])} "
               f"| {fmt(b['decode_tok_s'], 1)} | {fmt(b['median_ms_per_token'], 3)} | {fmt(b['p99_ms_per_token'], 3)} "
               f"| {fmt(b['achieved_gb_s'], 0)} | {fmt(b['copy_gb_s'], 0)} | {fmt(b['percent_of_copy'], 1)} "
-              f"| {fmt(b['kernels_per_token'])} | {fmt(b['graph_nodes'])} |")
+              f"| {fmt(b['kernels_per_token'])} | {fmt(b.get('pdl_launches'))} | {fmt(b['graph_nodes'])} |")
+    # The 1B decode with programmatic dependent launch (bench-llama-3.2-1b, where the card
+    # and driver allow it) against plain launches (nopdl-llama-3.2-1b).
+    runs = {b["run"]: b for b in out["benches"] if "error" not in b}
+    on, off = runs.get("bench-llama-3.2-1b"), runs.get("nopdl-llama-3.2-1b")
+    if on and off:
+        pdl = {"pdl_launches": on.get("pdl_launches"), "on_tok_s": on["decode_tok_s"],
+               "off_tok_s": off["decode_tok_s"], "on_median_ms": on["median_ms_per_token"],
+               "off_median_ms": off["median_ms_per_token"]}
+        if on["decode_tok_s"] and off["decode_tok_s"]:
+            pdl["speedup"] = round(on["decode_tok_s"] / off["decode_tok_s"], 4)
+        out["pdl"] = pdl
+        print(f"\nPDL, 1B BF16 decode: {fmt(on['decode_tok_s'], 1)} tok/s with it "
+              f"({fmt(on.get('pdl_launches'))} programmatic launches a token), "
+              f"{fmt(off['decode_tok_s'], 1)} tok/s with TACHYON_PDL=0; median "
+              f"{fmt(on['median_ms_per_token'], 3)} / {fmt(off['median_ms_per_token'], 3)} ms"
+              + (f"; x{pdl['speedup']}" if "speedup" in pdl else ""))
     if out["speculation"]:
         print("\n## Speculation at the recorded acceptance\n\n| run | tokens | plain tok/s | speculative tok/s | speed-up |\n|---|---|---|---|---|")
         for r in out["speculation"]:

@@ -26,6 +26,8 @@ mod mask;
 mod model;
 #[path = "cuda/ops.rs"]
 mod ops;
+#[path = "cuda/pdl.rs"]
+mod pdl;
 #[path = "cuda/penalty.rs"]
 mod penalty;
 #[path = "cuda/profile.rs"]

@@ -14,6 +14,8 @@
 //! `TACHYON_EMU_CHILD` naming it; the parent checks the child's exit status and stderr.
 
 mod common;
+#[path = "emulated/pdl.rs"]
+mod pdl;
 mod server_harness;
 
 use std::path::{Path, PathBuf};

@@ -194,6 +194,7 @@ CUresult run_node(const Node& n) {
             }
             return CUDA_SUCCESS;
         case Node::Host:
+            emu::pdl_serialize();
             n.host_fn(n.host_data);
             return CUDA_SUCCESS;
     }
@@ -420,6 +421,9 @@ EMU_API CUresult cuGraphLaunch(CUgraphExec hx, CUstream hs) {
         for (const Node& n : x->nodes) record(c, n);
         return CUDA_SUCCESS;
     }
+    // A graph launch starts once the stream's earlier work is done: its first kernel never
+    // overlaps a kernel before the graph.
+    emu::pdl_serialize();
     for (const Node& n : x->nodes)
         if (CUresult e = run_node(n)) return e;
     return CUDA_SUCCESS;

@@ -106,6 +106,9 @@ struct Node {
     Dim3 grid{1, 1, 1}, block{1, 1, 1};
     size_t dyn_smem = 0;
     bool cooperative = false;
+    // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: a captured node keeps it, so a
+    // replay is checked as the eager launch is (emu::LaunchOptions::programmatic).
+    bool programmatic = false;
     std::vector<std::vector<unsigned char>> params;
     std::vector<bool> param_size_known;  // false: a 4 KiB snapshot (see modules.cpp)
     // Copy: dst <- src, bytes. Set: dst, value of elem_size bytes, count elements.

@@ -147,6 +147,7 @@ CUresult do_copy(void* dst, const void* src, size_t bytes, CUmemorytype dk, CUme
         return CUDA_ERROR_INVALID_VALUE;
     }
     memmove(dst, src, bytes);
+    emu::pdl_serialize();  // a copy starts after the kernels before it end (stream order)
     return CUDA_SUCCESS;
 }
 
@@ -158,6 +159,7 @@ CUresult do_set(void* dst, unsigned value, unsigned elem, size_t count) {
         return CUDA_ERROR_INVALID_VALUE;
     }
     if (reinterpret_cast<uintptr_t>(dst) % elem != 0) return CUDA_ERROR_INVALID_VALUE;
+    emu::pdl_serialize();
     auto* d = static_cast<unsigned char*>(dst);
     if (elem == 1) {
         memset(d, static_cast<int>(value & 0xFF), count);

@@ -113,7 +113,7 @@ CUresult refuse(const Function& f, const std::string& why) {
 }
 
 CUresult launch(CUfunction hf, Dim3 grid, Dim3 block, size_t smem, CUstream hs, void** params,
-                void** extra, bool cooperative) {
+                void** extra, bool cooperative, bool programmatic = false) {
     EMU_LOCK;
     if (CUresult e = ready()) return e;
     Function* f = function_of(hf);
@@ -140,6 +140,7 @@ CUresult launch(CUfunction hf, Dim3 grid, Dim3 block, size_t smem, CUstream hs, 
     n.block = block;
     n.dyn_smem = smem;
     n.cooperative = cooperative;
+    n.programmatic = programmatic;
     if (c == nullptr) {
         // Run now from the caller's parameters.
         std::vector<void*> ptrs(params, params + f->info->num_params);
@@ -222,6 +223,7 @@ CUresult do_kernel(const Node& n, void** params) {
     emu::LaunchOptions opt;
     opt.max_dynamic_smem = static_cast<size_t>(n.fn->max_dynamic_smem);
     opt.cooperative = n.cooperative;
+    opt.programmatic = n.programmatic;
     emu::LaunchResult r = emu::launch(k, n.grid, n.block, n.dyn_smem, params, opt);
     if (r.cuda_error == 0) return CUDA_SUCCESS;
     if (!r.report.empty()) say(r.report);
@@ -401,17 +403,22 @@ EMU_API CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned g
 EMU_API CUresult cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction f, void** params,
                                   void** extra) {
     if (config == nullptr) return CUDA_ERROR_INVALID_VALUE;
-    bool cooperative = false;
+    if (config->numAttrs > 0 && config->attrs == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    bool cooperative = false, programmatic = false;
     for (unsigned i = 0; i < config->numAttrs; ++i) {
         const CUlaunchAttribute& a = config->attrs[i];
         if (a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && a.value.cooperative != 0) cooperative = true;
-        // Programmatic dependent launch (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-        // ..._PROGRAMMATIC_EVENT) is accepted: launches run one after another here, which is
-        // the order such a launch must also be correct in. Overlap is not emulated.
+        // Programmatic dependent launch: launches still run one after another, but the
+        // kernel's accesses before its griddepcontrol.wait are held to the rule that makes
+        // the overlap on a GPU safe (emu::LaunchOptions::programmatic). ..._PROGRAMMATIC_EVENT
+        // is accepted and not checked.
+        if (a.id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION &&
+            a.value.programmaticStreamSerializationAllowed != 0)
+            programmatic = true;
     }
     return launch(f, Dim3{config->gridDimX, config->gridDimY, config->gridDimZ},
                   Dim3{config->blockDimX, config->blockDimY, config->blockDimZ},
-                  config->sharedMemBytes, config->hStream, params, extra, cooperative);
+                  config->sharedMemBytes, config->hStream, params, extra, cooperative, programmatic);
 }
 
 EMU_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, CUfunction hf,

@@ -118,6 +118,11 @@ __attribute__((noreturn)) void emu_trap(const char* what);
 void emu_cp_async(void* dst, const void* src, unsigned n);
 void emu_cp_async_commit(void);
 void emu_cp_async_wait(int n_pending);  // -1: wait_all
+// griddepcontrol.wait: from here on the thread may touch what earlier kernels wrote (in a
+// launch with the programmatic stream serialization attribute; a no-op otherwise).
+void emu_grid_dependency_wait(void);
+// griddepcontrol.launch_dependents: nothing to do where launches run one at a time.
+void emu_launch_dependents(void);
 #ifdef __cplusplus
 }
 #endif

@@ -8,6 +8,20 @@
  *   tachyon_cp_async_16(smem, gmem)      cp.async.cg.shared.global [smem], [gmem], 16
  *   tachyon_cp_async_commit()            cp.async.commit_group
  *   tachyon_cp_async_wait<N>()           cp.async.wait_group N
+ *   tachyon_grid_dependency_wait()       griddepcontrol.wait               (sm_90+; else nothing)
+ *   tachyon_launch_dependents()          griddepcontrol.launch_dependents  (sm_90+; else nothing)
+ *   tachyon_prefetch_l2(p)               prefetch.global.L2 [p]
+ *
+ * Programmatic dependent launch (kernels/README.md): a kernel launched with the
+ * programmatic stream serialization attribute may start while the kernel before it still
+ * runs. Until its griddepcontrol.wait it may only read what no kernel of the step writes
+ * (weights, constants) and write nothing; the wait returns once every kernel before it
+ * completed and its writes are visible. launch_dependents lets the next kernel's blocks be
+ * scheduled before this grid ends. Both are no-ops without the attribute, on sm_80 and in
+ * the compute_80 PTX (which is why the launcher sets the attribute on compute capability 9.x
+ * only). Under the emulator the wait ends the thread's checked pre-wait phase
+ * (emulator/runtime/pdl.cpp) and a prefetch is a checked one-byte read, so a prefetch of
+ * what the previous kernel writes is reported before the wait like a load would be.
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .bf16; groupID =
  * lane / 4, tig = lane % 4; the lower-numbered element of a pair sits in the low 16 bits):
@@ -91,6 +105,10 @@ static __forceinline__ void tachyon_cp_async_wait() {
     emu_cp_async_wait(N);
 }
 
+static __forceinline__ void tachyon_grid_dependency_wait() { emu_grid_dependency_wait(); }
+static __forceinline__ void tachyon_launch_dependents() { emu_launch_dependents(); }
+static __forceinline__ void tachyon_prefetch_l2(const void* p) { (void)*static_cast<const volatile char*>(p); }
+
 #else  // nvcc
 
 static __device__ __forceinline__ void tachyon_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2],
@@ -118,6 +136,21 @@ static __device__ __forceinline__ void tachyon_cp_async_commit() { asm volatile(
 template <int N>
 static __device__ __forceinline__ void tachyon_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// griddepcontrol exists from sm_90 on; the sm_80 code and the compute_80 PTX get nothing.
+static __device__ __forceinline__ void tachyon_grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void tachyon_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void tachyon_prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
 
 #endif  // TACHYON_EMU

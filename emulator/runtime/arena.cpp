@@ -42,6 +42,7 @@ struct State {
     uint64_t used = 0;     // live bytes (rounded to kAlign)
     uintptr_t bump = 0;    // next free offset in the span
     std::map<uintptr_t, Allocation> allocs;  // start address -> allocation (live or freed)
+    uint32_t next_id = 1;  // PDL tracking ids (0: untracked)
 };
 
 State& st() {
@@ -72,11 +73,20 @@ void init_locked(State& s) {
     void* sh = m == MAP_FAILED ? MAP_FAILED
                                : mmap(nullptr, span / 8, PROT_READ | PROT_WRITE,
                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED || sh == MAP_FAILED) {
+    // One id per 256-byte granule, one write sequence number per id (internal.h).
+    void* ids = sh == MAP_FAILED ? MAP_FAILED
+                                 : mmap(nullptr, span / 64, PROT_READ | PROT_WRITE,
+                                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* seqs = ids == MAP_FAILED ? MAP_FAILED
+                                   : mmap(nullptr, size_t(kMaxTrackedAllocs) * 4, PROT_READ | PROT_WRITE,
+                                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED || sh == MAP_FAILED || ids == MAP_FAILED || seqs == MAP_FAILED) {
         fprintf(stderr, "emulated-gpu: cannot reserve the device memory span\n");
         abort();
     }
     g_arena.shadow = static_cast<uint8_t*>(sh);
+    g_arena.alloc_id = static_cast<uint32_t*>(ids);
+    g_arena.write_seq = static_cast<uint32_t*>(seqs);
     g_arena.size = span;
     g_arena.base = reinterpret_cast<uintptr_t>(m);
     s.bump = kRedZone;
@@ -110,6 +120,14 @@ void* dev_alloc(size_t bytes) {
     shadow_set(off, bytes & ~size_t(7), 8);
     if (bytes & 7) g_arena.shadow[(off + bytes) >> 3] = uint8_t(bytes & 7);
     s.allocs[a] = Allocation{bytes, true};
+    // A fresh id per allocation (addresses are never reused, so neither are ids); past
+    // kMaxTrackedAllocs the allocation is untracked (id 0: never reported by the PDL rule).
+    const uint32_t id = s.next_id < kMaxTrackedAllocs ? s.next_id++ : 0;
+    if (id != 0) {
+        uint32_t* ids = g_arena.alloc_id + (off >> 8);
+        for (size_t i = 0, n = (bytes + 255) >> 8; i < n; ++i) ids[i] = id;
+        g_arena.write_seq[id] = 0;
+    }
     return reinterpret_cast<void*>(a);
 }
 

@@ -64,7 +64,11 @@ inline void check(uintptr_t a, const void* site) {
     if (off < g_arena.size) {
         const uint8_t s = g_arena.shadow[off >> 3];
         if (__builtin_expect(s == 8 && (N <= 8 ? (off & 7) + N <= 8 : true), 1)) {
-            if (N <= 8 || g_arena.shadow[(off >> 3) + 1] == 8) return;
+            if (N <= 8 || g_arena.shadow[(off >> 3) + 1] == 8) {
+                if (W) note_write(off);
+                if (__builtin_expect(g_arena.pdl_guard, 0) && pdl_pre_wait_now()) pdl_access(a, N, W, false, site);
+                return;
+            }
         }
     } else if (same_stack_slot(a)) {
         return;  // the running thread's own stack (locals) or fiber record
@@ -80,8 +84,10 @@ void check_slow(uintptr_t a, size_t n, bool write, bool atomic, const void* site
     if (n == 0) return;
     const uintptr_t off = a - g_arena.base;
     if (off < g_arena.size) {
-        if (arena_ok(a, n)) return;
-        fail_access(a, n, write, atomic, site, arena_explain(a, n));
+        if (!arena_ok(a, n)) fail_access(a, n, write, atomic, site, arena_explain(a, n));
+        if (write || atomic) note_write(off);
+        if (g_arena.pdl_guard && pdl_pre_wait_now()) pdl_access(a, n, write || atomic, atomic, site);
+        return;
     }
     const uintptr_t slo = reinterpret_cast<uintptr_t>(w->smem_lo), shi = reinterpret_cast<uintptr_t>(w->smem_hi);
     const uintptr_t dlo = reinterpret_cast<uintptr_t>(w->dyn), dhi = dlo + w->dyn_size;
@@ -141,9 +147,15 @@ EMU_HOOKS(16)
 
 extern "C" void __asan_loadN_noabort(uintptr_t a, size_t n) {
     if (!emu::arena_ok(a, n)) emu::check_slow(a, n, false, false, __builtin_return_address(0));
+    else if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now()) emu::pdl_access(a, n, false, false, __builtin_return_address(0));
 }
 extern "C" void __asan_storeN_noabort(uintptr_t a, size_t n) {
-    if (!emu::arena_ok(a, n)) emu::check_slow(a, n, true, false, __builtin_return_address(0));
+    if (!emu::arena_ok(a, n)) {
+        emu::check_slow(a, n, true, false, __builtin_return_address(0));
+    } else if (n > 0) {
+        emu::note_write(a - emu::g_arena.base);
+        if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now()) emu::pdl_access(a, n, true, false, __builtin_return_address(0));
+    }
 }
 extern "C" void __asan_handle_no_return(void) {}
 
@@ -187,6 +199,9 @@ extern "C" void emu_cp_async(void* dst, const void* src, unsigned n) {
     if ((s | d) & (n - 1))
         emu::fail_access((s & (n - 1)) ? s : d, n, (s & (n - 1)) == 0, false, site, "misaligned cp.async",
                          emu::kCudaErrorMisalignedAddress);
+    // The copy reads its source once issued: before the thread's wait, that read is held to
+    // the PDL rule (a weight tile may be prefetched into shared memory there).
+    if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now() && s - emu::g_arena.base < emu::g_arena.size) emu::pdl_access(s, n, false, false, site);
     emu::Fiber* f = emu::tls_worker->block.current;
     if (f->n_pending == 8) {  // a real copy may land any time before its wait: land the oldest now
         emu::cp_async_do(f->pending[0]);
@@ -252,7 +267,12 @@ extern "C" uint64_t emu_atomic(int op, int ty, void* addr, uint64_t a, uint64_t 
     const unsigned n = (ty == EMU_TY_U64 || ty == EMU_TY_I64 || ty == EMU_TY_F64) ? 8 : ty == EMU_TY_U16 ? 2 : 4;
     if (p & (n - 1))
         emu::fail_access(p, n, true, true, site, "misaligned", emu::kCudaErrorMisalignedAddress);
-    if (!emu::arena_ok(p, n)) emu::check_slow(p, n, true, true, site);
+    if (!emu::arena_ok(p, n)) {
+        emu::check_slow(p, n, true, true, site);
+    } else {
+        emu::note_write(p - emu::g_arena.base);
+        if (emu::g_arena.pdl_guard && emu::pdl_pre_wait_now()) emu::pdl_access(p, n, true, true, site);
+    }
     switch (ty) {
         case EMU_TY_U32: return rmw<uint32_t>(op, static_cast<uint32_t*>(addr), uint32_t(a), uint32_t(b));
         case EMU_TY_I32: return uint32_t(rmw<int32_t>(op, static_cast<int32_t*>(addr), int32_t(a), int32_t(b)));

@@ -54,6 +54,9 @@ struct Fiber {
     } pending[8];
     uint32_t n_pending;
     uint32_t cp_group;
+    // In a programmatic dependent launch, until the thread's griddepcontrol.wait: its
+    // global accesses are checked against what the kernels that may still run wrote.
+    bool pdl_pre_wait;
 };
 static_assert(sizeof(Fiber) <= EMU_FIBER_HEADER_BYTES, "fiber record outgrows its slot");
 
@@ -165,6 +168,7 @@ struct Launch {
     Dim3 grid, block;
     size_t dyn_smem;
     void** params;
+    bool programmatic;  // launched with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
     uint64_t nblocks;
     std::atomic<uint64_t> next{0};
     std::atomic<bool> failed{false};
@@ -194,8 +198,36 @@ struct Arena {
     uintptr_t base = 0;
     uintptr_t size = 0;       // reserved span (the hooks' fast range check)
     uint8_t* shadow = nullptr;  // one byte per 8: 8 addressable, 1-7 first k, 0 not, 0xFD freed
+    // Programmatic dependent launch (PDL) bookkeeping. Allocations never share a 256-byte
+    // granule (256-aligned starts, 256-byte red zones), so alloc_id[off >> 8] names the
+    // allocation of any address (0: none or past kMaxTrackedAllocs), and write_seq[id] the
+    // launch sequence number of the last kernel that wrote into it.
+    uint32_t* alloc_id = nullptr;
+    uint32_t* write_seq = nullptr;
+    uint32_t seq_now = 0;       // the running launch's sequence number (launches are serial)
+    uint32_t pdl_window = 0;    // first launch that may still run alongside seq_now (below)
+    bool pdl_guard = false;     // the running launch is programmatic: check pre-wait accesses
 };
 extern Arena g_arena;
+constexpr uint32_t kMaxTrackedAllocs = 1u << 24;
+
+// Notes a kernel's write at arena offset off (cheap: a load, and a store once per launch).
+inline void note_write(uintptr_t off) {
+    uint32_t* s = &g_arena.write_seq[g_arena.alloc_id[off >> 8]];
+    const uint32_t now = g_arena.seq_now;
+    if (__atomic_load_n(s, __ATOMIC_RELAXED) != now) __atomic_store_n(s, now, __ATOMIC_RELAXED);
+}
+// Whether the running thread is in a programmatic launch and before its wait (only asked
+// while g_arena.pdl_guard is set, i.e. from kernel code on a fiber).
+inline bool pdl_pre_wait_now() {
+    const Worker* w = tls_worker;
+    return w != nullptr && w->block.current != nullptr && w->block.current->pdl_pre_wait;
+}
+// The PDL rule for an in-arena access of the running programmatic launch (pdl.cpp).
+void pdl_access(uintptr_t a, size_t n, bool write, bool atomic, const void* site);
+// A launch begins: its sequence number, and whether it may overlap the kernels before it.
+void pdl_launch_begin(const char* kernel, bool programmatic);
+void pdl_launch_end();
 void arena_init();
 // Why a global access at a is invalid ("12 bytes past the end of ..."), for reports.
 std::string arena_explain(uintptr_t a, size_t n);

@@ -72,7 +72,19 @@ struct LaunchOptions {
     size_t max_dynamic_smem = 48 * 1024;
     // Force co-residency (cuLaunchCooperativeKernel or a launch attribute).
     bool cooperative = false;
+    // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: on a GPU the kernel may start
+    // while the kernels before it still run (programmatic dependent launch). Launches run
+    // one at a time here; what is checked is the rule that makes the overlap safe: before
+    // its griddepcontrol.wait a thread writes no global memory and reads no allocation
+    // that a kernel launched since the last launch without the attribute wrote (that
+    // launch included): each of them may still be running (a kernel that triggers its
+    // dependents before its own wait lets the next start while the previous one runs).
+    bool programmatic = false;
 };
+
+// A stream operation that starts only once all work before it finished (a copy, a memset,
+// the start of a graph launch): no later kernel can overlap a kernel before it.
+void pdl_serialize();
 
 // CUDA error codes the runtime returns (same values as CUresult).
 enum : int {

@@ -120,6 +120,7 @@ void run_block(Worker& w, Launch& L, uint64_t linear) {
         f->wait_site = nullptr;
         f->n_pending = 0;
         f->cp_group = 0;
+        f->pdl_pre_wait = L.programmatic;
         fiber_init(f);
         b.fibers[t] = f;
     }
@@ -266,13 +267,15 @@ LaunchResult launch(const KernelInfo& k, Dim3 grid, Dim3 block, size_t dyn_smem,
     L.block = block;
     L.dyn_smem = dyn_smem;
     L.params = params;
+    L.programmatic = opt.programmatic;
     L.nblocks = uint64_t(grid.x) * grid.y * grid.z;
     const bool coop = opt.cooperative || (k.flags & kKernelCooperative);
+    if (coop && L.nblocks > 2048)
+        return {kCudaErrorInvalidValue, "kernel " + std::string(k.name) +
+                                            ": cooperative grid of more than 2048 blocks cannot be co-resident"};
+    pdl_launch_begin(k.name, opt.programmatic);
 
     if (coop && L.nblocks > 1) {
-        if (L.nblocks > 2048)
-            return {kCudaErrorInvalidValue, "kernel " + std::string(k.name) +
-                                                ": cooperative grid of more than 2048 blocks cannot be co-resident"};
         // One OS thread per block, all resident: spin waits yield the CPU to the others.
         std::vector<std::thread> ts;
         ts.reserve(L.nblocks);
@@ -301,6 +304,7 @@ LaunchResult launch(const KernelInfo& k, Dim3 grid, Dim3 block, size_t dyn_smem,
         }
         (void)helpers;
     }
+    pdl_launch_end();
     if (L.error != 0) return {L.error, L.report};
     return {kCudaSuccess, ""};
 }

@@ -449,6 +449,48 @@ void ptx(const Lib& P) {
            "cp.async data is not visible before its wait_group (shared memory still holds the 0xFF fill)");
 }
 
+// Programmatic dependent launch: the pre-wait rule (emulator/runtime/pdl.cpp).
+void pdl(const Lib& P) {
+    emu::LaunchOptions prog;
+    prog.programmatic = true;
+    const int n = 64;
+    float* w = dalloc<float>(n);  // written by the host only: weights
+    for (int i = 0; i < n; ++i) w[i] = 100.0f;
+    float* in = dalloc<float>(n);
+    float* out = dalloc<float>(n);
+    float* out2 = dalloc<float>(n);
+    auto produce = [&] { expect_ok(run(P, "ok_pdl_produce", d1(1), d1(32), in, n), "ok_pdl_produce"); };
+    produce();
+    expect_fault(run_ex(P, "planted_pdl_read_before_wait", d1(1), d1(n), 0, prog, (const float*)w, (const float*)in, out),
+                 700, "pdl read before wait",
+                 {"planted_pdl_read_before_wait", "block (0,0,0)", "thread (0,0,0)", "read of 4 bytes", hexaddr(in),
+                  "before griddepcontrol.wait", "256-byte allocation", "ok_pdl_produce (launch 1 before"});
+    produce();
+    expect_ok(run_ex(P, "ok_pdl_read_after_wait", d1(1), d1(n), 0, prog, (const float*)w, (const float*)in, out),
+              "pdl read after wait");
+    expect(out[5] == 105.0f, "pdl read after wait value");
+    produce();
+    expect_ok(run(P, "planted_pdl_read_before_wait", d1(1), d1(n), (const float*)w, (const float*)in, out),
+              "read before wait without the attribute");
+    // Transitive: a programmatic kernel may start while the one two launches back still runs.
+    produce();
+    expect_ok(run_ex(P, "ok_pdl_read_after_wait", d1(1), d1(n), 0, prog, (const float*)w, (const float*)in, out2),
+              "pdl chain, first");
+    expect_fault(run_ex(P, "planted_pdl_read_before_wait", d1(1), d1(n), 0, prog, (const float*)w, (const float*)in, out),
+                 700, "pdl read before wait, two launches back", {"ok_pdl_produce (launch 2 before"});
+    // A copy (or a graph launch) between them orders everything: no overlap to check.
+    produce();
+    emu::pdl_serialize();
+    expect_ok(run_ex(P, "planted_pdl_read_before_wait", d1(1), d1(n), 0, prog, (const float*)w, (const float*)in, out),
+              "read before wait after a serializing copy");
+    expect_fault(run_ex(P, "planted_pdl_write_before_wait", d1(1), d1(n), 0, prog, out), 700, "pdl write before wait",
+                 {"planted_pdl_write_before_wait", "write of 4 bytes", hexaddr(out), "before griddepcontrol.wait"});
+    produce();
+    expect_fault(run_ex(P, "planted_pdl_prefetch_before_wait", d1(1), d1(n), 0, prog, (const float*)in, out), 700,
+                 "pdl prefetch before wait", {"read of 1 byte", hexaddr(in), "ok_pdl_produce"});
+    expect_ok(run(P, "planted_pdl_write_before_wait", d1(1), d1(n), out), "write before wait without the attribute");
+}
+
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -470,6 +512,13 @@ void timings(const Lib& K, const Lib& P) {
         expect_ok(run(P, "bench_loads", d1(1), d1(1), (const float*)p, n, out), "bench_loads");
         const double t1 = cpu_s();
         printf("timing: %.2f ns CPU per checked global load (hook + load + add)\n", (t1 - t0) * 1e9 / n);
+        emu::LaunchOptions prog;
+        prog.programmatic = true;
+        const double p0 = cpu_s();
+        expect_ok(run_ex(P, "bench_loads_pdl", d1(1), d1(1), 0, prog, (const float*)p, n, out), "bench_loads_pdl");
+        const double p1 = cpu_s();
+        printf("timing: %.2f ns CPU per checked global load in a programmatic launch, after its wait\n",
+               (p1 - p0) * 1e9 / n);
         const int iters = 1000000;
         const double t2 = cpu_s();
         expect_ok(run(P, "bench_barrier", d1(1), d1(2), iters, out), "bench_barrier");
@@ -515,6 +564,7 @@ int main(int argc, char** argv) {
     planted(P);
     real_kernels(K);
     ptx(P);
+    pdl(P);
     if (getenv("SELFTEST_NO_TIMING") == nullptr) timings(K, P);
     printf("runtime self test: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;

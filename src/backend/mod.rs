@@ -51,6 +51,11 @@ impl StepProfile {
         self.kernels.iter().map(|k| k.launches).sum()
     }
 
+    /// Launches per token made with programmatic dependent launch.
+    pub fn programmatic_launches(&self) -> usize {
+        self.kernels.iter().map(|k| k.programmatic).sum()
+    }
+
     /// The kernels' time per token, microseconds (0 when the run was not timed).
     pub fn micros(&self) -> f64 {
         self.kernels.iter().map(|k| k.micros).sum()
@@ -62,6 +67,9 @@ impl StepProfile {
 pub struct KernelTime {
     pub name: &'static str,
     pub launches: usize,
+    /// How many of them were programmatic dependent launches (the kernel may start while
+    /// the one before it ends).
+    pub programmatic: usize,
     /// Summed over its launches, from events around each (an eager run of the step).
     pub micros: f64,
 }

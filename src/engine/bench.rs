@@ -330,6 +330,13 @@ pub fn profile_table(p: &StepProfile) -> String {
         total,
         100.0
     ));
+    let programmatic = p.programmatic_launches();
+    if programmatic > 0 {
+        out.push_str(&format!(
+            "{programmatic} of the {} launches with programmatic dependent launch\n",
+            p.launches()
+        ));
+    }
     out
 }
 

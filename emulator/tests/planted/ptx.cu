@@ -42,3 +42,50 @@ extern "C" __global__ void ok_cp_async(const float* src, float* dst, float* earl
     __syncthreads();
     for (int i = t; i < n; i += 32) dst[i] = s[i];
 }
+
+// Programmatic dependent launch (emulator/runtime/pdl.cpp). ok_pdl_produce writes `out`;
+// the consumers read `w` (memory no kernel writes: weights) before their wait, which is
+// allowed, and `in` (what the producer wrote) before or after it.
+extern "C" __global__ void ok_pdl_produce(float* out, int n) {
+    tachyon_launch_dependents();
+    tachyon_grid_dependency_wait();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = float(i);
+}
+
+extern "C" __global__ void planted_pdl_read_before_wait(const float* w, const float* in, float* out) {
+    const int t = threadIdx.x;
+    tachyon_prefetch_l2(w + t);
+    const float wt = w[t];
+    const float v = in[t];  // the kernel before may still be writing it
+    tachyon_launch_dependents();
+    tachyon_grid_dependency_wait();
+    out[t] = v + wt;
+}
+
+extern "C" __global__ void ok_pdl_read_after_wait(const float* w, const float* in, float* out) {
+    const int t = threadIdx.x;
+    tachyon_prefetch_l2(w + t);
+    const float wt = w[t];
+    tachyon_launch_dependents();
+    tachyon_grid_dependency_wait();
+    out[t] = in[t] + wt;
+}
+
+extern "C" __global__ void planted_pdl_write_before_wait(float* out) {
+    out[threadIdx.x] = 1.0f;  // the kernel before may still be reading it
+    tachyon_grid_dependency_wait();
+}
+
+extern "C" __global__ void planted_pdl_prefetch_before_wait(const float* in, float* out) {
+    tachyon_prefetch_l2(in + threadIdx.x);
+    tachyon_grid_dependency_wait();
+    out[threadIdx.x] = in[threadIdx.x];
+}
+
+// bench_loads in a programmatic launch: the loads follow the wait (the checks' cost there).
+extern "C" __global__ void bench_loads_pdl(const float* p, int n, float* out) {
+    tachyon_grid_dependency_wait();
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += p[i];
+    out[0] = s;
+}

@@ -15,6 +15,69 @@ use super::{
 /// and PTX only JIT-compiles forward, so anything before Ampere has no code to load.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
+/// The oldest driver (its CUDA version, as `cuDriverGetVersion` reports it) that keeps the
+/// programmatic stream serialization attribute of a launch captured into a CUDA graph (the
+/// graph's programmatic edges came with CUDA 12.3). Older drivers get plain launches.
+pub const PDL_MIN_DRIVER_CUDA: i32 = 12030;
+
+/// Whether kernel launches use programmatic dependent launch (PDL: a kernel may start while
+/// the one before it finishes; see kernels/README.md), and why (or why not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pdl {
+    On,
+    /// `TACHYON_PDL=0`.
+    OffByRequest,
+    /// Only the sm_90a machine code of the fatbin has the kernels' `griddepcontrol`
+    /// instructions: the sm_80 code and the compute_80 PTX (which a newer GPU compiles) have
+    /// no wait, and without its wait a programmatically launched kernel would race the one
+    /// before it.
+    OffForGpu {
+        major: i32,
+        minor: i32,
+    },
+    /// The driver is older than [`PDL_MIN_DRIVER_CUDA`] (or did not say).
+    OffForDriver {
+        driver: i32,
+    },
+}
+
+/// Decides [`Pdl`] from the compute capability, the driver's CUDA version and the value of
+/// `TACHYON_PDL` (anything but `0` leaves it to the other two).
+pub fn pdl_decision(cc: (i32, i32), driver: i32, env: Option<&str>) -> Pdl {
+    if env.map(str::trim) == Some("0") {
+        Pdl::OffByRequest
+    } else if cc != (9, 0) {
+        Pdl::OffForGpu {
+            major: cc.0,
+            minor: cc.1,
+        }
+    } else if driver < PDL_MIN_DRIVER_CUDA {
+        Pdl::OffForDriver { driver }
+    } else {
+        Pdl::On
+    }
+}
+
+impl std::fmt::Display for Pdl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Pdl::On => write!(f, "on"),
+            Pdl::OffByRequest => write!(f, "off (TACHYON_PDL=0)"),
+            Pdl::OffForGpu { major, minor } => write!(
+                f,
+                "off (compute capability {major}.{minor}: the kernels wait for their \
+                 predecessor only in the sm_90a code)"
+            ),
+            Pdl::OffForDriver { driver } => write!(
+                f,
+                "off (driver for CUDA {}, PDL in graphs needs {})",
+                cuda_version_text(driver),
+                cuda_version_text(PDL_MIN_DRIVER_CUDA)
+            ),
+        }
+    }
+}
+
 /// Why the CUDA backend cannot be used. Every variant's message says what is missing, so
 /// the caller can print it and fall back to the CPU backend.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +191,8 @@ pub struct CudaDevice {
     pub(crate) tally: KernelTally,
     name: String,
     compute_capability: (i32, i32),
+    /// Decided once at probe; [`CudaDevice::disable_pdl`] can turn it off.
+    pdl: Pdl,
 }
 
 /// Opens CUDA device 0. See [`probe_device`].
@@ -214,6 +279,15 @@ fn open_device(ordinal: usize) -> Result<CudaDevice, CudaUnavailable> {
     // instead of a failure in the middle of a forward pass.
     let kernels =
         KernelFns::load(&module).map_err(driver_err("looking up a kernel in the module"))?;
+    // Decided before any launch: cuLaunchKernelEx is called only when this says on, so a
+    // driver that lacks it (cudarc would panic resolving it) never sees the call.
+    let pdl = pdl_decision(
+        (major, minor),
+        driver_cuda_version(),
+        std::env::var("TACHYON_PDL").ok().as_deref(),
+    );
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| tracing::info!("{name}: programmatic dependent launch {pdl}"));
 
     Ok(CudaDevice {
         ctx,
@@ -223,6 +297,7 @@ fn open_device(ordinal: usize) -> Result<CudaDevice, CudaUnavailable> {
         tally: KernelTally::default(),
         name,
         compute_capability: (major, minor),
+        pdl,
     })
 }
 
@@ -250,6 +325,21 @@ impl CudaDevice {
     /// (major, minor), e.g. (9, 0) for Hopper.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    /// Whether the decode-step kernels are launched with programmatic dependent launch, and
+    /// why not when they are not.
+    pub fn pdl(&self) -> Pdl {
+        self.pdl
+    }
+
+    /// Turns programmatic dependent launch off for this device's later launches, as
+    /// `TACHYON_PDL=0` does process-wide (for comparisons). Call before anything is captured
+    /// into a graph: a captured launch keeps its attribute.
+    pub fn disable_pdl(&mut self) {
+        if self.pdl == Pdl::On {
+            self.pdl = Pdl::OffByRequest;
+        }
     }
 
     /// Free and total device memory in bytes, as the driver reports them now.

@@ -38,7 +38,10 @@ pub mod profile;
 
 pub use backend::CudaBackend;
 pub use buffers::{CudaAct, CudaKv, CudaMat, CudaRope, kv_decode, kv_encode};
-pub use device::{CudaDevice, CudaUnavailable, device_copy_bandwidth, probe, probe_device};
+pub use device::{
+    CudaDevice, CudaUnavailable, PDL_MIN_DRIVER_CUDA, Pdl, device_copy_bandwidth, pdl_decision,
+    probe, probe_device,
+};
 pub use graph::{DecodeStep, DeviceDecoder, DevicePick, StepInputs};
 pub use history::{DeviceHistory, DeviceSampling};
 pub use launch::attention::{MAX_ATTN_SPLITS, attn_splits, split_range};

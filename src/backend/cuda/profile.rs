@@ -20,6 +20,8 @@ use crate::backend::{BackendError, KernelTime};
 #[derive(Debug)]
 struct Launch {
     name: &'static str,
+    /// Launched with programmatic dependent launch (`launch::queue`).
+    programmatic: bool,
     events: Option<(CudaEvent, CudaEvent)>,
 }
 
@@ -41,12 +43,13 @@ impl KernelTally {
         self.on.store(true, Ordering::Release);
     }
 
-    /// Runs `launch` (which queues one kernel named `name` on `stream`), noting it when
-    /// recording.
+    /// Runs `launch` (which queues one kernel named `name` on `stream`, `programmatic`: with
+    /// programmatic dependent launch), noting it when recording.
     pub(crate) fn launched(
         &self,
         stream: &CudaStream,
         name: &'static str,
+        programmatic: bool,
         launch: impl FnOnce() -> Result<(), DriverError>,
     ) -> Result<(), DriverError> {
         if !self.on.load(Ordering::Acquire) {
@@ -65,7 +68,11 @@ impl KernelTally {
             None
         };
         if let Ok(mut log) = self.log.lock() {
-            log.push(Launch { name, events });
+            log.push(Launch {
+                name,
+                programmatic,
+                events,
+            });
         }
         Ok(())
     }
@@ -92,11 +99,13 @@ impl KernelTally {
             match out.iter_mut().find(|k| k.name == l.name) {
                 Some(k) => {
                     k.launches += 1;
+                    k.programmatic += usize::from(l.programmatic);
                     k.micros += micros;
                 }
                 None => out.push(KernelTime {
                     name: l.name,
                     launches: 1,
+                    programmatic: usize::from(l.programmatic),
                     micros,
                 }),
             }

@@ -19,7 +19,9 @@
 //! - [`penalty`] runs `penalty.cu` (the penalties' token history, the step's inputs advanced)
 //!
 //! Launches are asynchronous: a launcher returns once the kernel is queued; an error the
-//! kernel itself hits surfaces at the next synchronization.
+//! kernel itself hits surfaces at the next synchronization. Every launch goes through
+//! [`queue`], which sends the decode step's kernels as programmatic dependent launches where
+//! the device allows it ([`super::device::Pdl`]; kernels/README.md).
 
 pub mod attention;
 pub mod elementwise;
@@ -67,11 +69,15 @@ pub(crate) struct KernelFns {
     /// `rope_attn_decode_h<HD>_<type>`: by head size ([`rope_attention::FUSED_HEAD_DIMS`]),
     /// then cache type (f32, bf16, f16).
     pub(crate) rope_attn_decode: Vec<[CudaFunction; 3]>,
+    /// The kernels written for programmatic dependent launch, by raw handle
+    /// ([`KernelFns::pdl_kernels`]): only these may be launched programmatically.
+    pdl: Vec<usize>,
 }
 
 impl KernelFns {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self, DriverError> {
-        Ok(Self {
+        let mut fns = Self {
+            pdl: Vec::new(),
             rmsnorm_residual_f32: module.load_function("rmsnorm_residual_f32")?,
             embed_gather: module.load_function("embed_gather")?,
             gemv_f32out: module.load_function("gemv_f32out")?,
@@ -109,7 +115,43 @@ impl KernelFns {
                     ])
                 })
                 .collect::<Result<_, DriverError>>()?,
-        })
+        };
+        fns.pdl = fns
+            .pdl_kernels()
+            .map(|f| f.cu_function() as usize)
+            .collect();
+        Ok(fns)
+    }
+
+    /// The kernels of a decode step written for programmatic dependent launch
+    /// (kernels/README.md): each calls `tachyon::pdl_trigger_then_wait` before its first
+    /// access of activations, caches or scratch and before any write, and reads only weights
+    /// before it. Every other kernel (the prefill GEMM, the split attention, rope,
+    /// elementwise) is launched plainly: launched programmatically without that wait it
+    /// would race the kernel before it.
+    fn pdl_kernels(&self) -> impl Iterator<Item = &CudaFunction> {
+        [
+            &self.embed_gather,
+            &self.rmsnorm_residual_f32,
+            &self.gemv_f32out,
+            &self.gemv_quant_f32out,
+            &self.argmax_partial,
+            &self.argmax_partial_masked,
+            &self.argmax_final,
+            &self.sample_logits,
+            &self.sample_logits_masked,
+            &self.penalty_seed,
+            &self.penalty_apply,
+        ]
+        .into_iter()
+        .chain(&self.sample_passes)
+        .chain(&self.sample_passes_masked)
+        .chain(self.rope_attn_decode.iter().flatten())
+    }
+
+    /// Whether `f` is one of the kernels written for programmatic dependent launch.
+    pub(crate) fn is_pdl(&self, f: &CudaFunction) -> bool {
+        self.pdl.contains(&(f.cu_function() as usize))
     }
 }
 
@@ -205,14 +247,85 @@ pub(crate) fn launch_smem<P: DeviceRepr>(
         block_dim: block,
         shared_mem_bytes: smem,
     };
-    let mut b = dev.stream().launch_builder(f);
-    b.arg(p);
     // SAFETY: every kernel of kernels/ takes exactly one params struct by value, the one
     // generated from the same header (bindgen's layout assertions check it); each launcher
     // fills its pointers from live buffers of this device, allocated on its one stream
     // (so no free can overtake the kernel), whose sizes it checked against the params'
     // shape fields. The launch copies the params at enqueue time.
-    dev.tally
-        .launched(dev.stream(), name, || unsafe { b.launch(cfg) }.map(|_| ()))
-        .map_err(dev_err(name))
+    unsafe { queue(dev, f, cfg, p, name) }.map_err(dev_err(name))
+}
+
+/// Queues `f` with `p` as its one parameter on the device's stream, noted by the tally.
+/// Kernels written for it ([`KernelFns::is_pdl`]) go through `cuLaunchKernelEx` with the
+/// programmatic stream serialization attribute when the device runs PDL
+/// ([`CudaDevice::pdl`]): the kernel may then be scheduled while the one before it ends,
+/// and waits for it in its own code. Everything else is a plain `cuLaunchKernel`.
+///
+/// # Safety
+/// `P` must be exactly the kernel's parameter (one struct by value), its pointers valid
+/// device memory of this context for the kernel's accesses, freed only stream-ordered.
+pub(crate) unsafe fn queue<P: DeviceRepr>(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    p: &P,
+    name: &'static str,
+) -> Result<(), DriverError> {
+    let programmatic = dev.pdl() == super::device::Pdl::On && dev.kernels.is_pdl(f);
+    dev.tally.launched(dev.stream(), name, programmatic, || {
+        if programmatic {
+            // SAFETY: forwarded from the caller; the driver has cuLaunchKernelEx (PDL is on
+            // only for drivers of CUDA 12.3 and newer, which cudarc resolves it from).
+            unsafe { launch_programmatic(dev, f, cfg, p) }
+        } else {
+            let mut b = dev.stream().launch_builder(f);
+            b.arg(p);
+            // SAFETY: forwarded from the caller.
+            unsafe { b.launch(cfg) }.map(|_| ())
+        }
+    })
+}
+
+/// `cuLaunchKernelEx` with `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 1`.
+///
+/// # Safety
+/// As [`queue`]; and the driver must have `cuLaunchKernelEx` (CUDA 11.8 and newer).
+unsafe fn launch_programmatic<P: DeviceRepr>(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    p: &P,
+) -> Result<(), DriverError> {
+    dev.context().bind_to_thread()?;
+    // SAFETY: CUlaunchAttribute is plain data (an id and a union of integers and structs of
+    // integers); all-zero is a valid value of it.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: dev.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // The one parameter, as cudarc's launch builder passes it: a pointer to the struct,
+    // which the driver copies before cuLaunchKernelEx returns.
+    let mut args = [std::ptr::from_ref(p).cast_mut().cast::<std::ffi::c_void>()];
+    // SAFETY: config and attr outlive the call; args holds one pointer to a live P, the
+    // kernel's only parameter (the caller's contract); extra is null.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
 }

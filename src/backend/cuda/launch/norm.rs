@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaSlice, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DriverError, LaunchConfig};
 
 use super::{dev_err, shape_err};
 use crate::backend::BackendError;
@@ -321,21 +319,14 @@ fn launch_rmsnorm(
         block_dim: (RMSNORM_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = dev
-        .stream()
-        .launch_builder(&dev.kernels.rmsnorm_residual_f32);
-    launch.arg(params);
     // SAFETY: the kernel takes exactly one RmsNormParams by value (same header, bindgen
-    // layout checks), which is what is pushed. Its pointers come from live buffers of this
+    // layout checks), which is what is passed. Its pointers come from live buffers of this
     // device's context whose lengths were checked against n_rows * dim and dim above;
     // `out` is a distinct &mut buffer, so it overlaps neither x nor add. The launch copies
     // the params at enqueue time; the buffers are freed stream-ordered on the stream they
     // were allocated on, which CudaDevice requires to be this one, so no free can overtake
     // the kernel.
-    dev.tally
-        .launched(dev.stream(), kernel, || {
-            unsafe { launch.launch(cfg) }.map(|_| ())
-        })
+    unsafe { super::queue(dev, &dev.kernels.rmsnorm_residual_f32, cfg, params, kernel) }
         .map_err(|source| KernelError::Launch { kernel, source })
 }
 
