@@ -75,6 +75,8 @@ fn main() {
 
     println!("cargo::rerun-if-changed={KERNEL_DIR}");
     println!("cargo::rerun-if-changed={BINDINGS_SNAPSHOT}");
+    // The inline-PTX wrappers the kernels include (kernels/gemm_mma.cu).
+    println!("cargo::rerun-if-changed=emulator/include/ptx_emu.h");
     for var in WATCHED_ENV {
         println!("cargo::rerun-if-env-changed={var}");
     }
