@@ -627,7 +627,7 @@ impl Case {
                 let out = t.out("out (checked against f64)", &g, &c, n);
                 // The tensor-core path (BF16, more than 4 rows, cols a multiple of 8) keeps
                 // each activation to 2^-16 (its bf16 hi + lo split, gemm_mma.cu's header).
-                let split = if ty == GgmlType::BF16 && n > 4 && cols % 8 == 0 {
+                let split = if ty == GgmlType::BF16 && n > 4 && cols.is_multiple_of(8) {
                     2f64.powi(-16)
                 } else {
                     0.0

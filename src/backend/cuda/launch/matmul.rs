@@ -56,9 +56,9 @@ const MMA_TILE: usize = 16;
 /// loads), no GEMV-only parts, and few enough row blocks for the grid's y extent.
 fn mma_fits(w: &CudaMat, p: &GemvParams) -> bool {
     w.dtype == TACHYON_DTYPE_BF16 as i32
-        && w.cols % 8 == 0
-        && (p.w as usize) % 16 == 0
-        && (p.x as usize) % 8 == 0
+        && w.cols.is_multiple_of(8)
+        && (p.w as usize).is_multiple_of(16)
+        && (p.x as usize).is_multiple_of(8)
         && p.w2.is_null()
         && p.norm_w.is_null()
         && w.rows.div_ceil(MMA_TILE) <= 65_535
