@@ -77,6 +77,8 @@ fn main() {
     // The inline-PTX wrappers (griddepcontrol, prefetch, ...) that kernels/common.cuh includes.
     println!("cargo::rerun-if-changed=emulator/include/ptx_emu.h");
     println!("cargo::rerun-if-changed={BINDINGS_SNAPSHOT}");
+    // The inline-PTX wrappers the kernels include (kernels/gemm_mma.cu).
+    println!("cargo::rerun-if-changed=emulator/include/ptx_emu.h");
     for var in WATCHED_ENV {
         println!("cargo::rerun-if-env-changed={var}");
     }

@@ -8,8 +8,8 @@
  * walks K in steps of 32, staging a 64x32 weight tile (converted to f32) and a 32x32
  * activation tile in shared memory; each of the 256 threads accumulates 4 rows x 2 tokens.
  * Every weight element is read from memory once per 32 tokens (the GEMV re-reads it every
- * 4), which is what makes prefill cheaper; it does not use tensor cores (an mma.sync / wgmma
- * version is the next step for the time-to-first-token target).
+ * 4), which is what makes prefill cheaper; it does not use tensor cores. BF16 weights with
+ * cols a multiple of 8 run gemm_mma.cu (mma.sync) instead; this kernel takes the rest.
  * Layout: w `rows x cols` row-major; x `n x cols` f32; out `n x rows` f32. Any sizes
  * (edges are zero-filled).
  * Launch: grid = (ceil(rows / 64), ceil(n / 32)), block = (256). Static shared memory

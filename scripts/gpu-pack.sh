@@ -22,5 +22,6 @@ cp "$(cargo test --release --test cuda_kernels --no-run --message-format=json | 
 cp "$(cargo bench --bench cuda_kernels --no-run --message-format=json | exe cuda_kernels)" "$out/bench_cuda_kernels"
 cp "$(cargo bench --bench rmsnorm --no-run --message-format=json | exe rmsnorm)" "$out/bench_rmsnorm"
 cp "$(cargo bench --bench gemv_fused --no-run --message-format=json | exe gemv_fused)" "$out/bench_gemv_fused"
+cp "$(cargo bench --bench verify_gemm --no-run --message-format=json | exe verify_gemm)" "$out/bench_verify_gemm"
 strip "$out"/* 2>/dev/null || true
 du -sh "$out"

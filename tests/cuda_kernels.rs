@@ -22,6 +22,8 @@ mod common;
 mod fused;
 #[path = "cuda/mask.rs"]
 mod mask;
+#[path = "cuda/mma.rs"]
+mod mma;
 #[path = "cuda/model.rs"]
 mod model;
 #[path = "cuda/ops.rs"]

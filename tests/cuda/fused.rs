@@ -131,6 +131,24 @@ fn cases() -> Vec<Case> {
             bias: true,
             stacked: true,
         },
+        // The tensor-core kernel's split epilogue (BF16, more than 4 rows): a verify step
+        // and a partial second token tile, odd q/k/v widths.
+        NormQkv {
+            ty: [BF16; 3],
+            dim: 264,
+            rows: [72, 24, 24],
+            n: 8,
+            bias: true,
+            stacked: true,
+        },
+        NormQkv {
+            ty: [BF16; 3],
+            dim: 136,
+            rows: [40, 17, 17],
+            n: 17,
+            bias: false,
+            stacked: true,
+        },
         // The residual add in the epilogue: every format, the unrolled step, the GEMM.
         MatmulAdd {
             ty: BF16,
@@ -167,6 +185,18 @@ fn cases() -> Vec<Case> {
             rows: 70,
             cols: 136,
             n: 7,
+        },
+        MatmulAdd {
+            ty: BF16,
+            rows: 130,
+            cols: 264,
+            n: 16,
+        },
+        MatmulAdd {
+            ty: BF16,
+            rows: 33,
+            cols: 136,
+            n: 33,
         },
         // Norm + gate + up + SwiGLU: the unrolled step with two matrices, the scalar path,
         // block formats (past 4 rows too), prefill (norm, two GEMMs, SwiGLU).

@@ -82,16 +82,16 @@ pub fn weight(
     (w, exact)
 }
 
-fn up(b: &mut CudaBackend, rows: usize, width: usize, data: &[f32]) -> CudaAct {
+pub fn up(b: &mut CudaBackend, rows: usize, width: usize, data: &[f32]) -> CudaAct {
     b.act_from_host(rows, width, data)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn poisoned(b: &mut CudaBackend, rows: usize, width: usize) -> CudaAct {
+pub fn poisoned(b: &mut CudaBackend, rows: usize, width: usize) -> CudaAct {
     up(b, rows, width, &vec![f32::NAN; rows * width])
 }
 
-fn down(b: &mut CudaBackend, x: &CudaAct) -> Vec<f32> {
+pub fn down(b: &mut CudaBackend, x: &CudaAct) -> Vec<f32> {
     b.act_to_host(x)
         .unwrap_or_else(|e| panic!("kernel failed: {e}"))
 }
@@ -145,7 +145,7 @@ fn check_bits(what: &str, got: &[f32], want: &[f32]) {
 
 /// f64 reference of `W x` and the per-output sum of |w x| (the scale rounding errors grow
 /// with).
-fn matvec_f64(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+pub fn matvec_f64(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
     (0..rows)
         .map(|r| {
             let row = &w[r * cols..(r + 1) * cols];
@@ -166,8 +166,21 @@ fn matvec_f64(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> (Vec<f64>, Vec<
 
 /// Each output within 4 sqrt(cols) f32 roundings of the sum of |w x|: far below what one
 /// dropped or doubled element moves it (about that sum / cols).
-fn check_matvec(what: &str, got: &[f32], want: &[f64], abs: &[f64], cols: usize) {
-    let k = 4.0 * (cols as f64).sqrt() * f64::from(f32::EPSILON);
+pub fn check_matvec(what: &str, got: &[f32], want: &[f64], abs: &[f64], cols: usize) {
+    check_matvec_within(what, got, want, abs, cols, 0.0);
+}
+
+/// [`check_matvec`] with `extra` more of the sum of |w x| allowed: what a kernel that rounds
+/// its activations (the tensor-core path) may add beyond f32 sums.
+fn check_matvec_within(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    abs: &[f64],
+    cols: usize,
+    extra: f64,
+) {
+    let k = 4.0 * (cols as f64).sqrt() * f64::from(f32::EPSILON) + extra;
     for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs).enumerate() {
         let err = (f64::from(g) - w).abs();
         assert!(
@@ -328,6 +341,20 @@ pub fn cases() -> Vec<Case> {
             }
         }
     }
+    // BF16 past 4 rows runs the tensor-core kernel (gemm_mma.cu) when cols is a multiple
+    // of 8: verify sizes (5-16 rows: one token tile), 17 and 33 (partial second and third
+    // tiles), a prefill-sized 70; odd weight rows (partial 16-row tiles) and 264 columns
+    // (a partial 64-column chunk); 132 columns fall back to gemm.cu.
+    for &(rows, cols) in &[(72usize, 136usize), (130, 264), (130, 132)] {
+        for n in [5usize, 8, 16, 17, 33, 70] {
+            c.push(Matmul {
+                ty: GgmlType::BF16,
+                rows,
+                cols,
+                n,
+            });
+        }
+    }
     for ty in BLOCK_TYPES {
         let qk = ty.block_len();
         for &(rows, cols) in &[
@@ -351,6 +378,7 @@ pub fn cases() -> Vec<Case> {
             (8960, 1536, 3),
             (33, 23, 2),
             (100, 72, 17),
+            (130, 264, 16),
         ] {
             c.push(MatmulBias { ty, rows, cols, n });
             c.push(GateUpSwiglu { ty, rows, cols, n });
@@ -597,6 +625,13 @@ impl Case {
                 ok(t.gpu.matmul(&gx, &m, n, &mut g));
                 ok(t.cpu.matmul(&cx, &w, n, &mut c));
                 let out = t.out("out (checked against f64)", &g, &c, n);
+                // The tensor-core path (BF16, more than 4 rows, cols a multiple of 8) keeps
+                // each activation to 2^-16 (its bf16 hi + lo split, gemm_mma.cu's header).
+                let split = if ty == GgmlType::BF16 && n > 4 && cols.is_multiple_of(8) {
+                    2f64.powi(-16)
+                } else {
+                    0.0
+                };
                 // Both against float64 over the values the weights hold, each output within
                 // a bound scaled by its own sum of |w x|. This replaces the family's
                 // max-relative check: with one to three outputs a dot product that cancels
@@ -605,7 +640,7 @@ impl Case {
                     let (want, abs) = matvec_f64(&exact, rows, cols, &x[r * cols..(r + 1) * cols]);
                     let row = r * rows..(r + 1) * rows;
                     let what = format!("{self:?}: row {r}");
-                    check_matvec(&what, &out.gpu[row.clone()], &want, &abs, cols);
+                    check_matvec_within(&what, &out.gpu[row.clone()], &want, &abs, cols, split);
                     check_matvec(
                         &format!("{what} (cpu twin)"),
                         &out.cpu[row],

@@ -1,10 +1,11 @@
 //! Launches of the matrix products, `out[t] = W x[t]` for the first `n` activation rows:
-//! `gemv.cu` (F32/F16/BF16 weights, up to [`GEMV_MAX_ROWS`] rows), `gemm.cu` (the tiled
-//! prefill product for more rows) and `gemv_quant.cu` (GGML block formats, dequantized in
-//! registers, any number of rows). One [`GemvParams`] drives all three; the fused parts are
-//! fields of it: RMSNorm of the activation rows in the prologue (the GEMVs), the bias, the
-//! gate/up SwiGLU form (a second matrix streamed alongside), the residual add (`x += W a`)
-//! and the q/k/v split of a stacked matrix ([`matmul_split`]) in the epilogue.
+//! `gemv.cu` (F32/F16/BF16 weights, up to [`GEMV_MAX_ROWS`] rows), `gemm_mma.cu` (tensor
+//! cores: BF16 weights, more rows, when the alignment allows), `gemm.cu` (the SIMT tiled
+//! product for the other more-row cases) and `gemv_quant.cu` (GGML block formats,
+//! dequantized in registers, any number of rows). One [`GemvParams`] drives all four; the
+//! fused parts are fields of it: RMSNorm of the activation rows in the prologue (the GEMVs),
+//! the bias, the gate/up SwiGLU form (a second matrix streamed alongside), the residual add
+//! (`x += W a`) and the q/k/v split of a stacked matrix ([`matmul_split`]) in the epilogue.
 
 use cudarc::driver::CudaSlice;
 
@@ -12,7 +13,7 @@ use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::BackendError;
 use crate::backend::cuda::buffers::{CudaAct, CudaMat, is_block_format};
 use crate::backend::cuda::device::CudaDevice;
-use crate::backend::cuda::params::GemvParams;
+use crate::backend::cuda::params::{GemvParams, TACHYON_DTYPE_BF16};
 
 /// Most activation rows a matrix product runs as GEMV (weights streamed once per 4 rows);
 /// more rows run as the tiled GEMM.
@@ -45,6 +46,22 @@ impl Fused<'_> {
 /// rows of `w` (else the caller runs the fine ops).
 pub fn gemv_fits(w: &CudaMat, n: usize) -> bool {
     n <= GEMV_MAX_ROWS || is_block_format(w.dtype)
+}
+
+/// Weight rows and activation rows per block of `gemm_mma.cu`.
+const MMA_TILE: usize = 16;
+
+/// Whether `gemm_mma.cu` takes this product: BF16 weights with 16-byte aligned rows (a
+/// multiple of 8 columns, a 16-byte aligned start), 8-byte aligned activations (float2
+/// loads), no GEMV-only parts, and few enough row blocks for the grid's y extent.
+fn mma_fits(w: &CudaMat, p: &GemvParams) -> bool {
+    w.dtype == TACHYON_DTYPE_BF16 as i32
+        && w.cols.is_multiple_of(8)
+        && (p.w as usize).is_multiple_of(16)
+        && (p.x as usize).is_multiple_of(8)
+        && p.w2.is_null()
+        && p.norm_w.is_null()
+        && w.rows.div_ceil(MMA_TILE) <= 65_535
 }
 
 /// Where a product's output rows go.
@@ -202,9 +219,26 @@ fn product(
             "gemv_quant_f32out",
         );
     }
+    if n > GEMV_MAX_ROWS && mma_fits(w, &p) {
+        // Verify rows and prefill with BF16 weights: tensor cores, each weight tile read
+        // once per 16 rows (once in all for a verify step).
+        let grid = (
+            u32_of(n.div_ceil(MMA_TILE), "rows")?,
+            u32_of(w.rows.div_ceil(MMA_TILE), "matrix rows")?,
+            1,
+        );
+        return launch(
+            dev,
+            &k.gemm_mma_bf16,
+            grid,
+            (128, 1, 1),
+            &p,
+            "gemm_mma_bf16",
+        );
+    }
     if n > GEMV_MAX_ROWS {
-        // Many activation rows (prefill): the tiled GEMM reads each weight once per 32
-        // rows instead of once per 4.
+        // Many activation rows (prefill) that the tensor-core kernel does not take: the
+        // tiled GEMM reads each weight once per 32 rows instead of once per 4.
         let grid = (
             u32_of(w.rows.div_ceil(64), "matrix rows")?,
             u32_of(n.div_ceil(32), "rows")?,

@@ -1,0 +1,189 @@
+/*
+ * gemm_mma.cu: the tensor-core matrix product for more than 4 activation rows (speculative
+ * verify of K+1 rows, prefill chunks): `out[t, r] = dot(w[r], x[t]) (+ bias[r])`, BF16
+ * weights, f32 activations, f32 out. Takes GemvParams with gemm.cu's rules (`w2` and
+ * `norm_w` NULL, `warps_per_row` ignored) and the epilogue of gemv_fused.cuh: bias, the
+ * residual add (`accumulate`) and the q/k/v split.
+ *
+ * Precision: the weights are BF16 already, so they enter `mma.sync.m16n8k16 .bf16` as they
+ * are; each f32 activation is split into bf16 hi = rn(x) and lo = rn(x - hi) and multiplied
+ * twice (two MMAs into one f32 accumulator). bf16 rounds to 8 significant bits (unit
+ * roundoff 2^-8), so |x - hi - lo| <= 2^-16 |x|: ~16 bits of each activation are kept, and
+ * each product w * hi, w * lo is exact in f32. An output is then off by at most 2^-16 of
+ * its sum |w x| beyond f32 accumulation; with random signs far less (tests/cuda/mma.rs
+ * measures ~2-8e-7 of sum |w x| against f64 at 264-2048 columns, the CPU twin ~3e-8), and
+ * tests/cuda/ops.rs allows the 2^-16 on top of its f32 bound for this path (it matters only
+ * for very short rows, where random errors do not average out). A single bf16 activation
+ * (2^-8 per term: ~1.7e-4 measured) would not keep speculative greedy equal to plain
+ * greedy nor match the CPU twin; the second MMA is
+ * cheap because the kernel is memory-bound at verify sizes. F16 weights are not done here
+ * (an f16 hi/lo split loses range: activations past 65504 or below 6e-5); they and F32 run
+ * gemm.cu.
+ *
+ * Layout: w `rows x cols` row-major BF16, cols a multiple of 8 and w 16-byte aligned (each
+ * 16-byte piece of a row is one cp.async); x `n x cols` f32, 8-byte aligned (float2 loads);
+ * out `n x rows` f32 (or the q/k/v outputs). The launcher checks these and runs gemm.cu
+ * otherwise. Rows, n and cols % 64 edges: rows past the end load the last row (their
+ * outputs are dropped), k past the end is zero in shared memory and in the fragment.
+ *
+ * Launch: block = 128 threads (4 warps) owns 16 weight rows (the MMA's M) x 16 tokens (two
+ * n8 tiles; the second is skipped when the tile has at most 8 tokens); grid = (ceil(n / 16),
+ * ceil(rows / 16)) with the token tiles in x, so the blocks that share a weight tile run
+ * next to each other and a prefill's re-reads of it come from L2. The 4 warps split K: warp
+ * w takes the 64-column chunks w, w + 4, ..., each staged by cp.async (16 rows x 128 bytes,
+ * 16-byte pieces XOR-swizzled by row so ldmatrix.x4 reads 8 rows without bank conflicts) in
+ * a private 4-stage ring (3 chunks, 6 KB, in flight per warp; warp-level barriers only).
+ * A fragments come from ldmatrix.x4, B fragments straight from x (float2 loads, L1/L2),
+ * split into hi/lo in registers. The 4 partial sums are added in a fixed order through
+ * shared memory (deterministic). Static shared memory: 4 x 4 x 2 KB weights + 4 x 16 x 17
+ * floats = 36.3 KB. ptxas: 70 registers (sm_80), 77 (sm_90a), no spills (nvcc.log).
+ *
+ * Bytes per call: rows * cols * 2 weight bytes from memory (once for all n <= 16 rows; per
+ * 16-token tile beyond, mostly L2), n * cols * 4 per 16 weight rows of activations (L2/L1),
+ * n * rows * 4 out. Flops: 2 * n * rows * cols useful, 4 * ceil(n / 16) * 16 * rows * cols
+ * issued on the tensor cores (hi/lo, token tiles padded).
+ *
+ * Expected speed (reasoned, not measured: no GPU run yet). Verify (n = 5..16) is
+ * memory-bound: 512 weight bytes feed 2-4 MMAs (4096 flops each), ~150 TFLOP/s of
+ * mma.sync at 4.8 TB/s, a fraction of the H200's rate, so the weights should stream at
+ * 70-85% of copy bandwidth for n <= 8 and somewhat less at n = 16, where the activation
+ * reads (2x the weight bytes, from L2) and the hi/lo split's ALU work grow; a verify step of
+ * 8 rows should then cost ~1.1-1.3x a decode step. Products with fewer than ~132 x 16 rows
+ * (1B o-proj: 128 blocks) leave SMs idle or lightly loaded. Prefill reuses each weight tile
+ * over the token tiles from L2 and reaches a fraction of the tensor rate only (each block
+ * re-reads its activations and re-splits them per 16 weight rows); a prefill tile that
+ * stages split activations in shared memory and reuses them across 64-128 weight rows is
+ * the next step (and wgmma/TMA on sm_90a), not done.
+ */
+#include "gemv_fused.cuh"
+// The inline-PTX wrappers (host versions under the emulated GPU) live with the emulator.
+#include "../emulator/include/ptx_emu.h"
+
+namespace {
+
+constexpr int kMmaWarps = 4;                   // K-split across the warps of a block
+constexpr int kMmaThreads = kMmaWarps * 32;    // block size
+constexpr int kMmaRows = 16;                   // weight rows per block (the MMA's M)
+constexpr int kMmaTokens = 16;                 // activation rows per block (two n8 tiles)
+constexpr int kMmaChunk = 64;                  // K columns per stage (128 bytes a row)
+constexpr int kMmaPieces = kMmaChunk / 8;      // 16-byte pieces per row of a stage
+constexpr int kMmaStages = 4;                  // ring depth per warp (3 chunks in flight)
+constexpr int kMmaStageU4 = kMmaRows * kMmaPieces;  // uint4 per stage (2 KB)
+
+// Where piece `piece` of row `row` of a stage lives: XOR-swizzled so that the 8 rows an
+// ldmatrix phase reads (same piece column) fall in 8 different bank groups.
+__device__ __forceinline__ int mma_slot(int row, int piece) { return row * kMmaPieces + (piece ^ (row & 7)); }
+
+// Chunk `chunk` of weight rows row0.. into `stage`: each lane 4 of the 128 pieces.
+__device__ __forceinline__ void mma_load_chunk(const GemvParams& p, int row0, int chunk, uint4* stage, int lane) {
+    const __nv_bfloat16* w = static_cast<const __nv_bfloat16*>(p.w);
+#pragma unroll
+    for (int j = 0; j < kMmaStageU4 / 32; ++j) {
+        const int piece = lane + 32 * j;
+        const int r = piece / kMmaPieces, c = piece % kMmaPieces;
+        const int k = chunk * kMmaChunk + c * 8;
+        uint4* dst = stage + mma_slot(r, c);
+        if (k < p.cols) {
+            // Rows past the end repeat the last row: their outputs are never stored.
+            const int gr = min(row0 + r, p.rows - 1);
+            tachyon_cp_async_16(dst, w + static_cast<size_t>(gr) * p.cols + k);
+        } else {
+            *dst = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
+// Two f32 as the bf16 pair of their high parts and the pair of their remainders (the
+// lower-numbered element in the low 16 bits, as the B fragment wants).
+__device__ __forceinline__ void mma_split(float2 v, uint32_t& hi, uint32_t& lo) {
+    const __nv_bfloat16 h0 = __float2bfloat16_rn(v.x), h1 = __float2bfloat16_rn(v.y);
+    const __nv_bfloat16 l0 = __float2bfloat16_rn(v.x - __bfloat162float(h0));
+    const __nv_bfloat16 l1 = __float2bfloat16_rn(v.y - __bfloat162float(h1));
+    hi = uint32_t(__bfloat16_as_ushort(h0)) | (uint32_t(__bfloat16_as_ushort(h1)) << 16);
+    lo = uint32_t(__bfloat16_as_ushort(l0)) | (uint32_t(__bfloat16_as_ushort(l1)) << 16);
+}
+
+// x[t][k], x[t][k + 1], or zeros past the token or column end (cols is a multiple of 8 and
+// k even, so k < cols covers k + 1).
+__device__ __forceinline__ float2 mma_x2(const GemvParams& p, int t, int k) {
+    if (t < p.n && k < p.cols) return *reinterpret_cast<const float2*>(p.x + static_cast<size_t>(t) * p.cols + k);
+    return make_float2(0.0f, 0.0f);
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_bf16(const GemvParams p) {
+    // uint4 is 16-byte aligned: every piece is a valid cp.async / ldmatrix row address.
+    __shared__ uint4 wsm[kMmaWarps][kMmaStages][kMmaStageU4];
+    __shared__ float red[kMmaWarps][kMmaTokens][kMmaRows + 1];
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int tok0 = blockIdx.x * kMmaTokens;
+    const int row0 = blockIdx.y * kMmaRows;
+    const bool two_tiles = p.n - tok0 > 8;  // block-uniform
+    const int g = lane / 4, tig = lane % 4;
+    const int chunks = (p.cols + kMmaChunk - 1) / kMmaChunk;
+    // This warp's chunks: warp, warp + kMmaWarps, ...
+    const int mine = warp < chunks ? (chunks - warp + kMmaWarps - 1) / kMmaWarps : 0;
+    uint4(*ring)[kMmaStageU4] = wsm[warp];
+
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+
+#pragma unroll
+    for (int s = 0; s < kMmaStages - 1; ++s) {
+        if (s < mine) mma_load_chunk(p, row0, warp + s * kMmaWarps, ring[s], lane);
+        tachyon_cp_async_commit();
+    }
+    // ldmatrix.x4 of a 16x16 A tile: lanes 8j..8j+7 address matrix j (rows 0-7 / 8-15 of
+    // k 0-7, then of k 8-15), which land in a[0..3] as the A fragment orders them.
+    const int lm_row = (lane % 8) + 8 * ((lane / 8) & 1);
+    const int lm_half = lane / 16;
+    for (int i = 0; i < mine; ++i) {
+        tachyon_cp_async_wait<kMmaStages - 2>();  // chunk i has landed (this lane's pieces)
+        __syncwarp();                              // ... and every lane's; stage i-1 is free
+        const int next = i + kMmaStages - 1;
+        if (next < mine) mma_load_chunk(p, row0, warp + next * kMmaWarps, ring[next % kMmaStages], lane);
+        tachyon_cp_async_commit();
+
+        const uint4* stage = ring[i % kMmaStages];
+        const int kbase = (warp + i * kMmaWarps) * kMmaChunk;
+#pragma unroll
+        for (int kk = 0; kk < kMmaChunk / 16; ++kk) {
+            const int kb = kbase + kk * 16;
+            if (kb >= p.cols) break;  // warp-uniform
+            uint32_t a[4];
+            tachyon_ldmatrix_x4(a, stage + mma_slot(lm_row, 2 * kk + lm_half));
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                if (nt == 1 && !two_tiles) break;
+                const int t = tok0 + nt * 8 + g;
+                uint32_t hi[2], lo[2];
+                mma_split(mma_x2(p, t, kb + 2 * tig), hi[0], lo[0]);
+                mma_split(mma_x2(p, t, kb + 8 + 2 * tig), hi[1], lo[1]);
+                tachyon_mma_bf16_16816(acc[nt], a, hi, acc[nt]);
+                tachyon_mma_bf16_16816(acc[nt], a, lo, acc[nt]);
+            }
+        }
+    }
+    tachyon_cp_async_wait<0>();  // nothing is left in flight (the trailing empty groups)
+
+    // D fragment: element e at row g (+8 when e >= 2), token 2 tig + (e & 1) of tile nt.
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) red[warp][nt * 8 + 2 * tig + (e & 1)][g + (e >= 2 ? 8 : 0)] = acc[nt][e];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kMmaRows * kMmaTokens / kMmaThreads; ++j) {
+        const int o = threadIdx.x + j * kMmaThreads;
+        const int tt = o / kMmaRows, rr = o % kMmaRows;  // consecutive threads: consecutive rows
+        const int t = tok0 + tt, r = row0 + rr;
+        if (t >= p.n || r >= p.rows) continue;
+        float y = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kMmaWarps; ++w) y += red[w][tt][rr];
+        if (p.bias != nullptr) y += p.bias[r];
+        tachyon::gemv_store(p, t, r, y);
+    }
+}
