@@ -21,7 +21,9 @@
  * At the 1B shape in Q4_K (4.5 bits): norm+QKV 3.5 MB, o-proj 2.4 MB, norm+gate+up 18.9 MB,
  * down 9.4 MB per token.
  * This is the correctness-first form (one byte load per element, scales re-read per lane
- * from L1); wide loads and register-level unpacking are the next step once it is measured.
+ * from L1), kept as the readable one and for a block matrix uploaded as stored: matrices
+ * uploaded for the products are repacked and run on gemv_qpack.cu (wide loads, scales
+ * once per 32 elements).
  */
 #include "gemv_fused.cuh"
 #include "quant.cuh"
