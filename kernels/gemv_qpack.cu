@@ -38,9 +38,10 @@
  *   8B (dim 4096, ffn 14336, 32/8 heads of 128): Q4_K 14.5/9.7/67.9/33.9 MB (Q6_K down
  *      48.6 MB); Q8_0 26.7/17.8/124.8/62.4 MB.
  * In flight: 2 units a lane, 36 B (Q4_K, sc and sup included; 68 B Q8_0), twice that with
- * w2 (Q8_0: the same 68 B). Registers (ptxas, nvcc 13, one kernel per format,
- * __launch_bounds__(256, 2), no spills), sm_90a / sm_80: Q4_0 125/122, Q4_1 123/119,
- * Q5_0 120/119, Q5_1 124/125, Q8_0 109/103, Q4_K 128/118, Q5_K 126/128, Q6_K 128/128.
+ * w2 (Q8_0: the same 68 B). Registers (build.rs's ptxas, nvcc.log; one kernel per
+ * format, __launch_bounds__(256, 2), no spills), sm_90a / sm_80: Q4_0 125/122,
+ * Q4_1 123/119, Q5_0 119/119, Q5_1 124/125, Q8_0 109/103, Q4_K 126/118, Q5_K 128/127,
+ * Q6_K 128/128.
  * At <= 128 an SM keeps 2 blocks, 512 lanes: about 18 KB per SM in flight for Q4_K (36 KB
  * gate/up, 35 KB Q8_0), near the 15-20 KB an H100 needs at ~600 ns latency to stream at
  * its copy rate.
