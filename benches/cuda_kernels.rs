@@ -12,7 +12,8 @@ use tachyon::backend::cuda::{self, CudaBackend};
 use tachyon::backend::{AttnShape, Ops};
 
 mod common;
-use common::{bf16_weight, timed, values};
+use common::{timed, values, weight};
+use tachyon::format::GgmlType;
 
 /// Criterion timing plus one line with GB/s and % of the copy bandwidth.
 fn bench(
@@ -53,27 +54,45 @@ fn gemvs(c: &mut Criterion, b: &mut CudaBackend, copy: f64) {
         ("8b-gate_up", 14_336, 4096, true),
         ("8b-down", 4096, 14_336, false),
     ];
-    for (name, rows, cols, fused) in shapes {
-        let w = b
-            .upload_matrix(&bf16_weight(rows, cols, 1))
-            .expect("upload");
-        let w2 = b
-            .upload_matrix(&bf16_weight(rows, cols, 2))
-            .expect("upload");
-        let x = b.act_from_host(1, cols, &values(cols, 3)).expect("upload");
-        let mut out = b.alloc_act(1, rows).expect("alloc");
-        let mut scratch = b.alloc_act(1, rows).expect("alloc");
-        let mats = if fused { 2 } else { 1 };
-        let bytes = (mats * rows * cols * 2 + cols * 4 + rows * 4) as u64;
-        bench(c, b, copy, "gemv_bf16", name, bytes, &mut |b| {
-            if fused {
-                b.gate_up_swiglu(&x, &w, &w2, 1, &mut out, &mut scratch)
-                    .expect("launch");
-            } else {
-                b.matmul(&x, &w, 1, &mut out).expect("launch");
-            }
-        });
+    // BF16 (gemv.cu) and the block formats of Q4_K_M / Q8_0 files (gemv_qpack.cu).
+    let formats = [
+        ("gemv_bf16", GgmlType::BF16),
+        ("gemv_q4_k", GgmlType::Q4K),
+        ("gemv_q6_k", GgmlType::Q6K),
+        ("gemv_q8_0", GgmlType::Q8_0),
+    ];
+    for (group, ty) in formats {
+        for (name, rows, cols, fused) in shapes {
+            gemv(c, b, copy, group, ty, (name, rows, cols, fused));
+        }
     }
+}
+
+/// One GEMV shape in one format; bytes count the weights as the file stores them.
+fn gemv(
+    c: &mut Criterion,
+    b: &mut CudaBackend,
+    copy: f64,
+    group: &str,
+    ty: GgmlType,
+    (name, rows, cols, fused): (&str, usize, usize, bool),
+) {
+    let w = b.upload_matrix(&weight(ty, rows, cols, 1)).expect("upload");
+    let w2 = b.upload_matrix(&weight(ty, rows, cols, 2)).expect("upload");
+    let x = b.act_from_host(1, cols, &values(cols, 3)).expect("upload");
+    let mut out = b.alloc_act(1, rows).expect("alloc");
+    let mut scratch = b.alloc_act(1, rows).expect("alloc");
+    let mats = if fused { 2 } else { 1 };
+    let wb = ty.bytes_for((rows * cols) as u64).expect("matrix bytes") as usize;
+    let bytes = (mats * wb + cols * 4 + rows * 4) as u64;
+    bench(c, b, copy, group, name, bytes, &mut |b| {
+        if fused {
+            b.gate_up_swiglu(&x, &w, &w2, 1, &mut out, &mut scratch)
+                .expect("launch");
+        } else {
+            b.matmul(&x, &w, 1, &mut out).expect("launch");
+        }
+    });
 }
 
 fn attention(c: &mut Criterion, b: &mut CudaBackend, copy: f64) {

@@ -1,14 +1,16 @@
 //! Throughput of a decoder layer's fused products (kernels/gemv.cu through the `Ops` a
 //! layer calls: norm+QKV with the stacked q/k/v matrix, o-proj with the residual add,
 //! norm+gate+up+SwiGLU, down with the residual add) on the Llama-3.2-1B and Llama-3.1-8B
-//! decode shapes in BF16, one token, timed with CUDA events, as GB/s and as a percentage of
-//! the device-to-device copy bandwidth measured in the same run; then the four together
-//! (a layer's GEMV time).
+//! decode shapes in BF16 (kernels/gemv.cu) and in Q4_K, Q6_K and Q8_0 (the repacked
+//! quantized GEMV, kernels/gemv_qpack.cu), one token, timed with CUDA events, as GB/s and
+//! as a percentage of the device-to-device copy bandwidth measured in the same run; then
+//! the four together (a layer's GEMV time).
 //!
 //!     cargo bench --bench gemv_fused
 //!
-//! Bytes are the fewest each launch must move: the weights, the activation row read, the
-//! output written (and read back for the residual add). Without a usable GPU it prints why
+//! Bytes are the fewest each launch must move: the weights (a block format's bytes as in
+//! the file; the repacked layout adds under 3% for the K formats), the activation row read,
+//! the output written (and read back for the residual add). Without a usable GPU it prints why
 //! and exits successfully.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -16,7 +18,8 @@ use tachyon::backend::cuda::{self, CudaBackend};
 use tachyon::backend::{Ops, QkvWeights};
 
 mod common;
-use common::{bf16_weight, timed, values};
+use common::{timed, values, weight};
+use tachyon::format::GgmlType;
 
 /// Criterion timing plus one line with GB/s and % of the copy bandwidth.
 fn bench(
@@ -52,23 +55,23 @@ struct Shape {
     kv_dim: usize,
 }
 
-fn layer(c: &mut Criterion, b: &mut CudaBackend, copy: f64, s: &Shape) {
+fn layer(c: &mut Criterion, b: &mut CudaBackend, copy: f64, s: &Shape, ty: GgmlType) {
     let (d, f, qd, kvd) = (s.dim, s.ffn, s.q_dim, s.kv_dim);
     let up = |b: &mut CudaBackend, rows, cols, salt| {
-        b.upload_matrix(&bf16_weight(rows, cols, salt))
+        b.upload_matrix(&weight(ty, rows, cols, salt))
             .expect("upload")
     };
     let qkv = b
         .upload_qkv(
-            &bf16_weight(qd, d, 1),
-            &bf16_weight(kvd, d, 2),
-            &bf16_weight(kvd, d, 3),
+            &weight(ty, qd, d, 1),
+            &weight(ty, kvd, d, 2),
+            &weight(ty, kvd, d, 3),
             [None; 3],
         )
         .expect("upload");
     assert!(
         matches!(qkv, QkvWeights::Stacked { .. }),
-        "BF16 q/k/v are stacked"
+        "q/k/v of one format are stacked"
     );
     let wo = up(b, d, qd, 4);
     let wg = up(b, f, d, 5);
@@ -83,11 +86,12 @@ fn layer(c: &mut Criterion, b: &mut CudaBackend, copy: f64, s: &Shape) {
     let (mut gate, mut upb) = (alloc(b, f), alloc(b, f));
     let eps = 1e-5;
     let bytes = |rows: usize, cols: usize, mats: usize, add: bool| {
-        (mats * rows * cols * 2 + cols * 4 + rows * 4 * if add { 2 } else { 1 }) as u64
+        let w = ty.bytes_for((rows * cols) as u64).expect("matrix bytes") as usize;
+        (mats * w + cols * 4 + rows * 4 * if add { 2 } else { 1 }) as u64
     };
     let (b_qkv, b_o) = (bytes(qd + 2 * kvd, d, 1, false), bytes(d, qd, 1, true));
     let (b_gu, b_down) = (bytes(f, d, 2, false), bytes(d, f, 1, true));
-    let name = s.name;
+    let name = format!("{}-{}", s.name, ty.to_string().to_lowercase());
     bench(c, b, copy, &format!("{name}-norm_qkv"), b_qkv, &mut |b| {
         b.norm_qkv(&x, &norm, eps, &qkv, 1, &mut hn, &mut q, &mut k, &mut v)
             .expect("launch");
@@ -149,7 +153,9 @@ fn main() {
             kv_dim: 1024,
         },
     ] {
-        layer(&mut c, &mut b, copy, &s);
+        for ty in [GgmlType::BF16, GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0] {
+            layer(&mut c, &mut b, copy, &s, ty);
+        }
     }
     c.final_summary();
 }

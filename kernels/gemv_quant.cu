@@ -23,7 +23,9 @@
  * Programmatic dependent launch (kernels/README.md): before the wait, an L2 prefetch of the
  * start of each row; everything else after it.
  * This is the correctness-first form (one byte load per element, scales re-read per lane
- * from L1); wide loads and register-level unpacking are the next step once it is measured.
+ * from L1), kept as the readable one and for a block matrix uploaded as stored: matrices
+ * uploaded for the products are repacked and run on gemv_qpack.cu (wide loads, scales
+ * once per 32 elements).
  */
 #include "gemv_fused.cuh"
 #include "quant.cuh"

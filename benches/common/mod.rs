@@ -40,6 +40,18 @@ pub fn bf16_weight(rows: usize, cols: usize, salt: u32) -> Weight {
     .expect("bench weight")
 }
 
+/// A `rows x cols` weight of `ty`: BF16 as [`bf16_weight`], a GGML block format the same
+/// values quantized (`cols` a multiple of the block).
+#[allow(dead_code)] // not every bench uses block formats
+pub fn weight(ty: GgmlType, rows: usize, cols: usize, salt: u32) -> Weight {
+    if ty == GgmlType::BF16 {
+        return bf16_weight(rows, cols, salt);
+    }
+    let bytes = tachyon::quant::quantize(ty, &values(rows * cols, salt));
+    let len = bytes.len();
+    Weight::new("bench", ty, rows, cols, Arc::new(HostBytes(bytes)), 0, len).expect("bench weight")
+}
+
 /// Runs `f` `iters` times between two events; the elapsed device time.
 pub fn timed(b: &mut CudaBackend, iters: u64, f: &mut dyn FnMut(&mut CudaBackend)) -> Duration {
     let s = b.device().stream().clone();

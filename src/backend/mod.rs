@@ -304,7 +304,13 @@ pub trait Ops {
 
     fn name(&self) -> &'static str;
 
+    /// A matrix the products ([`Ops::matmul`] and the fused forms) read; a backend may
+    /// store it in its own layout (CUDA repacks GGML blocks for its quantized GEMV).
     fn upload_matrix(&mut self, w: &Weight) -> Result<Self::Mat, BackendError>;
+    /// An embedding table, which [`Ops::embed`] reads row by row (and no product does).
+    fn upload_table(&mut self, w: &Weight) -> Result<Self::Mat, BackendError> {
+        self.upload_matrix(w)
+    }
     fn upload_vector(&mut self, v: &[f32]) -> Result<Self::Vector, BackendError>;
     fn alloc_act(&mut self, rows: usize, width: usize) -> Result<Self::Act, BackendError>;
     fn alloc_kv(&mut self, ctx: usize, kv_dim: usize) -> Result<Self::Kv, BackendError>;

@@ -95,7 +95,7 @@ impl<B: Ops> Llama<B> {
         }
         Ok(Llama {
             cfg: cfg.clone(),
-            embed: b.upload_matrix(&w.embed)?,
+            embed: b.upload_table(&w.embed)?,
             layers,
             final_norm: b.upload_vector(&w.final_norm)?,
             output: b.upload_matrix(&w.output)?,

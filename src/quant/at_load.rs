@@ -1,6 +1,6 @@
 //! `--quant int8|int4`: quantize an unquantized checkpoint's matrices (F32/F16/BF16, e.g. HF
 //! safetensors) at load time, in memory, into GGML block formats that every backend runs
-//! directly (the CPU's quantized dot products, the GPU's kernels/gemv_quant.cu):
+//! directly (the CPU's quantized dot products, the GPU's kernels/gemv_qpack.cu):
 //!
 //! - int8: Q8_0, 8-bit codes with one f16 scale per 32 weights (W8A16 with groups of 32,
 //!   finer than per-channel scales: a little more memory, less error).

@@ -62,7 +62,7 @@ enum Case {
 fn cases() -> Vec<Case> {
     use Case::*;
     use GgmlType::{BF16, F16, F32, Q4K, Q8_0};
-    vec![
+    let mut c = vec![
         // Vector path; scalar path (100 columns) with biases over 3 rows; the unrolled
         // step and its tail; odd block-format rows; a quantized stack past 4 rows (the
         // quantized GEMV has the prologue at any row count); q/k/v in two formats (three
@@ -250,7 +250,34 @@ fn cases() -> Vec<Case> {
             cols: 136,
             n: 6,
         },
-    ]
+    ];
+    // Every block format (the repacked GEMV, gemv_qpack.cu) in each fused form: the norm
+    // prologue with the q/k/v split and biases, the residual add, norm + gate + up + SwiGLU;
+    // odd row counts, 1-4 activation rows, units split over lanes and a second step.
+    for ty in super::ops::BLOCK_TYPES {
+        let bl = ty.block_len();
+        c.push(NormQkv {
+            ty: [ty; 3],
+            dim: 2 * bl,
+            rows: [37, 9, 9],
+            n: 1,
+            bias: true,
+            stacked: true,
+        });
+        c.push(MatmulAdd {
+            ty,
+            rows: 19,
+            cols: if bl == 32 { 2080 } else { bl },
+            n: 4,
+        });
+        c.push(NormGateUpSwiglu {
+            ty,
+            rows: 33,
+            cols: 2 * bl,
+            n: 2,
+        });
+    }
+    c
 }
 
 fn ok<T>(r: Result<T, tachyon::backend::BackendError>) -> T {

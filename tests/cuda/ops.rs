@@ -222,6 +222,14 @@ pub enum Case {
         cols: usize,
         n: usize,
     },
+    /// [`Case::Matmul`] of a block matrix uploaded as stored (`upload_table`): the
+    /// readable quantized GEMV (gemv_quant.cu), the fallback of the repacked one.
+    MatmulStored {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    },
     MatmulBias {
         ty: GgmlType,
         rows: usize,
@@ -289,7 +297,7 @@ pub enum Case {
 const DTYPES: [GgmlType; 3] = [GgmlType::BF16, GgmlType::F16, GgmlType::F32];
 
 /// The GGML block formats.
-const BLOCK_TYPES: [GgmlType; 8] = [
+pub const BLOCK_TYPES: [GgmlType; 8] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -365,10 +373,18 @@ pub fn cases() -> Vec<Case> {
             (896, 4864),
             (4097, qk),
         ] {
-            for n in [1usize, 3, 4, 5, 9, 33] {
+            for n in [1usize, 2, 3, 4, 5, 33] {
                 c.push(Matmul { ty, rows, cols, n });
             }
         }
+    }
+    for &(ty, rows, cols, n) in &[
+        (GgmlType::Q4K, 151usize, 2048usize, 1usize),
+        (GgmlType::Q6K, 7, 4096, 5),
+        (GgmlType::Q8_0, 3, 64, 4),
+        (GgmlType::Q5_1, 33, 96, 2),
+    ] {
+        c.push(MatmulStored { ty, rows, cols, n });
     }
     // The fused products: decode (fused kernels) and prefill (the separate ops) row counts.
     for ty in [GgmlType::BF16, GgmlType::F16] {
@@ -531,6 +547,19 @@ impl Twins<'_> {
         (m, w, exact)
     }
 
+    /// [`Twins::mat`] uploaded as an embedding table (the file's layout, not repacked).
+    fn table(
+        &mut self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    ) -> (cuda::CudaMat, Weight, Vec<f32>) {
+        let (w, exact) = weight(self.rng, ty, rows, cols, scale);
+        let m = self.gpu.upload_table(&w).unwrap_or_else(|e| panic!("{e}"));
+        (m, w, exact)
+    }
+
     fn vector(&mut self, len: usize, scale: f32) -> (cudarc::driver::CudaSlice<f32>, Vec<f32>) {
         let v = self.rng.vec(len, scale);
         let g = self.gpu.upload_vector(&v).unwrap_or_else(|e| panic!("{e}"));
@@ -561,6 +590,7 @@ impl Case {
         match self {
             Case::Embed { .. } | Case::CopyRow { .. } => "embed",
             Case::Matmul { ty, .. } if BLOCK_TYPES.contains(ty) => "matmul_quant",
+            Case::MatmulStored { .. } => "matmul_quant",
             Case::Matmul { .. } => "matmul",
             Case::MatmulBias { .. } | Case::GateUpSwiglu { .. } => "fused_matmul",
             Case::Add { .. }
@@ -590,7 +620,10 @@ impl Case {
             Case::Rmsnorm { .. } | Case::AddRmsnorm { .. } | Case::HeadRmsnorm { .. } => 1e-5,
             // Dot products of up to 8960 terms in another order (a plain `Matmul`'s output is
             // bounded against f64 in `run` instead).
-            Case::Matmul { .. } | Case::MatmulBias { .. } | Case::GateUpSwiglu { .. } => 2e-5,
+            Case::Matmul { .. }
+            | Case::MatmulStored { .. }
+            | Case::MatmulBias { .. }
+            | Case::GateUpSwiglu { .. } => 2e-5,
             // Softmax over up to 32k positions, merged across splits.
             Case::Attention { .. } => 5e-5,
         }
@@ -600,7 +633,7 @@ impl Case {
     fn run(&self, t: &mut Twins<'_>) -> Vec<Output> {
         match *self {
             Case::Embed { ty, vocab, dim, n } => {
-                let (table, w, _) = t.mat(ty, vocab, dim, 1.0);
+                let (table, w, _) = t.table(ty, vocab, dim, 1.0);
                 let ids: Vec<u32> = (0..n)
                     .map(|_| (t.rng.next_u64() % vocab as u64) as u32)
                     .collect();
@@ -618,8 +651,13 @@ impl Case {
                 });
                 outs
             }
-            Case::Matmul { ty, rows, cols, n } => {
-                let (m, w, exact) = t.mat(ty, rows, cols, 1.0 / (cols as f32).sqrt());
+            Case::Matmul { ty, rows, cols, n } | Case::MatmulStored { ty, rows, cols, n } => {
+                let scale = 1.0 / (cols as f32).sqrt();
+                let (m, w, exact) = if matches!(self, Case::MatmulStored { .. }) {
+                    t.table(ty, rows, cols, scale)
+                } else {
+                    t.mat(ty, rows, cols, scale)
+                };
                 let (gx, cx, x) = t.act(n, cols, 1.0);
                 let (mut g, mut c) = t.poisoned(n, rows);
                 ok(t.gpu.matmul(&gx, &m, n, &mut g));

@@ -20,6 +20,7 @@ use super::launch::{
     attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, rope_attention, sample,
     shape_err,
 };
+use super::repack;
 use crate::backend::{
     AttnShape, BackendError, HeadNorms, KvDtype, Ops, Position, QkvWeights, TokenIds,
     rope_attention_unfused, separate_qkv,
@@ -378,7 +379,39 @@ impl Ops for CudaBackend {
         "cuda"
     }
 
+    /// GGML block matrices are repacked into `repack.rs`'s aligned layout for
+    /// `gemv_qpack.cu`; F32/F16/BF16 go up as stored.
     fn upload_matrix(&mut self, w: &Weight) -> Result<CudaMat, BackendError> {
+        if !repack::packs(w.ty) {
+            return self.upload_table(w);
+        }
+        let dtype = dtype_of(w)?;
+        let (bytes, rows) = repack::repack(w.ty, w.cols, &[w.bytes()])?;
+        if rows != w.rows {
+            return Err(shape_err(format!(
+                "{}: {rows} rows of bytes for {} rows",
+                w.name, w.rows
+            )));
+        }
+        let buf = self
+            .dev
+            .stream()
+            .clone_htod(&bytes)
+            .map_err(dev_err("uploading weights"))?;
+        if let Some(bar) = &self.progress {
+            bar.inc(w.byte_len() as u64);
+        }
+        Ok(CudaMat {
+            buf,
+            rows: w.rows,
+            cols: w.cols,
+            dtype,
+            packed: true,
+        })
+    }
+
+    /// Every format as stored: `embed_gather` reads the file's blocks.
+    fn upload_table(&mut self, w: &Weight) -> Result<CudaMat, BackendError> {
         let dtype = dtype_of(w)?;
         let buf = self
             .dev
@@ -393,6 +426,7 @@ impl Ops for CudaBackend {
             rows: w.rows,
             cols: w.cols,
             dtype,
+            packed: false,
         })
     }
 
@@ -417,19 +451,37 @@ impl Ops for CudaBackend {
         let rows = [q.rows, k.rows, v.rows];
         let total: usize = ws.iter().map(|w| w.byte_len()).sum();
         let s = self.dev.stream();
-        let mut buf = s
-            .alloc_zeros::<u8>(total.max(1))
-            .map_err(dev_err("uploading weights"))?;
-        let mut at = 0;
-        for w in ws {
-            let len = w.byte_len();
-            s.memcpy_htod(w.bytes(), &mut buf.slice_mut(at..at + len))
-                .map_err(dev_err("uploading weights"))?;
-            at += len;
-            if let Some(bar) = &self.progress {
-                bar.inc(len as u64);
+        let packed = repack::packs(q.ty);
+        let buf = if packed {
+            // One repacked matrix of the three's rows (the layout spans the whole stack).
+            let (bytes, stacked) = repack::repack(q.ty, q.cols, &ws.map(|w| w.bytes()))?;
+            if stacked != rows.iter().sum::<usize>() {
+                return Err(shape_err(format!(
+                    "{}: {stacked} rows of bytes in q, k and v for {rows:?} rows",
+                    q.name
+                )));
             }
-        }
+            let buf = s.clone_htod(&bytes).map_err(dev_err("uploading weights"))?;
+            if let Some(bar) = &self.progress {
+                bar.inc(total as u64);
+            }
+            buf
+        } else {
+            let mut buf = s
+                .alloc_zeros::<u8>(total.max(1))
+                .map_err(dev_err("uploading weights"))?;
+            let mut at = 0;
+            for w in ws {
+                let len = w.byte_len();
+                s.memcpy_htod(w.bytes(), &mut buf.slice_mut(at..at + len))
+                    .map_err(dev_err("uploading weights"))?;
+                at += len;
+                if let Some(bar) = &self.progress {
+                    bar.inc(len as u64);
+                }
+            }
+            buf
+        };
         let bias = if bias.iter().any(Option::is_some) {
             let mut stacked = Vec::with_capacity(rows.iter().sum());
             for (b, &r) in bias.iter().zip(&rows) {
@@ -454,6 +506,7 @@ impl Ops for CudaBackend {
                 rows: rows.iter().sum(),
                 cols: q.cols,
                 dtype,
+                packed,
             },
             bias,
             rows,

@@ -20,14 +20,17 @@ pub struct CudaAct {
     pub width: usize,
 }
 
-/// A weight matrix on the device, bytes as in the file (F32/F16/BF16 elements or GGML
-/// blocks).
+/// A weight matrix on the device: bytes as in the file (F32/F16/BF16 elements or GGML
+/// blocks), or, with `packed`, GGML blocks in the aligned layout of `repack.rs` (the
+/// matrix products' form; embedding tables stay as in the file).
 pub struct CudaMat {
     pub buf: CudaSlice<u8>,
     pub rows: usize,
     pub cols: usize,
     /// A `TACHYON_DTYPE_*` value.
     pub dtype: i32,
+    /// Whether `buf` holds the repacked layout (`repack::layout`), not the file's blocks.
+    pub packed: bool,
 }
 
 /// One layer's KV cache: `ctx x kv_dim` elements of `dtype` for K and for V (the bytes of

@@ -34,7 +34,20 @@ impl MemoryPlan {
         kv_dtype: KvDtype,
     ) -> Self {
         let f32s = |n: usize| n as u64 * 4;
-        let matrices = weights.bytes_per_token() + weights.embed.byte_len() as u64;
+        // The products' matrices in their device layout (repack.rs: a few percent more for
+        // the K formats, and each array's alignment), the embedding table as stored.
+        let on_device = |w: &crate::format::Weight| {
+            super::repack::layout(w.ty, w.rows, w.cols)
+                .map_or(w.byte_len(), |l| l.total.max(w.byte_len())) as u64
+        };
+        let matrices = on_device(&weights.output)
+            + weights
+                .layers
+                .iter()
+                .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+                .map(on_device)
+                .sum::<u64>()
+            + weights.embed.byte_len() as u64;
         let vectors: usize = weights
             .layers
             .iter()

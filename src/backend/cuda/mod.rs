@@ -12,6 +12,7 @@
 //!   why it can't: [`CudaUnavailable`]. It never panics, so callers can fall back to the
 //!   CPU backend.
 //! - [`buffers`]: the device buffers of the `Ops` types ([`CudaAct`], [`CudaMat`], ...).
+//! - [`repack`]: the aligned device layout of GGML block matrices (`gemv_qpack.cu`).
 //! - [`backend`]: [`CudaBackend`], the `backend::Ops` of the forward pass on the GPU.
 //! - [`launch`]: the launchers, one per kernel family.
 //! - [`graph`]: [`DeviceDecoder`], decode steps captured once as CUDA graphs and replayed,
@@ -35,6 +36,7 @@ pub mod launch;
 pub mod memory;
 pub mod params;
 pub mod profile;
+pub mod repack;
 
 pub use backend::CudaBackend;
 pub use buffers::{CudaAct, CudaKv, CudaMat, CudaRope, kv_decode, kv_encode};

@@ -27,6 +27,12 @@ pub fn embed(
             out.width
         )));
     }
+    if table.packed {
+        // The products' layout (repack.rs), which embed.cu does not read.
+        return Err(shape_err(
+            "an embedding table must be uploaded with upload_table, not repacked".into(),
+        ));
+    }
     if n_tokens == 0 {
         return Ok(());
     }

@@ -1,11 +1,12 @@
 //! Launches of the matrix products, `out[t] = W x[t]` for the first `n` activation rows:
 //! `gemv.cu` (F32/F16/BF16 weights, up to [`GEMV_MAX_ROWS`] rows), `gemm_mma.cu` (tensor
 //! cores: BF16 weights, more rows, when the alignment allows), `gemm.cu` (the SIMT tiled
-//! product for the other more-row cases) and `gemv_quant.cu` (GGML block formats,
-//! dequantized in registers, any number of rows). One [`GemvParams`] drives all four; the
-//! fused parts are fields of it: RMSNorm of the activation rows in the prologue (the GEMVs),
-//! the bias, the gate/up SwiGLU form (a second matrix streamed alongside), the residual add
-//! (`x += W a`) and the q/k/v split of a stacked matrix ([`matmul_split`]) in the epilogue.
+//! product for the other more-row cases), `gemv_qpack.cu` (GGML block formats repacked at
+//! upload, dequantized in registers, any number of rows) and `gemv_quant.cu` (the same over
+//! the file's blocks). One [`GemvParams`] drives all five; the fused parts are fields of it:
+//! RMSNorm of the activation rows in the prologue (the GEMVs), the bias, the gate/up SwiGLU
+//! form (a second matrix streamed alongside), the residual add (`x += W a`) and the q/k/v
+//! split of a stacked matrix ([`matmul_split`]) in the epilogue.
 
 use cudarc::driver::CudaSlice;
 
@@ -13,7 +14,7 @@ use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::BackendError;
 use crate::backend::cuda::buffers::{CudaAct, CudaMat, is_block_format};
 use crate::backend::cuda::device::CudaDevice;
-use crate::backend::cuda::params::{GemvParams, TACHYON_DTYPE_BF16};
+use crate::backend::cuda::params::{GemvParams, TACHYON_DTYPE_BF16, TACHYON_DTYPE_Q4_0};
 
 /// Most activation rows a matrix product runs as GEMV (weights streamed once per 4 rows);
 /// more rows run as the tiled GEMM.
@@ -132,7 +133,9 @@ fn product(
         )));
     }
     let w2 = fused.swiglu_up;
-    if w2.is_some_and(|w2| (w2.rows, w2.cols, w2.dtype) != (w.rows, w.cols, w.dtype)) {
+    if w2.is_some_and(|w2| {
+        (w2.rows, w2.cols, w2.dtype, w2.packed) != (w.rows, w.cols, w.dtype, w.packed)
+    }) {
         return Err(shape_err(
             "the fused gate/up matrices differ in shape or format".into(),
         ));
@@ -207,8 +210,26 @@ fn product(
         1,
         1,
     );
+    if is_block_format(w.dtype) && w.packed {
+        // Repacked block formats (repack.rs): 16-byte code loads, scales once per 32
+        // elements, x and the norm weight read as float4.
+        let unaligned = [p.x as usize, p.norm_w as usize, p.w as usize, p.w2 as usize]
+            .iter()
+            .any(|a| a % 16 != 0);
+        if unaligned || !w.cols.is_multiple_of(crate::backend::cuda::repack::UNIT) {
+            return Err(shape_err(
+                "the repacked quantized GEMV needs 16-byte aligned operands".into(),
+            ));
+        }
+        // One kernel per format, in TACHYON_DTYPE_* order from Q4_0.
+        let f = usize::try_from(w.dtype - TACHYON_DTYPE_Q4_0 as i32)
+            .ok()
+            .and_then(|i| k.gemv_qpack.get(i))
+            .ok_or_else(|| shape_err(format!("no repacked GEMV for dtype {}", w.dtype)))?;
+        return launch(dev, f, gemv_grid, (32, 8, 1), &p, "gemv_qpack");
+    }
     if is_block_format(w.dtype) {
-        // Block formats dequantize in registers, whatever the number of rows (a
+        // Block formats as stored dequantize in registers, whatever the number of rows (a
         // tensor-core prefill path for them is not written yet).
         return launch(
             dev,

@@ -50,6 +50,9 @@ pub(crate) struct KernelFns {
     pub(crate) embed_gather: CudaFunction,
     pub(crate) gemv_f32out: CudaFunction,
     pub(crate) gemv_quant_f32out: CudaFunction,
+    /// `gemv_qpack_<format>` (repacked block matrices): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+    /// Q5_K, Q6_K, in `TACHYON_DTYPE_*` order.
+    pub(crate) gemv_qpack: [CudaFunction; 8],
     pub(crate) gemm_f32out: CudaFunction,
     pub(crate) gemm_mma_bf16: CudaFunction,
     pub(crate) rope_f32: CudaFunction,
@@ -83,6 +86,16 @@ impl KernelFns {
             embed_gather: module.load_function("embed_gather")?,
             gemv_f32out: module.load_function("gemv_f32out")?,
             gemv_quant_f32out: module.load_function("gemv_quant_f32out")?,
+            gemv_qpack: [
+                module.load_function("gemv_qpack_q4_0")?,
+                module.load_function("gemv_qpack_q4_1")?,
+                module.load_function("gemv_qpack_q5_0")?,
+                module.load_function("gemv_qpack_q5_1")?,
+                module.load_function("gemv_qpack_q8_0")?,
+                module.load_function("gemv_qpack_q4_k")?,
+                module.load_function("gemv_qpack_q5_k")?,
+                module.load_function("gemv_qpack_q6_k")?,
+            ],
             gemm_f32out: module.load_function("gemm_f32out")?,
             gemm_mma_bf16: module.load_function("gemm_mma_bf16")?,
             rope_f32: module.load_function("rope_f32")?,
@@ -146,6 +159,7 @@ impl KernelFns {
             &self.penalty_apply,
         ]
         .into_iter()
+        .chain(&self.gemv_qpack)
         .chain(&self.sample_passes)
         .chain(&self.sample_passes_masked)
         .chain(self.rope_attn_decode.iter().flatten())

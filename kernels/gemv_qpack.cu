@@ -1,0 +1,436 @@
+/*
+ * gemv_qpack.cu: the decode-time matrix product for GGML block formats repacked at upload
+ * (src/backend/cuda/repack.rs): `out[t, r] = dot(w[r], x[t])` for a handful of activation
+ * rows t, f32 accumulation, with the fused parts of gemv.cu (gemv_fused.cuh): RMSNorm of
+ * the activation rows in the prologue, bias, SwiGLU (w2), residual add and q/k/v split in
+ * the epilogue. gemv_quant.cu is the same product over the file's own bytes (the readable
+ * form and the fallback for a matrix that is not repacked).
+ *
+ * Layout (the "unit" is 32 consecutive elements of a row; a row of `cols` has U = cols / 32
+ * units, unit g = r * U + u of the matrix; every array starts 256-byte aligned in one
+ * buffer, in this order, so the kernel finds them from rows, cols and the format alone):
+ *   qs: 16 B per unit (4-bit codes: byte i holds element i in its low nibble, i + 16 in its
+ *       high), 32 B for Q8_0 (int8 codes in element order): 16-byte loads.
+ *   qh: the codes' top bits: 4 B per unit for Q5_0/Q5_1/Q5_K (bit j: bit 4 of element j),
+ *       8 B for Q6_K (bits 2j, 2j+1 of the 64-bit word: bits 4-5 of element j); else none.
+ *   sc: per unit, as stored in the file: f16 d (Q4_0, Q5_0, Q8_0: 2 B); f16 d, f16 m (Q4_1,
+ *       Q5_1: 4 B); the 6-bit scale and min as two bytes (Q4_K, Q5_K); Q6_K's two int8
+ *       scales (elements 0-15, 16-31).
+ *   sup: per 256-element block (8 units) of the K formats: f16 d, f16 dmin (Q6_K: d, 0).
+ * The values are the CPU's dequantize (src/quant/dequant.rs) operation for operation,
+ * rounded the same way (__fmul_rn and friends: no contraction): e.g. Q4_K
+ * `(d * sc) * q - dmin * mn`, the scale products formed once per unit, never per element.
+ * Rows are not padded: a row is a whole number of units in every array.
+ *
+ * Launch: as gemv_quant.cu: block = (32, 8), `warps_per_row` warps per output row (split-K
+ * inside the block, fixed-order sum), grid = ceil(rows / (8 / warps_per_row)).
+ * Work split: lane l of part p takes units p * 32 + l, then every 32 * warps_per_row: the
+ * lanes of a warp read 512 (Q8_0: 1024) consecutive bytes of qs per load. Each lane issues
+ * the loads of 2 units (of both matrices with w2; Q8_0 with w2: 1 of each) before it
+ * decodes the first, then takes a unit in 4 steps of 8 elements (two float4 of x per
+ * activation row, read from L1; not unrolled, or the loads of a whole unit for 4 rows are
+ * hoisted and spill). Activation rows are processed 4 at a time.
+ * Programmatic dependent launch (kernels/README.md): before its griddepcontrol.wait each
+ * lane only prefetches into L2 the codes of its first units in flight; x, the outputs and
+ * every write come after the wait.
+ *
+ * Bytes per call (weights; x and out are a few KB), n = 1; bits per weight as repacked:
+ * Q4_0 4.5, Q4_1 5, Q5_0 5.5, Q5_1 6, Q8_0 8.5, Q4_K 4.625, Q5_K 5.625, Q6_K 6.625.
+ *   1B (dim 2048, ffn 8192, 32/8 heads of 64): Q4_K norm+QKV 3.6 MB, o-proj 2.4 MB,
+ *      norm+gate+up 19.4 MB, down 9.7 MB (Q6_K 13.9 MB); Q8_0 6.7/4.5/35.7/17.8 MB.
+ *   8B (dim 4096, ffn 14336, 32/8 heads of 128): Q4_K 14.5/9.7/67.9/33.9 MB (Q6_K down
+ *      48.6 MB); Q8_0 26.7/17.8/124.8/62.4 MB.
+ * In flight: 2 units a lane, 36 B (Q4_K, sc and sup included; 68 B Q8_0), twice that with
+ * w2 (Q8_0: the same 68 B). Registers (build.rs's ptxas, nvcc.log; one kernel per
+ * format, __launch_bounds__(256, 2), no spills), sm_90a / sm_80: Q4_0 125/122,
+ * Q4_1 123/119, Q5_0 119/119, Q5_1 124/125, Q8_0 109/103, Q4_K 126/118, Q5_K 128/127,
+ * Q6_K 128/128.
+ * At <= 128 an SM keeps 2 blocks, 512 lanes: about 18 KB per SM in flight for Q4_K (36 KB
+ * gate/up, 35 KB Q8_0), near the 15-20 KB an H100 needs at ~600 ns latency to stream at
+ * its copy rate.
+ * Expected (reasoned, unmeasured): 70-85% of copy bandwidth for gate/up and down, less
+ * for the 2-4 MB products of the 1B shape (a few microseconds: launch tail and the norm's
+ * L2 reads show); the dequantize is ~4 integer/float ops per element per matrix, which
+ * stays under the memory time at n = 1-4.
+ */
+#include "gemv_fused.cuh"
+
+// All kernel files build as one unit: the helpers get a namespace of their own.
+namespace {
+namespace qpack {
+
+constexpr int kQWarps = 8;
+constexpr int kQBatch = tachyon::kGemvBatch;
+
+__host__ __device__ constexpr bool is_k(int f) {
+    return f == TACHYON_DTYPE_Q4_K || f == TACHYON_DTYPE_Q5_K || f == TACHYON_DTYPE_Q6_K;
+}
+__host__ __device__ constexpr int qs_bytes(int f) { return f == TACHYON_DTYPE_Q8_0 ? 32 : 16; }
+__host__ __device__ constexpr int qh_bytes(int f) {
+    return f == TACHYON_DTYPE_Q6_K ? 8
+           : (f == TACHYON_DTYPE_Q5_0 || f == TACHYON_DTYPE_Q5_1 || f == TACHYON_DTYPE_Q5_K) ? 4
+                                                                                           : 0;
+}
+__host__ __device__ constexpr int sc_bytes(int f) {
+    return (f == TACHYON_DTYPE_Q4_1 || f == TACHYON_DTYPE_Q5_1) ? 4 : 2;
+}
+// Units (32 elements) each lane loads before it decodes the first: 2, of both matrices
+// with w2, except Q8_0's gate/up (2 x 2 units of 32-byte codes spill at 128 registers;
+// one unit of each matrix is the same 64 bytes in flight).
+__host__ __device__ constexpr int units_in_flight(int f, bool two) {
+    return f == TACHYON_DTYPE_Q8_0 && two ? 1 : 2;
+}
+
+__device__ __forceinline__ size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+
+// Where the arrays of a repacked matrix start (repack.rs `PackedLayout`, the same sums).
+template <int kF>
+struct Arrays {
+    const uint4* qs;
+    const uint32_t* qh;
+    const uint8_t* sc;
+    const uint32_t* sup;
+};
+
+template <int kF>
+__device__ __forceinline__ Arrays<kF> arrays(const void* base, size_t units) {
+    const uint8_t* b = static_cast<const uint8_t*>(base);
+    const size_t qh_off = align256(units * qs_bytes(kF));
+    const size_t sc_off = align256(qh_off + units * qh_bytes(kF));
+    const size_t sup_off = align256(sc_off + units * sc_bytes(kF));
+    Arrays<kF> a;
+    a.qs = reinterpret_cast<const uint4*>(b);
+    a.qh = reinterpret_cast<const uint32_t*>(b + qh_off);
+    a.sc = b + sc_off;
+    a.sup = reinterpret_cast<const uint32_t*>(b + sup_off);
+    return a;
+}
+
+// The raw bytes of one unit, as loaded.
+struct Unit {
+    uint4 q;
+    uint4 q2;  // Q8_0's second 16 codes
+    uint32_t h0, h1;
+    uint32_t s;
+    uint32_t sup;
+};
+
+template <int kF>
+__device__ __forceinline__ Unit load_unit(const Arrays<kF>& a, size_t g) {
+    Unit u;
+    if (kF == TACHYON_DTYPE_Q8_0) {
+        u.q = __ldg(a.qs + 2 * g);
+        u.q2 = __ldg(a.qs + 2 * g + 1);
+    } else {
+        u.q = __ldg(a.qs + g);
+        u.q2 = u.q;
+    }
+    u.h0 = 0;
+    u.h1 = 0;
+    if (qh_bytes(kF) == 4) u.h0 = __ldg(a.qh + g);
+    if (qh_bytes(kF) == 8) {
+        const uint2 h = __ldg(reinterpret_cast<const uint2*>(a.qh) + g);
+        u.h0 = h.x;
+        u.h1 = h.y;
+    }
+    if (sc_bytes(kF) == 4) {
+        u.s = __ldg(reinterpret_cast<const uint32_t*>(a.sc) + g);
+    } else {
+        u.s = __ldg(reinterpret_cast<const unsigned short*>(a.sc) + g);
+    }
+    u.sup = is_k(kF) ? __ldg(a.sup + g / 8) : 0u;
+    return u;
+}
+
+__device__ __forceinline__ float half_lo(uint32_t v) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(v & 0xffffu)));
+}
+__device__ __forceinline__ float half_hi(uint32_t v) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(v >> 16)));
+}
+
+// A unit's scales, decoded once: the per-element step is then one or two roundings.
+struct Scales {
+    float a;  // d, d * sc, or (Q6_K) d * sc of elements 0-15
+    float b;  // m, dmin * mn, or (Q6_K) d * sc of elements 16-31
+};
+
+template <int kF>
+__device__ __forceinline__ Scales unit_scales(const Unit& u) {
+    Scales s;
+    if (kF == TACHYON_DTYPE_Q4_K || kF == TACHYON_DTYPE_Q5_K) {
+        s.a = __fmul_rn(half_lo(u.sup), static_cast<float>(u.s & 0xffu));
+        s.b = __fmul_rn(half_hi(u.sup), static_cast<float>((u.s >> 8) & 0xffu));
+    } else if (kF == TACHYON_DTYPE_Q6_K) {
+        const float d = half_lo(u.sup);
+        s.a = __fmul_rn(d, static_cast<float>(static_cast<int8_t>(u.s & 0xffu)));
+        s.b = __fmul_rn(d, static_cast<float>(static_cast<int8_t>((u.s >> 8) & 0xffu)));
+    } else {
+        s.a = half_lo(u.s);
+        s.b = sc_bytes(kF) == 4 ? half_hi(u.s) : 0.0f;
+    }
+    return s;
+}
+
+// Four elements of a unit as the CPU's dequantize gives them: k-th code in byte k of v
+// (kHi: its high nibble), top bits from hb (bit k, or bits 2k and 2k + 1 for Q6_K).
+template <int kF, bool kHi>
+__device__ __forceinline__ void decode4(uint32_t v, uint32_t hb, const Scales& s, float w[4]) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        if (kF == TACHYON_DTYPE_Q8_0) {
+            const int q = static_cast<int>(v << (24 - 8 * k)) >> 24;
+            w[k] = __fmul_rn(static_cast<float>(q), s.a);
+            continue;
+        }
+        int q = static_cast<int>((v >> (8 * k + (kHi ? 4 : 0))) & 0xfu);
+        if (qh_bytes(kF) == 4) q |= static_cast<int>((hb >> k) & 1u) << 4;
+        if (kF == TACHYON_DTYPE_Q6_K) q |= static_cast<int>((hb >> (2 * k)) & 3u) << 4;
+        if (kF == TACHYON_DTYPE_Q4_0) {
+            w[k] = __fmul_rn(static_cast<float>(q - 8), s.a);
+        } else if (kF == TACHYON_DTYPE_Q5_0) {
+            w[k] = __fmul_rn(static_cast<float>(q - 16), s.a);
+        } else if (kF == TACHYON_DTYPE_Q4_1 || kF == TACHYON_DTYPE_Q5_1) {
+            w[k] = __fadd_rn(__fmul_rn(static_cast<float>(q), s.a), s.b);
+        } else if (kF == TACHYON_DTYPE_Q6_K) {
+            w[k] = __fmul_rn(kHi ? s.b : s.a, static_cast<float>(q - 32));
+        } else {  // Q4_K, Q5_K
+            w[k] = __fsub_rn(__fmul_rn(s.a, static_cast<float>(q)), s.b);
+        }
+    }
+}
+
+// Where a unit's next 4 + 4 elements come from: the words are rotated after each step so
+// that the current one is always .x (registers only, no indexed local memory).
+struct Cursor {
+    uint4 q, q2;
+    uint32_t hlo, hhi;
+};
+
+template <int kF>
+__device__ __forceinline__ Cursor cursor(const Unit& u) {
+    Cursor c;
+    c.q = u.q;
+    c.q2 = u.q2;
+    // Q5: bit j of h0 (lo group of step w: bits 4w.., hi group: 16 + 4w..); Q6_K: 2 bits
+    // per element, elements 0-15 in h0, 16-31 in h1.
+    c.hlo = kF == TACHYON_DTYPE_Q6_K ? u.h0 : u.h0 & 0xffffu;
+    c.hhi = kF == TACHYON_DTYPE_Q6_K ? u.h1 : u.h0 >> 16;
+    return c;
+}
+
+template <int kF>
+__device__ __forceinline__ void advance(Cursor& c) {
+    c.q = make_uint4(c.q.y, c.q.z, c.q.w, c.q.x);
+    if (kF == TACHYON_DTYPE_Q8_0) c.q2 = make_uint4(c.q2.y, c.q2.z, c.q2.w, c.q2.x);
+    const int shift = kF == TACHYON_DTYPE_Q6_K ? 8 : 4;
+    c.hlo >>= shift;
+    c.hhi >>= shift;
+}
+
+// Elements 4w .. 4w + 3 (lo) and 16 + 4w .. 16 + 4w + 3 (hi) of the cursor's unit.
+template <int kF>
+__device__ __forceinline__ void decode8(const Cursor& c, const Scales& s, float lo[4], float hi[4]) {
+    decode4<kF, false>(c.q.x, c.hlo, s, lo);
+    decode4<kF, true>(kF == TACHYON_DTYPE_Q8_0 ? c.q2.x : c.q.x, c.hhi, s, hi);
+}
+
+__device__ __forceinline__ void unpack4(const float4 v, float f[4]) {
+    f[0] = v.x;
+    f[1] = v.y;
+    f[2] = v.z;
+    f[3] = v.w;
+}
+
+// acc[b] += unit . x[t0 + b][32 u ..] (and acc2 with w2).
+template <int kF, bool kTwo, bool kNorm>
+__device__ __forceinline__ void dot_unit(const GemvParams& p, const Unit& ua, const Unit& ub,
+                                         int u, int t0, int nb, const float scale[kQBatch],
+                                         float acc[kQBatch], float acc2[kQBatch]) {
+    const Scales sa = unit_scales<kF>(ua);
+    const Scales sb = kTwo ? unit_scales<kF>(ub) : sa;
+    Cursor ca = cursor<kF>(ua);
+    Cursor cb = cursor<kF>(ub);
+    // Not unrolled further: the activation loads of the whole unit (up to 4 rows x 8
+    // float4) would be hoisted and spill.
+#pragma unroll 1
+    for (int w = 0; w < 4; ++w) {
+        float wl[4], wh[4], wl2[4], wh2[4];
+        float gl[4] = {1.f, 1.f, 1.f, 1.f}, gh[4] = {1.f, 1.f, 1.f, 1.f};
+        decode8<kF>(ca, sa, wl, wh);
+        if (kTwo) decode8<kF>(cb, sb, wl2, wh2);
+        advance<kF>(ca);
+        if (kTwo) advance<kF>(cb);
+        if (kNorm) {
+            const float4* g4 = reinterpret_cast<const float4*>(p.norm_w) + 8 * u + w;
+            unpack4(__ldg(g4), gl);
+            unpack4(__ldg(g4 + 4), gh);
+        }
+#pragma unroll
+        for (int b = 0; b < kQBatch; ++b) {
+            if (b < nb) {
+                const float4* x4 = reinterpret_cast<const float4*>(
+                                       p.x + static_cast<size_t>(t0 + b) * p.cols) +
+                                   8 * u + w;
+                float xl[4], xh[4];
+                unpack4(__ldg(x4), xl);
+                unpack4(__ldg(x4 + 4), xh);
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    // The CPU's rmsnorm order: (x * scale) * weight.
+                    const float vl = kNorm ? xl[k] * scale[b] * gl[k] : xl[k];
+                    const float vh = kNorm ? xh[k] * scale[b] * gh[k] : xh[k];
+                    acc[b] = fmaf(wl[k], vl, acc[b]);
+                    acc[b] = fmaf(wh[k], vh, acc[b]);
+                    if (kTwo) {
+                        acc2[b] = fmaf(wl2[k], vl, acc2[b]);
+                        acc2[b] = fmaf(wh2[k], vh, acc2[b]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The block's partial sums, one array for every instantiation (a static one in each of
+// the 32 bodies would be 32 arrays).
+using Red = float[kQWarps][2][kQBatch];
+
+template <int kF, bool kTwo, bool kNorm>
+__device__ __forceinline__ void qpack_body(const GemvParams& p, Red& red) {
+    const int lane = threadIdx.x;
+    const int warp = threadIdx.y;
+    const int wpr = p.warps_per_row;
+    const int rows_per_block = kQWarps / wpr;
+    const int row = blockIdx.x * rows_per_block + warp / wpr;
+    const int part = warp % wpr;
+    const bool live = row < p.rows;
+    const int units = p.cols / tachyon::kWarp;
+    const size_t total = static_cast<size_t>(p.rows) * units;
+    const Arrays<kF> a = arrays<kF>(p.w, total);
+    const Arrays<kF> a2 = arrays<kF>(kTwo ? p.w2 : p.w, total);
+    const size_t g0 = static_cast<size_t>(live ? row : 0) * units;
+    const int step = wpr * tachyon::kWarp;
+    constexpr int kUnroll = units_in_flight(kF, kTwo);
+    // Before the programmatic launch's wait only the weights may be touched (no kernel
+    // writes them): each lane asks L2 for the codes of its first units, so the row starts
+    // streaming while the kernel before this one finishes; x, the outputs and every write
+    // come after the wait.
+    if (live) {
+        const int u0 = part * tachyon::kWarp + lane;
+#pragma unroll
+        for (int k = 0; k < kUnroll; ++k) {
+            if (u0 + k * step < units) {
+                const size_t g = g0 + u0 + k * step;
+                tachyon_prefetch_l2(a.qs + (kF == TACHYON_DTYPE_Q8_0 ? 2 * g : g));
+                if (kTwo) tachyon_prefetch_l2(a2.qs + (kF == TACHYON_DTYPE_Q8_0 ? 2 * g : g));
+            }
+        }
+    }
+    tachyon::pdl_trigger_then_wait();
+    for (int t0 = 0; t0 < p.n; t0 += kQBatch) {
+        const int nb = min(kQBatch, p.n - t0);
+        float scale[kQBatch];
+        tachyon::norm_scales(p, t0, nb, scale);
+        float acc[kQBatch] = {0.f, 0.f, 0.f, 0.f};
+        float acc2[kQBatch] = {0.f, 0.f, 0.f, 0.f};
+        if (live) {
+            for (int u = part * tachyon::kWarp + lane; u < units; u += kUnroll * step) {
+                Unit ua[kUnroll], ub[kUnroll];
+#pragma unroll
+                for (int k = 0; k < kUnroll; ++k) {
+                    if (u + k * step < units) {
+                        ua[k] = load_unit<kF>(a, g0 + u + k * step);
+                        if (kTwo) ub[k] = load_unit<kF>(a2, g0 + u + k * step);
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < kUnroll; ++k) {
+                    if (u + k * step < units) {
+                        dot_unit<kF, kTwo, kNorm>(p, ua[k], kTwo ? ub[k] : ua[k], u + k * step,
+                                                  t0, nb, scale, acc, acc2);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < kQBatch; ++b) {
+            acc[b] = tachyon::warp_sum_f(acc[b]);
+            if (kTwo) acc2[b] = tachyon::warp_sum_f(acc2[b]);
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int b = 0; b < kQBatch; ++b) {
+                red[warp][0][b] = acc[b];
+                red[warp][1][b] = acc2[b];
+            }
+        }
+        __syncthreads();
+        // The first warp of each row sums the row's parts (fixed order: deterministic).
+        if (live && part == 0 && lane < kQBatch && t0 + lane < p.n) {
+            float y = 0.f, y2 = 0.f;
+            for (int k = 0; k < wpr; ++k) {
+                y += red[warp + k][0][lane];
+                y2 += red[warp + k][1][lane];
+            }
+            if (p.bias != nullptr) y += p.bias[row];
+            if (kTwo) y = y / (1.0f + expf(-y)) * y2;
+            tachyon::gemv_store(p, t0 + lane, row, y);
+        }
+        __syncthreads();
+    }
+}
+
+template <int kF>
+__device__ __forceinline__ void qpack_format(const GemvParams& p, Red& red) {
+    // Each combination is its own straight loop (uniform over the grid).
+    const bool norm = p.norm_w != nullptr;
+    if (p.w2 != nullptr) {
+        if (norm) qpack_body<kF, true, true>(p, red);
+        else qpack_body<kF, true, false>(p, red);
+    } else {
+        if (norm) qpack_body<kF, false, true>(p, red);
+        else qpack_body<kF, false, false>(p, red);
+    }
+}
+
+}  // namespace qpack
+}  // namespace
+
+// One kernel per format, so that each gets the registers its own loop needs (the launcher
+// picks by dtype; it checks that x, norm_w and the matrices are 16-byte aligned and that
+// cols is a multiple of the format's block). At most 128 registers: two blocks (16 warps)
+// resident per SM.
+// (Written out, not a macro: the emulator lists the kernels from the source text.)
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q4_0(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q4_0>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q4_1(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q4_1>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_0(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q5_0>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_1(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q5_1>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q8_0(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q8_0>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q4_k(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q4_K>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_k(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q5_K>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q6_k(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format<TACHYON_DTYPE_Q6_K>(p, red);
+}
