@@ -20,6 +20,9 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 mod tile;
+mod vnni;
+
+pub(super) use vnni::Vnni;
 
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};
