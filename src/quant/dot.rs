@@ -62,7 +62,17 @@ impl Isa {
             // The portable kernels are the fallback and the tests' second opinion, not a
             // fast path: they run one token at a time.
             Isa::Scalar => None,
-            Isa::Avx2 | Isa::Avx512Vnni => {
+            Isa::Avx512Vnni => {
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(vnni), Some(avx2)) = (
+                    super::dot_avx2::Vnni::detect(),
+                    super::dot_avx2::Avx2::detect(),
+                ) {
+                    return vnni.k_tile_kernel(wty).or(avx2.tile_kernel(wty));
+                }
+                panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
+            }
+            Isa::Avx2 => {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(avx2) = super::dot_avx2::Avx2::detect() {
                     return avx2.tile_kernel(wty);
@@ -104,7 +114,8 @@ fn scalar_kernel(wty: GgmlType) -> RowFn {
 }
 
 /// Which dot kernels run on this CPU: "avx2+avx512vnni" (AVX2 row kernels, AVX-512
-/// VNNI band kernels in [`matmul_rows`] for the simple formats), "avx2" or "scalar".
+/// VNNI band and tile kernels in [`matmul_rows`] for the simple formats, Q4_K and Q6_K),
+/// "avx2" or "scalar".
 pub fn kernel_isa() -> &'static str {
     match Isa::best() {
         Isa::Avx512Vnni => "avx2+avx512vnni",

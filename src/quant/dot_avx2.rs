@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 mod tile;
 mod vnni;
+mod vnni_k;
 
 pub(super) use vnni::Vnni;
 

@@ -19,6 +19,14 @@ fn isas() -> Vec<Isa> {
     for isa in all.iter().filter(|i| !i.available()) {
         eprintln!("skipped: this CPU does not run the {isa:?} kernels");
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx2")
+    {
+        assert!(Isa::Avx512Vnni.available());
+    }
     all.into_iter().filter(|i| i.available()).collect()
 }
 
