@@ -48,6 +48,9 @@ pub struct QuantizedActs {
     pub(super) d: Vec<f32>,
     /// `d * sum(q)` of each 32-block (Q8x32).
     pub(super) s: Vec<f32>,
+    /// `-sum(q)` of every 4 codes (Q8x32): the AVX-512 VNNI kernels take the offset of
+    /// unsigned-shifted weight codes back out with these (see `dot_avx2::vnni`).
+    pub(super) nsum4: Vec<i32>,
     /// Sum of the codes of each 16 elements (Q8K).
     pub(super) bsums: Vec<i16>,
     /// The activations themselves (F32).
@@ -69,6 +72,7 @@ impl QuantizedActs {
             qs: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
+            nsum4: Vec::new(),
             bsums: Vec::new(),
             f: Vec::new(),
         }
@@ -120,6 +124,10 @@ pub fn quantize_acts(wty: GgmlType, x: &[f32], out: &mut QuantizedActs) {
                 *d = quantize_block(xb, qb);
                 let sum: i32 = qb.iter().map(|&q| i32::from(q)).sum();
                 *s = *d * sum as f32;
+            }
+            resize(&mut out.nsum4, x.len() / 4, 0);
+            for (n4, q4) in out.nsum4.iter_mut().zip(out.qs.chunks_exact(4)) {
+                *n4 = -q4.iter().map(|&q| i32::from(q)).sum::<i32>();
             }
         }
         ActLayout::Q8K => {
@@ -219,6 +227,11 @@ mod tests {
                 .sum();
             assert_eq!(a.s[i], a.d[i] * s as f32);
         }
+        assert_eq!(a.nsum4.len(), 128);
+        for (i, n4) in a.nsum4.iter().enumerate() {
+            let s: i32 = a.qs[4 * i..4 * i + 4].iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(*n4, -s);
+        }
     }
 
     #[test]
@@ -242,11 +255,13 @@ mod tests {
         quantize_acts(GgmlType::Q6K, &x, &mut a);
         quantize_acts(GgmlType::Q8_0, &x, &mut a);
         let ptrs = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr());
+        let n4 = a.nsum4.as_ptr();
         quantize_acts(GgmlType::Q6K, &x[..512], &mut a);
         quantize_acts(GgmlType::Q8_0, &x, &mut a);
         assert_eq!(
             ptrs,
             (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.bsums.as_ptr())
         );
+        assert_eq!(n4, a.nsum4.as_ptr());
     }
 }

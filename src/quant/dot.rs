@@ -11,14 +11,21 @@ use crate::format::ggml_type::{GgmlType, QK_K};
 pub(crate) enum Isa {
     Scalar,
     Avx2,
+    /// The AVX2 kernels, with AVX-512 VNNI band kernels for prefill where they exist.
+    Avx512Vnni,
 }
 
 impl Isa {
     /// The fastest family this CPU runs.
     pub(crate) fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
-        if super::dot_avx2::Avx2::detect().is_some() {
-            return Isa::Avx2;
+        {
+            if super::dot_avx2::Vnni::detect().is_some() {
+                return Isa::Avx512Vnni;
+            }
+            if super::dot_avx2::Avx2::detect().is_some() {
+                return Isa::Avx2;
+            }
         }
         Isa::Scalar
     }
@@ -26,7 +33,26 @@ impl Isa {
     /// Whether this CPU runs the family.
     #[cfg(test)]
     pub(crate) fn available(self) -> bool {
-        self == Isa::Scalar || Isa::best() == Isa::Avx2
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => Isa::best() != Isa::Scalar,
+            Isa::Avx512Vnni => Isa::best() == Isa::Avx512Vnni,
+        }
+    }
+
+    /// The band kernel of this family for `wty` weights, where it has one (see
+    /// [`matmul_rows`]). Panics when the CPU lacks the family.
+    pub(crate) fn band_kernel(self, wty: GgmlType) -> Option<BandFn> {
+        match self {
+            Isa::Scalar | Isa::Avx2 => None,
+            Isa::Avx512Vnni => {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(vnni) = super::dot_avx2::Vnni::detect() {
+                    return vnni.band_kernel(wty);
+                }
+                panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
+            }
+        }
     }
 
     /// The tiled kernel of this family for `wty` weights, where it has one (see
@@ -36,6 +62,16 @@ impl Isa {
             // The portable kernels are the fallback and the tests' second opinion, not a
             // fast path: they run one token at a time.
             Isa::Scalar => None,
+            Isa::Avx512Vnni => {
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(vnni), Some(avx2)) = (
+                    super::dot_avx2::Vnni::detect(),
+                    super::dot_avx2::Avx2::detect(),
+                ) {
+                    return vnni.k_tile_kernel(wty).or(avx2.tile_kernel(wty));
+                }
+                panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
+            }
             Isa::Avx2 => {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(avx2) = super::dot_avx2::Avx2::detect() {
@@ -50,7 +86,7 @@ impl Isa {
     pub(crate) fn kernel(self, wty: GgmlType) -> RowFn {
         match self {
             Isa::Scalar => scalar_kernel(wty),
-            Isa::Avx2 => {
+            Isa::Avx2 | Isa::Avx512Vnni => {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(avx2) = super::dot_avx2::Avx2::detect() {
                     return avx2.kernel(wty);
@@ -77,9 +113,12 @@ fn scalar_kernel(wty: GgmlType) -> RowFn {
     }
 }
 
-/// Which dot kernels [`dot_row`] and [`matvec_rows`] run on this CPU: "avx2" or "scalar".
+/// Which dot kernels run on this CPU: "avx2+avx512vnni" (AVX2 row kernels, AVX-512
+/// VNNI band and tile kernels in [`matmul_rows`] for the simple formats, Q4_K and Q6_K),
+/// "avx2" or "scalar".
 pub fn kernel_isa() -> &'static str {
     match Isa::best() {
+        Isa::Avx512Vnni => "avx2+avx512vnni",
         Isa::Avx2 => "avx2",
         Isa::Scalar => "scalar",
     }
@@ -164,6 +203,11 @@ pub const TILE: usize = 4;
 /// result for each `j`.
 pub(super) type TileFn = fn(&[u8], &[QuantizedActs], &mut [f32]);
 
+/// A band kernel: [`matmul_rows`] itself for `2 <= xs.len() <= TILE` over whole rows of
+/// `row_bytes > 0` (the caller checked the sizes), several rows per step. Bit-for-bit
+/// the row kernel's result for each (row, token).
+pub(super) type BandFn = fn(&[u8], usize, &[QuantizedActs], &mut [f32]);
+
 /// `out[j * rows + r]` = dot(row r of `w`, `xs[j]`) for `j < xs.len()` (at most
 /// [`TILE`]), where `w` is `rows = out.len() / xs.len()` rows of `row_bytes` each.
 ///
@@ -234,6 +278,9 @@ pub(crate) fn matmul_rows_with(
     if rb == 0 {
         out.fill(0.0);
         return;
+    }
+    if let Some(band) = isa.band_kernel(wty) {
+        return band(w, rb, xs, out);
     }
     let Some(tile) = isa.tile_kernel(wty) else {
         for (x, o) in xs.iter().zip(out.chunks_exact_mut(rows)) {

@@ -20,6 +20,10 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 mod tile;
+mod vnni;
+mod vnni_k;
+
+pub(super) use vnni::Vnni;
 
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};

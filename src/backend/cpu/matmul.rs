@@ -41,9 +41,7 @@ pub fn matmul(
         if scratch.acts.len() < n {
             scratch.acts.resize_with(n, QuantizedActs::new);
         }
-        for t in 0..n {
-            quant::quantize_acts(w.ty, &x[t * cols..(t + 1) * cols], &mut scratch.acts[t]);
-        }
+        quantize_all(w, x, n, &mut scratch.acts[..n]);
     }
     let acts = &scratch.acts;
     let row_bytes = w.row_bytes();
@@ -87,6 +85,40 @@ pub fn matmul(
     });
 }
 
+/// Tokens per task when a prompt's activations are quantized across the pool.
+const QUANT_CHUNK: usize = 16;
+
+/// `acts[t]` = row `t` of `x` quantized for `w`. Serial for a few tokens (a decode step);
+/// across the pool for a prompt, whose quantization would otherwise run on the calling
+/// thread alone while the others wait for the product.
+fn quantize_all(w: &Weight, x: &[f32], n: usize, acts: &mut [QuantizedActs]) {
+    let cols = w.cols;
+    if n <= QUANT_CHUNK {
+        for (t, a) in acts.iter_mut().enumerate() {
+            quant::quantize_acts(w.ty, &x[t * cols..(t + 1) * cols], a);
+        }
+        return;
+    }
+    let ptr = ActsPtr(acts.as_mut_ptr());
+    pool::global().run(n.div_ceil(QUANT_CHUNK), &|c| {
+        let p = ptr;
+        for t in c * QUANT_CHUNK..((c + 1) * QUANT_CHUNK).min(n) {
+            // SAFETY: task c alone touches tokens c * QUANT_CHUNK.., below n = acts.len(),
+            // and `acts` outlives the job.
+            let a = unsafe { &mut *p.0.add(t) };
+            quant::quantize_acts(w.ty, &x[t * cols..(t + 1) * cols], a);
+        }
+    });
+}
+
+/// The activation buffers shared by the quantizing tasks, each of which takes its own.
+#[derive(Clone, Copy)]
+struct ActsPtr(*mut QuantizedActs);
+// SAFETY: the tasks touch disjoint elements (see `quantize_all`), and the buffers outlive
+// the parallel section.
+unsafe impl Send for ActsPtr {}
+unsafe impl Sync for ActsPtr {}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -126,7 +158,7 @@ mod tests {
             let len = bytes.len();
             let w = Weight::new("w", ty, rows, cols, Arc::new(bytes), 0, len)
                 .unwrap_or_else(|e| panic!("{e}"));
-            for n in [1, 2, 3, 4, 5, 7, 9] {
+            for n in [1, 2, 3, 4, 5, 7, 9, 16, 17, 38] {
                 let x = values(n * cols, 5 + n as u64);
                 let mut out = vec![f32::NAN; n * rows];
                 matmul(&w, &x, n, &mut out, false, &mut MatmulScratch::default());

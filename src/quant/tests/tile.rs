@@ -15,10 +15,19 @@ use super::{Rng, random_acts, random_row};
 use crate::format::GgmlType;
 
 fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2]
-        .into_iter()
-        .filter(|i| i.available())
-        .collect()
+    let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    for isa in all.iter().filter(|i| !i.available()) {
+        eprintln!("skipped: this CPU does not run the {isa:?} kernels");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx2")
+    {
+        assert!(Isa::Avx512Vnni.available());
+    }
+    all.into_iter().filter(|i| i.available()).collect()
 }
 
 /// The activations exactly as the fast kernels see them.
@@ -161,4 +170,51 @@ fn tiles_of_more_than_four_are_refused() {
     let xs = vec![a; 5];
     let mut out = [0.0; 5];
     matmul_rows_with(Isa::best(), GgmlType::Q8_0, &[0; 34], 34, &xs, &mut out);
+}
+
+/// The band kernels step over groups of rows: row counts below, at and past a group
+/// (and their remainders), odd and even block counts (the odd last block takes a path
+/// of its own), checked bit for bit against the one-token kernels, with a NaN token
+/// that must poison only its own outputs.
+#[test]
+fn bands_of_many_rows_match_the_one_token_kernels_bit_for_bit() {
+    let mut rng = Rng::new(23);
+    for isa in isas() {
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            for blocks in [1, 2, 3, 4, 7] {
+                let n = blocks * ty.block_len();
+                for rows in [1, 3, 4, 5, 8, 9, 13] {
+                    let w = weights(ty, rows, n, &mut rng);
+                    let rb = w.len() / rows;
+                    for t in 2..=TILE {
+                        let nan_at = (rows + t) % (t + 1);
+                        let xs: Vec<QuantizedActs> = (0..t)
+                            .map(|j| {
+                                let mut x = random_acts(n, &mut rng);
+                                if j == nan_at {
+                                    x[rng.below(n)] = f32::NAN;
+                                }
+                                let mut a = QuantizedActs::new();
+                                quantize_acts(ty, &x, &mut a);
+                                a
+                            })
+                            .collect();
+                        let mut out = vec![f32::NAN; t * rows];
+                        matmul_rows_with(isa, ty, &w, rb, &xs, &mut out);
+                        for (j, x) in xs.iter().enumerate() {
+                            for r in 0..rows {
+                                let got = out[j * rows + r];
+                                let want = dot_row_with(isa, ty, &w[r * rb..(r + 1) * rb], x);
+                                let at = format!(
+                                    "{isa:?} {ty} n={n} rows {rows} tile {t}: token {j} row {r}"
+                                );
+                                assert_eq!(got.is_nan(), j == nan_at, "{at}: {got}");
+                                assert_eq!(got.to_bits(), want.to_bits(), "{at}: {got} vs {want}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,215 @@
+//! AVX-512 VNNI tiles for Q4_K and Q6_K: one weight row against a tile of up to `TILE`
+//! tokens, as the AVX2 tiles of `tile.rs`, but 64 codes per step instead of 32: a
+//! 512-bit register holds two of the AVX2 kernel's 32-code pieces side by side (Q4_K:
+//! a chunk's low nibbles and its high nibbles; Q6_K: two consecutive code groups), each
+//! half with its own sub-block scales, and `vpdpwssd` applies the scales and adds in one
+//! instruction where AVX2 needs `vpmaddwd` and `vpaddd`.
+//!
+//! Results are bit-for-bit those of the one-token AVX2 kernels: every i32 lane of the
+//! AVX2 tile's super-block sum is the total of the same integer products, here split
+//! between the two halves and added back together (`fold`) before the one conversion to
+//! f32; integer sums are exact (no lane overflows, see the parent module), and the float
+//! steps after it are the AVX2 tile's own.
+
+use std::arch::x86_64::*;
+
+use super::super::acts::QuantizedActs;
+use super::super::blocks::{self, f16_bits_at, k4_scales_mins};
+use super::super::dot::TileFn;
+use super::vnni::Vnni;
+use super::{arr, f16_to_f32, hsum_ps, k45_mins, load_i16x16, load_u8x16, load_u8x32};
+use crate::format::ggml_type::{GgmlType, QK_K};
+
+impl Vnni {
+    /// The k-quant tile for `wty` weights, where there is one (Q4_K, Q6_K).
+    pub(in crate::quant) fn k_tile_kernel(self, wty: GgmlType) -> Option<TileFn> {
+        Some(match wty {
+            GgmlType::Q4K => entry::q4_k,
+            GgmlType::Q6K => entry::q6_k,
+            _ => return None,
+        })
+    }
+}
+
+macro_rules! entries {
+    ($($name:ident),*) => {
+        mod entry {
+            use super::QuantizedActs;
+            $(
+                pub(super) fn $name(row: &[u8], xs: &[QuantizedActs], out: &mut [f32]) {
+                    assert_eq!(xs.len(), out.len(), "one output per activation row");
+                    // SAFETY (every arm): these wrappers are private to this file and only
+                    // handed out by `Vnni::k_tile_kernel`, which needs a `Vnni` token, and
+                    // tokens exist only once the CPU was seen to support avx2, fma, f16c,
+                    // avx512f, avx512bw and avx512vnni.
+                    match xs.len() {
+                        1 => unsafe { super::$name::<1>(row, fixed(xs), fixed_mut(out)) },
+                        2 => unsafe { super::$name::<2>(row, fixed(xs), fixed_mut(out)) },
+                        3 => unsafe { super::$name::<3>(row, fixed(xs), fixed_mut(out)) },
+                        4 => unsafe { super::$name::<4>(row, fixed(xs), fixed_mut(out)) },
+                        n => panic!("a tile holds 1 to {} activation rows, not {n}", crate::quant::dot::TILE),
+                    }
+                }
+            )*
+
+            fn fixed<const T: usize>(xs: &[QuantizedActs]) -> &[QuantizedActs; T] {
+                xs.try_into().expect("length matched above")
+            }
+
+            fn fixed_mut<const T: usize>(out: &mut [f32]) -> &mut [f32; T] {
+                out.try_into().expect("length matched above")
+            }
+        }
+    };
+}
+entries!(q4_k, q6_k);
+
+/// 64 activation codes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn load_i8x64(a: &[i8; 64]) -> __m512i {
+    // SAFETY: `a` refers to 64 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+}
+
+/// `lo` in the low 256 bits, `hi` in the high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// The two halves' i32 lanes added: the eight lanes of the AVX2 tile's sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn fold(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+}
+
+/// Four i16 scales, one per 128-bit lane, each repeated over its lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn lane_scales(s: [i16; 4]) -> __m512i {
+    let x = s.map(|v| (u32::from(v as u16) * 0x1_0001) as i32);
+    _mm512_setr_epi32(
+        x[0], x[0], x[0], x[0], x[1], x[1], x[1], x[1], x[2], x[2], x[2], x[2], x[3], x[3], x[3],
+        x[3],
+    )
+}
+
+/// Q4_K: chunk c's 32 code bytes give sub-block 2c (low nibbles) in the low half and
+/// 2c + 1 (high nibbles) in the high half, against 64 consecutive activations.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
+    use blocks::q4_k::*;
+    let low4 = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc_min = [_mm256_setzero_ps(); T];
+    for (bi, b) in row.chunks_exact(BYTES).enumerate() {
+        for l in 0..3 {
+            super::prefetch_ahead(b.as_ptr(), 64 * l);
+        }
+        let (scales, mins) = k4_scales_mins(&b[SCALES..SCALES + 12]);
+        let sb = scales.to_le_bytes().map(i16::from);
+        let a: [&[i8; QK_K]; T] = std::array::from_fn(|j| arr(&xs[j].qs, QK_K * bi));
+        let mut sum = [_mm512_setzero_si512(); T];
+        for c in 0..4 {
+            let v = load_u8x32(arr(b, QS + 32 * c));
+            let q = _mm512_and_si512(join(v, _mm256_srli_epi16::<4>(v)), low4);
+            let s = lane_scales([sb[2 * c], sb[2 * c], sb[2 * c + 1], sb[2 * c + 1]]);
+            for j in 0..T {
+                let p = _mm512_maddubs_epi16(q, load_i8x64(arr(a[j], 64 * c)));
+                sum[j] = _mm512_dpwssd_epi32(sum[j], p, s);
+            }
+        }
+        let dw = f16_to_f32(f16_bits_at(b, D));
+        let dminw = f16_to_f32(f16_bits_at(b, DMIN));
+        for j in 0..T {
+            let x = &xs[j];
+            let dx = x.d[bi];
+            let min = k45_mins(mins, arr(&x.bsums, QK_K / 16 * bi));
+            acc[j] = _mm256_fmadd_ps(
+                _mm256_set1_ps(dw * dx),
+                _mm256_cvtepi32_ps(fold(sum[j])),
+                acc[j],
+            );
+            acc_min[j] = _mm256_fmadd_ps(
+                _mm256_set1_ps(dminw * dx),
+                _mm256_cvtepi32_ps(min),
+                acc_min[j],
+            );
+        }
+    }
+    for j in 0..T {
+        out[j] = hsum_ps(acc[j]) - hsum_ps(acc_min[j]);
+    }
+}
+
+/// Q6_K: the AVX2 tile's code groups 2m and 2m + 1 of each half h side by side, with
+/// their four 16-element scales one per 128-bit lane.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
+    use blocks::q6_k::*;
+    let low4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (bi, b) in row.chunks_exact(BYTES).enumerate() {
+        for l in 0..4 {
+            super::prefetch_ahead(b.as_ptr(), 64 * l);
+        }
+        let a: [&[i8; QK_K]; T] = std::array::from_fn(|j| arr(&xs[j].qs, QK_K * bi));
+        let mut sum = [_mm512_setzero_si512(); T];
+        for h in 0..2 {
+            let sb: [u8; 8] = *arr(b, SCALES + 8 * h);
+            let sb = sb.map(|v| i16::from(v as i8));
+            let ql0 = load_u8x32(arr(b, QL + 64 * h));
+            let ql1 = load_u8x32(arr(b, QL + 64 * h + 32));
+            let qh = load_u8x32(arr(b, QH + 32 * h));
+            let bits = |m: u8| _mm256_and_si256(qh, _mm256_set1_epi8(m as i8));
+            // The same four code groups as the AVX2 tile, paired.
+            let q = [
+                join(
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, low4),
+                        _mm256_slli_epi16::<4>(bits(0x03)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, low4),
+                        _mm256_slli_epi16::<2>(bits(0x0c)),
+                    ),
+                ),
+                join(
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                        bits(0x30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                        _mm256_srli_epi16::<2>(bits(0xc0)),
+                    ),
+                ),
+            ];
+            for (m, q) in q.into_iter().enumerate() {
+                let s = lane_scales([sb[4 * m], sb[4 * m + 1], sb[4 * m + 2], sb[4 * m + 3]]);
+                for j in 0..T {
+                    let p = _mm512_maddubs_epi16(q, load_i8x64(arr(a[j], 128 * h + 64 * m)));
+                    sum[j] = _mm512_dpwssd_epi32(sum[j], p, s);
+                }
+            }
+        }
+        let scales = _mm256_cvtepi8_epi16(load_u8x16(arr(b, SCALES)));
+        let dw = f16_to_f32(f16_bits_at(b, D));
+        for j in 0..T {
+            let x = &xs[j];
+            let bias = _mm256_madd_epi16(load_i16x16(arr(&x.bsums, QK_K / 16 * bi)), scales);
+            let sum = _mm256_sub_epi32(fold(sum[j]), _mm256_slli_epi32::<5>(bias));
+            acc[j] = _mm256_fmadd_ps(
+                _mm256_set1_ps(dw * x.d[bi]),
+                _mm256_cvtepi32_ps(sum),
+                acc[j],
+            );
+        }
+    }
+    for j in 0..T {
+        out[j] = hsum_ps(acc[j]);
+    }
+}
