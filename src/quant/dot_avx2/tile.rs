@@ -1,4 +1,4 @@
-//! Tiled AVX2 kernels: one weight row against a tile of up to `TILE` (4) activation rows.
+//! Tiled AVX2 kernels: one weight row against a tile of up to `SMALL_TILE` (4) activation rows.
 //!
 //! A prefill dots every weight row against many tokens. The one-token kernels of the
 //! parent module would unpack a block's nibbles, high bits and sub-block scales once per
@@ -59,7 +59,7 @@ macro_rules! entries {
                         2 => unsafe { super::$name::<2>(row, fixed(xs), fixed_mut(out)) },
                         3 => unsafe { super::$name::<3>(row, fixed(xs), fixed_mut(out)) },
                         4 => unsafe { super::$name::<4>(row, fixed(xs), fixed_mut(out)) },
-                        n => panic!("a tile holds 1 to {} activation rows, not {n}", crate::quant::dot::TILE),
+                        n => panic!("a tile holds 1 to {} activation rows, not {n}", crate::quant::dot::SMALL_TILE),
                     }
                 }
             )*

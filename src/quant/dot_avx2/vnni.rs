@@ -1,5 +1,5 @@
 //! AVX-512 VNNI band kernels for the simple formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0):
-//! `ROWS` weight rows against a tile of up to `TILE` tokens per step, on CPUs with
+//! `ROWS` weight rows against a tile of up to `SMALL_TILE` (4) tokens per step, on CPUs with
 //! avx512f, avx512bw and avx512vnni (chosen at run time; the AVX2 tiles stay for the
 //! others).
 //!
@@ -88,7 +88,7 @@ macro_rules! entries {
                         2 => band::<2>(w, rb, fixed(xs), out, rows),
                         3 => band::<3>(w, rb, fixed(xs), out, rows),
                         4 => band::<4>(w, rb, fixed(xs), out, rows),
-                        n => panic!("a band kernel takes 2 to {} tokens, not {n}", crate::quant::dot::TILE),
+                        n => panic!("a band kernel takes 2 to {} tokens, not {n}", crate::quant::dot::SMALL_TILE),
                     }
 
                     fn band<const T: usize>(

@@ -1,5 +1,5 @@
 //! AVX-512 VNNI tiles for Q4_K and Q6_K: one weight row against a tile of up to `TILE`
-//! tokens, as the AVX2 tiles of `tile.rs`, but 64 codes per step instead of 32: a
+//! (8) tokens, as the AVX2 tiles of `tile.rs` (4), but 64 codes per step instead of 32: a
 //! 512-bit register holds two of the AVX2 kernel's 32-code pieces side by side (Q4_K:
 //! a chunk's low nibbles and its high nibbles; Q6_K: two consecutive code groups), each
 //! half with its own sub-block scales, and `vpdpwssd` applies the scales and adds in one
@@ -47,6 +47,10 @@ macro_rules! entries {
                         2 => unsafe { super::$name::<2>(row, fixed(xs), fixed_mut(out)) },
                         3 => unsafe { super::$name::<3>(row, fixed(xs), fixed_mut(out)) },
                         4 => unsafe { super::$name::<4>(row, fixed(xs), fixed_mut(out)) },
+                        5 => unsafe { super::$name::<5>(row, fixed(xs), fixed_mut(out)) },
+                        6 => unsafe { super::$name::<6>(row, fixed(xs), fixed_mut(out)) },
+                        7 => unsafe { super::$name::<7>(row, fixed(xs), fixed_mut(out)) },
+                        8 => unsafe { super::$name::<8>(row, fixed(xs), fixed_mut(out)) },
                         n => panic!("a tile holds 1 to {} activation rows, not {n}", crate::quant::dot::TILE),
                     }
                 }
@@ -86,15 +90,67 @@ fn fold(v: __m512i) -> __m256i {
     _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
 }
 
-/// Four i16 scales, one per 128-bit lane, each repeated over its lane.
+/// The word-index tables of `lane_scales`: table `k`'s 128-bit lane `l` repeats word
+/// `4 k + l` of the scale vector (`k` = 0, 1 serve Q6_K's four-scale groups; Q4_K's
+/// chunks use [`Q4K_PICKS`]).
+static Q6K_PICKS: [[i16; 32]; 2] = picks([[0, 1, 2, 3], [4, 5, 6, 7]]);
+/// Q4_K chunk `c`: lanes 0-1 sub-block 2c, lanes 2-3 sub-block 2c + 1.
+static Q4K_PICKS: [[i16; 32]; 4] = picks([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5], [6, 6, 7, 7]]);
+
+const fn picks<const N: usize>(lanes: [[i16; 4]; N]) -> [[i16; 32]; N] {
+    let mut t = [[0i16; 32]; N];
+    let mut k = 0;
+    while k < N {
+        let mut i = 0;
+        while i < 32 {
+            t[k][i] = lanes[k][i / 8];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+}
+
+/// Eight i16 sub-block scales, widened from bytes (`signed`: i8, else u8), in the low
+/// words of a register for [`lane_scales`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn lane_scales(s: [i16; 4]) -> __m512i {
-    let x = s.map(|v| (u32::from(v as u16) * 0x1_0001) as i32);
-    _mm512_setr_epi32(
-        x[0], x[0], x[0], x[0], x[1], x[1], x[1], x[1], x[2], x[2], x[2], x[2], x[3], x[3], x[3],
-        x[3],
-    )
+fn scale_words(bytes: u64, signed: bool) -> __m512i {
+    let v = _mm_cvtsi64_si128(bytes as i64);
+    let w = if signed {
+        _mm_cvtepi8_epi16(v)
+    } else {
+        _mm_cvtepu8_epi16(v)
+    };
+    _mm512_castsi128_si512(w)
+}
+
+/// Four of `words`' scales, one per 128-bit lane, each repeated over its lane, as
+/// `pick` says (a table of [`picks`]): one `vpermw`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn lane_scales(words: __m512i, pick: &[i16; 32]) -> __m512i {
+    // SAFETY: `pick` is 64 readable bytes; `loadu` has no alignment requirement.
+    let idx = unsafe { _mm512_loadu_si512(pick.as_ptr().cast()) };
+    _mm512_permutexvar_epi16(idx, words)
+}
+
+/// `acc + madd(a, b)` as the one `vpdpwssd` it names: left to itself the compiler splits
+/// the intrinsic into `vpmaddwd` + `vpaddd`, one more instruction per token and step.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    // SAFETY: register-only arithmetic; the caller's target features include avx512vnni.
+    unsafe {
+        std::arch::asm!(
+            "vpdpwssd {acc}, {a}, {b}",
+            acc = inout(zmm_reg) acc,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
 }
 
 /// Q4_K: chunk c's 32 code bytes give sub-block 2c (low nibbles) in the low half and
@@ -110,16 +166,16 @@ fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
             super::prefetch_ahead(b.as_ptr(), 64 * l);
         }
         let (scales, mins) = k4_scales_mins(&b[SCALES..SCALES + 12]);
-        let sb = scales.to_le_bytes().map(i16::from);
+        let sw = scale_words(scales, false);
         let a: [&[i8; QK_K]; T] = std::array::from_fn(|j| arr(&xs[j].qs, QK_K * bi));
         let mut sum = [_mm512_setzero_si512(); T];
-        for c in 0..4 {
+        for (c, picks) in Q4K_PICKS.iter().enumerate() {
             let v = load_u8x32(arr(b, QS + 32 * c));
             let q = _mm512_and_si512(join(v, _mm256_srli_epi16::<4>(v)), low4);
-            let s = lane_scales([sb[2 * c], sb[2 * c], sb[2 * c + 1], sb[2 * c + 1]]);
+            let s = lane_scales(sw, picks);
             for j in 0..T {
                 let p = _mm512_maddubs_epi16(q, load_i8x64(arr(a[j], 64 * c)));
-                sum[j] = _mm512_dpwssd_epi32(sum[j], p, s);
+                sum[j] = dpwssd(sum[j], p, s);
             }
         }
         let dw = f16_to_f32(f16_bits_at(b, D));
@@ -160,7 +216,7 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
         let mut sum = [_mm512_setzero_si512(); T];
         for h in 0..2 {
             let sb: [u8; 8] = *arr(b, SCALES + 8 * h);
-            let sb = sb.map(|v| i16::from(v as i8));
+            let sw = scale_words(u64::from_le_bytes(sb), true);
             let ql0 = load_u8x32(arr(b, QL + 64 * h));
             let ql1 = load_u8x32(arr(b, QL + 64 * h + 32));
             let qh = load_u8x32(arr(b, QH + 32 * h));
@@ -189,10 +245,10 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
                 ),
             ];
             for (m, q) in q.into_iter().enumerate() {
-                let s = lane_scales([sb[4 * m], sb[4 * m + 1], sb[4 * m + 2], sb[4 * m + 3]]);
+                let s = lane_scales(sw, &Q6K_PICKS[m]);
                 for j in 0..T {
                     let p = _mm512_maddubs_epi16(q, load_i8x64(arr(a[j], 128 * h + 64 * m)));
-                    sum[j] = _mm512_dpwssd_epi32(sum[j], p, s);
+                    sum[j] = dpwssd(sum[j], p, s);
                 }
             }
         }

@@ -59,7 +59,7 @@ fn weights(ty: GgmlType, rows: usize, n: usize, rng: &mut Rng) -> Vec<u8> {
 }
 
 #[test]
-fn tiles_of_one_to_four_tokens_match_the_one_token_kernels_bit_for_bit() {
+fn tiles_of_one_to_eight_tokens_match_the_one_token_kernels_bit_for_bit() {
     let mut rng = Rng::new(17);
     for isa in isas() {
         for ty in GgmlType::ALL {
@@ -163,12 +163,12 @@ fn empty_tiles_and_rows() {
 }
 
 #[test]
-#[should_panic(expected = "at most 4 per call")]
-fn tiles_of_more_than_four_are_refused() {
+#[should_panic(expected = "at most 8 per call")]
+fn tiles_of_more_than_eight_are_refused() {
     let mut a = QuantizedActs::new();
     quantize_acts(GgmlType::Q8_0, &[1.0; 32], &mut a);
-    let xs = vec![a; 5];
-    let mut out = [0.0; 5];
+    let xs = vec![a; TILE + 1];
+    let mut out = [0.0; TILE + 1];
     matmul_rows_with(Isa::best(), GgmlType::Q8_0, &[0; 34], 34, &xs, &mut out);
 }
 
