@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use super::ops::{axpy, dot, softmax};
+use super::ops::{dot, softmax, weighted_rows};
 use super::pool;
 use crate::backend::AttnShape;
 
@@ -68,10 +68,7 @@ pub fn attention(
                 sc.push(dot(qh, kj) * scale);
             }
             softmax(&mut sc);
-            o.fill(0.0);
-            for (j, &w) in (first..=p).zip(sc.iter()) {
-                axpy(w, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], o);
-            }
+            weighted_rows(&sc, vc, first * kvd + kvh * hd, kvd, o);
         });
     });
 }

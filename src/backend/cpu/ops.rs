@@ -104,10 +104,57 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += a * x`.
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
+/// `out = sum_j w[j] * row j`, where row j is `out.len()` values of `v` from
+/// `first + j * stride`: attention's weighted sum of value rows. Each element is summed
+/// in j order from 0.0, unfused, so the result is that of `out.fill(0.0)` followed by
+/// `out[d] += w[j] * row_j[d]` for each j in turn, whatever the vector width.
+pub fn weighted_rows(w: &[f32], v: &[f32], first: usize, stride: usize, out: &mut [f32]) {
+    if let Some(last) = w.len().checked_sub(1) {
+        assert!(
+            first + last * stride + out.len() <= v.len(),
+            "weighted_rows: rows past the end"
+        );
+    }
+    // A prompt's attention takes one of these per (query, head): 16 columns at a time
+    // the sums stay in one register across all the rows instead of going through memory
+    // for every row.
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU was just seen to support avx512f.
+        return unsafe { weighted_rows_avx512(w, v, first, stride, out) };
+    }
+    weighted_rows_lanes(w, v, first, stride, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn weighted_rows_avx512(w: &[f32], v: &[f32], first: usize, stride: usize, out: &mut [f32]) {
+    weighted_rows_lanes(w, v, first, stride, out)
+}
+
+/// [`weighted_rows`] in columns of 16; the caller checked that every row is in `v`.
+#[inline(always)]
+fn weighted_rows_lanes(w: &[f32], v: &[f32], first: usize, stride: usize, out: &mut [f32]) {
+    const COLS: usize = 16;
+    let mut c0 = 0;
+    for oc in out.chunks_mut(COLS) {
+        let mut acc = [0.0f32; COLS];
+        let width = oc.len();
+        for (j, &wj) in w.iter().enumerate() {
+            let at = first + j * stride + c0;
+            if let Ok(row) = <&[f32; COLS]>::try_from(&v[at..at + width]) {
+                // A whole column: fixed-size, so it compiles to one register's mul and add.
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += wj * x;
+                }
+            } else {
+                for (a, &x) in acc.iter_mut().zip(&v[at..at + width]) {
+                    *a += wj * x;
+                }
+            }
+        }
+        oc.copy_from_slice(&acc[..width]);
+        c0 += width;
     }
 }
 
@@ -148,6 +195,46 @@ mod tests {
             assert_eq!(dot(&a, &b).to_bits(), want.to_bits(), "n = {n}");
             assert_eq!(dot_lanes(&a, &b[..n]).to_bits(), want.to_bits(), "n = {n}");
         }
+    }
+
+    /// The weighted sum as attention first wrote it (zero, then one `+=` per row):
+    /// the dispatched form must give its bits for every width, tails included.
+    #[test]
+    fn weighted_rows_are_the_row_by_row_sum_bit_for_bit() {
+        let mut state = 11u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+        };
+        for (width, rows) in [
+            (1, 1),
+            (7, 3),
+            (16, 5),
+            (17, 2),
+            (64, 40),
+            (80, 9),
+            (128, 33),
+        ] {
+            let (stride, first) = (width + 5, 3);
+            let v: Vec<f32> = (0..first + rows * stride).map(|_| next()).collect();
+            let w: Vec<f32> = (0..rows).map(|_| next()).collect();
+            let mut want = vec![0.0f32; width];
+            for (j, &wj) in w.iter().enumerate() {
+                let row = &v[first + j * stride..first + j * stride + width];
+                for (o, &x) in want.iter_mut().zip(row) {
+                    *o += wj * x;
+                }
+            }
+            let mut got = vec![f32::NAN; width];
+            weighted_rows(&w, &v, first, stride, &mut got);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "width {width}, rows {rows}");
+        }
+        let mut none = [f32::NAN; 3];
+        weighted_rows(&[], &[], 0, 3, &mut none);
+        assert_eq!(none, [0.0; 3]);
     }
 
     #[test]

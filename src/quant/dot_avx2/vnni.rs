@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use super::super::acts::QuantizedActs;
 use super::super::blocks::{self, QK, f16_bits_at, u32_at};
 use super::super::dot::BandFn;
-use super::{Avx2, arr, bit_mask, f16_to_f32, hsum_ps, load_i8x32, nibbles, prefetch_ahead};
+use super::{Avx2, arr, bit_mask, f16_to_f32, hsum_ps, nibbles, prefetch_ahead};
 use crate::format::ggml_type::GgmlType;
 
 /// Rows per step of the band loop: 4 rows x 4 tokens keep 16 accumulators, the four
@@ -134,41 +134,6 @@ macro_rules! entries {
 }
 entries!(q4_0, q4_1, q5_0, q5_1, q8_0);
 
-/// 64 bytes of activation codes (a block pair).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn load_i8x64(a: &[i8; 64]) -> __m512i {
-    // SAFETY: `a` refers to 64 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
-}
-
-/// 16 i32 (a block pair's correction lanes).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn load_i32x16(a: &[i32; 16]) -> __m512i {
-    // SAFETY: `a` refers to 64 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
-}
-
-/// 8 i32 (one block's correction lanes).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn load_i32x8(a: &[i32; 8]) -> __m256i {
-    // SAFETY: `a` refers to 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
-}
-
-/// `lo` in the low eight lanes, `hi` in the high eight.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn pair_ps(lo: f32, hi: f32) -> __m512 {
-    let v = _mm512_castps128_ps512(_mm_setr_ps(lo, hi, 0.0, 0.0));
-    _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-        v,
-    )
-}
-
 /// The two 256-bit halves of `v` added, then summed: `hsum_ps(acc0 + acc1)` of the
 /// one-token kernels.
 #[inline]
@@ -179,45 +144,115 @@ fn hsum_halves(v: __m512) -> f32 {
     hsum_ps(_mm256_add_ps(lo, hi))
 }
 
+/// The activation arrays of one token, read unchecked in the band loop: [`TokenActs::of`]
+/// checked once that they hold every block of the row.
+#[derive(Clone, Copy)]
+struct TokenActs {
+    qs: *const i8,
+    d: *const f32,
+    s: *const f32,
+    nsum4: *const i32,
+}
+
+impl TokenActs {
+    /// Panics unless `x` has the codes, scales, sums and correction lanes of `nb` blocks.
+    fn of(x: &QuantizedActs, nb: usize) -> TokenActs {
+        assert!(
+            x.qs.len() >= nb * QK && x.d.len() >= nb && x.s.len() >= nb && x.nsum4.len() >= 8 * nb,
+            "band kernel: activations of {} blocks expected",
+            nb
+        );
+        TokenActs {
+            qs: x.qs.as_ptr(),
+            d: x.d.as_ptr(),
+            s: x.s.as_ptr(),
+            nsum4: x.nsum4.as_ptr(),
+        }
+    }
+}
+
+/// `lo` in the low eight lanes, the f32 at `hi` in the high eight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn pair_from(lo: f32, hi: f32) -> __m512 {
+    _mm512_mask_broadcastss_ps(_mm512_set1_ps(lo), 0xff00, _mm_set_ss(hi))
+}
+
+/// Lane `4r + j` of the result is `row[r] * tok[j]`: one product per (row, token) of a
+/// group, in the layout of the offset sums below.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn outer_4x4(row: [f32; 4], tok: __m128) -> __m512 {
+    let rows = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+        _mm512_castps128_ps512(_mm_setr_ps(row[0], row[1], row[2], row[3])),
+    );
+    _mm512_mul_ps(rows, _mm512_broadcast_f32x4(tok))
+}
+
 /// The band loop shared by the simple formats. `$shift` is log2 of the offset that made
 /// the codes unsigned (0: they were unsigned already, no correction); `$offset`
 /// formats add `m * s` per block, the others add 0.0 as the one-token kernel does.
+///
+/// Registers: the R x T (at most 16) accumulators, the R decoded rows and their scales
+/// and one token's codes, correction and scales fit the 32 zmm registers. The offset
+/// formats' `m * s` sums of each (row, token) are lanes `4r + j` of two more (even and
+/// odd blocks, as the one-token kernel's two scalar sums), so they take two registers
+/// and four instructions per block pair, not 4 R T scalar ones and a spill each.
 macro_rules! band_kernel {
     ($name:ident, $bytes:expr, $decode:ident, $shift:expr, $offset:expr) => {
+        /// # Safety
+        /// The CPU supports the enabled features (a `Vnni` token exists).
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-        fn $name<const R: usize, const T: usize>(
+        unsafe fn $name<const R: usize, const T: usize>(
             w: &[u8],
             rb: usize,
             xs: &[QuantizedActs; T],
             out: &mut [[f32; T]; R],
         ) {
+            const { assert!(R <= 4 && T <= 4, "lanes 4r + j of the offset sums") };
             let nb = rb / $bytes;
-            let rows: [&[u8]; R] = std::array::from_fn(|r| &w[r * rb..(r + 1) * rb]);
+            assert!(w.len() >= R * rb, "band kernel: {R} rows of {rb} bytes");
+            let rows: [*const u8; R] = std::array::from_fn(|r| w[r * rb..].as_ptr());
+            let acts: [TokenActs; T] = std::array::from_fn(|j| TokenActs::of(&xs[j], nb));
+            // SAFETY (every read below): block `bi < nb` of row r lies in `w` (checked
+            // above: R whole rows of nb blocks), and each token's arrays hold nb blocks
+            // (`TokenActs::of`).
+            let block =
+                |r: usize, bi: usize| unsafe { &*rows[r].add(bi * $bytes).cast::<[u8; $bytes]>() };
+            // Tokens past T repeat the last one in the offset lanes nobody reads.
+            let s_pair = |j: usize, bi: usize| unsafe {
+                _mm_castpd_ps(_mm_load_sd(acts[j.min(T - 1)].s.add(bi).cast()))
+            };
             let mut acc = [[_mm512_setzero_ps(); T]; R];
-            let mut extra = [[[0f32; 2]; T]; R];
+            let (mut extra_even, mut extra_odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut bi = 0;
             while bi + 2 <= nb {
                 let mut wu = [_mm512_setzero_si512(); R];
                 let mut dw = [_mm512_setzero_ps(); R];
-                let mut m = [[0f32; 2]; R];
+                let (mut m_even, mut m_odd) = ([0f32; 4], [0f32; 4]);
                 for r in 0..R {
-                    let b = &rows[r][bi * $bytes..];
-                    prefetch_ahead(b.as_ptr(), 0);
-                    let (w0, d0, m0) = $decode(arr(b, 0));
-                    let (w1, d1, m1) = $decode(arr(b, $bytes));
+                    prefetch_ahead(block(r, bi).as_ptr(), 0);
+                    let (w0, d0, m0) = $decode(block(r, bi));
+                    let (w1, d1, m1) = $decode(block(r, bi + 1));
                     wu[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1);
-                    dw[r] = pair_ps(d0, d1);
-                    m[r] = [m0, m1];
+                    dw[r] = pair_from(d0, d1);
+                    (m_even[r], m_odd[r]) = (m0, m1);
                 }
                 for j in 0..T {
-                    let x = &xs[j];
-                    let a = load_i8x64(arr(&x.qs, QK * bi));
-                    let corr = if $shift > 0 {
-                        _mm512_slli_epi32::<$shift>(load_i32x16(arr(&x.nsum4, 8 * bi)))
-                    } else {
-                        _mm512_setzero_si512()
+                    let x = acts[j];
+                    // SAFETY: as above.
+                    let (a, corr, dx) = unsafe {
+                        let a = _mm512_loadu_si512(x.qs.add(QK * bi).cast());
+                        let corr = if $shift > 0 {
+                            _mm512_slli_epi32::<$shift>(_mm512_loadu_si512(
+                                x.nsum4.add(8 * bi).cast(),
+                            ))
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        (a, corr, pair_from(*x.d.add(bi), *x.d.add(bi + 1)))
                     };
-                    let dx = pair_ps(x.d[bi], x.d[bi + 1]);
                     for r in 0..R {
                         let lanes = _mm512_dpbusd_epi32(corr, wu[r], a);
                         acc[r][j] = _mm512_fmadd_ps(
@@ -225,11 +260,16 @@ macro_rules! band_kernel {
                             _mm512_cvtepi32_ps(lanes),
                             acc[r][j],
                         );
-                        if $offset {
-                            extra[r][j][0] += m[r][0] * x.s[bi];
-                            extra[r][j][1] += m[r][1] * x.s[bi + 1];
-                        }
                     }
+                }
+                if $offset {
+                    // [s_j of block bi, s_j of bi + 1] for tokens (0, 1) and (2, 3).
+                    let s01 = _mm_movelh_ps(s_pair(0, bi), s_pair(1, bi));
+                    let s23 = _mm_movelh_ps(s_pair(2, bi), s_pair(3, bi));
+                    let s_even = _mm_shuffle_ps::<0b10_00_10_00>(s01, s23);
+                    let s_odd = _mm_shuffle_ps::<0b11_01_11_01>(s01, s23);
+                    extra_even = _mm512_add_ps(extra_even, outer_4x4(m_even, s_even));
+                    extra_odd = _mm512_add_ps(extra_odd, outer_4x4(m_odd, s_odd));
                 }
                 bi += 2;
             }
@@ -237,23 +277,27 @@ macro_rules! band_kernel {
                 // The odd last block: the even accumulators (low halves) alone.
                 let mut wu = [_mm512_setzero_si512(); R];
                 let mut dw = [0f32; R];
-                let mut m = [0f32; R];
+                let mut m_even = [0f32; 4];
                 for r in 0..R {
-                    let (w0, d0, m0) = $decode(arr(&rows[r], bi * $bytes));
+                    let (w0, d0, m0) = $decode(block(r, bi));
                     wu[r] = _mm512_zextsi256_si512(w0);
                     dw[r] = d0;
-                    m[r] = m0;
+                    m_even[r] = m0;
                 }
                 for j in 0..T {
-                    let x = &xs[j];
-                    let a = _mm512_zextsi256_si512(load_i8x32(arr(&x.qs, QK * bi)));
-                    let corr = if $shift > 0 {
-                        let c = _mm512_zextsi256_si512(load_i32x8(arr(&x.nsum4, 8 * bi)));
-                        _mm512_slli_epi32::<$shift>(c)
-                    } else {
-                        _mm512_setzero_si512()
+                    let x = acts[j];
+                    // SAFETY: as above.
+                    let (a, corr, dx) = unsafe {
+                        let a =
+                            _mm512_zextsi256_si512(_mm256_loadu_si256(x.qs.add(QK * bi).cast()));
+                        let corr = if $shift > 0 {
+                            let c = _mm256_loadu_si256(x.nsum4.add(8 * bi).cast());
+                            _mm512_slli_epi32::<$shift>(_mm512_zextsi256_si512(c))
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        (a, corr, *x.d.add(bi))
                     };
-                    let dx = x.d[bi];
                     for r in 0..R {
                         let lanes = _mm512_dpbusd_epi32(corr, wu[r], a);
                         acc[r][j] = _mm512_mask3_fmadd_ps(
@@ -262,15 +306,24 @@ macro_rules! band_kernel {
                             acc[r][j],
                             0x00ff,
                         );
-                        if $offset {
-                            extra[r][j][0] += m[r] * x.s[bi];
-                        }
                     }
                 }
+                if $offset {
+                    let s_of = |j: usize| unsafe { *acts[j.min(T - 1)].s.add(bi) };
+                    let s_even = _mm_setr_ps(s_of(0), s_of(1), s_of(2), s_of(3));
+                    extra_even = _mm512_add_ps(extra_even, outer_4x4(m_even, s_even));
+                }
+            }
+            let (mut even, mut odd) = ([0f32; 16], [0f32; 16]);
+            // SAFETY: 16 writable f32 each; `storeu` has no alignment requirement.
+            unsafe {
+                _mm512_storeu_ps(even.as_mut_ptr(), extra_even);
+                _mm512_storeu_ps(odd.as_mut_ptr(), extra_odd);
             }
             for r in 0..R {
                 for j in 0..T {
-                    out[r][j] = hsum_halves(acc[r][j]) + (extra[r][j][0] + extra[r][j][1]);
+                    let l = 4 * r + j;
+                    out[r][j] = hsum_halves(acc[r][j]) + (even[l] + odd[l]);
                 }
             }
         }
