@@ -40,34 +40,44 @@ impl Isa {
         }
     }
 
+    /// The AVX-512 VNNI kernels' proof of CPU support. Panics when the CPU lacks them:
+    /// only reached for `Isa::Avx512Vnni`, which [`Isa::best`] gives only where they run.
+    #[cfg(target_arch = "x86_64")]
+    fn vnni() -> super::dot_avx2::Vnni {
+        super::dot_avx2::Vnni::detect().unwrap_or_else(|| {
+            panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
+        })
+    }
+
     /// The band kernel of this family for `wty` weights, where it has one (see
     /// [`matmul_rows`]). Panics when the CPU lacks the family.
     pub(crate) fn band_kernel(self, wty: GgmlType) -> Option<BandFn> {
         match self {
             Isa::Scalar | Isa::Avx2 => None,
-            Isa::Avx512Vnni => {
-                #[cfg(target_arch = "x86_64")]
-                if let Some(vnni) = super::dot_avx2::Vnni::detect() {
-                    return vnni.band_kernel(wty);
-                }
-                panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
-            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Isa::vnni().band_kernel(wty),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512Vnni => unreachable!("x86_64 only"),
         }
     }
 
-    /// The tiled kernel of this family for `wty` weights that takes up to [`TILE`] tokens,
-    /// where it has one (the others take up to `SMALL_TILE`). Panics when the CPU lacks
-    /// the family.
-    pub(crate) fn wide_tile_kernel(self, wty: GgmlType) -> Option<TileFn> {
+    /// The most tokens this family's kernels for `wty` take in one call: [`TILE`] for
+    /// the AVX-512 VNNI band and k-quant tiles, `SMALL_TILE` for the others (the AVX2
+    /// tiles have 16 registers; the scalar kernels run one token at a time anyway).
+    pub(crate) fn tile_limit(self, wty: GgmlType) -> usize {
         match self {
-            Isa::Scalar | Isa::Avx2 => None,
+            Isa::Scalar | Isa::Avx2 => SMALL_TILE,
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
-                #[cfg(target_arch = "x86_64")]
-                if let Some(vnni) = super::dot_avx2::Vnni::detect() {
-                    return vnni.k_tile_kernel(wty);
+                let vnni = Isa::vnni();
+                if vnni.band_kernel(wty).is_some() || vnni.k_tile_kernel(wty).is_some() {
+                    TILE
+                } else {
+                    SMALL_TILE
                 }
-                panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512Vnni => unreachable!("x86_64 only"),
         }
     }
 
@@ -78,16 +88,13 @@ impl Isa {
             // The portable kernels are the fallback and the tests' second opinion, not a
             // fast path: they run one token at a time.
             Isa::Scalar => None,
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
-                #[cfg(target_arch = "x86_64")]
-                if let (Some(vnni), Some(avx2)) = (
-                    super::dot_avx2::Vnni::detect(),
-                    super::dot_avx2::Avx2::detect(),
-                ) {
-                    return vnni.k_tile_kernel(wty).or(avx2.tile_kernel(wty));
-                }
-                panic!("AVX-512 VNNI kernels requested on a CPU without avx512f/bw/vnni")
+                let vnni = Isa::vnni();
+                vnni.k_tile_kernel(wty).or(vnni.avx2().tile_kernel(wty))
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512Vnni => unreachable!("x86_64 only"),
             Isa::Avx2 => {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(avx2) = super::dot_avx2::Avx2::detect() {
@@ -211,14 +218,14 @@ pub(crate) fn matvec_rows_with(
 }
 
 /// The most activation rows [`matmul_rows`] takes in one call: the tile of tokens a
-/// decoded weight block is reused for. The AVX-512 VNNI k-quant tiles take all of them
-/// (32 registers hold eight tokens' sums; decoding a block and building its scales
-/// costs as much as two tokens' products there, so eight tokens instead of four cut a
-/// 1.5B model's Q4_K prefill by about a tenth); the other kernels take `SMALL_TILE` and
-/// `matmul_rows` hands them the tile in pieces.
+/// decoded weight block is reused for. The AVX-512 VNNI kernels (k-quant tiles, band
+/// kernels of the simple formats) take all of them: 32 registers hold 16 accumulators
+/// plus the decoded weights, and decoding a block costs about as much as a token's
+/// products with it, so eight tokens instead of four cut it per token by half (a 1.5B
+/// model's Q4_K prefill by about a tenth). The AVX2 tiles take `SMALL_TILE`, and
+/// `matmul_rows` hands them the tile in pieces (see [`Isa::tile_limit`]).
 pub const TILE: usize = 8;
-/// The most tokens the AVX2 tiles and the VNNI band kernels take per call (AVX2 has 16
-/// registers; the band kernels keep 4 rows x 4 tokens of accumulators).
+/// The most tokens the AVX2 tiles take per call (AVX2 has 16 registers).
 pub(super) const SMALL_TILE: usize = 4;
 
 /// A tiled kernel: `out[j]` = dot(`row`, `xs[j]`) for `j < xs.len()`, with
@@ -302,9 +309,10 @@ pub(crate) fn matmul_rows_with(
         out.fill(0.0);
         return;
     }
-    if xs.len() > SMALL_TILE && isa.wide_tile_kernel(wty).is_none() {
-        for (c, xc) in xs.chunks(SMALL_TILE).enumerate() {
-            let o = &mut out[c * SMALL_TILE * rows..(c * SMALL_TILE + xc.len()) * rows];
+    let limit = isa.tile_limit(wty);
+    if xs.len() > limit {
+        for (c, xc) in xs.chunks(limit).enumerate() {
+            let o = &mut out[c * limit * rows..(c * limit + xc.len()) * rows];
             matmul_rows_with(isa, wty, w, row_bytes, xc, o);
         }
         return;

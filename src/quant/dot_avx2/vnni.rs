@@ -1,5 +1,6 @@
-//! AVX-512 VNNI band kernels for the simple formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0):
-//! `ROWS` weight rows against a tile of up to `SMALL_TILE` (4) tokens per step, on CPUs with
+//! AVX-512 VNNI band kernels for the simple formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): a
+//! group of weight rows against a tile of up to `TILE` (8) tokens per step (4 rows x up
+//! to 4 tokens, or 2 rows x 5 to 8 tokens: 16 accumulators either way), on CPUs with
 //! avx512f, avx512bw and avx512vnni (chosen at run time; the AVX2 tiles stay for the
 //! others).
 //!
@@ -31,14 +32,19 @@ use super::super::dot::BandFn;
 use super::{Avx2, arr, bit_mask, f16_to_f32, hsum_ps, nibbles, prefetch_ahead};
 use crate::format::ggml_type::GgmlType;
 
-/// Rows per step of the band loop: 4 rows x 4 tokens keep 16 accumulators, the four
-/// decoded rows with their scales and one token's activations in the 32 registers.
-const ROWS: usize = 4;
+/// Rows per step of the band loop for a tile of `t` tokens: at most 16 accumulators, so
+/// that they, the decoded rows with their scales and one token's activations fit the 32
+/// registers. Decoding a block pair costs about as much as a token's products with it,
+/// so eight tokens on two rows beat four on four (4 x 4 decode the rows once per 4
+/// tokens, 2 x 8 once per 8, for the same 16 products per activation load pair).
+const fn group_rows(t: usize) -> usize {
+    if t <= 4 { 4 } else { 2 }
+}
 
 /// Proof that this CPU runs the AVX2 kernels and AVX-512 F/BW/VNNI: only
 /// [`Vnni::detect`] makes one.
 #[derive(Clone, Copy, Debug)]
-pub(in crate::quant) struct Vnni(#[allow(dead_code)] Avx2);
+pub(in crate::quant) struct Vnni(Avx2);
 
 impl Vnni {
     /// The token when the CPU has the features (checked once, then cached).
@@ -51,6 +57,11 @@ impl Vnni {
                 && is_x86_feature_detected!("avx512vnni")
         });
         have.then_some(Vnni(avx2))
+    }
+
+    /// The AVX2 proof this one contains (the VNNI family falls back to AVX2 kernels).
+    pub(in crate::quant) fn avx2(self) -> Avx2 {
+        self.0
     }
 
     /// The band kernel for `wty` weights, where there is one (the simple formats).
@@ -66,13 +77,13 @@ impl Vnni {
     }
 }
 
-/// Plain-fn wrappers: split the band into groups of `ROWS` rows (the rest one by one)
-/// and pick the tile size, both as const generics so that the accumulators are
+/// Plain-fn wrappers: split the band into groups of `group_rows` rows (the rest one by
+/// one) and pick the tile size, both as const generics so that the accumulators are
 /// fixed-size arrays the compiler keeps in registers.
 macro_rules! entries {
     ($($name:ident),*) => {
         mod entry {
-            use super::{QuantizedActs, ROWS};
+            use super::{QuantizedActs, group_rows};
             $(
                 pub(in crate::quant) fn $name(
                     w: &[u8],
@@ -85,13 +96,17 @@ macro_rules! entries {
                     let rows = w.len() / rb;
                     assert_eq!(out.len(), rows * t, "one output per (row, token)");
                     match t {
-                        2 => band::<2>(w, rb, fixed(xs), out, rows),
-                        3 => band::<3>(w, rb, fixed(xs), out, rows),
-                        4 => band::<4>(w, rb, fixed(xs), out, rows),
-                        n => panic!("a band kernel takes 2 to {} tokens, not {n}", crate::quant::dot::SMALL_TILE),
+                        2 => band::<2, { group_rows(2) }>(w, rb, fixed(xs), out, rows),
+                        3 => band::<3, { group_rows(3) }>(w, rb, fixed(xs), out, rows),
+                        4 => band::<4, { group_rows(4) }>(w, rb, fixed(xs), out, rows),
+                        5 => band::<5, { group_rows(5) }>(w, rb, fixed(xs), out, rows),
+                        6 => band::<6, { group_rows(6) }>(w, rb, fixed(xs), out, rows),
+                        7 => band::<7, { group_rows(7) }>(w, rb, fixed(xs), out, rows),
+                        8 => band::<8, { group_rows(8) }>(w, rb, fixed(xs), out, rows),
+                        n => panic!("a band kernel takes 2 to {} tokens, not {n}", crate::quant::dot::TILE),
                     }
 
-                    fn band<const T: usize>(
+                    fn band<const T: usize, const G: usize>(
                         w: &[u8],
                         rb: usize,
                         xs: &[QuantizedActs; T],
@@ -100,16 +115,16 @@ macro_rules! entries {
                     ) {
                         let mut r = 0;
                         while r < rows {
-                            let take = if rows - r >= ROWS { ROWS } else { 1 };
-                            let mut buf = [[0f32; T]; ROWS];
+                            let take = if rows - r >= G { G } else { 1 };
+                            let mut buf = [[0f32; T]; G];
                             let group = &w[r * rb..(r + take) * rb];
                             // SAFETY (both arms): these wrappers are private to this file
                             // and only handed out by `Vnni::band_kernel`, which needs a
                             // `Vnni` token, and tokens exist only once the CPU was seen to
                             // support avx2, fma, f16c, avx512f, avx512bw and avx512vnni.
-                            if take == ROWS {
-                                let b: &mut [[f32; T]; ROWS] = &mut buf;
-                                unsafe { super::$name::<ROWS, T>(group, rb, xs, b) };
+                            if take == G {
+                                let b: &mut [[f32; T]; G] = &mut buf;
+                                unsafe { super::$name::<G, T>(group, rb, xs, b) };
                             } else {
                                 let b: &mut [[f32; T]; 1] =
                                     (&mut buf[..1]).try_into().expect("one row");
@@ -171,23 +186,65 @@ impl TokenActs {
     }
 }
 
-/// `lo` in the low eight lanes, the f32 at `hi` in the high eight.
+/// `lo` in the low eight lanes, `hi` in the high eight.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 fn pair_from(lo: f32, hi: f32) -> __m512 {
     _mm512_mask_broadcastss_ps(_mm512_set1_ps(lo), 0xff00, _mm_set_ss(hi))
 }
 
-/// Lane `4r + j` of the result is `row[r] * tok[j]`: one product per (row, token) of a
-/// group, in the layout of the offset sums below.
+/// Lanes per row in the offset sums of a tile of `t` tokens: lane `lanes_per_row(t) r + j`
+/// belongs to (row r, token j), so R x T <= 16 fits one register.
+const fn lanes_per_row(t: usize) -> usize {
+    if t <= 4 { 4 } else { 8 }
+}
+
+/// `[s_j of block bi]` and `[s_j of block bi + 1]` for tokens j < 8, one per lane (tokens
+/// past T repeat the last one, in lanes nobody reads).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn outer_4x4(row: [f32; 4], tok: __m128) -> __m512 {
-    let rows = _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-        _mm512_castps128_ps512(_mm_setr_ps(row[0], row[1], row[2], row[3])),
-    );
-    _mm512_mul_ps(rows, _mm512_broadcast_f32x4(tok))
+fn token_sums<const T: usize>(acts: &[TokenActs; T], bi: usize) -> (__m256, __m256) {
+    // SAFETY: bi + 1 < nb, and each token's sums hold nb blocks (`TokenActs::of`).
+    let pair =
+        |j: usize| unsafe { _mm_castpd_ps(_mm_load_sd(acts[j.min(T - 1)].s.add(bi).cast())) };
+    // [s_j(bi), s_j(bi + 1), s_k(bi), s_k(bi + 1)] for tokens (0, 1), (2, 3), ...
+    let q01 = _mm_movelh_ps(pair(0), pair(1));
+    let q23 = _mm_movelh_ps(pair(2), pair(3));
+    let (q45, q67) = if T > 4 {
+        (
+            _mm_movelh_ps(pair(4), pair(5)),
+            _mm_movelh_ps(pair(6), pair(7)),
+        )
+    } else {
+        (q01, q23)
+    };
+    let a = _mm256_set_m128(q45, q01);
+    let b = _mm256_set_m128(q67, q23);
+    (
+        _mm256_shuffle_ps::<0b10_00_10_00>(a, b),
+        _mm256_shuffle_ps::<0b11_01_11_01>(a, b),
+    )
+}
+
+/// Lane `lanes_per_row(T) r + j` of the result is `row[r] * tok[j]`: one product per
+/// (row, token) of a group (R x T <= 16), in the layout of the offset sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn outer<const T: usize>(row: [f32; 4], tok: __m256) -> __m512 {
+    let (rows, toks) = if lanes_per_row(T) == 4 {
+        let rows = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+            _mm512_castps128_ps512(_mm_setr_ps(row[0], row[1], row[2], row[3])),
+        );
+        (rows, _mm512_broadcast_f32x4(_mm256_castps256_ps128(tok)))
+    } else {
+        let toks = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(tok)),
+            _mm256_castps_pd(tok),
+        ));
+        (pair_from(row[0], row[1]), toks)
+    };
+    _mm512_mul_ps(rows, toks)
 }
 
 /// The band loop shared by the simple formats. `$shift` is log2 of the offset that made
@@ -196,9 +253,10 @@ fn outer_4x4(row: [f32; 4], tok: __m128) -> __m512 {
 ///
 /// Registers: the R x T (at most 16) accumulators, the R decoded rows and their scales
 /// and one token's codes, correction and scales fit the 32 zmm registers. The offset
-/// formats' `m * s` sums of each (row, token) are lanes `4r + j` of two more (even and
-/// odd blocks, as the one-token kernel's two scalar sums), so they take two registers
-/// and four instructions per block pair, not 4 R T scalar ones and a spill each.
+/// formats' `m * s` sums of each (row, token) are lanes of two more (even and odd
+/// blocks, as the one-token kernel's two scalar sums; see [`outer`]), so they take two
+/// registers and four instructions per block pair, not 4 R T scalar ones and a spill
+/// each.
 macro_rules! band_kernel {
     ($name:ident, $bytes:expr, $decode:ident, $shift:expr, $offset:expr) => {
         /// # Safety
@@ -210,7 +268,12 @@ macro_rules! band_kernel {
             xs: &[QuantizedActs; T],
             out: &mut [[f32; T]; R],
         ) {
-            const { assert!(R <= 4 && T <= 4, "lanes 4r + j of the offset sums") };
+            const {
+                assert!(
+                    R * lanes_per_row(T) <= 16 && T <= 8 && R <= 4,
+                    "one lane of the offset sums per (row, token)"
+                )
+            };
             let nb = rb / $bytes;
             assert!(w.len() >= R * rb, "band kernel: {R} rows of {rb} bytes");
             let rows: [*const u8; R] = std::array::from_fn(|r| w[r * rb..].as_ptr());
@@ -220,10 +283,6 @@ macro_rules! band_kernel {
             // (`TokenActs::of`).
             let block =
                 |r: usize, bi: usize| unsafe { &*rows[r].add(bi * $bytes).cast::<[u8; $bytes]>() };
-            // Tokens past T repeat the last one in the offset lanes nobody reads.
-            let s_pair = |j: usize, bi: usize| unsafe {
-                _mm_castpd_ps(_mm_load_sd(acts[j.min(T - 1)].s.add(bi).cast()))
-            };
             let mut acc = [[_mm512_setzero_ps(); T]; R];
             let (mut extra_even, mut extra_odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut bi = 0;
@@ -263,13 +322,9 @@ macro_rules! band_kernel {
                     }
                 }
                 if $offset {
-                    // [s_j of block bi, s_j of bi + 1] for tokens (0, 1) and (2, 3).
-                    let s01 = _mm_movelh_ps(s_pair(0, bi), s_pair(1, bi));
-                    let s23 = _mm_movelh_ps(s_pair(2, bi), s_pair(3, bi));
-                    let s_even = _mm_shuffle_ps::<0b10_00_10_00>(s01, s23);
-                    let s_odd = _mm_shuffle_ps::<0b11_01_11_01>(s01, s23);
-                    extra_even = _mm512_add_ps(extra_even, outer_4x4(m_even, s_even));
-                    extra_odd = _mm512_add_ps(extra_odd, outer_4x4(m_odd, s_odd));
+                    let (s_even, s_odd) = token_sums(&acts, bi);
+                    extra_even = _mm512_add_ps(extra_even, outer::<T>(m_even, s_even));
+                    extra_odd = _mm512_add_ps(extra_odd, outer::<T>(m_odd, s_odd));
                 }
                 bi += 2;
             }
@@ -309,9 +364,19 @@ macro_rules! band_kernel {
                     }
                 }
                 if $offset {
+                    // SAFETY: bi < nb, as above.
                     let s_of = |j: usize| unsafe { *acts[j.min(T - 1)].s.add(bi) };
-                    let s_even = _mm_setr_ps(s_of(0), s_of(1), s_of(2), s_of(3));
-                    extra_even = _mm512_add_ps(extra_even, outer_4x4(m_even, s_even));
+                    let s_even = _mm256_setr_ps(
+                        s_of(0),
+                        s_of(1),
+                        s_of(2),
+                        s_of(3),
+                        s_of(4),
+                        s_of(5),
+                        s_of(6),
+                        s_of(7),
+                    );
+                    extra_even = _mm512_add_ps(extra_even, outer::<T>(m_even, s_even));
                 }
             }
             let (mut even, mut odd) = ([0f32; 16], [0f32; 16]);
@@ -322,7 +387,7 @@ macro_rules! band_kernel {
             }
             for r in 0..R {
                 for j in 0..T {
-                    let l = 4 * r + j;
+                    let l = lanes_per_row(T) * r + j;
                     out[r][j] = hsum_halves(acc[r][j]) + (even[l] + odd[l]);
                 }
             }
