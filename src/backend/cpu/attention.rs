@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use super::ops::{dot, softmax, weighted_rows};
+use super::ops::{scaled_dots, softmax, weighted_rows};
 use super::pool;
 use crate::backend::AttnShape;
 
@@ -62,11 +62,8 @@ pub fn attention(
         let kvh = h / group;
         SCORES.with(|sc| {
             let mut sc = sc.borrow_mut();
-            sc.clear();
-            for j in first..=p {
-                let kj = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                sc.push(dot(qh, kj) * scale);
-            }
+            sc.resize(p + 1 - first, 0.0);
+            scaled_dots(qh, kc, first * kvd + kvh * hd, kvd, scale, &mut sc);
             softmax(&mut sc);
             weighted_rows(&sc, vc, first * kvd + kvh * hd, kvd, o);
         });

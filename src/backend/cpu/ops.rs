@@ -64,6 +64,70 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// [`weighted_rows_lanes`] for rows of `16 * N` values, all columns in registers.
+#[inline(always)]
+fn weighted_rows_fixed<const N: usize>(
+    w: &[f32],
+    v: &[f32],
+    first: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[0.0f32; 16]; N];
+    for (j, &wj) in w.iter().enumerate() {
+        let at = first + j * stride;
+        let row = &v[at..at + 16 * N];
+        for (a, chunk) in acc.iter_mut().zip(row.chunks_exact(16)) {
+            let chunk: &[f32; 16] = chunk.try_into().expect("16 values");
+            for (x, &y) in a.iter_mut().zip(chunk) {
+                *x += wj * y;
+            }
+        }
+    }
+    for (o, a) in out.chunks_exact_mut(16).zip(&acc) {
+        o.copy_from_slice(a);
+    }
+}
+
+/// `out[j] = dot(q, row j) * scale`, where row j is `q.len()` values of `k` from
+/// `first + j * stride`: attention's scores of one query against the cached keys, the
+/// bits of [`dot`] per row, with the CPU check and the call made once for all rows.
+pub fn scaled_dots(q: &[f32], k: &[f32], first: usize, stride: usize, scale: f32, out: &mut [f32]) {
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(
+            first + last * stride + q.len() <= k.len(),
+            "scaled_dots: rows past the end"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU was just seen to support avx.
+        return unsafe { scaled_dots_avx(q, k, first, stride, scale, out) };
+    }
+    scaled_dots_lanes(q, k, first, stride, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn scaled_dots_avx(q: &[f32], k: &[f32], first: usize, stride: usize, scale: f32, out: &mut [f32]) {
+    scaled_dots_lanes(q, k, first, stride, scale, out)
+}
+
+#[inline(always)]
+fn scaled_dots_lanes(
+    q: &[f32],
+    k: &[f32],
+    first: usize,
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let at = first + j * stride;
+        *o = dot_lanes(q, &k[at..at + q.len()]) * scale;
+    }
+}
+
 /// `sum(a[i] * b[i])` over `a`'s length (`b` at least as long; panics otherwise).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let b = &b[..a.len()];
@@ -135,6 +199,14 @@ fn weighted_rows_avx512(w: &[f32], v: &[f32], first: usize, stride: usize, out: 
 /// [`weighted_rows`] in columns of 16; the caller checked that every row is in `v`.
 #[inline(always)]
 fn weighted_rows_lanes(w: &[f32], v: &[f32], first: usize, stride: usize, out: &mut [f32]) {
+    // Each row's add depends on the previous row's: with one column of 16 at a time that
+    // chain is the whole cost (an add's latency per row and column), so the common head
+    // sizes keep all their columns in flight at once (same order per element, same bits).
+    match out.len() {
+        64 => return weighted_rows_fixed::<4>(w, v, first, stride, out),
+        128 => return weighted_rows_fixed::<8>(w, v, first, stride, out),
+        _ => {}
+    }
     const COLS: usize = 16;
     let mut c0 = 0;
     for oc in out.chunks_mut(COLS) {
@@ -197,10 +269,11 @@ mod tests {
         }
     }
 
-    /// The weighted sum as attention first wrote it (zero, then one `+=` per row):
-    /// the dispatched form must give its bits for every width, tails included.
+    /// The weighted sum as attention first wrote it (zero, then one `+=` per row) and
+    /// the scores as one `dot` per row: the dispatched forms must give their bits for
+    /// every width, tails and the fixed head sizes included.
     #[test]
-    fn weighted_rows_are_the_row_by_row_sum_bit_for_bit() {
+    fn weighted_rows_and_scaled_dots_keep_the_bits_of_the_plain_loops() {
         let mut state = 11u64;
         let mut next = || {
             state = state
@@ -231,6 +304,17 @@ mod tests {
             weighted_rows(&w, &v, first, stride, &mut got);
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "width {width}, rows {rows}");
+        }
+        for (width, rows) in [(1, 1), (9, 4), (16, 2), (64, 30), (80, 3), (100, 5)] {
+            let (stride, first) = (width + 3, 2);
+            let k: Vec<f32> = (0..first + rows * stride).map(|_| next()).collect();
+            let q: Vec<f32> = (0..width).map(|_| next()).collect();
+            let mut got = vec![f32::NAN; rows];
+            scaled_dots(&q, &k, first, stride, 0.125, &mut got);
+            for (j, g) in got.iter().enumerate() {
+                let want = dot(&q, &k[first + j * stride..]) * 0.125;
+                assert_eq!(g.to_bits(), want.to_bits(), "width {width}, row {j}");
+            }
         }
         let mut none = [f32::NAN; 3];
         weighted_rows(&[], &[], 0, 3, &mut none);
