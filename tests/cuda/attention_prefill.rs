@@ -226,6 +226,72 @@ fn prefill_attention_matches_cpu() {
     );
 }
 
+/// A NaN score comes out as NaN, never hidden: one cached key of kv head 0 holds a NaN, so
+/// every (row, head) of that kv head whose window reaches its position gives NaN (as the CPU
+/// twin does), the rest match the CPU. Cases: the NaN in the first key tile of one split,
+/// in a later split of five, and in a new row that later rows' windows have passed (those
+/// rows' block still multiplies it: the mask must drop the NaN score, not add it).
+#[test]
+#[ignore = "needs a GPU"]
+fn prefill_attention_keeps_a_nan_score() {
+    let mut b = backend();
+    let mut cpu = CpuBackend::new(true, false);
+    let mut rng = Rng::from_env_or_clock("prefill_attention_keeps_a_nan_score");
+    // (case, the NaN key's position, whether every row of kv head 0 sees it)
+    for (c, bad, all_see) in [
+        (case(8, 2, 64, 10, 20), 3usize, true),
+        (case(4, 2, 128, 600, 20), 450, true),
+        (
+            Case {
+                window: Some(16),
+                ..case(4, 2, 64, 30, 30)
+            },
+            35, // in the new rows; rows 21.. no longer see it, but their block loads it
+            false,
+        ),
+    ] {
+        let ctx = c.pos + c.n + 1;
+        let kvd = c.kv_heads * c.head_dim;
+        let mut x = inputs(&mut rng, &c, ctx);
+        if bad < c.pos {
+            x.k_cache[bad * kvd + 5] = f32::NAN;
+        } else {
+            x.k[(bad - c.pos) * kvd + 5] = f32::NAN;
+        }
+        let [out, _, _] = gpu_run(&mut b, &c, &x, ctx);
+        let (want, _) = cpu_run(&mut cpu, &c, &x);
+        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
+        let mut nan_rows = 0;
+        for row in 0..c.n {
+            for h in 0..c.heads {
+                let at = (row * c.heads + h) * hd;
+                let (g, w) = (&out[at..at + hd], &want[at..at + hd]);
+                if w.iter().all(|v| v.is_nan()) {
+                    assert!(h < group, "{c:?}: the CPU twin gave NaN at head {h}");
+                    nan_rows += 1;
+                    assert!(
+                        g.iter().all(|v| v.is_nan()),
+                        "{c:?}: row {row} head {h} sees the NaN key but gave {:?}",
+                        &g[..4]
+                    );
+                } else {
+                    let e = rel(g, w);
+                    assert!(
+                        e <= TOLERANCE,
+                        "{c:?} row {row} head {h}: relative error {e:e}"
+                    );
+                }
+            }
+        }
+        assert!(nan_rows > 0, "{c:?}: no row saw the NaN key");
+        assert_eq!(
+            nan_rows == c.n * group,
+            all_see,
+            "{c:?}: {nan_rows} NaN (row, head) pairs"
+        );
+    }
+}
+
 /// The dispatch rule: BF16 cache, head size 64 or 128, the position on the host, 16+ rows.
 #[test]
 fn prefill_dispatch_rule() {
