@@ -9,7 +9,7 @@
  *
  * Rows: the n x group (query row, head) pairs of one kv head are flattened, pair
  * m = row * group + (h - kvh * group), so the query heads that share a kv head share each
- * K/V tile load (GQA) and a 64-pair tile is full even for short chunks when group > 1.
+ * K/V tile load (GQA), and short chunks fill more of a 64-pair tile (16 rows at GQA 4).
  * Block = 4 warps x 16 pairs (the MMA's M) = 64 pairs; grid = (ceil(n * group / 64),
  * n_kv_heads, n_splits). The pairs' visible positions (from first(first row) to pos + last
  * row) are cut into tiles of 32 positions and the tiles into n_splits contiguous shares
@@ -35,7 +35,8 @@
  * activations: K and V are BF16 already, so each product is exact in f32 and ~16 bits of each
  * Q and P element are kept (|x - hi - lo| <= 2^-16 |x|). The scores then match the CPU twin's
  * f32 dots to ~2^-16 of sum |q k| and the output to ~2^-16 relative on top of f32 sums
- * (tests/cuda/attention_prefill.rs measures it). A single bf16 P or Q (2^-8) would not.
+ * (tests/cuda/attention_prefill.rs, under the emulator: 2.4e-6 to 4.8e-6 of the largest
+ * |output|; Q and P as bf16 hi alone gave 1.9e-3, which would not match the CPU twin).
  * The scale 1/sqrt(head_dim) multiplies the f32 scores, as the CPU twin does.
  * NaN: a NaN score makes its row's max NaN (max_keep_nan), hence the row's output NaN, as
  * on the CPU. Positions outside the block's visible range are zero in shared memory; a
@@ -49,9 +50,10 @@
  *
  * Shared memory (dynamic, sized by the launcher: 256 * head_dim bytes): 2 stages x (K + V) x
  * 32 positions x head_dim bf16 = 16 KB at head_dim 64, 32 KB at 128 (dynamic so that each
- * instantiation gets its own size, under 48 KB without the opt-in). Each row's 16-byte pieces are XOR-swizzled by (row & 7) so the
- * 8 rows an ldmatrix phase reads fall in 8 bank groups. The stages are a block-wide
- * cp.async double buffer: tile i + 1 is in flight while tile i is multiplied.
+ * instantiation gets its own size, under 48 KB without the opt-in). Each row's 16-byte
+ * pieces are XOR-swizzled by (row & 7) so the 8 rows an ldmatrix phase reads fall in 8 bank
+ * groups. The stages are a block-wide cp.async double buffer: tile i + 1 is in flight while
+ * tile i is multiplied.
  * Registers (ptxas -v of CUDA 12.2, nvcc.log), no spills, no stack: head_dim 64: 164
  * (sm_80), 156 (sm_90a); head_dim 128: 248 (sm_80), 223 (sm_90a). 128 threads a block; at
  * 128 the registers allow 2 blocks (8 warps) an SM: Q's hi/lo fragments alone are 64
@@ -67,14 +69,14 @@
  * Expected speed (reasoned, not measured: no GPU run yet). Per key tile a warp issues
  * 64 + 64 mma.sync (head_dim 128; half at 64) against ~16 exps, ~40 shuffles/conversions
  * and ~2 KB of ldmatrix per lane, so it is MMA-bound. mma.sync bf16 reaches roughly 60% of
- * the H200's ~990 TFLOP/s dense rate (that needs wgmma); with 8 warps an SM at head_dim
+ * the H200's ~990 TFLOP/s dense rate (the full rate needs wgmma); with 8 warps an SM at head_dim
  * 128 (registers), 4 independent accumulator chains per warp, a 2-stage ring and block-wide
  * barriers, 30-50% of that is a fair guess: ~180-300 TFLOP/s issued, ~80-130 useful after
  * hi/lo and diagonal waste. A 4k-token prefill of a 1B model (32 x 64 heads, 8 kv heads,
- * 16 layers: 1.1e12 useful flops) would then spend ~9-14 ms in
- * attention, several times less than the split path, which re-reads K/V per query row on
- * the CUDA cores. FA3-level speed needs wgmma + TMA and dropping the hi/lo doubling (not
- * done: precision against the CPU twin is the bar here).
+ * 16 layers: 1.1e12 useful flops) would then spend ~9-14 ms in attention, several times
+ * less than the split path, which re-reads K/V per query row on the CUDA cores. FA3-level
+ * speed needs wgmma + TMA and dropping the hi/lo doubling (not done: precision against the
+ * CPU twin is the bar here).
  */
 #include <math.h>
 
@@ -218,7 +220,9 @@ __device__ __forceinline__ void fa_prefill(const AttnParams& p) {
     float mrow[2] = {-INFINITY, -INFINITY};
     float lrow[2] = {0.0f, 0.0f};  // this lane's share of the row sums (its 2 x 8 columns)
 
-    if (i_begin < i_end) fa_load_tile<HD>(p, kvh, t_begin + i_begin * kFaKeys, lo, hi, kst(i_begin & 1), vst(i_begin & 1));
+    if (i_begin < i_end) {
+        fa_load_tile<HD>(p, kvh, t_begin + i_begin * kFaKeys, lo, hi, kst(i_begin & 1), vst(i_begin & 1));
+    }
     tachyon_cp_async_commit();
     for (int i = i_begin; i < i_end; ++i) {
         const int t0 = t_begin + i * kFaKeys;

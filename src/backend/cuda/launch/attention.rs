@@ -52,13 +52,13 @@ pub const PREFILL_MIN_ROWS: usize = 16;
 /// head size in [`PREFILL_HEAD_DIMS`]) instead of the split and reduce: a BF16 cache (the
 /// kernel stages raw BF16 rows for the MMAs), a head size it is instantiated for, the
 /// position on the host (the kernel sizes its grid and tiles from it), and at least
-/// [`PREFILL_MIN_ROWS`] rows. Below that (decode, speculative verify of K + 1 <= 16 rows)
-/// the split path wins: it reads K/V once per row but spreads the sequence over every SM,
-/// while the prefill kernel has only `n_kv_heads * ceil(n * group / 64)` blocks, each
-/// walking the whole visible range, and a 64-pair tile of n < 16 rows is mostly padding
-/// at group <= 4. From 16 rows on the split path re-reads each K/V byte 16+ times (once
-/// per row and 8 heads) on the CUDA cores while the tensor-core kernel reads it once per
-/// 64 (row, head) pairs.
+/// [`PREFILL_MIN_ROWS`] rows. The threshold is reasoned, not measured: the kernel's 64
+/// (row, head) pair tile is less than half used below 16 rows at GQA <= 2 (a quarter at
+/// GQA 1), each padded pair still costing its hi/lo MMAs, while the split path's cost is
+/// one K/V read per row (per 8 heads of a kv head), cheap for a few rows; decode and
+/// speculative verify (K + 1 < 16 rows) keep the path they are tested and tuned on. From
+/// 16 rows the split path reads each visible K/V byte 16+ times on the CUDA cores, the
+/// tensor-core kernel once per 64 pairs.
 pub fn prefill_on_tensor_cores(
     kv: KvDtype,
     shape: &AttnShape,
