@@ -18,7 +18,9 @@
  * Layout: q `n x n_heads x head_dim`, k/v `n x n_kv_heads x head_dim` f32, caches
  * `ctx x n_kv_heads x head_dim` of f32, f16 or bf16 (`kv_dtype`; the CPU backend's layout,
  * its f32 type or half the bytes), widened to f32 as read.
- * Used for prefill chunks and verify rows; a decode row runs kernels/rope_attention.cu.
+ * Used for verify rows and the prefill chunks kernels/attention_prefill.cu does not take (f32
+ * or f16 caches, head sizes other than 64 and 128, fewer than 16 rows); a decode row runs
+ * kernels/rope_attention.cu.
  * Bytes per step and layer: 2 * e * L * kv_dim (K and V of L visible positions, read once,
  * e bytes per element) + partials 4 * n_heads * n_splits * (head_dim + 2) written and read
  * back.

@@ -16,6 +16,8 @@
 
 #[path = "cuda/attention.rs"]
 mod attention;
+#[path = "cuda/attention_prefill.rs"]
+mod attention_prefill;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "cuda/fused.rs"]

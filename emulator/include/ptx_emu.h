@@ -5,6 +5,7 @@
  *
  *   tachyon_mma_bf16_16816(d, a, b, c)   mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
  *   tachyon_ldmatrix_x4(r, smem_row)     ldmatrix.sync.aligned.m8n8.x4.shared.b16
+ *   tachyon_ldmatrix_x4_trans(r, row)    ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
  *   tachyon_cp_async_16(smem, gmem)      cp.async.cg.shared.global [smem], [gmem], 16
  *   tachyon_cp_async_commit()            cp.async.commit_group
  *   tachyon_cp_async_wait<N>()           cp.async.wait_group N
@@ -32,6 +33,9 @@
  *   C, D (16x8 f32): element i is at row groupID (+8 when i >= 2), column tig*2 + (i & 1).
  * ldmatrix .x4: lanes 8j..8j+7 give the row addresses (16 bytes each) of matrix j; lane l
  *   receives in r[j] the two b16 at row l / 4, columns 2 (l % 4), +1 of matrix j.
+ *   With .trans each matrix is read transposed: lane l receives the b16 at rows 2 (l % 4)
+ *   and 2 (l % 4) + 1 (low, high half), column l / 4 (a B fragment from a row-major k x n
+ *   tile, e.g. V in attention).
  * The host mma accumulates in f32 in k order; the GPU's internal order and rounding of the
  * products are unspecified, so results may differ in the last bits.
  */
@@ -98,6 +102,18 @@ static inline void tachyon_ldmatrix_x4(uint32_t r[4], const void* smem_row) {
     }
 }
 
+static inline void tachyon_ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
+    if (reinterpret_cast<uintptr_t>(smem_row) & 15) emu_misaligned(smem_row, 16, 0);
+    const void* all[32];
+    emu_warp_exchange(&smem_row, all, sizeof(const void*));
+    const int lane = int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+    for (int j = 0; j < 4; ++j) {
+        const uint16_t* r0 = static_cast<const uint16_t*>(all[j * 8 + 2 * (lane % 4)]);
+        const uint16_t* r1 = static_cast<const uint16_t*>(all[j * 8 + 2 * (lane % 4) + 1]);
+        r[j] = uint32_t(r0[lane / 4]) | (uint32_t(r1[lane / 4]) << 16);  // checked reads
+    }
+}
+
 static __forceinline__ void tachyon_cp_async_16(void* smem, const void* gmem) { emu_cp_async(smem, gmem, 16); }
 static __forceinline__ void tachyon_cp_async_commit() { emu_cp_async_commit(); }
 template <int N>
@@ -124,6 +140,13 @@ static __device__ __forceinline__ void tachyon_mma_bf16_16816(float d[4], const 
 static __device__ __forceinline__ void tachyon_ldmatrix_x4(uint32_t r[4], const void* smem_row) {
     const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+static __device__ __forceinline__ void tachyon_ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }

@@ -436,6 +436,16 @@ void ptx(const Lib& P) {
             good &= close(d[m * 8 + n], ref, 1e-5f);
         }
     expect(good, "mma.sync m16n8k16 bf16 (A through ldmatrix.x4) equals the plain product");
+    expect_ok(run(P, "ok_mma_bf16_btrans", d1(1), d1(32), (const uint16_t*)a, (const uint16_t*)b, (const float*)c, d),
+              "mma btrans");
+    good = true;
+    for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 8; ++n) {
+            float ref = c[m * 8 + n];
+            for (int k = 0; k < 16; ++k) ref += ha[m * 16 + k] * hb[k * 8 + n];
+            good &= close(d[m * 8 + n], ref, 1e-5f);
+        }
+    expect(good, "mma.sync m16n8k16 bf16 with B through ldmatrix.x4.trans equals the plain product");
 
     float* src = dalloc<float>(256);
     float* dst = dalloc<float>(256);
@@ -558,7 +568,7 @@ int main(int argc, char** argv) {
     const Lib K = load(argv[1]);
     const Lib P = load(argv[2]);
     // Every extern "C" kernel of kernels/*.cu (a new kernel updates this count).
-    expect(K.k.size() == 53, "the kernels library registers 53 kernels, has " + std::to_string(K.k.size()));
+    expect(K.k.size() == 55, "the kernels library registers 55 kernels, has " + std::to_string(K.k.size()));
     expect(K.stamp.size() == 16, "the kernels library carries a stamp");
     arena();
     planted(P);

@@ -26,6 +26,29 @@ extern "C" __global__ void ok_mma_bf16(const uint16_t* a, const uint16_t* b, con
     for (int i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 8 + t * 2 + (i & 1)] = df[i];
 }
 
+// The same product with B through ldmatrix.x4.trans from its k-major (row-major k x n)
+// layout in shared memory: matrices 0, 1 are k 0-7 and 8-15 (one 16-byte row of 8 n per
+// k), matrices 2, 3 repeat them; r[0], r[1] are then the B fragment.
+extern "C" __global__ void ok_mma_bf16_btrans(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+    __shared__ __align__(16) uint16_t as[16 * 16];
+    __shared__ __align__(16) uint16_t bs[16 * 8];
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 256; i += 32) as[i] = a[i];
+    for (int i = lane; i < 128; i += 32) bs[i] = b[i];
+    __syncthreads();
+    uint32_t af[4], bt[4];
+    tachyon_ldmatrix_x4(af, &as[(lane % 16) * 16 + (lane / 16) * 8]);
+    tachyon_ldmatrix_x4_trans(bt, &bs[(((lane / 8) & 1) * 8 + lane % 8) * 8]);
+    const int g = lane / 4, t = lane % 4;
+    const uint32_t bf[2] = {bt[0], bt[1]};
+    float cf[4], df[4];
+    for (int i = 0; i < 4; ++i) cf[i] = c[(g + (i >= 2 ? 8 : 0)) * 8 + t * 2 + (i & 1)];
+    tachyon_mma_bf16_16816(df, af, bf, cf);
+    for (int i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 8 + t * 2 + (i & 1)] = df[i];
+    // Matrices 2, 3 must repeat 0, 1.
+    if (bt[2] != bt[0] || bt[3] != bt[1]) d[0] = __int_as_float(0x7fc00000);
+}
+
 // 16-byte cp.async copies of n floats through shared memory, two groups; `early` records
 // what shared memory held before the wait (the copies have not landed yet).
 extern "C" __global__ void ok_cp_async(const float* src, float* dst, float* early, int n) {

@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of, kv_decode, kv_encode};
 use super::device::CudaDevice;
-use super::launch::attention::{MAX_ATTN_SPLITS, Partials, attn_splits, partial_slots};
+use super::launch::attention::{
+    MAX_ATTN_SPLITS, Partials, attn_splits, call_splits, partial_slots,
+};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS, gemv_fits};
 use super::launch::penalty::no_advance;
 use super::launch::rope_attention::{FusedScratch, Norms, head_blocks, head_dim_index, max_splits};
@@ -825,8 +827,8 @@ impl Ops for CudaBackend {
         let pos = self.split_pos(pos.into(), n)?;
         // Partials for the split count the launcher will choose (for a device position it
         // sizes the splits for the whole cache).
-        let visible = if pos.1.is_null() { pos.0 + n } else { kv.ctx };
-        let splits = self.attn_splits(&shape, visible, n);
+        let on_host = (pos.0, pos.1.is_null());
+        let splits = call_splits(self.sm_count, kv.dtype, &shape, on_host, n, kv.ctx);
         let (slots, acc) = partial_slots(&shape, n, splits);
         self.reserve_partials(slots, acc)?;
         let (Some(acc), Some(max), Some(sum)) = (

@@ -46,7 +46,10 @@ pub use device::{
 };
 pub use graph::{DecodeStep, DeviceDecoder, DevicePick, StepInputs};
 pub use history::{DeviceHistory, DeviceSampling};
-pub use launch::attention::{MAX_ATTN_SPLITS, attn_splits, split_range};
+pub use launch::attention::{
+    MAX_ATTN_SPLITS, PREFILL_HEAD_DIMS, PREFILL_MIN_ROWS, attn_splits, call_splits,
+    prefill_on_tensor_cores, prefill_splits, split_range,
+};
 pub use launch::norm::{KernelError, add_rmsnorm, rmsnorm};
 pub use memory::{DoesNotFit, MemoryPlan};
 pub use params::RmsNormParams;

@@ -2,15 +2,17 @@
 //! (`attn_kv_append`), then flash-decoding: the visible positions of each query row cut
 //! into splits, each split's online softmax (`attn_decode_split`), the splits merged
 //! (`attn_decode_reduce`). The split count is chosen here ([`attn_splits`]); the partials
-//! live in scratch the backend owns ([`Partials`]).
+//! live in scratch the backend owns ([`Partials`]). Prefill chunks over a BF16 cache run
+//! the tensor-core flash attention of `kernels/attention_prefill.cu` instead of the split
+//! and reduce ([`prefill_on_tensor_cores`]).
 
 use cudarc::driver::CudaSlice;
 
-use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
+use super::{i32_of, launch, launch_smem, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::cuda::buffers::{CudaAct, CudaKv, kv_dtype_code};
 use crate::backend::cuda::device::CudaDevice;
 use crate::backend::cuda::params::AttnParams;
-use crate::backend::{AttnShape, BackendError};
+use crate::backend::{AttnShape, BackendError, KvDtype};
 
 /// Most splits of the sequence in flash-decoding.
 pub const MAX_ATTN_SPLITS: usize = 64;
@@ -37,6 +39,75 @@ pub fn split_range(
     let chunk = len.div_ceil(n_splits);
     let c0 = first + split * chunk;
     c0..(c0 + chunk).min(query_pos + 1)
+}
+
+/// Head sizes `attn_prefill_mma_h<HD>` is instantiated for, in `KernelFns::attn_prefill_mma`
+/// order.
+pub const PREFILL_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// Fewest query rows that run the tensor-core prefill kernel.
+pub const PREFILL_MIN_ROWS: usize = 16;
+
+/// Whether an attention call of `n` rows runs `attn_prefill_mma_h<HD>` (the index of its
+/// head size in [`PREFILL_HEAD_DIMS`]) instead of the split and reduce: a BF16 cache (the
+/// kernel stages raw BF16 rows for the MMAs), a head size it is instantiated for, the
+/// position on the host (the kernel sizes its grid and tiles from it), and at least
+/// [`PREFILL_MIN_ROWS`] rows. The threshold is reasoned, not measured: the kernel's 64
+/// (row, head) pair tile is less than half used below 16 rows at GQA <= 2 (a quarter at
+/// GQA 1), each padded pair still costing its hi/lo MMAs, while the split path's cost is
+/// one K/V read per row (per 8 heads of a kv head), cheap for a few rows; decode and
+/// speculative verify (K + 1 < 16 rows) keep the path they are tested and tuned on. From
+/// 16 rows the split path reads each visible K/V byte 16+ times on the CUDA cores, the
+/// tensor-core kernel once per 64 pairs.
+pub fn prefill_on_tensor_cores(
+    kv: KvDtype,
+    shape: &AttnShape,
+    n: usize,
+    pos_on_host: bool,
+) -> Option<usize> {
+    let hd = PREFILL_HEAD_DIMS
+        .iter()
+        .position(|&d| d == shape.head_dim)?;
+    (kv == KvDtype::Bf16 && pos_on_host && n >= PREFILL_MIN_ROWS).then_some(hd)
+}
+
+/// Positions (4 key tiles of 32) a split of the prefill kernel covers at least: its fixed
+/// cost (loading Q's fragments, writing a partial per (row, head)) stays small against its
+/// MMAs.
+const PREFILL_MIN_SPLIT: usize = 128;
+
+/// Splits of the sequence for `attn_prefill_mma`: blocks for two waves over `sm_count` SMs
+/// (it has only `n_kv_heads * ceil(n * group / 64)` blocks otherwise: 32 for a 64-row chunk
+/// of an 8-kv-head model, a quarter of an H200), at most one per [`PREFILL_MIN_SPLIT`]
+/// positions a block walks (`pos + n`, or about `window + n` with a sliding window),
+/// between 1 and [`MAX_ATTN_SPLITS`]. One split writes the output directly; more write
+/// partials that `attn_decode_reduce` merges.
+pub fn prefill_splits(sm_count: usize, s: &AttnShape, pos: usize, n: usize) -> usize {
+    let group = s.n_heads / s.n_kv_heads.max(1);
+    let blocks = s.n_kv_heads * (n * group).div_ceil(64);
+    let for_sms = (2 * sm_count).div_ceil(blocks.max(1));
+    let walked = s.window.map_or(pos + n, |w| (w + n).min(pos + n));
+    for_sms
+        .min(walked.div_ceil(PREFILL_MIN_SPLIT))
+        .clamp(1, MAX_ATTN_SPLITS)
+}
+
+/// The split count of an attention call: [`prefill_splits`] when it runs the prefill
+/// kernel ([`prefill_on_tensor_cores`]), else [`attn_splits`] (with the position on the
+/// device, sized for the whole cache of `ctx`). The backend sizes the partials with it.
+pub fn call_splits(
+    sm_count: usize,
+    kv: KvDtype,
+    s: &AttnShape,
+    (pos, pos_on_host): (usize, bool),
+    n: usize,
+    ctx: usize,
+) -> usize {
+    if prefill_on_tensor_cores(kv, s, n, pos_on_host).is_some() {
+        return prefill_splits(sm_count, s, pos, n);
+    }
+    let visible = if pos_on_host { pos + n } else { ctx };
+    attn_splits(sm_count, s, visible, n)
 }
 
 /// Flash-decoding partials: per (row, head, split) the unnormalized output (`head_dim`
@@ -93,10 +164,11 @@ pub fn attention(
     if n == 0 {
         return Ok(());
     }
+    let on_host = pos_dev.is_null();
+    let prefill = prefill_on_tensor_cores(kv.dtype, &shape, n, on_host);
     // With the position on the device (a replayed graph) the visible length is only
     // known there: size the split count for the whole cache; the kernel sizes the chunks.
-    let visible = if pos_dev.is_null() { pos + n } else { kv.ctx };
-    let splits = attn_splits(sm_count, &shape, visible, n);
+    let splits = call_splits(sm_count, kv.dtype, &shape, (pos, on_host), n, kv.ctx);
     let (slots, acc_len) = partial_slots(&shape, n, splits);
     if parts.acc.len() < acc_len || parts.max.len() < slots || parts.sum.len() < slots {
         return Err(shape_err(format!(
@@ -137,14 +209,34 @@ pub fn attention(
         &p,
         "attn_kv_append",
     )?;
-    launch(
-        dev,
-        &k.attn_decode_split,
-        (head_blocks, splits as u32, rows),
-        (128, 1, 1),
-        &p,
-        "attn_decode_split",
-    )?;
+    if let Some(which) = prefill {
+        // One block per 64 (row, head) pairs of a kv head (kernels/attention_prefill.cu).
+        let pairs = u32_of(n * group, "rows x group")?.div_ceil(64);
+        let kv_heads = u32_of(shape.n_kv_heads, "kv heads")?;
+        // Two stages of K and V, 32 positions of head_dim bf16 each.
+        let smem = u32_of(2 * 2 * 32 * hd * 2, "shared memory")?;
+        launch_smem(
+            dev,
+            &k.attn_prefill_mma[which],
+            (pairs, kv_heads, splits as u32),
+            (128, 1, 1),
+            smem,
+            &p,
+            "attn_prefill_mma",
+        )?;
+        if splits == 1 {
+            return Ok(()); // the one split wrote the output
+        }
+    } else {
+        launch(
+            dev,
+            &k.attn_decode_split,
+            (head_blocks, splits as u32, rows),
+            (128, 1, 1),
+            &p,
+            "attn_decode_split",
+        )?;
+    }
     launch(
         dev,
         &k.attn_decode_reduce,

@@ -59,6 +59,9 @@ pub(crate) struct KernelFns {
     pub(crate) attn_kv_append: CudaFunction,
     pub(crate) attn_decode_split: CudaFunction,
     pub(crate) attn_decode_reduce: CudaFunction,
+    /// `attn_prefill_mma_h64`, `_h128` (kernels/attention_prefill.cu), by
+    /// [`attention::PREFILL_HEAD_DIMS`].
+    pub(crate) attn_prefill_mma: [CudaFunction; 2],
     pub(crate) elementwise_f32: CudaFunction,
     pub(crate) argmax_partial: CudaFunction,
     pub(crate) argmax_final: CudaFunction,
@@ -102,6 +105,10 @@ impl KernelFns {
             attn_kv_append: module.load_function("attn_kv_append")?,
             attn_decode_split: module.load_function("attn_decode_split")?,
             attn_decode_reduce: module.load_function("attn_decode_reduce")?,
+            attn_prefill_mma: [
+                module.load_function("attn_prefill_mma_h64")?,
+                module.load_function("attn_prefill_mma_h128")?,
+            ],
             elementwise_f32: module.load_function("elementwise_f32")?,
             argmax_partial: module.load_function("argmax_partial")?,
             argmax_final: module.load_function("argmax_final")?,
