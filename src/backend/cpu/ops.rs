@@ -64,29 +64,24 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// [`weighted_rows_lanes`] for rows of `16 * N` values, all columns in registers.
+/// [`weighted_rows_lanes`] for rows of `W` values, all columns in registers.
 #[inline(always)]
-fn weighted_rows_fixed<const N: usize>(
+fn weighted_rows_fixed<const W: usize>(
     w: &[f32],
     v: &[f32],
     first: usize,
     stride: usize,
     out: &mut [f32],
 ) {
-    let mut acc = [[0.0f32; 16]; N];
+    let mut acc = [0.0f32; W];
     for (j, &wj) in w.iter().enumerate() {
         let at = first + j * stride;
-        let row = &v[at..at + 16 * N];
-        for (a, chunk) in acc.iter_mut().zip(row.chunks_exact(16)) {
-            let chunk: &[f32; 16] = chunk.try_into().expect("16 values");
-            for (x, &y) in a.iter_mut().zip(chunk) {
-                *x += wj * y;
-            }
+        let row: &[f32; W] = (&v[at..at + W]).try_into().expect("W values");
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += wj * x;
         }
     }
-    for (o, a) in out.chunks_exact_mut(16).zip(&acc) {
-        o.copy_from_slice(a);
-    }
+    out.copy_from_slice(&acc);
 }
 
 /// `out[j] = dot(q, row j) * scale`, where row j is `q.len()` values of `k` from
@@ -203,8 +198,8 @@ fn weighted_rows_lanes(w: &[f32], v: &[f32], first: usize, stride: usize, out: &
     // chain is the whole cost (an add's latency per row and column), so the common head
     // sizes keep all their columns in flight at once (same order per element, same bits).
     match out.len() {
-        64 => return weighted_rows_fixed::<4>(w, v, first, stride, out),
-        128 => return weighted_rows_fixed::<8>(w, v, first, stride, out),
+        64 => return weighted_rows_fixed::<64>(w, v, first, stride, out),
+        128 => return weighted_rows_fixed::<128>(w, v, first, stride, out),
         _ => {}
     }
     const COLS: usize = 16;
