@@ -17,7 +17,7 @@ use tachyon::format::{ModelSource, gguf_type_counts};
 use tachyon::graph::Model;
 use tachyon::tokenizer::{ChatMessage, ChatTemplate};
 
-use cli::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs};
+use cli::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs, prefill_chunk};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +97,10 @@ struct GenerateArgs {
     /// KV cache size in tokens (capped at the model's context length).
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
+    /// Prompt tokens per forward call during prefill (each call reads every weight once;
+    /// activation buffers for that many rows are allocated per cached sequence).
+    #[arg(long, default_value_t = 64, value_parser = prefill_chunk)]
+    prefill_chunk: usize,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -189,6 +193,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         backend: a.backend.into(),
         session: SessionOptions {
             ctx: a.ctx,
+            max_batch: a.prefill_chunk,
             precise: a.precise,
             kv_dtype: a.kv_dtype.into(),
             ..Default::default()

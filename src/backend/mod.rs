@@ -115,6 +115,18 @@ pub struct AttnShape {
     pub window: Option<usize>,
 }
 
+impl AttnShape {
+    /// Every layer's attention shape in a model of `c`.
+    pub fn of(c: &crate::format::ModelConfig) -> AttnShape {
+        AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window: c.sliding_window,
+        }
+    }
+}
+
 /// The random seed of a sampled pick at position `pos` of a generation seeded with `seed`:
 /// a fresh, reproducible stream per position. The engine seeds its picks with it, and a GPU
 /// decode step derives the next position's seed on the device with the same formula

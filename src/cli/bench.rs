@@ -13,7 +13,7 @@ use tachyon::engine::{
 };
 use tachyon::format::GgmlType;
 
-use super::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs};
+use super::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs, prefill_chunk};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RandomDtype {
@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub(super) threads: Option<usize>,
+    /// Prompt tokens per forward call during prefill (each call reads every weight once;
+    /// activation buffers for that many rows are allocated per cached sequence).
+    #[arg(long, default_value_t = 64, value_parser = prefill_chunk)]
+    pub(super) prefill_chunk: usize,
     /// CPU: exact f32 dot products instead of 8-bit activation quantization.
     #[arg(long)]
     pub(super) precise: bool,
@@ -217,6 +221,7 @@ impl BenchArgs {
             backend: self.backend.into(),
             session: SessionOptions {
                 ctx,
+                max_batch: self.prefill_chunk,
                 precise: self.precise,
                 kv_dtype: self.kv_dtype.into(),
                 ..Default::default()

@@ -108,3 +108,11 @@ impl SpeculationArgs {
         self.options_with(self.draft_model.clone().map(ModelSpec::File))
     }
 }
+
+/// `--prefill-chunk`: prompt tokens per forward call during prefill, 1 to 65536.
+pub fn prefill_chunk(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: give 1 to 65536 tokens")),
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::Result;
 use tachyon::engine::{EngineOptions, ModelSpec, SessionOptions};
 use tachyon::server::{BusyPoll, ServeOptions};
 
-use super::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs};
+use super::engine_args::{BackendArg, KvDtypeArg, QuantArg, SpeculationArgs, prefill_chunk};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// holds, 1 to 4, on the CPU; 4 on a GPU).
     #[arg(long)]
     pub slots: Option<usize>,
+    /// Prompt tokens per forward call during prefill (each call reads every weight once;
+    /// activation buffers for that many rows are allocated per cached sequence).
+    #[arg(long, default_value_t = 64, value_parser = prefill_chunk)]
+    pub prefill_chunk: usize,
     /// Requests that may wait for the engine; more are answered 429.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
@@ -97,6 +101,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         backend: a.backend.into(),
         session: SessionOptions {
             ctx: a.ctx.unwrap_or(SessionOptions::MODEL_CTX),
+            max_batch: a.prefill_chunk,
             precise: a.precise,
             slots: a.slots.unwrap_or(0),
             kv_dtype: a.kv_dtype.into(),

@@ -410,6 +410,7 @@ impl Placement {
                 // lay them out, from what the weights and working buffers leave free.
                 if let Ok((free, total)) = dev.context().mem_get_info() {
                     let (free, total) = (free as u64, total as u64);
+                    let sm_count = dev.sm_count();
                     let plan = |layout| {
                         cuda::MemoryPlan::new(
                             config,
@@ -418,6 +419,7 @@ impl Placement {
                             opts.session.max_batch,
                             crate::graph::llama::MAX_VERIFY_ROWS,
                             opts.session.kv_dtype,
+                            sm_count,
                         )
                     };
                     let fixed = plan((0, 0));

@@ -27,7 +27,7 @@ use crate::backend::cuda::{
     CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, DeviceSampling,
     StepInputs,
 };
-use crate::backend::{BackendError, KvDtype, Ops, StepProfile};
+use crate::backend::{AttnShape, BackendError, KvDtype, Ops, StepProfile};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
 
@@ -139,7 +139,7 @@ pub fn cuda_session(
     for _ in 0..slots {
         states.push(model.new_state(&mut backend, ctx, max_batch)?);
     }
-    backend.reserve(max_batch, config.n_heads, config.head_dim)?;
+    backend.reserve(max_batch, &AttnShape::of(config))?;
     let decoder = DeviceDecoder::new(
         backend,
         LlamaOnCuda {

@@ -292,12 +292,7 @@ impl<B: Ops> Llama<B> {
             n > 0 && n <= s.max_batch && pos.host().is_none_or(|p| p + n <= s.ctx),
             "caller checks batch and context bounds"
         );
-        let shape = AttnShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            window: c.sliding_window,
-        };
+        let shape = AttnShape::of(c);
         b.embed(&self.embed, tokens, &mut s.x)?;
         for (l, kv) in self.layers.iter().zip(s.kv.iter_mut()) {
             if stop.is_some_and(|stop| stop()) {

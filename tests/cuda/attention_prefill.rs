@@ -11,8 +11,8 @@
 use tachyon::backend::cpu::attention::KvCache;
 use tachyon::backend::cpu::{CpuAct, CpuBackend};
 use tachyon::backend::cuda::{
-    CudaAct, CudaBackend, attn_splits, call_splits, kv_decode, kv_encode, prefill_on_tensor_cores,
-    prefill_splits,
+    CudaAct, CudaBackend, MAX_ATTN_SPLITS, attn_splits, call_splits, kv_decode, kv_encode,
+    max_split_rows, prefill_on_tensor_cores, prefill_splits,
 };
 use tachyon::backend::{AttnShape, KvDtype, Ops};
 
@@ -351,5 +351,63 @@ fn prefill_dispatch_rule() {
     assert_eq!(
         call_splits(132, KvDtype::F32, &llama, (4096, true), 64, 8192),
         attn_splits(132, &llama, 4160, 64)
+    );
+}
+
+/// The partials reserved at load (`max_split_rows`) cover every attention call of up to
+/// `max_batch` rows at any position, host or device, whichever kernel takes it; and for a
+/// long prefill chunk they stay far below one `MAX_ATTN_SPLITS` per row.
+#[test]
+fn reserved_partials_cover_every_call() {
+    let llama = AttnShape {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 64,
+        window: None,
+    };
+    let shapes = [
+        llama,
+        AttnShape {
+            n_heads: 12,
+            n_kv_heads: 2,
+            head_dim: 128,
+            window: None,
+        },
+        AttnShape {
+            n_heads: 14,
+            n_kv_heads: 2,
+            head_dim: 64,
+            window: Some(100),
+        },
+        AttnShape {
+            n_heads: 7,
+            n_kv_heads: 7,
+            head_dim: 80,
+            window: None,
+        },
+    ];
+    for s in &shapes {
+        for sm in [1, 16, 132] {
+            for kv in [KvDtype::Bf16, KvDtype::F32] {
+                for max_batch in [1, 16, 65, 300] {
+                    let bound = max_split_rows(sm, kv, s, max_batch);
+                    for n in 1..=max_batch {
+                        for pos in [0, 1, 100, 4096, 1 << 20] {
+                            let need = n * call_splits(sm, kv, s, (pos, true), n, pos + n);
+                            assert!(need <= bound, "{s:?} sm {sm} {kv:?} n {n} pos {pos}");
+                        }
+                    }
+                    for ctx in [16, 4096, 1 << 20] {
+                        let need = call_splits(sm, kv, s, (0, false), 1, ctx);
+                        assert!(need <= bound, "{s:?} sm {sm} {kv:?} device pos, ctx {ctx}");
+                    }
+                }
+            }
+        }
+    }
+    let whole_prompt = max_split_rows(132, KvDtype::Bf16, &llama, 2048);
+    assert!(
+        (2048..2048 * MAX_ATTN_SPLITS / 16).contains(&whole_prompt),
+        "{whole_prompt}"
     );
 }

@@ -11,9 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of, kv_decode, kv_encode};
 use super::device::CudaDevice;
-use super::launch::attention::{
-    MAX_ATTN_SPLITS, Partials, attn_splits, call_splits, partial_slots,
-};
+use super::launch::attention::{Partials, attn_splits, call_splits, max_split_rows, partial_slots};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS, gemv_fits};
 use super::launch::penalty::no_advance;
 use super::launch::rope_attention::{FusedScratch, Norms, head_blocks, head_dim_index, max_splits};
@@ -87,19 +85,16 @@ impl CudaBackend {
         })
     }
 
-    /// Allocates every scratch buffer the ops need for up to `max_batch` rows of `q_dim`
-    /// (`n_heads` heads of `head_dim`), so that no op allocates later: a captured CUDA graph
+    /// Allocates every scratch buffer the ops need for up to `max_batch` rows of attention
+    /// `shape` (the partials for the most splits any call makes: `max_split_rows`), so that
+    /// no op allocates later: a captured CUDA graph
     /// holds these addresses, and a reallocation would leave it pointing at freed memory.
     /// A head size the fused decode attention has no kernel for is refused here, at load.
-    pub fn reserve(
-        &mut self,
-        max_batch: usize,
-        n_heads: usize,
-        head_dim: usize,
-    ) -> Result<(), BackendError> {
+    pub fn reserve(&mut self, max_batch: usize, shape: &AttnShape) -> Result<(), BackendError> {
+        let (n_heads, head_dim) = (shape.n_heads, shape.head_dim);
         head_dim_index(head_dim)?;
         ensure(&self.dev, &mut self.counters, n_heads, "attention counters")?;
-        let slots = max_batch * n_heads * MAX_ATTN_SPLITS;
+        let slots = n_heads * max_split_rows(self.sm_count, self.kv_dtype, shape, max_batch);
         ensure(&self.dev, &mut self.tokens, max_batch, "token ids")?;
         self.reserve_partials(slots, slots * head_dim)?;
         ensure(

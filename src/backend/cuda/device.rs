@@ -317,6 +317,16 @@ impl CudaDevice {
         &self.module
     }
 
+    /// The device's streaming multiprocessors (1 if the driver will not say).
+    pub fn sm_count(&self) -> usize {
+        self.ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> &str {
         &self.name

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use super::launch::attention::MAX_ATTN_SPLITS;
-use crate::backend::KvDtype;
+use super::launch::attention::max_split_rows;
+use crate::backend::{AttnShape, KvDtype};
 use crate::format::{ModelConfig, ModelWeights};
 
 /// Device bytes of one session, by what holds them.
@@ -25,6 +25,8 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
+    /// `sm_count`: the device's SMs, which size the attention partials (see
+    /// `max_split_rows`).
     pub fn new(
         config: &ModelConfig,
         weights: &ModelWeights,
@@ -32,6 +34,7 @@ impl MemoryPlan {
         max_batch: usize,
         verify_rows: usize,
         kv_dtype: KvDtype,
+        sm_count: usize,
     ) -> Self {
         let f32s = |n: usize| n as u64 * 4;
         // The products' matrices in their device layout (repack.rs: a few percent more for
@@ -68,16 +71,16 @@ impl MemoryPlan {
             .saturating_mul((config.kv_dim() * kv_dtype.bytes()) as u64)
             .saturating_mul(ctx as u64);
         // Per row: the residual, the normed input, q / k / v, the attention output and its
-        // scratch, gate and up, and the split partials of attention (an accumulator, a max
-        // and a sum per split and head). Then the verify rows' logits, the rope tables
-        // (ctx x head_dim) and 4 MiB for the step buffers and allocation rounding.
+        // scratch, gate and up. Then the split partials of attention (an accumulator, a max
+        // and a sum per split and head, for the most splits a call makes), the verify rows'
+        // logits, the rope tables (ctx x head_dim) and 4 MiB for the step buffers and
+        // allocation rounding.
         let rows = max_batch.max(1);
-        let per_row = 2 * config.dim
-            + 3 * config.q_dim()
-            + 2 * config.kv_dim()
-            + 2 * config.ffn_dim
-            + MAX_ATTN_SPLITS * config.n_heads * (config.head_dim + 2);
-        let working = f32s(rows * per_row)
+        let per_row =
+            2 * config.dim + 3 * config.q_dim() + 2 * config.kv_dim() + 2 * config.ffn_dim;
+        let split_rows = max_split_rows(sm_count, kv_dtype, &AttnShape::of(config), rows);
+        let partials = split_rows * config.n_heads * (config.head_dim + 2);
+        let working = f32s(rows * per_row + partials)
             + f32s((verify_rows.min(rows) + 1) * config.vocab_size)
             + f32s(ctx.min(config.max_ctx) * config.head_dim)
             + (4 << 20);

@@ -47,7 +47,7 @@ pub use device::{
 pub use graph::{DecodeStep, DeviceDecoder, DevicePick, StepInputs};
 pub use history::{DeviceHistory, DeviceSampling};
 pub use launch::attention::{
-    MAX_ATTN_SPLITS, PREFILL_HEAD_DIMS, PREFILL_MIN_ROWS, attn_splits, call_splits,
+    MAX_ATTN_SPLITS, PREFILL_HEAD_DIMS, PREFILL_MIN_ROWS, attn_splits, call_splits, max_split_rows,
     prefill_on_tensor_cores, prefill_splits, split_range,
 };
 pub use launch::norm::{KernelError, add_rmsnorm, rmsnorm};

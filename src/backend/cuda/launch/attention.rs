@@ -110,6 +110,23 @@ pub fn call_splits(
     attn_splits(sm_count, s, visible, n)
 }
 
+/// The most (row, split) pairs an attention call of at most `max_batch` rows makes (a
+/// prefill chunk, verify rows, a decode row fused or not), wherever its position: what the
+/// backend reserves partials for at load, so that no later call allocates (a graph
+/// capture must not). Every split count only grows with the visible positions, so a
+/// position past every cap is the worst case; with many rows the counts fall (the rows
+/// fill the SMs), so this stays near `max_batch`, far below `max_batch * MAX_ATTN_SPLITS`.
+pub fn max_split_rows(sm_count: usize, kv: KvDtype, s: &AttnShape, max_batch: usize) -> usize {
+    let far = 1usize << 40;
+    let decode = super::rope_attention::max_splits(sm_count, s, far);
+    (1..=max_batch.max(1))
+        .map(|n| {
+            let host = call_splits(sm_count, kv, s, (far, true), n, far);
+            n * host.max(attn_splits(sm_count, s, far, n))
+        })
+        .fold(decode, usize::max)
+}
+
 /// Flash-decoding partials: per (row, head, split) the unnormalized output (`head_dim`
 /// values), the running max and the exp-sum.
 pub struct Partials<'a> {
