@@ -201,10 +201,14 @@ const fn lanes_per_row(t: usize) -> usize {
 
 /// `[s_j of block bi]` and `[s_j of block bi + 1]` for tokens j < 8, one per lane (tokens
 /// past T repeat the last one, in lanes nobody reads).
+///
+/// # Safety
+/// The CPU supports the enabled features, and every token's sums hold blocks `bi` and
+/// `bi + 1` (`TokenActs::of` checked `nb` blocks, and `bi + 1 < nb`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn token_sums<const T: usize>(acts: &[TokenActs; T], bi: usize) -> (__m256, __m256) {
-    // SAFETY: bi + 1 < nb, and each token's sums hold nb blocks (`TokenActs::of`).
+unsafe fn token_sums<const T: usize>(acts: &[TokenActs; T], bi: usize) -> (__m256, __m256) {
+    // SAFETY: as the caller promised.
     let pair =
         |j: usize| unsafe { _mm_castpd_ps(_mm_load_sd(acts[j.min(T - 1)].s.add(bi).cast())) };
     // [s_j(bi), s_j(bi + 1), s_k(bi), s_k(bi + 1)] for tokens (0, 1), (2, 3), ...
@@ -322,7 +326,8 @@ macro_rules! band_kernel {
                     }
                 }
                 if $offset {
-                    let (s_even, s_odd) = token_sums(&acts, bi);
+                    // SAFETY: bi + 1 < nb, as above.
+                    let (s_even, s_odd) = unsafe { token_sums(&acts, bi) };
                     extra_even = _mm512_add_ps(extra_even, outer::<T>(m_even, s_even));
                     extra_odd = _mm512_add_ps(extra_odd, outer::<T>(m_odd, s_odd));
                 }
