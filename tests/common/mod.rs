@@ -78,7 +78,8 @@ pub fn tiny_qwen2() -> tachyon::format::random::Shape {
 /// On a tiny random model whose embedding row `poison` is NaN, made into a session by
 /// `session`: a prompt holding the poisoned token ends with `EngineError::NanLogits` (no
 /// token emitted, no panic), and then a prompt without it, on the same engine, generates
-/// `max_tokens` tokens. Returns those tokens.
+/// `max_tokens` tokens: the tokens a fresh engine of the same session gives that prompt, so
+/// the failed request left nothing behind. Returns those tokens.
 pub fn nan_logits_fail_one_request_only(
     session: &dyn Fn(
         &tachyon::format::ModelConfig,
@@ -93,16 +94,14 @@ pub fn nan_logits_fail_one_request_only(
     let shape = tiny_qwen2();
     let weights = random_weights(&shape, GgmlType::BF16, seed).unwrap_or_else(|e| panic!("{e}"));
     let poison = 7u32;
-    let mut engine = Engine::new(session(
-        &shape.config,
-        &with_nan_embedding_row(&weights, poison),
-    ));
+    let poisoned = with_nan_embedding_row(&weights, poison);
+    let mut engine = Engine::new(session(&shape.config, &poisoned));
     let params = GenerateParams {
         max_tokens,
         sampling: SamplingParams::greedy(),
         stop_ids: vec![],
     };
-    let mut run = |prompt: &[u32]| {
+    let run = |engine: &mut Engine, prompt: &[u32]| {
         let mut out = Vec::new();
         let r = engine.generate(prompt, &params, &mut |t| {
             out.push(t);
@@ -110,19 +109,28 @@ pub fn nan_logits_fail_one_request_only(
         });
         (r, out)
     };
-    let (r, out) = run(&[3, 11, poison, 20]);
+    let (r, out) = run(&mut engine, &[3, 11, poison, 20]);
     assert!(
         matches!(r, Err(EngineError::NanLogits { index: 0 })),
         "a NaN model should end the request: {:?}",
         r.map(|s| s.finish)
     );
     assert!(out.is_empty(), "tokens emitted from NaN logits: {out:?}");
-    let (r, out) = run(&[3, 11, 20, 21]);
+    let clean = [3, 11, 20, 21];
+    let (r, out) = run(&mut engine, &clean);
     let stats = r.unwrap_or_else(|e| panic!("the next request failed: {e}"));
     assert_eq!(stats.generated_tokens, max_tokens);
     assert!(
         !out.contains(&poison),
         "the clean request met the poisoned token: {out:?}"
+    );
+    // Same backend, same kernels, same path: equal token for token, near ties included
+    // (another backend's rounding may break a near tie of random weights the other way).
+    let (r, fresh) = run(&mut Engine::new(session(&shape.config, &poisoned)), &clean);
+    r.unwrap_or_else(|e| panic!("the clean request on a fresh engine failed: {e}"));
+    assert_eq!(
+        out, fresh,
+        "the clean request after the failed one vs on a fresh engine"
     );
     out
 }
