@@ -61,6 +61,16 @@ impl Isa {
         }
     }
 
+    /// The decoder and the decoded-row kernel of this family for `wty` weights, where
+    /// it has them (see [`super::DecodedRows`]). Panics when the CPU lacks the family.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn decoded_fns(self, wty: GgmlType) -> Option<super::dot_avx2::DecodedFns> {
+        match self {
+            Isa::Scalar | Isa::Avx2 => None,
+            Isa::Avx512Vnni => Isa::vnni().decoded_fns(wty),
+        }
+    }
+
     /// The most tokens this family's kernels for `wty` take in one call: [`TILE`] for
     /// the AVX-512 VNNI band and k-quant tiles, `SMALL_TILE` for the others (the AVX2
     /// tiles have 16 registers; the scalar kernels run one token at a time anyway).
@@ -149,7 +159,7 @@ pub fn kernel_isa() -> &'static str {
 
 /// The byte length of one `wty` row matching `x`; panics when `x` was quantized for
 /// another family of weight types.
-fn row_bytes_for(wty: GgmlType, x: &QuantizedActs) -> usize {
+pub(super) fn row_bytes_for(wty: GgmlType, x: &QuantizedActs) -> usize {
     assert!(
         x.fits(wty),
         "activations were quantized for {:?} weights, not for {wty}; call quantize_acts with {wty}",

@@ -23,7 +23,7 @@ mod tile;
 mod vnni;
 mod vnni_k;
 
-pub(super) use vnni::Vnni;
+pub(super) use vnni::{DECODED_BYTES, DecodedFns, Prepared, Vnni};
 
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};

@@ -21,6 +21,7 @@
 mod acts;
 pub mod at_load;
 mod blocks;
+mod decoded;
 mod dequant;
 mod dot;
 #[cfg(target_arch = "x86_64")]
@@ -34,6 +35,7 @@ mod quantize_blocks;
 mod tests;
 
 pub use acts::{QuantizedActs, quantize_acts};
+pub use decoded::DecodedRows;
 pub use dequant::{DequantizeWeight, dequantize};
 pub use dot::{TILE, dot_row, dot_row_exact, kernel_isa, matmul_rows, matvec_rows};
 pub use error::QuantError;

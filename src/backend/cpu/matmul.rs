@@ -59,30 +59,43 @@ pub fn matmul(
         // it, and each tile's kernels decode a weight block once for all its tokens.
         let m = r1 - r0;
         let mut tmp = [0.0f32; quant::TILE * 512];
-        for t0 in (0..n).step_by(quant::TILE) {
-            let k = (n - t0).min(quant::TILE);
-            let dst = &mut tmp[..k * m];
-            if precise {
-                for (j, dj) in dst.chunks_exact_mut(m).enumerate() {
-                    let xt = &x[(t0 + j) * cols..(t0 + j + 1) * cols];
-                    for (i, d) in dj.iter_mut().enumerate() {
-                        let row = &wband[i * row_bytes..(i + 1) * row_bytes];
-                        *d = quant::dot_row_exact(w.ty, row, xt);
+        DECODED.with_borrow_mut(|decoded| {
+            // More than one tile: decode the band once, where the kernels can, instead of
+            // once per tile (bit for bit the same products).
+            let use_decoded = !precise && n > quant::TILE && decoded.decode(w.ty, wband, row_bytes);
+            for t0 in (0..n).step_by(quant::TILE) {
+                let k = (n - t0).min(quant::TILE);
+                let dst = &mut tmp[..k * m];
+                if use_decoded {
+                    decoded.matmul_rows(&acts[t0..t0 + k], dst);
+                } else if precise {
+                    for (j, dj) in dst.chunks_exact_mut(m).enumerate() {
+                        let xt = &x[(t0 + j) * cols..(t0 + j + 1) * cols];
+                        for (i, d) in dj.iter_mut().enumerate() {
+                            let row = &wband[i * row_bytes..(i + 1) * row_bytes];
+                            *d = quant::dot_row_exact(w.ty, row, xt);
+                        }
+                    }
+                } else {
+                    quant::matmul_rows(w.ty, wband, row_bytes, &acts[t0..t0 + k], dst);
+                }
+                let p = out_ptr;
+                for (j, dj) in dst.chunks_exact(m).enumerate() {
+                    for (i, v) in dj.iter().enumerate() {
+                        // SAFETY: element (t0 + j, r0 + i) belongs to this band alone; in
+                        // bounds by the assert above (t0 + j < n, r0 + i < rows).
+                        unsafe { *p.0.add((t0 + j) * rows + r0 + i) = *v };
                     }
                 }
-            } else {
-                quant::matmul_rows(w.ty, wband, row_bytes, &acts[t0..t0 + k], dst);
             }
-            let p = out_ptr;
-            for (j, dj) in dst.chunks_exact(m).enumerate() {
-                for (i, v) in dj.iter().enumerate() {
-                    // SAFETY: element (t0 + j, r0 + i) belongs to this band alone; in
-                    // bounds by the assert above (t0 + j < n, r0 + i < rows).
-                    unsafe { *p.0.add((t0 + j) * rows + r0 + i) = *v };
-                }
-            }
-        }
+        });
     });
+}
+
+thread_local! {
+    /// Each pool thread's decoded band, its buffer reused from call to call.
+    static DECODED: std::cell::RefCell<quant::DecodedRows> =
+        std::cell::RefCell::new(quant::DecodedRows::new());
 }
 
 /// Tokens per task when a prompt's activations are quantized across the pool.

@@ -32,6 +32,9 @@ use super::super::dot::BandFn;
 use super::{Avx2, arr, bit_mask, f16_to_f32, hsum_ps, nibbles, prefetch_ahead};
 use crate::format::ggml_type::GgmlType;
 
+mod decoded;
+pub(in crate::quant) use decoded::{DECODED_BYTES, DecodedFns, Prepared};
+
 /// Rows per step of the band loop for a tile of `t` tokens: at most 16 accumulators, so
 /// that they, the decoded rows with their scales and one token's activations fit the 32
 /// registers. Decoding a block pair costs about as much as a token's products with it,

@@ -218,3 +218,78 @@ fn bands_of_many_rows_match_the_one_token_kernels_bit_for_bit() {
         }
     }
 }
+
+/// Rows decoded once (`DecodedRows`) give `matmul_rows`'s results bit for bit: every
+/// format with a decoded form, odd and even block counts, row counts around a group,
+/// 1 to 8 tokens, a NaN token poisoning only its own outputs. Formats without one are
+/// refused, and a refused decode leaves nothing of the one before.
+#[test]
+fn decoded_rows_match_the_band_kernels_bit_for_bit() {
+    use super::super::decoded::DecodedRows;
+    let mut rng = Rng::new(29);
+    let mut decoded = DecodedRows::new();
+    for isa in isas() {
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            let n = 3 * ty.block_len();
+            let w = weights(ty, 5, n, &mut rng);
+            let rb = w.len() / 5;
+            let simple = matches!(
+                ty,
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+            );
+            let has = decoded.decode_with(isa, ty, &w, rb);
+            assert_eq!(has, simple && isa == Isa::Avx512Vnni, "{isa:?} {ty}");
+            if !has {
+                continue;
+            }
+            for blocks in [1, 2, 3, 4, 7] {
+                let n = blocks * ty.block_len();
+                for rows in [1, 3, 4, 5, 8, 9] {
+                    let w = weights(ty, rows, n, &mut rng);
+                    let rb = w.len() / rows;
+                    assert!(decoded.decode_with(isa, ty, &w, rb));
+                    for t in 1..=TILE {
+                        let nan_at = (rows + t) % (t + 1);
+                        let xs: Vec<QuantizedActs> = (0..t)
+                            .map(|j| {
+                                let mut x = random_acts(n, &mut rng);
+                                if j == nan_at {
+                                    x[rng.below(n)] = f32::NAN;
+                                }
+                                let mut a = QuantizedActs::new();
+                                quantize_acts(ty, &x, &mut a);
+                                a
+                            })
+                            .collect();
+                        let mut got = vec![f32::NAN; t * rows];
+                        decoded.matmul_rows(&xs, &mut got);
+                        let mut want = vec![f32::NAN; t * rows];
+                        matmul_rows_with(isa, ty, &w, rb, &xs, &mut want);
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            let at = format!(
+                                "{isa:?} {ty} n={n} rows {rows} tile {t}: token {} row {}",
+                                i / rows,
+                                i % rows
+                            );
+                            assert_eq!(g.is_nan(), i / rows == nan_at, "{at}: {g}");
+                            assert_eq!(g.to_bits(), w.to_bits(), "{at}: {g} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A refused decode drops what was decoded before.
+    let ty = GgmlType::Q4K;
+    let w = weights(ty, 2, 256, &mut rng);
+    assert!(!decoded.decode_with(Isa::best(), ty, &w, w.len() / 2));
+    let x = {
+        let mut a = QuantizedActs::new();
+        quantize_acts(ty, &random_acts(256, &mut rng), &mut a);
+        a
+    };
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decoded.matmul_rows(std::slice::from_ref(&x), &mut [0.0; 2]);
+    }));
+    assert!(refused.is_err(), "matmul_rows after a refused decode");
+}
