@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             ctx: 2048,
             ..Default::default()
         },
+        prefill_chunk: Some(SessionOptions::default().max_batch),
         ..Default::default()
     };
     let built = build(

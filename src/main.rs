@@ -98,9 +98,10 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
     /// Prompt tokens per forward call during prefill (each call reads every weight once;
-    /// activation buffers for that many rows are allocated per cached sequence).
-    #[arg(long, default_value_t = 64, value_parser = prefill_chunk)]
-    prefill_chunk: usize,
+    /// activation buffers for that many rows are allocated per cached sequence). Default:
+    /// 512 on the CPU, 64 on a GPU.
+    #[arg(long, value_parser = prefill_chunk)]
+    prefill_chunk: Option<usize>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -193,11 +194,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         backend: a.backend.into(),
         session: SessionOptions {
             ctx: a.ctx,
-            max_batch: a.prefill_chunk,
             precise: a.precise,
             kv_dtype: a.kv_dtype.into(),
             ..Default::default()
         },
+        prefill_chunk: a.prefill_chunk,
         quant: a.quant.map(Into::into),
         threads: a.threads,
         tokenizer: true,

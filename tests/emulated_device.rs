@@ -667,9 +667,9 @@ fn tiny_engine_on_the_device() -> tachyon::engine::Engine {
         backend: BackendChoice::Cuda,
         session: SessionOptions {
             ctx: 64,
-            max_batch: 8,
             ..Default::default()
         },
+        prefill_chunk: Some(8),
         ..Default::default()
     };
     let spec = SpeculationOptions {

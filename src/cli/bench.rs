@@ -81,9 +81,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(super) threads: Option<usize>,
     /// Prompt tokens per forward call during prefill (each call reads every weight once;
-    /// activation buffers for that many rows are allocated per cached sequence).
-    #[arg(long, default_value_t = 64, value_parser = prefill_chunk)]
-    pub(super) prefill_chunk: usize,
+    /// activation buffers for that many rows are allocated per cached sequence). Default:
+    /// 512 on the CPU, 64 on a GPU.
+    #[arg(long, value_parser = prefill_chunk)]
+    pub(super) prefill_chunk: Option<usize>,
     /// CPU: exact f32 dot products instead of 8-bit activation quantization.
     #[arg(long)]
     pub(super) precise: bool,
@@ -221,11 +222,11 @@ impl BenchArgs {
             backend: self.backend.into(),
             session: SessionOptions {
                 ctx,
-                max_batch: self.prefill_chunk,
                 precise: self.precise,
                 kv_dtype: self.kv_dtype.into(),
                 ..Default::default()
             },
+            prefill_chunk: self.prefill_chunk,
             quant: self.quant.map(Into::into),
             threads: self.threads,
             tokenizer: false,

@@ -38,9 +38,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub slots: Option<usize>,
     /// Prompt tokens per forward call during prefill (each call reads every weight once;
-    /// activation buffers for that many rows are allocated per cached sequence).
-    #[arg(long, default_value_t = 64, value_parser = prefill_chunk)]
-    pub prefill_chunk: usize,
+    /// activation buffers for that many rows are allocated per cached sequence). Default:
+    /// 512 on the CPU, 64 on a GPU.
+    #[arg(long, value_parser = prefill_chunk)]
+    pub prefill_chunk: Option<usize>,
     /// Requests that may wait for the engine; more are answered 429.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
@@ -101,12 +102,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         backend: a.backend.into(),
         session: SessionOptions {
             ctx: a.ctx.unwrap_or(SessionOptions::MODEL_CTX),
-            max_batch: a.prefill_chunk,
             precise: a.precise,
             slots: a.slots.unwrap_or(0),
             kv_dtype: a.kv_dtype.into(),
             ..Default::default()
         },
+        prefill_chunk: a.prefill_chunk,
         quant: a.quant.map(Into::into),
         threads: a.threads,
         tokenizer: true,

@@ -411,6 +411,11 @@ impl Engine {
         self.session.logits_rows_copied()
     }
 
+    /// The most prompt tokens one forward call takes (the prefill chunk).
+    pub fn max_batch(&self) -> usize {
+        self.session.max_batch()
+    }
+
     /// Which slot the last request took, and how (`None` with one slot).
     pub fn last_slot_event(&self) -> Option<SlotEvent> {
         self.slots.last
