@@ -56,12 +56,12 @@ pub fn matmul(
         let r1 = (r0 + band).min(rows);
         let wband = &bytes[r0 * row_bytes..r1 * row_bytes];
         // The band (at most 512 rows) stays in L1/L2 while the token tiles stream past
-        // it, and each tile's kernels decode a weight block once for all its tokens.
+        // it. Each tile's kernels decode a weight block once for all its tokens; with more
+        // than one tile, the band is decoded once for all of them where the kernels can
+        // (the simple formats on AVX-512 VNNI; bit for bit the same products).
         let m = r1 - r0;
         let mut tmp = [0.0f32; quant::TILE * 512];
         DECODED.with_borrow_mut(|decoded| {
-            // More than one tile: decode the band once, where the kernels can, instead of
-            // once per tile (bit for bit the same products).
             let use_decoded = !precise && n > quant::TILE && decoded.decode(w.ty, wband, row_bytes);
             for t0 in (0..n).step_by(quant::TILE) {
                 let k = (n - t0).min(quant::TILE);
@@ -69,13 +69,7 @@ pub fn matmul(
                 if use_decoded {
                     decoded.matmul_rows(&acts[t0..t0 + k], dst);
                 } else if precise {
-                    for (j, dj) in dst.chunks_exact_mut(m).enumerate() {
-                        let xt = &x[(t0 + j) * cols..(t0 + j + 1) * cols];
-                        for (i, d) in dj.iter_mut().enumerate() {
-                            let row = &wband[i * row_bytes..(i + 1) * row_bytes];
-                            *d = quant::dot_row_exact(w.ty, row, xt);
-                        }
-                    }
+                    exact_tile(w, wband, &x[t0 * cols..(t0 + k) * cols], dst);
                 } else {
                     quant::matmul_rows(w.ty, wband, row_bytes, &acts[t0..t0 + k], dst);
                 }
@@ -90,6 +84,18 @@ pub fn matmul(
             }
         });
     });
+}
+
+/// The precise path's tile: `dst[j * m + i]` = the exact dot of band row i with token j
+/// of `xs` (the band's `m` rows against `dst.len() / m` tokens of `w.cols`).
+fn exact_tile(w: &Weight, wband: &[u8], xs: &[f32], dst: &mut [f32]) {
+    let row_bytes = w.row_bytes();
+    let m = wband.len() / row_bytes;
+    for (dj, xt) in dst.chunks_exact_mut(m).zip(xs.chunks_exact(w.cols)) {
+        for (d, row) in dj.iter_mut().zip(wband.chunks_exact(row_bytes)) {
+            *d = quant::dot_row_exact(w.ty, row, xt);
+        }
+    }
 }
 
 thread_local! {

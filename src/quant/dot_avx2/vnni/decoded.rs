@@ -102,7 +102,8 @@ macro_rules! decoders {
                         use std::arch::x86_64::*;
                         let nb = row_bytes / $bytes;
                         let out_row = nb * super::DECODED_BYTES;
-                        for (s, o) in src.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(out_row)) {
+                        let rows = src.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(out_row));
+                        for (s, o) in rows {
                             let (codes, rest) = o.split_at_mut(32 * nb);
                             let (d, m) = rest.split_at_mut(4 * nb);
                             for (b, blk) in s.chunks_exact($bytes).enumerate() {
@@ -177,11 +178,15 @@ macro_rules! entries {
                             let group = &dec[r * row..(r + take) * row];
                             if take == ROWS {
                                 let b: &mut [[f32; T]; ROWS] = &mut buf;
-                                unsafe { super::band::<ROWS, T, { $offset }>(group, nb, &acts, prep, b) };
+                                unsafe {
+                                    super::band::<ROWS, T, { $offset }>(group, nb, &acts, prep, b)
+                                };
                             } else {
                                 let b: &mut [[f32; T]; 1] =
                                     (&mut buf[..1]).try_into().expect("one row");
-                                unsafe { super::band::<1, T, { $offset }>(group, nb, &acts, prep, b) };
+                                unsafe {
+                                    super::band::<1, T, { $offset }>(group, nb, &acts, prep, b)
+                                };
                             }
                             for (i, o) in buf[..take].iter().enumerate() {
                                 for (j, v) in o.iter().enumerate() {
