@@ -159,6 +159,9 @@ typedef struct {
  * each chunk's max score, exp-sum and unnormalized output; the reduce kernel merges them.
  * `pos` is `*pos_dev` when `pos_dev` is set. The caches hold `kv_dtype` elements: the
  * append rounds to that type, the split kernel widens to f32 as it reads.
+ * `attn_prefill_mma_h64` / `_h128` (kernels/attention_prefill.cu) take the same parameters
+ * (a BF16 cache, `pos` on the host, no `pos_dev`): their grid z is `n_splits` shares of each
+ * kv head's 32-position tiles, whose partials the same reduce kernel merges.
  */
 typedef struct {
     const float* q;
