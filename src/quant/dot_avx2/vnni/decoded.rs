@@ -283,8 +283,10 @@ unsafe fn band<const R: usize, const T: usize, const OFFSET: bool>(
     // in its `row` bytes (checked above); `prep` holds every pair's operands (checked
     // above); each token's codes hold nb blocks (`TokenActs::of`).
     let codes = |r: usize, bi: usize| unsafe { rows[r].add(32 * bi) };
-    let scale = |r: usize, bi: usize| unsafe { *rows[r].add(32 * nb + 4 * bi).cast::<f32>() };
-    let offset = |r: usize, bi: usize| unsafe { *rows[r].add(36 * nb + 4 * bi).cast::<f32>() };
+    // (The f32 are read unaligned: a byte buffer promises no alignment.)
+    let f32_at = |r: usize, at: usize| unsafe { rows[r].add(at).cast::<f32>().read_unaligned() };
+    let scale = |r: usize, bi: usize| f32_at(r, 32 * nb + 4 * bi);
+    let offset = |r: usize, bi: usize| f32_at(r, 36 * nb + 4 * bi);
     let op = |i: usize| unsafe { prep.0.as_ptr().add(i) };
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let (mut extra_even, mut extra_odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
