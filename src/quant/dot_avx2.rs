@@ -23,7 +23,7 @@ mod tile;
 mod vnni;
 mod vnni_k;
 
-pub(super) use vnni::{DECODED_BYTES, DecodedFns, Prepared, Vnni};
+pub(super) use vnni::{DecodedFns, Prepared, Vnni};
 
 use super::acts::QuantizedActs;
 use super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};
@@ -407,8 +407,35 @@ fn k45_mins(mins: u64, bsums: &[i16; 16]) -> __m256i {
     _mm256_madd_epi16(load_i16x16(bsums), _mm256_cvtepu8_epi16(twice))
 }
 
+/// The total of `v`'s eight i32 lanes (exact: the k-quant sums never overflow).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+}
+
+/// One super-block of a k-quant row added to the row's f32 sum, the one rounding rule
+/// every kernel of the K formats follows (one token or a tile, AVX2 or AVX-512, rows
+/// side by side or one at a time), so that all of them agree bit for bit: the block's
+/// integer dot `dot` (sub-block scales applied, exact in i32) and, for Q4_K / Q5_K, its
+/// integer mins term `min`, each converted once, then `acc + d * dot` and `- dmin * min`
+/// as two fused multiply-adds. `d` and `dmin` already carry the token's scale dx
+/// (`f16(d) * dx`, one f32 product).
+#[inline]
+pub(in crate::quant) fn k_block_sum(acc: f32, d: f32, dot: i32, dmin: f32, min: i32) -> f32 {
+    (-dmin).mul_add(min as f32, d.mul_add(dot as f32, acc))
+}
+
+/// [`k_block_sum`] for Q6_K, which has no mins (its -32 code bias is inside `dot`).
+#[inline]
+pub(in crate::quant) fn k6_block_sum(acc: f32, d: f32, dot: i32) -> f32 {
+    d.mul_add(dot as f32, acc)
+}
+
 /// Row loop of Q4_K / Q5_K: x = d*sc*q - dmin*m per sub-block, so a super-block adds
-/// dx * (d * dot - dmin * mins).
+/// dx * (d * dot - dmin * mins), by [`k_block_sum`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn k45_row<const FIVE: bool>(row: &[u8], x: &QuantizedActs) -> f32 {
@@ -422,8 +449,7 @@ fn k45_row<const FIVE: bool>(row: &[u8], x: &QuantizedActs) -> f32 {
     let acts =
         x.qs.chunks_exact(QK_K)
             .zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_min = _mm256_setzero_ps();
+    let mut acc = 0.0f32;
     for (b, (a, (bs, &dx))) in row.chunks_exact(bytes).zip(acts) {
         // A 144- or 176-byte super-block spans three cache lines.
         for l in 0..3 {
@@ -434,10 +460,9 @@ fn k45_row<const FIVE: bool>(row: &[u8], x: &QuantizedActs) -> f32 {
         let min = k45_mins(mins, arr(bs, 0));
         let d = f16_to_f32(f16_bits_at(b, D)) * dx;
         let dmin = f16_to_f32(f16_bits_at(b, DMIN)) * dx;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(dot), acc);
-        acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(min), acc_min);
+        acc = k_block_sum(acc, d, hsum_epi32(dot), dmin, hsum_epi32(min));
     }
-    hsum_ps(acc) - hsum_ps(acc_min)
+    acc
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -459,7 +484,7 @@ fn q6_k(row: &[u8], x: &QuantizedActs) -> f32 {
         x.qs.chunks_exact(QK_K)
             .zip(x.bsums.chunks_exact(QK_K / 16).zip(&x.d));
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = 0.0f32;
     for (b, (a, (bs, &dx))) in row.chunks_exact(BYTES).zip(acts) {
         // A 210-byte super-block spans four cache lines.
         for l in 0..4 {
@@ -504,9 +529,9 @@ fn q6_k(row: &[u8], x: &QuantizedActs) -> f32 {
         let bias = _mm256_madd_epi16(load_i16x16(arr(bs, 0)), scales);
         sum = _mm256_sub_epi32(sum, _mm256_slli_epi32::<5>(bias));
         let d = f16_to_f32(f16_bits_at(b, D)) * dx;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sum), acc);
+        acc = k6_block_sum(acc, d, hsum_epi32(sum));
     }
-    hsum_ps(acc)
+    acc
 }
 
 // ---------------------------------------------------------------------------------

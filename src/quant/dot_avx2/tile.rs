@@ -19,8 +19,9 @@ use super::super::acts::QuantizedActs;
 use super::super::blocks::{self, QK, f16_bits_at, k4_scales_mins, u32_at};
 use super::super::dot::TileFn;
 use super::{
-    arr, bit_mask, dot_u8_i8, f16_to_f32, hsum_ps, k45_mins, load_i8x32, load_i16x16, load_u8x8,
-    load_u8x16, load_u8x32, nibbles, pick_i16, pick_i16_pair, prefetch_ahead,
+    arr, bit_mask, dot_u8_i8, f16_to_f32, hsum_epi32, hsum_ps, k_block_sum, k6_block_sum, k45_mins,
+    load_i8x32, load_i16x16, load_u8x8, load_u8x16, load_u8x32, nibbles, pick_i16, pick_i16_pair,
+    prefetch_ahead,
 };
 use crate::format::ggml_type::{GgmlType, QK_K};
 
@@ -204,8 +205,8 @@ fn q8_0_block(b: &[u8; blocks::q8_0::BYTES]) -> Simple {
 // k-quants.
 
 /// Q4_K / Q5_K: each pair of 32-element sub-blocks unpacked to bytes with their scales
-/// broadcast as i16, then dotted against every token; per token the same
-/// `d * dot - dmin * mins` split as the one-token kernel.
+/// broadcast as i16, then dotted against every token; per token the one-token kernel's
+/// integer sums and `k_block_sum`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn k45<const FIVE: bool, const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
@@ -216,8 +217,7 @@ fn k45<const FIVE: bool, const T: usize>(row: &[u8], xs: &[QuantizedActs; T], ou
         (blocks::q4_k::BYTES, blocks::q4_k::QS, blocks::q4_k::QS)
     };
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut acc_min = [_mm256_setzero_ps(); T];
+    let mut acc = [0.0f32; T];
     for (bi, b) in row.chunks_exact(bytes).enumerate() {
         for l in 0..3 {
             prefetch_ahead(b.as_ptr(), 64 * l);
@@ -267,17 +267,16 @@ fn k45<const FIVE: bool, const T: usize>(row: &[u8], xs: &[QuantizedActs; T], ou
             let dx = x.d[bi];
             let sum = sum[j];
             let min = k45_mins(mins, arr(&x.bsums, QK_K / 16 * bi));
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(sum), acc[j]);
-            acc_min[j] = _mm256_fmadd_ps(
-                _mm256_set1_ps(dminw * dx),
-                _mm256_cvtepi32_ps(min),
-                acc_min[j],
+            acc[j] = k_block_sum(
+                acc[j],
+                dw * dx,
+                hsum_epi32(sum),
+                dminw * dx,
+                hsum_epi32(min),
             );
         }
     }
-    for j in 0..T {
-        out[j] = hsum_ps(acc[j]) - hsum_ps(acc_min[j]);
-    }
+    *out = acc;
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -292,12 +291,12 @@ fn q5_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
 
 /// Q6_K: the codes unpacked 32 at a time (elements 128h + 32k..+32) with their pair of
 /// 16-element scales, each dotted against every token; per token the same unsigned dot
-/// minus 32 * the scaled activation sums as the one-token kernel.
+/// minus 32 * the scaled activation sums as the one-token kernel, and `k6_block_sum`.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
     use blocks::q6_k::*;
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc = [0.0f32; T];
     for (bi, b) in row.chunks_exact(BYTES).enumerate() {
         for l in 0..4 {
             prefetch_ahead(b.as_ptr(), 64 * l);
@@ -343,14 +342,8 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
             let x = &xs[j];
             let bias = _mm256_madd_epi16(load_i16x16(arr(&x.bsums, QK_K / 16 * bi)), scales);
             let sum = _mm256_sub_epi32(sum[j], _mm256_slli_epi32::<5>(bias));
-            acc[j] = _mm256_fmadd_ps(
-                _mm256_set1_ps(dw * x.d[bi]),
-                _mm256_cvtepi32_ps(sum),
-                acc[j],
-            );
+            acc[j] = k6_block_sum(acc[j], dw * x.d[bi], hsum_epi32(sum));
         }
     }
-    for j in 0..T {
-        out[j] = hsum_ps(acc[j]);
-    }
+    *out = acc;
 }

@@ -9,7 +9,7 @@
 //! AVX2 tile's super-block sum is the total of the same integer products, here split
 //! between the two halves and added back together (`fold`) before the one conversion to
 //! f32; integer sums are exact (no lane overflows, see the parent module), and the float
-//! steps after it are the AVX2 tile's own.
+//! steps after it are the AVX2 tile's own (`k_block_sum`).
 
 use std::arch::x86_64::*;
 
@@ -17,7 +17,10 @@ use super::super::acts::QuantizedActs;
 use super::super::blocks::{self, f16_bits_at, k4_scales_mins};
 use super::super::dot::TileFn;
 use super::vnni::Vnni;
-use super::{arr, f16_to_f32, hsum_ps, k45_mins, load_i16x16, load_u8x16, load_u8x32};
+use super::{
+    arr, f16_to_f32, hsum_epi32, k_block_sum, k6_block_sum, k45_mins, load_i16x16, load_u8x16,
+    load_u8x32,
+};
 use crate::format::ggml_type::{GgmlType, QK_K};
 
 impl Vnni {
@@ -159,10 +162,7 @@ fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
     use blocks::q4_k::*;
     let low4 = _mm512_set1_epi8(0x0f);
-    // Per token, the AVX2 tile's two accumulators side by side: the scaled dots in the
-    // low half, the scaled mins in the high half (one conversion and one FMA for both,
-    // the same operations lane by lane; 8 registers instead of 16, which had spilled).
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = [0.0f32; T];
     for (bi, b) in row.chunks_exact(BYTES).enumerate() {
         for l in 0..3 {
             super::prefetch_ahead(b.as_ptr(), 64 * l);
@@ -182,26 +182,14 @@ fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
         }
         let dw = f16_to_f32(f16_bits_at(b, D));
         let dminw = f16_to_f32(f16_bits_at(b, DMIN));
-        // [d x8, dmin x8]: times dx, lane by lane the tile's `d * dx` and `dmin * dx`.
-        let scales = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-            _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(dw))),
-            _mm256_castps_pd(_mm256_set1_ps(dminw)),
-        ));
         for j in 0..T {
             let x = &xs[j];
             let min = k45_mins(mins, arr(&x.bsums, QK_K / 16 * bi));
-            acc[j] = _mm512_fmadd_ps(
-                _mm512_mul_ps(scales, _mm512_set1_ps(x.d[bi])),
-                _mm512_cvtepi32_ps(join(fold(sum[j]), min)),
-                acc[j],
-            );
+            let (dx, dot) = (x.d[bi], hsum_epi32(fold(sum[j])));
+            acc[j] = k_block_sum(acc[j], dw * dx, dot, dminw * dx, hsum_epi32(min));
         }
     }
-    for j in 0..T {
-        let dots = _mm512_castps512_ps256(acc[j]);
-        let mins = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[j])));
-        out[j] = hsum_ps(dots) - hsum_ps(mins);
-    }
+    *out = acc;
 }
 
 /// Q6_K: the AVX2 tile's code groups 2m and 2m + 1 of each half h side by side, with
@@ -210,7 +198,7 @@ fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
 fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
     use blocks::q6_k::*;
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc = [0.0f32; T];
     for (bi, b) in row.chunks_exact(BYTES).enumerate() {
         for l in 0..4 {
             super::prefetch_ahead(b.as_ptr(), 64 * l);
@@ -261,14 +249,8 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
             let x = &xs[j];
             let bias = _mm256_madd_epi16(load_i16x16(arr(&x.bsums, QK_K / 16 * bi)), scales);
             let sum = _mm256_sub_epi32(fold(sum[j]), _mm256_slli_epi32::<5>(bias));
-            acc[j] = _mm256_fmadd_ps(
-                _mm256_set1_ps(dw * x.d[bi]),
-                _mm256_cvtepi32_ps(sum),
-                acc[j],
-            );
+            acc[j] = k6_block_sum(acc[j], dw * x.d[bi], hsum_epi32(sum));
         }
     }
-    for j in 0..T {
-        out[j] = hsum_ps(acc[j]);
-    }
+    *out = acc;
 }
