@@ -5,8 +5,9 @@
 //! n / `TILE` decodes of every block. Decoded once into plain bytes that stay in L2 (40
 //! bytes a block of 32: a band of 512 rows of 896 columns is 573 KB), the tiles only
 //! load them, and the kernel over them keeps its accumulators in registers (see
-//! `dot_avx2::vnni::decoded`). The results are bit for bit those of
-//! [`matmul_rows`](super::matmul_rows).
+//! `dot_avx2::vnni::decoded`). Q4_K and Q6_K rows are decoded 16 side by side, so that
+//! each register lane is a row (`dot_avx2::vnni::interleaved`). The results are bit for
+//! bit those of [`matmul_rows`](super::matmul_rows).
 
 use super::acts::QuantizedActs;
 use super::dot::{Isa, TILE, row_bytes_for};
@@ -26,7 +27,8 @@ impl DecodedRows {
     }
 
     /// Decodes `w` (whole rows of `row_bytes`) when this CPU's kernels have a decoded
-    /// form for `wty` (the simple formats, on AVX-512 VNNI); returns whether they do.
+    /// form for `wty` (the simple formats, Q4_K and Q6_K, on AVX-512 VNNI); returns
+    /// whether they do.
     /// Either way, what was decoded before is gone.
     pub fn decode(&mut self, wty: GgmlType, w: &[u8], row_bytes: usize) -> bool {
         self.decode_with(Isa::best(), wty, w, row_bytes)
@@ -71,12 +73,19 @@ impl DecodedRows {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::dot_avx2::{DECODED_BYTES, DecodedFns, Prepared};
+    use super::super::dot_avx2::{DecodedFns, Prepared};
     use super::{GgmlType, Isa, QuantizedActs, row_bytes_for};
+
+    /// 64 bytes, 64-byte aligned: the kernels' loads never split a cache line.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    struct Line([u8; 64]);
 
     #[derive(Default)]
     pub(super) struct Decoded {
-        buf: Vec<u8>,
+        lines: Vec<Line>,
+        /// Bytes of `lines` in use.
+        len: usize,
         prep: Prepared,
         /// What was decoded last.
         held: Option<Held>,
@@ -86,11 +95,18 @@ mod x86 {
     struct Held {
         wty: GgmlType,
         row_bytes: usize,
+        rows: usize,
         blocks_per_row: usize,
         fns: DecodedFns,
     }
 
     impl Decoded {
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: `Line` is 64 plain bytes with no padding, and `len` never exceeds
+            // the bytes of `lines` (set in `decode`).
+            unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+        }
+
         pub(super) fn decode(
             &mut self,
             isa: Isa,
@@ -108,13 +124,20 @@ mod x86 {
                     && w.len().is_multiple_of(row_bytes),
                 "decode: whole rows of whole {wty} blocks"
             );
-            let blocks = w.len() / wty.block_bytes();
-            self.buf.resize(blocks * DECODED_BYTES, 0);
-            (fns.decode)(w, row_bytes, &mut self.buf);
+            let rows = w.len() / row_bytes;
+            let blocks_per_row = row_bytes / wty.block_bytes();
+            self.len = (fns.len)(rows, blocks_per_row);
+            self.lines.resize(self.len.div_ceil(64), Line([0; 64]));
+            // SAFETY: as in `bytes`, with `lines` borrowed mutably.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len)
+            };
+            (fns.decode)(w, row_bytes, dst);
             self.held = Some(Held {
                 wty,
                 row_bytes,
-                blocks_per_row: row_bytes / wty.block_bytes(),
+                rows,
+                blocks_per_row,
                 fns,
             });
             true
@@ -135,13 +158,21 @@ mod x86 {
                     held.row_bytes
                 );
             }
-            let rows = self.buf.len() / (held.blocks_per_row * DECODED_BYTES);
             assert_eq!(
                 out.len(),
-                rows * xs.len(),
+                held.rows * xs.len(),
                 "DecodedRows::matmul_rows: one output per (row, token)"
             );
-            (held.fns.matmul)(&self.buf, held.blocks_per_row, xs, &mut self.prep, out);
+            let mut prep = std::mem::take(&mut self.prep);
+            (held.fns.matmul)(
+                self.bytes(),
+                held.rows,
+                held.blocks_per_row,
+                xs,
+                &mut prep,
+                out,
+            );
+            self.prep = prep;
         }
     }
 }

@@ -11,7 +11,8 @@ use crate::format::ggml_type::{GgmlType, QK_K};
 pub(crate) enum Isa {
     Scalar,
     Avx2,
-    /// The AVX2 kernels, with AVX-512 VNNI band kernels for prefill where they exist.
+    /// The AVX2 kernels, with AVX-512 VNNI band, tile and decoded-row kernels for
+    /// prefill where they exist.
     Avx512Vnni,
 }
 

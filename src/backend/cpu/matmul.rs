@@ -58,7 +58,8 @@ pub fn matmul(
         // The band (at most 512 rows) stays in L1/L2 while the token tiles stream past
         // it. Each tile's kernels decode a weight block once for all its tokens; with more
         // than one tile, the band is decoded once for all of them where the kernels can
-        // (the simple formats on AVX-512 VNNI; bit for bit the same products).
+        // (the simple formats, Q4_K and Q6_K on AVX-512 VNNI; bit for bit the same
+        // products).
         let m = r1 - r0;
         let mut tmp = [0.0f32; quant::TILE * 512];
         DECODED.with_borrow_mut(|decoded| {

@@ -33,7 +33,8 @@ use super::{Avx2, arr, bit_mask, f16_to_f32, hsum_ps, nibbles, prefetch_ahead};
 use crate::format::ggml_type::GgmlType;
 
 mod decoded;
-pub(in crate::quant) use decoded::{DECODED_BYTES, DecodedFns, Prepared};
+mod interleaved;
+pub(in crate::quant) use decoded::{DecodedFns, Prepared};
 
 /// Rows per step of the band loop for a tile of `t` tokens: at most 16 accumulators, so
 /// that they, the decoded rows with their scales and one token's activations fit the 32

@@ -220,7 +220,8 @@ fn bands_of_many_rows_match_the_one_token_kernels_bit_for_bit() {
 }
 
 /// Rows decoded once (`DecodedRows`) give `matmul_rows`'s results bit for bit: every
-/// format with a decoded form, odd and even block counts, row counts around a group,
+/// format with a decoded form, odd and even block counts, row counts around a group
+/// (of 4 rows, or the K formats' 16 side by side),
 /// 1 to 8 tokens, a NaN token poisoning only its own outputs. Formats without one are
 /// refused, and a refused decode leaves nothing of the one before.
 #[test]
@@ -237,14 +238,25 @@ fn decoded_rows_match_the_band_kernels_bit_for_bit() {
                 ty,
                 GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
             );
+            let side_by_side = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
             let has = decoded.decode_with(isa, ty, &w, rb);
-            assert_eq!(has, simple && isa == Isa::Avx512Vnni, "{isa:?} {ty}");
+            assert_eq!(
+                has,
+                (simple || side_by_side) && isa == Isa::Avx512Vnni,
+                "{isa:?} {ty}"
+            );
             if !has {
                 continue;
             }
-            for blocks in [1, 2, 3, 4, 7] {
+            // The K formats decode 16 rows side by side: counts around one and two groups.
+            let (block_counts, row_counts): (&[usize], &[usize]) = if side_by_side {
+                (&[1, 2, 3], &[1, 5, 15, 16, 17, 33])
+            } else {
+                (&[1, 2, 3, 4, 7], &[1, 3, 4, 5, 8, 9])
+            };
+            for &blocks in block_counts {
                 let n = blocks * ty.block_len();
-                for rows in [1, 3, 4, 5, 8, 9] {
+                for &rows in row_counts {
                     let w = weights(ty, rows, n, &mut rng);
                     let rb = w.len() / rows;
                     assert!(decoded.decode_with(isa, ty, &w, rb));
@@ -280,7 +292,7 @@ fn decoded_rows_match_the_band_kernels_bit_for_bit() {
         }
     }
     // A refused decode drops what was decoded before.
-    let ty = GgmlType::Q4K;
+    let ty = GgmlType::Q5K;
     let w = weights(ty, 2, 256, &mut rng);
     assert!(!decoded.decode_with(Isa::best(), ty, &w, w.len() / 2));
     let x = {

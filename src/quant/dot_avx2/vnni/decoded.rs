@@ -43,32 +43,49 @@ const PASS: usize = 4;
 /// Rows per step of a pass.
 const ROWS: usize = 4;
 
+/// `decode(src, row_bytes, dst)`: whole rows of `row_bytes` into `dst`, `len` bytes.
+type Decode = fn(&[u8], usize, &mut [u8]);
+/// `matmul(dec, rows, nb, xs, prepared, out)`: `out[j * rows + r]` = dot(decoded row r,
+/// `xs[j]`) over `rows` rows of `nb` blocks, for any number of tokens.
+type Matmul = fn(&[u8], usize, usize, &[QuantizedActs], &mut Prepared, &mut [f32]);
+
 /// A format's decoder and its kernel over decoded rows.
 #[derive(Clone, Copy)]
 pub(in crate::quant) struct DecodedFns {
-    /// `decode(src, row_bytes, dst)`: whole rows of `row_bytes` of the format into
-    /// `dst`, `DECODED_BYTES` per block of `src`.
-    pub decode: fn(&[u8], usize, &mut [u8]),
-    /// `matmul(dst, nb, xs, prepared, out)`: `out[j * rows + r]` = dot(decoded row r,
-    /// `xs[j]`) over rows of `nb` blocks, for any number of tokens.
-    pub matmul: fn(&[u8], usize, &[QuantizedActs], &mut Prepared, &mut [f32]),
+    /// `len(rows, nb)`: the decoded bytes of `rows` rows of `nb` blocks.
+    pub len: fn(usize, usize) -> usize,
+    pub decode: Decode,
+    pub matmul: Matmul,
 }
 
 impl Vnni {
     /// The decoded-row kernels for `wty` weights, where there are some (the simple
-    /// formats).
+    /// formats, here; Q4_K and Q6_K with rows side by side, `interleaved.rs`).
     pub(in crate::quant) fn decoded_fns(self, wty: GgmlType) -> Option<DecodedFns> {
-        type Decode = fn(&[u8], usize, &mut [u8]);
-        type Matmul = fn(&[u8], usize, &[QuantizedActs], &mut Prepared, &mut [f32]);
-        let (decode, matmul): (Decode, Matmul) = match wty {
-            GgmlType::Q4_0 => (decode::q4_0, entry::q4_0),
-            GgmlType::Q4_1 => (decode::q4_1, entry::q4_1),
-            GgmlType::Q5_0 => (decode::q5_0, entry::q5_0),
-            GgmlType::Q5_1 => (decode::q5_1, entry::q5_1),
-            GgmlType::Q8_0 => (decode::q8_0, entry::q8_0),
-            _ => return None,
+        use super::interleaved;
+        let simple = |decode: Decode, matmul: Matmul| DecodedFns {
+            len: |rows, nb| rows * nb * DECODED_BYTES,
+            decode,
+            matmul,
         };
-        Some(DecodedFns { decode, matmul })
+        Some(match wty {
+            GgmlType::Q4_0 => simple(decode::q4_0, entry::q4_0),
+            GgmlType::Q4_1 => simple(decode::q4_1, entry::q4_1),
+            GgmlType::Q5_0 => simple(decode::q5_0, entry::q5_0),
+            GgmlType::Q5_1 => simple(decode::q5_1, entry::q5_1),
+            GgmlType::Q8_0 => simple(decode::q8_0, entry::q8_0),
+            GgmlType::Q4K => DecodedFns {
+                len: interleaved::q4_k_len,
+                decode: interleaved::decode_q4_k,
+                matmul: |dec, rows, nb, xs, _, out| interleaved::q4_k(dec, rows, nb, xs, out),
+            },
+            GgmlType::Q6K => DecodedFns {
+                len: interleaved::q6_k_len,
+                decode: interleaved::decode_q6_k,
+                matmul: |dec, rows, nb, xs, _, out| interleaved::q6_k(dec, rows, nb, xs, out),
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -139,14 +156,14 @@ macro_rules! entries {
             $(
                 pub(super) fn $name(
                     dec: &[u8],
+                    rows: usize,
                     nb: usize,
                     xs: &[QuantizedActs],
                     prep: &mut Prepared,
                     out: &mut [f32],
                 ) {
                     let row = nb * super::DECODED_BYTES;
-                    assert!(nb > 0 && dec.len().is_multiple_of(row), "whole decoded rows");
-                    let rows = dec.len() / row;
+                    assert!(nb > 0 && dec.len() == rows * row, "whole decoded rows");
                     assert_eq!(out.len(), rows * xs.len(), "one output per (row, token)");
                     for (c, xc) in xs.chunks(PASS).enumerate() {
                         let o = &mut out[c * PASS * rows..(c * PASS + xc.len()) * rows];
