@@ -142,7 +142,7 @@ fn lane_scales(words: __m512i, pick: &[i16; 32]) -> __m512i {
 /// the intrinsic into `vpmaddwd` + `vpaddd`, one more instruction per token and step.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+pub(super) fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
     // SAFETY: register-only arithmetic; the caller's target features include avx512vnni.
     unsafe {
         std::arch::asm!(

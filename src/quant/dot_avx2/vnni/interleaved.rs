@@ -43,6 +43,7 @@ use std::arch::x86_64::*;
 use super::super::super::acts::QuantizedActs;
 use super::super::super::blocks::{self, f16_bits_at, k4_scales_mins};
 use super::super::f16_to_f32;
+use super::super::vnni_k::dpwssd;
 use crate::format::ggml_type::QK_K;
 
 /// Rows side by side: the 16 i32 lanes of a 512-bit register.
@@ -304,23 +305,6 @@ unsafe fn widen16(p: *const u8, signed: bool) -> __m512i {
 unsafe fn bcast<T>(p: *const T) -> __m512i {
     // SAFETY: the caller gives 4 readable bytes; the read needs no alignment.
     _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
-}
-
-/// `acc + madd(a, b)` as one `vpdpwssd` (see `vnni_k::dpwssd`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-    // SAFETY: register-only arithmetic; the caller's target features include avx512vnni.
-    unsafe {
-        std::arch::asm!(
-            "vpdpwssd {acc}, {a}, {b}",
-            acc = inout(zmm_reg) acc,
-            a = in(zmm_reg) a,
-            b = in(zmm_reg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    acc
 }
 
 /// `acc[r]` (per row of the group) `+ d[r] * dx * dot[r] - dmin[r] * dx * min[r]`, lane by
