@@ -416,6 +416,19 @@ fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
+/// Lane j: the total of `v[j]`'s eight i32 lanes (exact), for eight vectors at once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8_epi32(v: [__m256i; 8]) -> __m256i {
+    // After two rounds of pairwise sums, 128-bit half h of `b[k]` holds the sums of lanes
+    // 4h..4h + 4 of v[4k..4k + 4], one per lane.
+    let a = [0, 2, 4, 6].map(|i| _mm256_hadd_epi32(v[i], v[i + 1]));
+    let b = [0, 2].map(|i| _mm256_hadd_epi32(a[i], a[i + 1]));
+    let lo = _mm256_permute2x128_si256::<0x20>(b[0], b[1]);
+    let hi = _mm256_permute2x128_si256::<0x31>(b[0], b[1]);
+    _mm256_add_epi32(lo, hi)
+}
+
 /// One super-block of a k-quant row added to the row's f32 sum, the one rounding rule
 /// every kernel of the K formats follows (one token or a tile, AVX2 or AVX-512, rows
 /// side by side or one at a time), so that all of them agree bit for bit: the block's

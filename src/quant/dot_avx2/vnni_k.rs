@@ -9,7 +9,9 @@
 //! AVX2 tile's super-block sum is the total of the same integer products, here split
 //! between the two halves and added back together (`fold`) before the one conversion to
 //! f32; integer sums are exact (no lane overflows, see the parent module), and the float
-//! steps after it are the AVX2 tile's own (`k_block_sum`).
+//! steps after it are the AVX2 tile's own (`k_block_sum`), for the tile's tokens side by
+//! side: lane j of one register is token j's sum, and the super-block totals of all the
+//! tokens come out of one transposing reduction (`hsum8_epi32`).
 
 use std::arch::x86_64::*;
 
@@ -17,10 +19,7 @@ use super::super::acts::QuantizedActs;
 use super::super::blocks::{self, f16_bits_at, k4_scales_mins};
 use super::super::dot::TileFn;
 use super::vnni::Vnni;
-use super::{
-    arr, f16_to_f32, hsum_epi32, k_block_sum, k6_block_sum, k45_mins, load_i16x16, load_u8x16,
-    load_u8x32,
-};
+use super::{arr, f16_to_f32, hsum8_epi32, k45_mins, load_i16x16, load_u8x16, load_u8x32};
 use crate::format::ggml_type::{GgmlType, QK_K};
 
 impl Vnni {
@@ -162,7 +161,8 @@ pub(super) fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
     use blocks::q4_k::*;
     let low4 = _mm512_set1_epi8(0x0f);
-    let mut acc = [0.0f32; T];
+    // Lane j: token j's row sum (the tile's tokens side by side, at most 8).
+    let mut acc = _mm256_setzero_ps();
     for (bi, b) in row.chunks_exact(BYTES).enumerate() {
         for l in 0..3 {
             super::prefetch_ahead(b.as_ptr(), 64 * l);
@@ -182,14 +182,50 @@ fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
         }
         let dw = f16_to_f32(f16_bits_at(b, D));
         let dminw = f16_to_f32(f16_bits_at(b, DMIN));
-        for j in 0..T {
-            let x = &xs[j];
-            let min = k45_mins(mins, arr(&x.bsums, QK_K / 16 * bi));
-            let (dx, dot) = (x.d[bi], hsum_epi32(fold(sum[j])));
-            acc[j] = k_block_sum(acc[j], dw * dx, dot, dminw * dx, hsum_epi32(min));
-        }
+        let dots = hsum8_epi32(std::array::from_fn(|j| {
+            if j < T {
+                fold(sum[j])
+            } else {
+                _mm256_setzero_si256()
+            }
+        }));
+        let mins = hsum8_epi32(std::array::from_fn(|j| {
+            if j < T {
+                k45_mins(mins, arr(&xs[j].bsums, QK_K / 16 * bi))
+            } else {
+                _mm256_setzero_si256()
+            }
+        }));
+        let dx = token_scales(xs, bi);
+        // Lane j: `k_block_sum` for token j, the same two fused steps.
+        let d = _mm256_mul_ps(_mm256_set1_ps(dw), dx);
+        let dmin = _mm256_mul_ps(_mm256_set1_ps(dminw), dx);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dots), acc);
+        acc = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(mins), acc);
     }
-    *out = acc;
+    store_tokens(acc, out);
+}
+
+/// Lane j: token j's scale of super-block `bi` (0 past the tile's tokens).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn token_scales<const T: usize>(xs: &[QuantizedActs; T], bi: usize) -> __m256 {
+    let mut d = [0f32; 8];
+    for (dj, x) in d.iter_mut().zip(xs) {
+        *dj = x.d[bi];
+    }
+    // SAFETY: 8 readable f32; `loadu` needs no alignment.
+    unsafe { _mm256_loadu_ps(d.as_ptr()) }
+}
+
+/// Lanes 0..T of `acc` into `out`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+fn store_tokens<const T: usize>(acc: __m256, out: &mut [f32; T]) {
+    let mut all = [0f32; 8];
+    // SAFETY: 8 writable f32; `storeu` needs no alignment.
+    unsafe { _mm256_storeu_ps(all.as_mut_ptr(), acc) };
+    out.copy_from_slice(&all[..T]);
 }
 
 /// Q6_K: the AVX2 tile's code groups 2m and 2m + 1 of each half h side by side, with
@@ -198,7 +234,7 @@ fn q4_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
 fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T]) {
     use blocks::q6_k::*;
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut acc = [0.0f32; T];
+    let mut acc = _mm256_setzero_ps();
     for (bi, b) in row.chunks_exact(BYTES).enumerate() {
         for l in 0..4 {
             super::prefetch_ahead(b.as_ptr(), 64 * l);
@@ -245,12 +281,18 @@ fn q6_k<const T: usize>(row: &[u8], xs: &[QuantizedActs; T], out: &mut [f32; T])
         }
         let scales = _mm256_cvtepi8_epi16(load_u8x16(arr(b, SCALES)));
         let dw = f16_to_f32(f16_bits_at(b, D));
-        for j in 0..T {
-            let x = &xs[j];
-            let bias = _mm256_madd_epi16(load_i16x16(arr(&x.bsums, QK_K / 16 * bi)), scales);
-            let sum = _mm256_sub_epi32(fold(sum[j]), _mm256_slli_epi32::<5>(bias));
-            acc[j] = k6_block_sum(acc[j], dw * x.d[bi], hsum_epi32(sum));
-        }
+        let dots = hsum8_epi32(std::array::from_fn(|j| {
+            if j < T {
+                let bs = load_i16x16(arr(&xs[j].bsums, QK_K / 16 * bi));
+                let bias = _mm256_madd_epi16(bs, scales);
+                _mm256_sub_epi32(fold(sum[j]), _mm256_slli_epi32::<5>(bias))
+            } else {
+                _mm256_setzero_si256()
+            }
+        }));
+        // Lane j: `k6_block_sum` for token j.
+        let d = _mm256_mul_ps(_mm256_set1_ps(dw), token_scales(xs, bi));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dots), acc);
     }
-    *out = acc;
+    store_tokens(acc, out);
 }
