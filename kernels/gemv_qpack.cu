@@ -52,6 +52,22 @@
  * for the 2-4 MB products of the 1B shape (a few microseconds: launch tail and the norm's
  * L2 reads show); the dequantize is ~4 integer/float ops per element per matrix, which
  * stays under the memory time at n = 1-4.
+ *
+ * The `_q8` kernels (`--int8-acts`): the same loop over int8 activations that
+ * quantize_act.cu wrote (32 codes and a (d, d * sum) pair per unit; GemvParams xq / xd,
+ * no norm: that kernel applied it). A unit's codes become 8 words of signed bytes once
+ * (nibbles masked, top bits spread into bit 4 or bits 4-5 of each byte, the Q4_0 / Q5_0 /
+ * Q6_K offsets taken out with __vsub4), then each activation row costs 2 int4 + 1 float2
+ * loads (L1) and 8 __dp4a, exact integer sums, and one or two f32 products per unit:
+ *   Q4_0, Q5_0, Q8_0: (d * dx) * sum;  Q4_1, Q5_1: (d * dx) * sum + m * (dx * sum(x));
+ *   Q4_K, Q5_K: (d*sc * dx) * sum - dmin*mn * (dx * sum(x));  Q6_K: dx * (sa * lo + sb * hi).
+ * Against the f32 form that is ~10 integer ops per 32 elements per row instead of ~8 flops
+ * per element, and 40 bytes of activations per unit per row instead of 128: what makes
+ * 2-4 rows (verify, short prefill chunks) nearly as cheap as one. Registers (nvcc.log),
+ * sm_90a / sm_80: Q4_0 83/84, Q4_1 85/84, Q5_0 99/92, Q5_1 97/88, Q8_0 90/80, Q4_K 90/80,
+ * Q5_K 106/92, Q6_K 117/103, no spills: room for more units in flight (unmeasured: the
+ * first thing to tune on a GPU). Speed unmeasured; correctness against the CPU twin
+ * (precise products over `quant::round_trip_int8` activations) under the emulated device.
  */
 #include "gemv_fused.cuh"
 
@@ -292,11 +308,115 @@ __device__ __forceinline__ void dot_unit(const GemvParams& p, const Unit& ua, co
     }
 }
 
+// ---- int8 activations (the `_q8` kernels): __dp4a over the codes --------------------------
+
+// A unit's weight codes as signed bytes ready for __dp4a: lo[j] the elements 4j .. 4j + 3,
+// hi[j] the elements 16 + 4j .. (Q8_0: its second 16 codes), top bits merged in and the
+// Q4_0 / Q5_0 / Q6_K offsets (8, 16, 32) taken out bytewise, so the integer sum is exact.
+struct Codes {
+    int lo[4];
+    int hi[4];
+};
+
+// Bits 0-3 of t to bit 4 of bytes 0-3 (the four shifted copies never overlap: no carries).
+__device__ __forceinline__ uint32_t spread1(uint32_t t) {
+    return (((t & 0xfu) * 0x00204081u) & 0x01010101u) << 4;
+}
+// Bit pairs 2k, 2k + 1 of t to bits 4-5 of byte k.
+__device__ __forceinline__ uint32_t spread2(uint32_t t) {
+    return ((t << 4) & 0x30u) | ((t << 10) & 0x3000u) | ((t << 16) & 0x300000u) |
+           ((t << 22) & 0x30000000u);
+}
+
+template <int kF>
+__device__ __forceinline__ Codes unit_codes(const Unit& u) {
+    const uint32_t w[4] = {u.q.x, u.q.y, u.q.z, u.q.w};
+    const uint32_t w2[4] = {u.q2.x, u.q2.y, u.q2.z, u.q2.w};
+    constexpr uint32_t off = kF == TACHYON_DTYPE_Q4_0   ? 0x08080808u
+                             : kF == TACHYON_DTYPE_Q5_0 ? 0x10101010u
+                             : kF == TACHYON_DTYPE_Q6_K ? 0x20202020u
+                                                        : 0u;
+    Codes c;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        if (kF == TACHYON_DTYPE_Q8_0) {
+            c.lo[j] = static_cast<int>(w[j]);
+            c.hi[j] = static_cast<int>(w2[j]);
+            continue;
+        }
+        uint32_t lo = w[j] & 0x0f0f0f0fu;
+        uint32_t hi = (w[j] >> 4) & 0x0f0f0f0fu;
+        if (qh_bytes(kF) == 4) {
+            lo |= spread1(u.h0 >> (4 * j));
+            hi |= spread1(u.h0 >> (16 + 4 * j));
+        }
+        if (kF == TACHYON_DTYPE_Q6_K) {
+            lo |= spread2(u.h0 >> (8 * j));
+            hi |= spread2(u.h1 >> (8 * j));
+        }
+        if (off != 0u) {
+            lo = __vsub4(lo, off);
+            hi = __vsub4(hi, off);
+        }
+        c.lo[j] = static_cast<int>(lo);
+        c.hi[j] = static_cast<int>(hi);
+    }
+    return c;
+}
+
+// One unit's dot with one activation row's unit (codes xa: elements 0-15, xb: 16-31; xd:
+// the row unit's d and d * sum(codes)): the integer sums, then one or two f32 products.
+template <int kF>
+__device__ __forceinline__ float unit_dot(const Codes& c, const Scales& s, const int4& xa,
+                                          const int4& xb, const float2& xd) {
+    const int xl[4] = {xa.x, xa.y, xa.z, xa.w};
+    const int xh[4] = {xb.x, xb.y, xb.z, xb.w};
+    int lo = 0, hi = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        lo = __dp4a(c.lo[j], xl[j], lo);
+        hi = __dp4a(c.hi[j], xh[j], hi);
+    }
+    if (kF == TACHYON_DTYPE_Q6_K) {
+        // Two scales per unit: elements 0-15 and 16-31.
+        return __fmul_rn(xd.x, fmaf(s.a, static_cast<float>(lo), __fmul_rn(s.b, static_cast<float>(hi))));
+    }
+    const float dot = __fmul_rn(__fmul_rn(s.a, xd.x), static_cast<float>(lo + hi));
+    if (kF == TACHYON_DTYPE_Q4_1 || kF == TACHYON_DTYPE_Q5_1) return fmaf(s.b, xd.y, dot);
+    if (kF == TACHYON_DTYPE_Q4_K || kF == TACHYON_DTYPE_Q5_K) return fmaf(-s.b, xd.y, dot);
+    return dot;
+}
+
+// acc[b] += unit . xq[t0 + b][32 u ..] (and acc2 with w2), int8 activations.
+template <int kF, bool kTwo>
+__device__ __forceinline__ void dot_unit_q8(const GemvParams& p, const Unit& ua, const Unit& ub,
+                                            int u, int t0, int nb, float acc[kQBatch],
+                                            float acc2[kQBatch]) {
+    const Scales sa = unit_scales<kF>(ua);
+    const Scales sb = kTwo ? unit_scales<kF>(ub) : sa;
+    const Codes ca = unit_codes<kF>(ua);
+    const Codes cb = kTwo ? unit_codes<kF>(ub) : ca;
+    const size_t units = static_cast<size_t>(p.cols / tachyon::kWarp);
+#pragma unroll
+    for (int b = 0; b < kQBatch; ++b) {
+        if (b < nb) {
+            const size_t g = static_cast<size_t>(t0 + b) * units + u;
+            const int4* x4 = reinterpret_cast<const int4*>(p.xq) + 2 * g;
+            const int4 xa = __ldg(x4);
+            const int4 xb = __ldg(x4 + 1);
+            const float2 xd = __ldg(reinterpret_cast<const float2*>(p.xd) + g);
+            acc[b] += unit_dot<kF>(ca, sa, xa, xb, xd);
+            if (kTwo) acc2[b] += unit_dot<kF>(cb, sb, xa, xb, xd);
+        }
+    }
+}
+
 // The block's partial sums, one array for every instantiation (a static one in each of
 // the 32 bodies would be 32 arrays).
 using Red = float[kQWarps][2][kQBatch];
 
-template <int kF, bool kTwo, bool kNorm>
+// kQ8: int8 activations from xq / xd (no norm: quantize_act.cu ran it).
+template <int kF, bool kTwo, bool kNorm, bool kQ8>
 __device__ __forceinline__ void qpack_body(const GemvParams& p, Red& red) {
     const int lane = threadIdx.x;
     const int warp = threadIdx.y;
@@ -347,8 +467,13 @@ __device__ __forceinline__ void qpack_body(const GemvParams& p, Red& red) {
 #pragma unroll
                 for (int k = 0; k < kUnroll; ++k) {
                     if (u + k * step < units) {
-                        dot_unit<kF, kTwo, kNorm>(p, ua[k], kTwo ? ub[k] : ua[k], u + k * step,
-                                                  t0, nb, scale, acc, acc2);
+                        if (kQ8) {
+                            dot_unit_q8<kF, kTwo>(p, ua[k], kTwo ? ub[k] : ua[k], u + k * step,
+                                                  t0, nb, acc, acc2);
+                        } else {
+                            dot_unit<kF, kTwo, kNorm>(p, ua[k], kTwo ? ub[k] : ua[k],
+                                                      u + k * step, t0, nb, scale, acc, acc2);
+                        }
                     }
                 }
             }
@@ -386,12 +511,19 @@ __device__ __forceinline__ void qpack_format(const GemvParams& p, Red& red) {
     // Each combination is its own straight loop (uniform over the grid).
     const bool norm = p.norm_w != nullptr;
     if (p.w2 != nullptr) {
-        if (norm) qpack_body<kF, true, true>(p, red);
-        else qpack_body<kF, true, false>(p, red);
+        if (norm) qpack_body<kF, true, true, false>(p, red);
+        else qpack_body<kF, true, false, false>(p, red);
     } else {
-        if (norm) qpack_body<kF, false, true>(p, red);
-        else qpack_body<kF, false, false>(p, red);
+        if (norm) qpack_body<kF, false, true, false>(p, red);
+        else qpack_body<kF, false, false, false>(p, red);
     }
+}
+
+// The int8-activation form (the launcher refuses a norm: quantize_act.cu applies it).
+template <int kF>
+__device__ __forceinline__ void qpack_format_q8(const GemvParams& p, Red& red) {
+    if (p.w2 != nullptr) qpack_body<kF, true, false, true>(p, red);
+    else qpack_body<kF, false, false, true>(p, red);
 }
 
 }  // namespace qpack
@@ -433,4 +565,38 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_k(const GemvP
 extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q6_k(const GemvParams p) {
     __shared__ qpack::Red red;
     qpack::qpack_format<TACHYON_DTYPE_Q6_K>(p, red);
+}
+
+// The int8-activation kernels (GemvParams xq / xd; the same order).
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q4_0_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q4_0>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q4_1_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q4_1>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_0_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q5_0>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_1_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q5_1>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q8_0_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q8_0>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q4_k_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q4_K>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q5_k_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q5_K>(p, red);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_qpack_q6_k_q8(const GemvParams p) {
+    __shared__ qpack::Red red;
+    qpack::qpack_format_q8<TACHYON_DTYPE_Q6_K>(p, red);
 }

@@ -123,7 +123,37 @@ typedef struct {
     float* out_c;
     int rows_a;
     int rows_b;
+    /** The activation rows as int8 codes (`quantize_act_q8`, kernels/quantize_act.cu:
+     *  `n * cols` codes) for the `gemv_qpack_<format>_q8` kernels, which then read these
+     *  and `xd` instead of `x` and take no norm; NULL for every other kernel. */
+    const signed char* xq;
+    /** Per 32 codes of `xq`: the scale d and d * (sum of the 32 codes), 2 floats. */
+    const float* xd;
 } GemvParams;
+
+/**
+ * Parameters of `quantize_act_q8` (kernels/quantize_act.cu): the activation rows of a
+ * product as the dp4a GEMV reads them.
+ *
+ * Each row t of `x` (`n` rows of `cols` floats, `cols` a multiple of 32), optionally
+ * RMSNorm-ed first (`x[t] * rsqrt(sum(x[t]^2) / cols + eps) * norm_w`, the CPU's order),
+ * is cut into units of 32 values v; each unit gets `d = max|v| / 127` and codes
+ * `q = round_half_even(v * (127 / max|v|))` in -127..=127 (all 0 when max|v| is 0), the
+ * CPU's `quant::round_trip_int8` value for value. A unit holding a NaN or an infinity gets
+ * d = NaN (and codes 0), so it poisons every product instead of rounding to zero.
+ */
+typedef struct {
+    const float* x;
+    /** `cols` floats: the RMSNorm weight, or NULL for no norm. */
+    const float* norm_w;
+    float eps;
+    int n;
+    int cols;
+    /** `n * cols` codes (16-byte aligned). */
+    signed char* q;
+    /** `n * cols / 32` pairs (d, d * sum(q)). */
+    float* d;
+} QuantActParams;
 
 /**
  * Parameters of `rope_f32` (kernels/rope.cu).

@@ -454,6 +454,24 @@ static __forceinline__ unsigned __funnelshift_r(unsigned lo, unsigned hi, unsign
     const uint64_t v = (uint64_t(hi) << 32) | lo;
     return unsigned(v >> (s & 31));
 }
+// SIMD-within-a-word integer ops: __dp4a sums the products of the four signed (or unsigned)
+// bytes of a and b onto c (exact; 32-bit wraparound); __vsub4 subtracts bytewise, each byte
+// wrapping on its own (no borrow into the next).
+static __forceinline__ int __dp4a(int a, int b, int c) {
+    int32_t s = 0;
+    for (int i = 0; i < 4; ++i) s += int32_t(int8_t(a >> (8 * i))) * int32_t(int8_t(b >> (8 * i)));
+    return int(uint32_t(c) + uint32_t(s));
+}
+static __forceinline__ unsigned __dp4a(unsigned a, unsigned b, unsigned c) {
+    uint32_t s = 0;
+    for (int i = 0; i < 4; ++i) s += ((a >> (8 * i)) & 0xffu) * ((b >> (8 * i)) & 0xffu);
+    return c + s;
+}
+static __forceinline__ unsigned __vsub4(unsigned a, unsigned b) {
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (((a >> (8 * i)) - (b >> (8 * i))) & 0xffu) << (8 * i);
+    return r;
+}
 static __forceinline__ int __mul24(int a, int b) { return (a << 8 >> 8) * (b << 8 >> 8); }
 static __forceinline__ unsigned __umul24(unsigned a, unsigned b) { return (a & 0xffffff) * (b & 0xffffff); }
 static __forceinline__ unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }

@@ -108,10 +108,14 @@ pub struct GemvParams {
     pub out_c: *mut f32,
     pub rows_a: ::std::os::raw::c_int,
     pub rows_b: ::std::os::raw::c_int,
+    #[doc = " The activation rows as int8 codes (`quantize_act_q8`, kernels/quantize_act.cu:\n  `n * cols` codes) for the `gemv_qpack_<format>_q8` kernels, which then read these\n  and `xd` instead of `x` and take no norm; NULL for every other kernel."]
+    pub xq: *const ::std::os::raw::c_schar,
+    #[doc = " Per 32 codes of `xq`: the scale d and d * (sum of the 32 codes), 2 floats."]
+    pub xd: *const f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GemvParams"][::std::mem::size_of::<GemvParams>() - 104usize];
+    ["Size of GemvParams"][::std::mem::size_of::<GemvParams>() - 120usize];
     ["Alignment of GemvParams"][::std::mem::align_of::<GemvParams>() - 8usize];
     ["Offset of field: GemvParams::w"][::std::mem::offset_of!(GemvParams, w) - 0usize];
     ["Offset of field: GemvParams::w2"][::std::mem::offset_of!(GemvParams, w2) - 8usize];
@@ -132,6 +136,37 @@ const _: () = {
     ["Offset of field: GemvParams::out_c"][::std::mem::offset_of!(GemvParams, out_c) - 88usize];
     ["Offset of field: GemvParams::rows_a"][::std::mem::offset_of!(GemvParams, rows_a) - 96usize];
     ["Offset of field: GemvParams::rows_b"][::std::mem::offset_of!(GemvParams, rows_b) - 100usize];
+    ["Offset of field: GemvParams::xq"][::std::mem::offset_of!(GemvParams, xq) - 104usize];
+    ["Offset of field: GemvParams::xd"][::std::mem::offset_of!(GemvParams, xd) - 112usize];
+};
+#[doc = " Parameters of `quantize_act_q8` (kernels/quantize_act.cu): the activation rows of a\n product as the dp4a GEMV reads them.\n\n Each row t of `x` (`n` rows of `cols` floats, `cols` a multiple of 32), optionally\n RMSNorm-ed first (`x[t] * rsqrt(sum(x[t]^2) / cols + eps) * norm_w`, the CPU's order),\n is cut into units of 32 values v; each unit gets `d = max|v| / 127` and codes\n `q = round_half_even(v * (127 / max|v|))` in -127..=127 (all 0 when max|v| is 0), the\n CPU's `quant::round_trip_int8` value for value. A unit holding a NaN or an infinity gets\n d = NaN (and codes 0), so it poisons every product instead of rounding to zero."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct QuantActParams {
+    pub x: *const f32,
+    #[doc = " `cols` floats: the RMSNorm weight, or NULL for no norm."]
+    pub norm_w: *const f32,
+    pub eps: f32,
+    pub n: ::std::os::raw::c_int,
+    pub cols: ::std::os::raw::c_int,
+    #[doc = " `n * cols` codes (16-byte aligned)."]
+    pub q: *mut ::std::os::raw::c_schar,
+    #[doc = " `n * cols / 32` pairs (d, d * sum(q))."]
+    pub d: *mut f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of QuantActParams"][::std::mem::size_of::<QuantActParams>() - 48usize];
+    ["Alignment of QuantActParams"][::std::mem::align_of::<QuantActParams>() - 8usize];
+    ["Offset of field: QuantActParams::x"][::std::mem::offset_of!(QuantActParams, x) - 0usize];
+    ["Offset of field: QuantActParams::norm_w"]
+        [::std::mem::offset_of!(QuantActParams, norm_w) - 8usize];
+    ["Offset of field: QuantActParams::eps"][::std::mem::offset_of!(QuantActParams, eps) - 16usize];
+    ["Offset of field: QuantActParams::n"][::std::mem::offset_of!(QuantActParams, n) - 20usize];
+    ["Offset of field: QuantActParams::cols"]
+        [::std::mem::offset_of!(QuantActParams, cols) - 24usize];
+    ["Offset of field: QuantActParams::q"][::std::mem::offset_of!(QuantActParams, q) - 32usize];
+    ["Offset of field: QuantActParams::d"][::std::mem::offset_of!(QuantActParams, d) - 40usize];
 };
 #[doc = " Parameters of `rope_f32` (kernels/rope.cu).\n\n Rotates the first `2 * half` values of each of the `n_heads` heads (each `head_dim`\n wide) of each of `n` rows of `x` in place; row i is at position `pos + i`, where `pos`\n is `*pos_dev` when `pos_dev` is set (a CUDA graph replays new positions) else `pos`.\n Pairs are (2j, 2j+1) when `interleaved`, else (j, j + half). The angle tables are those\n of the CPU backend: `cos[p * half + j]`, `sin[p * half + j]` for positions `p < ctx`."]
 #[repr(C)]
