@@ -60,6 +60,8 @@ for q in "llama-3.2-1b q4_k_m" "llama-3.1-8b q4_k_m"; do
     ((deadline - SECONDS < 60)) && break
     timeout 40 "$bin/tachyon" quantize --random-weights "$1" "$file" --type "$2" > /dev/null 2>> "$logs/summary.txt"
     step "bench-$1-$2" 45 "$bin/tachyon" bench --backend cuda --model "$file" --json --profile
+    # The same file on int8 activations (quantize_act.cu + the dp4a GEMV) against f32 ones.
+    step "bench-$1-$2-int8-acts" 45 "$bin/tachyon" bench --backend cuda --model "$file" --json --profile --int8-acts
     rm -f "$file"
 done
 # Speculation at the acceptance recorded on the real Qwen2.5-Coder pair, and prompt lookup's.

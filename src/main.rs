@@ -112,6 +112,11 @@ struct GenerateArgs {
     /// checks against the CPU, which keeps f32).
     #[arg(long, value_enum, default_value_t = KvDtypeArg::Bf16)]
     kv_dtype: KvDtypeArg,
+    /// GPU: quantize the activations of block-format (GGUF-quantized) matrices to int8 per
+    /// 32 values and multiply with dp4a, instead of f32 activations (the CPU's default
+    /// arithmetic; a product moves by about 0.5%, see BENCHMARKS.md).
+    #[arg(long)]
+    int8_acts: bool,
     /// Keep generating through end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
@@ -196,6 +201,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             ctx: a.ctx,
             precise: a.precise,
             kv_dtype: a.kv_dtype.into(),
+            int8_acts: a.int8_acts,
             ..Default::default()
         },
         prefill_chunk: a.prefill_chunk,

@@ -92,6 +92,11 @@ pub struct BenchArgs {
     /// checks against the CPU, which keeps f32).
     #[arg(long, value_enum, default_value_t = KvDtypeArg::Bf16)]
     pub(super) kv_dtype: KvDtypeArg,
+    /// GPU: quantize the activations of block-format (GGUF-quantized) matrices to int8 per
+    /// 32 values and multiply with dp4a, instead of f32 activations (the CPU's default
+    /// arithmetic; a product moves by about 0.5%, see BENCHMARKS.md).
+    #[arg(long)]
+    pub(super) int8_acts: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
@@ -224,6 +229,7 @@ impl BenchArgs {
                 ctx,
                 precise: self.precise,
                 kv_dtype: self.kv_dtype.into(),
+                int8_acts: self.int8_acts,
                 ..Default::default()
             },
             prefill_chunk: self.prefill_chunk,

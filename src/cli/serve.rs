@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// checks against the CPU, which keeps f32).
     #[arg(long, value_enum, default_value_t = KvDtypeArg::Bf16)]
     pub kv_dtype: KvDtypeArg,
+    /// GPU: quantize the activations of block-format (GGUF-quantized) matrices to int8 per
+    /// 32 values and multiply with dp4a, instead of f32 activations (the CPU's default
+    /// arithmetic; a product moves by about 0.5%, see BENCHMARKS.md).
+    #[arg(long)]
+    pub int8_acts: bool,
     /// Keep the running request's connection thread polling for tokens instead of
     /// sleeping between them (lowest per-token overhead, one core busy while generating).
     /// auto: on when the machine has a core beyond the engine's threads.
@@ -105,6 +110,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             precise: a.precise,
             slots: a.slots.unwrap_or(0),
             kv_dtype: a.kv_dtype.into(),
+            int8_acts: a.int8_acts,
             ..Default::default()
         },
         prefill_chunk: a.prefill_chunk,

@@ -120,6 +120,7 @@ pub fn cuda_session(
 ) -> Result<Box<dyn Session>, BackendError> {
     let mut backend = CudaBackend::new(dev)?;
     backend.set_kv_dtype(opts.kv_dtype);
+    backend.set_int8_acts(opts.int8_acts);
     if progress {
         // Every matrix is uploaded once, the embedding too (twice when tied to the head).
         backend.show_upload_progress(weights.bytes_per_token() + weights.embed.byte_len() as u64);

@@ -518,6 +518,10 @@ pub struct SessionOptions {
     pub slots: usize,
     /// CUDA: the KV cache's element type (the CPU keeps f32).
     pub kv_dtype: KvDtype,
+    /// CUDA: block-format matrices read int8 activations (`CudaBackend::set_int8_acts`).
+    /// A CPU session rounds its activations the same way (`CpuBackend::round_acts_int8`:
+    /// the twin the GPU path is checked against).
+    pub int8_acts: bool,
 }
 
 impl Default for SessionOptions {
@@ -529,6 +533,7 @@ impl Default for SessionOptions {
             resident_weights: true,
             slots: 1,
             kv_dtype: KvDtype::default(),
+            int8_acts: false,
         }
     }
 }
@@ -601,6 +606,8 @@ pub fn cpu_session(
     opts: &SessionOptions,
 ) -> Result<Box<dyn Session>, BackendError> {
     let mut backend = CpuBackend::new(opts.precise, opts.resident_weights);
+    // The twin of the CUDA session's int8 activations (with `precise`: value for value).
+    backend.round_acts_int8 = opts.int8_acts;
     let llama = Llama::load(&mut backend, config, weights)?;
     let (ctx, slots) = kv_layout(config, opts, f32_kv_bytes(config), host_kv_budget());
     let mut states = Vec::with_capacity(slots);

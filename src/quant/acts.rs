@@ -147,6 +147,27 @@ pub fn quantize_acts(wty: GgmlType, x: &[f32], out: &mut QuantizedActs) {
     }
 }
 
+/// `x` as the CUDA backend's int8-activation products see it (`kernels/quantize_act.cu`):
+/// each 32 values quantized as [`quantize_acts`] does for the 32-element formats, then
+/// widened back to `d * q` (a block holding a NaN or an infinity becomes NaN). The CPU twin
+/// of that path: the precise product over these values is what the GPU's integer sums
+/// compute, up to the order of the f32 roundings. `x.len()` must be a multiple of 32
+/// (panics otherwise).
+pub fn round_trip_int8(x: &mut [f32]) {
+    assert!(
+        x.len().is_multiple_of(QK),
+        "round_trip_int8: {} values are not a whole number of {QK}-value blocks",
+        x.len()
+    );
+    let mut q = [0i8; QK];
+    for block in x.chunks_exact_mut(QK) {
+        let d = quantize_block(block, &mut q);
+        for (v, &c) in block.iter_mut().zip(&q) {
+            *v = d * f32::from(c);
+        }
+    }
+}
+
 /// Sets `v.len()` to `n` without giving back capacity (and so without allocating once
 /// the buffers have seen the largest row).
 fn resize<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) {
@@ -190,6 +211,44 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trip_int8_rounds_each_block_to_its_own_grid() {
+        // A deterministic spread of magnitudes per block (one block all zero).
+        let mut x: Vec<f32> = (0..4096u32)
+            .map(|i| {
+                let h = i.wrapping_mul(2_654_435_761) >> 8;
+                let scale = [0.01f32, 1.0, 37.0, 0.3][(i as usize / QK) % 4];
+                ((h % 2001) as f32 / 1000.0 - 1.0) * scale
+            })
+            .collect();
+        x[64..96].fill(0.0);
+        let mut r = x.clone();
+        round_trip_int8(&mut r);
+        for (b, (xb, rb)) in x.chunks(QK).zip(r.chunks(QK)).enumerate() {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            for (v, w) in xb.iter().zip(rb) {
+                assert!((v - w).abs() <= 0.5 * d * 1.0001, "block {b}: {v} -> {w}");
+                // On the block's grid: d times an integer in -127..=127.
+                let k = if d > 0.0 { w / d } else { 0.0 };
+                assert!((k - k.round()).abs() < 1e-3 && k.abs() <= 127.0 + 1e-3);
+            }
+        }
+        assert!(r[64..96].iter().all(|&v| v == 0.0));
+        // Rounding again changes nothing.
+        let mut again = r.clone();
+        round_trip_int8(&mut again);
+        assert_eq!(again, r);
+        // A NaN or an infinity poisons its block, and only its block.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut y = x.clone();
+            y[100] = bad;
+            round_trip_int8(&mut y);
+            assert!(y[96..128].iter().all(|v| v.is_nan()));
+            assert!(y[..96].iter().chain(&y[128..]).all(|v| v.is_finite()));
+        }
+    }
 
     #[test]
     fn codes_are_symmetric_and_sums_match() {

@@ -64,7 +64,17 @@ fn logit_tolerance(kv: KvDtype) -> f64 {
     }
 }
 
-fn compare(shape: &Shape, kind: Weights, kv: KvDtype, rng: &mut Rng) {
+/// `int8`: both sessions on int8 activations for block-format matrices (the GPU's dp4a
+/// path, the CPU's rounded twin).
+/// Largest accepted relative logit error on int8 activations. The two sides round the same
+/// activations, but those differ between them in the last bits (f32 sums in another order,
+/// rsqrtf), and a value that lands on the other side of a rounding boundary moves its
+/// product by one code step (1/127 of its 32-value unit's max) times its weight: on these
+/// tiny shapes a few such steps move the logits by up to about 3e-3 (seen: 2.5e-3, most
+/// runs 1e-7). The op test (tests/cuda/fused.rs) holds each product to the tight bound.
+const INT8_LOGIT_TOLERANCE: f64 = 1e-2;
+
+fn compare(shape: &Shape, kind: Weights, kv: KvDtype, int8: bool, rng: &mut Rng) {
     let name = &shape.name;
     let (weights, ty) = match kind {
         Weights::Float(ty) => (
@@ -85,6 +95,7 @@ fn compare(shape: &Shape, kind: Weights, kv: KvDtype, rng: &mut Rng) {
         max_batch: 16,
         precise: true,
         kv_dtype: kv,
+        int8_acts: int8,
         ..Default::default()
     };
     let mut cpu = cpu_session(&shape.config, &weights, &opts).unwrap_or_else(|e| panic!("{e}"));
@@ -116,9 +127,14 @@ fn compare(shape: &Shape, kind: Weights, kv: KvDtype, rng: &mut Rng) {
     let mut step = 0;
     loop {
         let e = rel(&lg, &lc);
-        println!("{name} {ty} {kv:?} KV position {pos}: relative logit error {e:e}");
+        println!("{name} {ty} {kv:?} KV int8 {int8} position {pos}: relative logit error {e:e}");
+        let tol = if int8 {
+            INT8_LOGIT_TOLERANCE
+        } else {
+            logit_tolerance(kv)
+        };
         assert!(
-            e < logit_tolerance(kv),
+            e < tol,
             "{name} {ty} {kv:?} KV at position {pos}: GPU logits differ from the CPU's by {e:e}"
         );
         if step == 6 {
@@ -173,17 +189,19 @@ fn whole_model_logits_match_cpu_on_random_weights() {
             &shape,
             Weights::Float(GgmlType::BF16),
             KvDtype::F32,
+            false,
             &mut rng,
         );
         let quants: &[LoadQuant] = if full { &[Int8, Int4] } else { &[quant] };
         for &q in quants {
-            compare(&shape, Weights::Quant(q), KvDtype::F32, &mut rng);
+            compare(&shape, Weights::Quant(q), KvDtype::F32, false, &mut rng);
         }
         if bf16_cache || full {
             compare(
                 &shape,
                 Weights::Float(GgmlType::BF16),
                 KvDtype::Bf16,
+                false,
                 &mut rng,
             );
         }
@@ -194,14 +212,32 @@ fn whole_model_logits_match_cpu_on_random_weights() {
         &shape,
         Weights::Float(GgmlType::F16),
         KvDtype::F32,
+        false,
         &mut rng,
     );
     compare(
         &shape,
         Weights::Float(GgmlType::F16),
         KvDtype::F16,
+        false,
         &mut rng,
     );
+}
+
+/// The int8-activation path (`--int8-acts`) through whole models: prefill chunks and graph
+/// decode steps with the dp4a products, against the CPU over the same rounded activations.
+#[test]
+#[ignore = "needs a GPU"]
+fn whole_model_logits_on_int8_activations_match_cpu() {
+    use tachyon::quant::at_load::LoadQuant::{Int4, Int8};
+    let mut rng = Rng::from_env_or_clock("whole_model_logits_on_int8_activations_match_cpu");
+    for (name, cfg, quant) in [
+        ("tiny-llama", tiny_llama(), Int4),
+        ("tiny-qwen2", tiny_qwen2(), Int8),
+    ] {
+        let shape = Shape::from_json(name, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        compare(&shape, Weights::Quant(quant), KvDtype::F32, true, &mut rng);
+    }
 }
 
 /// The real 1B / 1.5B shapes (random weights), a short prompt and a few decode steps.
@@ -215,6 +251,7 @@ fn whole_model_logits_match_cpu_on_real_shapes() {
             &shape,
             Weights::Float(GgmlType::BF16),
             KvDtype::F32,
+            false,
             &mut rng,
         );
     }

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 
 use super::{AttnShape, BackendError, Ops, Position, TokenIds};
 use crate::format::{Rope, RopeStyle, Weight};
-use crate::quant::DequantizeWeight;
+use crate::quant::{self, DequantizeWeight};
 use attention::KvCache;
 use matmul::MatmulScratch;
 
@@ -40,6 +40,13 @@ pub struct CpuBackend {
     /// Dequantize weights to f32 inside the dot products instead of quantizing the
     /// activations to 8 bits: slower, closest to exact math.
     pub precise: bool,
+    /// The twin of the CUDA backend's int8-activation path (`CudaBackend::set_int8_acts`):
+    /// products with block-format weights read their activations rounded to int8 per 32
+    /// values (`quant::round_trip_int8`), then run as set by `precise` (the op tests set
+    /// both). Off by default.
+    pub round_acts_int8: bool,
+    /// The rounded activations of the current product (`round_acts_int8`).
+    rounded: Vec<f32>,
     scratch: MatmulScratch,
     /// Where uploaded matrices live: `None` reads them through the file mapping.
     resident: Option<resident::Resident>,
@@ -52,6 +59,8 @@ impl CpuBackend {
         let resident = resident_weights.then(resident::Resident::default);
         CpuBackend {
             precise,
+            round_acts_int8: false,
+            rounded: Vec::new(),
             scratch: MatmulScratch::default(),
             resident,
         }
@@ -196,14 +205,16 @@ impl Ops for CpuBackend {
         n: usize,
         out: &mut CpuAct,
     ) -> Result<(), BackendError> {
-        matmul::matmul(
-            w,
-            &x.data,
-            n,
-            &mut out.data,
-            self.precise,
-            &mut self.scratch,
-        );
+        let x = if self.round_acts_int8 && w.ty.is_quantized() {
+            let len = n * w.cols;
+            self.rounded.clear();
+            self.rounded.extend_from_slice(&x.data[..len]);
+            quant::round_trip_int8(&mut self.rounded);
+            &self.rounded
+        } else {
+            &x.data
+        };
+        matmul::matmul(w, x, n, &mut out.data, self.precise, &mut self.scratch);
         Ok(())
     }
 

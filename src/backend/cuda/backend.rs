@@ -43,6 +43,12 @@ pub struct CudaBackend {
     counters: Option<CudaSlice<u32>>,
     /// The element type of the KV caches `alloc_kv` makes.
     kv_dtype: KvDtype,
+    /// Whether repacked block matrices read int8 activations (`set_int8_acts`), and the
+    /// scratch those activations go to.
+    int8_acts: bool,
+    qacts: Option<CudaSlice<u8>>,
+    /// The widest repacked block matrix uploaded (columns): what `reserve` sizes `qacts` for.
+    widest_packed: usize,
     progress: Option<ProgressBar>,
 }
 
@@ -81,6 +87,9 @@ impl CudaBackend {
             scratch: None,
             counters: None,
             kv_dtype: KvDtype::F32,
+            int8_acts: false,
+            qacts: None,
+            widest_packed: 0,
             progress: None,
         })
     }
@@ -103,7 +112,48 @@ impl CudaBackend {
             max_batch * n_heads * head_dim,
             "scratch",
         )?;
+        if self.int8_acts {
+            let len = matmul::int8_acts_len(max_batch, self.widest_packed);
+            ensure(&self.dev, &mut self.qacts, len, "int8 activations")?;
+        }
         Ok(())
+    }
+
+    /// Block-format matrices (repacked at upload) read their activations quantized to int8
+    /// per 32 values, multiplied with `__dp4a` (`gemv_qpack.cu`'s `_q8` kernels), instead of
+    /// f32. The CPU twin is `CpuBackend::round_acts_int8`. Set before `reserve`.
+    pub fn set_int8_acts(&mut self, on: bool) {
+        self.int8_acts = on;
+    }
+
+    /// The int8-activation scratch for `n` rows of `w`, when `w` takes that path (grown on
+    /// demand for direct op calls; a session's `reserve` sized it already, so a captured
+    /// graph never sees it move).
+    fn int8_scratch<'s>(
+        dev: &CudaDevice,
+        on: bool,
+        slot: &'s mut Option<CudaSlice<u8>>,
+        w: &CudaMat,
+        n: usize,
+    ) -> Result<Option<&'s mut CudaSlice<u8>>, BackendError> {
+        if !on || !w.packed || !w.cols.is_multiple_of(repack::UNIT) {
+            return Ok(None);
+        }
+        let len = matmul::int8_acts_len(n, w.cols);
+        Ok(Some(ensure(dev, slot, len, "int8 activations")?))
+    }
+
+    /// `matmul::matmul` with this backend's device, SM count and int8 scratch.
+    fn product(
+        &mut self,
+        x: &CudaAct,
+        w: &CudaMat,
+        fused: Fused<'_>,
+        n: usize,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let acts = Self::int8_scratch(&self.dev, self.int8_acts, &mut self.qacts, w, n)?;
+        matmul::matmul(&self.dev, self.sm_count, acts, x, w, fused, n, out)
     }
 
     fn reserve_partials(&mut self, slots: usize, acc: usize) -> Result<(), BackendError> {
@@ -398,6 +448,7 @@ impl Ops for CudaBackend {
         if let Some(bar) = &self.progress {
             bar.inc(w.byte_len() as u64);
         }
+        self.widest_packed = self.widest_packed.max(w.cols);
         Ok(CudaMat {
             buf,
             rows: w.rows,
@@ -449,6 +500,9 @@ impl Ops for CudaBackend {
         let total: usize = ws.iter().map(|w| w.byte_len()).sum();
         let s = self.dev.stream();
         let packed = repack::packs(q.ty);
+        if packed {
+            self.widest_packed = self.widest_packed.max(q.cols);
+        }
         let buf = if packed {
             // One repacked matrix of the three's rows (the layout spans the whole stack).
             let (bytes, stacked) = repack::repack(q.ty, q.cols, &ws.map(|w| w.bytes()))?;
@@ -617,7 +671,7 @@ impl Ops for CudaBackend {
         n: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        matmul::matmul(&self.dev, self.sm_count, x, w, Fused::default(), n, out)
+        self.product(x, w, Fused::default(), n, out)
     }
 
     fn matmul_bias(
@@ -632,7 +686,7 @@ impl Ops for CudaBackend {
             bias: Some(b),
             ..Fused::default()
         };
-        matmul::matmul(&self.dev, self.sm_count, x, w, fused, n, out)
+        self.product(x, w, fused, n, out)
     }
 
     fn gate_up_swiglu(
@@ -654,7 +708,7 @@ impl Ops for CudaBackend {
             swiglu_up: Some(w_up),
             ..Fused::default()
         };
-        matmul::matmul(&self.dev, self.sm_count, x, w_gate, fused, n, gate)
+        self.product(x, w_gate, fused, n, gate)
     }
 
     fn norm_qkv(
@@ -691,7 +745,11 @@ impl Ops for CudaBackend {
                     self.rmsnorm(x, norm, eps, n, hn)?;
                     &*hn
                 };
-                matmul::matmul_split(&self.dev, sm, input, qkv, fused, n, [q, k, v])
+                {
+                    let acts =
+                        Self::int8_scratch(&self.dev, self.int8_acts, &mut self.qacts, qkv, n)?;
+                    matmul::matmul_split(&self.dev, sm, acts, input, qkv, fused, n, [q, k, v])
+                }
             }
             QkvWeights::Separate {
                 q: wq,
@@ -710,7 +768,7 @@ impl Ops for CudaBackend {
                         norm: prologue.then_some((norm, eps)),
                         ..Fused::default()
                     };
-                    matmul::matmul(&self.dev, sm, input, w, fused, n, out)?;
+                    self.product(input, w, fused, n, out)?;
                 }
                 Ok(())
             }
@@ -729,7 +787,7 @@ impl Ops for CudaBackend {
             accumulate: true,
             ..Fused::default()
         };
-        matmul::matmul(&self.dev, self.sm_count, a, w, fused, n, x)
+        self.product(a, w, fused, n, x)
     }
 
     fn norm_matmul(
@@ -751,7 +809,7 @@ impl Ops for CudaBackend {
             norm: Some((norm, eps)),
             ..Fused::default()
         };
-        matmul::matmul(&self.dev, self.sm_count, x, w, fused, n, out)
+        self.product(x, w, fused, n, out)
     }
 
     fn norm_gate_up_swiglu(
@@ -776,7 +834,7 @@ impl Ops for CudaBackend {
             norm: Some((norm, eps)),
             ..Fused::default()
         };
-        matmul::matmul(&self.dev, self.sm_count, x, w_gate, fused, n, gate)
+        self.product(x, w_gate, fused, n, gate)
     }
 
     fn add_bias(

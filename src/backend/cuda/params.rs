@@ -25,6 +25,7 @@ unsafe impl cudarc::driver::DeviceRepr for RmsNormParams {}
 // are raw device addresses and plain integers/floats, every bit pattern allowed.
 unsafe impl cudarc::driver::DeviceRepr for EmbedParams {}
 unsafe impl cudarc::driver::DeviceRepr for GemvParams {}
+unsafe impl cudarc::driver::DeviceRepr for QuantActParams {}
 unsafe impl cudarc::driver::DeviceRepr for RopeParams {}
 unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
 unsafe impl cudarc::driver::DeviceRepr for ElementwiseParams {}

@@ -14,11 +14,24 @@ use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::BackendError;
 use crate::backend::cuda::buffers::{CudaAct, CudaMat, is_block_format};
 use crate::backend::cuda::device::CudaDevice;
-use crate::backend::cuda::params::{GemvParams, TACHYON_DTYPE_BF16, TACHYON_DTYPE_Q4_0};
+use crate::backend::cuda::params::{
+    GemvParams, QuantActParams, TACHYON_DTYPE_BF16, TACHYON_DTYPE_Q4_0,
+};
 
 /// Most activation rows a matrix product runs as GEMV (weights streamed once per 4 rows);
 /// more rows run as the tiled GEMM.
 pub const GEMV_MAX_ROWS: usize = 4;
+
+/// Bytes of the int8-activation scratch for `n` rows of `cols` (a multiple of 32): the
+/// codes, then from the next 256-byte boundary two floats per 32 codes
+/// (`quantize_act.cu`'s layout).
+pub fn int8_acts_len(n: usize, cols: usize) -> usize {
+    int8_scales_at(n, cols) + n * (cols / crate::backend::cuda::repack::UNIT) * 8
+}
+
+fn int8_scales_at(n: usize, cols: usize) -> usize {
+    (n * cols).div_ceil(256) * 256
+}
 
 /// The product's optional parts.
 #[derive(Clone, Copy, Default)]
@@ -84,35 +97,46 @@ fn warps_per_row(rows: usize, sm_count: usize) -> i32 {
 }
 
 /// `out[t] = W x[t]` (with the [`Fused`] parts) for the first `n` rows of `x`.
+///
+/// `int8_acts`: scratch of at least [`int8_acts_len`] bytes for `n` rows of `W.cols`: a
+/// repacked block matrix then reads its activations quantized to int8 per 32 values
+/// (`quantize_act.cu`, the norm applied there) through `__dp4a` (the `_q8` kernels of
+/// `gemv_qpack.cu`); every other product ignores it.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     dev: &CudaDevice,
     sm_count: usize,
+    int8_acts: Option<&mut CudaSlice<u8>>,
     x: &CudaAct,
     w: &CudaMat,
     fused: Fused<'_>,
     n: usize,
     out: &mut CudaAct,
 ) -> Result<(), BackendError> {
-    product(dev, sm_count, x, w, fused, n, Dest::One(out))
+    product(dev, sm_count, int8_acts, x, w, fused, n, Dest::One(out))
 }
 
 /// [`matmul`] of a stacked matrix whose rows go to `outs[0]`, `outs[1]` and `outs[2]` in
 /// turn (their widths: q, k and v of a stacked QKV projection).
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_split(
     dev: &CudaDevice,
     sm_count: usize,
+    int8_acts: Option<&mut CudaSlice<u8>>,
     x: &CudaAct,
     w: &CudaMat,
     fused: Fused<'_>,
     n: usize,
     outs: [&mut CudaAct; 3],
 ) -> Result<(), BackendError> {
-    product(dev, sm_count, x, w, fused, n, Dest::Split(outs))
+    product(dev, sm_count, int8_acts, x, w, fused, n, Dest::Split(outs))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn product(
     dev: &CudaDevice,
     sm_count: usize,
+    int8_acts: Option<&mut CudaSlice<u8>>,
     x: &CudaAct,
     w: &CudaMat,
     fused: Fused<'_>,
@@ -202,6 +226,8 @@ fn product(
         out_c,
         rows_a,
         rows_b,
+        xq: std::ptr::null(),
+        xd: std::ptr::null(),
     };
     let k = &dev.kernels;
     let rows_per_block = 8 / wpr as usize;
@@ -226,6 +252,9 @@ fn product(
             .ok()
             .and_then(|i| k.gemv_qpack.get(i))
             .ok_or_else(|| shape_err(format!("no repacked GEMV for dtype {}", w.dtype)))?;
+        if let Some(acts) = int8_acts {
+            return int8_product(dev, acts, p, gemv_grid);
+        }
         return launch(dev, f, gemv_grid, (32, 8, 1), &p, "gemv_qpack");
     }
     if is_block_format(w.dtype) {
@@ -275,4 +304,52 @@ fn product(
         &p,
         "gemv_f32out",
     )
+}
+
+/// The repacked product over int8 activations: `quantize_act_q8` writes the rows' codes
+/// and unit scales into `acts` (the norm of `p` applied there), then the format's `_q8`
+/// kernel reads them in place of `x`.
+fn int8_product(
+    dev: &CudaDevice,
+    acts: &mut CudaSlice<u8>,
+    mut p: GemvParams,
+    gemv_grid: (u32, u32, u32),
+) -> Result<(), BackendError> {
+    // rows and cols are positive here: the caller's checks and i32 conversions passed.
+    let (n, cols) = (p.n as usize, p.cols as usize);
+    let need = int8_acts_len(n, cols);
+    if acts.len() < need {
+        return Err(shape_err(format!(
+            "int8 activation scratch of {} bytes for {n} rows of {cols} ({need} needed)",
+            acts.len()
+        )));
+    }
+    let base = ptr_mut(acts, dev);
+    let scales = base + int8_scales_at(n, cols) as u64;
+    let q = QuantActParams {
+        x: p.x,
+        norm_w: p.norm_w,
+        eps: p.eps,
+        n: p.n,
+        cols: p.cols,
+        q: base as *mut i8,
+        d: scales as *mut f32,
+    };
+    let k = &dev.kernels;
+    launch(
+        dev,
+        &k.quantize_act_q8,
+        (u32_of(n, "rows")?, 1, 1),
+        (32, 8, 1),
+        &q,
+        "quantize_act_q8",
+    )?;
+    p.xq = base as *const i8;
+    p.xd = scales as *const f32;
+    p.norm_w = std::ptr::null();
+    let f = usize::try_from(p.dtype - TACHYON_DTYPE_Q4_0 as i32)
+        .ok()
+        .and_then(|i| k.gemv_qpack_q8.get(i))
+        .ok_or_else(|| shape_err(format!("no int8-activation GEMV for dtype {}", p.dtype)))?;
+    launch(dev, f, gemv_grid, (32, 8, 1), &p, "gemv_qpack_q8")
 }

@@ -53,6 +53,10 @@ pub(crate) struct KernelFns {
     /// `gemv_qpack_<format>` (repacked block matrices): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
     /// Q5_K, Q6_K, in `TACHYON_DTYPE_*` order.
     pub(crate) gemv_qpack: [CudaFunction; 8],
+    /// `gemv_qpack_<format>_q8`: the same over int8 activations (`__dp4a`), same order.
+    pub(crate) gemv_qpack_q8: [CudaFunction; 8],
+    /// `quantize_act_q8` (kernels/quantize_act.cu): the activations of the `_q8` kernels.
+    pub(crate) quantize_act_q8: CudaFunction,
     pub(crate) gemm_f32out: CudaFunction,
     pub(crate) gemm_mma_bf16: CudaFunction,
     pub(crate) rope_f32: CudaFunction,
@@ -99,6 +103,17 @@ impl KernelFns {
                 module.load_function("gemv_qpack_q5_k")?,
                 module.load_function("gemv_qpack_q6_k")?,
             ],
+            gemv_qpack_q8: [
+                module.load_function("gemv_qpack_q4_0_q8")?,
+                module.load_function("gemv_qpack_q4_1_q8")?,
+                module.load_function("gemv_qpack_q5_0_q8")?,
+                module.load_function("gemv_qpack_q5_1_q8")?,
+                module.load_function("gemv_qpack_q8_0_q8")?,
+                module.load_function("gemv_qpack_q4_k_q8")?,
+                module.load_function("gemv_qpack_q5_k_q8")?,
+                module.load_function("gemv_qpack_q6_k_q8")?,
+            ],
+            quantize_act_q8: module.load_function("quantize_act_q8")?,
             gemm_f32out: module.load_function("gemm_f32out")?,
             gemm_mma_bf16: module.load_function("gemm_mma_bf16")?,
             rope_f32: module.load_function("rope_f32")?,
@@ -164,9 +179,11 @@ impl KernelFns {
             &self.sample_logits_masked,
             &self.penalty_seed,
             &self.penalty_apply,
+            &self.quantize_act_q8,
         ]
         .into_iter()
         .chain(&self.gemv_qpack)
+        .chain(&self.gemv_qpack_q8)
         .chain(&self.sample_passes)
         .chain(&self.sample_passes_masked)
         .chain(self.rope_attn_decode.iter().flatten())
