@@ -2,7 +2,9 @@
 //! tensor cores): speculative verify steps (8 and 16 rows) on the Llama-3.2-1B and
 //! Llama-3.1-8B shapes as GB/s, % of the device-to-device copy bandwidth and their cost in
 //! single-token GEMVs of the same matrix (the target: at most 1.3x for 8 rows), and
-//! a 512-row prefill chunk as TFLOP/s; timed with CUDA events.
+//! a 512-row prefill chunk as TFLOP/s; then the 8B verify products again with Q4_K and Q8_0
+//! weights (gemm_mma.cu's qpack kernels, against the repacked GEMV of one row); timed with
+//! CUDA events.
 //!
 //!     cargo bench --bench verify_gemm
 //!
@@ -17,9 +19,10 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use tachyon::backend::Ops;
 use tachyon::backend::cuda::{self, CudaBackend, CudaMat};
+use tachyon::format::GgmlType;
 
 mod common;
-use common::{bf16_weight, timed, values};
+use common::{bf16_weight, timed, values, weight};
 
 /// Mean device time of one call of `f`, after a warm-up.
 fn per_call(b: &mut CudaBackend, f: &mut dyn FnMut(&mut CudaBackend)) -> f64 {
@@ -85,18 +88,26 @@ fn main() {
         ("8b-gate", 14_336, 4096),
         ("8b-down", 4096, 14_336),
     ];
-    for (shape, rows, cols) in shapes {
-        let w = b
-            .upload_matrix(&bf16_weight(rows, cols, 1))
-            .expect("upload");
+    // BF16 on every shape, then the block formats of Q4_K_M and Q8_0 files on the 8B ones.
+    let mut cases: Vec<_> = shapes.iter().map(|&s| (GgmlType::BF16, s)).collect();
+    for ty in [GgmlType::Q4K, GgmlType::Q8_0] {
+        cases.extend(shapes[3..].iter().map(|&s| (ty, s)));
+    }
+    for (ty, (shape, rows, cols)) in cases {
+        let host = weight(ty, rows, cols, 1);
+        let w = b.upload_matrix(&host).expect("upload");
         let mut single = product(&mut b, &w, rows, cols, 1);
         let one = per_call(&mut b, &mut single);
         for n in [8usize, 16] {
             let mut f = product(&mut b, &w, rows, cols, n);
             let per = per_call(&mut b, &mut f);
-            let bytes = (rows * cols * 2 + n * cols * 4 + n * rows * 4) as u64;
+            let bytes = (host.byte_len() + n * cols * 4 + n * rows * 4) as u64;
             let gb_s = bytes as f64 / per / 1e9;
-            let id = format!("{shape}-n{n}");
+            let id = if ty == GgmlType::BF16 {
+                format!("{shape}-n{n}")
+            } else {
+                format!("{shape}-{}-n{n}", ty.name())
+            };
             println!(
                 "verify_gemm/{id}: {:.2} us, {gb_s:.0} GB/s, {:.0}% of copy bandwidth, {:.2}x the 1-row GEMV ({:.2} us)",
                 per * 1e6,

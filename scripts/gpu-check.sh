@@ -73,7 +73,7 @@ step bench-kernels-gemv-fused 45 "$bin/bench_gemv_fused" --bench
 step bench-kernels 60 "$bin/bench_cuda_kernels" --bench
 step bench-kernels-rmsnorm 20 "$bin/bench_rmsnorm" --bench
 # The tensor-core products of verify steps and prefill (last: skipped past the deadline).
-step bench-kernels-verify-gemm 45 "$bin/bench_verify_gemm" --bench
+step bench-kernels-verify-gemm 70 "$bin/bench_verify_gemm" --bench
 if command -v python3 > /dev/null; then
     python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" 2>> "$logs/summary.txt"
 else
