@@ -54,8 +54,31 @@
  * re-reads its activations and re-splits them per 16 weight rows); a prefill tile that
  * stages split activations in shared memory and reuses them across 64-128 weight rows is
  * the next step (and wgmma/TMA on sm_90a), not done.
+ *
+ * `gemm_mma_qpack_<format>`: the same product for GGML block matrices repacked at upload
+ * (qpack.cuh; verify rows past 4 and prefill of quantized models, which the GEMV would read
+ * once per 4 rows). Same grid, block, K split and epilogue; the weight stage is filled by
+ * dequantizing instead of cp.async: each lane loads one 32-element unit of a chunk (row
+ * lane / 2, unit 2 chunk + lane % 2: 18-36 bytes), the next chunk's unit loaded while this
+ * one is used, decodes it as the CPU does (qpack::decode8, f32), and writes it as bf16 hi
+ * and lo = rn(w - hi) into two stages (swizzled as above). Three MMAs per fragment pair:
+ * wh xh + wh xl + wl xh (the wl xl term is 2^-32 of the product), so each weight and each
+ * activation keeps ~16 bits: an output is within about 2^-15 of its sum |w x| beyond f32
+ * accumulation (tests/cuda/ops.rs allows twice the BF16 path's 2^-16). Dynamic shared
+ * memory (MmaQSmem, 20.3 KB: 2 x 2 KB stages per warp and the epilogue's sums); 64-96
+ * registers, no spills (nvcc.log).
+ * Bytes: the repacked matrix once per 16 tokens (4.5-8.5 bits a weight), against the GEMV's
+ * once per 4 rows: a verify step of 8 rows reads the weights once instead of twice.
+ * Expected (reasoned, unmeasured): with one unit in flight per lane and a single stage
+ * per warp the loads are exposed (~4 x 36 B per warp per chunk, 16-32 warps per SM: ~10-20
+ * KB in flight, about what an H100 needs) and the decode + split is ~12 ops per weight per
+ * block, spread over 16-32 tokens; verify steps should stream at well under the GEMV's
+ * fraction of copy bandwidth, yet read half the bytes at 8 rows. Prefill stays far from
+ * the tensor rate (each block decodes its tile again per 16 tokens); dequantizing a weight
+ * tile once for 64-128 tokens is the next step.
  */
 #include "gemv_fused.cuh"
+#include "qpack.cuh"
 // The inline-PTX wrappers (host versions under the emulated GPU) live with the emulator.
 #include "../emulator/include/ptx_emu.h"
 
@@ -110,12 +133,149 @@ __device__ __forceinline__ float2 mma_x2(const GemvParams& p, int t, int k) {
     return make_float2(0.0f, 0.0f);
 }
 
+// The block's epilogue: the 4 warps' partial sums added in a fixed order through shared
+// memory (deterministic), the bias, and the store (gemv_fused.cuh: residual add, q/k/v split).
+using MmaRed = float[kMmaWarps][kMmaTokens][kMmaRows + 1];
+
+__device__ __forceinline__ void mma_finish(const GemvParams& p, MmaRed& red, const float acc[2][4],
+                                           int warp, int tok0, int row0) {
+    const int lane = threadIdx.x % 32;
+    const int g = lane / 4, tig = lane % 4;
+    // D fragment: element e at row g (+8 when e >= 2), token 2 tig + (e & 1) of tile nt.
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) red[warp][nt * 8 + 2 * tig + (e & 1)][g + (e >= 2 ? 8 : 0)] = acc[nt][e];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kMmaRows * kMmaTokens / kMmaThreads; ++j) {
+        const int o = threadIdx.x + j * kMmaThreads;
+        const int tt = o / kMmaRows, rr = o % kMmaRows;  // consecutive threads: consecutive rows
+        const int t = tok0 + tt, r = row0 + rr;
+        if (t >= p.n || r >= p.rows) continue;
+        float y = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kMmaWarps; ++w) y += red[w][tt][rr];
+        if (p.bias != nullptr) y += p.bias[r];
+        tachyon::gemv_store(p, t, r, y);
+    }
+}
+
+// ---- Block-format weights (repacked, qpack.cuh) on the same tensor-core path -------------
+
+// One 32-element unit of a weight row, dequantized as the CPU does (decode8) and split
+// into bf16 hi = rn(w), lo = rn(w - hi), into the hi and lo stages at row r, pieces
+// 4 * half .. 4 * half + 3 (zeros where the unit is past the row's end).
+template <int kF>
+__device__ __forceinline__ void mma_stage_unit(const qpack::Unit& un, bool valid, int r, int half,
+                                               uint4* hi_stage, uint4* lo_stage) {
+    if (!valid) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            hi_stage[mma_slot(r, 4 * half + j)] = make_uint4(0u, 0u, 0u, 0u);
+            lo_stage[mma_slot(r, 4 * half + j)] = make_uint4(0u, 0u, 0u, 0u);
+        }
+        return;
+    }
+    const qpack::Scales s = qpack::unit_scales<kF>(un);
+    qpack::Cursor c = qpack::cursor<kF>(un);
+    float e[32];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        float lo4[4], hi4[4];
+        qpack::decode8<kF>(c, s, lo4, hi4);
+        qpack::advance<kF>(c);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            e[4 * w + k] = lo4[k];
+            e[16 + 4 * w + k] = hi4[k];
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        uint32_t h[4], l[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) mma_split(make_float2(e[8 * j + 2 * q], e[8 * j + 2 * q + 1]), h[q], l[q]);
+        hi_stage[mma_slot(r, 4 * half + j)] = make_uint4(h[0], h[1], h[2], h[3]);
+        lo_stage[mma_slot(r, 4 * half + j)] = make_uint4(l[0], l[1], l[2], l[3]);
+    }
+}
+
+// Each warp's hi and lo stage (16 rows x 64 columns of bf16 each) and the epilogue's sums.
+// Dynamic shared memory: 8 kernels with 20 KB each of static shared memory would be
+// counted as one file's 166 KB by the emulated device; the launcher passes this size
+// (QMMA_SMEM_BYTES in src/backend/cuda/launch/matmul.rs).
+struct MmaQSmem {
+    uint4 w[kMmaWarps][2][kMmaStageU4];
+    MmaRed red;
+};
+static_assert(sizeof(MmaQSmem) == 20736, "QMMA_SMEM_BYTES in launch/matmul.rs");
+
+template <int kF>
+__device__ __forceinline__ void mma_qpack(const GemvParams& p, MmaQSmem& sm) {
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int tok0 = blockIdx.x * kMmaTokens;
+    const int row0 = blockIdx.y * kMmaRows;
+    const bool two_tiles = p.n - tok0 > 8;  // block-uniform
+    const int g = lane / 4, tig = lane % 4;
+    const int units = p.cols / tachyon::kWarp;
+    const int chunks = (p.cols + kMmaChunk - 1) / kMmaChunk;
+    const int mine = warp < chunks ? (chunks - warp + kMmaWarps - 1) / kMmaWarps : 0;
+    const qpack::Arrays<kF> a = qpack::arrays<kF>(p.w, static_cast<size_t>(p.rows) * units);
+    // Lane l stages row l / 2, unit 2 * chunk + l % 2 (a chunk is 2 units of each of 16 rows);
+    // rows past the end repeat the last row (their outputs are never stored).
+    const int r = lane / 2, half = lane % 2;
+    const size_t g0 = static_cast<size_t>(min(row0 + r, p.rows - 1)) * units;
+    uint4* hs = sm.w[warp][0];
+    uint4* ls = sm.w[warp][1];
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    const int lm_row = (lane % 8) + 8 * ((lane / 8) & 1);
+    const int lm_half = lane / 16;
+    // The next chunk's unit is loaded while this one is decoded and multiplied.
+    qpack::Unit next{};
+    int u_next = 2 * warp + half;
+    if (mine > 0 && u_next < units) next = qpack::load_unit<kF>(a, g0 + u_next);
+    for (int i = 0; i < mine; ++i) {
+        const qpack::Unit cur = next;
+        const bool cur_ok = u_next < units;
+        u_next = 2 * (warp + (i + 1) * kMmaWarps) + half;
+        if (i + 1 < mine && u_next < units) next = qpack::load_unit<kF>(a, g0 + u_next);
+        __syncwarp();  // every lane's ldmatrix of the previous chunk is done
+        mma_stage_unit<kF>(cur, cur_ok, r, half, hs, ls);
+        __syncwarp();  // ... and every lane's unit of this one is staged
+        const int kbase = (warp + i * kMmaWarps) * kMmaChunk;
+#pragma unroll
+        for (int kk = 0; kk < kMmaChunk / 16; ++kk) {
+            const int kb = kbase + kk * 16;
+            if (kb >= p.cols) break;  // warp-uniform
+            uint32_t ah[4], al[4];
+            tachyon_ldmatrix_x4(ah, hs + mma_slot(lm_row, 2 * kk + lm_half));
+            tachyon_ldmatrix_x4(al, ls + mma_slot(lm_row, 2 * kk + lm_half));
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                if (nt == 1 && !two_tiles) break;
+                const int t = tok0 + nt * 8 + g;
+                uint32_t xh[2], xl[2];
+                mma_split(mma_x2(p, t, kb + 2 * tig), xh[0], xl[0]);
+                mma_split(mma_x2(p, t, kb + 8 + 2 * tig), xh[1], xl[1]);
+                // w x = (wh + wl)(xh + xl) less wl xl (2^-16 of 2^-16).
+                tachyon_mma_bf16_16816(acc[nt], ah, xh, acc[nt]);
+                tachyon_mma_bf16_16816(acc[nt], ah, xl, acc[nt]);
+                tachyon_mma_bf16_16816(acc[nt], al, xh, acc[nt]);
+            }
+        }
+    }
+    mma_finish(p, sm.red, acc, warp, tok0, row0);
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_bf16(const GemvParams p) {
     // uint4 is 16-byte aligned: every piece is a valid cp.async / ldmatrix row address.
     __shared__ uint4 wsm[kMmaWarps][kMmaStages][kMmaStageU4];
-    __shared__ float red[kMmaWarps][kMmaTokens][kMmaRows + 1];
+    __shared__ MmaRed red;
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
     const int tok0 = blockIdx.x * kMmaTokens;
@@ -167,23 +327,40 @@ extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_bf16(const Ge
     }
     tachyon_cp_async_wait<0>();  // nothing is left in flight (the trailing empty groups)
 
-    // D fragment: element e at row g (+8 when e >= 2), token 2 tig + (e & 1) of tile nt.
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) red[warp][nt * 8 + 2 * tig + (e & 1)][g + (e >= 2 ? 8 : 0)] = acc[nt][e];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < kMmaRows * kMmaTokens / kMmaThreads; ++j) {
-        const int o = threadIdx.x + j * kMmaThreads;
-        const int tt = o / kMmaRows, rr = o % kMmaRows;  // consecutive threads: consecutive rows
-        const int t = tok0 + tt, r = row0 + rr;
-        if (t >= p.n || r >= p.rows) continue;
-        float y = 0.0f;
-#pragma unroll
-        for (int w = 0; w < kMmaWarps; ++w) y += red[w][tt][rr];
-        if (p.bias != nullptr) y += p.bias[r];
-        tachyon::gemv_store(p, t, r, y);
-    }
+    mma_finish(p, red, acc, warp, tok0, row0);
+}
+
+// Block-format weights, one kernel per format (the launcher picks by dtype, in
+// TACHYON_DTYPE_* order from Q4_0). Written out: the emulator lists kernels from the text.
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q4_0(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q4_0>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q4_1(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q4_1>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q5_0(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q5_0>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q5_1(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q5_1>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q8_0(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q8_0>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q4_k(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q4_K>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q5_k(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q5_K>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q6_k(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q6_K>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
 }

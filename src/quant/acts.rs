@@ -147,6 +147,11 @@ pub fn quantize_acts(wty: GgmlType, x: &[f32], out: &mut QuantizedActs) {
     }
 }
 
+/// Most activation rows a product takes on int8 activations (the CUDA backend's GEMV
+/// batch); products of more rows (verify steps past 4 rows, prefill) keep f32 activations
+/// and run on the tensor cores.
+pub const INT8_ACT_MAX_ROWS: usize = 4;
+
 /// `x` as the CUDA backend's int8-activation products see it (`kernels/quantize_act.cu`):
 /// each 32 values quantized as [`quantize_acts`] does for the 32-element formats, then
 /// widened back to `d * q` (a block holding a NaN or an infinity becomes NaN). The CPU twin

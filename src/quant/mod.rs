@@ -34,7 +34,7 @@ mod quantize_blocks;
 #[cfg(test)]
 mod tests;
 
-pub use acts::{QuantizedActs, quantize_acts, round_trip_int8};
+pub use acts::{INT8_ACT_MAX_ROWS, QuantizedActs, quantize_acts, round_trip_int8};
 pub use decoded::DecodedRows;
 pub use dequant::{DequantizeWeight, dequantize};
 pub use dot::{TILE, dot_row, dot_row_exact, kernel_isa, matmul_rows, matvec_rows};

@@ -75,7 +75,7 @@ fn cases() -> Vec<Case> {
     let mut c = vec![
         // Vector path; scalar path (100 columns) with biases over 3 rows; the unrolled
         // step and its tail; odd block-format rows; a quantized stack past 4 rows (the
-        // quantized GEMV has the prologue at any row count); q/k/v in two formats (three
+        // norm first, then the tensor cores' split epilogue); q/k/v in two formats (three
         // products); prefill (the norm first, then the GEMM's split epilogue).
         NormQkv {
             ty: [BF16; 3],

@@ -332,7 +332,8 @@ pub fn cases() -> Vec<Case> {
         });
     }
     // Matrix products: 1-4 rows run the GEMV, more the tiled GEMM (33 and 64: partial and
-    // full tiles); block formats the quantized GEMV at any row count.
+    // full tiles); block formats past 4 rows the tensor cores (gemm_mma.cu's qpack kernels:
+    // a partial 64-column chunk at 2 * 32 columns, partial 16-row and token tiles).
     for ty in DTYPES {
         for &(rows, cols) in &[
             (1usize, 8usize),
@@ -664,9 +665,13 @@ impl Case {
                 ok(t.cpu.matmul(&cx, &w, n, &mut c));
                 let out = t.out("out (checked against f64)", &g, &c, n);
                 // The tensor-core path (BF16, more than 4 rows, cols a multiple of 8) keeps
-                // each activation to 2^-16 (its bf16 hi + lo split, gemm_mma.cu's header).
+                // each activation to 2^-16 (its bf16 hi + lo split, gemm_mma.cu's header);
+                // for repacked block formats each dequantized weight too (twice that).
+                let packed = matches!(self, Case::Matmul { .. }) && ty.is_quantized();
                 let split = if ty == GgmlType::BF16 && n > 4 && cols.is_multiple_of(8) {
                     2f64.powi(-16)
+                } else if packed && n > 4 {
+                    2.0 * 2f64.powi(-16)
                 } else {
                     0.0
                 };

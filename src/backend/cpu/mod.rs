@@ -41,9 +41,9 @@ pub struct CpuBackend {
     /// activations to 8 bits: slower, closest to exact math.
     pub precise: bool,
     /// The twin of the CUDA backend's int8-activation path (`CudaBackend::set_int8_acts`):
-    /// products with block-format weights read their activations rounded to int8 per 32
-    /// values (`quant::round_trip_int8`), then run as set by `precise` (the op tests set
-    /// both). Off by default.
+    /// products of at most `quant::INT8_ACT_MAX_ROWS` rows with block-format weights read
+    /// their activations rounded to int8 per 32 values (`quant::round_trip_int8`), then run
+    /// as set by `precise` (the op tests set both). Off by default.
     pub round_acts_int8: bool,
     /// The rounded activations of the current product (`round_acts_int8`).
     rounded: Vec<f32>,
@@ -205,7 +205,8 @@ impl Ops for CpuBackend {
         n: usize,
         out: &mut CpuAct,
     ) -> Result<(), BackendError> {
-        let x = if self.round_acts_int8 && w.ty.is_quantized() {
+        let int8 = self.round_acts_int8 && w.ty.is_quantized() && n <= quant::INT8_ACT_MAX_ROWS;
+        let x = if int8 {
             let len = n * w.cols;
             self.rounded.clear();
             self.rounded.extend_from_slice(&x.data[..len]);

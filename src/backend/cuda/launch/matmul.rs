@@ -2,15 +2,16 @@
 //! `gemv.cu` (F32/F16/BF16 weights, up to [`GEMV_MAX_ROWS`] rows), `gemm_mma.cu` (tensor
 //! cores: BF16 weights, more rows, when the alignment allows), `gemm.cu` (the SIMT tiled
 //! product for the other more-row cases), `gemv_qpack.cu` (GGML block formats repacked at
-//! upload, dequantized in registers, any number of rows) and `gemv_quant.cu` (the same over
-//! the file's blocks). One [`GemvParams`] drives all five; the fused parts are fields of it:
-//! RMSNorm of the activation rows in the prologue (the GEMVs), the bias, the gate/up SwiGLU
+//! upload, dequantized in registers; f32 or, with `--int8-acts`, int8 activations), the
+//! `gemm_mma_qpack_<format>` kernels of `gemm_mma.cu` (those matrices on the tensor cores for
+//! more rows) and `gemv_quant.cu` (the same over the file's blocks, any number of rows).
+//! One [`GemvParams`] drives them all; the fused parts are fields of it: RMSNorm of the activation rows in the prologue (the GEMVs), the bias, the gate/up SwiGLU
 //! form (a second matrix streamed alongside), the residual add (`x += W a`) and the q/k/v
 //! split of a stacked matrix ([`matmul_split`]) in the epilogue.
 
 use cudarc::driver::CudaSlice;
 
-use super::{i32_of, launch, ptr, ptr_mut, shape_err, u32_of};
+use super::{i32_of, launch, launch_smem, ptr, ptr_mut, shape_err, u32_of};
 use crate::backend::BackendError;
 use crate::backend::cuda::buffers::{CudaAct, CudaMat, is_block_format};
 use crate::backend::cuda::device::CudaDevice;
@@ -21,6 +22,9 @@ use crate::backend::cuda::params::{
 /// Most activation rows a matrix product runs as GEMV (weights streamed once per 4 rows);
 /// more rows run as the tiled GEMM.
 pub const GEMV_MAX_ROWS: usize = 4;
+
+// The int8-activation path is the GEMV's: its CPU twin rounds as many rows.
+const _: () = assert!(GEMV_MAX_ROWS == crate::quant::INT8_ACT_MAX_ROWS);
 
 /// Bytes of the int8-activation scratch for `n` rows of `cols` (a multiple of 32): the
 /// codes, then from the next 256-byte boundary two floats per 32 codes
@@ -41,8 +45,7 @@ pub struct Fused<'a> {
     /// Added to every output row (at least `W.rows` values).
     pub bias: Option<&'a CudaSlice<f32>>,
     /// RMSNorm of each activation row in the prologue: the norm weight (at least `W.cols`
-    /// values) and eps (GEMV and quantized GEMV only: at most [`GEMV_MAX_ROWS`] rows for
-    /// F32/F16/BF16 weights).
+    /// values) and eps (GEMV and quantized GEMV only: at most [`GEMV_MAX_ROWS`] rows).
     pub norm: Option<(&'a CudaSlice<f32>, f32)>,
     /// `out += W x` (the residual add) instead of `out = W x`.
     pub accumulate: bool,
@@ -50,20 +53,26 @@ pub struct Fused<'a> {
 
 impl Fused<'_> {
     /// Whether the product can run with these parts for `n` rows of `w`: the norm and the
-    /// SwiGLU form need a GEMV (any row count for block formats).
+    /// SwiGLU form need a GEMV (at most [`GEMV_MAX_ROWS`] rows).
     pub fn runs_as_gemv_only(&self) -> bool {
         self.swiglu_up.is_some() || self.norm.is_some()
     }
 }
 
 /// Whether a product with GEMV-only parts ([`Fused::runs_as_gemv_only`]) can run for `n`
-/// rows of `w` (else the caller runs the fine ops).
-pub fn gemv_fits(w: &CudaMat, n: usize) -> bool {
-    n <= GEMV_MAX_ROWS || is_block_format(w.dtype)
+/// rows of `w` (else the caller runs the fine ops): at most [`GEMV_MAX_ROWS`] rows, every
+/// format (more rows run on the tensor cores or the tiled GEMM, which have no prologue).
+pub fn gemv_fits(_w: &CudaMat, n: usize) -> bool {
+    n <= GEMV_MAX_ROWS
 }
 
 /// Weight rows and activation rows per block of `gemm_mma.cu`.
 const MMA_TILE: usize = 16;
+
+/// Dynamic shared memory of `gemm_mma_qpack_<format>` (`MmaQSmem` in gemm_mma.cu, which
+/// asserts the same size): each of 4 warps' bf16 hi and lo stages of 16 rows x 64 columns,
+/// then the epilogue's 4 x 16 x 17 floats.
+const QMMA_SMEM_BYTES: u32 = 4 * 2 * 16 * 64 * 2 + 4 * 16 * 17 * 4;
 
 /// Whether `gemm_mma.cu` takes this product: BF16 weights with 16-byte aligned rows (a
 /// multiple of 8 columns, a 16-byte aligned start), 8-byte aligned activations (float2
@@ -252,6 +261,30 @@ fn product(
             .ok()
             .and_then(|i| k.gemv_qpack.get(i))
             .ok_or_else(|| shape_err(format!("no repacked GEMV for dtype {}", w.dtype)))?;
+        if n > GEMV_MAX_ROWS && w.rows.div_ceil(MMA_TILE) <= 65_535 {
+            // Verify rows and prefill: the tensor cores over units dequantized into shared
+            // memory (gemm_mma.cu), each weight read once per 16 rows.
+            let f = usize::try_from(w.dtype - TACHYON_DTYPE_Q4_0 as i32)
+                .ok()
+                .and_then(|i| k.gemm_mma_qpack.get(i))
+                .ok_or_else(|| {
+                    shape_err(format!("no tensor-core product for dtype {}", w.dtype))
+                })?;
+            let grid = (
+                u32_of(n.div_ceil(MMA_TILE), "rows")?,
+                u32_of(w.rows.div_ceil(MMA_TILE), "matrix rows")?,
+                1,
+            );
+            return launch_smem(
+                dev,
+                f,
+                grid,
+                (128, 1, 1),
+                QMMA_SMEM_BYTES,
+                &p,
+                "gemm_mma_qpack",
+            );
+        }
         if let Some(acts) = int8_acts {
             return int8_product(dev, acts, p, gemv_grid);
         }

@@ -59,6 +59,9 @@ pub(crate) struct KernelFns {
     pub(crate) quantize_act_q8: CudaFunction,
     pub(crate) gemm_f32out: CudaFunction,
     pub(crate) gemm_mma_bf16: CudaFunction,
+    /// `gemm_mma_qpack_<format>`: the same over repacked block matrices, in
+    /// `TACHYON_DTYPE_*` order from Q4_0.
+    pub(crate) gemm_mma_qpack: [CudaFunction; 8],
     pub(crate) rope_f32: CudaFunction,
     pub(crate) attn_kv_append: CudaFunction,
     pub(crate) attn_decode_split: CudaFunction,
@@ -116,6 +119,16 @@ impl KernelFns {
             quantize_act_q8: module.load_function("quantize_act_q8")?,
             gemm_f32out: module.load_function("gemm_f32out")?,
             gemm_mma_bf16: module.load_function("gemm_mma_bf16")?,
+            gemm_mma_qpack: [
+                module.load_function("gemm_mma_qpack_q4_0")?,
+                module.load_function("gemm_mma_qpack_q4_1")?,
+                module.load_function("gemm_mma_qpack_q5_0")?,
+                module.load_function("gemm_mma_qpack_q5_1")?,
+                module.load_function("gemm_mma_qpack_q8_0")?,
+                module.load_function("gemm_mma_qpack_q4_k")?,
+                module.load_function("gemm_mma_qpack_q5_k")?,
+                module.load_function("gemm_mma_qpack_q6_k")?,
+            ],
             rope_f32: module.load_function("rope_f32")?,
             attn_kv_append: module.load_function("attn_kv_append")?,
             attn_decode_split: module.load_function("attn_decode_split")?,
