@@ -113,7 +113,9 @@ impl CudaBackend {
             "scratch",
         )?;
         if self.int8_acts {
-            let len = matmul::int8_acts_len(max_batch, self.widest_packed);
+            // Only GEMV-sized products take int8 activations.
+            let rows = max_batch.min(GEMV_MAX_ROWS);
+            let len = matmul::int8_acts_len(rows, self.widest_packed);
             ensure(&self.dev, &mut self.qacts, len, "int8 activations")?;
         }
         Ok(())
@@ -126,9 +128,10 @@ impl CudaBackend {
         self.int8_acts = on;
     }
 
-    /// The int8-activation scratch for `n` rows of `w`, when `w` takes that path (grown on
-    /// demand for direct op calls; a session's `reserve` sized it already, so a captured
-    /// graph never sees it move).
+    /// The int8-activation scratch for `n` rows of `w`, when the product takes that path (a
+    /// repacked block matrix, at most `GEMV_MAX_ROWS` rows; grown on demand for direct op
+    /// calls: a session's `reserve` sized it already, so a captured graph never sees it
+    /// move).
     fn int8_scratch<'s>(
         dev: &CudaDevice,
         on: bool,
@@ -136,7 +139,7 @@ impl CudaBackend {
         w: &CudaMat,
         n: usize,
     ) -> Result<Option<&'s mut CudaSlice<u8>>, BackendError> {
-        if !on || !w.packed || !w.cols.is_multiple_of(repack::UNIT) {
+        if !on || !w.packed || n > GEMV_MAX_ROWS || !w.cols.is_multiple_of(repack::UNIT) {
             return Ok(None);
         }
         let len = matmul::int8_acts_len(n, w.cols);

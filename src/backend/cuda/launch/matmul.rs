@@ -5,9 +5,10 @@
 //! upload, dequantized in registers; f32 or, with `--int8-acts`, int8 activations), the
 //! `gemm_mma_qpack_<format>` kernels of `gemm_mma.cu` (those matrices on the tensor cores for
 //! more rows) and `gemv_quant.cu` (the same over the file's blocks, any number of rows).
-//! One [`GemvParams`] drives them all; the fused parts are fields of it: RMSNorm of the activation rows in the prologue (the GEMVs), the bias, the gate/up SwiGLU
-//! form (a second matrix streamed alongside), the residual add (`x += W a`) and the q/k/v
-//! split of a stacked matrix ([`matmul_split`]) in the epilogue.
+//! One [`GemvParams`] drives them all; the fused parts are fields of it: RMSNorm of the
+//! activation rows in the prologue (the GEMVs), the bias, the gate/up SwiGLU form (a second
+//! matrix streamed alongside), the residual add (`x += W a`) and the q/k/v split of a
+//! stacked matrix ([`matmul_split`]) in the epilogue.
 
 use cudarc::driver::CudaSlice;
 
