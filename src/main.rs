@@ -99,7 +99,7 @@ struct GenerateArgs {
     ctx: usize,
     /// Prompt tokens per forward call during prefill (each call reads every weight once;
     /// activation buffers for that many rows are allocated per cached sequence). Default:
-    /// 512 on the CPU, 64 on a GPU.
+    /// 512.
     #[arg(long, value_parser = prefill_chunk)]
     prefill_chunk: Option<usize>,
     /// CPU threads (default: all cores).

@@ -82,7 +82,7 @@ pub struct BenchArgs {
     pub(super) threads: Option<usize>,
     /// Prompt tokens per forward call during prefill (each call reads every weight once;
     /// activation buffers for that many rows are allocated per cached sequence). Default:
-    /// 512 on the CPU, 64 on a GPU.
+    /// 512.
     #[arg(long, value_parser = prefill_chunk)]
     pub(super) prefill_chunk: Option<usize>,
     /// CPU: exact f32 dot products instead of 8-bit activation quantization.

@@ -39,7 +39,7 @@ pub struct ServeArgs {
     pub slots: Option<usize>,
     /// Prompt tokens per forward call during prefill (each call reads every weight once;
     /// activation buffers for that many rows are allocated per cached sequence). Default:
-    /// 512 on the CPU, 64 on a GPU.
+    /// 512.
     #[arg(long, value_parser = prefill_chunk)]
     pub prefill_chunk: Option<usize>,
     /// Requests that may wait for the engine; more are answered 429.

@@ -77,9 +77,13 @@ pub struct EngineOptions {
 /// its first token 7-10% sooner in one chunk of 512 than in chunks of 64; the 1.5B model
 /// (k-quants only) did not move. The buffers of 512 rows are a few tens of MB.
 pub const CPU_PREFILL_CHUNK: usize = 512;
-/// Prompt tokens per forward call on a GPU by default (each slot's activations are sized
-/// for it; larger chunks wait on measurements of the tensor-core prefill).
-pub const CUDA_PREFILL_CHUNK: usize = 64;
+/// Prompt tokens per forward call on a GPU by default. Every format runs more than 4 rows
+/// on the tensor cores (BF16, and the block formats through their dequantized tiles), so a
+/// 512-token prompt in one call streams each weight from memory once, where 64-token chunks
+/// streamed it 8 times and ran 8 LM heads and logit copies. Each slot's activations are
+/// sized for it: about 57 MB on the 1B shape, 105 MB on the 8B one. Reasoned, not measured
+/// yet: `scripts/gpu-check.sh` times the same prompt in 64-token chunks beside it.
+pub const CUDA_PREFILL_CHUNK: usize = 512;
 
 /// Why an engine could not be built. Each variant names what failed; the underlying error
 /// is its `source` (printed once by the caller's error chain, not repeated here).
