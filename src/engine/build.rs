@@ -423,6 +423,9 @@ impl Placement {
                 Placement::Cpu { .. } => CPU_PREFILL_CHUNK,
                 Placement::Cuda { .. } => CUDA_PREFILL_CHUNK,
             }),
+            // `--int8-acts` is the GPU's: a CPU engine keeps its own activation quantization
+            // (a CPU session's rounded twin is for the tests that compare the two).
+            int8_acts: opts.session.int8_acts && matches!(self, Placement::Cuda { .. }),
             ..opts.session.clone()
         };
         let (backend, made) = match self {
