@@ -207,6 +207,102 @@ fn log_softmax(x: &[f32], scale: f64) -> Vec<f64> {
     x.iter().map(|&v| v as f64 / scale - lse).collect()
 }
 
+/// The logits of `prompt` then of each token of `forced` fed one at a time (a row per
+/// position), on a CPU session with `opts`.
+fn teacher_forced(
+    cfg: &tachyon::format::ModelConfig,
+    w: &tachyon::format::ModelWeights,
+    opts: &SessionOptions,
+    prompt: &[u32],
+    forced: &[u32],
+) -> Vec<Vec<f32>> {
+    let mut s = cpu_session(cfg, w, opts).unwrap();
+    let mut logits = vec![0f32; cfg.vocab_size];
+    let mut out = Vec::with_capacity(forced.len() + 1);
+    for (i, chunk) in std::iter::once(prompt).chain(forced.chunks(1)).enumerate() {
+        let pos = if i == 0 { 0 } else { prompt.len() + i - 1 };
+        s.step(
+            StepInput { tokens: chunk, pos },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap();
+        out.push(logits.clone());
+    }
+    out
+}
+
+/// The greedy continuation of `prompt`, `steps` tokens, on a CPU session with `opts`.
+fn greedy(
+    cfg: &tachyon::format::ModelConfig,
+    w: &tachyon::format::ModelWeights,
+    opts: &SessionOptions,
+    prompt: &[u32],
+    steps: usize,
+) -> Vec<u32> {
+    let mut s = cpu_session(cfg, w, opts).unwrap();
+    let mut logits = vec![0f32; cfg.vocab_size];
+    s.step(
+        StepInput {
+            tokens: prompt,
+            pos: 0,
+        },
+        Pick::Logits(&mut logits),
+        Rows::Last,
+    )
+    .unwrap();
+    let mut forced = Vec::with_capacity(steps);
+    for i in 0..steps {
+        let t = tachyon::engine::sampler::argmax(&logits);
+        forced.push(t);
+        s.step(
+            StepInput {
+                tokens: &[t],
+                pos: prompt.len() + i,
+            },
+            Pick::Logits(&mut logits),
+            Rows::Last,
+        )
+        .unwrap();
+    }
+    forced
+}
+
+/// Per-position means of KL(reference || got), the same KL with every row divided by the
+/// reference row's standard deviation, the logits' RMS error relative to the reference's
+/// spread; and the count of positions whose argmax agrees.
+fn distances(reference: &[Vec<f32>], got: &[Vec<f32>]) -> (f64, f64, f64, usize) {
+    let (mut kl, mut kl_std, mut rms, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (r, g) in reference.iter().zip(got) {
+        let vocab = r.len() as f64;
+        let mean = r.iter().map(|&v| v as f64).sum::<f64>() / vocab;
+        let std = (r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab)
+            .sqrt()
+            .max(1e-12);
+        for (scale, acc) in [(1.0, &mut kl), (std, &mut kl_std)] {
+            let (lr, lg) = (log_softmax(r, scale), log_softmax(g, scale));
+            *acc += lr
+                .iter()
+                .zip(&lg)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>()
+                .max(0.0);
+        }
+        let num: f64 = r
+            .iter()
+            .zip(g)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        let den: f64 = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum();
+        rms += (num / den.max(1e-30)).sqrt();
+        agree +=
+            usize::from(tachyon::engine::sampler::argmax(r) == tachyon::engine::sampler::argmax(g));
+    }
+    let f = reference.len() as f64;
+    assert!(kl.is_finite() && kl_std.is_finite() && rms.is_finite());
+    (kl / f, kl_std / f, rms / f, agree)
+}
+
 /// Teacher-forced comparison of quant mixes against reference weights: the reference's own
 /// greedy continuation of `prompt` is fed to every model, and at each position the next-token
 /// distributions are compared. Random weights give nearly one-hot distributions, so the KL is
@@ -227,66 +323,9 @@ fn quality_report(
         resident_weights: false,
         ..Default::default()
     };
-    let vocab = cfg.vocab_size;
     let steps = 32;
-    let run = |cfg: &tachyon::format::ModelConfig,
-               w: &tachyon::format::ModelWeights,
-               forced: &[u32]|
-     -> Vec<Vec<f32>> {
-        let mut s = cpu_session(cfg, w, &opts).unwrap();
-        let mut logits = vec![0f32; vocab];
-        s.step(
-            StepInput {
-                tokens: prompt,
-                pos: 0,
-            },
-            Pick::Logits(&mut logits),
-            Rows::Last,
-        )
-        .unwrap();
-        let mut out = vec![logits.clone()];
-        for (i, &t) in forced.iter().enumerate() {
-            s.step(
-                StepInput {
-                    tokens: &[t],
-                    pos: prompt.len() + i,
-                },
-                Pick::Logits(&mut logits),
-                Rows::Last,
-            )
-            .unwrap();
-            out.push(logits.clone());
-        }
-        out
-    };
-    let mut forced = Vec::new();
-    {
-        let mut s = cpu_session(cfg, w, &opts).unwrap();
-        let mut logits = vec![0f32; vocab];
-        s.step(
-            StepInput {
-                tokens: prompt,
-                pos: 0,
-            },
-            Pick::Logits(&mut logits),
-            Rows::Last,
-        )
-        .unwrap();
-        for i in 0..steps {
-            let t = tachyon::engine::sampler::argmax(&logits);
-            forced.push(t);
-            s.step(
-                StepInput {
-                    tokens: &[t],
-                    pos: prompt.len() + i,
-                },
-                Pick::Logits(&mut logits),
-                Rows::Last,
-            )
-            .unwrap();
-        }
-    }
-    let reference = run(cfg, w, &forced[..steps - 1]);
+    let forced = greedy(cfg, w, &opts, prompt, steps);
+    let reference = teacher_forced(cfg, w, &opts, prompt, &forced[..steps - 1]);
     let n = reference.len();
     println!("{label}: {n} positions, teacher-forced on the reference's greedy text");
     println!(
@@ -305,42 +344,55 @@ fn quality_report(
         )
         .unwrap();
         let (qcfg, qw, _src) = load_weights(&out).unwrap();
-        let got = run(&qcfg, &qw, &forced[..steps - 1]);
-        let (mut kl, mut kl_std, mut rms, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-        for (r, g) in reference.iter().zip(&got) {
-            let mean = r.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64;
-            let std = (r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab as f64)
-                .sqrt()
-                .max(1e-12);
-            for (scale, acc) in [(1.0, &mut kl), (std, &mut kl_std)] {
-                let (lr, lg) = (log_softmax(r, scale), log_softmax(g, scale));
-                *acc += lr
-                    .iter()
-                    .zip(&lg)
-                    .map(|(a, b)| a.exp() * (a - b))
-                    .sum::<f64>()
-                    .max(0.0);
-            }
-            let num: f64 = r
-                .iter()
-                .zip(g)
-                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-                .sum();
-            let den: f64 = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum();
-            rms += (num / den.max(1e-30)).sqrt();
-            agree += usize::from(
-                tachyon::engine::sampler::argmax(r) == tachyon::engine::sampler::argmax(g),
-            );
-        }
-        let f = n as f64;
-        println!(
-            "{mix:<8} {:>12.2e} {:>14.2e} {:>14.4} {:>7}/{n}",
-            kl / f,
-            kl_std / f,
-            rms / f,
-            agree
-        );
-        assert!(kl.is_finite() && kl_std.is_finite() && rms.is_finite());
+        let got = teacher_forced(&qcfg, &qw, &opts, prompt, &forced[..steps - 1]);
+        let (kl, kl_std, rms, agree) = distances(&reference, &got);
+        println!("{mix:<8} {kl:>12.2e} {kl_std:>14.2e} {rms:>14.4} {agree:>7}/{n}");
+    }
+}
+
+/// What int8 activations cost on the real models, for BENCHMARKS.md: the CPU twin of the
+/// GPU's `--int8-acts` (exact products over activations rounded to int8 per 32 values, in
+/// the products of at most 4 rows: decode steps; the prompt keeps f32, as the GPU's tensor
+/// cores do) against the same weights on f32 activations, teacher-forced on the f32 run's
+/// greedy text.
+#[test]
+#[ignore = "report for BENCHMARKS.md: run with --ignored --nocapture"]
+fn quality_of_int8_activations() {
+    println!(
+        "{:<42} {:>10} {:>14} {:>14} {:>10}",
+        "model", "KL", "KL (unit std)", "logit rel RMS", "argmax ="
+    );
+    for name in [common::SMOLLM2, common::QWEN_05B, common::QWEN_15B] {
+        let Some(path) = common::model_path(name) else {
+            println!("{name}: not fetched (scripts/fetch-models.sh)");
+            continue;
+        };
+        let m = Model::load(&path).unwrap();
+        let prompt = m
+            .tokenizer
+            .encode(
+                "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+                false,
+            )
+            .unwrap();
+        let (cfg, w, _src) = load_weights(&path).unwrap();
+        let f32_acts = SessionOptions {
+            ctx: 256,
+            precise: true,
+            resident_weights: false,
+            ..Default::default()
+        };
+        let int8_acts = SessionOptions {
+            int8_acts: true,
+            ..f32_acts.clone()
+        };
+        let steps = 32;
+        let forced = greedy(&cfg, &w, &f32_acts, &prompt, steps);
+        let reference = teacher_forced(&cfg, &w, &f32_acts, &prompt, &forced[..steps - 1]);
+        let got = teacher_forced(&cfg, &w, &int8_acts, &prompt, &forced[..steps - 1]);
+        let (kl, kl_std, rms, agree) = distances(&reference, &got);
+        let n = reference.len();
+        println!("{name:<42} {kl:>10.2e} {kl_std:>14.2e} {rms:>14.4} {agree:>7}/{n}");
     }
 }
 
