@@ -88,6 +88,9 @@ impl DraftModel {
             pos = end;
         }
         self.cached.extend_from_slice(&history[start..]);
+        if greedy {
+            return self.propose_greedy(next, k, out);
+        }
         loop {
             let token = match (next.take(), sampling.as_mut()) {
                 (Some(t), _) => t,
@@ -113,6 +116,43 @@ impl DraftModel {
             next = self.run(&[token], at, greedy)?;
             self.cached.push(token);
         }
+    }
+
+    /// The greedy proposals after `first` (the draft's pick after the history, `None` when
+    /// its logits were all NaN): up to `k - 1` decode steps as one run
+    /// ([`Session::decode_run`]), which a GPU session queues each before reading the last
+    /// one's pick, so the draft's steps follow each other on the device without waiting for
+    /// the host. The last proposal is not run (the next call catches up if it was kept);
+    /// a step the run made past a stop is not counted as cached.
+    fn propose_greedy(
+        &mut self,
+        first: Option<u32>,
+        k: usize,
+        out: &mut Vec<u32>,
+    ) -> Result<(), BackendError> {
+        let Some(first) = first.filter(|&t| t != NO_TOKEN) else {
+            return Ok(());
+        };
+        out.push(first);
+        if k == 1 {
+            return Ok(());
+        }
+        let at = self.cached.len();
+        let greedy = SamplingParams::greedy();
+        let mut picked = |t: u32| {
+            // All-NaN draft logits give no token: nothing more to propose.
+            if t == NO_TOKEN {
+                return false;
+            }
+            out.push(t);
+            out.len() < k
+        };
+        self.session
+            .decode_run(first, at, &greedy, k - 1, &mut picked)?;
+        // Each proposal but the last ran, at the positions after the history.
+        let ran = out.len() - 1;
+        self.cached.extend_from_slice(&out[..ran]);
+        Ok(())
     }
 
     /// Runs `tokens` at `pos`: greedy, the session's argmax of the last row; sampled, the
