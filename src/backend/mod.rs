@@ -135,13 +135,14 @@ pub fn position_seed(seed: u64, pos: usize) -> u64 {
     seed ^ (pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The token ids of a forward call: given by the host, or already in device memory (one
-/// token, what a replayed CUDA graph reads each step, so the graph need not change).
+/// The token ids of a forward call: given by the host, or already in device memory (what a
+/// replayed CUDA graph reads: a decode step's one token, a verify pass's rows, so the graph
+/// need not change).
 #[derive(Debug)]
 pub enum TokenIds<'a, D> {
     Host(&'a [u32]),
-    /// One token id in a backend buffer ([`Ops::DeviceTokens`]).
-    Device(&'a D),
+    /// The first `n` token ids of a backend buffer ([`Ops::DeviceTokens`]).
+    Device(&'a D, usize),
 }
 
 // By hand: both cases are references, so copies whatever `D` is (a derive would ask
@@ -165,7 +166,7 @@ impl<D> TokenIds<'_, D> {
     pub fn len(&self) -> usize {
         match self {
             TokenIds::Host(t) => t.len(),
-            TokenIds::Device(_) => 1,
+            TokenIds::Device(_, n) => *n,
         }
     }
 
@@ -308,7 +309,7 @@ pub trait Ops {
     type Kv;
     /// Precomputed rotary tables.
     type RopeTable;
-    /// A token id in device memory ([`TokenIds::Device`]); a backend without device inputs
+    /// Token ids in device memory ([`TokenIds::Device`]); a backend without device inputs
     /// uses `std::convert::Infallible`, so that case cannot be built.
     type DeviceTokens;
     /// A position in device memory ([`Position::Device`]); `Infallible` likewise.

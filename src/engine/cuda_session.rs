@@ -5,9 +5,10 @@
 //! `graph::llama` through it. A decode step picks on the device and copies back the 4-byte
 //! token (`Pick::Argmax` for plain greedy decoding, `Pick::Sample` for top-k / temperature
 //! / min-p / top-p) or the logits (`Pick::Logits`, when the host samples, e.g. with
-//! penalties). A verify pass (`Rows::All`) runs eagerly and picks each row's argmax on the
-//! device; the picks the device has no kernel for (a sampled verify, a multi-token
-//! prefill) are made on the host with the sampler's code.
+//! penalties). A greedy verify pass (`Rows::All`) is a graph replay too, one graph per row
+//! count, and picks each row's argmax on the device; the picks the device has no kernel for
+//! (a sampled verify, a multi-token prefill) are made on the host with the sampler's code,
+//! from an eager pass.
 //!
 //! A constrained decode step (`Pick::Masked`) runs in this order, each part for a reason:
 //! 1. the forward pass is queued: a graph captured without a pick (`DevicePick::Deferred`),
@@ -27,9 +28,10 @@ use crate::backend::cuda::{
     CudaAct, CudaBackend, CudaDevice, DecodeStep, DeviceDecoder, DevicePick, DeviceSampling,
     StepInputs,
 };
-use crate::backend::{AttnShape, BackendError, KvDtype, Ops, StepProfile};
+use crate::backend::{AttnShape, BackendError, KvDtype, Ops, Position, StepProfile, TokenIds};
 use crate::format::{ModelConfig, ModelWeights};
 use crate::graph::llama::{Llama, State};
+use cudarc::driver::CudaSlice;
 
 use super::sampler::SamplingParams;
 use crate::backend::position_seed;
@@ -66,6 +68,18 @@ impl DecodeStep for LlamaOnCuda {
     fn queue(&mut self, b: &mut CudaBackend, inputs: &StepInputs) -> Result<(), BackendError> {
         let (model, state) = self.parts();
         model.forward_logits(b, state, inputs.token_ids(), inputs.position())
+    }
+
+    fn queue_rows(
+        &mut self,
+        b: &mut CudaBackend,
+        tokens: &CudaSlice<u32>,
+        n: usize,
+        pos: &CudaSlice<i32>,
+    ) -> Result<(), BackendError> {
+        let (model, state) = self.parts();
+        let (ids, at) = (TokenIds::Device(tokens, n), Position::Device(pos));
+        model.forward_rows_logits(b, state, ids, at)
     }
 
     fn logits(&self) -> &CudaAct {
@@ -183,6 +197,10 @@ impl Session for CudaSession {
 
     fn logits_rows_copied(&self) -> u64 {
         self.rows_copied
+    }
+
+    fn verify_graph_rows(&self) -> Vec<usize> {
+        self.decoder.captured_verify_rows()
     }
 
     fn profile_step(&mut self, timed: bool) -> Result<Option<StepProfile>, BackendError> {
@@ -411,15 +429,13 @@ impl CudaSession {
         Ok(StepOutput::Tokens(Picked::from_slice(&[next])))
     }
 
-    /// Runs the verify rows eagerly (their shape changes with K, so no graph) and picks
-    /// each row's argmax on the device: K+1 ids come back instead of K+1 rows of logits.
+    /// Runs the verify rows (a graph per row count, `DeviceDecoder::verify_argmax`) and
+    /// picks each row's argmax on the device: K+1 ids come back instead of K+1 rows of
+    /// logits.
     fn verify_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<StepOutput, BackendError> {
         let n = tokens.len();
-        let (b, m) = self.decoder.parts_mut();
-        let (model, s) = m.parts();
-        model.forward_rows_logits(b, s, tokens, pos)?;
         let mut out = [0u32; MAX_VERIFY_ROWS];
-        self.decoder.argmax_rows(&mut out[..n])?;
+        self.decoder.verify_argmax(tokens, pos, &mut out[..n])?;
         Ok(StepOutput::Tokens(Picked::from_slice(&out[..n])))
     }
 }

@@ -178,6 +178,13 @@ pub trait Session: Send {
         0
     }
 
+    /// The row counts of the verify passes this session replays as captured graphs, in
+    /// capture order (none for a session without graphs): how a test tells that a verify
+    /// step is one replay.
+    fn verify_graph_rows(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
     /// KV caches this session holds (slots), each of [`Session::ctx`] positions.
     fn slots(&self) -> usize {
         1

@@ -193,7 +193,7 @@ impl<B: Ops> Llama<B> {
             logits.len() == tokens.len() * self.cfg.vocab_size,
             "caller checks the verify shape"
         );
-        self.forward_rows_logits(b, s, tokens, pos)?;
+        self.forward_rows_logits(b, s, TokenIds::Host(tokens), Position::Host(pos))?;
         let Some(out) = s.rows_logits.as_ref() else {
             unreachable!("made by forward_rows_logits")
         };
@@ -201,17 +201,19 @@ impl<B: Ops> Llama<B> {
     }
 
     /// [`Llama::forward_rows`] without reading the logits back: they stay in the backend,
-    /// one row per token (see [`Llama::rows_logits`]), for a device-side pick.
+    /// one row per token (see [`Llama::rows_logits`]), for a device-side pick. With the
+    /// token ids and position in device memory it queues only device work, so a GPU
+    /// backend can capture a verify pass of each row count into a CUDA graph.
     pub fn forward_rows_logits(
         &self,
         b: &mut B,
         s: &mut State<B>,
-        tokens: &[u32],
-        pos: usize,
+        tokens: TokenIds<'_, B::DeviceTokens>,
+        pos: Position<'_, B::DevicePos>,
     ) -> Result<(), BackendError> {
         let (n, c) = (tokens.len(), &self.cfg);
         assert!(n <= MAX_VERIFY_ROWS, "caller checks the verify shape");
-        self.layers_forward(b, s, TokenIds::Host(tokens), Position::Host(pos), None)?;
+        self.layers_forward(b, s, tokens, pos, None)?;
         if s.rows_logits.is_none() {
             s.rows_logits = Some(b.alloc_act(MAX_VERIFY_ROWS.min(s.max_batch), c.vocab_size)?);
         }

@@ -625,25 +625,44 @@ fn speculative_greedy_on_device_matches_plain_greedy() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }
-    let rows: Vec<u32> = (0..9).map(|i| prompt[i]).collect();
-    let verify = StepInput {
-        tokens: &rows,
-        pos: prompt.len(),
-    };
-    let picks = s
-        .step(verify, Pick::Argmax, Rows::All)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .tokens()
-        .to_vec();
-    assert_eq!(picks.len(), rows.len(), "one device pick per verify row");
-    let mut all = vec![f32::NAN; rows.len() * vocab];
-    s.step(verify, Pick::Logits(&mut all), Rows::All)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let host: Vec<u32> = all
-        .chunks_exact(vocab)
-        .map(tachyon::engine::sampler::argmax)
-        .collect();
-    assert_eq!(picks, host, "device and host argmax of the verify rows");
+    // Each row count's first pass runs eagerly from the device-side inputs, and its later
+    // passes replay the graph captured from it: every one must pick the host's argmax of
+    // an eager pass over the same rows (new random rows each time, so a replay that read
+    // stale inputs would pick other tokens).
+    let counts = [9, 3, 9, 1, 3, 16, 9];
+    for (round, n) in counts.into_iter().enumerate() {
+        let rows: Vec<u32> = (0..n)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+            .collect();
+        let verify = StepInput {
+            tokens: &rows,
+            pos: prompt.len(),
+        };
+        let picks = s
+            .step(verify, Pick::Argmax, Rows::All)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .tokens()
+            .to_vec();
+        assert_eq!(picks.len(), n, "one device pick per verify row");
+        let mut all = vec![f32::NAN; n * vocab];
+        s.step(verify, Pick::Logits(&mut all), Rows::All)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let host: Vec<u32> = all
+            .chunks_exact(vocab)
+            .map(tachyon::engine::sampler::argmax)
+            .collect();
+        assert_eq!(
+            picks, host,
+            "pass {round} ({n} rows): device and host argmax"
+        );
+    }
+    if std::env::var_os("TACHYON_NO_CUDA_GRAPH").is_none() {
+        assert_eq!(
+            s.verify_graph_rows(),
+            [9, 3, 1, 16],
+            "one graph per row count"
+        );
+    }
 
     // Several rounds of 6 proposals; fewer under the emulated GPU.
     let params = GenerateParams {

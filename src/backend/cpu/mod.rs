@@ -146,7 +146,7 @@ impl Ops for CpuBackend {
     ) -> Result<(), BackendError> {
         let tokens = match tokens.into() {
             TokenIds::Host(t) => t,
-            TokenIds::Device(never) => match *never {},
+            TokenIds::Device(never, _) => match *never {},
         };
         let d = out.width;
         for (i, &t) in tokens.iter().enumerate() {

@@ -167,20 +167,13 @@ impl CudaBackend {
     }
 
     /// A position as the kernels take it: the host value, or 0 and the address of the
-    /// device value (which the kernels then read instead). A device position drives one
-    /// row; the host shape checks then run at position 0, and whoever writes the value
-    /// checks it against the context.
-    fn split_pos(
-        &self,
-        pos: Position<'_, CudaSlice<i32>>,
-        n: usize,
-    ) -> Result<(usize, *const i32), BackendError> {
+    /// device value (which the kernels then read instead: row i of a call is at that
+    /// value plus i). The host shape checks then run at position 0, and whoever writes the
+    /// value checks it against the context.
+    fn split_pos(&self, pos: Position<'_, CudaSlice<i32>>) -> (usize, *const i32) {
         match pos {
-            Position::Host(p) => Ok((p, std::ptr::null())),
-            Position::Device(_) if n > 1 => Err(shape_err(format!(
-                "a device-side position drives one row, not {n}"
-            ))),
-            Position::Device(p) => Ok((0, ptr(p, &self.dev) as *const i32)),
+            Position::Host(p) => (p, std::ptr::null()),
+            Position::Device(p) => (0, ptr(p, &self.dev) as *const i32),
         }
     }
 
@@ -617,7 +610,7 @@ impl Ops for CudaBackend {
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
         match tokens.into() {
-            TokenIds::Device(ids) => embed::embed(&self.dev, table, ids, 1, out),
+            TokenIds::Device(ids, n) => embed::embed(&self.dev, table, ids, n, out),
             TokenIds::Host(tokens) => {
                 if tokens.is_empty() {
                     return Ok(());
@@ -865,7 +858,7 @@ impl Ops for CudaBackend {
         pos: impl Into<Position<'p, CudaSlice<i32>>>,
         n: usize,
     ) -> Result<(), BackendError> {
-        let pos = self.split_pos(pos.into(), n)?;
+        let pos = self.split_pos(pos.into());
         rope::rope(&self.dev, x, t, n_heads, pos, n)
     }
 
@@ -880,7 +873,7 @@ impl Ops for CudaBackend {
         n: usize,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let pos = self.split_pos(pos.into(), n)?;
+        let pos = self.split_pos(pos.into());
         // Partials for the split count the launcher will choose (for a device position it
         // sizes the splits for the whole cache).
         let on_host = (pos.0, pos.1.is_null());
@@ -929,7 +922,7 @@ impl Ops for CudaBackend {
             // kernel runs every row at once).
             return rope_attention_unfused(self, q, k, v, norms, t, kv, shape, pos, n, out);
         }
-        let pos = self.split_pos(pos, n)?;
+        let pos = self.split_pos(pos);
         let visible = if pos.1.is_null() { pos.0 + 1 } else { kv.ctx };
         let slots = shape.n_heads * max_splits(self.sm_count, &shape, visible);
         self.reserve_partials(slots, slots * shape.head_dim)?;

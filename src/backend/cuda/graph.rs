@@ -17,7 +17,9 @@
 //! memory, asynchronous) and the masked pick behind the graph on the same stream, and
 //! [`DeviceDecoder::read_next`] is still the step's one synchronization.
 //!
-//! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps eagerly (same kernels, one launch
+//! Speculative verify passes are captured too, one graph per row count (`verify.rs`).
+//!
+//! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps and verify passes eagerly (same kernels, one launch
 //! each), e.g. to tell a graph problem from a kernel problem.
 
 use std::sync::Arc;
@@ -31,6 +33,9 @@ use super::launch::dev_err;
 use super::launch::penalty;
 use super::launch::sample::{self as pick_kernels, SampleFilters};
 use crate::backend::{BackendError, Position, StepProfile, TokenIds, position_seed};
+
+mod verify;
+use verify::VerifyGraphs;
 
 /// How a decode step picks the next token on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,7 +62,7 @@ pub struct StepInputs {
 impl StepInputs {
     /// The token id, as the ops take it (`Ops::embed`).
     pub fn token_ids(&self) -> TokenIds<'_, CudaSlice<u32>> {
-        TokenIds::Device(&self.token)
+        TokenIds::Device(&self.token, 1)
     }
 
     /// The position, as the ops take it (`Ops::rope`, `Ops::attention`).
@@ -74,6 +79,16 @@ pub trait DecodeStep {
     /// [`DecodeStep::logits`]. It is captured into a graph, so it must queue device work
     /// only: no host copy, no synchronization, no allocation.
     fn queue(&mut self, b: &mut CudaBackend, inputs: &StepInputs) -> Result<(), BackendError>;
+    /// Queues the forward pass of the first `n` ids of `tokens` at positions `*pos..`
+    /// (a verify pass: at most the state's batch, which the caller checks), leaving every
+    /// row's logits in [`DecodeStep::rows_logits`]. Captured like [`DecodeStep::queue`].
+    fn queue_rows(
+        &mut self,
+        b: &mut CudaBackend,
+        tokens: &CudaSlice<u32>,
+        n: usize,
+        pos: &CudaSlice<i32>,
+    ) -> Result<(), BackendError>;
     /// The logits of the last step (one row, vocabulary wide).
     fn logits(&self) -> &CudaAct;
     /// The logits of the last multi-row (verify) pass, one row per token, if one ran.
@@ -168,6 +183,8 @@ pub struct DeviceDecoder<M> {
     /// buffers, weights and kernel module below, so it must be destroyed before any of
     /// them is freed.
     graphs: Vec<(GraphKey, StepGraph)>,
+    /// The captured verify passes and their inputs (their graphs drop first inside).
+    verify: VerifyGraphs,
     inputs: StepInputs,
     /// What `inputs` and `picks.rng` hold once the last step's `step_advance` ran, when
     /// the host knows it (after reading that step's token): a step whose token, position
@@ -230,6 +247,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
             !std::env::var("TACHYON_NO_CUDA_GRAPH").is_ok_and(|v| !matches!(v.trim(), "" | "0"));
         Ok(DeviceDecoder {
             graphs: Vec::new(),
+            verify: VerifyGraphs::new(backend.device(), max_rows)?,
             inputs: StepInputs {
                 token: s.alloc_zeros::<u32>(1).map_err(e())?,
                 pos: s.alloc_zeros::<i32>(1).map_err(e())?,
@@ -282,6 +300,7 @@ impl<M: DecodeStep> DeviceDecoder<M> {
     /// step now reads other buffers (another slot's KV cache and activations).
     pub fn forget_capture(&mut self) {
         self.graphs.clear();
+        self.verify.forget();
         self.advanced = None;
     }
 
@@ -654,38 +673,6 @@ impl<M: DecodeStep> DeviceDecoder<M> {
         self.backend.read_row(self.model.logits(), out)
     }
 
-    /// The argmax of each of the first `out.len()` rows of the last verify pass, picked on
-    /// the device: that many ids come back instead of that many rows of logits.
-    pub fn argmax_rows(&mut self, out: &mut [u32]) -> Result<(), BackendError> {
-        let n = out.len();
-        if n > self.picks.rows_next.len() {
-            return Err(BackendError::Device(format!(
-                "CUDA: {n} verify rows, at most {}",
-                self.picks.rows_next.len()
-            )));
-        }
-        let Some(logits) = self.model.rows_logits() else {
-            return Err(BackendError::Device(
-                "CUDA: the verify pass left no logits".into(),
-            ));
-        };
-        let p = &mut self.picks;
-        for row in 0..n {
-            self.backend.argmax_row(
-                logits,
-                row,
-                &mut p.rows_next,
-                row,
-                &mut p.part_val,
-                &mut p.part_idx,
-            )?;
-        }
-        let s = self.stream();
-        s.memcpy_dtoh(&self.picks.rows_next.slice(..n), out)
-            .map_err(dev_err("reading the verify picks"))?;
-        s.synchronize().map_err(dev_err("running the verify pass"))
-    }
-
     fn stream(&self) -> Arc<CudaStream> {
         self.backend.device().stream().clone()
     }
@@ -750,19 +737,25 @@ impl<M: DecodeStep> DeviceDecoder<M> {
 
     /// Records the step (begin / end capture on the device stream) into a graph.
     fn capture(&mut self, key: GraphKey) -> Result<StepGraph, BackendError> {
+        self.record(|d| d.queue_step(key))
+    }
+
+    /// Records what `queue` queues on the device stream into a graph.
+    fn record(
+        &mut self,
+        queue: impl FnOnce(&mut Self) -> Result<(), BackendError>,
+    ) -> Result<StepGraph, BackendError> {
         let s = self.stream();
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(dev_err("starting graph capture"))?;
-        let queued = self.queue_step(key);
+        let queued = queue(self);
         // End the capture whatever happened, so the stream is usable again.
         let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
         queued?;
-        let graph = ended.map_err(dev_err("instantiating the decode graph"))?;
+        let graph = ended.map_err(dev_err("instantiating the graph"))?;
         let graph = graph
             .ok_or_else(|| BackendError::Device("CUDA graph capture recorded nothing".into()))?;
-        graph
-            .upload()
-            .map_err(dev_err("uploading the decode graph"))?;
+        graph.upload().map_err(dev_err("uploading the graph"))?;
         Ok(StepGraph(graph))
     }
 }

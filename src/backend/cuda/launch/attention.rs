@@ -145,7 +145,7 @@ pub fn partial_slots(shape: &AttnShape, n: usize, splits: usize) -> (usize, usiz
 /// `Ops::attention`: append `k`, `v` (the first `n` rows, at positions `pos..pos + n`) to
 /// the cache, then causal attention of each query row over the cache up to its position.
 /// `pos_dev` (when not null) is the device address of the position, which the kernels read
-/// instead of `pos` (then 0, and `n` is 1); `visible` sizes the split count.
+/// instead of `pos` (then 0; row i is at that value + i); `visible` sizes the split count.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     dev: &CudaDevice,
