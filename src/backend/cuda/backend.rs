@@ -4,21 +4,19 @@
 //! `launch/` (shape checks, params, launch), whose buffers it passes.
 //!
 //! Every launch goes on the device's one stream; nothing here synchronizes except
-//! `read_row` and the `*_to_host` helpers (copies back to the host).
+//! `read_row` and the `*_to_host` helpers (copies back to the host, `host_copies.rs`). The
+//! on-device picks are in `picks.rs`.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits, sys};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of, kv_decode, kv_encode};
+use super::buffers::{CudaAct, CudaKv, CudaMat, CudaRope, dtype_of};
 use super::device::CudaDevice;
 use super::launch::attention::{Partials, attn_splits, call_splits, max_split_rows, partial_slots};
 use super::launch::matmul::{Fused, GEMV_MAX_ROWS, gemv_fits};
-use super::launch::penalty::no_advance;
 use super::launch::rope_attention::{FusedScratch, Norms, head_blocks, head_dim_index, max_splits};
-use super::launch::sample::SampleFilters;
 use super::launch::{
-    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, rope_attention, sample,
-    shape_err,
+    attention, dev_err, elementwise, embed, matmul, norm, ptr, rope, rope_attention, shape_err,
 };
 use super::repack;
 use crate::backend::{
@@ -26,6 +24,9 @@ use crate::backend::{
     rope_attention_unfused, separate_qkv,
 };
 use crate::format::{Rope, RopeStyle, Weight};
+
+mod host_copies;
+mod picks;
 
 pub struct CudaBackend {
     dev: CudaDevice,
@@ -203,202 +204,6 @@ impl CudaBackend {
 
     pub fn device(&self) -> &CudaDevice {
         &self.dev
-    }
-
-    /// Index of the largest of the `n` first values of `logits` row 0, on the device: the
-    /// token id lands in `out[0]` (lowest index on ties, NaN never chosen).
-    pub fn argmax(
-        &mut self,
-        logits: &CudaAct,
-        out: &mut CudaSlice<u32>,
-        part_val: &mut CudaSlice<f32>,
-        part_idx: &mut CudaSlice<i32>,
-    ) -> Result<(), BackendError> {
-        self.argmax_row(logits, 0, out, 0, part_val, part_idx)
-    }
-
-    /// [`CudaBackend::argmax`] of row `row` of `logits` into `out[slot]`. Rows picked one
-    /// after another on the stream may share the partial buffers.
-    pub fn argmax_row(
-        &mut self,
-        logits: &CudaAct,
-        row: usize,
-        out: &mut CudaSlice<u32>,
-        slot: usize,
-        part_val: &mut CudaSlice<f32>,
-        part_idx: &mut CudaSlice<i32>,
-    ) -> Result<(), BackendError> {
-        sample::argmax_row(
-            &self.dev,
-            logits,
-            row,
-            None,
-            out,
-            slot,
-            part_val,
-            part_idx,
-            no_advance(),
-        )
-    }
-
-    /// [`CudaBackend::argmax`] among the tokens `mask` allows (vocabulary/32 words in device
-    /// memory, bit `i % 32` of word `i / 32` allows token `i`): a refused token is no
-    /// candidate, so `out[0]` is `TACHYON_NO_TOKEN` when no allowed logit is a number.
-    pub fn argmax_masked(
-        &mut self,
-        logits: &CudaAct,
-        mask: &CudaSlice<u32>,
-        out: &mut CudaSlice<u32>,
-        part_val: &mut CudaSlice<f32>,
-        part_idx: &mut CudaSlice<i32>,
-    ) -> Result<(), BackendError> {
-        sample::argmax_row(
-            &self.dev,
-            logits,
-            0,
-            Some(mask),
-            out,
-            0,
-            part_val,
-            part_idx,
-            no_advance(),
-        )
-    }
-
-    /// [`CudaBackend::sample`] among the tokens `mask` allows (as
-    /// [`CudaBackend::argmax_masked`]): the CPU sampler's distribution over them.
-    pub fn sample_masked(
-        &mut self,
-        logits: &CudaAct,
-        mask: &CudaSlice<u32>,
-        work: &mut CudaSlice<f32>,
-        out: &mut CudaSlice<u32>,
-        rng: &mut CudaSlice<u64>,
-        filters: SampleFilters,
-    ) -> Result<(), BackendError> {
-        sample::sample(
-            &self.dev,
-            logits,
-            Some(mask),
-            work,
-            out,
-            rng,
-            filters,
-            no_advance(),
-            None,
-        )
-    }
-
-    /// Draws a token from row 0 of `logits` into `out[0]` with the CPU sampler's filters
-    /// (top-k, softmax at `temperature`, min-p, top-p; see `SampleParams`), the uniform
-    /// number coming from the SplitMix64 state in `rng[0]`, which the draw advances.
-    /// `work` is zeroed scratch of [`Self::sample_work_len`] words, reused from draw to draw.
-    /// Penalties are not applied.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample(
-        &mut self,
-        logits: &CudaAct,
-        work: &mut CudaSlice<f32>,
-        out: &mut CudaSlice<u32>,
-        rng: &mut CudaSlice<u64>,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-    ) -> Result<(), BackendError> {
-        let filters = SampleFilters {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-        };
-        sample::sample(
-            &self.dev,
-            logits,
-            None,
-            work,
-            out,
-            rng,
-            filters,
-            no_advance(),
-            None,
-        )
-    }
-
-    /// Partial slots `argmax` needs for a vocabulary of `n`.
-    pub fn argmax_parts(n: usize) -> usize {
-        sample::argmax_parts(n)
-    }
-
-    /// Words of zeroed scratch (`work`) `sample` needs for a vocabulary of `n`.
-    pub fn sample_work_len(n: usize) -> usize {
-        sample::sample_work_len(n)
-    }
-
-    /// An activation matrix holding `data` (`rows * width` values).
-    pub fn act_from_host(
-        &mut self,
-        rows: usize,
-        width: usize,
-        data: &[f32],
-    ) -> Result<CudaAct, BackendError> {
-        if data.len() != rows * width {
-            return Err(shape_err(format!(
-                "{} values for a [{rows} x {width}] matrix",
-                data.len()
-            )));
-        }
-        let buf = self
-            .dev
-            .stream()
-            .clone_htod(data)
-            .map_err(dev_err("uploading activations"))?;
-        Ok(CudaAct { buf, rows, width })
-    }
-
-    /// All values of an activation matrix, after the queued work finished.
-    pub fn act_to_host(&mut self, x: &CudaAct) -> Result<Vec<f32>, BackendError> {
-        let v = self
-            .dev
-            .stream()
-            .clone_dtoh(&x.buf)
-            .map_err(dev_err("reading activations"))?;
-        self.dev.synchronize().map_err(dev_err("running kernels"))?;
-        Ok(v)
-    }
-
-    /// A KV cache of the backend's element type holding `k` and `v` (`ctx * kv_dim` values
-    /// each, rounded to that type).
-    pub fn kv_from_host(
-        &mut self,
-        ctx: usize,
-        kv_dim: usize,
-        k: &[f32],
-        v: &[f32],
-    ) -> Result<CudaKv, BackendError> {
-        if k.len() != ctx * kv_dim || v.len() != ctx * kv_dim {
-            return Err(shape_err("KV cache contents of the wrong size".into()));
-        }
-        let s = self.dev.stream();
-        let d = self.kv_dtype;
-        Ok(CudaKv {
-            k: s.clone_htod(&kv_encode(d, k))
-                .map_err(dev_err("uploading a KV cache"))?,
-            v: s.clone_htod(&kv_encode(d, v))
-                .map_err(dev_err("uploading a KV cache"))?,
-            ctx,
-            kv_dim,
-            dtype: d,
-        })
-    }
-
-    /// The K and V caches' contents widened to f32, after the queued work finished.
-    pub fn kv_to_host(&mut self, kv: &CudaKv) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
-        let s = self.dev.stream();
-        let k = s.clone_dtoh(&kv.k).map_err(dev_err("reading a KV cache"))?;
-        let v = s.clone_dtoh(&kv.v).map_err(dev_err("reading a KV cache"))?;
-        self.dev.synchronize().map_err(dev_err("running kernels"))?;
-        Ok((kv_decode(kv.dtype, &k), kv_decode(kv.dtype, &v)))
     }
 
     /// Splits of the sequence for flash-decoding on this device; see [`attn_splits`].
