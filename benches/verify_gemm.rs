@@ -2,9 +2,9 @@
 //! tensor cores): speculative verify steps (8 and 16 rows) on the Llama-3.2-1B and
 //! Llama-3.1-8B shapes as GB/s, % of the device-to-device copy bandwidth and their cost in
 //! single-token GEMVs of the same matrix (the target: at most 1.3x for 8 rows), and
-//! a 512-row prefill chunk as TFLOP/s; then the 8B verify products again with Q4_K and Q8_0
-//! weights (gemm_mma.cu's qpack kernels, against the repacked GEMV of one row); timed with
-//! CUDA events.
+//! a 512-row prefill chunk as TFLOP/s (BF16, and Q4_K through the qpack kernels' wide form);
+//! then the 8B verify products again with Q4_K and Q8_0 weights (gemm_mma.cu's qpack
+//! kernels, against the repacked GEMV of one row); timed with CUDA events.
 //!
 //!     cargo bench --bench verify_gemm
 //!
@@ -125,16 +125,24 @@ fn main() {
             );
         }
     }
-    // A 512-row prefill chunk through the 1B and 8B gate products.
-    for (shape, rows, cols) in [("1b-gate", 8192usize, 2048usize), ("8b-gate", 14_336, 4096)] {
+    // A 512-row prefill chunk through the 1B and 8B gate products: BF16, then Q4_K (the
+    // wide form of the qpack kernels, 64 tokens a block).
+    let gates = [("1b-gate", 8192usize, 2048usize), ("8b-gate", 14_336, 4096)];
+    let prefill = gates.iter().map(|&s| (GgmlType::BF16, s));
+    for (ty, (shape, rows, cols)) in prefill.chain(gates.iter().map(|&s| (GgmlType::Q4K, s))) {
         let n = 512;
-        let w = b
-            .upload_matrix(&bf16_weight(rows, cols, 2))
-            .expect("upload");
+        let host = match ty {
+            GgmlType::BF16 => bf16_weight(rows, cols, 2),
+            _ => weight(ty, rows, cols, 2),
+        };
+        let w = b.upload_matrix(&host).expect("upload");
         let mut f = product(&mut b, &w, rows, cols, n);
         let per = per_call(&mut b, &mut f);
         let flops = 2 * rows * cols * n;
-        let id = format!("{shape}-n{n}");
+        let id = match ty {
+            GgmlType::BF16 => format!("{shape}-n{n}"),
+            _ => format!("{shape}-{}-n{n}", ty.name()),
+        };
         println!(
             "prefill_gemm/{id}: {:.1} us, {:.1} TFLOP/s",
             per * 1e6,

@@ -73,9 +73,22 @@
  * per warp the loads are exposed (~4 x 36 B per warp per chunk, 16-32 warps per SM: ~10-20
  * KB in flight, about what an H100 needs) and the decode + split is ~12 ops per weight per
  * block, spread over 16-32 tokens; verify steps should stream at well under the GEMV's
- * fraction of copy bandwidth, yet read half the bytes at 8 rows. Prefill stays far from
- * the tensor rate (each block decodes its tile again per 16 tokens); dequantizing a weight
- * tile once for 64-128 tokens is the next step.
+ * fraction of copy bandwidth, yet read half the bytes at 8 rows.
+ *
+ * `gemm_mma_qpack_wide_<format>`: the same for prefill chunks of 64 rows and more, with 64
+ * tokens a block (8 n8 tiles; grid (ceil(n / 64), ceil(rows / 16))), so each unit is
+ * decoded and split once per 64 tokens instead of once per 16. Per 16x16 weight fragment a
+ * lane then issues 24 MMAs against ~96 decode/split instructions (6 against the same at 16
+ * tokens) and ~80 for splitting the 8 tiles' activations; the weights are read once per
+ * 64 tokens (a quarter of the narrow form's L2 traffic for them). 32 accumulators a lane;
+ * dynamic shared memory 33 KB (the stages and a 4 x 64 x 17 float epilogue). Expected
+ * (reasoned, unmeasured): decode-bound like the narrow form, so about 2-3x its prefill
+ * throughput on quantized matrices, still far from the tensor rate, because activations
+ * are re-read and re-split per 16 weight rows; staging split activations in shared memory
+ * across 64-128 weight rows (and wgmma / TMA on sm_90a) is the next step. A 64-127 token
+ * chunk makes a quarter of the narrow form's blocks: on small matrices (1B o-proj: 128
+ * row blocks) one wave instead of four, each block 4x the work. ptxas: 80-128 registers
+ * (sm_80), 80-96 (sm_90a), no spills (nvcc.log).
  */
 #include "gemv_fused.cuh"
 #include "qpack.cuh"
@@ -88,6 +101,7 @@ constexpr int kMmaWarps = 4;                   // K-split across the warps of a 
 constexpr int kMmaThreads = kMmaWarps * 32;    // block size
 constexpr int kMmaRows = 16;                   // weight rows per block (the MMA's M)
 constexpr int kMmaTokens = 16;                 // activation rows per block (two n8 tiles)
+constexpr int kMmaWideTiles = 8;               // n8 tiles per block of the wide (prefill) form
 constexpr int kMmaChunk = 64;                  // K columns per stage (128 bytes a row)
 constexpr int kMmaPieces = kMmaChunk / 8;      // 16-byte pieces per row of a stage
 constexpr int kMmaStages = 4;                  // ring depth per warp (3 chunks in flight)
@@ -135,21 +149,25 @@ __device__ __forceinline__ float2 mma_x2(const GemvParams& p, int t, int k) {
 
 // The block's epilogue: the 4 warps' partial sums added in a fixed order through shared
 // memory (deterministic), the bias, and the store (gemv_fused.cuh: residual add, q/k/v split).
-using MmaRed = float[kMmaWarps][kMmaTokens][kMmaRows + 1];
+// kTiles n8 token tiles per block: 2 (16 tokens) or kMmaWideTiles.
+template <int kTiles>
+using MmaRedT = float[kMmaWarps][kTiles * 8][kMmaRows + 1];
+using MmaRed = MmaRedT<2>;
 
-__device__ __forceinline__ void mma_finish(const GemvParams& p, MmaRed& red, const float acc[2][4],
-                                           int warp, int tok0, int row0) {
+template <int kTiles>
+__device__ __forceinline__ void mma_finish(const GemvParams& p, MmaRedT<kTiles>& red,
+                                           const float acc[kTiles][4], int warp, int tok0, int row0) {
     const int lane = threadIdx.x % 32;
     const int g = lane / 4, tig = lane % 4;
     // D fragment: element e at row g (+8 when e >= 2), token 2 tig + (e & 1) of tile nt.
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kTiles; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) red[warp][nt * 8 + 2 * tig + (e & 1)][g + (e >= 2 ? 8 : 0)] = acc[nt][e];
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kMmaRows * kMmaTokens / kMmaThreads; ++j) {
+    for (int j = 0; j < kMmaRows * kTiles * 8 / kMmaThreads; ++j) {
         const int o = threadIdx.x + j * kMmaThreads;
         const int tt = o / kMmaRows, rr = o % kMmaRows;  // consecutive threads: consecutive rows
         const int t = tok0 + tt, r = row0 + rr;
@@ -203,22 +221,26 @@ __device__ __forceinline__ void mma_stage_unit(const qpack::Unit& un, bool valid
 }
 
 // Each warp's hi and lo stage (16 rows x 64 columns of bf16 each) and the epilogue's sums.
-// Dynamic shared memory: 8 kernels with 20 KB each of static shared memory would be
-// counted as one file's 166 KB by the emulated device; the launcher passes this size
-// (QMMA_SMEM_BYTES in src/backend/cuda/launch/matmul.rs).
+// Dynamic shared memory: 16 kernels with 20-33 KB each of static shared memory would be
+// counted as one file's 400 KB by the emulated device; the launcher passes these sizes
+// (QMMA_SMEM_BYTES and QMMA_WIDE_SMEM_BYTES in src/backend/cuda/launch/matmul.rs).
+template <int kTiles>
 struct MmaQSmem {
     uint4 w[kMmaWarps][2][kMmaStageU4];
-    MmaRed red;
+    MmaRedT<kTiles> red;
 };
-static_assert(sizeof(MmaQSmem) == 20736, "QMMA_SMEM_BYTES in launch/matmul.rs");
+static_assert(sizeof(MmaQSmem<2>) == 20736, "QMMA_SMEM_BYTES in launch/matmul.rs");
+static_assert(sizeof(MmaQSmem<kMmaWideTiles>) == 33792, "QMMA_WIDE_SMEM_BYTES in launch/matmul.rs");
 
-template <int kF>
-__device__ __forceinline__ void mma_qpack(const GemvParams& p, MmaQSmem& sm) {
+// kTiles n8 token tiles per block: 2 (verify rows, short prompts) or kMmaWideTiles (the
+// wide form: each staged unit feeds 4x the MMAs, see the header).
+template <int kF, int kTiles>
+__device__ __forceinline__ void mma_qpack(const GemvParams& p, MmaQSmem<kTiles>& sm) {
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
-    const int tok0 = blockIdx.x * kMmaTokens;
+    const int tok0 = blockIdx.x * kTiles * 8;
     const int row0 = blockIdx.y * kMmaRows;
-    const bool two_tiles = p.n - tok0 > 8;  // block-uniform
+    const int tiles = min(kTiles, (p.n - tok0 + 7) / 8);  // block-uniform
     const int g = lane / 4, tig = lane % 4;
     const int units = p.cols / tachyon::kWarp;
     const int chunks = (p.cols + kMmaChunk - 1) / kMmaChunk;
@@ -230,7 +252,9 @@ __device__ __forceinline__ void mma_qpack(const GemvParams& p, MmaQSmem& sm) {
     const size_t g0 = static_cast<size_t>(min(row0 + r, p.rows - 1)) * units;
     uint4* hs = sm.w[warp][0];
     uint4* ls = sm.w[warp][1];
-    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float acc[kTiles][4];
+#pragma unroll
+    for (int nt = 0; nt < kTiles; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
     const int lm_row = (lane % 8) + 8 * ((lane / 8) & 1);
     const int lm_half = lane / 16;
     // The next chunk's unit is loaded while this one is decoded and multiplied.
@@ -254,8 +278,8 @@ __device__ __forceinline__ void mma_qpack(const GemvParams& p, MmaQSmem& sm) {
             tachyon_ldmatrix_x4(ah, hs + mma_slot(lm_row, 2 * kk + lm_half));
             tachyon_ldmatrix_x4(al, ls + mma_slot(lm_row, 2 * kk + lm_half));
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                if (nt == 1 && !two_tiles) break;
+            for (int nt = 0; nt < kTiles; ++nt) {
+                if (nt >= tiles) break;
                 const int t = tok0 + nt * 8 + g;
                 uint32_t xh[2], xl[2];
                 mma_split(mma_x2(p, t, kb + 2 * tig), xh[0], xl[0]);
@@ -267,7 +291,7 @@ __device__ __forceinline__ void mma_qpack(const GemvParams& p, MmaQSmem& sm) {
             }
         }
     }
-    mma_finish(p, sm.red, acc, warp, tok0, row0);
+    mma_finish<kTiles>(p, sm.red, acc, warp, tok0, row0);
 }
 
 }  // namespace
@@ -327,40 +351,74 @@ extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_bf16(const Ge
     }
     tachyon_cp_async_wait<0>();  // nothing is left in flight (the trailing empty groups)
 
-    mma_finish(p, red, acc, warp, tok0, row0);
+    mma_finish<2>(p, red, acc, warp, tok0, row0);
 }
 
 // Block-format weights, one kernel per format (the launcher picks by dtype, in
 // TACHYON_DTYPE_* order from Q4_0). Written out: the emulator lists kernels from the text.
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q4_0(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q4_0>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q4_0, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q4_1(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q4_1>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q4_1, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q5_0(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q5_0>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q5_0, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q5_1(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q5_1>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q5_1, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q8_0(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q8_0>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q8_0, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q4_k(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q4_K>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q4_K, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q5_k(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q5_K>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q5_K, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_q6_k(const GemvParams p) {
     TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
-    mma_qpack<TACHYON_DTYPE_Q6_K>(p, *reinterpret_cast<MmaQSmem*>(qmma_smem));
+    mma_qpack<TACHYON_DTYPE_Q6_K, 2>(p, *reinterpret_cast<MmaQSmem<2>*>(qmma_smem));
+}
+
+// The wide form (64 tokens a block) of the same, for prefill chunks of 64 rows and more.
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q4_0(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q4_0, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q4_1(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q4_1, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q5_0(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q5_0, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q5_1(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q5_1, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q8_0(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q8_0, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q4_k(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q4_K, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q5_k(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q5_K, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
+}
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_qpack_wide_q6_k(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, qmma_smem);
+    mma_qpack<TACHYON_DTYPE_Q6_K, kMmaWideTiles>(p, *reinterpret_cast<MmaQSmem<kMmaWideTiles>*>(qmma_smem));
 }

@@ -62,6 +62,9 @@ for q in "llama-3.2-1b q4_k_m" "llama-3.1-8b q4_k_m"; do
     step "bench-$1-$2" 45 "$bin/tachyon" bench --backend cuda --model "$file" --json --profile
     # The same file on int8 activations (quantize_act.cu + the dp4a GEMV) against f32 ones.
     step "bench-$1-$2-int8-acts" 45 "$bin/tachyon" bench --backend cuda --model "$file" --json --profile --int8-acts
+    # A 512-token prompt on the quantized 1B: the wide tensor-core form (64 tokens a block).
+    [[ $1 == llama-3.2-1b ]] && step "ttft-512-$1-$2" 20 "$bin/tachyon" bench --backend cuda --model "$file" \
+        --prompt-tokens 512 --new-tokens 2 --json
     rm -f "$file"
 done
 # Speculation at the acceptance recorded on the real Qwen2.5-Coder pair, and prompt lookup's.
@@ -73,7 +76,7 @@ step bench-kernels-gemv-fused 45 "$bin/bench_gemv_fused" --bench
 step bench-kernels 60 "$bin/bench_cuda_kernels" --bench
 step bench-kernels-rmsnorm 20 "$bin/bench_rmsnorm" --bench
 # The tensor-core products of verify steps and prefill (last: skipped past the deadline).
-step bench-kernels-verify-gemm 70 "$bin/bench_verify_gemm" --bench
+step bench-kernels-verify-gemm 80 "$bin/bench_verify_gemm" --bench
 if command -v python3 > /dev/null; then
     python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" 2>> "$logs/summary.txt"
 else

@@ -378,6 +378,11 @@ pub fn cases() -> Vec<Case> {
                 c.push(Matmul { ty, rows, cols, n });
             }
         }
+        // Prefill chunks of 64 rows and more run the wide tensor-core form (64 tokens a
+        // block): one full block, a full and a partial one (6 tokens: one n8 tile).
+        for &(rows, cols, n) in &[(3usize, 2 * qk, 64usize), (151, 2048, 70)] {
+            c.push(Matmul { ty, rows, cols, n });
+        }
     }
     for &(ty, rows, cols, n) in &[
         (GgmlType::Q4K, 151usize, 2048usize, 1usize),

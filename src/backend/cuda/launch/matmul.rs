@@ -4,7 +4,7 @@
 //! product for the other more-row cases), `gemv_qpack.cu` (GGML block formats repacked at
 //! upload, dequantized in registers; f32 or, with `--int8-acts`, int8 activations), the
 //! `gemm_mma_qpack_<format>` kernels of `gemm_mma.cu` (those matrices on the tensor cores for
-//! more rows) and `gemv_quant.cu` (the same over the file's blocks, any number of rows).
+//! more rows; `gemm_mma_qpack_wide_<format>` from 64 rows) and `gemv_quant.cu` (the same over the file's blocks, any number of rows).
 //! One [`GemvParams`] drives them all; the fused parts are fields of it: RMSNorm of the
 //! activation rows in the prologue (the GEMVs), the bias, the gate/up SwiGLU form (a second
 //! matrix streamed alongside), the residual add (`x += W a`) and the q/k/v split of a
@@ -74,6 +74,14 @@ const MMA_TILE: usize = 16;
 /// asserts the same size): each of 4 warps' bf16 hi and lo stages of 16 rows x 64 columns,
 /// then the epilogue's 4 x 16 x 17 floats.
 const QMMA_SMEM_BYTES: u32 = 4 * 2 * 16 * 64 * 2 + 4 * 16 * 17 * 4;
+
+/// Activation rows per block of `gemm_mma_qpack_wide_<format>`, and the fewest rows a
+/// product needs to run it: each dequantized weight unit then feeds 64 tokens.
+const QMMA_WIDE_TOKENS: usize = 64;
+
+/// Dynamic shared memory of the wide form: the same stages, an epilogue of 4 x 64 x 17
+/// floats (`MmaQSmem<kMmaWideTiles>`, same assertion).
+const QMMA_WIDE_SMEM_BYTES: u32 = 4 * 2 * 16 * 64 * 2 + 4 * 64 * 17 * 4;
 
 /// Whether `gemm_mma.cu` takes this product: BF16 weights with 16-byte aligned rows (a
 /// multiple of 8 columns, a 16-byte aligned start), 8-byte aligned activations (float2
@@ -264,27 +272,30 @@ fn product(
             .ok_or_else(|| shape_err(format!("no repacked GEMV for dtype {}", w.dtype)))?;
         if n > GEMV_MAX_ROWS && w.rows.div_ceil(MMA_TILE) <= 65_535 {
             // Verify rows and prefill: the tensor cores over units dequantized into shared
-            // memory (gemm_mma.cu), each weight read once per 16 rows.
+            // memory (gemm_mma.cu), each weight read and decoded once per 16 rows, or once
+            // per 64 for prefill chunks of 64 rows and more (the wide form).
+            let wide = n >= QMMA_WIDE_TOKENS;
+            let (kernels, tokens, smem) = match wide {
+                true => (
+                    &k.gemm_mma_qpack_wide,
+                    QMMA_WIDE_TOKENS,
+                    QMMA_WIDE_SMEM_BYTES,
+                ),
+                false => (&k.gemm_mma_qpack, MMA_TILE, QMMA_SMEM_BYTES),
+            };
+            let name = ["gemm_mma_qpack", "gemm_mma_qpack_wide"][usize::from(wide)];
             let f = usize::try_from(w.dtype - TACHYON_DTYPE_Q4_0 as i32)
                 .ok()
-                .and_then(|i| k.gemm_mma_qpack.get(i))
+                .and_then(|i| kernels.get(i))
                 .ok_or_else(|| {
                     shape_err(format!("no tensor-core product for dtype {}", w.dtype))
                 })?;
             let grid = (
-                u32_of(n.div_ceil(MMA_TILE), "rows")?,
+                u32_of(n.div_ceil(tokens), "rows")?,
                 u32_of(w.rows.div_ceil(MMA_TILE), "matrix rows")?,
                 1,
             );
-            return launch_smem(
-                dev,
-                f,
-                grid,
-                (128, 1, 1),
-                QMMA_SMEM_BYTES,
-                &p,
-                "gemm_mma_qpack",
-            );
+            return launch_smem(dev, f, grid, (128, 1, 1), smem, &p, name);
         }
         if let Some(acts) = int8_acts {
             return int8_product(dev, acts, p, gemv_grid);

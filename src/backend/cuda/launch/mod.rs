@@ -62,6 +62,8 @@ pub(crate) struct KernelFns {
     /// `gemm_mma_qpack_<format>`: the same over repacked block matrices, in
     /// `TACHYON_DTYPE_*` order from Q4_0.
     pub(crate) gemm_mma_qpack: [CudaFunction; 8],
+    /// `gemm_mma_qpack_wide_<format>`: those with 64 tokens a block (prefill), same order.
+    pub(crate) gemm_mma_qpack_wide: [CudaFunction; 8],
     pub(crate) rope_f32: CudaFunction,
     pub(crate) attn_kv_append: CudaFunction,
     pub(crate) attn_decode_split: CudaFunction,
@@ -128,6 +130,16 @@ impl KernelFns {
                 module.load_function("gemm_mma_qpack_q4_k")?,
                 module.load_function("gemm_mma_qpack_q5_k")?,
                 module.load_function("gemm_mma_qpack_q6_k")?,
+            ],
+            gemm_mma_qpack_wide: [
+                module.load_function("gemm_mma_qpack_wide_q4_0")?,
+                module.load_function("gemm_mma_qpack_wide_q4_1")?,
+                module.load_function("gemm_mma_qpack_wide_q5_0")?,
+                module.load_function("gemm_mma_qpack_wide_q5_1")?,
+                module.load_function("gemm_mma_qpack_wide_q8_0")?,
+                module.load_function("gemm_mma_qpack_wide_q4_k")?,
+                module.load_function("gemm_mma_qpack_wide_q5_k")?,
+                module.load_function("gemm_mma_qpack_wide_q6_k")?,
             ],
             rope_f32: module.load_function("rope_f32")?,
             attn_kv_append: module.load_function("attn_kv_append")?,
