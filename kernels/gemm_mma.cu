@@ -55,7 +55,27 @@
  * stages split activations in shared memory and reuses them across 64-128 weight rows is
  * the next step (and wgmma/TMA on sm_90a), not done.
  *
- * `gemm_mma_qpack_<format>`: the same product for GGML block matrices repacked at upload
+ * `gemm_tile_bf16`: the BF16 product for prefill chunks (64 activation rows and more), with
+ * both operands staged in shared memory so each is reused across the other's tile: a block
+ * of 128 threads owns 64 weight rows x 64 tokens and walks K in 32-column chunks through a
+ * 3-stage ring (weights by cp.async; activations loaded as float4 into registers one chunk
+ * ahead, split into bf16 hi and lo and stored, so each activation is split once per 64
+ * weight rows instead of once per 16 rows per 16 tokens). Its 4 warps (2 x 2) each own 32
+ * rows x 32 tokens: per 16 columns 2 ldmatrix.x4 of weights, 4 of activations (hi, lo)
+ * and 16 MMAs, 32 accumulators a lane, no K split (each warp stores its own outputs
+ * through the same epilogue helpers, bias first). 16-byte pieces XOR-swizzled by row pair
+ * (4 pieces a 64-byte row) so ldmatrix reads 8 rows without bank conflicts. Dynamic shared
+ * memory 36 KB (3 stages x 3 operands x 4 KB). Needs cols % 8 == 0 and 16-byte aligned w
+ * and x (float4 loads); the launcher runs gemm_mma_bf16 otherwise. ptxas: 125 registers
+ * (sm_80), 128 (sm_90a), no spills (nvcc.log).
+ * Bytes: every weight once per 64 tokens and every activation once per 64 weight rows
+ * (from L2 past the first), against once per 16 and once per 16 for gemm_mma_bf16: on the
+ * 1B shape a 512-token chunk moves ~40 GB through L2 instead of ~160 GB. Expected (reasoned,
+ * unmeasured): L2-bound rather than tensor-bound, roughly 3-4x gemm_mma_bf16's prefill
+ * throughput; 128x128 tiles, single-bf16 activations or wgmma / TMA on sm_90a would be the
+ * steps after it.
+ *
+
  * (qpack.cuh; verify rows past 4 and prefill of quantized models, which the GEMV would read
  * once per 4 rows). Same grid, block, K split and epilogue; the weight stage is filled by
  * dequantizing instead of cp.async: each lane loads one 32-element unit of a chunk (row
@@ -177,6 +197,161 @@ __device__ __forceinline__ void mma_finish(const GemvParams& p, MmaRedT<kTiles>&
         for (int w = 0; w < kMmaWarps; ++w) y += red[w][tt][rr];
         if (p.bias != nullptr) y += p.bias[r];
         tachyon::gemv_store(p, t, r, y);
+    }
+}
+
+// ---- Prefill: 64 weight rows x 64 tokens a block, both operands staged ----------------------
+
+constexpr int kPfRows = 64;                          // weight rows per block
+constexpr int kPfTokens = 64;                        // activation rows per block
+constexpr int kPfK = 32;                             // K columns per stage (64 bytes a row)
+constexpr int kPfPieces = kPfK / 8;                // 16-byte pieces per staged row
+constexpr int kPfStages = 3;                         // ring depth (one chunk ahead in flight)
+constexpr int kPfStageU4 = kPfRows * kPfPieces;  // uint4 per operand stage (4 KB)
+static_assert(kPfRows == kPfTokens, "one stage shape serves weights and activations");
+
+// Piece `piece` of row `row`: XOR-swizzled by row pair, so the 8 rows an ldmatrix phase reads
+// (64 bytes apart, same piece) land in 8 different 16-byte bank groups.
+__device__ __forceinline__ int tile_slot(int row, int piece) {
+    return row * kPfPieces + (piece ^ ((row >> 1) & (kPfPieces - 1)));
+}
+
+// The block's ring: weights, and the activations' bf16 hi and lo parts.
+struct TileSmem {
+    uint4 w[kPfStages][kPfStageU4];
+    uint4 xh[kPfStages][kPfStageU4];
+    uint4 xl[kPfStages][kPfStageU4];
+};
+static_assert(sizeof(TileSmem) == 36864, "TILE_SMEM_BYTES in launch/matmul.rs");
+
+// Weight rows row0.. of chunk k0.. into `st` by cp.async: each thread 2 of the 256 pieces.
+__device__ __forceinline__ void tile_load_w(const GemvParams& p, int row0, int k0, uint4* st) {
+    const __nv_bfloat16* w = static_cast<const __nv_bfloat16*>(p.w);
+#pragma unroll
+    for (int j = 0; j < kPfStageU4 / kMmaThreads; ++j) {
+        const int piece = threadIdx.x + kMmaThreads * j;
+        const int r = piece / kPfPieces, c = piece % kPfPieces;
+        const int k = k0 + 8 * c;
+        uint4* dst = st + tile_slot(r, c);
+        if (k < p.cols) {
+            // Rows past the end repeat the last row: their outputs are never stored.
+            const int gr = min(row0 + r, p.rows - 1);
+            tachyon_cp_async_16(dst, w + static_cast<size_t>(gr) * p.cols + k);
+        } else {
+            *dst = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
+// Float4 `j` of this thread's share of the activation chunk k0.. (64 tokens x 32 columns:
+// 8 float4 a token, consecutive threads along a token's row), or zeros past n or cols
+// (cols % 8 == 0 and k % 4 == 0, so k < cols covers k + 3).
+constexpr int kPfXLoads = kPfTokens * kPfK / 4 / kMmaThreads;  // float4 per thread (4)
+__device__ __forceinline__ float4 tile_x4(const GemvParams& p, int tok0, int k0, int j) {
+    const int f = threadIdx.x + kMmaThreads * j;
+    const int t = tok0 + f / (kPfK / 4), k = k0 + 4 * (f % (kPfK / 4));
+    if (t < p.n && k < p.cols) return *reinterpret_cast<const float4*>(p.x + static_cast<size_t>(t) * p.cols + k);
+    return make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+// The loaded float4s split into bf16 hi and lo, stored at their token row and columns.
+__device__ __forceinline__ void tile_store_x(const float4 (&xr)[kPfXLoads], uint4* hs, uint4* ls) {
+#pragma unroll
+    for (int j = 0; j < kPfXLoads; ++j) {
+        const int f = threadIdx.x + kMmaThreads * j;
+        const int t = f / (kPfK / 4), q = f % (kPfK / 4);  // q: 4-column group, 2 a piece
+        uint2 h, l;
+        mma_split(make_float2(xr[j].x, xr[j].y), h.x, l.x);
+        mma_split(make_float2(xr[j].z, xr[j].w), h.y, l.y);
+        const int slot = tile_slot(t, q / 2);
+        reinterpret_cast<uint2*>(hs + slot)[q % 2] = h;
+        reinterpret_cast<uint2*>(ls + slot)[q % 2] = l;
+    }
+}
+
+__device__ __forceinline__ void tile_gemm_bf16(const GemvParams& p, TileSmem& sm) {
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int tok0 = blockIdx.x * kPfTokens;
+    const int row0 = blockIdx.y * kPfRows;
+    const int wm = warp / 2, wn = warp % 2;  // this warp's 32 rows and 32 tokens
+    const int g = lane / 4, tig = lane % 4;
+    const int chunks = (p.cols + kPfK - 1) / kPfK;
+    float acc[2][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+    // A (weights): ldmatrix.x4 matrices rows 0-7 / 8-15 of k 0-7, then of k 8-15. B
+    // (activations, token-major, k contiguous): tokens 0-7 of k 0-7 / k 8-15, then tokens
+    // 8-15: registers 0-1 are the fragment of the first n8 tile, 2-3 of the second.
+    const int a_row = (lane % 8) + 8 * ((lane / 8) & 1), a_half = lane / 16;
+    const int b_tok = (lane % 8) + 8 * (lane / 16), b_half = (lane / 8) & 1;
+
+    float4 xr[kPfXLoads];
+    tile_load_w(p, row0, 0, sm.w[0]);
+    tachyon_cp_async_commit();
+#pragma unroll
+    for (int j = 0; j < kPfXLoads; ++j) xr[j] = tile_x4(p, tok0, 0, j);
+    tile_store_x(xr, sm.xh[0], sm.xl[0]);
+    for (int i = 0; i < chunks; ++i) {
+        const int cur = i % kPfStages, nxt = (i + 1) % kPfStages;
+        const bool more = i + 1 < chunks;  // block-uniform
+        // The next chunk's loads go out before this one is multiplied. Stage `nxt` was last
+        // read two chunks ago, before the barrier of the last iteration.
+        if (more) {
+            tile_load_w(p, row0, (i + 1) * kPfK, sm.w[nxt]);
+#pragma unroll
+            for (int j = 0; j < kPfXLoads; ++j) xr[j] = tile_x4(p, tok0, (i + 1) * kPfK, j);
+        }
+        tachyon_cp_async_commit();
+        tachyon_cp_async_wait<1>();  // this thread's pieces of chunk i have landed
+        __syncthreads();             // ... and every thread's, with its activations stored
+        const uint4* ws = sm.w[cur];
+        const uint4* hs = sm.xh[cur];
+        const uint4* ls = sm.xl[cur];
+#pragma unroll
+        for (int kk = 0; kk < kPfK / 16; ++kk) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) tachyon_ldmatrix_x4(a[mt], ws + tile_slot(wm * 32 + mt * 16 + a_row, 2 * kk + a_half));
+#pragma unroll
+            for (int np = 0; np < 2; ++np) {
+                uint32_t bh[4], bl[4];
+                const int slot = tile_slot(wn * 32 + np * 16 + b_tok, 2 * kk + b_half);
+                tachyon_ldmatrix_x4(bh, hs + slot);
+                tachyon_ldmatrix_x4(bl, ls + slot);
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float* d = acc[mt][2 * np + h];
+                        const uint32_t xh[2] = {bh[2 * h], bh[2 * h + 1]};
+                        const uint32_t xl[2] = {bl[2 * h], bl[2 * h + 1]};
+                        tachyon_mma_bf16_16816(d, a[mt], xh, d);
+                        tachyon_mma_bf16_16816(d, a[mt], xl, d);
+                    }
+                }
+            }
+        }
+        if (more) tile_store_x(xr, sm.xh[nxt], sm.xl[nxt]);
+    }
+    tachyon_cp_async_wait<0>();  // nothing is left in flight (the trailing empty group)
+    // D fragment: element e at weight row g (+8 when e >= 2), token 2 tig + (e & 1).
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = row0 + wm * 32 + mt * 16 + g + (e >= 2 ? 8 : 0);
+                const int t = tok0 + wn * 32 + nt * 8 + 2 * tig + (e & 1);
+                if (t >= p.n || r >= p.rows) continue;
+                float y = acc[mt][nt][e];
+                if (p.bias != nullptr) y += p.bias[r];
+                tachyon::gemv_store(p, t, r, y);
+            }
+        }
     }
 }
 
@@ -352,6 +527,11 @@ extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_mma_bf16(const Ge
     tachyon_cp_async_wait<0>();  // nothing is left in flight (the trailing empty groups)
 
     mma_finish<2>(p, red, acc, warp, tok0, row0);
+}
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads) gemm_tile_bf16(const GemvParams p) {
+    TACHYON_DYNAMIC_SMEM(uint4, tile_smem);
+    tile_gemm_bf16(p, *reinterpret_cast<TileSmem*>(tile_smem));
 }
 
 // Block-format weights, one kernel per format (the launcher picks by dtype, in

@@ -169,6 +169,24 @@ fn cases() -> Vec<Case> {
             bias: false,
             stacked: true,
         },
+        // Prefill chunks of 64 rows and more: the 64 x 64 tile kernel's split epilogue
+        // (BF16), the wide quantized form's (Q4_K).
+        NormQkv {
+            ty: [BF16; 3],
+            dim: 136,
+            rows: [72, 24, 24],
+            n: 70,
+            bias: true,
+            stacked: true,
+        },
+        NormQkv {
+            ty: [Q4K; 3],
+            dim: 256,
+            rows: [32, 16, 16],
+            n: 64,
+            bias: true,
+            stacked: true,
+        },
         // The residual add in the epilogue: every format, the unrolled step, the GEMM.
         MatmulAdd {
             ty: BF16,
@@ -217,6 +235,18 @@ fn cases() -> Vec<Case> {
             rows: 33,
             cols: 136,
             n: 33,
+        },
+        MatmulAdd {
+            ty: BF16,
+            rows: 130,
+            cols: 264,
+            n: 70,
+        },
+        MatmulAdd {
+            ty: Q4K,
+            rows: 17,
+            cols: 512,
+            n: 65,
         },
         // Norm + gate + up + SwiGLU: the unrolled step with two matrices, the scalar path,
         // block formats (past 4 rows too), prefill (norm, two GEMMs, SwiGLU).

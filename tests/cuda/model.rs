@@ -37,7 +37,7 @@ pub(super) fn tiny_qwen3() -> Value {
         "tie_word_embeddings": true})
 }
 
-/// mistral: a sliding window shorter than the test's 43 positions, so it cuts.
+/// mistral: a sliding window shorter than the test's 91 positions, so it cuts.
 fn tiny_mistral() -> Value {
     json!({"model_type": "mistral", "hidden_size": 256, "num_attention_heads": 8,
         "num_key_value_heads": 4, "num_hidden_layers": 2, "intermediate_size": 640,
@@ -90,9 +90,12 @@ fn compare(shape: &Shape, kind: Weights, kv: KvDtype, int8: bool, rng: &mut Rng)
             )
         }
     };
+    // Prefill chunks: a verify-sized 16 rows, a short 5 (the attention's split path) and a
+    // 64-row chunk (the prefill tile kernels), then 6 single-token steps.
+    let chunks = [16usize, 5, 64];
     let opts = SessionOptions {
         ctx: 256,
-        max_batch: 16,
+        max_batch: 64,
         precise: true,
         kv_dtype: kv,
         int8_acts: int8,
@@ -103,13 +106,13 @@ fn compare(shape: &Shape, kind: Weights, kv: KvDtype, int8: bool, rng: &mut Rng)
     let mut gpu =
         cuda_session(&shape.config, &weights, &opts, dev, false).unwrap_or_else(|e| panic!("{e}"));
     let vocab = shape.config.vocab_size;
-    let prompt: Vec<u32> = (0..37)
+    let prompt: Vec<u32> = (0..chunks.iter().sum::<usize>())
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
         .collect();
     let (mut lc, mut lg) = (vec![0f32; vocab], vec![f32::NAN; vocab]);
-    // Prefill in batches of up to 16 (the last one partial), then 6 single-token steps.
     let mut pos = 0;
-    for chunk in prompt.chunks(16) {
+    for len in chunks {
+        let chunk = &prompt[pos..pos + len];
         cpu.step(
             StepInput { tokens: chunk, pos },
             Pick::Logits(&mut lc),

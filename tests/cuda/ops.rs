@@ -352,10 +352,12 @@ pub fn cases() -> Vec<Case> {
     }
     // BF16 past 4 rows runs the tensor-core kernel (gemm_mma.cu) when cols is a multiple
     // of 8: verify sizes (5-16 rows: one token tile), 17 and 33 (partial second and third
-    // tiles), a prefill-sized 70; odd weight rows (partial 16-row tiles) and 264 columns
-    // (a partial 64-column chunk); 132 columns fall back to gemm.cu.
+    // tiles); odd weight rows (partial 16-row tiles) and 264 columns (a partial 64-column
+    // chunk); 132 columns fall back to gemm.cu. From 64 rows the 64 x 64 tile kernel
+    // (gemm_tile_bf16): one full token tile, a full and a partial one (70), partial weight
+    // row tiles (72, 130 rows) and 32-column chunks (136, 264 columns).
     for &(rows, cols) in &[(72usize, 136usize), (130, 264), (130, 132)] {
-        for n in [5usize, 8, 16, 17, 33, 70] {
+        for n in [5usize, 8, 16, 17, 33, 64, 70] {
             c.push(Matmul {
                 ty: GgmlType::BF16,
                 rows,
@@ -401,6 +403,7 @@ pub fn cases() -> Vec<Case> {
             (33, 23, 2),
             (100, 72, 17),
             (130, 264, 16),
+            (130, 264, 70),
         ] {
             c.push(MatmulBias { ty, rows, cols, n });
             c.push(GateUpSwiglu { ty, rows, cols, n });

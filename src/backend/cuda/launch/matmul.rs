@@ -1,6 +1,6 @@
 //! Launches of the matrix products, `out[t] = W x[t]` for the first `n` activation rows:
 //! `gemv.cu` (F32/F16/BF16 weights, up to [`GEMV_MAX_ROWS`] rows), `gemm_mma.cu` (tensor
-//! cores: BF16 weights, more rows, when the alignment allows), `gemm.cu` (the SIMT tiled
+//! cores: BF16 weights, more rows, when the alignment allows; `gemm_tile_bf16` from 64), `gemm.cu` (the SIMT tiled
 //! product for the other more-row cases), `gemv_qpack.cu` (GGML block formats repacked at
 //! upload, dequantized in registers; f32 or, with `--int8-acts`, int8 activations), the
 //! `gemm_mma_qpack_<format>` kernels of `gemm_mma.cu` (those matrices on the tensor cores for
@@ -74,6 +74,14 @@ const MMA_TILE: usize = 16;
 /// asserts the same size): each of 4 warps' bf16 hi and lo stages of 16 rows x 64 columns,
 /// then the epilogue's 4 x 16 x 17 floats.
 const QMMA_SMEM_BYTES: u32 = 4 * 2 * 16 * 64 * 2 + 4 * 16 * 17 * 4;
+
+/// Activation rows and weight rows per block of `gemm_tile_bf16` (gemm_mma.cu), and the
+/// fewest activation rows a BF16 product needs to run it (prefill chunks).
+const TILE: usize = 64;
+
+/// Dynamic shared memory of `gemm_tile_bf16` (`TileSmem`, which asserts the same size): 3
+/// stages of the weights and of the activations' bf16 hi and lo, 64 rows x 32 columns each.
+const TILE_SMEM_BYTES: u32 = 3 * 3 * 64 * 32 * 2;
 
 /// Activation rows per block of `gemm_mma_qpack_wide_<format>`, and the fewest rows a
 /// product needs to run it: each dequantized weight unit then feeds 64 tokens.
@@ -314,9 +322,29 @@ fn product(
             "gemv_quant_f32out",
         );
     }
+    if n >= TILE && mma_fits(w, &p) && (p.x as usize).is_multiple_of(16) {
+        // Prefill with BF16 weights: tensor cores over 64 x 64 tiles with both operands
+        // staged, each weight read once per 64 tokens, each activation split once per 64
+        // weight rows.
+        let grid = (
+            u32_of(n.div_ceil(TILE), "rows")?,
+            u32_of(w.rows.div_ceil(TILE), "matrix rows")?,
+            1,
+        );
+        return launch_smem(
+            dev,
+            &k.gemm_tile_bf16,
+            grid,
+            (128, 1, 1),
+            TILE_SMEM_BYTES,
+            &p,
+            "gemm_tile_bf16",
+        );
+    }
     if n > GEMV_MAX_ROWS && mma_fits(w, &p) {
-        // Verify rows and prefill with BF16 weights: tensor cores, each weight tile read
-        // once per 16 rows (once in all for a verify step).
+        // Verify rows (and prefill chunks the tile kernel does not take) with BF16
+        // weights: tensor cores, each weight tile read once per 16 rows (once in all for a
+        // verify step).
         let grid = (
             u32_of(n.div_ceil(MMA_TILE), "rows")?,
             u32_of(w.rows.div_ceil(MMA_TILE), "matrix rows")?,

@@ -59,6 +59,8 @@ pub(crate) struct KernelFns {
     pub(crate) quantize_act_q8: CudaFunction,
     pub(crate) gemm_f32out: CudaFunction,
     pub(crate) gemm_mma_bf16: CudaFunction,
+    /// `gemm_tile_bf16`: the BF16 product for prefill chunks, 64 x 64 tiles.
+    pub(crate) gemm_tile_bf16: CudaFunction,
     /// `gemm_mma_qpack_<format>`: the same over repacked block matrices, in
     /// `TACHYON_DTYPE_*` order from Q4_0.
     pub(crate) gemm_mma_qpack: [CudaFunction; 8],
@@ -121,6 +123,7 @@ impl KernelFns {
             quantize_act_q8: module.load_function("quantize_act_q8")?,
             gemm_f32out: module.load_function("gemm_f32out")?,
             gemm_mma_bf16: module.load_function("gemm_mma_bf16")?,
+            gemm_tile_bf16: module.load_function("gemm_tile_bf16")?,
             gemm_mma_qpack: [
                 module.load_function("gemm_mma_qpack_q4_0")?,
                 module.load_function("gemm_mma_qpack_q4_1")?,
