@@ -19,8 +19,8 @@
 //!
 //! Speculative verify passes are captured too, one graph per row count (`verify.rs`).
 //!
-//! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps and verify passes eagerly (same kernels, one launch
-//! each), e.g. to tell a graph problem from a kernel problem.
+//! Set `TACHYON_NO_CUDA_GRAPH=1` to run decode steps and verify passes eagerly (same
+//! kernels, one launch each), e.g. to tell a graph problem from a kernel problem.
 
 use std::sync::Arc;
 

@@ -57,7 +57,7 @@ impl DraftModel {
         &mut self,
         history: &[u32],
         k: usize,
-        mut sampling: Option<(&SamplingParams, &mut Rng)>,
+        sampling: Option<(&SamplingParams, &mut Rng)>,
         out: &mut Vec<u32>,
         q: &mut Vec<Vec<(u32, f32)>>,
     ) -> Result<(), BackendError> {
@@ -88,23 +88,18 @@ impl DraftModel {
             pos = end;
         }
         self.cached.extend_from_slice(&history[start..]);
-        if greedy {
+        let Some((params, rng)) = sampling else {
             return self.propose_greedy(next, k, out);
-        }
+        };
+        // Sampled: each token drawn on the host from the last step's logits.
         loop {
-            let token = match (next.take(), sampling.as_mut()) {
-                (Some(t), _) => t,
-                (None, None) => argmax(&self.logits),
-                (None, Some((params, rng))) => {
-                    let mut row = Vec::new();
-                    distribution(params, &self.logits, &mut row);
-                    let t = draw(&row, rng).unwrap_or_else(|| argmax(&self.logits));
-                    q.push(row);
-                    t
-                }
-            };
+            let mut row = Vec::new();
+            distribution(params, &self.logits, &mut row);
+            let token = draw(&row, rng).unwrap_or_else(|| argmax(&self.logits));
+            q.push(row);
             // All-NaN draft logits give no token: the draft has nothing more to propose.
             if token == NO_TOKEN {
+                q.pop();
                 return Ok(());
             }
             out.push(token);
@@ -113,13 +108,14 @@ impl DraftModel {
             }
             // The last proposal need not run: the next call catches up if it was kept.
             let at = self.cached.len();
-            next = self.run(&[token], at, greedy)?;
+            self.run(&[token], at, false)?;
             self.cached.push(token);
         }
     }
 
-    /// The greedy proposals after `first` (the draft's pick after the history, `None` when
-    /// its logits were all NaN): up to `k - 1` decode steps as one run
+    /// The greedy proposals after `first` (the draft's pick after the history; none, or
+    /// no token when its logits were all NaN, proposes nothing): up to `k - 1` decode
+    /// steps as one run
     /// ([`Session::decode_run`]), which a GPU session queues each before reading the last
     /// one's pick, so the draft's steps follow each other on the device without waiting for
     /// the host. The last proposal is not run (the next call catches up if it was kept);
